@@ -1,0 +1,294 @@
+"""Configuration dataclasses and YAML presets.
+
+Every experiment is one :class:`ExperimentConfig`: a model, a data, a training and a loss
+section. Presets live in ``upperson/presets/*.yaml``; a YAML file may name a preset in
+``base:`` and override any field. Command lines override fields with ``--set a.b=value``.
+Every ablation in the paper is a change here, never a change of code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional, Type, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be understood."""
+
+
+@dataclass
+class PrefixConfig:
+    """Learnable prefix keys and values (SPEC 3.1)."""
+
+    enabled: bool = True
+    length: int = 10
+    depth: Optional[int] = None  # first `depth` blocks of each tower; None = all
+    scaled: bool = True  # S-Prefix (learnable lambda); False = vanilla prefix, lambda = 1
+    scale_init: float = 10.0  # S-Prefix lambda at init (paper: 10; later code: 100)
+    init_range: float = 0.01  # Pk, Pv ~ uniform(0, init_range)
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank updates of the key and value projections (SPEC 3.2)."""
+
+    enabled: bool = True
+    rank: int = 32
+    depth: Optional[int] = None
+
+
+@dataclass
+class AdapterConfig:
+    """Bottleneck adapters (SPEC 3.3)."""
+
+    enabled: bool = True
+    placement: str = "parallel"  # "parallel" = L-Adapter; "sequential" = vanilla adapter
+    ratio: float = 0.125  # bottleneck = width * ratio
+    depth: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    """The backbone and the PETL components on it."""
+
+    name: str = "ViT-B-16"  # any open_clip model name
+    quick_gelu: bool = True  # OpenAI weights need QuickGELU
+    pretrained: Optional[str] = "openai"  # open_clip tag, local file, or None (random init)
+    image_size: tuple[int, int] = (384, 128)  # (H, W)
+    freeze_backbone: bool = True  # False = full fine-tune
+    prefix: PrefixConfig = field(default_factory=PrefixConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is fed."""
+
+    dataset: str = "cuhk-pedes"
+    root: Optional[str] = None
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    num_workers: int = 4
+    caption_mask_prob: float = 0.0  # BERT-style caption augmentation (SPEC 5), 0 = off
+    skip_bad_images: bool = False
+    augment: bool = True
+
+
+@dataclass
+class LossConfig:
+    """The retrieval loss (SPEC 4)."""
+
+    name: str = "sdm"  # "sdm" or "itc"
+    temperature: float = 0.02
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule, precision and model selection (SPEC 5)."""
+
+    epochs: int = 60
+    lr: float = 1e-3
+    prefix_lr: Optional[float] = None  # the first code release used 5e-5
+    backbone_lr: Optional[float] = None  # full fine-tune: lr of backbone weights
+    weight_decay: float = 4e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-3
+    warmup_epochs: int = 5
+    warmup_factor: float = 0.1
+    seed: int = 0
+    precision: str = "bf16"  # on GPU: "bf16", "fp16" (with grad scaler) or "fp32"; CPU is fp32
+    backbone_half: bool = True  # on GPU, keep the frozen backbone in half precision
+    select_on: str = "val"  # "val" (falls back to test with a warning) or "test"
+    eval_every: int = 1
+    max_steps_per_epoch: Optional[int] = None  # for smoke runs
+    log_every: int = 50
+
+
+@dataclass
+class ExperimentConfig:
+    """One whole experiment."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp``, strictly."""
+    origin = get_origin(tp)
+    if is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is Union:
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = get_args(tp)
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {list(value)!r}")
+        return tuple(_convert(v, a, where) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: Type[T], data: dict, where: str = "config") -> T:
+    """Build dataclass ``cls`` from a nested dict; unknown keys are an error."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, JSON- and YAML-safe dict of a config dataclass."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [clean(x) for x in v]
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    return clean(dataclasses.asdict(cfg))
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _load_yaml_tree(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        preset = PRESET_DIR / f"{name_or_path}.yaml"
+        if not preset.exists():
+            if path.suffix in (".yaml", ".yml"):
+                raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(
+                f"unknown preset {name_or_path!r}; presets: {', '.join(list_presets())}"
+            )
+        path = preset
+    key = str(path.resolve())
+    if key in seen:
+        raise ConfigError(f"{path}: circular 'base:' chain")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = data.pop("base", None)
+    if base is not None:
+        data = _deep_merge(_load_yaml_tree(str(base), seen + (key,)), data)
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value read as YAML) into a key path and a value."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(name_or_path: str = "cuhk-pedes", overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    """Load a preset name or a YAML path, apply ``key=value`` overrides, and validate."""
+    tree = _load_yaml_tree(name_or_path)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = tree
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k} is not a section")
+        node[keys[-1]] = value
+    cfg = from_dict(ExperimentConfig, tree)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Reject values that would fail later, deep inside the model or the trainer."""
+    m = cfg.model
+    if m.adapter.placement not in ("parallel", "sequential"):
+        raise ConfigError(f"model.adapter.placement must be 'parallel' or 'sequential', got {m.adapter.placement!r}")
+    if m.prefix.length < 1 and m.prefix.enabled:
+        raise ConfigError("model.prefix.length must be >= 1")
+    if m.lora.rank < 1 and m.lora.enabled:
+        raise ConfigError("model.lora.rank must be >= 1")
+    if not 0 < m.adapter.ratio <= 4:
+        raise ConfigError("model.adapter.ratio must be in (0, 4]")
+    if any(s <= 0 for s in m.image_size):
+        raise ConfigError("model.image_size must be positive")
+    if cfg.loss.name not in ("sdm", "itc"):
+        raise ConfigError(f"loss.name must be 'sdm' or 'itc', got {cfg.loss.name!r}")
+    if cfg.train.precision not in ("bf16", "fp16", "fp32"):
+        raise ConfigError(f"train.precision must be bf16, fp16 or fp32, got {cfg.train.precision!r}")
+    if cfg.train.select_on not in ("val", "test"):
+        raise ConfigError(f"train.select_on must be 'val' or 'test', got {cfg.train.select_on!r}")
+
+
+def save_config(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from upperson.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_json(cfg: Any) -> str:
+    """Canonical JSON of a config dataclass."""
+    return json.dumps(to_dict(cfg), sort_keys=True)
