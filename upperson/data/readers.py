@@ -1,0 +1,377 @@
+"""Readers for the person-retrieval datasets on disk (SPEC 7) and for a generic format.
+
+Every reader returns a :class:`PedesDataset` and raises :class:`DatasetError` naming the file
+and the entry for anything it cannot use. Nothing is dropped silently: with
+``skip_bad_images=True`` missing or unreadable images are skipped and reported with a
+warning; every other problem (an entry without an id, a path or captions, an unknown split)
+is always an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from PIL import Image
+
+from upperson.data.records import SPLITS, DatasetError, ImageRecord, PedesDataset
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+#: how many bad image paths a message or a warning lists before "and N more"
+SHOW_BAD = 5
+#: the separator of several captions in one CSV cell of the generic format
+CSV_CAPTION_SEP = " || "
+
+
+@dataclass
+class _Entry:
+    """One parsed annotation entry, before its image is checked."""
+
+    index: int  # position in the annotation file (0-based entry, or 1-based line for jsonl/csv)
+    pid: int
+    rel_path: str
+    path: Path
+    captions: list[str]
+    split: str
+    label: str  # how messages name this entry
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DatasetError(f"{path}: annotation file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: malformed JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _as_pid(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise DatasetError(f"{where}: id must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise DatasetError(f"{where}: id must be an integer, got {value!r}")
+
+
+def _as_captions(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise DatasetError(f"{where}: captions must be a list of strings, got {type(value).__name__}")
+    captions = []
+    for j, cap in enumerate(value):
+        if not isinstance(cap, str):
+            raise DatasetError(f"{where}: caption {j} is not a string ({cap!r})")
+        cap = " ".join(cap.split())
+        if cap:
+            captions.append(cap)
+    if not captions:
+        raise DatasetError(f"{where}: no (non-empty) captions")
+    return captions
+
+
+def _as_split(value: Any, where: str, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in allowed:
+        raise DatasetError(f"{where}: split must be one of {list(allowed)}, got {value!r}")
+    return value.strip().lower()
+
+
+def _parse_entry(
+    entry: Any,
+    index: int,
+    ann_file: Path,
+    image_root: Path,
+    *,
+    id_keys: tuple[str, ...],
+    path_keys: tuple[str, ...],
+    caption_keys: tuple[str, ...],
+    splits: tuple[str, ...],
+    what: str = "entry",
+) -> _Entry:
+    where = f"{ann_file}: {what} {index}"
+    if not isinstance(entry, dict):
+        raise DatasetError(f"{where}: expected an object, got {type(entry).__name__}")
+
+    def first(keys: tuple[str, ...]) -> Optional[str]:
+        return next((k for k in keys if k in entry and entry[k] not in (None, "")), None)
+
+    pkey = first(path_keys)
+    if pkey is None or not isinstance(entry[pkey], str):
+        raise DatasetError(f"{where}: missing image path ({' or '.join(repr(k) for k in path_keys)})")
+    rel = entry[pkey].strip()
+    where = f"{where} ({pkey} {rel!r})"
+    ikey = first(id_keys)
+    if ikey is None:
+        raise DatasetError(f"{where}: missing identity ({' or '.join(repr(k) for k in id_keys)})")
+    pid = _as_pid(entry[ikey], where)
+    where = f"{ann_file}: {what} {index} (id {pid}, {pkey} {rel!r})"
+    ckey = first(caption_keys)
+    if ckey is None:
+        raise DatasetError(f"{where}: missing captions ({' or '.join(repr(k) for k in caption_keys)})")
+    captions = _as_captions(entry[ckey], where)
+    if "split" not in entry:
+        raise DatasetError(f"{where}: missing 'split'")
+    split = _as_split(entry["split"], where, splits)
+    path = Path(rel)
+    if not path.is_absolute():
+        path = image_root / path
+    return _Entry(index, pid, rel, path.resolve(), captions, split, where)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _image_problem(path: Path, verify: bool) -> Optional[str]:
+    """Why the image at ``path`` cannot be used, or None if it can."""
+    if not path.is_file():
+        return "image not found"
+    if not verify:
+        return None
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError...)
+        return f"unreadable image ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _check_images(entries: list[_Entry], verify: bool) -> list[Optional[str]]:
+    if len(entries) < 256:
+        return [_image_problem(e.path, verify) for e in entries]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # I/O bound: threads overlap the reads
+        return list(pool.map(lambda e: _image_problem(e.path, verify), entries, chunksize=64))
+
+
+def _build(
+    name: str,
+    root: Path,
+    ann_file: Path,
+    entries: list[_Entry],
+    *,
+    skip_bad_images: bool,
+    check_images: bool,
+) -> PedesDataset:
+    if not entries:
+        raise DatasetError(f"{ann_file}: no entries")
+    problems = _check_images(entries, verify=check_images)
+    bad = [(e, p) for e, p in zip(entries, problems) if p is not None]
+    if bad:
+        lines = [f"{e.label}: {p}: {e.path}" for e, p in bad[:SHOW_BAD]]
+        more = f" (and {len(bad) - SHOW_BAD} more)" if len(bad) > SHOW_BAD else ""
+        if not skip_bad_images:
+            raise DatasetError(
+                f"{len(bad)} bad image(s){more}; pass skip_bad_images=True to skip them:\n  "
+                + "\n  ".join(lines)
+            )
+        log.warning(
+            "%s: skipped %d of %d images that are missing or unreadable%s:\n  %s",
+            ann_file, len(bad), len(entries), more, "\n  ".join(lines),
+        )
+    bad_ids = {id(e) for e, _ in bad}
+    splits: dict[str, list[ImageRecord]] = {}
+    for e in entries:
+        if id(e) in bad_ids:
+            continue
+        records = splits.setdefault(e.split, [])
+        records.append(ImageRecord(path=e.path, pid=e.pid, captions=e.captions, image_id=len(records)))
+    if not splits:
+        raise DatasetError(f"{ann_file}: every image was skipped as bad; nothing left to load")
+    order = {s: i for i, s in enumerate(SPLITS)}
+    splits = dict(sorted(splits.items(), key=lambda kv: order.get(kv[0], len(order))))
+    dataset = PedesDataset(name=name, root=root, splits=splits)
+    log.info("loaded %s\n%s", name, dataset.summary())
+    return dataset
+
+
+# ----------------------------------------------------------------------------- the formats
+
+
+def _dataset_dir(root: Path, folder: str, ann_name: str) -> Path:
+    """``root/folder`` -- or ``root`` itself when it already is that folder."""
+    if not root.exists():
+        raise DatasetError(f"{root}: data root not found")
+    if (root / folder / ann_name).is_file() or not (root / ann_name).is_file():
+        return root / folder
+    return root
+
+
+def _read_pedes_json(
+    name: str,
+    root: PathLike,
+    folder: str,
+    ann_name: str,
+    path_key: str,
+    splits: tuple[str, ...],
+    skip_bad_images: bool,
+    check_images: bool,
+) -> PedesDataset:
+    root = Path(root).expanduser().resolve()
+    ddir = _dataset_dir(root, folder, ann_name)
+    ann_file = ddir / ann_name
+    data = _read_json(ann_file)
+    if not isinstance(data, list):
+        raise DatasetError(f"{ann_file}: expected a JSON list of entries, got {type(data).__name__}")
+    image_root = ddir / "imgs"
+    entries = [
+        _parse_entry(
+            item, i, ann_file, image_root,
+            id_keys=("id",), path_keys=(path_key,), caption_keys=("captions",), splits=splits,
+        )
+        for i, item in enumerate(data)
+    ]
+    return _build(name, ddir, ann_file, entries, skip_bad_images=skip_bad_images, check_images=check_images)
+
+
+def read_cuhk_pedes(root: PathLike, *, skip_bad_images: bool = False, check_images: bool = True) -> PedesDataset:
+    """CUHK-PEDES: ``root/CUHK-PEDES/reid_raw.json`` (``{id, file_path, captions, split}``), images in ``imgs/``."""
+    return _read_pedes_json("CUHK-PEDES", root, "CUHK-PEDES", "reid_raw.json", "file_path",
+                            SPLITS, skip_bad_images, check_images)
+
+
+def read_icfg_pedes(root: PathLike, *, skip_bad_images: bool = False, check_images: bool = True) -> PedesDataset:
+    """ICFG-PEDES: ``root/ICFG-PEDES/ICFG-PEDES.json`` (``{id, file_path, captions, split}``, train/test)."""
+    return _read_pedes_json("ICFG-PEDES", root, "ICFG-PEDES", "ICFG-PEDES.json", "file_path",
+                            SPLITS, skip_bad_images, check_images)
+
+
+def read_rstpreid(root: PathLike, *, skip_bad_images: bool = False, check_images: bool = True) -> PedesDataset:
+    """RSTPReid: ``root/RSTPReid/data_captions.json`` (``{id, img_path, captions, split}``)."""
+    return _read_pedes_json("RSTPReid", root, "RSTPReid", "data_captions.json", "img_path",
+                            SPLITS, skip_bad_images, check_images)
+
+
+def read_toypedes(root: PathLike, *, skip_bad_images: bool = False, check_images: bool = True) -> PedesDataset:
+    """ToyPEDES (generated by ``python -m upperson toypedes``): CUHK-PEDES format in ``root/ToyPEDES/``."""
+    return _read_pedes_json("ToyPEDES", root, "ToyPEDES", "reid_raw.json", "file_path",
+                            SPLITS, skip_bad_images, check_images)
+
+
+_GENERIC_PATH_KEYS = ("image", "file_path", "img_path")
+_GENERIC_ID_KEYS = ("pid", "id")
+_GENERIC_CAPTION_KEYS = ("captions", "caption")
+
+
+def _generic_rows(path: Path) -> list[tuple[int, Any]]:
+    """(line number, row object) for each row of a .jsonl, .json or .csv file."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise DatasetError(f"{path}: annotation file not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if suffix == ".jsonl":
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}: line {lineno}: malformed JSON ({exc.msg}, column {exc.colno})") from None
+        return rows
+    if suffix == ".json":
+        data = _read_json(path)
+        if not isinstance(data, list):
+            raise DatasetError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
+        return list(enumerate(data))
+    if suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        fields = set(reader.fieldnames or [])
+        for keys in (_GENERIC_PATH_KEYS, _GENERIC_ID_KEYS, _GENERIC_CAPTION_KEYS, ("split",)):
+            if not fields & set(keys):
+                raise DatasetError(f"{path}: CSV header lacks a column {' or '.join(repr(k) for k in keys)} "
+                                   f"(header: {sorted(fields)})")
+        rows = []
+        for row in reader:
+            row = {k: v for k, v in row.items() if k is not None}
+            for key in _GENERIC_CAPTION_KEYS:
+                if isinstance(row.get(key), str):
+                    row[key] = [c for c in row[key].split(CSV_CAPTION_SEP.strip())]
+            rows.append((reader.line_num, row))
+        return rows
+    raise DatasetError(f"{path}: the generic format is a .jsonl, .json or .csv file, not {suffix or 'no suffix'!r}")
+
+
+def read_generic(root: PathLike, *, skip_bad_images: bool = False, check_images: bool = True) -> PedesDataset:
+    """A generic annotation file: ``root`` is a ``.jsonl`` (one object per line), a ``.json``
+    list or a ``.csv`` with a header. Fields: ``image`` (path relative to the file's folder;
+    ``file_path``/``img_path`` also accepted), ``pid`` (or ``id``), ``captions`` (a list; in
+    CSV one cell with captions separated by ``" || "``) or ``caption`` (one string), and
+    ``split`` (train/val/test). Rows naming the same image are merged: their captions are
+    concatenated in file order; they must agree on pid and split."""
+    path = Path(root).expanduser().resolve()
+    if path.is_dir():
+        raise DatasetError(f"{path}: the generic dataset's root is its annotation file (.jsonl/.json/.csv), not a folder")
+    what = "entry" if path.suffix.lower() == ".json" else "line"
+    merged: dict[Path, _Entry] = {}
+    for index, row in _generic_rows(path):
+        entry = _parse_entry(
+            row, index, path, path.parent,
+            id_keys=_GENERIC_ID_KEYS, path_keys=_GENERIC_PATH_KEYS,
+            caption_keys=_GENERIC_CAPTION_KEYS, splits=SPLITS, what=what,
+        )
+        prev = merged.get(entry.path)
+        if prev is None:
+            merged[entry.path] = entry
+            continue
+        if (prev.pid, prev.split) != (entry.pid, entry.split):
+            raise DatasetError(
+                f"{entry.label}: the same image is in {prev.label.split(': ', 1)[1]} with "
+                f"id {prev.pid} / split {prev.split!r}, here id {entry.pid} / split {entry.split!r}"
+            )
+        prev.captions = prev.captions + entry.captions
+    return _build(path.stem, path, path, list(merged.values()),
+                  skip_bad_images=skip_bad_images, check_images=check_images)
+
+
+Reader = Callable[..., PedesDataset]
+
+#: dataset name -> reader(root, *, skip_bad_images, check_images)
+DATASETS: dict[str, Reader] = {
+    "cuhk-pedes": read_cuhk_pedes,
+    "icfg-pedes": read_icfg_pedes,
+    "rstpreid": read_rstpreid,
+    "toypedes": read_toypedes,
+    "generic": read_generic,
+}
+
+
+def load_dataset(
+    name: str,
+    root: PathLike,
+    *,
+    skip_bad_images: bool = False,
+    check_images: bool = True,
+) -> PedesDataset:
+    """Read dataset ``name`` (a key of :data:`DATASETS`) from ``root``.
+
+    For the public datasets and ToyPEDES ``root`` is the data root that holds
+    ``CUHK-PEDES/``, ``ICFG-PEDES/``, ``RSTPReid/``, ``ToyPEDES/`` (the dataset's own folder
+    is accepted too); for ``generic`` it is the annotation file. ``check_images=True`` opens
+    every image and runs PIL's ``verify()`` (reads headers and, for PNG, chunk checksums,
+    without decoding pixels); ``False`` only checks that each file exists.
+    """
+    key = name.strip().lower().replace("_", "-")
+    if key not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if root is None or str(root) == "":
+        raise DatasetError(f"dataset {name!r}: no data root given")
+    return DATASETS[key](root, skip_bad_images=skip_bad_images, check_images=check_images)
