@@ -16,6 +16,10 @@ from typing import Any, Optional, Type, TypeVar, Union, get_args, get_origin, ge
 
 import yaml
 
+from upperson.petl.adapter.config import AdapterConfig
+from upperson.petl.lora.config import LoraConfig
+from upperson.petl.prefix.config import PrefixConfig
+
 PRESET_DIR = Path(__file__).parent / "presets"
 
 T = TypeVar("T")
@@ -23,37 +27,6 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration file or override that cannot be understood."""
-
-
-@dataclass
-class PrefixConfig:
-    """Learnable prefix keys and values (SPEC 3.1)."""
-
-    enabled: bool = True
-    length: int = 10
-    depth: Optional[int] = None  # first `depth` blocks of each tower; None = all
-    scaled: bool = True  # S-Prefix (learnable lambda); False = vanilla prefix, lambda = 1
-    scale_init: float = 10.0  # S-Prefix lambda at init (paper: 10; later code: 100)
-    init_range: float = 0.01  # Pk, Pv ~ uniform(0, init_range)
-
-
-@dataclass
-class LoraConfig:
-    """Low-rank updates of the key and value projections (SPEC 3.2)."""
-
-    enabled: bool = True
-    rank: int = 32
-    depth: Optional[int] = None
-
-
-@dataclass
-class AdapterConfig:
-    """Bottleneck adapters (SPEC 3.3)."""
-
-    enabled: bool = True
-    placement: str = "parallel"  # "parallel" = L-Adapter; "sequential" = vanilla adapter
-    ratio: float = 0.125  # bottleneck = width * ratio
-    depth: Optional[int] = None
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 from typing import Optional, Sequence
@@ -25,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
+        if importlib.util.find_spec(f"upperson.cli.{name}") is None:
+            continue  # a command whose module is not in this checkout
         module = importlib.import_module(f"upperson.cli.{name}")
         module.add_parser(sub)
     return parser
@@ -34,8 +37,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv`` and run the chosen sub-command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # our own loggers at INFO; other libraries' (open_clip logs on the root logger) at WARNING
+    logging.getLogger("upperson").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )

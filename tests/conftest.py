@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny configs that build in well under a second."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from upperson.config import ModelConfig
+from upperson.petl import AdapterConfig, LoraConfig, PrefixConfig
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    """The project's tiny backbone (upp-tiny), random weights, all components on, small sizes."""
+    cfg = ModelConfig(
+        name="upp-tiny",
+        quick_gelu=True,
+        pretrained=None,
+        image_size=(48, 16),
+        prefix=PrefixConfig(length=3),
+        lora=LoraConfig(rank=4),
+        adapter=AdapterConfig(),
+    )
+    return dataclasses.replace(cfg, **overrides)
+
+
+@pytest.fixture
+def tiny_cfg() -> ModelConfig:
+    return tiny_model_config()
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

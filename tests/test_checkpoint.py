@@ -1,0 +1,126 @@
+"""Saving and loading: PETL weights only, safetensors + JSON, clear errors on mismatch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from upperson.model import build_model
+from upperson.model.backbone import BackboneError, create_clip, resize_pos_embed
+from upperson.model.checkpoint import CheckpointMismatchError, load_model, load_petl, save_petl
+
+
+def _perturb(model):
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+
+
+def _features(model):
+    torch.manual_seed(5)
+    images = torch.randn(2, 3, 48, 16)
+    tokens = open_clip.get_tokenizer("upp-tiny")(["a man in a blue coat", "a woman"])
+    with torch.no_grad():
+        return model.encode_image(images), model.encode_text(tokens)
+
+
+def _save_backbone(tmp_path, cfg):
+    """Write a random backbone to a safetensors file and point the config at it."""
+    clip = create_clip(cfg)
+    path = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
+    return dataclasses.replace(cfg, pretrained=str(path))
+
+
+def test_round_trip_gives_identical_features(tmp_path, tiny_cfg):
+    cfg = _save_backbone(tmp_path, tiny_cfg)
+    model = build_model(cfg).eval()
+    _perturb(model)
+    out = save_petl(model, tmp_path / "ckpt")
+    saved = load_file(str(out / "petl.safetensors"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(saved) == trainable  # only the PETL weights, no backbone
+    meta = json.loads((out / "petl.json").read_text())
+    assert meta["backbone"]["name"] == "upp-tiny" and meta["backbone"]["fingerprint"] == model.backbone_fingerprint
+
+    again = load_model(out).eval()
+    for a, b in zip(_features(model), _features(again)):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_for_another_backbone_is_refused_clearly(tmp_path, tiny_cfg):
+    model = build_model(tiny_cfg)
+    save_petl(model, tmp_path / "ckpt")
+    other = build_model(dataclasses.replace(tiny_cfg, name="ViT-B-16", image_size=(64, 32)))
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_petl(other, tmp_path / "ckpt")
+    msg = str(err.value)
+    assert "backbone: checkpoint 'upp-tiny', model 'ViT-B-16'" in msg
+    assert "image size" in msg
+
+
+def test_checkpoint_for_other_backbone_weights_is_refused(tmp_path, tiny_cfg):
+    cfg = _save_backbone(tmp_path, tiny_cfg)
+    model = build_model(cfg)
+    save_petl(model, tmp_path / "ckpt")
+    torch.manual_seed(123)
+    other = build_model(tiny_cfg)  # same architecture, different (random) weights
+    with pytest.raises(CheckpointMismatchError, match="backbone weights differ"):
+        load_petl(other, tmp_path / "ckpt")
+    load_petl(other, tmp_path / "ckpt", strict_backbone=False)  # opt-in: only a warning
+
+
+def test_checkpoint_with_other_components_is_refused(tmp_path, tiny_cfg):
+    save_petl(build_model(tiny_cfg), tmp_path / "ckpt")
+    no_lora = build_model(dataclasses.replace(tiny_cfg, lora=dataclasses.replace(tiny_cfg.lora, enabled=False)))
+    with pytest.raises(CheckpointMismatchError, match="parameter\\(s\\) the model does not have"):
+        load_petl(no_lora, tmp_path / "ckpt")
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no UP-Person checkpoint"):
+        load_model(tmp_path / "nothing")
+
+
+def test_pretrained_file_is_loaded_with_bilinear_position_resize(tmp_path, tiny_cfg):
+    # a backbone "trained" at a square 48x48 (6x6 grid), loaded at 48x16 (6x2 grid)
+    square = dataclasses.replace(tiny_cfg, image_size=(48, 48))
+    clip = create_clip(square)
+    path = tmp_path / "square.safetensors"
+    state = {k: v.contiguous() for k, v in clip.state_dict().items()}
+    save_file(state, str(path))
+    model = build_model(dataclasses.replace(tiny_cfg, pretrained=str(path)))
+    pos = model.clip.visual.positional_embedding.detach()
+    src = state["visual.positional_embedding"]
+    assert pos.shape == (1 + 6 * 2, src.shape[1])
+    assert torch.equal(pos[0], src[0])  # the CLS row is kept
+    # the explicit bilinear rule for 6 -> 2 columns, align_corners=False: x_src = (x + 0.5) * 3 - 0.5
+    grid = src[1:].reshape(6, 6, -1)
+    # (bicubic or antialiased resizing would mix neighbouring columns instead)
+    ref = torch.stack([grid[:, 1], grid[:, 4]], dim=1).reshape(12, -1)
+    assert torch.allclose(pos[1:], ref, atol=1e-6)
+    # every other weight is loaded as is
+    assert torch.equal(model.clip.token_embedding.weight, state["token_embedding.weight"])
+
+
+def test_resize_is_not_open_clips_bicubic():
+    pos = torch.randn(1 + 14 * 14, 8)
+    ours = resize_pos_embed(pos, (24, 8))
+    grid = pos[1:].reshape(1, 14, 14, 8).permute(0, 3, 1, 2)
+    bicubic = torch.nn.functional.interpolate(grid, size=(24, 8), mode="bicubic", antialias=True)
+    assert not torch.allclose(ours[1:], bicubic.permute(0, 2, 3, 1).reshape(-1, 8), atol=1e-3)
+
+
+def test_wrong_pretrained_file_is_a_clear_error(tmp_path, tiny_cfg):
+    path = tmp_path / "other.safetensors"
+    save_file({"visual.conv1.weight": torch.zeros(3, 3, 3, 3)}, str(path))
+    with pytest.raises(BackboneError, match="do not fit this backbone"):
+        build_model(dataclasses.replace(tiny_cfg, pretrained=str(path)))
+    with pytest.raises(BackboneError, match="neither a file nor an open_clip tag"):
+        build_model(dataclasses.replace(tiny_cfg, pretrained=str(tmp_path / "absent.pt")))

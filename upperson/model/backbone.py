@@ -1,0 +1,204 @@
+"""The frozen open_clip backbone: creation, weight loading and position-embedding resizing.
+
+Weights come from an open_clip pretrained tag (downloaded by open_clip when a network is
+there), or a local file: safetensors, an open_clip state dict, or OpenAI's TorchScript
+``ViT-B-16.pt``. No file is ever unpickled without ``weights_only``; TorchScript archives
+are read with ``torch.jit.load``, which builds no arbitrary Python objects.
+
+The square 224-pixel position grid is resized to the configured image grid **bilinearly,
+without antialiasing** (``align_corners=False``), in float32, keeping the CLS row: what the
+paper's code does. open_clip's own ``force_image_size`` resize is bicubic with antialias,
+which does not reproduce the paper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+import open_clip
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from upperson.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_UNUSED_KEYS = ("logit_scale", "logit_bias")  # the retrieval losses use a fixed temperature
+
+
+class BackboneError(RuntimeError):
+    """Backbone weights that cannot be found, read or matched to the model."""
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def register_model_configs() -> None:
+    """Make the project's own open_clip configs (e.g. ``upp-tiny``) known to open_clip."""
+    if MODEL_CONFIG_DIR.is_dir() and not getattr(register_model_configs, "_done", False):
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        register_model_configs._done = True  # type: ignore[attr-defined]
+
+
+def create_clip(cfg: ModelConfig) -> nn.Module:
+    """Create the open_clip CLIP for ``cfg`` and load its weights (random if none)."""
+    register_model_configs()
+    if cfg.name not in open_clip.list_models():
+        raise BackboneError(f"unknown open_clip model {cfg.name!r}; see open_clip.list_models()")
+    quiet = _DropMessage("No pretrained weights loaded")  # we load them ourselves, below
+    logging.getLogger().addFilter(quiet)
+    try:
+        clip = open_clip.create_model(
+            cfg.name,
+            pretrained=None,
+            force_quick_gelu=cfg.quick_gelu,
+            force_image_size=tuple(cfg.image_size),
+        )
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    if not hasattr(clip, "transformer") or not hasattr(clip, "token_embedding"):
+        raise BackboneError(
+            f"{cfg.name} has no built-in CLIP text transformer (e.g. an HF text tower); "
+            "UP-Person needs a CLIP-style open_clip model"
+        )
+    if cfg.pretrained:
+        state = read_state_dict(cfg.pretrained, cfg.name)
+        load_backbone_state(clip, state, source=cfg.pretrained)
+    return clip
+
+
+def resolve_pretrained(pretrained: str, model_name: str) -> Path:
+    """A local file path for ``pretrained``: an existing file, or an open_clip tag."""
+    path = Path(pretrained).expanduser()
+    if path.exists():
+        return path
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not tag_cfg:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        raise BackboneError(
+            f"pretrained={pretrained!r} is neither a file nor an open_clip tag of {model_name} "
+            f"(tags: {', '.join(tags) or 'none'})"
+        )
+    try:
+        return Path(open_clip.download_pretrained(tag_cfg))
+    except Exception as exc:  # network errors come in many types
+        raise BackboneError(
+            f"could not fetch the {model_name} '{pretrained}' weights ({type(exc).__name__}: {exc}). "
+            "Without a network, download them elsewhere (for OpenAI's: ViT-B-16.pt) and set "
+            "model.pretrained to the file's path."
+        ) from exc
+
+
+def read_state_dict(pretrained: str, model_name: str) -> dict[str, torch.Tensor]:
+    """Read a backbone state dict from a tag or file, as float32 tensors."""
+    path = resolve_pretrained(pretrained, model_name)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    elif zipfile.is_zipfile(path) and _is_torchscript(path):
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise BackboneError(f"{path}: not a safetensors, TorchScript or plain state-dict file ({exc})") from exc
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise BackboneError(f"{path}: does not hold a state dict")
+    out = {}
+    for k, v in state.items():
+        if k in _OPENAI_EXTRA_KEYS or not isinstance(v, torch.Tensor):
+            continue
+        k = k[len("module."):] if k.startswith("module.") else k
+        out[k] = v.float() if v.is_floating_point() else v
+    return out
+
+
+def _is_torchscript(path: Path) -> bool:
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resize a ViT position table (1 + S*S, D) to (1 + gh*gw, D): bilinear, no antialias."""
+    n, dim = pos.shape[-2], pos.shape[-1]
+    if n == 1 + grid[0] * grid[1]:
+        return pos
+    side = int(math.isqrt(n - 1))
+    if side * side != n - 1:
+        raise BackboneError(f"position embedding of {n} rows is not CLS + a square grid")
+    cls_row, table = pos[:1].float(), pos[1:].float()
+    table = table.reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    table = F.interpolate(table, size=grid, mode="bilinear", align_corners=False, antialias=False)
+    table = table.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], dim)
+    return torch.cat([cls_row, table], dim=0)
+
+
+def load_backbone_state(clip: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    """Load ``state`` into ``clip``, resizing the image position table; clear errors on mismatch."""
+    state = dict(state)
+    key = "visual.positional_embedding"
+    if key in state:
+        grid = tuple(clip.visual.grid_size)
+        state[key] = resize_pos_embed(state[key], grid)
+    own = clip.state_dict()
+    missing = [k for k in own if k not in state and k not in _UNUSED_KEYS]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        lines = [f"the weights in {source} do not fit this backbone:"]
+        if wrong:
+            lines.append(f"  shape mismatches ({len(wrong)}): " + "; ".join(wrong[:5]))
+        if missing:
+            lines.append(f"  missing ({len(missing)}): " + ", ".join(missing[:5]))
+        if unexpected:
+            lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected[:5]))
+        lines.append("  (is model.name the architecture these weights were trained with?)")
+        raise BackboneError("\n".join(lines))
+    clip.load_state_dict(state, strict=False)
+
+
+def backbone_fingerprint(state: dict[str, torch.Tensor], samples: int = 2048) -> str:
+    """A cheap hash of backbone weights: names, shapes and strided samples in float32.
+
+    It is computed once, when the model is built, so that later casts (half precision on
+    GPU) do not change it.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state):
+        if name in _UNUSED_KEYS:
+            continue
+        t = state[name]
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        flat = t.detach().reshape(-1)
+        if flat.numel() == 0:
+            continue
+        step = max(1, flat.numel() // samples)
+        h.update(flat[::step][:samples].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def describe_source(cfg: ModelConfig) -> Optional[str]:
+    """A short, path-free name of where the weights came from (for checkpoints)."""
+    if not cfg.pretrained:
+        return None
+    p = Path(cfg.pretrained)
+    return p.name if p.exists() else cfg.pretrained

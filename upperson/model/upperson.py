@@ -1,0 +1,198 @@
+"""UP-Person: a frozen open_clip CLIP with Prefix, LoRA and Adapter in every block."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from open_clip.transformer import text_global_pool
+
+from upperson.config import ModelConfig
+from upperson.model.attention import AttentionProbs
+from upperson.model.backbone import backbone_fingerprint, create_clip
+from upperson.model.block import UPPersonBlock
+from upperson.petl import Adapter, LoRA, Prefix
+
+log = logging.getLogger(__name__)
+
+TOWERS = ("image", "text")
+
+
+def _in_depth(index: int, depth: Optional[int]) -> bool:
+    return depth is None or index < depth
+
+
+class AttentionRecording:
+    """Attention probabilities collected while recording, keyed by (tower, layer)."""
+
+    def __init__(self) -> None:
+        self.layers: dict[tuple[str, int], AttentionProbs] = {}
+
+    def __call__(self, tower: str, index: int, probs: AttentionProbs) -> None:
+        self.layers[(tower, index)] = probs
+
+    def tower(self, name: str) -> list[AttentionProbs]:
+        """The records of one tower, in layer order."""
+        return [self.layers[k] for k in sorted(k for k in self.layers if k[0] == name)]
+
+
+class UPPerson(nn.Module):
+    """Text-based person retrieval on a frozen CLIP with UP-Person's PETL components.
+
+    ``encode_image`` and ``encode_text`` return CLIP features, not normalised;
+    ``forward(images, tokens)`` returns both, L2-normalised, for the retrieval losses.
+    """
+
+    def __init__(self, clip: nn.Module, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.clip = clip
+        # computed before any cast, so half-precision copies keep the same identity
+        self.backbone_fingerprint = backbone_fingerprint(clip.state_dict())
+        self.trim_text = True
+        self._wrap_blocks()
+        self._set_trainable()
+
+    # ------------------------------------------------------------------ construction
+    def _towers(self) -> dict[str, nn.Module]:
+        return {"image": self.clip.visual.transformer, "text": self.clip.transformer}
+
+    def _wrap_blocks(self) -> None:
+        cfg = self.config
+        for tower, transformer in self._towers().items():
+            blocks = transformer.resblocks
+            for i, block in enumerate(blocks):
+                width = block.attn.in_proj_weight.shape[1]
+                prefix = lora_k = lora_v = ad_attn = ad_mlp = None
+                if cfg.prefix.enabled and _in_depth(i, cfg.prefix.depth):
+                    prefix = Prefix(width, cfg.prefix)
+                if cfg.lora.enabled and _in_depth(i, cfg.lora.depth):
+                    lora_k = LoRA(width, width, cfg.lora.rank)
+                    lora_v = LoRA(width, width, cfg.lora.rank)
+                if cfg.adapter.enabled and _in_depth(i, cfg.adapter.depth):
+                    bottleneck = max(1, int(round(width * cfg.adapter.ratio)))
+                    ad_attn = Adapter(width, bottleneck)
+                    ad_mlp = Adapter(width, bottleneck)
+                blocks[i] = UPPersonBlock(
+                    block,
+                    tower=tower,
+                    index=i,
+                    batch_first=getattr(transformer, "batch_first", True),
+                    prefix=prefix,
+                    lora_k=lora_k,
+                    lora_v=lora_v,
+                    adapter_attn=ad_attn,
+                    adapter_mlp=ad_mlp,
+                    adapter_placement=cfg.adapter.placement,
+                )
+
+    def _set_trainable(self) -> None:
+        for name, p in self.named_parameters():
+            if name.split(".")[-1] in ("logit_scale", "logit_bias"):
+                p.requires_grad_(False)  # unused: the losses have a fixed temperature
+            elif self.config.freeze_backbone:
+                p.requires_grad_(is_petl_parameter(self, name))
+            else:
+                p.requires_grad_(True)
+
+    # ------------------------------------------------------------------ introspection
+    def blocks(self, tower: Optional[str] = None) -> list[UPPersonBlock]:
+        """The UP-Person blocks of one tower (or both, image first)."""
+        towers = [tower] if tower else list(TOWERS)
+        return [b for t in towers for b in self._towers()[t].resblocks]
+
+    @property
+    def context_length(self) -> int:
+        return int(self.clip.positional_embedding.shape[0])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.config.image_size)  # type: ignore[return-value]
+
+    def prefix_scales(self) -> dict[str, list[float]]:
+        """S-Prefix lambda per layer and tower (1.0 for vanilla prefix, nan without prefix)."""
+        return {
+            t: [float(b.prefix.lam) if b.prefix is not None else float("nan") for b in self.blocks(t)]
+            for t in TOWERS
+        }
+
+    def set_explicit_attention(self, explicit: bool) -> None:
+        """Use the explicit softmax path instead of the fused SDPA kernel (same function)."""
+        for b in self.blocks():
+            b.explicit_attention = explicit
+
+    @contextlib.contextmanager
+    def record_attention(self) -> Iterator[AttentionRecording]:
+        """Within this context every block records its attention probabilities."""
+        rec = AttentionRecording()
+        for b in self.blocks():
+            b.recorder = rec
+        try:
+            yield rec
+        finally:
+            for b in self.blocks():
+                b.recorder = None
+
+    # ------------------------------------------------------------------ encoders
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """CLS output after ``ln_post`` times ``proj``: (B, D), not normalised."""
+        out = self.clip.visual(images)
+        return out[0] if isinstance(out, tuple) else out
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``<end>`` output after ``ln_final`` times ``text_projection``: (B, D), not normalised.
+
+        Padding beyond the longest caption of the batch is trimmed first; with the causal
+        mask no kept position can see a trimmed one, so the result is unchanged.
+        """
+        clip = self.clip
+        pool = getattr(clip, "text_pool_type", "argmax")
+        if self.trim_text and pool == "argmax" and clip.attn_mask is not None:
+            length = int(tokens.argmax(dim=-1).max()) + 1
+            tokens = tokens[:, :length]
+        length = tokens.shape[1]
+        cast_dtype = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(tokens).to(cast_dtype)
+        x = x + clip.positional_embedding[:length].to(cast_dtype)
+        mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+        x = clip.transformer(x, attn_mask=mask)
+        x = clip.ln_final(x)
+        x = text_global_pool(x, tokens, pool, eos_token_id=getattr(clip, "text_eos_id", None))
+        proj = clip.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return x
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training forward: L2-normalised image and text features."""
+        return F.normalize(self.encode_image(images), dim=-1), F.normalize(self.encode_text(tokens), dim=-1)
+
+
+def is_petl_parameter(model: nn.Module, name: str) -> bool:
+    """Whether parameter ``name`` of ``model`` belongs to a Prefix, LoRA or Adapter."""
+    return component_of(name) != "backbone"
+
+
+def component_of(name: str) -> str:
+    """The component a parameter name belongs to: prefix, lora, adapter or backbone."""
+    parts = name.split(".")
+    if "prefix" in parts:
+        return "prefix"
+    if "lora_k" in parts or "lora_v" in parts:
+        return "lora"
+    if "adapter_attn" in parts or "adapter_mlp" in parts:
+        return "adapter"
+    return "backbone"
+
+
+def build_model(cfg: ModelConfig) -> UPPerson:
+    """The single entry point: backbone from open_clip, then UP-Person's components."""
+    clip = create_clip(cfg)
+    model = UPPerson(clip, cfg)
+    log.debug("built %s with %s", cfg.name, model.config)
+    return model

@@ -1,0 +1,15 @@
+"""Configuration of LoRA on keys and values (SPEC 3.2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank updates of the key and value projections."""
+
+    enabled: bool = True
+    rank: int = 32
+    depth: Optional[int] = None  # the first `depth` blocks of each tower; None = all

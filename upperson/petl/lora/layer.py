@@ -1,0 +1,27 @@
+"""LoRA: a learnable low-rank update of a frozen projection (SPEC 3.2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class LoRA(nn.Module):
+    """``delta(x) = s * x A^T B^T``, with A (r x d) Kaiming-uniform, B (d x r) zero, s = 1."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+        self.A = nn.Parameter(torch.empty(rank, in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+        self.scale = nn.Parameter(torch.ones(1))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The update to add to the frozen projection's output."""
+        return (x @ self.A.t().to(x.dtype)) @ (self.B.t() * self.scale).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in={self.A.shape[1]}, out={self.B.shape[0]}, rank={self.rank}"
