@@ -216,7 +216,7 @@ def test_unknown_dataset_and_missing_root(tmp_path):
         load_dataset("market", tmp_path)
     with pytest.raises(DatasetError, match="data root not found"):
         load_dataset("cuhk-pedes", tmp_path / "nope")
-    assert set(DATASETS) == {"cuhk-pedes", "icfg-pedes", "rstpreid", "toypedes", "generic"}
+    assert set(DATASETS) == {"cuhk-pedes", "icfg-pedes", "rstpreid", "toypedes", "toypedes-weak", "generic"}
 
 
 def test_missing_annotation_file(tmp_path):

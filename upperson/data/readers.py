@@ -263,6 +263,12 @@ def read_toypedes(root: PathLike, *, skip_bad_images: bool = False, check_images
                             SPLITS, skip_bad_images, check_images)
 
 
+def read_toypedes_weak(root: PathLike, *, skip_bad_images: bool = False, check_images: bool = True) -> PedesDataset:
+    """ToyPEDES's weak pretraining corpus (``--captions weak``): ``root/ToyPEDES-weak/``, train only."""
+    return _read_pedes_json("ToyPEDES-weak", root, "ToyPEDES-weak", "reid_raw.json", "file_path",
+                            SPLITS, skip_bad_images, check_images)
+
+
 _GENERIC_PATH_KEYS = ("image", "file_path", "img_path")
 _GENERIC_ID_KEYS = ("pid", "id")
 _GENERIC_CAPTION_KEYS = ("captions", "caption")
@@ -350,6 +356,7 @@ DATASETS: dict[str, Reader] = {
     "icfg-pedes": read_icfg_pedes,
     "rstpreid": read_rstpreid,
     "toypedes": read_toypedes,
+    "toypedes-weak": read_toypedes_weak,
     "generic": read_generic,
 }
 

@@ -23,6 +23,9 @@ class CaptionTokenizer:
     """
 
     def __init__(self, model_name: str):
+        from upperson.model.backbone import register_model_configs
+
+        register_model_configs()  # the project's own configs (upp-tiny) use CLIP's tokenizer
         if not model_name.startswith(("hf-hub:", "local-dir:")) and open_clip.get_model_config(model_name) is None:
             # open_clip would fall back to the CLIP tokenizer with only a warning
             raise ValueError(f"unknown open_clip model {model_name!r}: no tokenizer for it")

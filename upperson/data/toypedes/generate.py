@@ -1,0 +1,236 @@
+"""Generating ToyPEDES on disk, in CUHK-PEDES format, deterministically and atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+from tqdm import tqdm
+
+from upperson.data.toypedes.attributes import Identity, identity_stream
+from upperson.data.toypedes.captions import fine_caption, weak_caption
+from upperson.data.toypedes.render import HEIGHT, WIDTH, render
+
+log = logging.getLogger(__name__)
+
+#: bump when the same seed would produce different files
+GENERATOR_VERSION = 1
+CAPTIONS_PER_IMAGE = 2
+CAPTION_MODES = ("fine", "weak")
+FOLDERS = {"fine": "ToyPEDES", "weak": "ToyPEDES-weak"}
+
+
+@dataclass(frozen=True)
+class ToyPedesPreset:
+    """Sizes of one ToyPEDES preset: identities per split and images per identity."""
+
+    train: int
+    val: int
+    test: int
+    images: tuple[int, int]  # images per identity, min and max
+    weak_ids: int  # identities of the weak pretraining corpus
+    weak_images: tuple[int, int]
+
+    @property
+    def benchmark_ids(self) -> int:
+        return self.train + self.val + self.test
+
+
+TOYPEDES_PRESETS: dict[str, ToyPedesPreset] = {
+    # used by the tests of the whole repository: about a second to generate
+    "tiny": ToyPedesPreset(train=24, val=8, test=8, images=(3, 3), weak_ids=48, weak_images=(2, 2)),
+    "small": ToyPedesPreset(train=240, val=30, test=30, images=(3, 5), weak_ids=600, weak_images=(2, 3)),
+    "default": ToyPedesPreset(train=2000, val=200, test=300, images=(3, 5), weak_ids=3000, weak_images=(2, 3)),
+}
+
+
+def _views(n: int, rng: random.Random) -> list[str]:
+    """Cameras of one identity: a front, a back and a side view first, then random ones."""
+    base = ["front", "back", "side"]
+    return base[:n] + [rng.choices(base, weights=(0.4, 0.3, 0.3))[0] for _ in range(n - len(base))]
+
+
+# a task: (identity, pid, split, number of images, seed, caption mode, output folder)
+_Task = tuple[Identity, int, str, int, int, str, str]
+
+
+def _render_identity(task: _Task) -> list[tuple[dict, dict]]:
+    """Draw, caption and save every image of one identity; (annotation, image info) each."""
+    ident, pid, split, n_images, seed, mode, out = task
+    views = _views(n_images, random.Random(f"toypedes/{seed}/{pid}/views"))
+    caption = fine_caption if mode == "fine" else weak_caption
+    results = []
+    for k, view in enumerate(views):
+        img, shown = render(
+            ident, view,
+            random.Random(f"toypedes/{seed}/{pid}/{k}/image"),
+            np.random.default_rng([seed, pid, k]),
+        )
+        rel = f"{split}/{pid:05d}_{k}.png"
+        path = Path(out) / "imgs" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, format="PNG", optimize=False, compress_level=6)
+        captions = [caption(ident, view, random.Random(f"toypedes/{seed}/{pid}/{k}/caption/{j}"))
+                    for j in range(CAPTIONS_PER_IMAGE)]
+        results.append((
+            {"id": pid, "file_path": rel, "captions": captions, "split": split},
+            {"file_path": rel, "id": pid, **shown.to_dict()},
+        ))
+    return results
+
+
+def _plan(preset: ToyPedesPreset, seed: int, mode: str) -> list[tuple[Identity, int, str, int]]:
+    """(identity, pid, split, images) for every identity to draw; pids start at 1."""
+    stream = identity_stream(seed)
+    bench = [next(stream) for _ in range(preset.benchmark_ids)]
+    plan = []
+    if mode == "fine":
+        splits = ["train"] * preset.train + ["val"] * preset.val + ["test"] * preset.test
+        lo, hi = preset.images
+        for i, (ident, split) in enumerate(zip(bench, splits)):
+            pid = i + 1
+            n = random.Random(f"toypedes/{seed}/{pid}/count").randint(lo, hi)
+            plan.append((ident, pid, split, n))
+    else:
+        lo, hi = preset.weak_images
+        for i in range(preset.weak_ids):
+            pid = preset.benchmark_ids + i + 1  # after the benchmark's pids: ids and identities disjoint
+            n = random.Random(f"toypedes/{seed}/{pid}/count").randint(lo, hi)
+            plan.append((next(stream), pid, "train", n))
+    return plan
+
+
+def _meta(preset_name: str, seed: int, mode: str) -> dict:
+    return {
+        "generator": "upperson toypedes",
+        "version": GENERATOR_VERSION,
+        "preset": preset_name,
+        "seed": seed,
+        "captions": mode,
+        "image_size": [HEIGHT, WIDTH],
+    }
+
+
+def _holds(folder: Path, meta: dict) -> bool:
+    """Whether ``folder`` is a complete ToyPEDES generated with ``meta``'s settings."""
+    try:
+        if not (folder / "reid_raw.json").is_file():
+            return False
+        found = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and {k: found.get(k) for k in meta} == meta
+
+
+def _write_json(path: Path, obj: object, indent: Optional[int] = None) -> None:
+    path.write_text(json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=True) + "\n", encoding="utf-8")
+
+
+def generate_toypedes(
+    out_dir: Union[str, Path],
+    preset: str = "tiny",
+    seed: int = 0,
+    captions: str = "fine",
+    workers: Optional[int] = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write ToyPEDES under ``out_dir`` and return its folder.
+
+    ``captions="fine"`` writes the benchmark to ``out_dir/ToyPEDES/`` (train/val/test by
+    identity); ``"weak"`` writes the pretraining corpus to ``out_dir/ToyPEDES-weak/`` (all
+    train, identities disjoint from the benchmark of the same preset and seed). Each folder
+    holds ``imgs/``, ``reid_raw.json`` (CUHK-PEDES format), ``attributes.json`` (every
+    identity's attributes, every image's view) and ``meta.json``.
+
+    Same arguments, same bytes: every image and caption is seeded by (seed, pid, image
+    index), so ``workers`` does not change the output. The dataset is built in a temporary
+    folder beside the target and renamed into place when complete, so an interrupted run
+    leaves no half dataset. If the folder exists from the same preset, seed and generator
+    version it is reused; if it differs, ``overwrite=True`` is needed.
+    """
+    if preset not in TOYPEDES_PRESETS:
+        raise ValueError(f"unknown ToyPEDES preset {preset!r}; known: {', '.join(TOYPEDES_PRESETS)}")
+    if captions not in CAPTION_MODES:
+        raise ValueError(f"captions must be one of {CAPTION_MODES}, got {captions!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    out_dir = Path(out_dir).expanduser().resolve()
+    final = out_dir / FOLDERS[captions]
+    meta = _meta(preset, seed, captions)
+    if final.exists():
+        if _holds(final, meta) and not overwrite:
+            log.info("%s already holds ToyPEDES %s (seed %d); reusing it", final, preset, seed)
+            return final
+        if not overwrite:
+            raise ValueError(f"{final} exists and is not ToyPEDES {preset!r} with seed {seed}; "
+                             "pass --overwrite (overwrite=True) to replace it")
+
+    plan = _plan(TOYPEDES_PRESETS[preset], seed, captions)
+    n_images = sum(n for *_, n in plan)
+    if workers is None:
+        workers = 1 if n_images < 600 else max(1, min(os.cpu_count() or 1, 8))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=out_dir))
+    log.info("generating ToyPEDES %s (%s captions, seed %d): %d identities, %d images, %d worker(s)",
+             preset, captions, seed, len(plan), n_images, workers)
+    try:
+        tasks: list[_Task] = [(ident, pid, split, n, seed, captions, str(tmp)) for ident, pid, split, n in plan]
+        bar = tqdm(total=len(tasks), unit="id", desc=f"ToyPEDES {preset}", disable=None, leave=False)
+        results: list[list[tuple[dict, dict]]] = []
+        if workers == 1:
+            for task in tasks:
+                results.append(_render_identity(task))
+                bar.update()
+        else:
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            with mp.get_context(method).Pool(workers) as pool:
+                chunk = max(1, len(tasks) // (workers * 16))
+                for res in pool.imap(_render_identity, tasks, chunksize=chunk):
+                    results.append(res)
+                    bar.update()
+        bar.close()
+
+        annotations = [ann for res in results for ann, _ in res]
+        images = {info["file_path"]: {k: v for k, v in info.items() if k != "file_path"}
+                  for res in results for _, info in res}
+        identities = {str(pid): {"split": split, **ident.to_dict()} for ident, pid, split, _ in plan}
+        counts = {}
+        for split in ("train", "val", "test"):
+            anns = [a for a in annotations if a["split"] == split]
+            if anns:
+                counts[split] = {"ids": len({a["id"] for a in anns}), "images": len(anns),
+                                 "captions": sum(len(a["captions"]) for a in anns)}
+        _write_json(tmp / "attributes.json", {"identities": identities, "images": images}, indent=1)
+        _write_json(tmp / "meta.json", {**meta, "counts": counts}, indent=1)
+        _write_json(tmp / "reid_raw.json", annotations)  # last: its presence marks a complete folder
+        os.chmod(tmp, 0o755)
+
+        if final.exists():  # overwrite: move the old one aside, then swap
+            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=out_dir))
+            os.replace(final, trash / final.name)
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if _holds(final, meta):  # a concurrent run finished the same dataset first
+                log.info("%s was written concurrently; keeping that copy", final)
+            else:
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote %s: %s", final, ", ".join(f"{s} {c['ids']} ids / {c['images']} images / "
+                                              f"{c['captions']} captions" for s, c in counts.items()))
+    return final
