@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -23,8 +22,6 @@ from upperson.data.toypedes import (
 )
 from upperson.data.toypedes.captions import fine_caption
 from upperson.data.toypedes.attributes import identity_stream
-
-import random
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +194,11 @@ def test_cli(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_cli_subprocess_help():
-    res = subprocess.run([sys.executable, "-m", "upperson", "toypedes", "--help"], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], timeout=120)
-    assert res.returncode == 0 and "--captions" in res.stdout and "ToyPEDES-weak" in res.stdout
+def test_cli_help(capsys):
+    from upperson.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["toypedes", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--captions" in out and "ToyPEDES-weak" in out and "tiny" in out
