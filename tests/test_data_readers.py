@@ -144,9 +144,8 @@ def test_image_cache_returns_same_pixels(tmp_path):
     records = load_dataset("cuhk-pedes", tmp_path).split("test")
     tf = build_transforms((24, 8), train=False)
     plain = GalleryDataset(records, tf)
-    cached = GalleryDataset(records, tf, cache_images=True)
     expected = [plain[i]["image"] for i in range(3)]
-    cached.store.preload()
+    cached = GalleryDataset(records, tf, cache_images=True)  # decodes every image now
     assert cached.store.cached_bytes == 3 * 24 * 8 * 3  # the 24 x 8 fixture images, uint8 RGB
     for p in records:
         p.path.unlink()  # served from memory now

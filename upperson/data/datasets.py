@@ -22,8 +22,9 @@ class ImageStore:
 
     With ``cache=True`` each image is decoded once and kept as a ``uint8`` array (3 bytes a
     pixel: a 192 x 64 ToyPEDES image is 36 KB). ``preload()`` fills the cache up front, in
-    the main process, so that forked DataLoader workers share it; otherwise each worker
-    fills its own copy as it goes.
+    the main process, so that forked DataLoader workers share it (the datasets below call it
+    when built with ``cache_images=True``); otherwise each worker would fill its own copy,
+    lost when non-persistent workers end with the epoch.
     """
 
     def __init__(self, paths: Sequence[Path], cache: bool = False):
@@ -106,7 +107,7 @@ class TrainCaptionDataset(Dataset):
         self.epoch = 0
         self.pid_map = relabel_pids([r.pid for r in self.records])
         self.num_classes = len(self.pid_map)
-        self.store = ImageStore([r.path for r in self.records], cache=cache_images)
+        self.store = ImageStore([r.path for r in self.records], cache=cache_images).preload()
         # (record index, caption index) per sample, in record order
         self.samples: list[tuple[int, int]] = [
             (ri, ci) for ri, r in enumerate(self.records) for ci in range(len(r.captions))
@@ -151,7 +152,7 @@ class GalleryDataset(Dataset):
     def __init__(self, records: Sequence[ImageRecord], transform: Optional[Transform], *, cache_images: bool = False):
         self.records = list(records)
         self.transform = transform
-        self.store = ImageStore([r.path for r in self.records], cache=cache_images)
+        self.store = ImageStore([r.path for r in self.records], cache=cache_images).preload()
         self.pids: list[int] = [r.pid for r in self.records]
 
     def __len__(self) -> int:
