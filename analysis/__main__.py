@@ -1,0 +1,307 @@
+"""``python -m analysis <command>``: paper figures (PNG + SVG) of an UP-Person model.
+
+Commands: attention, umap, ablation, curves, report. With no options every command uses the
+embedded default model and the ToyPEDES it was evaluated on; ``--checkpoint PATH`` or
+``--run RUN_DIR`` with ``--data-root DIR --dataset NAME`` point it at anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+log = logging.getLogger("analysis")
+
+DEFAULT_OUT = "figures"
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and data (default: the embedded model on its ToyPEDES)")
+    g.add_argument("--checkpoint", help="PETL checkpoint folder (petl.safetensors + petl.json)")
+    g.add_argument("--run", dest="run_dir", metavar="RUN_DIR", help="training run folder (uses its best/ checkpoint)")
+    g.add_argument("--pretrained", help="backbone weights to use instead of the path the checkpoint recorded")
+    g.add_argument("--data-root", help="folder holding the dataset (default: the embedded ToyPEDES)")
+    g.add_argument("--dataset", default="toypedes", help="dataset name: cuhk-pedes, icfg-pedes, rstpreid, toypedes, "
+                   "generic (default: toypedes)")
+    g.add_argument("--split", default="test", help="split to draw images and captions from (default: test)")
+
+
+def _attention_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("attention")
+    g.add_argument("--image", help="image file (default: the --index-th record of the split)")
+    g.add_argument("--caption", help="caption text (default: that record's --caption-index-th caption)")
+    g.add_argument("--index", type=int, default=0, help="record of the split to show (default 0)")
+    g.add_argument("--caption-index", type=int, default=0, help="which of its captions (default 0)")
+    g.add_argument("--layers", help="image-tower layers, e.g. 0,5,11 or 0-5 or all (default all)")
+    g.add_argument("--text-layers", help="text-tower layers (default: all)")
+    g.add_argument("--heads", help="heads to average, e.g. 0,1 (default all); applies to both towers")
+    g.add_argument("--text-heads", help="text-tower heads, when they differ from --heads")
+    g.add_argument("--quantity", default="mass", choices=("mass", "effective", "share"),
+                   help="mass: softmax mass m on the prefix (before lambda); effective: lambda*m; "
+                        "share: lambda*m / ((1-m) + lambda*m) (default mass)")
+
+
+def _umap_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("umap")
+    g.add_argument("--ids", type=int, default=20, help="identities to show (default 20)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the identity choice and the UMAP (default 0)")
+    g.add_argument("--no-links", action="store_true", help="do not link each caption to its image")
+    g.add_argument("--cache-dir", help="embedding cache (default: <UPPERSON_CACHE>/index, shared with the demo)")
+
+
+def _ablation_args(p: argparse.ArgumentParser, *, in_report: bool = False) -> None:
+    g = p.add_argument_group("ablation")
+    if not in_report:
+        g.add_argument("--run", action="store_true", help="train the variants (skipping complete run folders, "
+                       "resuming incomplete ones) before collecting them")
+        g.add_argument("--config", default="toypedes", help="base preset or YAML of the sweep (default toypedes)")
+        g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a base-config field for every variant (repeatable)")
+        g.add_argument("--epochs", type=int, help="training epochs of every trained variant")
+        g.add_argument("--variants", help="comma-separated variants (default: all); see --list")
+        g.add_argument("--list", action="store_true", help="list the variants and exit")
+        g.add_argument("--force", action="store_true", help="train again even where a complete run exists")
+        g.add_argument("--data-root", help="dataset folder for training (default: the embedded ToyPEDES)")
+        g.add_argument("--dataset", help="dataset name (default: the base config's)")
+    g.add_argument("--runs-dir", default=None, help="folder of the variants' run folders (default runs/ablation)")
+    g.add_argument("--csv", dest="ablation_csv", help="plot an existing ablation.csv instead of run folders")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        return p
+
+    p = add("attention", "attention to the prefix per image patch and text token, per layer; and lambda")
+    _model_args(p)
+    _attention_args(p)
+    p.set_defaults(func=cmd_attention)
+
+    p = add("umap", "UMAP of test image and caption embeddings by identity, zero-shot beside UP-Person")
+    _model_args(p)
+    _umap_args(p)
+    p.set_defaults(func=cmd_umap)
+
+    p = add("ablation", "the per-component ablation: train or collect the variants, table (CSV) and figures")
+    _ablation_args(p)
+    p.set_defaults(func=cmd_ablation)
+
+    p = add("curves", "training curves (loss and R@1 per epoch) of one or several runs")
+    p.add_argument("runs", nargs="*", help="run folders or metrics.jsonl files (default: the embedded model's log, "
+                   "else the shipped ablation's)")
+    p.add_argument("--run", dest="run_dirs", action="append", default=[], metavar="RUN_DIR",
+                   help="a run folder (repeatable; same as a positional argument)")
+    p.set_defaults(func=cmd_curves)
+
+    p = add("report", "every figure in one folder, with an index.html")
+    _model_args(p)
+    _attention_args(p)
+    _umap_args(p)
+    _ablation_args(p, in_report=True)
+    p.add_argument("--curves", dest="curve_runs", action="append", default=[], metavar="RUN_DIR",
+                   help="runs for the training curves (default: --run's folder, else the embedded/shipped logs)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _records(args):
+    from analysis.sources import load_data
+
+    data = load_data(args.data_root, args.dataset)
+    return data.split(args.split)
+
+
+def _source(args):
+    from analysis.sources import load_source
+
+    return load_source(args.checkpoint, args.run_dir, pretrained=args.pretrained)
+
+
+def attention_records(args, source=None, records=None):
+    """The attention figures for the parsed ``args`` (shared by ``attention`` and ``report``)."""
+    from analysis.attention import attention_figures
+    from upperson.data import build_tokenizer
+
+    source = source or _source(args)
+    model = source.model
+    tokenizer = build_tokenizer(model.config.name)
+    image, caption = args.image, args.caption
+    if image is None or caption is None:
+        records = records if records is not None else _records(args)
+        if not 0 <= args.index < len(records):
+            raise ValueError(f"--index {args.index}: the {args.split} split has {len(records)} records")
+        rec = records[args.index]
+        image = image or rec.path
+        if caption is None:
+            if not 0 <= args.caption_index < len(rec.captions):
+                raise ValueError(f"--caption-index {args.caption_index}: record {args.index} has {len(rec.captions)} captions")
+            caption = rec.captions[args.caption_index]
+    log.info("attention of %s on %s / %r", source.label, image, caption)
+    return attention_figures(model, tokenizer, Path(image), caption, Path(args.out), quantity=args.quantity,
+                             image_layers=args.layers, text_layers=args.text_layers, heads=args.heads,
+                             text_heads=args.text_heads)
+
+
+def umap_records(args, source=None, records=None):
+    from analysis.sources import zero_shot_of
+    from analysis.umap_plot import umap_figure
+    from upperson.data import build_tokenizer
+
+    source = source or _source(args)
+    records = records if records is not None else _records(args)
+    zero = zero_shot_of(source)
+    name = "UP-Person" if source.checkpoint is None else f"UP-Person ({Path(source.label).parent.name or source.label})"
+    if not any(x is not None for b in source.model.blocks() for x in (b.prefix, b.lora_k, b.adapter_attn)):
+        name = "fine-tuned" if not source.model.config.freeze_backbone else "model"
+    models = [("Zero-shot backbone", zero.model), (name, source.model)]
+    return umap_figure(models, build_tokenizer(source.model.config.name), records, Path(args.out), n_ids=args.ids,
+                       seed=args.seed, links=not args.no_links,
+                       cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+
+
+def _default_runs_dir() -> Path:
+    return Path("runs") / "ablation"
+
+
+def _shipped_csv() -> Path:
+    from upperson.embedded import REPO_ROOT
+
+    return REPO_ROOT / "assets" / "ablation" / "ablation.csv"
+
+
+def ablation_table(args):
+    """The table: from --csv, else from the runs folder, else the shipped one."""
+    from analysis import ablation
+
+    if getattr(args, "ablation_csv", None):
+        return ablation.read_csv(Path(args.ablation_csv)), f"table {args.ablation_csv}"
+    runs_dir = Path(args.runs_dir) if args.runs_dir else _default_runs_dir()
+    variants = ablation.get_variants(_split_names(getattr(args, "variants", None)))
+    if runs_dir.is_dir():
+        df = ablation.collect(runs_dir, variants)
+        if not df.empty:
+            return df, f"run folders in {runs_dir}"
+    if args.runs_dir is None and _shipped_csv().exists():
+        log.info("no runs in %s: plotting the shipped table %s", runs_dir, _shipped_csv())
+        return ablation.read_csv(_shipped_csv()), f"shipped table {_shipped_csv()}"
+    raise ValueError(f"no ablation results in {runs_dir}: train them with `python -m analysis ablation --run` "
+                     "(or pass --runs-dir DIR or --csv FILE)")
+
+
+def _split_names(spec: Optional[str]) -> Optional[list[str]]:
+    return [s.strip() for s in spec.split(",") if s.strip()] if spec else None
+
+
+def cmd_ablation(args, command: str = ""):
+    from analysis import ablation
+
+    if args.list:
+        for v in ablation.VARIANTS:
+            sys.stdout.write(f"{v.name:20s} {' '.join(v.overrides) or '(base preset)'}\n")
+        return []
+    out = Path(args.out)
+    details = {}
+    if args.run:
+        from upperson.embedded import BACKBONE_FILE, embedded_available
+
+        overrides = list(args.overrides)
+        base_cfg = ablation.load_config(args.config, overrides)
+        if base_cfg.model.pretrained is None and embedded_available() and base_cfg.model.name == "upp-tiny":
+            overrides.insert(0, f"model.pretrained={BACKBONE_FILE}")
+            log.info("backbone: the embedded one, %s", BACKBONE_FILE)
+        elif base_cfg.model.pretrained is None:
+            log.warning("the sweep's backbone is RANDOMLY initialised (model.pretrained is null)")
+        data_root = args.data_root
+        if data_root is None and (args.dataset or base_cfg.data.dataset) == "toypedes" and base_cfg.data.root is None:
+            from upperson.embedded import embedded_data_root
+
+            data_root = str(embedded_data_root())
+        runs_dir = Path(args.runs_dir) if args.runs_dir else _default_runs_dir()
+        plan = ablation.SweepPlan(base=args.config, overrides=overrides, epochs=args.epochs, data_root=data_root,
+                                  dataset=args.dataset)
+        variants = ablation.get_variants(_split_names(args.variants))
+        ablation.sweep(variants, plan, runs_dir, force=args.force, progress=not args.no_progress)
+        df = ablation.collect(runs_dir, variants, include_other=False)
+        details = {"base config": args.config, "overrides": " ".join(overrides) or "(none)",
+                   "epochs": args.epochs if args.epochs is not None else "preset's", "data root": data_root,
+                   "run folders": runs_dir}
+    else:
+        df, where = ablation_table(args)
+        details = {"source": where}
+    out.mkdir(parents=True, exist_ok=True)
+    ablation.write_csv(df, out / "ablation.csv")
+    ablation.copy_curves(df, out)
+    figs = ablation.ablation_figures(df, out)
+    ablation.write_readme(out, df, figs, command=command or "python -m analysis ablation", details=details)
+    log.info("ablation table (%d variants) and figures in %s", len(df), out)
+    return figs
+
+
+def cmd_curves(args, command: str = ""):
+    from analysis.curves import curves_figure, default_logs, read_runs
+
+    paths = [Path(p) for p in [*args.runs, *args.run_dirs]] or default_logs()
+    if not paths:
+        raise ValueError("no training log found: name run folders (python -m analysis curves RUN_DIR ...)")
+    runs = read_runs(paths)
+    if not runs:
+        raise ValueError(f"none of {', '.join(map(str, paths))} holds a readable metrics.jsonl")
+    return [curves_figure(runs, Path(args.out))]
+
+
+def cmd_attention(args, command: str = ""):
+    return attention_records(args)
+
+
+def cmd_umap(args, command: str = ""):
+    return umap_records(args)
+
+
+def cmd_report(args, command: str = ""):
+    from analysis.report import build_report
+
+    return build_report(args, command=command)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("analysis", "upperson"):
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if getattr(args, "no_progress", False):
+        import os
+
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    command = "python -m analysis " + shlex.join(argv)
+    try:
+        figs = args.func(args, command=command)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        if args.verbose:
+            raise
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    for f in figs or []:
+        sys.stdout.write(f"{f.png}\n{f.svg}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,316 @@
+"""Where the prefix is attended to: per image patch, per text token, per layer; and lambda.
+
+The numbers are the model's own attention probabilities, recorded by
+``UPPerson.record_attention()`` (the explicit softmax path, the same function as the fused
+one). For a query row of layer i, ``m`` is the softmax mass on the P prefix keys (before
+S-Prefix's lambda), so the token keys get ``1 - m``. S-Prefix multiplies the prefix
+columns by lambda without re-normalising, so the row's output is
+``(token part, weight 1 - m) + (prefix part, weight lambda * m)``. Three views of it:
+
+- ``mass``: ``m`` (the softmax probability on the prefix, before lambda);
+- ``effective``: ``lambda * m`` (the prefix's weight in the output);
+- ``share``: ``lambda * m / ((1 - m) + lambda * m)`` (the prefix's fraction of the row's weight).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from analysis import style
+from upperson.data import CLIP_MEAN, CLIP_STD, CaptionTokenizer, build_transforms
+from upperson.model import UPPerson
+
+log = logging.getLogger(__name__)
+
+QUANTITIES = ("mass", "effective", "share")
+QUANTITY_LABELS = {
+    "mass": "prefix attention mass m (before λ)",
+    "effective": "effective prefix weight λ·m",
+    "share": "prefix share λm / ((1−m) + λm)",
+}
+
+
+def prefix_scales(model: UPPerson) -> dict[str, list[float]]:
+    """lambda per layer and tower (1 for a vanilla prefix, nan where a layer has no prefix)."""
+    return {
+        tower: [float(b.prefix.lam.detach()) if b.prefix is not None else math.nan for b in model.blocks(tower)]
+        for tower in ("image", "text")
+    }
+
+
+@dataclass
+class PrefixAttention:
+    """Prefix attention of one image and one caption, every layer and head.
+
+    ``image_mass`` is (layers, heads, 1 + gh*gw): index 0 is CLS, then the patch grid row
+    by row. ``text_mass`` is (layers, heads, T), T = the caption's tokens up to ``<end>``.
+    Values are ``m`` (before lambda); nan for a layer without a prefix.
+    """
+
+    image_mass: np.ndarray
+    text_mass: np.ndarray
+    scales: dict[str, list[float]]
+    grid: tuple[int, int]
+    token_labels: list[str]
+    image: np.ndarray  # (H, W, 3) in [0, 1], the model's input (resized), for display
+    caption: str
+
+    def layer_count(self, tower: str) -> int:
+        return (self.image_mass if tower == "image" else self.text_mass).shape[0]
+
+    def values(self, tower: str, quantity: str = "mass", *, layers: Optional[Sequence[int]] = None,
+               heads: Optional[Sequence[int]] = None) -> np.ndarray:
+        """(layers, positions): ``quantity`` averaged over ``heads`` (all by default)."""
+        if quantity not in QUANTITIES:
+            raise ValueError(f"unknown quantity {quantity!r}; choose from {', '.join(QUANTITIES)}")
+        mass = self.image_mass if tower == "image" else self.text_mass
+        layers = list(range(mass.shape[0])) if layers is None else list(layers)
+        n_heads = mass.shape[1]
+        heads = list(range(n_heads)) if heads is None else list(heads)
+        bad = [h for h in heads if not 0 <= h < n_heads]
+        if bad:
+            raise ValueError(f"{tower} tower has {n_heads} heads (0..{n_heads - 1}); no head {bad}")
+        lam = np.asarray(self.scales[tower], dtype=np.float64)[layers][:, None, None]
+        m = mass[layers][:, heads].astype(np.float64)
+        if quantity == "effective":
+            v = lam * m
+        elif quantity == "share":
+            v = lam * m / ((1.0 - m) + lam * m)
+        else:
+            v = m
+        return v.mean(axis=1)
+
+    def patch_maps(self, quantity: str = "mass", *, layers=None, heads=None) -> np.ndarray:
+        """(layers, gh, gw): the patches' values (CLS left out) on the image grid."""
+        v = self.values("image", quantity, layers=layers, heads=heads)
+        gh, gw = self.grid
+        return v[:, 1:].reshape(v.shape[0], gh, gw)
+
+
+def token_labels(tokens: torch.Tensor, tokenizer: CaptionTokenizer) -> list[str]:
+    """A readable label per token of one row, up to and including ``<end>``."""
+    ids = [int(t) for t in tokens.tolist()]
+    end = ids.index(tokenizer.eot_id) if tokenizer.eot_id in ids else len(ids) - 1
+    labels = []
+    for t in ids[: end + 1]:
+        if t == tokenizer.sot_id:
+            labels.append("<start>")
+        elif t == tokenizer.eot_id:
+            labels.append("<end>")
+        else:
+            labels.append(tokenizer.decode(torch.tensor([t])) or f"#{t}")
+    return labels
+
+
+def display_image(pixels: torch.Tensor) -> np.ndarray:
+    """A normalised (3, H, W) tensor back to an (H, W, 3) array in [0, 1]."""
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return (pixels.detach().float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def _mass_of(records, n_layers: int) -> np.ndarray:
+    """Stack the first sample's prefix mass over layers; nan rows for layers without a prefix."""
+    if len(records) != n_layers:
+        raise RuntimeError(f"recorded {len(records)} layers, expected {n_layers}")
+    rows = []
+    for r in records:
+        m = r.prefix_mass()[0].float().cpu().numpy()  # (heads, L)
+        rows.append(m if r.prefix_len > 0 else np.full_like(m, np.nan))
+    return np.stack(rows)
+
+
+@torch.no_grad()
+def compute_prefix_attention(model: UPPerson, pixels: torch.Tensor, tokens: torch.Tensor,
+                             tokenizer: CaptionTokenizer, caption: str = "") -> PrefixAttention:
+    """Run the model on one image ``(3, H, W)`` and one token row ``(context,)`` and record
+    how much every query attends to the prefix, in every layer of both towers."""
+    if not any(b.prefix is not None for b in model.blocks()):
+        raise ValueError("this model has no prefix (model.prefix.enabled is false): nothing to show")
+    if pixels.ndim == 3:
+        pixels = pixels.unsqueeze(0)
+    if tokens.ndim == 1:
+        tokens = tokens.unsqueeze(0)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with model.record_attention() as rec:
+            model.encode_image(pixels[:1].to(device))
+            model.encode_text(tokens[:1].to(device))
+    finally:
+        model.train(was_training)
+    image_mass = _mass_of(rec.tower("image"), len(model.blocks("image")))
+    text_mass = _mass_of(rec.tower("text"), len(model.blocks("text")))
+    labels = token_labels(tokens[0], tokenizer)
+    text_mass = text_mass[..., : len(labels)]
+    grid = tuple(int(g) for g in model.clip.visual.grid_size)
+    if image_mass.shape[-1] != 1 + grid[0] * grid[1]:
+        raise RuntimeError(f"image tokens {image_mass.shape[-1]} do not match CLS + a {grid[0]}x{grid[1]} grid")
+    return PrefixAttention(image_mass, text_mass, prefix_scales(model), grid, labels,
+                           display_image(pixels[0]), caption)
+
+
+def load_example(model: UPPerson, tokenizer: CaptionTokenizer, image_path: Path, caption: str
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test-time pixels of an image file and the tokens of a caption."""
+    with Image.open(image_path) as im:
+        pixels = build_transforms(model.image_size, train=False)(im.convert("RGB"))
+    return pixels, tokenizer(caption)[0]
+
+
+def parse_indices(spec: Optional[str], count: int, what: str) -> Optional[list[int]]:
+    """``"0,3,-1"`` or ``"0-5"`` or ``"all"`` into indices in ``range(count)`` (None = all)."""
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return None
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        span = re.fullmatch(r"(\d+)-(\d+)", part)
+        try:
+            out.extend(range(int(span[1]), int(span[2]) + 1) if span else [int(part)])
+        except ValueError:
+            raise ValueError(f"{what}: cannot read {part!r} (use e.g. 0,3,-1 or 0-5 or all)") from None
+    fixed = [i + count if i < 0 else i for i in out]
+    bad = [o for o, i in zip(out, fixed) if not 0 <= i < count]
+    if bad:
+        raise ValueError(f"{what} {bad} out of range: the model has {count} ({0}..{count - 1})")
+    return fixed
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _layer_title(i: int, lam: float) -> str:
+    return f"layer {i}" if math.isnan(lam) else f"layer {i}\nλ = {lam:.3g}"
+
+
+def plot_image_prefix(att: PrefixAttention, out_dir: Path, *, quantity: str = "mass", layers=None, heads=None,
+                      name: str = "attention_image") -> style.FigureRecord:
+    """The input image, then one panel per layer with the patches' prefix attention overlaid."""
+    layer_ids = list(range(att.layer_count("image"))) if layers is None else list(layers)
+    maps = att.patch_maps(quantity, layers=layer_ids, heads=heads)
+    cls = att.values("image", quantity, layers=layer_ids, heads=heads)[:, 0]
+    n = len(layer_ids) + 1
+    ncols = min(n, 7)
+    nrows = math.ceil(n / ncols)
+    h, w = att.image.shape[:2]
+    panel_w = 1.0
+    panel_h = min(3.2, panel_w * h / w) + 0.55
+    fig = style.figure(panel_w * ncols + 0.9, panel_h * nrows + 0.7, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    finite = maps[np.isfinite(maps)]
+    vmax = float(finite.max()) if finite.size else 1.0
+    vmin = 0.0
+    extent = (0, w, h, 0)
+    axes[0].imshow(att.image, extent=extent)
+    axes[0].set_title("input")
+    im = None
+    cmap = style.overlay_cmap()
+    for ax, li, grid, c in zip(axes[1:], layer_ids, maps, cls):
+        ax.imshow(att.image, extent=extent)
+        if np.isfinite(grid).all():
+            im = ax.imshow(grid, extent=extent, cmap=cmap, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6,
+                           interpolation="nearest", alpha=0.8)
+            ax.set_xlabel(f"CLS {c:.2f}", fontsize=7)
+        else:
+            ax.set_xlabel("no prefix", fontsize=7)
+        ax.set_title(_layer_title(li, att.scales["image"][li]), fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    if im is not None:
+        fig.colorbar(im, ax=axes[:n].tolist(), shrink=0.8, label=QUANTITY_LABELS[quantity])
+    head_txt = "mean over heads" if heads is None else f"heads {','.join(map(str, heads))}"
+    fig.suptitle(f"Image tower: attention of each patch to the prefix ({head_txt})")
+    caption = (f"Image tower. For each layer, the {QUANTITY_LABELS[quantity]} of every image patch "
+               f"({att.grid[0]}x{att.grid[1]} grid), {head_txt}, overlaid on the input; the CLS token's value "
+               f"is under each panel and the S-Prefix scale λ above it.")
+    return style.save(fig, out_dir, name, caption)
+
+
+def plot_text_prefix(att: PrefixAttention, out_dir: Path, *, quantity: str = "mass", layers=None, heads=None,
+                     name: str = "attention_text") -> style.FigureRecord:
+    """A token-by-layer heat map of each text token's prefix attention."""
+    layer_ids = list(range(att.layer_count("text"))) if layers is None else list(layers)
+    v = att.values("text", quantity, layers=layer_ids, heads=heads).T  # (tokens, layers)
+    n_tok, n_lay = v.shape
+    width = 2.4 + 0.42 * n_lay
+    height = 1.5 + 0.19 * n_tok
+    fig_w = max(width, 5.0)
+    fig = style.figure(fig_w, min(max(height, 3.0), 14.0), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(np.ma.masked_invalid(v), aspect="auto", cmap=style.SEQUENTIAL, vmin=0, interpolation="nearest")
+    ax.set_xticks(range(n_lay), [str(i) for i in layer_ids])
+    ax.set_yticks(range(n_tok), att.token_labels, fontsize=7 if n_tok < 40 else 5)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("token")
+    ax.spines[:].set_visible(False)
+    fig.colorbar(im, ax=ax, label=QUANTITY_LABELS[quantity], shrink=0.9)
+    head_txt = "mean over heads" if heads is None else f"heads {','.join(map(str, heads))}"
+    title = f"Text tower: attention of each token to the prefix ({head_txt})"
+    if att.caption:
+        short = textwrap.shorten(att.caption, 200, placeholder=" …")
+        title += "\n" + textwrap.fill(f"“{short}”", width=int(fig_w * 11))
+    fig.suptitle(title, fontsize=9)
+    caption = (f"Text tower. The {QUANTITY_LABELS[quantity]} of every token of the caption (rows) in every "
+               f"layer (columns), {head_txt}. Causal attention: each token sees the prefix and earlier tokens.")
+    return style.save(fig, out_dir, name, caption)
+
+
+def plot_prefix_scales(scales: dict[str, list[float]], out_dir: Path, *, name: str = "prefix_scale",
+                       scaled: bool = True) -> style.FigureRecord:
+    """The learned S-Prefix lambda per layer, one line per tower."""
+    fig = style.figure(4.5, 3.0, layout="constrained")
+    ax = fig.subplots()
+    drawn = False
+    for tower, values in scales.items():
+        y = np.asarray(values, dtype=float)
+        if np.isfinite(y).any():
+            ax.plot(range(len(y)), y, marker="o" if tower == "image" else "s", color=style.TOWER_COLOURS[tower],
+                    label=f"{tower} tower")
+            drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, "no prefix in this model", ha="center", va="center", transform=ax.transAxes)
+    ax.axhline(1.0, color="0.5", lw=0.8, ls="--", label="vanilla prefix (λ = 1)")
+    n = max(len(v) for v in scales.values())
+    ax.set_xticks(range(n))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("λ (S-Prefix scale)")
+    ax.grid(True, axis="y")
+    ax.legend(frameon=False)
+    ax.set_title("Learned S-Prefix scale per layer" if scaled else "Prefix scale (vanilla prefix: fixed at 1)")
+    caption = ("The S-Prefix scale λ of every layer, per tower: the factor on the prefix's attention "
+               "weights (not re-normalised). The dashed line is a vanilla prefix (λ = 1).")
+    return style.save(fig, out_dir, name, caption)
+
+
+def attention_figures(model: UPPerson, tokenizer: CaptionTokenizer, image_path: Path, caption: str, out_dir: Path, *,
+                      quantity: str = "mass", image_layers: Optional[str] = None, text_layers: Optional[str] = None,
+                      heads: Optional[str] = None, text_heads: Optional[str] = None) -> list[style.FigureRecord]:
+    """The three attention figures for one image and one caption."""
+    pixels, tokens = load_example(model, tokenizer, image_path, caption)
+    att = compute_prefix_attention(model, pixels, tokens, tokenizer, caption)
+    n_img, n_txt = att.layer_count("image"), att.layer_count("text")
+    img_heads = parse_indices(heads, att.image_mass.shape[1], "image heads")
+    txt_heads = parse_indices(text_heads if text_heads is not None else heads, att.text_mass.shape[1], "text heads")
+    scaled = any(b.prefix is not None and b.prefix.scaled for b in model.blocks())
+    return [
+        plot_image_prefix(att, out_dir, quantity=quantity, layers=parse_indices(image_layers, n_img, "image layers"),
+                          heads=img_heads),
+        plot_text_prefix(att, out_dir, quantity=quantity, layers=parse_indices(text_layers, n_txt, "text layers"),
+                         heads=txt_heads),
+        plot_prefix_scales(att.scales, out_dir, scaled=scaled),
+    ]

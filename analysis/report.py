@@ -1,0 +1,109 @@
+"""``report``: every figure in one folder, with an ``index.html`` that shows each with its caption."""
+
+from __future__ import annotations
+
+import datetime
+import html
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+from analysis import style
+from upperson.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CSS = """
+body { font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+figure { margin: 1.2em 0 2em; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.92em; color: #333; margin-top: 0.4em; }
+code { background: #f4f4f4; padding: 0 0.25em; } .skipped { color: #8a4b00; }
+"""
+
+
+def render_index(sections: Sequence[tuple[str, list[style.FigureRecord], str]], out_dir: Path, *, title: str,
+                 notes: Sequence[str] = ()) -> Path:
+    """Write ``out_dir/index.html``: one section per command, one numbered figure per record.
+
+    ``sections`` holds (heading, figures, why-skipped); a section with no figures shows the reason.
+    """
+    out_dir = Path(out_dir)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>", f"<p>Generated {now}.</p>"]
+    for note in notes:
+        parts.append(f"<p>{note}</p>")
+    n = 0
+    for heading, figures, skipped in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if not figures:
+            parts.append(f'<p class="skipped">Not included: {html.escape(skipped)}</p>')
+        for f in figures:
+            n += 1
+            png = f.png.relative_to(out_dir).as_posix() if f.png.is_relative_to(out_dir) else f.png.resolve().as_uri()
+            svg = f.svg.relative_to(out_dir).as_posix() if f.svg.is_relative_to(out_dir) else f.svg.resolve().as_uri()
+            parts.append(
+                f'<figure id="{html.escape(f.name)}"><a href="{html.escape(svg)}">'
+                f'<img src="{html.escape(png)}" alt="{html.escape(f.name)}"></a>'
+                f"<figcaption><b>Figure {n}.</b> {html.escape(f.caption)} "
+                f'(<a href="{html.escape(png)}">PNG</a>, <a href="{html.escape(svg)}">SVG</a>)</figcaption></figure>')
+    parts.append("</body></html>")
+    path = out_dir / "index.html"
+    atomic_write_text(path, "\n".join(parts) + "\n")
+    log.info("wrote %s (%d figures)", path, n)
+    return path
+
+
+def _section(heading: str, make: Callable[[], list], sections: list) -> list:
+    try:
+        figs = make() or []
+        sections.append((heading, figs, ""))
+        return figs
+    except (ValueError, FileNotFoundError) as exc:
+        log.warning("report: %s skipped: %s", heading, exc)
+        sections.append((heading, [], str(exc)))
+        return []
+
+
+def build_report(args, command: str = "") -> list[style.FigureRecord]:
+    """Run attention, umap, ablation and curves into ``args.out`` and index them."""
+    from analysis.__main__ import _records, _source, ablation_table, attention_records, umap_records
+    from analysis import ablation
+    from analysis.curves import curves_figure, default_logs, read_runs
+
+    out = Path(args.out)
+    source = _source(args)
+    records = _records(args)
+    sections: list = []
+    figs = []
+    figs += _section("Attention to the prefix", lambda: attention_records(args, source, records), sections)
+    figs += _section("Embeddings (UMAP)", lambda: umap_records(args, source, records), sections)
+
+    def make_ablation():
+        df, _ = ablation_table(args)
+        ablation.write_csv(df, out / "ablation.csv")
+        ablation.copy_curves(df, out)
+        return ablation.ablation_figures(df, out)
+
+    figs += _section("Ablation", make_ablation, sections)
+
+    def make_curves():
+        paths = [Path(p) for p in args.curve_runs]
+        if not paths and args.run_dir:
+            paths = [Path(args.run_dir)]
+        paths = paths or default_logs()
+        runs = read_runs(paths)
+        if not runs:
+            raise ValueError("no training log (metrics.jsonl) found; name runs with --curves RUN_DIR")
+        return [curves_figure(runs, out)]
+
+    figs += _section("Training curves", make_curves, sections)
+    notes = [f"Model: <code>{html.escape(source.label)}</code>; data: <code>{html.escape(str(records[0].path.parent) if records else '')}</code> "
+             f"({html.escape(args.split)} split, {len(records)} images)."]
+    if command:
+        notes.append(f"Command: <code>{html.escape(command)}</code>")
+    render_index(sections, out, title="UP-Person analysis report", notes=notes)
+    return figs
