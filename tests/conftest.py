@@ -33,3 +33,13 @@ def tiny_cfg() -> ModelConfig:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def toypedes_root(tmp_path_factory):
+    """ToyPEDES 'tiny' (24/8/8 identities), generated once per test session."""
+    from upperson.data.toypedes import generate_toypedes
+
+    root = tmp_path_factory.mktemp("toypedes")
+    generate_toypedes(root, preset="tiny", seed=0)
+    return root

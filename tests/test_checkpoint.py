@@ -30,10 +30,13 @@ def _features(model):
         return model.encode_image(images), model.encode_text(tokens)
 
 
-def _save_backbone(tmp_path, cfg):
-    """Write a random backbone to a safetensors file and point the config at it."""
+def _save_backbone(tmp_path, cfg, name="backbone", noise=0.0):
+    """Write a (randomly perturbed) backbone to a safetensors file and point the config at it."""
     clip = create_clip(cfg)
-    path = tmp_path / "backbone.safetensors"
+    with torch.no_grad():
+        for p in clip.parameters():
+            p.add_(torch.randn_like(p) * noise)
+    path = tmp_path / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
     return dataclasses.replace(cfg, pretrained=str(path))
 
@@ -65,12 +68,20 @@ def test_checkpoint_for_another_backbone_is_refused_clearly(tmp_path, tiny_cfg):
     assert "image size" in msg
 
 
+def test_random_init_is_reproducible(tiny_cfg):
+    torch.manual_seed(1)
+    a = build_model(tiny_cfg)
+    torch.manual_seed(2)
+    b = build_model(tiny_cfg)
+    assert a.backbone_fingerprint == b.backbone_fingerprint
+    assert torch.equal(a.clip.token_embedding.weight, b.clip.token_embedding.weight)
+
+
 def test_checkpoint_for_other_backbone_weights_is_refused(tmp_path, tiny_cfg):
     cfg = _save_backbone(tmp_path, tiny_cfg)
     model = build_model(cfg)
     save_petl(model, tmp_path / "ckpt")
-    torch.manual_seed(123)
-    other = build_model(tiny_cfg)  # same architecture, different (random) weights
+    other = build_model(_save_backbone(tmp_path, tiny_cfg, "other", noise=0.01))  # same architecture, other weights
     with pytest.raises(CheckpointMismatchError, match="backbone weights differ"):
         load_petl(other, tmp_path / "ckpt")
     load_petl(other, tmp_path / "ckpt", strict_backbone=False)  # opt-in: only a warning

@@ -50,9 +50,9 @@ def test_component_switches_change_the_count(tiny_cfg):
     no_lora = count_parameters(build_model(dataclasses.replace(tiny_cfg, lora=dataclasses.replace(tiny_cfg.lora, enabled=False))))
     assert no_lora.by_component["lora"]["total"] == 0
     assert full.trainable - no_lora.trainable == full.by_component["lora"]["trainable"]
-    # LoRA on K and V: per block 2 * (r*d + d*r) + 2 scales; towers 192 (image) and 128 (text), 4 blocks each
+    # LoRA on K and V: per block 2 * (r*d + d*r) + 2 scales; towers 128 (image) and 128 (text), 4 blocks each
     r = tiny_cfg.lora.rank
-    assert full.by_component["lora"]["trainable"] == 4 * (2 * (2 * r * 192) + 2) + 4 * (2 * (2 * r * 128) + 2)
+    assert full.by_component["lora"]["trainable"] == 4 * (2 * (2 * r * 128) + 2) + 4 * (2 * (2 * r * 128) + 2)
     shallow = count_parameters(build_model(dataclasses.replace(tiny_cfg, prefix=dataclasses.replace(tiny_cfg.prefix, depth=2))))
     assert shallow.by_component["prefix"]["trainable"] * 2 == full.by_component["prefix"]["trainable"]
 

@@ -55,6 +55,7 @@ class DataConfig:
     caption_mask_prob: float = 0.0  # BERT-style caption augmentation (SPEC 5), 0 = off
     skip_bad_images: bool = False
     augment: bool = True
+    cache_images: bool = False  # keep decoded training images in memory (small datasets)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class LossConfig:
 
     name: str = "sdm"  # "sdm" or "itc"
     temperature: float = 0.02
+    learnable_temperature: bool = False  # CLIP-style pretraining learns it
 
 
 @dataclass

@@ -45,3 +45,16 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 def atomic_write_json(path: PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def replace_dir(tmp: PathLike, final: PathLike) -> None:
+    """Swap a fully written folder ``tmp`` in at ``final`` (the old one is removed after)."""
+    import shutil
+
+    tmp, final = Path(tmp), Path(final)
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Union
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from upperson.config import LossConfig
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def sdm_loss(image_features: torch.Tensor, text_features: torch.Tensor, pids: torch.Tensor,
-             temperature: float = 0.02, eps: float = 1e-8) -> torch.Tensor:
+             temperature: Union[float, torch.Tensor] = 0.02, eps: float = 1e-8) -> torch.Tensor:
     """Similarity distribution matching (IRRA): KL(p || q) both ways, q uniform over same-pid pairs.
 
     Features are L2-normalised here; ``pids`` (n,) gives the identity of sample i's image and text.
@@ -33,7 +34,7 @@ def sdm_loss(image_features: torch.Tensor, text_features: torch.Tensor, pids: to
 
 
 def itc_loss(image_features: torch.Tensor, text_features: torch.Tensor, pids: torch.Tensor,
-             temperature: float = 0.02) -> torch.Tensor:
+             temperature: Union[float, torch.Tensor] = 0.02) -> torch.Tensor:
     """Symmetric InfoNCE over the batch; the positive of row i is column i (pids unused)."""
     f = F.normalize(image_features.float(), dim=-1)
     g = F.normalize(text_features.float(), dim=-1)
@@ -42,10 +43,33 @@ def itc_loss(image_features: torch.Tensor, text_features: torch.Tensor, pids: to
     return F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)
 
 
-def build_loss(cfg: LossConfig) -> LossFn:
-    """The loss function named in ``cfg``: ``fn(image_features, text_features, pids)``."""
-    if cfg.name == "sdm":
-        return lambda f, g, pids: sdm_loss(f, g, pids, cfg.temperature)
-    if cfg.name == "itc":
-        return lambda f, g, pids: itc_loss(f, g, pids, cfg.temperature)
-    raise ValueError(f"unknown loss {cfg.name!r}; choose 'sdm' or 'itc'")
+class RetrievalLoss(nn.Module):
+    """The configured loss as a module: ``loss(image_features, text_features, pids)``.
+
+    With ``learnable_temperature`` (CLIP-style pretraining) the temperature is a parameter,
+    stored as ``log(1 / temperature)`` and clamped at 100 as CLIP does; otherwise it is fixed.
+    """
+
+    def __init__(self, cfg: LossConfig) -> None:
+        super().__init__()
+        if cfg.name not in ("sdm", "itc"):
+            raise ValueError(f"unknown loss {cfg.name!r}; choose 'sdm' or 'itc'")
+        self.name = cfg.name
+        init = torch.tensor(math.log(1.0 / cfg.temperature))
+        if cfg.learnable_temperature:
+            self.log_scale = nn.Parameter(init)
+        else:
+            self.register_buffer("log_scale", init, persistent=False)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return 1.0 / self.log_scale.clamp(max=math.log(100.0)).exp()
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+        fn = sdm_loss if self.name == "sdm" else itc_loss
+        return fn(image_features, text_features, pids, self.temperature)
+
+
+def build_loss(cfg: LossConfig) -> RetrievalLoss:
+    """The loss named in ``cfg``, as a module (it may hold a learnable temperature)."""
+    return RetrievalLoss(cfg)

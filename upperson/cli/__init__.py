@@ -15,8 +15,11 @@ from typing import Optional, Sequence
 
 # module name in this package for each sub-command, in --help order
 COMMANDS: list[str] = [
-    "params",
     "toypedes",
+    "train",
+    "evaluate",
+    "pretrain",
+    "params",
 ]
 
 

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
-_UNUSED_KEYS = ("logit_scale", "logit_bias")  # the retrieval losses use a fixed temperature
+_UNUSED_KEYS = ("logit_scale", "logit_bias")
+RANDOM_INIT_SEED = 0  # backbones without pretrained weights are initialised reproducibly  # the retrieval losses use a fixed temperature
 
 
 class BackboneError(RuntimeError):
@@ -62,12 +63,15 @@ def create_clip(cfg: ModelConfig) -> nn.Module:
     quiet = _DropMessage("No pretrained weights loaded")  # we load them ourselves, below
     logging.getLogger().addFilter(quiet)
     try:
-        clip = open_clip.create_model(
-            cfg.name,
-            pretrained=None,
-            force_quick_gelu=cfg.quick_gelu,
-            force_image_size=tuple(cfg.image_size),
-        )
+        with torch.random.fork_rng(devices=[]):
+            # random init is seeded, so a run "from scratch" can be rebuilt to load its checkpoints
+            torch.manual_seed(RANDOM_INIT_SEED)
+            clip = open_clip.create_model(
+                cfg.name,
+                pretrained=None,
+                force_quick_gelu=cfg.quick_gelu,
+                force_image_size=tuple(cfg.image_size),
+            )
     finally:
         logging.getLogger().removeFilter(quiet)
     if not hasattr(clip, "transformer") or not hasattr(clip, "token_embedding"):
@@ -202,3 +206,25 @@ def describe_source(cfg: ModelConfig) -> Optional[str]:
         return None
     p = Path(cfg.pretrained)
     return p.name if p.exists() else cfg.pretrained
+
+
+def export_backbone(model: nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the backbone's own weights (no PETL parts) as safetensors, atomically.
+
+    The keys are plain open_clip keys, so the file loads as ``model.pretrained`` for any
+    model built on the same open_clip config.
+    """
+    from safetensors.torch import save_file
+
+    from upperson.io import atomic_path
+    from upperson.model.upperson import component_of
+
+    clip = getattr(model, "clip", model)
+    state = {
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in clip.state_dict().items()
+        if component_of(k) == "backbone" and k not in _UNUSED_KEYS
+    }
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "upperson-backbone"})
+    return Path(path)

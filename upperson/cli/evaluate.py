@@ -1,0 +1,67 @@
+"""``python -m upperson evaluate``: text-to-image metrics of a run, a checkpoint or a config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("upperson.evaluate")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a run, a PETL checkpoint, or a config (zero-shot)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a run folder written by `train` (its best checkpoint)")
+    src.add_argument("--checkpoint", help="a PETL checkpoint folder (petl.safetensors + petl.json)")
+    src.add_argument("--config", help="a preset or YAML: evaluate its model as built (e.g. zero-shot)")
+    p.add_argument("--data-root", required=True, help="folder that holds the dataset")
+    p.add_argument("--dataset", help="dataset name (default: the run's or config's)")
+    p.add_argument("--split", default="test", choices=["test", "val"], help="split to evaluate (default: test)")
+    p.add_argument("--pretrained", help="backbone weights for the checkpoint (default: the path it recorded)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --config: override a field")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from upperson.config import load_config
+    from upperson.data import build_tokenizer, load_dataset
+    from upperson.evaluation import evaluate
+    from upperson.io import atomic_write_json
+    from upperson.metrics import format_metrics
+    from upperson.model import build_model
+    from upperson.model.checkpoint import load_model
+    from upperson.runtime import resolve_device
+
+    dataset = args.dataset
+    precision = "bf16"
+    if args.run:
+        run_dir = Path(args.run)
+        if not (run_dir / "config.yaml").exists():
+            raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+        cfg = load_config(str(run_dir / "config.yaml"))
+        dataset = dataset or cfg.data.dataset
+        precision = cfg.train.precision
+        model = load_model(run_dir / "best", pretrained=args.pretrained)
+    elif args.checkpoint:
+        model = load_model(args.checkpoint, pretrained=args.pretrained)
+        dataset = dataset or "cuhk-pedes"
+    else:
+        cfg = load_config(args.config, args.overrides)
+        dataset = dataset or cfg.data.dataset
+        precision = cfg.train.precision
+        model = build_model(cfg.model)
+    model = model.to(resolve_device(args.device)).eval()
+    data = load_dataset(dataset, args.data_root)
+    metrics = evaluate(model, data.split(args.split), build_tokenizer(model.config.name),
+                       batch_size=args.batch_size, precision=precision)
+    print(f"{data.name} {args.split}: {metrics['queries']} queries, {metrics['gallery']} images")
+    print(format_metrics(metrics))
+    if args.json_out:
+        atomic_write_json(Path(args.json_out), {k: metrics[k] for k in ("R1", "R5", "R10", "mAP", "mINP", "queries", "gallery")})
+    return 0

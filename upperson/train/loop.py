@@ -1,0 +1,273 @@
+"""Training and model selection (SPEC 5): one entry point, :func:`train`.
+
+A run folder holds ``config.yaml`` (the resolved config), ``train.log``, ``metrics.jsonl``
+(one JSON object per epoch, for pandas), ``last/`` (resumable state), ``best/`` (the
+selected PETL checkpoint) and ``results.json`` (the selection and the test metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from upperson.config import ExperimentConfig, save_config, to_dict
+from upperson.data import PedesDataset, TrainCaptionDataset, build_tokenizer, build_transforms, load_dataset
+from upperson.evaluation import evaluate
+from upperson.io import atomic_write_json, atomic_write_text, replace_dir
+from upperson.losses import build_loss
+from upperson.metrics import format_metrics
+from upperson.model import UPPerson, build_model
+from upperson.model.checkpoint import load_petl, save_petl
+from upperson.model.params import count_parameters
+from upperson.runtime import autocast, half_dtype, seed_everything
+from upperson.train.distributed import DistInfo, barrier, cleanup, gather_batch, init_distributed, mean_across
+from upperson.train.optim import build_optimizer, set_epoch_lr
+from upperson.train.sampler import GlobalBatchSampler, SeededSamples
+from upperson.train.state import find_training_state, load_training_state, save_training_state
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def selection_split(cfg: ExperimentConfig, data: PedesDataset) -> Optional[str]:
+    """The split that chooses the checkpoint: val where there is one, test only when asked.
+
+    None when the dataset has no evaluation split (a pretraining corpus): the last epoch is kept.
+    """
+    has = {name for name, records in data.splits.items() if records}
+    if cfg.train.select_on == "test" and "test" in has:
+        log.warning("model selection on the TEST split (as the paper's code does): test scores are optimistic")
+        return "test"
+    if "val" in has:
+        return "val"
+    if "test" in has:
+        log.warning("dataset %s has no val split: selecting the checkpoint on the TEST split", data.name)
+        return "test"
+    log.warning("dataset %s has no val or test split: no evaluation, the last epoch is kept", data.name)
+    return None
+
+
+def _cast_frozen_to_half(model: UPPerson, precision: str) -> None:
+    """On GPU, keep frozen backbone weights in half precision (PETL weights stay fp32)."""
+    dtype = half_dtype(precision)
+    for p in model.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(dtype)
+
+
+def _file_logging(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("upperson").addHandler(handler)
+    return handler
+
+
+def _read_metrics_log(path: Path, upto_epoch: int) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= upto_epoch]
+
+
+def _write_metrics_log(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _save_best(model: UPPerson, run_dir: Path, extra: dict) -> None:
+    tmp = run_dir / "best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_petl(model, tmp, extra=extra)
+    replace_dir(tmp, run_dir / "best")
+
+
+def train(cfg: ExperimentConfig, output_dir: Union[str, Path], *, resume: bool = False,
+          device: Optional[str] = None, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` into ``output_dir``; returns the results (also written to results.json)."""
+    info = init_distributed(device)
+    try:
+        return _train(cfg, Path(output_dir), resume, info, progress)
+    finally:
+        cleanup(info)
+
+
+def _train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo, progress: bool) -> dict[str, Any]:
+    if cfg.data.root is None:
+        raise ValueError("no data root: pass --data-root DIR (or set data.root)")
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume and (run_dir / "config.yaml").exists():
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --output")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _file_logging(run_dir) if info.is_main else None
+    try:
+        return _train_in(cfg, run_dir, resume, info, progress and info.is_main)
+    finally:
+        if handler is not None:
+            logging.getLogger("upperson").removeHandler(handler)
+            handler.close()
+
+
+def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo, progress: bool) -> dict[str, Any]:
+    t_cfg = cfg.train
+    seed_everything(t_cfg.seed)
+    device = info.device
+    if info.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+
+    data = load_dataset(cfg.data.dataset, cfg.data.root, skip_bad_images=cfg.data.skip_bad_images)  # logs a summary
+    select = selection_split(cfg, data)
+    tokenizer = build_tokenizer(cfg.model.name)
+
+    model = build_model(cfg.model).to(device)
+    report = count_parameters(model)
+    if info.is_main:
+        log.info("parameters:\n%s", report.table())
+    if device.type == "cuda" and t_cfg.backbone_half and cfg.model.freeze_backbone and t_cfg.precision != "fp32":
+        _cast_frozen_to_half(model, t_cfg.precision)
+    loss_module = build_loss(cfg.loss).to(device)
+
+    best_score, best_epoch, start_epoch = -math.inf, -1, 0
+    history: list[dict] = []
+    train_time = 0.0
+    if t_cfg.epochs > 0:
+        train_set = SeededSamples(
+            TrainCaptionDataset(
+                data.split("train"),
+                build_transforms(model.image_size, train=True, augment=cfg.data.augment),
+                tokenizer,
+                caption_mask_prob=cfg.data.caption_mask_prob,
+                seed=t_cfg.seed,
+                cache_images=cfg.data.cache_images,
+            ),
+            seed=t_cfg.seed,
+        )
+        sampler = GlobalBatchSampler(len(train_set), cfg.data.batch_size, seed=t_cfg.seed,
+                                     rank=info.rank, world_size=info.world_size)
+        loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                            pin_memory=device.type == "cuda")
+        optimizer = build_optimizer(model, t_cfg, extra=list(loss_module.parameters()))
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t_cfg.precision == "fp16")
+        if resume:
+            state_dir = find_training_state(run_dir)
+            if state_dir is None:
+                log.warning("--resume: no saved state in %s, starting from scratch", run_dir)
+            else:
+                done = load_training_state(state_dir, model, optimizer, loss_module, scaler)
+                start_epoch = done["epoch"] + 1
+                best_score, best_epoch = done["best_score"], done["best_epoch"]
+                train_time = done.get("train_time_s", 0.0)
+                history = _read_metrics_log(run_dir / "metrics.jsonl", done["epoch"])
+                log.info("resumed %s after epoch %d (best %s %.2f at epoch %d)",
+                         run_dir, done["epoch"], select, best_score, best_epoch)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+            if info.enabled else model
+
+        for epoch in range(start_epoch, t_cfg.epochs):
+            sampler.set_epoch(epoch)
+            train_set.set_epoch(epoch)
+            set_epoch_lr(optimizer, epoch, t_cfg)
+            model.train()
+            t0 = time.time()
+            loss_sum, steps, samples = 0.0, 0, 0
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t_cfg.epochs}", disable=not progress, leave=False)
+            for batch in bar:
+                if t_cfg.max_steps_per_epoch is not None and steps >= t_cfg.max_steps_per_epoch:
+                    break
+                images = batch["image"].to(device, non_blocking=True)
+                tokens = batch["tokens"].to(device, non_blocking=True)
+                pids = batch["pid"].to(device, non_blocking=True)
+                with autocast(device, t_cfg.precision):
+                    f, g = net(images, tokens)
+                f, g, all_pids = gather_batch(f.float(), info), gather_batch(g.float(), info), gather_batch(pids, info)
+                # every rank computes the loss of the whole global batch, with gradients into its
+                # own features; DDP averages over ranks, so scale by the world size
+                loss = loss_module(f, g, all_pids) * info.world_size
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"the loss became {float(loss)} at epoch {epoch + 1}, step {steps + 1}; training stopped. "
+                        f"The last good state is in {run_dir / 'last'} (epoch {epoch}), the best checkpoint in "
+                        f"{run_dir / 'best'}. Try a lower train.lr, or train.precision=fp32."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                loss_sum += float(loss.detach()) / info.world_size
+                steps += 1
+                samples += len(images) * info.world_size
+                if progress and steps % 10 == 0:
+                    bar.set_postfix(loss=f"{loss_sum / steps:.3f}")
+            epoch_time = time.time() - t0
+            train_time += epoch_time
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "loss": mean_across(loss_sum / max(1, steps), info),
+                "lr": optimizer.param_groups[0]["lr"],
+                "time_s": round(epoch_time, 2),
+                "samples_per_s": round(samples / max(epoch_time, 1e-9), 1),
+            }
+            if "log_scale" in dict(loss_module.named_parameters()):
+                row["temperature"] = float(loss_module.temperature)
+            evaluate_now = select is not None and t_cfg.eval_every > 0 and ((epoch + 1) % t_cfg.eval_every == 0 or epoch + 1 == t_cfg.epochs)
+            if info.is_main:
+                if evaluate_now:
+                    metrics = evaluate(model, data.split(select), tokenizer, batch_size=cfg.data.eval_batch_size,
+                                       precision=t_cfg.precision, progress=progress)
+                    row.update({"split": select, **{k: metrics[k] for k in ("R1", "R5", "R10", "mAP", "mINP")}})
+                    if metrics["R1"] > best_score:
+                        best_score, best_epoch = metrics["R1"], epoch + 1
+                        _save_best(model, run_dir, {"epoch": epoch + 1, "split": select, "metrics": metrics})
+                elif select is None or t_cfg.eval_every <= 0:
+                    best_epoch = epoch + 1  # no evaluation: the last epoch is the result
+                    _save_best(model, run_dir, {"epoch": epoch + 1})
+                log.info("epoch %d: loss %.4f%s", epoch + 1, row["loss"],
+                         f", {select} R1 {row['R1']:.2f} mAP {row['mAP']:.2f}" if "R1" in row else "")
+                history.append(row)
+                save_training_state(run_dir, model, optimizer, loss_module, {
+                    "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch, "train_time_s": train_time,
+                }, scaler)
+                _write_metrics_log(run_dir / "metrics.jsonl", history)
+            barrier(info)
+
+    results: dict[str, Any] = {}
+    if info.is_main:
+        results = _finish(cfg, run_dir, model, data, tokenizer, select, best_epoch, report, train_time, progress)
+    barrier(info)
+    return results
+
+
+def _finish(cfg: ExperimentConfig, run_dir: Path, model: UPPerson, data: PedesDataset, tokenizer, select: str,
+            best_epoch: int, report, train_time: float, progress: bool) -> dict[str, Any]:
+    """Evaluate the selected checkpoint on the selection split and on test; write results.json."""
+    if cfg.train.epochs > 0:
+        load_petl(model, run_dir / "best")
+    else:
+        _save_best(model, run_dir, {"epoch": 0})  # zero-shot: the untrained model is the result
+    eval_kw = dict(batch_size=cfg.data.eval_batch_size, precision=cfg.train.precision, progress=progress)
+    final = {select: evaluate(model, data.split(select), tokenizer, **eval_kw)} if select else {}
+    if select != "test" and data.splits.get("test"):
+        final["test"] = evaluate(model, data.split("test"), tokenizer, **eval_kw)
+    results = {
+        "dataset": data.name,
+        "selected_on": select,
+        "best_epoch": best_epoch,
+        "metrics": final,
+        "parameters": report.to_json(),
+        "train_time_s": round(train_time, 1),
+        "config": to_dict(cfg),
+    }
+    atomic_write_json(run_dir / "results.json", results)
+    for split, m in final.items():
+        log.info("%s (%s split, checkpoint of epoch %d):\n%s", data.name, split, best_epoch, format_metrics(m))
+    return results

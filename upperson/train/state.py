@@ -1,0 +1,129 @@
+"""The resumable training state, saved without pickle.
+
+``RUN/last/`` holds the trained weights (``petl.safetensors`` + ``petl.json``, an ordinary
+PETL checkpoint) and ``state.safetensors`` + ``state.json``: optimiser moments, the loss's
+learnable temperature, RNG states, the epoch reached and the best score so far. The folder is
+written beside the old one and swapped in with renames, so an interrupted write leaves the
+previous state intact.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from upperson.io import atomic_write_json, replace_dir
+from upperson.model.checkpoint import load_petl, save_petl
+
+STATE_WEIGHTS = "state.safetensors"
+STATE_JSON = "state.json"
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_version, list(py_state), py_gauss],
+    }
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    p = meta["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for key, value in st.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"opt.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for pid, values in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(values)
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_training_state(run_dir: Path, model, optimizer, loss_module, progress: dict[str, Any],
+                        scaler: Optional[torch.amp.GradScaler] = None) -> Path:
+    """Write ``run_dir/last`` atomically (temp folder, then renames)."""
+    final = run_dir / "last"
+    tmp = run_dir / "last.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_petl(model, tmp)
+    opt_tensors, opt_meta = _optimizer_state(optimizer)
+    rng_tensors, rng_meta = _rng_state()
+    loss_tensors = {f"loss.{n}": p.detach().cpu().contiguous() for n, p in loss_module.named_parameters()}
+    save_file({**opt_tensors, **rng_tensors, **loss_tensors}, str(tmp / STATE_WEIGHTS))
+    atomic_write_json(tmp / STATE_JSON, {
+        "progress": progress,
+        "optimizer": opt_meta,
+        "rng": rng_meta,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+    })
+    replace_dir(tmp, final)
+    return final
+
+
+def find_training_state(run_dir: Path) -> Optional[Path]:
+    """The newest complete state folder of a run, if any."""
+    for name in ("last", "last.old"):  # last.old survives a crash between the two renames
+        d = run_dir / name
+        if (d / STATE_JSON).exists() and (d / STATE_WEIGHTS).exists():
+            return d
+    return None
+
+
+def load_training_state(state_dir: Path, model, optimizer, loss_module,
+                        scaler: Optional[torch.amp.GradScaler] = None) -> dict[str, Any]:
+    """Restore weights, optimiser, loss temperature, RNG and scaler; returns the progress dict."""
+    load_petl(model, state_dir)
+    tensors = load_file(str(state_dir / STATE_WEIGHTS))
+    meta = json.loads((state_dir / STATE_JSON).read_text())
+    _load_optimizer_state(optimizer, tensors, meta["optimizer"])
+    with torch.no_grad():
+        for n, p in loss_module.named_parameters():
+            p.copy_(tensors[f"loss.{n}"])
+    _set_rng_state(tensors, meta["rng"])
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    return meta["progress"]
