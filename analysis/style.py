@@ -99,6 +99,12 @@ class FigureRecord:
     name: str
     caption: str
     files: dict[str, Path]
+    size: tuple[float, float] = (0.0, 0.0)  # inches; the PNG is size * DPI pixels
+
+    @property
+    def pixels(self) -> tuple[int, int]:
+        """(width, height) of the PNG in pixels."""
+        return round(self.size[0] * DPI), round(self.size[1] * DPI)
 
     @property
     def png(self) -> Path:
@@ -132,6 +138,7 @@ def save(fig, out_dir: Path, name: str, caption: str, formats: Sequence[str] = F
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=DPI, metadata={"Software": "UP-Person analysis"} if fmt == "png" else None)
         files[fmt] = path
+    size = tuple(float(x) for x in fig.get_size_inches())
     plt.close(fig)
     log.info("wrote %s", ", ".join(str(p) for p in files.values()))
-    return FigureRecord(name=name, caption=caption, files=files)
+    return FigureRecord(name=name, caption=caption, files=files, size=size)
