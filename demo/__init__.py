@@ -1,0 +1,1 @@
+"""The UP-Person search demo: ``python -m demo`` (see docs/DEMO.md)."""

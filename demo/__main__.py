@@ -1,0 +1,121 @@
+"""``python -m demo``: the UP-Person search demo (Gradio), on the embedded default unless told otherwise.
+
+Examples::
+
+    python -m demo                                   # embedded model, ToyPEDES test gallery
+    python -m demo --gallery ~/photos/people         # your own folder of images
+    python -m demo --data-root /data --dataset cuhk-pedes --split test
+    python -m demo --checkpoint runs/a/best --checkpoint runs/b/best   # switch between them in the UI
+    python -m demo --benchmark                       # query latency, no UI
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+log = logging.getLogger("demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("gallery (default: the embedded ToyPEDES test split)")
+    src.add_argument("--gallery", type=Path, help="a folder of images (searched recursively)")
+    src.add_argument("--data-root", type=Path, help="a data root holding a dataset in a SPEC format")
+    src.add_argument("--dataset", default="cuhk-pedes",
+                     help="with --data-root: cuhk-pedes, icfg-pedes, rstpreid, toypedes or generic (default cuhk-pedes)")
+    src.add_argument("--split", default="test", help="with --data-root: the split to search (default test)")
+    src.add_argument("--allow-root", type=Path, action="append", default=[],
+                     help="a folder under which the UI may index sub-folders (repeatable; --gallery is always allowed)")
+    mod = p.add_argument_group("model (default: the embedded UP-Person model)")
+    mod.add_argument("--checkpoint", type=Path, action="append", default=[],
+                     help="a PETL checkpoint folder (repeatable: the first is loaded, the others of the same "
+                          "backbone can be switched to in the UI)")
+    mod.add_argument("--pretrained", help="backbone weights for --checkpoint, if not where it was trained")
+    srv = p.add_argument_group("server")
+    srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
+    srv.add_argument("--share", action="store_true", help="open a public Gradio share link (off by default)")
+    srv.add_argument("--top-k", type=int, default=20, help="default number of results (default 20)")
+    srv.add_argument("--concurrency", type=int, default=4, help="requests handled at once (default 4)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: min(4, cores))")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="embedding cache (default: $UPPERSON_CACHE or ~/.cache/upperson)")
+    p.add_argument("--benchmark", action="store_true", help="measure query latency and exit (see demo.benchmark)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def load_model(checkpoints: Sequence[Path], pretrained: Optional[str]):
+    """(model, default checkpoint name, {other name: path}) for the CLI's model options."""
+    if not checkpoints:
+        from upperson.embedded import load_embedded_model
+
+        return load_embedded_model("upperson"), "embedded", {}
+    from upperson.model.checkpoint import load_model as load_ckpt
+
+    names: dict[str, Path] = {}
+    for c in checkpoints:
+        name = c.name if c.name not in names else str(c)
+        names[name] = c
+    first, *rest = names.items()
+    model = load_ckpt(first[1], pretrained=pretrained)
+    return model, first[0], dict(rest)
+
+
+def load_gallery(args: argparse.Namespace):
+    from demo.gallery import dataset_gallery, embedded_gallery, folder_gallery
+
+    if args.gallery and args.data_root:
+        raise SystemExit("give either --gallery or --data-root, not both")
+    if args.gallery:
+        return folder_gallery(args.gallery)
+    if args.data_root:
+        return dataset_gallery(args.dataset, args.data_root, args.split)
+    return embedded_gallery()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads or max(1, min(4, os.cpu_count() or 1)))
+    if args.benchmark:
+        from demo.benchmark import main as bench
+
+        return bench([] if args.threads is None else ["--threads", str(args.threads)])
+
+    from demo.app import build_app, launch
+    from demo.gallery import GalleryError
+    from demo.search import SearchEngine
+    from upperson.embedded import cache_dir
+
+    try:
+        gallery = load_gallery(args)
+        model, default_name, others = load_model(args.checkpoint, args.pretrained)
+        engine = SearchEngine(model, gallery, cache_dir=args.cache_dir or cache_dir(),
+                              checkpoints=others, default_name=default_name)
+    except (GalleryError, FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    allow = list(args.allow_root) + ([args.gallery] if args.gallery else [])
+    app = build_app(engine, allow_roots=allow, default_top_k=args.top_k)
+    roots = list(gallery.roots) + allow
+    _, local_url, share_url = launch(app, roots=roots, host=args.host, port=args.port, share=args.share,
+                                     prevent_thread_lock=True, concurrency=args.concurrency, quiet=True)
+    print(f"UP-Person demo running at {local_url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
+    try:
+        app.block_thread()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
