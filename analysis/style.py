@@ -104,7 +104,7 @@ class FigureRecord:
     @property
     def pixels(self) -> tuple[int, int]:
         """(width, height) of the PNG in pixels."""
-        return round(self.size[0] * DPI), round(self.size[1] * DPI)
+        return int(self.size[0] * DPI), int(self.size[1] * DPI)  # Agg truncates, as here
 
     @property
     def png(self) -> Path:
@@ -116,13 +116,18 @@ class FigureRecord:
 
 
 def figure(width: float, height: float, **kwargs):
-    """A new figure of ``width x height`` inches (the PNG is ``width*DPI x height*DPI`` pixels)."""
-    return plt.figure(figsize=(width, height), dpi=DPI, **kwargs)
+    """A new figure of ``width x height`` inches (the PNG is ``width*DPI x height*DPI`` pixels,
+    rounded to whole pixels: the size is nudged a quarter pixel up so Agg's truncation keeps it)."""
+    return plt.figure(figsize=(_whole_pixels(width), _whole_pixels(height)), dpi=DPI, **kwargs)
+
+
+def _whole_pixels(inches: float) -> float:
+    return (round(inches * DPI) + 0.25) / DPI
 
 
 def subplots(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float], **kwargs):
     """``plt.subplots`` in the paper style, with a fixed figure size in inches."""
-    return plt.subplots(nrows, ncols, figsize=size, dpi=DPI, **kwargs)
+    return plt.subplots(nrows, ncols, figsize=(_whole_pixels(size[0]), _whole_pixels(size[1])), dpi=DPI, **kwargs)
 
 
 def save(fig, out_dir: Path, name: str, caption: str, formats: Sequence[str] = FORMATS) -> FigureRecord:
