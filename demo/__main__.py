@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--share", action="store_true", help="open a public Gradio share link (off by default)")
     srv.add_argument("--top-k", type=int, default=20, help="default number of results (default 20)")
     srv.add_argument("--concurrency", type=int, default=4, help="requests handled at once (default 4)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: min(4, cores))")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for a query (default 1: fastest for one short text, and robust on a busy machine)")
+    p.add_argument("--index-threads", type=int, default=None,
+                   help="torch CPU threads while embedding gallery images (default: min(4, cores))")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="embedding cache (default: $UPPERSON_CACHE or ~/.cache/upperson)")
     p.add_argument("--benchmark", action="store_true", help="measure query latency and exit (see demo.benchmark)")
@@ -83,13 +86,11 @@ def load_gallery(args: argparse.Namespace):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
-
-    torch.set_num_threads(args.threads or max(1, min(4, os.cpu_count() or 1)))
+    index_threads = args.index_threads or max(1, min(4, os.cpu_count() or 1))
     if args.benchmark:
         from demo.benchmark import main as bench
 
-        return bench([] if args.threads is None else ["--threads", str(args.threads)])
+        return bench(["--threads", str(args.threads)])
 
     from demo.app import build_app, launch
     from demo.gallery import GalleryError
@@ -100,7 +101,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         gallery = load_gallery(args)
         model, default_name, others = load_model(args.checkpoint, args.pretrained)
         engine = SearchEngine(model, gallery, cache_dir=args.cache_dir or cache_dir(),
-                              checkpoints=others, default_name=default_name)
+                              checkpoints=others, default_name=default_name,
+                              query_threads=args.threads, index_threads=index_threads)
     except (GalleryError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2

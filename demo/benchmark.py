@@ -49,19 +49,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--store", type=int, default=100_000, help="size of the synthetic store (default 100000)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: min(4, cores))")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for a query (default 1, as the app)")
     p.add_argument("--toypedes-preset", default=None, help="ToyPEDES preset of the embedded gallery (default: the card's)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    torch.set_num_threads(args.threads or max(1, min(4, os.cpu_count() or 1)))
     from demo.gallery import dataset_gallery
     from demo.search import SearchEngine
     from upperson.embedded import cache_dir, embedded_available, embedded_data_root, load_embedded_model
 
     model = load_embedded_model("upperson")
     gallery = dataset_gallery("toypedes", embedded_data_root(args.toypedes_preset), "test")
-    engine = SearchEngine(model, gallery, cache_dir=cache_dir())
+    engine = SearchEngine(model, gallery, cache_dir=cache_dir(), query_threads=args.threads,
+                          index_threads=max(1, min(4, os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads)  # ranking runs outside the engine's thread switch here
     captions = [c for it in engine.gallery.items for c in it.captions]
     rng = np.random.default_rng(0)
     queries = [captions[i] for i in rng.integers(0, len(captions), args.queries + args.warmup)]

@@ -7,12 +7,13 @@ swap or a gallery change. Ranking itself is a matrix-vector product and a top-k.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
 from torch.nn import functional as F
@@ -99,11 +100,17 @@ class SearchEngine:
 
     def __init__(self, model: torch.nn.Module, gallery: Gallery, *, cache_dir: Union[str, Path],
                  checkpoints: Optional[dict[str, Optional[Path]]] = None, default_name: str = "embedded",
-                 progress: bool = True, batch_size: int = 64) -> None:
+                 progress: bool = True, batch_size: int = 64, query_threads: Optional[int] = None,
+                 index_threads: Optional[int] = None) -> None:
         from upperson.data import build_tokenizer
         from upperson.model.checkpoint import trainable_state_dict
 
         self.lock = threading.RLock()
+        # torch's thread count is process-wide; every model call holds the lock, so switching
+        # it per task is safe. One query is a short sequence: one thread is fastest, and on a
+        # busy machine extra threads make it much slower; indexing a gallery wants more.
+        self.query_threads = query_threads
+        self.index_threads = index_threads
         self.model = model.eval()
         self.cache_dir = Path(cache_dir)
         self.progress = progress
@@ -137,6 +144,21 @@ class SearchEngine:
                 self._zero_shot = _build_zero_shot(self.model)
             return self._zero_shot
 
+    @contextlib.contextmanager
+    def _threads(self, n: Optional[int]) -> Iterator[None]:
+        before = torch.get_num_threads()
+        if n:
+            torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            if n:
+                torch.set_num_threads(before)
+
+    def _embed(self, model: torch.nn.Module, paths: list[Path]):
+        with self._threads(self.index_threads):
+            return self._index(model).embed(paths)
+
     def _index(self, model: torch.nn.Module) -> ImageIndex:
         key = model_key(model)
         if key not in self._indexes:
@@ -150,7 +172,7 @@ class SearchEngine:
             raise QueryError(f"unknown model {variant!r}; choose from {', '.join(VARIANTS)}")
         with self.lock:
             if variant not in self._features:
-                res = self._index(self.model_of(variant)).embed([it.path for it in self.gallery.items])
+                res = self._embed(self.model_of(variant), [it.path for it in self.gallery.items])
                 if res.paths != [it.path for it in self.gallery.items]:
                     # the files changed since the gallery was listed: keep what both models can rank
                     self.gallery = self.gallery.restricted_to(res.paths)
@@ -162,7 +184,7 @@ class SearchEngine:
     def set_gallery(self, gallery: Gallery) -> None:
         """Index ``gallery`` with UP-Person (only new content is encoded) and make it current."""
         with self.lock:
-            res = self._index(self.model).embed([it.path for it in gallery.items])
+            res = self._embed(self.model, [it.path for it in gallery.items])
             if not res.paths:
                 from demo.gallery import GalleryError
                 raise GalleryError(f"{gallery.name}: none of its {len(gallery)} files is a readable image")
@@ -220,7 +242,7 @@ class SearchEngine:
     @torch.no_grad()
     def encode_query(self, tokens: torch.Tensor, variant: str = UPPERSON) -> torch.Tensor:
         """(D,) normalised text feature."""
-        with self.lock:
+        with self.lock, self._threads(self.query_threads):
             model = self.model_of(variant)
             return F.normalize(model.encode_text(tokens).float(), dim=-1)[0]
 
@@ -259,22 +281,23 @@ class SearchEngine:
             result = SearchResult(q.text, q.notices + more, target, source)
             for variant in variants:
                 feats = self.features(variant)
-                scores, idx = self.rank(feats, self.encode_query(q.tokens, variant), top_k)
+                qv = self.encode_query(q.tokens, variant)
+                scores, idx = self.rank(feats, qv, top_k)
                 items = self.gallery.items
                 hits = [
                     Hit(r + 1, int(i), self.gallery.relative_name(items[int(i)]), float(s), items[int(i)].pid,
                         None if target is None else items[int(i)].pid == target)
                     for r, (s, i) in enumerate(zip(scores.tolist(), idx.tolist()))
                 ]
-                metrics = self.query_metrics(feats, q.tokens, target, variant) if target is not None else None
+                metrics = self.query_metrics(feats @ qv, target) if target is not None else None
                 result.rankings.append(Ranking(variant, hits, metrics))
         return result
 
-    def query_metrics(self, feats: torch.Tensor, tokens: torch.Tensor, pid: int, variant: str) -> dict[str, float]:
-        """R@1 and AP (percent) of one query over the whole gallery, and the rank of its first match."""
+    def query_metrics(self, similarity: torch.Tensor, pid: int) -> dict[str, float]:
+        """R@1/5/10 and AP (percent) of one query over the whole gallery, and the rank of its first match."""
         from upperson.metrics import retrieval_metrics, sorted_matches
 
-        sim = (feats @ self.encode_query(tokens, variant)).unsqueeze(0)
+        sim = similarity.unsqueeze(0)
         m = retrieval_metrics(sim, torch.tensor([pid]), self._gallery_pids, ranks=(1, 5, 10))
         first = int(sorted_matches(sim, torch.tensor([pid]), self._gallery_pids)[0].nonzero()[0, 0]) + 1
         return {"R1": m["R1"], "R5": m["R5"], "R10": m["R10"], "AP": m["mAP"], "first_match": first,
@@ -308,5 +331,6 @@ class SearchEngine:
         with self.lock:
             model = self.model_of(variant)
             x = build_transforms(model.image_size, train=False)(image)
-            heat = prefix_attention_map(model, x)
+            with self._threads(self.query_threads):
+                heat = prefix_attention_map(model, x)
         return image, heat, item

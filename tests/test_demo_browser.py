@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_demo_support import engine as make_engine
 from tests.test_demo_support import load_model, reference_ranking, session_cache, start, toy_root, use_session_cache
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -22,8 +23,7 @@ def test_browser_search_fills_the_gallery_and_explains():
     from demo.search import SearchEngine
 
     model = load_model()
-    engine = SearchEngine(model, dataset_gallery("toypedes", toy_root(), "test"), cache_dir=session_cache(),
-                          progress=False)
+    engine = make_engine(model, dataset_gallery("toypedes", toy_root(), "test"))
     item = engine.gallery.items[3]
     caption = item.captions[0]
     k = 6

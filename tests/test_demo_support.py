@@ -47,6 +47,13 @@ def load_model():
     return load_embedded_model("upperson").eval()
 
 
+def engine(model, gallery, **kw):
+    """A SearchEngine as the CLI makes it (one thread per query), on the session cache."""
+    from demo.search import SearchEngine
+
+    return SearchEngine(model, gallery, cache_dir=session_cache(), progress=False, query_threads=1, **kw)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
