@@ -86,6 +86,8 @@ def load_gallery(args: argparse.Namespace):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     index_threads = args.index_threads or max(1, min(4, os.cpu_count() or 1))
     if args.benchmark:
         from demo.benchmark import main as bench
