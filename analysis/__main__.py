@@ -228,10 +228,12 @@ def cmd_ablation(args, command: str = ""):
         elif base_cfg.model.pretrained is None:
             log.warning("the sweep's backbone is RANDOMLY initialised (model.pretrained is null)")
         data_root = args.data_root
+        data_note = data_root
         if data_root is None and (args.dataset or base_cfg.data.dataset) == "toypedes" and base_cfg.data.root is None:
             from upperson.embedded import embedded_data_root
 
             data_root = str(embedded_data_root())
+            data_note = f"the embedded model's ToyPEDES (upperson.embedded.embedded_data_root(), here {data_root})"
         runs_dir = Path(args.runs_dir) if args.runs_dir else _default_runs_dir()
         plan = ablation.SweepPlan(base=args.config, overrides=overrides, epochs=args.epochs, data_root=data_root,
                                   dataset=args.dataset)
@@ -239,7 +241,7 @@ def cmd_ablation(args, command: str = ""):
         ablation.sweep(variants, plan, runs_dir, force=args.force, progress=not args.no_progress)
         df = ablation.collect(runs_dir, variants, include_other=False)
         details = {"base config": args.config, "overrides": " ".join(overrides) or "(none)",
-                   "epochs": args.epochs if args.epochs is not None else "preset's", "data root": data_root,
+                   "epochs": args.epochs if args.epochs is not None else "preset's", "data": data_note or base_cfg.data.root,
                    "run folders": runs_dir}
     else:
         df, where = ablation_table(args)

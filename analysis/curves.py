@@ -99,7 +99,8 @@ def curves_figure(runs: Sequence[tuple[str, pd.DataFrame]], out_dir: Path, *, na
 
 
 def default_logs() -> list[Path]:
-    """Training logs to plot when none is named: the embedded model's, else the shipped ablation's."""
+    """Training logs to plot when none is named: the embedded model's, else the shipped ablation's,
+    else those of a local ablation sweep (``runs/ablation/*``)."""
     from upperson.embedded import EMBEDDED_DIR, REPO_ROOT
 
     for candidate in (EMBEDDED_DIR / "upperson" / METRICS_NAME, EMBEDDED_DIR / METRICS_NAME):
@@ -107,4 +108,7 @@ def default_logs() -> list[Path]:
             extra = [p for p in (EMBEDDED_DIR / "full-finetune" / METRICS_NAME,) if p.is_file()]
             return [candidate, *extra]
     shipped = REPO_ROOT / "assets" / "ablation" / "curves"
-    return sorted(shipped.glob("*.jsonl")) if shipped.is_dir() else []
+    if shipped.is_dir() and any(shipped.glob("*.jsonl")):
+        return sorted(shipped.glob("*.jsonl"))
+    local = Path("runs") / "ablation"
+    return sorted(p.parent for p in local.glob(f"*/{METRICS_NAME}")) if local.is_dir() else []
