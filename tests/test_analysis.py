@@ -312,3 +312,20 @@ def test_report(checkpoint, toy_root, tmp_path, capsys, monkeypatch):
         with Image.open(out / f"{name}.png") as im:
             assert np.asarray(im.convert("L"), dtype=np.float32).std() > 0
     assert html.count("<figcaption>") == len(names) and "Not included" not in html
+
+
+def test_run_folder_resolves_to_its_best_checkpoint(checkpoint, tmp_path):
+    import shutil
+
+    from analysis.sources import find_run_checkpoint, load_source, resolve_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run / "best")
+    shutil.copytree(checkpoint, run / "last")
+    assert find_run_checkpoint(run) == run / "best"
+    assert load_source(run=str(run)).checkpoint == run / "best"
+    with pytest.raises(ValueError, match="not both"):
+        resolve_checkpoint(str(checkpoint), str(run))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        find_run_checkpoint(tmp_path / "empty")
