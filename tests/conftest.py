@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -28,6 +29,11 @@ def tiny_model_config(**overrides) -> ModelConfig:
 @pytest.fixture
 def tiny_cfg() -> ModelConfig:
     return tiny_model_config()
+
+
+# Tests use tiny models, for which one thread is as fast as two and never oversubscribes
+# the cores when the suite shares the machine; UPPERSON_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("UPPERSON_TEST_THREADS", "1")))
 
 
 @pytest.fixture(autouse=True)

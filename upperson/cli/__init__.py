@@ -20,6 +20,7 @@ COMMANDS: list[str] = [
     "evaluate",
     "pretrain",
     "params",
+    "benchmark",
 ]
 
 

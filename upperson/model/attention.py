@@ -108,7 +108,7 @@ def petl_attention(
         if prefix is not None:
             out = out + lam * (a[..., :prefix_len] @ pv)
         if return_probs:
-            probs = AttentionProbs(a.detach(), prefix_len, float(lam) if prefix is not None else 1.0)
+            probs = AttentionProbs(a.detach(), prefix_len, float(lam.detach()) if prefix is not None else 1.0)
     else:
         if prefix is not None:
             k = torch.cat([pk, k], dim=2)

@@ -43,7 +43,7 @@ def _paths(path: Union[str, Path]) -> tuple[Path, Path]:
 
 def trainable_state_dict(model: UPPerson) -> dict[str, torch.Tensor]:
     """The parameters that train (PETL only unless the backbone is unfrozen), in float32."""
-    return {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def save_petl(model: UPPerson, path: Union[str, Path], extra: Optional[dict] = None) -> Path:

@@ -117,7 +117,7 @@ class UPPerson(nn.Module):
     def prefix_scales(self) -> dict[str, list[float]]:
         """S-Prefix lambda per layer and tower (1.0 for vanilla prefix, nan without prefix)."""
         return {
-            t: [float(b.prefix.lam) if b.prefix is not None else float("nan") for b in self.blocks(t)]
+            t: [float(b.prefix.lam.detach()) if b.prefix is not None else float("nan") for b in self.blocks(t)]
             for t in TOWERS
         }
 

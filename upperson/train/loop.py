@@ -208,6 +208,8 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                 samples += len(images) * info.world_size
                 if progress and steps % 10 == 0:
                     bar.set_postfix(loss=f"{loss_sum / steps:.3f}")
+                elif not progress and info.is_main and t_cfg.log_every and steps % t_cfg.log_every == 0:
+                    log.info("epoch %d step %d/%d: loss %.4f", epoch + 1, steps, len(loader), loss_sum / steps)
             epoch_time = time.time() - t0
             train_time += epoch_time
             row: dict[str, Any] = {
@@ -218,7 +220,7 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                 "samples_per_s": round(samples / max(epoch_time, 1e-9), 1),
             }
             if "log_scale" in dict(loss_module.named_parameters()):
-                row["temperature"] = float(loss_module.temperature)
+                row["temperature"] = float(loss_module.temperature.detach())
             evaluate_now = select is not None and t_cfg.eval_every > 0 and ((epoch + 1) % t_cfg.eval_every == 0 or epoch + 1 == t_cfg.epochs)
             if info.is_main:
                 if evaluate_now:

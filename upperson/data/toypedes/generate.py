@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -109,8 +109,9 @@ def _plan(preset: ToyPedesPreset, seed: int, mode: str) -> list[tuple[Identity, 
     return plan
 
 
-def _meta(preset_name: str, seed: int, mode: str) -> dict:
-    return {
+def _meta(preset_name: str, seed: int, mode: str, splits: Optional[Sequence[str]] = None) -> dict:
+    extra = {"splits": sorted(splits)} if splits else {}
+    return {**extra, 
         "generator": "upperson toypedes",
         "version": GENERATOR_VERSION,
         "preset": preset_name,
@@ -143,6 +144,7 @@ def generate_toypedes(
     workers: Optional[int] = None,
     *,
     overwrite: bool = False,
+    splits: Optional[Sequence[str]] = None,
 ) -> Path:
     """Write ToyPEDES under ``out_dir`` and return its folder.
 
@@ -157,7 +159,12 @@ def generate_toypedes(
     folder beside the target and renamed into place when complete, so an interrupted run
     leaves no half dataset. If the folder exists from the same preset, seed and generator
     version it is reused; if it differs, ``overwrite=True`` is needed.
+
+    ``splits`` (e.g. ``["test"]``) draws only those splits' identities: the same pids, images
+    and captions as in the full benchmark, in a fraction of the time.
     """
+    if splits is not None and (not splits or set(splits) - {"train", "val", "test"}):
+        raise ValueError(f"splits must be a non-empty subset of train, val, test; got {splits!r}")
     if preset not in TOYPEDES_PRESETS:
         raise ValueError(f"unknown ToyPEDES preset {preset!r}; known: {', '.join(TOYPEDES_PRESETS)}")
     if captions not in CAPTION_MODES:
@@ -168,7 +175,7 @@ def generate_toypedes(
         raise ValueError(f"workers must be at least 1, got {workers}")
     out_dir = Path(out_dir).expanduser().resolve()
     final = out_dir / FOLDERS[captions]
-    meta = _meta(preset, seed, captions)
+    meta = _meta(preset, seed, captions, splits)
     if final.exists():
         if _holds(final, meta) and not overwrite:
             log.info("%s already holds ToyPEDES %s (seed %d); reusing it", final, preset, seed)
@@ -178,6 +185,8 @@ def generate_toypedes(
                              "pass --overwrite (overwrite=True) to replace it")
 
     plan = _plan(TOYPEDES_PRESETS[preset], seed, captions)
+    if splits:
+        plan = [entry for entry in plan if entry[2] in splits]
     n_images = sum(n for *_, n in plan)
     if workers is None:
         workers = 1 if n_images < 600 else max(1, min(os.cpu_count() or 1, 8))
