@@ -218,13 +218,13 @@ def cmd_ablation(args, command: str = ""):
     out = Path(args.out)
     details = {}
     if args.run:
-        from upperson.embedded import BACKBONE_FILE, embedded_available
+        from upperson.embedded import backbone_file, embedded_available
 
         overrides = list(args.overrides)
         base_cfg = ablation.load_config(args.config, overrides)
         if base_cfg.model.pretrained is None and embedded_available() and base_cfg.model.name == "upp-tiny":
-            overrides.insert(0, f"model.pretrained={BACKBONE_FILE}")
-            log.info("backbone: the embedded one, %s", BACKBONE_FILE)
+            overrides.insert(0, f"model.pretrained={backbone_file()}")
+            log.info("backbone: the embedded one, %s", backbone_file())
         elif base_cfg.model.pretrained is None:
             log.warning("the sweep's backbone is RANDOMLY initialised (model.pretrained is null)")
         data_root = args.data_root

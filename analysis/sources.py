@@ -107,5 +107,5 @@ def load_data(data_root: Optional[str] = None, dataset: str = "toypedes", *, che
     if data_root is None:
         from upperson.embedded import embedded_data_root
 
-        return load_dataset("toypedes", embedded_data_root(), check_images=check_images)
+        return load_dataset("toypedes", embedded_data_root(splits=["test"]), check_images=check_images)
     return load_dataset(dataset, data_root, check_images=check_images)

@@ -59,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from upperson.embedded import cache_dir, embedded_available, embedded_data_root, load_embedded_model
 
     model = load_embedded_model("upperson")
-    gallery = dataset_gallery("toypedes", embedded_data_root(args.toypedes_preset), "test")
+    gallery = dataset_gallery("toypedes", embedded_data_root(args.toypedes_preset, splits=["test"]), "test")
     engine = SearchEngine(model, gallery, cache_dir=cache_dir(), query_threads=args.threads,
                           index_threads=max(1, min(4, os.cpu_count() or 1)))
     torch.set_num_threads(args.threads)  # ranking runs outside the engine's thread switch here

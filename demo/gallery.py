@@ -102,7 +102,7 @@ def embedded_gallery() -> Gallery:
     """The default: the ToyPEDES test split the embedded model was evaluated on."""
     from upperson.embedded import embedded_data_root
 
-    g = dataset_gallery("toypedes", embedded_data_root(), "test")
+    g = dataset_gallery("toypedes", embedded_data_root(splits=["test"]), "test")
     g.name = "embedded " + g.name
     return g
 

@@ -135,3 +135,11 @@ def test_wrong_pretrained_file_is_a_clear_error(tmp_path, tiny_cfg):
         build_model(dataclasses.replace(tiny_cfg, pretrained=str(path)))
     with pytest.raises(BackboneError, match="neither a file nor an open_clip tag"):
         build_model(dataclasses.replace(tiny_cfg, pretrained=str(tmp_path / "absent.pt")))
+
+
+def test_non_square_grids_resize_along_their_own_shape():
+    pos = torch.randn(1 + 12 * 4, 8)  # a 12 x 4 grid (upp-tiny at 96 x 32)
+    half = resize_pos_embed(pos, (6, 2))
+    grid = pos[1:].reshape(1, 12, 4, 8).permute(0, 3, 1, 2)
+    ref = torch.nn.functional.interpolate(grid, size=(6, 2), mode="bilinear", align_corners=False)
+    assert torch.allclose(half[1:], ref.permute(0, 2, 3, 1).reshape(12, 8))

@@ -6,10 +6,9 @@ ToyPEDES benchmark they were evaluated on, generated on first use into a cache f
 
 Layout of ``assets/embedded/``::
 
-    backbone.safetensors        the pretrained upp-tiny CLIP (fp16)
-    upperson/petl.{safetensors,json}       UP-Person PETL weights
-    full-finetune/petl.{safetensors,json}  the full fine-tune baseline (optional)
-    model_card.json, model_card.md         how they were made, metrics, checksums
+    backbone.safetensors               the pretrained upp-tiny CLIP (fp16)
+    upperson/petl.{safetensors,json}   UP-Person's PETL weights
+    model_card.json, model_card.md     how they were made, the metrics, the files' checksums
 """
 
 from __future__ import annotations
@@ -20,18 +19,17 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from upperson.config import ModelConfig
-from upperson.petl import AdapterConfig, LoraConfig, PrefixConfig
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_DIR = REPO_ROOT / "assets" / "embedded"
-CARD_JSON = EMBEDDED_DIR / "model_card.json"
-BACKBONE_FILE = EMBEDDED_DIR / "backbone.safetensors"
-VARIANTS = ("upperson", "zero-shot", "full-finetune")
+CARD_NAME = "model_card.json"
+BACKBONE_NAME = "backbone.safetensors"
+VARIANTS = ("upperson", "zero-shot")
 
 # what the embedded model is evaluated on, when the card does not say otherwise
 DEFAULT_TOYPEDES = {"preset": "default", "seed": 0}
@@ -41,21 +39,34 @@ class EmbeddedAssetError(RuntimeError):
     """The shipped model files are missing, corrupted or inconsistent."""
 
 
+def _dir(assets: Optional[Path]) -> Path:
+    return Path(assets) if assets is not None else EMBEDDED_DIR
+
+
+def backbone_file(assets: Optional[Path] = None) -> Path:
+    """The shipped backbone weights."""
+    return _dir(assets) / BACKBONE_NAME
+
+
 def cache_dir() -> Path:
     """Where generated data and embedding caches go."""
     return Path(os.environ.get("UPPERSON_CACHE", Path.home() / ".cache" / "upperson")).expanduser()
 
 
-def embedded_available() -> bool:
+def embedded_available(assets: Optional[Path] = None) -> bool:
     """Whether the shipped model card and backbone are present."""
-    return CARD_JSON.exists() and BACKBONE_FILE.exists()
+    return (_dir(assets) / CARD_NAME).exists() and backbone_file(assets).exists()
 
 
-def read_card() -> dict:
+def read_card(assets: Optional[Path] = None) -> dict:
     """The model card's JSON (empty when the assets are absent)."""
-    if not CARD_JSON.exists():
+    path = _dir(assets) / CARD_NAME
+    if not path.exists():
         return {}
-    return json.loads(CARD_JSON.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EmbeddedAssetError(f"{path}: not valid JSON ({exc})") from exc
 
 
 def sha256_file(path: Path) -> str:
@@ -67,60 +78,29 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_assets(card: Optional[dict] = None) -> None:
+def verify_assets(assets: Optional[Path] = None) -> None:
     """Check every shipped file against the checksums in the model card."""
-    card = card if card is not None else read_card()
-    files = card.get("files", {})
+    folder = _dir(assets)
+    files = read_card(assets).get("files", {})
     if not files:
-        raise EmbeddedAssetError(f"{CARD_JSON}: the model card lists no files with checksums")
+        raise EmbeddedAssetError(f"{folder / CARD_NAME}: the model card lists no files with checksums")
     for rel, expected in files.items():
-        path = EMBEDDED_DIR / rel
+        path = folder / rel
         if not path.exists():
             raise EmbeddedAssetError(f"embedded model file missing: {path}")
         actual = sha256_file(path)
         if actual != expected["sha256"]:
             raise EmbeddedAssetError(
-                f"embedded model file {path} is corrupted or was changed: sha256 {actual[:12]}..., "
-                f"the model card says {expected['sha256'][:12]}... (restore it with git checkout)"
+                f"embedded model file {path} is corrupted or was changed: its sha256 is {actual[:12]}..., "
+                f"the model card says {expected['sha256'][:12]}... (restore it with `git checkout -- {path}`)"
             )
 
 
 def tiny_model_config(pretrained: Optional[str] = None) -> ModelConfig:
-    """The ``toypedes`` model: upp-tiny with all three components (the card's sizes)."""
+    """The ``toypedes`` preset's model: upp-tiny with all three components."""
     from upperson.config import load_config
 
-    cfg = load_config("toypedes").model
-    return dataclasses.replace(cfg, pretrained=pretrained)
-
-
-def load_embedded_model(variant: str = "upperson", *, verify: bool = True):
-    """The shipped model: ``upperson`` (default), ``zero-shot`` (frozen backbone) or ``full-finetune``.
-
-    Without shipped assets (a checkout before they were trained), returns a randomly
-    initialised upp-tiny model and logs a warning, so that everything still runs.
-    """
-    from upperson.model import build_model
-    from upperson.model.checkpoint import load_petl
-
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown embedded variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    if not embedded_available():
-        log.warning("no embedded model in %s: using a RANDOMLY initialised upp-tiny model", EMBEDDED_DIR)
-        cfg = tiny_model_config(None)
-        if variant == "zero-shot":
-            cfg = zero_shot_config(cfg)
-        return build_model(cfg)
-    if verify:
-        verify_assets()
-    if variant == "zero-shot":
-        return build_model(zero_shot_config(tiny_model_config(str(BACKBONE_FILE))))
-    from upperson.model.checkpoint import checkpoint_model_config
-
-    ckpt = EMBEDDED_DIR / variant
-    cfg = dataclasses.replace(checkpoint_model_config(ckpt), pretrained=str(BACKBONE_FILE))
-    model = build_model(cfg)
-    load_petl(model, ckpt)
-    return model
+    return dataclasses.replace(load_config("toypedes").model, pretrained=pretrained)
 
 
 def zero_shot_config(cfg: ModelConfig) -> ModelConfig:
@@ -133,15 +113,50 @@ def zero_shot_config(cfg: ModelConfig) -> ModelConfig:
     )
 
 
-def embedded_data_root(preset: Optional[str] = None, seed: Optional[int] = None) -> Path:
-    """A data root holding ToyPEDES as the model card evaluated it, generated once and cached."""
+def load_embedded_model(variant: str = "upperson", *, verify: bool = True, assets: Optional[Path] = None):
+    """The shipped model: ``upperson`` (default) or ``zero-shot`` (the frozen backbone alone).
+
+    The files are checked against the model card's checksums first. Without shipped assets
+    (a checkout from before they were trained) a randomly initialised upp-tiny model is
+    returned, with a warning, so that everything still runs.
+    """
+    from upperson.model import build_model
+    from upperson.model.checkpoint import checkpoint_model_config, load_petl
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown embedded variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    folder = _dir(assets)
+    if not embedded_available(assets):
+        log.warning("no embedded model in %s: using a RANDOMLY initialised upp-tiny model", folder)
+        cfg = tiny_model_config(None)
+        return build_model(zero_shot_config(cfg) if variant == "zero-shot" else cfg)
+    if verify:
+        verify_assets(assets)
+    weights = str(backbone_file(assets))
+    if variant == "zero-shot":
+        return build_model(zero_shot_config(tiny_model_config(weights)))
+    ckpt = folder / variant
+    model = build_model(dataclasses.replace(checkpoint_model_config(ckpt), pretrained=weights))
+    load_petl(model, ckpt)
+    return model
+
+
+def embedded_data_root(preset: Optional[str] = None, seed: Optional[int] = None,
+                       splits: Optional[Sequence[str]] = None) -> Path:
+    """A data root holding ToyPEDES as the model card evaluated it, generated once and cached.
+
+    ``splits=["test"]`` generates only the test identities (identical to the full
+    benchmark's, in a fraction of the time): enough for the demo's gallery and the figures.
+    """
     from upperson.data.toypedes import generate_toypedes
 
     spec = dict(DEFAULT_TOYPEDES, **read_card().get("toypedes", {}))
     preset = preset or spec["preset"]
     seed = int(spec["seed"] if seed is None else seed)
-    root = cache_dir() / "toypedes" / f"{preset}-seed{seed}"
+    suffix = "-" + "-".join(sorted(splits)) if splits else ""
+    root = cache_dir() / "toypedes" / f"{preset}-seed{seed}{suffix}"
     if not (root / "ToyPEDES" / "reid_raw.json").exists():
-        log.info("generating ToyPEDES (%s, seed %d) into %s, once", preset, seed, root)
-        generate_toypedes(root, preset=preset, seed=seed)
+        log.info("generating ToyPEDES (%s, seed %d%s) into %s, once", preset, seed,
+                 f", {', '.join(splits)} only" if splits else "", root)
+        generate_toypedes(root, preset=preset, seed=seed, splits=list(splits) if splits else None)
     return root

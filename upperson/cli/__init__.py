@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
 from typing import Optional, Sequence
@@ -19,6 +18,7 @@ COMMANDS: list[str] = [
     "train",
     "evaluate",
     "pretrain",
+    "export-embedded",
     "params",
     "benchmark",
 ]
@@ -30,9 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        if importlib.util.find_spec(f"upperson.cli.{name}") is None:
-            continue  # a command whose module is not in this checkout
-        module = importlib.import_module(f"upperson.cli.{name}")
+        module = importlib.import_module(f"upperson.cli.{name.replace('-', '_')}")
         module.add_parser(sub)
     return parser
 

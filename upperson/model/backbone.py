@@ -139,16 +139,25 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
 
 
+def _source_grid(n: int, target: tuple[int, int]) -> tuple[int, int]:
+    """The grid of a position table with ``n`` patch rows: square when it can be (CLIP's),
+    else the factorisation whose aspect is nearest the target's (our own non-square models)."""
+    side = math.isqrt(n)
+    if side * side == n:
+        return side, side
+    pairs = [(h, n // h) for h in range(1, n + 1) if n % h == 0]
+    want = target[0] / target[1]
+    return min(pairs, key=lambda hw: abs(math.log(hw[0] / hw[1]) - math.log(want)))
+
+
 def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Resize a ViT position table (1 + S*S, D) to (1 + gh*gw, D): bilinear, no antialias."""
+    """Resize a ViT position table (1 + gh*gw, D) to ``grid``: bilinear, no antialias, CLS kept."""
     n, dim = pos.shape[-2], pos.shape[-1]
     if n == 1 + grid[0] * grid[1]:
         return pos
-    side = int(math.isqrt(n - 1))
-    if side * side != n - 1:
-        raise BackboneError(f"position embedding of {n} rows is not CLS + a square grid")
+    src = _source_grid(n - 1, grid)
     cls_row, table = pos[:1].float(), pos[1:].float()
-    table = table.reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    table = table.reshape(1, src[0], src[1], dim).permute(0, 3, 1, 2)
     table = F.interpolate(table, size=grid, mode="bilinear", align_corners=False, antialias=False)
     table = table.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], dim)
     return torch.cat([cls_row, table], dim=0)

@@ -167,7 +167,7 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                 start_epoch = done["epoch"] + 1
                 best_score, best_epoch = done["best_score"], done["best_epoch"]
                 train_time = done.get("train_time_s", 0.0)
-                history = _read_metrics_log(run_dir / "metrics.jsonl", done["epoch"])
+                history = _read_metrics_log(run_dir / "metrics.jsonl", done["epoch"] + 1)  # rows count from 1
                 log.info("resumed %s after epoch %d (best %s %.2f at epoch %d)",
                          run_dir, done["epoch"], select, best_score, best_epoch)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \

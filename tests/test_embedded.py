@@ -1,0 +1,64 @@
+"""The shipped embedded default: it reproduces its model card, and corruption is caught."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from upperson.data import build_tokenizer, load_dataset
+from upperson.data.toypedes import generate_toypedes
+from upperson.embedded import (EmbeddedAssetError, EMBEDDED_DIR, embedded_available, load_embedded_model,
+                               read_card, verify_assets)
+from upperson.evaluation import evaluate
+
+pytestmark = pytest.mark.skipif(not embedded_available(), reason="assets/embedded is not in this checkout")
+
+
+@pytest.fixture(scope="module")
+def card_test_split(tmp_path_factory):
+    """The ToyPEDES test split the card was evaluated on (only those identities are drawn)."""
+    spec = read_card()["toypedes"]
+    root = tmp_path_factory.mktemp("card-data")
+    generate_toypedes(root, preset=spec["preset"], seed=spec["seed"], splits=["test"])
+    return load_dataset("toypedes", root).split("test")
+
+
+@pytest.mark.parametrize("variant", ["upperson", "zero-shot"])
+def test_shipped_model_reproduces_the_model_card(variant, card_test_split):
+    card = read_card()
+    model = load_embedded_model(variant)
+    metrics = evaluate(model, card_test_split, build_tokenizer(model.config.name), precision="fp32", progress=False)
+    expected = card["metrics"][variant]
+    assert metrics["queries"] == expected["queries"] and metrics["gallery"] == expected["gallery"]
+    for k in ("R1", "R5", "R10", "mAP", "mINP"):
+        assert metrics[k] == pytest.approx(expected[k], abs=0.5), k
+
+
+def test_the_card_records_what_was_promised():
+    card = read_card()
+    m = card["metrics"]
+    assert set(m) == {"zero-shot", "upperson", "full-finetune"}
+    assert card["parameters"]["upperson"]["trainable"] < card["parameters"]["full-finetune"]["trainable"]
+    assert card["recipe"] and card["training"]["seeds"]
+    assert (EMBEDDED_DIR / "backbone.safetensors").stat().st_size < 25 * 2**20
+
+
+def test_checksums_are_verified_and_corruption_is_named(tmp_path):
+    verify_assets()  # the shipped files are intact
+    copy = tmp_path / "embedded"
+    shutil.copytree(EMBEDDED_DIR, copy)
+    target = copy / "upperson" / "petl.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-10] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(EmbeddedAssetError, match="upperson/petl.safetensors is corrupted"):
+        load_embedded_model("upperson", assets=copy)
+    (copy / "backbone.safetensors").unlink()
+    card = json.loads((copy / "model_card.json").read_text())
+    assert "backbone.safetensors" in card["files"]
+    shutil.copy(EMBEDDED_DIR / "model_card.json", copy / "model_card.json")
+    (copy / "backbone.safetensors").write_bytes(b"")  # present but empty
+    with pytest.raises(EmbeddedAssetError, match="backbone.safetensors is corrupted"):
+        verify_assets(copy)
