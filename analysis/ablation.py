@@ -68,8 +68,8 @@ VARIANTS: tuple[Variant, ...] = (
             "UP-Person with a vanilla prefix (lambda fixed at 1) instead of S-Prefix", compare_to="upperson"),
     Variant("sequential-adapter", ("model.adapter.placement=sequential",), "UP-Person, sequential adapter", "design",
             "UP-Person with sequential (Houlsby-style) adapters instead of L-Adapter", compare_to="upperson"),
-    Variant("full-finetune", ALL_OFF + ("model.freeze_backbone=false", "train.backbone_lr=1.0e-4"), "Full fine-tune",
-            "baseline", "every backbone weight trains (lr 1e-4, as preset toypedes-full-finetune), no component"),
+    Variant("full-finetune", ALL_OFF + ("model.freeze_backbone=false", "train.backbone_lr=1.0e-4", "train.eps=1.0e-6"), "Full fine-tune",
+            "baseline", "every backbone weight trains (lr 1e-4, eps 1e-6, as preset toypedes-full-finetune), no component"),
 )
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
 

@@ -1,1 +1,1 @@
-"""The UP-Person search demo: ``python -m demo`` (see docs/DEMO.md)."""
+"""The UP-Person search demo: ``python -m demo`` (see the README's Demo section)."""

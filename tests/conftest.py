@@ -49,3 +49,8 @@ def toypedes_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("toypedes")
     generate_toypedes(root, preset="tiny", seed=0)
     return root
+
+
+def pytest_configure(config) -> None:
+    # third-party deprecation chatter (gradio, umap, open_clip) is not ours to fix here
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning")
