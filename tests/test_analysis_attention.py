@@ -17,14 +17,6 @@ from upperson.model import build_model
 CAPTION = "a woman in a red coat and blue jeans carrying a black bag"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model():
     """A tiny model whose prefix matters: larger prefix keys/values, a different lambda per layer,

@@ -14,7 +14,6 @@ Layout of ``assets/embedded/``::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from upperson.config import ModelConfig
+from upperson.io import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,7 @@ def read_card(assets: Optional[Path] = None) -> dict:
 
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def verify_assets(assets: Optional[Path] = None) -> None:

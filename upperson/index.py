@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from upperson.config import to_dict
-from upperson.io import atomic_path, atomic_write_json
+from upperson.io import atomic_path, atomic_write_json, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,7 @@ def model_key(model: torch.nn.Module) -> str:
 
 def file_sha1(path: PathLike) -> str:
     """Hex SHA-1 of a file's bytes."""
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "sha1")
 
 
 def _load_rgb(path: Path) -> Image.Image:
