@@ -68,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(pre / "backbone.safetensors", out / "backbone.safetensors")
     (out / "upperson").mkdir(exist_ok=True)
-    for name in ("petl.safetensors", "petl.json"):
-        shutil.copyfile(up / "best" / name, out / "upperson" / name)
+    shutil.copyfile(up / "best" / "petl.safetensors", out / "upperson" / "petl.safetensors")
+    petl_meta = _load(up / "best" / "petl.json")
+    petl_meta["model"]["pretrained"] = "../backbone.safetensors"  # not the path on the training machine
+    atomic_write_json(out / "upperson" / "petl.json", petl_meta)
     shutil.copyfile(up / "metrics.jsonl", out / "upperson" / "metrics.jsonl")
     (out / "full-finetune").mkdir(exist_ok=True)
     shutil.copyfile(ft / "metrics.jsonl", out / "full-finetune" / "metrics.jsonl")
@@ -134,6 +136,10 @@ def render_card(card: dict) -> str:
         for name, v, p in ((n, m[n], card["parameters"][n]) for n in ("zero-shot", "upperson", "full-finetune")))
     files = "\n".join(f"| `{rel}` | {f['bytes']:,} | `{f['sha256']}` |" for rel, f in card["files"].items())
     recipe = "\n".join(card["recipe"])
+    gain = m["upperson"]["R1"] - m["zero-shot"]["R1"]
+    gap = m["upperson"]["R1"] - m["full-finetune"]["R1"]
+    verdict = (f"UP-Person is {gain:+.2f} R@1 over zero-shot and {gap:+.2f} R@1 against the full fine-tune, "
+               f"training {card['parameters']['upperson']['percent']:.2f} % of the parameters.")
     toy = card["toypedes"]
     counts = toy.get("counts") or {}
     test = counts.get("test", {})
@@ -157,6 +163,7 @@ tests run for real on a CPU. It is not a person re-identification model for real
 |---|---|---|---|---|---|---|
 {rows}
 
+{verdict}
 `zero-shot` is the frozen pretrained backbone; `full-finetune` trains every backbone weight
 with SDM (preset `toypedes-full-finetune`, weights not shipped, its log is in
 `full-finetune/metrics.jsonl`). `pytest tests/test_embedded.py` re-evaluates the shipped files
