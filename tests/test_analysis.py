@@ -204,7 +204,12 @@ def test_ablation_sweep_table_and_figures(toy_root, tmp_path, capsys, monkeypatc
     assert "python -m analysis ablation --run --epochs 2" in readme and "| upperson |" in readme
 
     # complete run folders are skipped; an incomplete one is resumed; --force trains again
-    plan = ablation.SweepPlan(overrides=TINY_SETS[1::2], epochs=2, data_root=str(toy_root))
+    from upperson.embedded import backbone_file, embedded_available
+
+    sets = TINY_SETS[1::2]
+    if embedded_available():  # what the command did: the shipped backbone when none is named
+        sets = [f"model.pretrained={backbone_file()}", *sets]
+    plan = ablation.SweepPlan(overrides=sets, epochs=2, data_root=str(toy_root))
     stub.calls.clear()
     (runs / "lora-only" / "results.json").unlink()
     ablation.sweep(ablation.get_variants(["lora-only", "upperson"]), plan, runs, train_fn=stub, progress=False)
