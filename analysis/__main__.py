@@ -284,10 +284,9 @@ def cmd_report(args, command: str = ""):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for name in ("analysis", "upperson"):
-        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from upperson.logs import setup_logging
+
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, ("analysis", "upperson"))
     if getattr(args, "no_progress", False):
         import os
 

@@ -85,9 +85,9 @@ def load_gallery(args: argparse.Namespace):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from upperson.logs import setup_logging
+
+    setup_logging(args.log_level, ("demo", "upperson"))
     index_threads = args.index_threads or max(1, min(4, os.cpu_count() or 1))
     if args.benchmark:
         from demo.benchmark import main as bench

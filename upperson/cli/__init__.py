@@ -10,6 +10,8 @@ import argparse
 import importlib
 import logging
 import sys
+
+from upperson.logs import setup_logging
 from typing import Optional, Sequence
 
 # module name in this package for each sub-command, in --help order
@@ -39,13 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv`` and run the chosen sub-command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    # our own loggers at INFO; other libraries' (open_clip logs on the root logger) at WARNING
-    logging.getLogger("upperson").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

@@ -195,7 +195,7 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                 loss = loss_module(f, g, all_pids) * info.world_size
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
-                        f"the loss became {float(loss)} at epoch {epoch + 1}, step {steps + 1}; training stopped. "
+                        f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {steps + 1}; training stopped. "
                         f"The last good state is in {run_dir / 'last'} (epoch {epoch}), the best checkpoint in "
                         f"{run_dir / 'best'}. Try a lower train.lr, or train.precision=fp32."
                     )
