@@ -143,3 +143,15 @@ def test_non_square_grids_resize_along_their_own_shape():
     grid = pos[1:].reshape(1, 12, 4, 8).permute(0, 3, 1, 2)
     ref = torch.nn.functional.interpolate(grid, size=(6, 2), mode="bilinear", align_corners=False)
     assert torch.allclose(half[1:], ref.permute(0, 2, 3, 1).reshape(12, 8))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch deprecates jit.script/save; the format remains
+def test_openai_style_torchscript_archive_loads(tmp_path, tiny_cfg):
+    # OpenAI's ViT-B-16.pt is a TorchScript archive of an fp16 model; make one of upp-tiny
+    clip = create_clip(dataclasses.replace(tiny_cfg, image_size=(48, 48)))
+    path = tmp_path / "tiny-openai-style.pt"
+    torch.jit.save(torch.jit.script(clip.half()), str(path))
+    model = build_model(dataclasses.replace(tiny_cfg, pretrained=str(path)))
+    assert model.clip.token_embedding.weight.dtype == torch.float32
+    assert torch.equal(model.clip.token_embedding.weight, clip.token_embedding.weight.float())
+    assert torch.equal(model.clip.visual.positional_embedding[0], clip.visual.positional_embedding[0].float())

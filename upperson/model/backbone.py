@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -115,7 +116,9 @@ def read_state_dict(pretrained: str, model_name: str) -> dict[str, torch.Tensor]
 
         state = load_file(str(path))
     elif zipfile.is_zipfile(path) and _is_torchscript(path):
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        with warnings.catch_warnings():  # torch deprecates jit.load, but OpenAI ships TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -171,6 +174,9 @@ def load_backbone_state(clip: nn.Module, state: dict[str, torch.Tensor], source:
         grid = tuple(clip.visual.grid_size)
         state[key] = resize_pos_embed(state[key], grid)
     own = clip.state_dict()
+    # buffers the model rebuilds itself (e.g. the causal attn_mask) may be saved by TorchScript
+    rebuilt = {name for name, _ in clip.named_buffers()} - set(own)
+    state = {k: v for k, v in state.items() if k not in rebuilt}
     missing = [k for k in own if k not in state and k not in _UNUSED_KEYS]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
