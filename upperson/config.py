@@ -9,7 +9,6 @@ Every ablation in the paper is a change here, never a change of code.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Type, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -268,7 +267,3 @@ def save_config(cfg: ExperimentConfig, path: Union[str, Path]) -> None:
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
-
-def config_json(cfg: Any) -> str:
-    """Canonical JSON of a config dataclass."""
-    return json.dumps(to_dict(cfg), sort_keys=True)

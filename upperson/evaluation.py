@@ -23,22 +23,14 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def _encode_in_batches(encode, inputs: torch.Tensor, device: torch.device, batch_size: int, precision: str) -> torch.Tensor:
-    out = []
-    for start in range(0, len(inputs), batch_size):
-        with autocast(device, precision):
-            out.append(F.normalize(encode(inputs[start:start + batch_size].to(device)).float(), dim=-1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, 0)
-
-
-def encode_images(model: UPPerson, images: torch.Tensor, batch_size: int = 256, precision: str = "bf16") -> torch.Tensor:
-    """L2-normalised image features of a stack of preprocessed images, float32 on CPU."""
-    return _encode_in_batches(model.encode_image, images, _device_of(model), batch_size, precision)
-
-
 def encode_texts(model: UPPerson, tokens: torch.Tensor, batch_size: int = 512, precision: str = "bf16") -> torch.Tensor:
     """L2-normalised text features of token rows, float32 on CPU."""
-    return _encode_in_batches(model.encode_text, tokens, _device_of(model), batch_size, precision)
+    device = _device_of(model)
+    out = []
+    for start in range(0, len(tokens), batch_size):
+        with autocast(device, precision):
+            out.append(F.normalize(model.encode_text(tokens[start:start + batch_size].to(device)).float(), dim=-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
 
 
 @torch.no_grad()

@@ -96,7 +96,7 @@ class UPPerson(nn.Module):
             if name.split(".")[-1] in ("logit_scale", "logit_bias"):
                 p.requires_grad_(False)  # unused: the losses have a fixed temperature
             elif self.config.freeze_backbone:
-                p.requires_grad_(is_petl_parameter(self, name))
+                p.requires_grad_(component_of(name) != "backbone")
             else:
                 p.requires_grad_(True)
 
@@ -171,11 +171,6 @@ class UPPerson(nn.Module):
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training forward: L2-normalised image and text features."""
         return F.normalize(self.encode_image(images), dim=-1), F.normalize(self.encode_text(tokens), dim=-1)
-
-
-def is_petl_parameter(model: nn.Module, name: str) -> bool:
-    """Whether parameter ``name`` of ``model`` belongs to a Prefix, LoRA or Adapter."""
-    return component_of(name) != "backbone"
 
 
 def component_of(name: str) -> str:
