@@ -88,20 +88,6 @@ def zero_shot_of(source: ModelSource) -> ModelSource:
     return ModelSource(model.eval(), f"zero-shot ({cfg.pretrained or 'random init'})")
 
 
-def zero_shot_from_model(model: UPPerson) -> UPPerson:
-    """The zero-shot counterpart of an in-memory model, sharing its frozen backbone weights."""
-    from upperson.embedded import zero_shot_config
-
-    cfg = zero_shot_config(dataclasses.replace(model.config, freeze_backbone=True, pretrained=None))
-    zs = build_model(cfg)
-    own = zs.state_dict()
-    backbone = {k: v for k, v in model.state_dict().items() if k in own and own[k].shape == v.shape}
-    # a fine-tuned backbone is not the zero-shot one; only frozen weights are shared
-    if model.config.freeze_backbone:
-        zs.load_state_dict(backbone, strict=False)
-    return zs.eval()
-
-
 def load_data(data_root: Optional[str] = None, dataset: str = "toypedes", *, check_images: bool = False) -> PedesDataset:
     """The dataset to analyse; without ``data_root``, the embedded model's ToyPEDES."""
     if data_root is None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import resource
 import time
@@ -55,8 +54,6 @@ def _synthetic_batch(batch: int, image_size: tuple[int, int], caption_tokens: in
 
 
 def _variant_model(name: str, base, device, precision: str):
-    import torch
-
     from upperson.embedded import zero_shot_config
     from upperson.model import build_model
     from upperson.runtime import half_dtype
