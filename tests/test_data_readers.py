@@ -262,7 +262,7 @@ def test_entry_missing_field(tmp_path, drop, message):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("captions", ["", "  "], "no \\(non-empty\\) captions"),
+        ("captions", {"text": "a"}, "captions must be a list of strings"),
         ("captions", [3], "caption 0 is not a string"),
         ("id", "forty", "id must be an integer"),
         ("split", "holdout", "split must be one of"),
@@ -295,6 +295,8 @@ def test_bad_images_are_errors_naming_entries(tmp_path):
     assert f"entry 2 (id 5, file_path 'b/5_0.png'): image not found: {missing.resolve()}" in msg
     assert f"entry 7 (id 9, file_path 'c/9_1.png'): unreadable image" in msg
     assert "skip_bad_images=True" in msg
+    # the hint names the flag and the config key that really exist
+    assert "--skip-bad-images" in msg and "--set data.skip_bad_images=true" in msg
 
 
 def test_check_images_false_only_checks_existence(tmp_path):
@@ -332,3 +334,167 @@ def test_every_image_bad_is_an_error(tmp_path):
         (ann.parent / "imgs" / name).unlink()
     with pytest.raises(DatasetError, match="every image was skipped"):
         load_dataset("cuhk-pedes", tmp_path, skip_bad_images=True)
+
+
+# ----------------------------------------------------------------------------- what is kept, skipped, counted
+
+
+def _reference_counts(items: list[dict], split: str) -> tuple[int, int]:
+    """(gallery images, queries) of ``split`` as the paper's reference code (IRRA) builds them:
+    every image of the split is a gallery image, every caption string a query."""
+    anns = [a for a in items if a["split"] == split]
+    return len(anns), sum(len(a["captions"]) for a in anns)
+
+
+def test_blank_caption_is_kept_counted_and_warned(tmp_path, caplog):
+    ann = _write_pedes(tmp_path, "CUHK-PEDES", "reid_raw.json", "file_path")
+    items = json.loads(ann.read_text())
+    items[7]["captions"] = ["a man in red", "   ", "a man in blue"]  # test
+    items[0]["captions"] = ["", "a person"]  # train
+    ann.write_text(json.dumps(items))
+    with caplog.at_level(logging.WARNING, logger="upperson.data"):
+        ds = load_dataset("cuhk-pedes", tmp_path)
+    tok = build_tokenizer("ViT-B-16")
+    queries = QueryDataset(ds.split("test"), tok)
+    assert (len(ds.split("test")), len(queries)) == _reference_counts(items, "test")
+    assert queries.texts[3] == ""  # entry 6 gives queries 0-1, entry 7 gives 2-4
+    assert ds.split("test")[1].captions == ["a man in red", "", "a man in blue"]
+    assert ds.counts("train")[2] == sum(len(a["captions"]) for a in items if a["split"] == "train")
+    assert ds.note("kept", "blank captions") == 2
+    assert "kept 2 blank captions (train 1, test 1)" in ds.summary()
+    assert any("blank caption" in r.getMessage() and "entry 7" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_image_without_captions_is_a_distractor_in_test_and_skipped_in_train(tmp_path, caplog):
+    ann = _write_pedes(tmp_path, "CUHK-PEDES", "reid_raw.json", "file_path")
+    items = json.loads(ann.read_text())
+    items[8]["captions"] = []  # test, pid 11's only image
+    items[1]["captions"] = []  # train
+    ann.write_text(json.dumps(items))
+    with caplog.at_level(logging.WARNING, logger="upperson.data"):
+        ds = load_dataset("cuhk-pedes", tmp_path)
+    test = ds.split("test")
+    assert (len(test), len(QueryDataset(test, build_tokenizer("ViT-B-16")))) == _reference_counts(items, "test")
+    assert test[2].captions == [] and test[2].pid == 11
+    assert len(GalleryDataset(test, None)) == 3
+    assert ds.counts("train") == (3, 4, 9)  # a/17_1.png is skipped: nothing to train on
+    assert [r.path.name for r in ds.split("train")] == ["17_0.png", "5_0.png", "42_0.png", "42_1.png"]
+    assert ds.note("kept", "images without captions") == 1
+    assert ds.note("skipped", "train images without captions") == 1
+    summary = ds.summary()
+    assert "kept 1 images without captions (test 1)" in summary
+    assert "skipped 1 train images without captions (train 1)" in summary
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "entry 8" in warned and "entry 1" in warned
+
+
+def test_skipped_bad_images_are_counted_in_the_summary(tmp_path):
+    ann = _write_pedes(tmp_path, "CUHK-PEDES", "reid_raw.json", "file_path")
+    _break_images(ann.parent)
+    ds = load_dataset("cuhk-pedes", tmp_path, skip_bad_images=True)
+    assert ds.note("skipped", "bad images") == 2
+    assert "skipped 2 bad images (train 1, test 1): missing or unreadable" in ds.summary()
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_missing_image_folder_is_named(tmp_path, name):
+    folder, ann, key = FORMATS[name]
+    _write_pedes(tmp_path, folder, ann, key)
+    imgs = tmp_path / folder / "imgs"
+    for p in sorted(imgs.rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    imgs.rmdir()
+    for skip in (False, True):
+        with pytest.raises(DatasetError) as info:
+            load_dataset(name, tmp_path, skip_bad_images=skip)
+        msg = str(info.value)
+        assert f"the image folder {imgs} does not exist" in msg
+        assert "bad image" not in msg
+
+
+def test_generic_missing_image_folder_is_named(tmp_path):
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text("".join(json.dumps({"image": f"photos/{i}.png", "pid": i, "caption": "a b", "split": "test"}) + "\n"
+                           for i in range(3)))
+    with pytest.raises(DatasetError, match=f"the image folder {tmp_path / 'photos'} does not exist"):
+        load_dataset("generic", ann)
+
+
+BOM_FORMATS = {**FORMATS, "toypedes-weak": ("ToyPEDES-weak", "reid_raw.json", "file_path")}
+
+
+@pytest.mark.parametrize("name", sorted(BOM_FORMATS))
+def test_every_reader_accepts_a_utf8_bom(tmp_path, name):
+    folder, ann, key = BOM_FORMATS[name]
+    path = _write_pedes(tmp_path, folder, ann, key)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    ds = load_dataset(name, tmp_path)
+    for split, counts in _expected().items():
+        assert ds.counts(split) == counts
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv"])
+def test_generic_reader_accepts_a_utf8_bom(tmp_path, suffix):
+    _png(tmp_path / "x.png", 1)
+    row = {"image": "x.png", "pid": 1, "caption": "a b", "split": "test"}
+    ann = tmp_path / f"ann{suffix}"
+    if suffix == ".json":
+        text = json.dumps([row])
+    elif suffix == ".jsonl":
+        text = json.dumps(row) + "\n"
+    else:
+        text = "image,pid,caption,split\nx.png,1,a b,test\n"
+    ann.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert load_dataset("generic", ann).counts("test") == (1, 1, 1)
+
+
+def test_generic_csv_empty_cell_and_blank_caption(tmp_path):
+    for name in ("x.png", "y.png"):
+        _png(tmp_path / name, 1)
+    ann = tmp_path / "ann.csv"
+    ann.write_text("image,pid,captions,caption,split\n"
+                   "x.png,1,a red coat ||  || a blue bag,,test\n"
+                   "y.png,2,,one caption,test\n")
+    ds = load_dataset("generic", ann)
+    assert [r.captions for r in ds.split("test")] == [["a red coat", "", "a blue bag"], ["one caption"]]
+
+
+def _truncated_jpeg(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+
+    pixels = (np.random.default_rng(0).random((96, 32, 3)) * 255).astype("uint8")
+    Image.fromarray(pixels).save(path, format="JPEG")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 64])  # cut in the entropy-coded data
+
+
+def test_truncated_jpeg_is_caught_when_read(tmp_path):
+    ann = _write_pedes(tmp_path, "CUHK-PEDES", "reid_raw.json", "file_path")
+    items = json.loads(ann.read_text())
+    items[7]["file_path"] = "c/9_1.jpg"
+    ann.write_text(json.dumps(items))
+    cut = ann.parent / "imgs" / "c/9_1.jpg"
+    _truncated_jpeg(cut)
+    with Image.open(cut) as im:
+        im.verify()  # PIL's verify does not notice: the reader must
+    with pytest.raises(DatasetError, match=r"entry 7 .*truncated JPEG"):
+        load_dataset("cuhk-pedes", tmp_path)
+    ds = load_dataset("cuhk-pedes", tmp_path, skip_bad_images=True)
+    assert ds.counts("test") == (2, 2, 3) and ds.note("skipped", "bad images") == 1
+
+
+def test_unreadable_image_in_a_dataloader_worker_is_one_clear_error(tmp_path):
+    ann = _write_pedes(tmp_path, "CUHK-PEDES", "reid_raw.json", "file_path")
+    broken = ann.parent / "imgs" / "c/9_1.png"
+    ds = load_dataset("cuhk-pedes", tmp_path, check_images=False)
+    broken.write_bytes(b"not a png")  # broken after it was read (or check_images=False)
+    gallery = GalleryDataset(ds.split("test"), build_transforms((24, 8), train=False))
+    loader = torch.utils.data.DataLoader(gallery, batch_size=3, num_workers=1)
+    with pytest.raises(DatasetError) as info:
+        next(iter(loader))
+    msg = str(info.value)
+    assert msg.startswith(f"{broken.resolve()}: unreadable image")
+    assert "\n" not in msg and "Traceback" not in msg and "worker" not in msg
+    assert "Traceback" in info.value.worker_traceback

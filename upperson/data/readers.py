@@ -1,10 +1,20 @@
 """Readers for the person-retrieval datasets on disk (SPEC 7) and for a generic format.
 
 Every reader returns a :class:`PedesDataset` and raises :class:`DatasetError` naming the file
-and the entry for anything it cannot use. Nothing is dropped silently: with
-``skip_bad_images=True`` missing or unreadable images are skipped and reported with a
-warning; every other problem (an entry without an id, a path or captions, an unknown split)
-is always an error.
+and the entry for anything it cannot use. Nothing is dropped silently; what the readers keep,
+skip and count (docs/data-rules.md):
+
+- a blank caption inside a caption list is kept, as empty text (the paper's reference code
+  keeps it: CUHK-PEDES test has one), counted and warned about;
+- an image with an empty caption list is kept in val/test as a gallery image without queries
+  (a distractor, as the reference code does) and skipped in train (there is nothing to train
+  on), counted and warned about either way;
+- with ``skip_bad_images=True`` missing or unreadable images are skipped, counted and warned
+  about; without it they are an error;
+- every other problem (an entry without an id, a path or a captions field, an unknown split,
+  a missing image folder) is always an error.
+
+Annotation files may start with a UTF-8 byte-order mark.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +30,7 @@ from typing import Any, Callable, Optional, Union
 
 from PIL import Image
 
-from upperson.data.records import SPLITS, DatasetError, ImageRecord, PedesDataset
+from upperson.data.records import SPLITS, DatasetError, ImageRecord, PedesDataset, ReadNote
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +40,9 @@ PathLike = Union[str, Path]
 SHOW_BAD = 5
 #: the separator of several captions in one CSV cell of the generic format
 CSV_CAPTION_SEP = " || "
+#: how to skip bad images, named in the error that lists them
+SKIP_HINT = ("to skip them, pass --skip-bad-images (evaluate, analysis) or --set data.skip_bad_images=true "
+             "(train, pretrain, evaluate --config); skip_bad_images=True in Python")
 
 
 @dataclass
@@ -42,6 +56,7 @@ class _Entry:
     captions: list[str]
     split: str
     label: str  # how messages name this entry
+    blank: int = 0  # captions that were blank (kept as "")
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -51,7 +66,7 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise DatasetError(f"{path}: annotation file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is allowed
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: malformed JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except UnicodeDecodeError as exc:
@@ -71,6 +86,8 @@ def _as_pid(value: Any, where: str) -> int:
 
 
 def _as_captions(value: Any, where: str) -> list[str]:
+    """The captions, whitespace-normalised; a blank one is kept as "" (the reference code keeps
+    it), an empty list gives no captions (the caller decides what an image without any means)."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)):
@@ -79,11 +96,7 @@ def _as_captions(value: Any, where: str) -> list[str]:
     for j, cap in enumerate(value):
         if not isinstance(cap, str):
             raise DatasetError(f"{where}: caption {j} is not a string ({cap!r})")
-        cap = " ".join(cap.split())
-        if cap:
-            captions.append(cap)
-    if not captions:
-        raise DatasetError(f"{where}: no (non-empty) captions")
+        captions.append(" ".join(cap.split()))
     return captions
 
 
@@ -109,8 +122,9 @@ def _parse_entry(
     if not isinstance(entry, dict):
         raise DatasetError(f"{where}: expected an object, got {type(entry).__name__}")
 
-    def first(keys: tuple[str, ...]) -> Optional[str]:
-        return next((k for k in keys if k in entry and entry[k] not in (None, "")), None)
+    def first(keys: tuple[str, ...], blank_ok: bool = False) -> Optional[str]:
+        empty = (None,) if blank_ok else (None, "")
+        return next((k for k in keys if k in entry and entry[k] not in empty), None)
 
     pkey = first(path_keys)
     if pkey is None or not isinstance(entry[pkey], str):
@@ -122,7 +136,7 @@ def _parse_entry(
         raise DatasetError(f"{where}: missing identity ({' or '.join(repr(k) for k in id_keys)})")
     pid = _as_pid(entry[ikey], where)
     where = f"{ann_file}: {what} {index} (id {pid}, {pkey} {rel!r})"
-    ckey = first(caption_keys)
+    ckey = first(caption_keys, blank_ok=True)
     if ckey is None:
         raise DatasetError(f"{where}: missing captions ({' or '.join(repr(k) for k in caption_keys)})")
     captions = _as_captions(entry[ckey], where)
@@ -132,7 +146,7 @@ def _parse_entry(
     path = Path(rel)
     if not path.is_absolute():
         path = image_root / path
-    return _Entry(index, pid, rel, path.resolve(), captions, split, where)
+    return _Entry(index, pid, rel, path.resolve(), captions, split, where, blank=captions.count(""))
 
 
 # ----------------------------------------------------------------------------- images
@@ -146,10 +160,27 @@ def _image_problem(path: Path, verify: bool) -> Optional[str]:
         return None
     try:
         with Image.open(path) as im:
+            fmt = im.format
             im.verify()
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError...)
         return f"unreadable image ({type(exc).__name__}: {exc})"
+    if fmt == "JPEG" and not _jpeg_has_end(path):
+        # PIL's verify() does not read JPEG data: a cut-off file passes it, then fails to decode
+        return "unreadable image (truncated JPEG: no end-of-image marker)"
     return None
+
+
+def _jpeg_has_end(path: Path, tail: int = 4096) -> bool:
+    """Whether a JPEG file holds its end-of-image marker (FF D9) near its end; entropy-coded
+    data never holds FF D9 (FF is stuffed), so a file cut off in its data lacks it."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - tail))
+            return b"\xff\xd9" in fh.read()
+    except OSError:
+        return False
 
 
 def _check_images(entries: list[_Entry], verify: bool) -> list[Optional[str]]:
@@ -157,6 +188,33 @@ def _check_images(entries: list[_Entry], verify: bool) -> list[Optional[str]]:
         return [_image_problem(e.path, verify) for e in entries]
     with ThreadPoolExecutor(max_workers=8) as pool:  # I/O bound: threads overlap the reads
         return list(pool.map(lambda e: _image_problem(e.path, verify), entries, chunksize=64))
+
+
+def _missing_folder(bad: list[tuple[_Entry, str]]) -> Optional[Path]:
+    """The highest missing folder that holds every one of these (missing) images, if any."""
+    try:
+        common = Path(os.path.commonpath([str(e.path.parent) for e, _ in bad]))
+    except ValueError:  # different drives
+        return None
+    if common.exists():
+        return None
+    while not common.parent.exists() and common.parent != common:
+        common = common.parent
+    return common
+
+
+def _by_split(entries: list[_Entry], count: Callable[[_Entry], int] = lambda e: 1) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in entries:
+        if count(e):
+            out[e.split] = out.get(e.split, 0) + count(e)
+    order = {s: i for i, s in enumerate(SPLITS)}
+    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def _listing(items: list[str]) -> str:
+    more = f"\n  (and {len(items) - SHOW_BAD} more)" if len(items) > SHOW_BAD else ""
+    return "\n  " + "\n  ".join(items[:SHOW_BAD]) + more
 
 
 def _build(
@@ -172,30 +230,60 @@ def _build(
         raise DatasetError(f"{ann_file}: no entries")
     problems = _check_images(entries, verify=check_images)
     bad = [(e, p) for e, p in zip(entries, problems) if p is not None]
-    if bad:
-        lines = [f"{e.label}: {p}: {e.path}" for e, p in bad[:SHOW_BAD]]
-        more = f" (and {len(bad) - SHOW_BAD} more)" if len(bad) > SHOW_BAD else ""
-        if not skip_bad_images:
-            raise DatasetError(
-                f"{len(bad)} bad image(s){more}; pass skip_bad_images=True to skip them:\n  "
-                + "\n  ".join(lines)
-            )
-        log.warning(
-            "%s: skipped %d of %d images that are missing or unreadable%s:\n  %s",
-            ann_file, len(bad), len(entries), more, "\n  ".join(lines),
+    notes: list[ReadNote] = []
+    folder = (_missing_folder(bad) if bad and len(bad) == len(entries)
+              and all(p == "image not found" for _, p in bad) else None)
+    if folder is not None:
+        raise DatasetError(
+            f"{ann_file}: the image folder {folder} does not exist (all {len(entries)} images it names are "
+            f"in it, e.g. {entries[0].path}); put the images there, or point the data root at the folder "
+            "that holds the dataset's annotation file and its images"
         )
+    if bad:
+        lines = [f"{e.label}: {p}: {e.path}" for e, p in bad]
+        if not skip_bad_images:
+            raise DatasetError(f"{len(bad)} bad image(s); {SKIP_HINT}:" + _listing(lines))
+        log.warning("%s: skipped %d of %d images that are missing or unreadable:%s",
+                    ann_file, len(bad), len(entries), _listing(lines))
+        notes.append(ReadNote("skipped", "bad images", "missing or unreadable (skip_bad_images)",
+                              _by_split([e for e, _ in bad])))
     bad_ids = {id(e) for e, _ in bad}
+    good = [e for e in entries if id(e) not in bad_ids]
+
+    blank = [e for e in good if e.blank]
+    if blank:
+        log.warning("%s: kept %d blank caption(s) as empty text, as the reference code does:%s",
+                    ann_file, sum(e.blank for e in blank), _listing([e.label for e in blank]))
+        notes.append(ReadNote("kept", "blank captions", "as empty text, as the reference code does",
+                              _by_split(blank, lambda e: e.blank)))
+    silent = [e for e in good if not e.captions]
+    silent_train = [e for e in silent if e.split == "train"]
+    silent_eval = [e for e in silent if e.split != "train"]
+    if silent_eval:
+        log.warning("%s: kept %d image(s) without captions as gallery distractors (no queries), "
+                    "as the reference code does:%s", ann_file, len(silent_eval),
+                    _listing([e.label for e in silent_eval]))
+        notes.append(ReadNote("kept", "images without captions", "gallery distractors, no queries",
+                              _by_split(silent_eval)))
+    if silent_train:
+        log.warning("%s: skipped %d train image(s) without captions (nothing to train on):%s",
+                    ann_file, len(silent_train), _listing([e.label for e in silent_train]))
+        notes.append(ReadNote("skipped", "train images without captions", "nothing to train on",
+                              _by_split(silent_train)))
+    skip = {id(e) for e in silent_train}
+
     splits: dict[str, list[ImageRecord]] = {}
-    for e in entries:
-        if id(e) in bad_ids:
+    for e in good:
+        if id(e) in skip:
             continue
         records = splits.setdefault(e.split, [])
         records.append(ImageRecord(path=e.path, pid=e.pid, captions=e.captions, image_id=len(records)))
     if not splits:
-        raise DatasetError(f"{ann_file}: every image was skipped as bad; nothing left to load")
+        raise DatasetError(f"{ann_file}: every image was skipped (bad, or a train image without captions); "
+                           "nothing left to load")
     order = {s: i for i, s in enumerate(SPLITS)}
     splits = dict(sorted(splits.items(), key=lambda kv: order.get(kv[0], len(order))))
-    dataset = PedesDataset(name=name, root=root, splits=splits)
+    dataset = PedesDataset(name=name, root=root, splits=splits, notes=notes)
     log.info("loaded %s\n%s", name, dataset.summary())
     return dataset
 
@@ -308,9 +396,13 @@ def _generic_rows(path: Path) -> list[tuple[int, Any]]:
         rows = []
         for row in reader:
             row = {k: v for k, v in row.items() if k is not None}
-            for key in _GENERIC_CAPTION_KEYS:
-                if isinstance(row.get(key), str):
-                    row[key] = [c for c in row[key].split(CSV_CAPTION_SEP.strip())]
+            # "a || || b": a blank caption between two; empty cells: no captions
+            cells = {k: row[k] for k in _GENERIC_CAPTION_KEYS if isinstance(row.get(k), str)}
+            filled = {k: v for k, v in cells.items() if v.strip()}
+            for key in cells:
+                row.pop(key)
+            for key, cell in (filled or dict(list(cells.items())[:1])).items():
+                row[key] = cell.split(CSV_CAPTION_SEP.strip()) if cell.strip() else []
             rows.append((reader.line_num, row))
         return rows
     raise DatasetError(f"{path}: the generic format is a .jsonl, .json or .csv file, not {suffix or 'no suffix'!r}")

@@ -8,9 +8,26 @@ from pathlib import Path
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
+_WORKER_PREFIX = "Caught DatasetError in DataLoader worker"
+
+
 class DatasetError(ValueError):
     """Any problem with a dataset on disk; the message names the file and, where it
-    applies, the entry (its index and its id or path)."""
+    applies, the entry (its index and its id or path).
+
+    Raised in a DataLoader worker, torch re-raises it in the main process as
+    ``DatasetError("Caught DatasetError in DataLoader worker ...\nOriginal Traceback ...")``;
+    that message is cut back to the original one here (the worker's traceback is kept in
+    ``worker_traceback``), so the user sees one clear line naming the file."""
+
+    def __init__(self, message: object = "", *args: object):
+        self.worker_traceback = None
+        if isinstance(message, str) and message.startswith(_WORKER_PREFIX):
+            self.worker_traceback = message
+            marker = message.rfind("DatasetError: ")
+            if marker >= 0:
+                message = message[marker + len("DatasetError: "):].rstrip("\n")
+        super().__init__(message, *args)
 
 
 @dataclass
@@ -24,12 +41,36 @@ class ImageRecord:
 
 
 @dataclass
+class ReadNote:
+    """Something a reader kept or skipped that a plain count would hide, per split."""
+
+    action: str  # "kept" or "skipped"
+    what: str  # e.g. "blank captions", "images without captions"
+    why: str  # what was done and why, for the summary
+    per_split: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_split.values())
+
+    def line(self) -> str:
+        splits = ", ".join(f"{s} {n}" for s, n in self.per_split.items())
+        return f"{self.action} {self.total} {self.what} ({splits}): {self.why}"
+
+
+@dataclass
 class PedesDataset:
-    """A dataset: its name, where it lives, and its records per split."""
+    """A dataset: its name, where it lives, its records per split, and what its reader kept
+    or skipped beyond plain records (``notes``, shown under the summary table)."""
 
     name: str
     root: Path
     splits: dict[str, list[ImageRecord]] = field(default_factory=dict)
+    notes: list[ReadNote] = field(default_factory=list)
+
+    def note(self, action: str, what: str) -> int:
+        """How many items the reader ``action`` ("kept"/"skipped") as ``what``; 0 if none."""
+        return sum(n.total for n in self.notes if n.action == action and n.what == what)
 
     def split(self, name: str) -> list[ImageRecord]:
         """The records of split ``name``; a :class:`DatasetError` if it is absent."""
@@ -48,7 +89,8 @@ class PedesDataset:
         )
 
     def summary(self) -> str:
-        """A table of identities, images and captions per split, like IRRA prints."""
+        """A table of identities, images and captions per split, like IRRA prints, then one
+        line per note: what was kept or skipped beyond the counted records, and why."""
         header = ("subset", "ids", "images", "captions")
         rows = [header]
         order = [s for s in SPLITS if s in self.splits] + [s for s in self.splits if s not in SPLITS]
@@ -64,4 +106,5 @@ class PedesDataset:
         lines = [f"{self.name} ({self.root})", rule, fmt(header), rule]
         lines += [fmt(row) for row in rows[1:]]
         lines.append(rule)
+        lines += [f"  {n.line()}" for n in self.notes if n.total]
         return "\n".join(lines)
