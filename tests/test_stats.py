@@ -1,0 +1,150 @@
+"""Bootstrap intervals, paired comparisons, seeds and per-query files (upperson.stats)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from upperson import stats
+
+
+def binary(n: int, ones: int) -> np.ndarray:
+    """n outcomes in percent (0 or 100), exactly ``ones`` of them 100, in a shuffled order."""
+    v = np.zeros(n)
+    v[:ones] = 100.0
+    return np.random.default_rng(1).permutation(v)
+
+
+def test_resampled_means_are_means_of_resampled_queries():
+    """The count-matrix product equals the plain gather-and-average of the same draws."""
+    table = np.random.default_rng(2).normal(size=(37, 3))
+    got = stats.resampled_means(table, resamples=300, seed=5)
+    rng = np.random.default_rng(5)
+    ref = []
+    for b in (250, 50):  # the fixed drawing blocks
+        idx = rng.integers(0, 37, size=(b, 37))
+        ref.append(table[idx].mean(axis=1))
+    np.testing.assert_allclose(got, np.concatenate(ref), rtol=1e-12, atol=1e-12)
+
+
+def test_bootstrap_interval_of_a_proportion_matches_the_binomial():
+    """p = 0.3 on 1,000 queries: the interval covers 30 and is 30 +- 1.96 * sqrt(p(1-p)/n) wide."""
+    n, p = 1000, 0.3
+    values = {"R1": binary(n, int(p * n))}
+    ci = stats.bootstrap_ci(values, resamples=4000, seed=0)
+    r1 = ci["metrics"]["R1"]
+    assert r1["value"] == pytest.approx(30.0)
+    assert r1["low"] < 30.0 < r1["high"]
+    expected = 1.959964 * math.sqrt(p * (1 - p) / n) * 100  # 2.84 points
+    assert (r1["high"] - r1["low"]) / 2 == pytest.approx(expected, rel=0.08)
+    assert abs((r1["high"] + r1["low"]) / 2 - 30.0) < 0.3
+    assert ci["resamples"] == 4000 and ci["seed"] == 0 and ci["queries"] == n and ci["level"] == 0.95
+    # same seed, same interval; another seed, other draws (and a close interval)
+    assert stats.bootstrap_ci(values, resamples=4000, seed=0) == ci
+    assert not np.array_equal(stats.resampled_means(values["R1"][:, None], resamples=50, seed=0),
+                              stats.resampled_means(values["R1"][:, None], resamples=50, seed=1))
+    other = stats.bootstrap_ci(values, resamples=4000, seed=1)["metrics"]["R1"]
+    assert abs(other["low"] - r1["low"]) < 0.5
+
+
+def test_a_constant_has_a_zero_width_interval():
+    ci = stats.bootstrap_ci({"mAP": np.full(50, 42.0)}, keys=["mAP"], resamples=100)
+    assert ci["metrics"]["mAP"] == {"value": 42.0, "low": 42.0, "high": 42.0}
+
+
+def test_query_values_reproduce_the_metric_definitions():
+    first = np.array([1, 3, 7, 12])
+    v = stats.query_values(first, ap=np.array([1.0, 0.5, 0.2, 0.1]), inp=np.array([1.0, 0.25, 0.1, 0.05]))
+    assert v["R1"].tolist() == [100, 0, 0, 0] and v["R5"].tolist() == [100, 100, 0, 0]
+    assert v["R10"].tolist() == [100, 100, 100, 0]
+    assert v["mAP"].mean() == pytest.approx(45.0) and v["mINP"].mean() == pytest.approx(35.0)
+
+
+def test_paired_bootstrap_of_a_variant_against_itself_is_exactly_zero():
+    rng = np.random.default_rng(3)
+    a = stats.query_values(rng.integers(1, 20, 500), rng.random(500), rng.random(500))
+    res = stats.paired_bootstrap(a, a, resamples=500, seed=0)
+    for k, m in res["metrics"].items():
+        assert m["diff"] == 0.0 and m["low"] == 0.0 and m["high"] == 0.0, k
+        assert not m["significant"]
+    assert res["discordant"]["R1"] == 0.0
+
+
+def test_paired_bootstrap_finds_a_real_difference_and_pairs_the_queries():
+    """b loses 30 of a's 600 hits on 1,000 queries: -3 points, and only 3 % of queries differ, so
+    the paired interval is narrow (+-1.96*sqrt(0.03/1000)*100 = 1.06) and excludes zero, while
+    two independent 1,000-query samples would give +-4.3."""
+    a = binary(1000, 600)
+    b = a.copy()
+    b[np.flatnonzero(a)[:30]] = 0.0
+    res = stats.paired_bootstrap({"R1": a}, {"R1": b}, resamples=4000, seed=0)
+    r1 = res["metrics"]["R1"]
+    assert r1["diff"] == pytest.approx(3.0) and r1["a"] == pytest.approx(60.0) and r1["b"] == pytest.approx(57.0)
+    assert r1["significant"] and r1["low"] > 0
+    assert res["discordant"]["R1"] == pytest.approx(0.03)
+    # the per-query difference is 0 or 100: its bootstrap sd is 100 * sqrt(d(1-d)/n)
+    assert (r1["high"] - r1["low"]) / 2 == pytest.approx(1.96 * 100 * math.sqrt(0.03 * 0.97 / 1000), rel=0.12)
+    with pytest.raises(ValueError, match="same queries"):
+        stats.paired_bootstrap({"R1": a}, {"R1": b[:-1]}, resamples=10)
+
+
+def test_half_width_formula_agrees_with_the_bootstrap():
+    d = 0.12
+    n = stats.half_width_needed(d, half_width=1.0)
+    assert n == math.ceil(1.959964 ** 2 * 1e4 * d)  # 4,610 queries
+    # balanced discordance (no true difference): the paired interval is about +-1 point at that n
+    diff = np.zeros(n)
+    k = int(round(d * n / 2))
+    diff[:k], diff[k:2 * k] = 100.0, -100.0
+    res = stats.bootstrap_ci({"R1": diff}, resamples=3000, seed=0)["metrics"]["R1"]
+    assert (res["high"] - res["low"]) / 2 == pytest.approx(1.0, abs=0.08)
+    with pytest.raises(ValueError):
+        stats.half_width_needed(0.0)
+
+
+def test_combine_seeds_mean_std_and_interval():
+    rng = np.random.default_rng(4)
+    runs = [stats.query_values(rng.integers(1, 6, 400), rng.random(400), rng.random(400)) for _ in range(3)]
+    res = stats.combine_seeds(runs, resamples=500, seed=0)
+    assert res["seeds"] == 3 and res["resamples"] == 500 and res["seed"] == 0
+    per_seed = [float(r["R1"].mean()) for r in runs]
+    r1 = res["metrics"]["R1"]
+    assert r1["mean"] == pytest.approx(np.mean(per_seed)) and r1["per_seed"] == pytest.approx(per_seed)
+    assert r1["std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert r1["low"] < r1["mean"] < r1["high"]
+    # the interval is that of the seed-averaged per-query values
+    avg = stats.average_over_seeds(runs)
+    assert stats.bootstrap_ci(avg, resamples=500, seed=0)["metrics"]["R1"]["low"] == r1["low"]
+    one = stats.combine_seeds(runs[:1], resamples=100)
+    assert math.isnan(one["metrics"]["R1"]["std"])
+    with pytest.raises(ValueError, match="different queries"):
+        stats.combine_seeds([runs[0], {k: v[:-1] for k, v in runs[1].items()}], resamples=10)
+
+
+def test_per_query_csv_round_trip(tmp_path):
+    rows = [{"query_index": 0, "pid": 7, "image_id": 0, "caption": 'a "quoted", comma\ncaption', "images": 2,
+             "first_rank": 1, "ap": 1 / 3, "inp": 0.1},
+            {"query_index": 1, "pid": 9, "image_id": 1, "caption": "no match", "images": 0,
+             "first_rank": None, "ap": None, "inp": None},
+            {"query_index": 2, "pid": 7, "image_id": 2, "caption": "x", "images": 2,
+             "first_rank": 4, "ap": 0.7, "inp": 2 / 7}]
+    path = tmp_path / "q.csv"
+    stats.write_per_query_csv(path, rows)
+    f = stats.read_per_query_csv(path)
+    assert f.num_queries == 3 and f.query_index.tolist() == [0, 2]
+    assert f.ap.tolist() == [1 / 3, 0.7] and f.inp.tolist() == [0.1, 2 / 7]  # full precision
+    assert f.metrics()["R1"] == 50.0 and f.metrics()["R5"] == 100.0
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a per-query file"):
+        stats.read_per_query_csv(tmp_path / "bad.csv")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="resamples"):
+        stats.bootstrap_ci({"R1": np.ones(3)}, resamples=0)
+    with pytest.raises(ValueError, match="level"):
+        stats.bootstrap_ci({"R1": np.ones(3)}, level=1.5)
+    with pytest.raises(ValueError, match="no queries"):
+        stats.bootstrap_ci({"R1": np.ones(0)})
