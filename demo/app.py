@@ -1,36 +1,53 @@
-"""The Gradio UI: search, compare, "why it matched", model and gallery switching.
+"""The Gradio app: four tabs (Search, Attention, Embeddings, Ablation) over one shared engine.
 
 Every event has an ``api_name``, so everything the page does can be done with
-``gradio_client``: ``/search``, ``/explain``, ``/set_model``, ``/set_gallery``, ``/info``.
-The app serves files only from the gallery roots (``allowed_paths``); the functions take
-gallery *names* (as the results show them), never arbitrary paths.
+``gradio_client``: ``/search``, ``/explain``, ``/set_model``, ``/set_gallery``, ``/info``
+(and the views' ``/attention``, ``/embeddings``, ``/ablation``).
+
+Each visitor (browser session, or ``gradio_client.Client``) has its own gallery and model
+choice in a ``gr.State`` (:class:`demo.context.VisitorState`); the engine, its indexed
+galleries and their features are shared (:class:`demo.context.DemoContext`). The app serves
+files only from the gallery roots (``allowed_paths``); the functions take gallery *names*
+(as the results show them), never arbitrary paths. Every user-controlled string shown as
+Markdown goes through :func:`demo.markup.text`.
 """
 
 from __future__ import annotations
 
-import atexit
-import hashlib
+import importlib
 import logging
-import shutil
-import tempfile
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
 import gradio as gr
-from PIL import Image, ImageOps
+from PIL import Image
 
-from demo.gallery import GalleryError, folder_gallery, resolve_under
+from demo.context import DemoContext, SharedUI, VisitorState
+from demo.gallery import GalleryError
+from demo.markup import text as esc
 from demo.search import UPPERSON, ZERO_SHOT, QueryError, SearchEngine, SearchResult
-from upperson.io import atomic_path
+from demo.thumbs import ImageFiles
 
 log = logging.getLogger(__name__)
 
 TITLE = "UP-Person: text-based person retrieval"
-MATCH = (46, 160, 67)  # frame of a result of the query's identity
-MISMATCH = (200, 50, 50)
+TOP_K_MAX = 200
+TAB_LABELS = ("Search", "Attention", "Embeddings", "Ablation")
+# The result grids adapt to the width: 8 columns on a desktop, 4 on a tablet, 2 on a phone,
+# and a caption wraps instead of being cut (Gradio's grid is a CSS grid; columns=8 sets the widest).
 CSS = """
 #status {min-height: 2.5em}
 .gallery-col .caption-label {font-variant-numeric: tabular-nums}
+#results .caption-label, #zs-results .caption-label {white-space: normal !important; overflow: visible !important;
+  text-overflow: clip !important; max-width: 100% !important}
+#results .grid-container, #zs-results .grid-container {grid-template-columns: repeat(8, minmax(0, 1fr)) !important}
+@media (max-width: 1000px) {
+  #results .grid-container, #zs-results .grid-container {grid-template-columns: repeat(4, minmax(0, 1fr)) !important}
+}
+@media (max-width: 600px) {
+  #results .grid-container, #zs-results .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr)) !important}
+}
 """
 
 
@@ -40,49 +57,50 @@ def _caption(h) -> str:
     return f"{mark}#{h.rank} · {h.score:.3f}{pid}"
 
 
-class _ImageFiles:
-    """Images the app makes (framed results, heatmaps), written once, atomically, to a private temp folder.
+class TopK(gr.Slider):
+    """The top-k slider; a bad value from the API reaches the function, which explains it."""
 
-    Returned as file paths, Gradio copies them into its cache atomically; returning PIL
-    images instead lets concurrent requests for the same picture race on Gradio's cache
-    file (a client can read it half-written).
-    """
+    def get_block_name(self) -> str:  # the page draws it as Gradio's slider
+        return "slider"
 
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="upperson-demo-"))
-        atexit.register(shutil.rmtree, self.dir, True)
+    def preprocess(self, payload):  # noqa: D102 - see gr.Slider
+        return payload
 
-    def save(self, image: Image.Image, key: str) -> str:
-        path = self.dir / (hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest() + ".png")
-        if not path.exists():
-            with atomic_path(path) as tmp:
-                image.save(tmp, format="PNG")
-        return str(path)
-
-    def framed(self, src: Path, relevant: bool) -> str:
-        """``src`` with a green (relevant) or red frame."""
-        stat = src.stat()
-        key = f"frame:{src}:{stat.st_mtime_ns}:{stat.st_size}:{relevant}"
-        path = self.dir / (hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest() + ".png")
-        if path.exists():
-            return str(path)
-        with Image.open(src) as im:
-            img = im.convert("RGB")
-        border = max(2, img.height // 40)
-        return self.save(ImageOps.expand(img, border=border, fill=MATCH if relevant else MISMATCH), key)
+    def api_info(self) -> dict:
+        return {"type": "number", "description": f"whole number from 1 to {TOP_K_MAX}"}
 
 
-def _gallery_value(engine: SearchEngine, ranking, files: _ImageFiles) -> list[tuple[str, str]]:
-    """(image file, caption) pairs; images of a known-identity query get a green or red frame."""
-    out: list[tuple[str, str]] = []
-    for h in ranking.hits:
-        path = engine.gallery.items[h.item].path
-        out.append((str(path) if h.relevant is None else files.framed(path, h.relevant), _caption(h)))
-    return out
+def parse_top_k(value: object) -> int:
+    """``value`` as a whole number from 1 to TOP_K_MAX, else QueryError with what to type."""
+    try:
+        f = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        f = math.nan
+    if not math.isfinite(f) or not f.is_integer() or not 1 <= f <= TOP_K_MAX:
+        shown = str(value)[:40]
+        raise QueryError(f"Top k must be a whole number from 1 to {TOP_K_MAX}; got {shown!r}.")
+    return int(f)
+
+
+def parse_flag(value: object, name: str) -> bool:
+    """A checkbox value: True/False (or "true"/"false", 0/1), else QueryError."""
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1) and not isinstance(value, float):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise QueryError(f"{name} must be true or false; got {str(value)[:40]!r}.")
+
+
+def _gallery_value(engine: SearchEngine, gallery_key: str, ranking, files: ImageFiles) -> list[tuple[str, str]]:
+    """(thumbnail file, caption) pairs; images of a known-identity query get a green or red frame."""
+    items = engine.gallery_index(gallery_key).gallery.items
+    return [(files.thumbnail(items[h.item].path, h.relevant), _caption(h)) for h in ranking.hits]
 
 
 def _status(result: SearchResult) -> str:
-    lines = [f"**Query:** {result.query}"] if result.query else []
+    lines = [f"**Query:** {esc(result.query)}"] if result.query else []
     if result.target_pid is not None:
         src = "the query is one of its captions" if result.target_source == "caption" else "given by you"
         lines.append(f"**Identity {result.target_pid}** ({src}); ✓ marks its images.")
@@ -92,7 +110,7 @@ def _status(result: SearchResult) -> str:
                          f"first match at rank {m.get('first_match')} · "
                          f"{m.get('relevant')} image(s) of this identity in the gallery")
     for n in result.notices:
-        lines.append(f"> ⚠️ {n}")
+        lines.append(f"> ⚠️ {esc(n)}")
     return "\n\n".join(lines)
 
 
@@ -110,52 +128,86 @@ def _results_json(result: SearchResult) -> dict:
     }
 
 
+def _view_module(name: str):
+    """``demo.views.<name>_view`` if it exists (helper 11B's views), else None."""
+    module = f"demo.views.{name}_view"
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name in (module, "demo.views"):
+            return None
+        raise
+
+
+def _placeholder(label: str) -> None:
+    gr.Markdown(f"*The {label} view is not installed in this build.*")
+
+
 def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default_top_k: int = 20,
               examples: Optional[list[str]] = None) -> gr.Blocks:
-    """The Blocks app around ``engine``."""
-    allow_roots = [Path(r).resolve() for r in allow_roots]
-    files = _ImageFiles()
+    """The Blocks app around ``engine`` (shared by every visitor; each keeps its own view state)."""
+    ctx = DemoContext(engine, allow_roots=allow_roots, default_top_k=default_top_k)
+    files = ctx.files
     examples = examples or [
         c for it in engine.gallery.items for c in it.captions[:1]][:8] or [
         "a woman in a red coat with a black backpack", "a man wearing a blue jacket and grey trousers"]
 
-    def info() -> dict:
-        g = engine.gallery
+    def info(state: VisitorState) -> dict:
+        s = ctx.valid_state(state)
+        gi = engine.gallery_index(s.gallery)
+        g = gi.gallery
         return {"gallery": g.name, "images": len(g), "identities": g.num_ids,
-                "skipped": [[p.name, why] for p, why in engine.skipped],
-                "model": engine.model.config.name, "checkpoint": engine.checkpoint_name,
-                "checkpoints": list(engine.checkpoints), "allowed_roots": [str(r) for r in allow_roots]}
+                "skipped": [[p.name, why] for p, why in gi.skipped],
+                "model": engine.model.config.name, "checkpoint": s.model,
+                "checkpoints": list(engine.checkpoints), "allowed_roots": [str(r) for r in ctx.allow_roots]}
 
-    def header() -> str:
-        g = engine.gallery
+    def header(state: Optional[VisitorState]) -> str:
+        s = ctx.valid_state(state)
+        gi = engine.gallery_index(s.gallery)
+        g = gi.gallery
         ids = f", {g.num_ids} identities" if g.has_ids else ""
-        skipped = f" · {len(engine.skipped)} file(s) skipped (see log)" if engine.skipped else ""
-        return (f"**Gallery:** {g.name}: {len(g)} images{ids}{skipped} · **Model:** {engine.model.config.name}, "
-                f"PETL weights *{engine.checkpoint_name}*")
+        skipped = f" · {len(gi.skipped)} file(s) skipped (see log)" if gi.skipped else ""
+        return (f"**Gallery:** {esc(g.name)}: {len(g)} images{ids}{skipped} · **Model:** {esc(engine.model.config.name)}, "
+                f"PETL weights *{esc(s.model)}*")
 
-    def search(query: str, pid: str, top_k: float, compare: bool):
-        """Rank the gallery for a description (and, with compare, by the zero-shot backbone too)."""
-        variants = (UPPERSON, ZERO_SHOT) if compare else (UPPERSON,)
+    def on_load(state: VisitorState):
+        s = ctx.valid_state(state)
+        return s, header(s), gr.Dropdown(value=s.model)
+
+    def search(query: str, pid: str, top_k, compare, state: VisitorState):
+        """Rank the visitor's gallery for a description (and, with compare, by the zero-shot backbone too)."""
+        s = ctx.valid_state(state)
         try:
-            result = engine.search(query, int(top_k or default_top_k), pid=pid or None, variants=variants)
+            k = parse_top_k(default_top_k if top_k is None else top_k)
+            both = parse_flag(compare, "Compare")
+            if query is not None and not isinstance(query, str):
+                raise QueryError(f"The description must be text; got {type(query).__name__}.")
+            if pid is not None and not isinstance(pid, (str, int, float)):
+                raise QueryError(f"The person id must be a whole number or empty; got {type(pid).__name__}.")
+            variants = (UPPERSON, ZERO_SHOT) if both else (UPPERSON,)
+            result = engine.search(query, k, pid=pid, variants=variants, gallery=s.gallery, checkpoint=s.model)
         except QueryError as exc:
-            return [], gr.Gallery(value=[], visible=bool(compare)), f"ℹ️ {exc}", {"error": str(exc)}, [], []
+            return [], gr.Gallery(value=[], visible=False), f"ℹ️ {esc(exc)}", {"error": str(exc)}, [], []
         main = result.rankings[0]
-        zs = result.rankings[1] if compare else None
+        zs = result.rankings[1] if both else None
         names = [h.file for h in main.hits]
         zs_names = [h.file for h in zs.hits] if zs else []
-        return (_gallery_value(engine, main, files),
-                gr.Gallery(value=_gallery_value(engine, zs, files) if zs else [], visible=bool(compare)),
+        return (_gallery_value(engine, s.gallery, main, files),
+                gr.Gallery(value=_gallery_value(engine, s.gallery, zs, files) if zs else [], visible=bool(zs)),
                 _status(result), _results_json(result), names, zs_names)
 
-    def explain(name: str):
+    def explain(name: str, state: VisitorState):
         """The UP-Person prefix-attention heatmap and the captions of one gallery image (by its name)."""
         from demo.heatmap import overlay
 
+        s = ctx.valid_state(state)
         try:
-            image, heat, item = engine.explain(name)
+            if name is not None and not isinstance(name, str):
+                raise QueryError(f"The image name must be text (as the results show it); got {type(name).__name__}.")
+            image, heat, item = engine.explain(name, gallery=s.gallery, checkpoint=s.model)
         except QueryError as exc:
-            return None, f"ℹ️ {exc}"
+            return None, f"ℹ️ {esc(exc)}"
+        gallery = engine.gallery_index(s.gallery).gallery
         height = 384
         base = image.resize((max(1, round(image.width * height / image.height)), height), Image.BILINEAR)
         if heat is None:
@@ -167,89 +219,117 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
             panel.paste(over, (base.width + 8, 0))
             note = ("Right: each patch's attention to UP-Person's learned prefix (mass on the prefix keys × λ, "
                     f"mean over heads and layers; brighter = more); range {heat.min():.3g} to {heat.max():.3g}.")
-        lines = [f"**{engine.gallery.relative_name(item)}**" + (f" · id {item.pid}" if item.pid is not None else ""),
+        lines = [f"**{esc(gallery.relative_name(item))}**" + (f" · id {item.pid}" if item.pid is not None else ""),
                  note]
         if item.captions:
-            lines.append("**Captions:**\n" + "\n".join(f"- {c}" for c in item.captions))
-        key = f"heat:{item.path}:{engine.checkpoint_name}:{heat.tobytes().hex() if heat is not None else ''}"
+            lines.append("**Captions:**\n" + "\n".join(f"- {esc(c)}" for c in item.captions))
+        key = f"heat:{item.path}:{s.model}:{heat.tobytes().hex() if heat is not None else ''}"
         return files.save(panel, key), "\n\n".join(lines)
 
     def pick(names: list[str], evt: gr.SelectData) -> str:
         return names[evt.index] if names and 0 <= evt.index < len(names) else ""
 
-    def set_model(name: str):
-        """Swap the PETL weights to another checkpoint of the loaded backbone."""
+    def set_model(name: str, state: VisitorState):
+        """Use another PETL checkpoint of the loaded backbone (for this visitor only)."""
+        s = ctx.valid_state(state)
         try:
-            engine.load_checkpoint(name)
-        except Exception as exc:  # CheckpointMismatchError, missing file, ...
+            s = ctx.with_model(s, name)
+        except Exception as exc:  # QueryError, CheckpointMismatchError, missing file, ...
             log.warning("cannot load checkpoint %s: %s", name, exc)
-            return f"⚠️ {exc}", header()
-        return f"Loaded PETL weights *{name}*.", header()
+            return f"⚠️ {esc(exc)}", header(s), s
+        return f"Loaded PETL weights *{esc(name)}*.", header(s), s
 
-    def set_gallery(folder: str):
-        """Index a folder under an allowed root and make it the gallery."""
+    def set_gallery(folder: str, state: VisitorState):
+        """Index a folder under an allowed root and make it this visitor's gallery."""
+        s = ctx.valid_state(state)
         try:
-            path = resolve_under(folder, allow_roots)
-            engine.set_gallery(folder_gallery(path))
-        except GalleryError as exc:
-            return f"⚠️ {exc}", header()
-        skipped = f"; {len(engine.skipped)} file(s) skipped: " + ", ".join(
-            p.name for p, _ in engine.skipped[:10]) if engine.skipped else ""
-        return f"Indexed {path}: {len(engine.gallery)} images{skipped}.", header()
+            if folder is not None and not isinstance(folder, str):
+                raise GalleryError(f"the folder must be text; got {type(folder).__name__}")
+            s = ctx.with_folder(s, folder)
+        except (GalleryError, QueryError) as exc:
+            return f"⚠️ {esc(exc)}", header(s), s
+        gi = engine.gallery_index(s.gallery)
+        skipped = f"; {len(gi.skipped)} file(s) skipped: " + ", ".join(
+            esc(p.name) for p, _ in gi.skipped[:10]) if gi.skipped else ""
+        return f"Indexed {esc(gi.gallery.roots[0])}: {len(gi.gallery)} images{skipped}.", header(s), s
 
     with gr.Blocks(title="UP-Person demo") as app:
+        state = gr.State(ctx.new_state())
         gr.Markdown(f"# {TITLE}\nDescribe a pedestrian; the gallery is ranked by a frozen CLIP with "
                     "UP-Person's prefix, LoRA and adapters. Click a result to see why it matched.")
-        head = gr.Markdown(header())
-        with gr.Row():
-            with gr.Column(scale=4):
-                query = gr.Textbox(label="Description", lines=2, max_length=4000, elem_id="query",
-                                   placeholder="a woman in a red coat with a black backpack")
-            with gr.Column(scale=1, min_width=180):
-                pid = gr.Textbox(label="Person id (optional)", placeholder="to score the query", elem_id="pid")
-                top_k = gr.Slider(1, 200, value=default_top_k, step=1, label="Top k", elem_id="topk")
-                compare = gr.Checkbox(label="Compare with zero-shot CLIP", value=False, elem_id="compare")
-        go = gr.Button("Search", variant="primary", elem_id="search")
-        gr.Examples(examples=[[e] for e in examples], inputs=[query], label="Example queries (gallery captions)")
-        status = gr.Markdown(elem_id="status")
-        names, zs_names = gr.State([]), gr.State([])
-        with gr.Row():
-            results = gr.Gallery(label=f"{UPPERSON}", columns=8, height="auto", object_fit="contain",
-                                 elem_id="results", elem_classes="gallery-col", allow_preview=False)
-            zs_results = gr.Gallery(label=ZERO_SHOT, columns=8, height="auto", object_fit="contain",
-                                    visible=False, elem_id="zs-results", allow_preview=False)
-        with gr.Accordion("Why it matched", open=True):
+        head = gr.Markdown(header(None), elem_id="header")
+        with gr.Accordion("Model and gallery (yours only)", open=False):
             with gr.Row():
-                selected = gr.Textbox(label="Selected image (click a result)", elem_id="selected", scale=1)
+                ckpt = gr.Dropdown(list(engine.checkpoints), value=engine.default_checkpoint, label="PETL checkpoint",
+                                   elem_id="checkpoint")
+                load = gr.Button("Load weights", elem_id="load-weights")
             with gr.Row():
-                heat = gr.Image(label="Prefix attention", type="filepath", height=400, elem_id="heatmap")
-                about = gr.Markdown()
-        with gr.Accordion("Results as JSON", open=False):
-            table = gr.JSON()
-        with gr.Accordion("Model and gallery", open=False):
-            with gr.Row():
-                ckpt = gr.Dropdown(list(engine.checkpoints), value=engine.checkpoint_name, label="PETL checkpoint")
-                load = gr.Button("Load weights")
-            with gr.Row():
-                folder = gr.Textbox(label="Image folder" + (f" (under {', '.join(map(str, allow_roots))})"
-                                                            if allow_roots else " (off: start with --allow-root DIR)"),
-                                    interactive=bool(allow_roots))
-                index = gr.Button("Index folder", interactive=bool(allow_roots))
-            admin = gr.Markdown()
+                folder = gr.Textbox(label="Image folder" + (f" (under {', '.join(map(str, ctx.allow_roots))})"
+                                                            if ctx.allow_roots else " (off: start with --allow-root DIR)"),
+                                    interactive=bool(ctx.allow_roots), elem_id="folder")
+                index = gr.Button("Index folder", interactive=bool(ctx.allow_roots), elem_id="index-folder")
+            admin = gr.Markdown(elem_id="admin")
             info_btn = gr.Button("Show info", size="sm")
             info_json = gr.JSON()
 
+        with gr.Tabs(elem_id="tabs") as tabs:
+            # --- search tab (this file) ---
+            with gr.Tab("Search", id="search", elem_id="tab-search"):
+                with gr.Row():
+                    with gr.Column(scale=4, min_width=240):
+                        query = gr.Textbox(label="Description (Enter searches, Shift+Enter adds a line)", lines=1,
+                                           max_lines=4, max_length=4000, elem_id="query",
+                                           placeholder="a woman in a red coat with a black backpack")
+                    with gr.Column(scale=1, min_width=180):
+                        pid = gr.Textbox(label="Person id (optional)", placeholder="to score the query", elem_id="pid")
+                        top_k = TopK(1, TOP_K_MAX, value=default_top_k, step=1, label="Top k", elem_id="topk")
+                        compare = gr.Checkbox(label="Compare with zero-shot CLIP", value=False, elem_id="compare")
+                go = gr.Button("Search", variant="primary", elem_id="search")
+                gr.Examples(examples=[[e] for e in examples], inputs=[query], label="Example queries (gallery captions)")
+                status = gr.Markdown(elem_id="status", latex_delimiters=[])
+                names, zs_names = gr.State([]), gr.State([])
+                with gr.Row():
+                    results = gr.Gallery(label=f"{UPPERSON}", columns=8, height="auto", object_fit="contain",
+                                         elem_id="results", elem_classes="gallery-col", allow_preview=False,
+                                         min_width=160)
+                    zs_results = gr.Gallery(label=ZERO_SHOT, columns=8, height="auto", object_fit="contain",
+                                            visible=False, elem_id="zs-results", allow_preview=False, min_width=160)
+                with gr.Accordion("Why it matched", open=True):
+                    with gr.Row():
+                        selected = gr.Textbox(label="Selected image (click a result, or type its name)",
+                                              elem_id="selected", scale=1)
+                    with gr.Row():
+                        heat = gr.Image(label="Prefix attention", type="filepath", height=400, elem_id="heatmap")
+                        about = gr.Markdown(elem_id="about", latex_delimiters=[])
+                with gr.Accordion("Results as JSON", open=False):
+                    table = gr.JSON()
+
+            ui = SharedUI(state=state, selected=selected, header=head, tabs=tabs)
+            for label in TAB_LABELS[1:]:
+                key = label.lower()
+                module = _view_module(key)
+                with gr.Tab(label, id=key, elem_id=f"tab-{key}"):
+                    # --- attention tab (demo/views/attention_view.py: build_attention_tab(ctx, ui)) ---
+                    # --- embeddings tab (demo/views/embeddings_view.py: build_embeddings_tab(ctx, ui)) ---
+                    # --- ablation tab (demo/views/ablation_view.py: build_ablation_tab(ctx, ui)) ---
+                    if module is None:
+                        _placeholder(label)
+                    else:
+                        getattr(module, f"build_{key}_tab")(ctx, ui)
+
         outs = [results, zs_results, status, table, names, zs_names]
-        go.click(search, [query, pid, top_k, compare], outs, api_name="search", concurrency_id="engine")
-        query.submit(search, [query, pid, top_k, compare], outs, api_visibility="private", concurrency_id="engine")
-        selected.submit(explain, [selected], [heat, about], api_name="explain", concurrency_id="engine")
-        for gal, state in ((results, names), (zs_results, zs_names)):
-            gal.select(pick, [state], selected, api_visibility="private").then(
-                explain, [selected], [heat, about], api_name="explain_selected", api_visibility="private",
-                concurrency_id="engine")
-        load.click(set_model, [ckpt], [admin, head], api_name="set_model", concurrency_limit=1)
-        index.click(set_gallery, [folder], [admin, head], api_name="set_gallery", concurrency_limit=1)
-        info_btn.click(info, None, info_json, api_name="info")
+        go.click(search, [query, pid, top_k, compare, state], outs, api_name="search", concurrency_id="engine")
+        query.submit(search, [query, pid, top_k, compare, state], outs, api_visibility="private",
+                     concurrency_id="engine")
+        selected.submit(explain, [selected, state], [heat, about], api_name="explain", concurrency_id="engine")
+        for gal, names_state in ((results, names), (zs_results, zs_names)):
+            gal.select(pick, [names_state], selected, api_visibility="private").then(
+                explain, [selected, state], [heat, about], api_visibility="private", concurrency_id="engine")
+        load.click(set_model, [ckpt, state], [admin, head, state], api_name="set_model", concurrency_id="engine")
+        index.click(set_gallery, [folder, state], [admin, head, state], api_name="set_gallery",
+                    concurrency_id="engine")
+        info_btn.click(info, [state], info_json, api_name="info")
+        app.load(on_load, [state], [state, head, ckpt], api_visibility="private")
     return app
 
 

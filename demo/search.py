@@ -91,12 +91,44 @@ def _build_zero_shot(model: torch.nn.Module) -> torch.nn.Module:
     return zs.eval()
 
 
+@dataclass
+class GalleryIndex:
+    """One indexed gallery: its items, the files skipped while indexing, lookups, features.
+
+    Shared by every visitor who chose it; ``features`` maps (checkpoint name, variant) to
+    (N, D) normalised image features (the zero-shot variant ignores the checkpoint: None).
+    """
+
+    key: str
+    gallery: Gallery
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    features: dict[tuple[Optional[str], str], torch.Tensor] = field(default_factory=dict)
+    caption_pids: dict[str, set[int]] = field(default_factory=dict)
+    gallery_pids: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    by_name: dict[str, int] = field(default_factory=dict)
+
+    def restrict(self, gallery: Gallery) -> None:
+        """Make ``gallery`` (a subset of the listed files) current and rebuild the lookups."""
+        self.gallery = gallery
+        self.caption_pids = gallery.caption_pids()
+        self.gallery_pids = torch.tensor([-1 if it.pid is None else it.pid for it in gallery.items],
+                                         dtype=torch.long)
+        self.by_name = {gallery.relative_name(it): i for i, it in enumerate(gallery.items)}
+
+
 class SearchEngine:
-    """Models, the current gallery with its cached features, and the search itself.
+    """Models, the indexed galleries with their cached features, and the search itself.
 
     ``checkpoints`` maps display names to PETL checkpoint folders of the loaded backbone;
-    the name ``default`` (None) is the model's weights at start-up, kept in memory.
+    the default name (None path) is the model's weights at start-up, kept in memory.
+
+    Nothing here is per visitor: a request names its gallery (a key of :attr:`galleries`)
+    and its checkpoint; both default to the start-up ones. One model object serves every
+    checkpoint: before a forward pass the requested PETL weights are copied in (a few
+    tensors) under the lock, so visitors on different checkpoints never see each other's.
     """
+
+    MAX_GALLERIES = 16  # indexed galleries kept besides the default (least recently added dropped)
 
     def __init__(self, model: torch.nn.Module, gallery: Gallery, *, cache_dir: Union[str, Path],
                  checkpoints: Optional[dict[str, Optional[Path]]] = None, default_name: str = "embedded",
@@ -120,17 +152,36 @@ class SearchEngine:
         # cloned: for float32 CPU parameters trainable_state_dict returns views of the live weights
         self._initial_petl = {n: v.clone() for n, v in trainable_state_dict(model).items()}
         self.checkpoints: dict[str, Optional[Path]] = {default_name: None, **(checkpoints or {})}
-        self.checkpoint_name = default_name
+        self.default_checkpoint = default_name
+        self._loaded = default_name  # the PETL weights in self.model right now
+        self._petl_cache: dict[str, dict[str, torch.Tensor]] = {}
         self._zero_shot: Optional[torch.nn.Module] = None
         self._indexes: dict[str, ImageIndex] = {}
-        self._features: dict[str, torch.Tensor] = {}
-        self.skipped: list[tuple[Path, str]] = []
-        self.gallery = gallery
-        self.set_gallery(gallery)
+        self.galleries: dict[str, GalleryIndex] = {}
+        self.default_gallery = "default"
+        self.add_gallery(gallery, key=self.default_gallery)
+
+    # ------------------------------------------------------------------ defaults (start-up view)
+    @property
+    def gallery(self) -> Gallery:
+        """The default gallery (what a new visitor sees)."""
+        return self.galleries[self.default_gallery].gallery
+
+    @property
+    def skipped(self) -> list[tuple[Path, str]]:
+        return self.galleries[self.default_gallery].skipped
+
+    @property
+    def _by_name(self) -> dict[str, int]:
+        return self.galleries[self.default_gallery].by_name
+
+    @property
+    def checkpoint_name(self) -> str:
+        return self.default_checkpoint
 
     # ------------------------------------------------------------------ models
     def model_of(self, variant: str) -> torch.nn.Module:
-        """The model of ``variant`` (the zero-shot one is built on first use)."""
+        """The model of ``variant`` (the zero-shot one is built on first use); see :meth:`using`."""
         if variant == UPPERSON:
             return self.model
         if variant == ZERO_SHOT:
@@ -143,6 +194,48 @@ class SearchEngine:
             if self._zero_shot is None:
                 self._zero_shot = _build_zero_shot(self.model)
             return self._zero_shot
+
+    def check_checkpoint(self, name: Optional[str]) -> str:
+        """``name`` if it is a known checkpoint (None: the default), else QueryError."""
+        if name is None:
+            return self.default_checkpoint
+        if not isinstance(name, str) or name not in self.checkpoints:
+            raise QueryError(f"unknown checkpoint {name!r}; choose from {', '.join(self.checkpoints)}")
+        return name
+
+    def _activate(self, name: str) -> None:
+        """Copy checkpoint ``name``'s PETL weights into the model (caller holds the lock)."""
+        from upperson.model.checkpoint import load_petl, trainable_state_dict
+
+        if name == self._loaded:
+            return
+        if name not in self._petl_cache:
+            path = self.checkpoints[name]
+            if path is None:
+                self._petl_cache[name] = self._initial_petl
+            else:
+                load_petl(self.model, path)  # checks everything before copying: a mismatch changes nothing
+                self._petl_cache[name] = {n: v.clone() for n, v in trainable_state_dict(self.model).items()}
+                self._loaded = name
+                return
+        with torch.no_grad():
+            params = dict(self.model.named_parameters())
+            for n, v in self._petl_cache[name].items():
+                params[n].copy_(v.to(params[n].dtype))
+        self._loaded = name
+
+    @contextlib.contextmanager
+    def using(self, checkpoint: Optional[str] = None, variant: str = UPPERSON) -> Iterator[torch.nn.Module]:
+        """Hold the lock with ``checkpoint``'s weights loaded; yields the model of ``variant``.
+
+        Every forward pass of the app goes through this (or a method that uses it), so a
+        concurrent request on another checkpoint waits instead of swapping weights mid-pass.
+        """
+        name = self.check_checkpoint(checkpoint)
+        with self.lock:
+            if variant == UPPERSON:
+                self._activate(name)
+            yield self.model_of(variant)
 
     @contextlib.contextmanager
     def _threads(self, n: Optional[int]) -> Iterator[None]:
@@ -166,55 +259,60 @@ class SearchEngine:
                                             progress=self.progress, key=key)
         return self._indexes[key]
 
-    def features(self, variant: str) -> torch.Tensor:
-        """(N, D) normalised features of the current gallery for ``variant`` (computed once, cached on disk)."""
-        if variant not in VARIANTS:
-            raise QueryError(f"unknown model {variant!r}; choose from {', '.join(VARIANTS)}")
-        with self.lock:
-            if variant not in self._features:
-                res = self._embed(self.model_of(variant), [it.path for it in self.gallery.items])
-                if res.paths != [it.path for it in self.gallery.items]:
-                    # the files changed since the gallery was listed: keep what both models can rank
-                    self.gallery = self.gallery.restricted_to(res.paths)
-                    self._features.clear()
-                    return self.features(variant)
-                self._features[variant] = res.features
-            return self._features[variant]
+    # ------------------------------------------------------------------ galleries
+    def gallery_index(self, key: Optional[str] = None) -> GalleryIndex:
+        """The indexed gallery ``key`` (None: the default), else QueryError."""
+        gi = self.galleries.get(self.default_gallery if key is None else key)
+        if gi is None:
+            raise QueryError(f"gallery {key!r} is not indexed (any more); choose a folder again.")
+        return gi
+
+    def add_gallery(self, gallery: Gallery, key: Optional[str] = None,
+                    checkpoint: Optional[str] = None) -> GalleryIndex:
+        """Index ``gallery`` (only new content is encoded) under ``key`` (default: its roots) and return it.
+
+        Re-adding a key lists the files again (a changed folder is picked up). Other
+        visitors are unaffected: the gallery a request uses is the one its caller names.
+        """
+        from demo.gallery import GalleryError
+
+        key = key or "folder:" + "|".join(str(r) for r in gallery.roots)
+        name = self.check_checkpoint(checkpoint)
+        with self.using(name) as model:
+            res = self._embed(model, [it.path for it in gallery.items])
+            if not res.paths:
+                raise GalleryError(f"{gallery.name}: none of its {len(gallery)} files is a readable image")
+            gi = GalleryIndex(key, gallery, list(res.skipped))
+            gi.restrict(gallery.restricted_to(res.paths))
+            gi.features[(name, UPPERSON)] = res.features
+            self.galleries.pop(key, None)
+            self.galleries[key] = gi
+            extra = [k for k in self.galleries if k != self.default_gallery and k != key]
+            for k in extra[: max(0, len(extra) - self.MAX_GALLERIES + 1)]:
+                del self.galleries[k]
+            return gi
 
     def set_gallery(self, gallery: Gallery) -> None:
-        """Index ``gallery`` with UP-Person (only new content is encoded) and make it current."""
-        with self.lock:
-            res = self._embed(self.model, [it.path for it in gallery.items])
-            if not res.paths:
-                from demo.gallery import GalleryError
-                raise GalleryError(f"{gallery.name}: none of its {len(gallery)} files is a readable image")
-            self.skipped = res.skipped
-            self.gallery = gallery.restricted_to(res.paths)
-            self._features = {UPPERSON: res.features}
-            self._caption_pids = self.gallery.caption_pids()
-            self._gallery_pids = torch.tensor([-1 if it.pid is None else it.pid for it in self.gallery.items])
-            self._by_name = {self.gallery.relative_name(it): i for i, it in enumerate(self.gallery.items)}
+        """Replace the default gallery (start-up and tests; the app adds galleries per visitor)."""
+        self.add_gallery(gallery, key=self.default_gallery)
 
-    def load_checkpoint(self, name: str) -> None:
-        """Swap the PETL weights to checkpoint ``name`` (the backbone stays; nothing is rebuilt)."""
-        from upperson.model.checkpoint import load_petl
-
-        if name not in self.checkpoints:
-            raise QueryError(f"unknown checkpoint {name!r}; choose from {', '.join(self.checkpoints)}")
-        with self.lock:
-            if name == self.checkpoint_name:
-                return
-            path = self.checkpoints[name]
-            if path is None:
-                with torch.no_grad():
-                    params = dict(self.model.named_parameters())
-                    for n, v in self._initial_petl.items():
-                        params[n].copy_(v.to(params[n].dtype))
-            else:
-                load_petl(self.model, path)  # checks everything before copying: a mismatch changes nothing
-            self.checkpoint_name = name
-            self._features.pop(UPPERSON, None)
-            self.features(UPPERSON)
+    def features(self, variant: str, gallery: Optional[str] = None, checkpoint: Optional[str] = None) -> torch.Tensor:
+        """(N, D) normalised features of gallery ``gallery`` for ``variant`` (computed once, cached on disk)."""
+        if variant not in VARIANTS:
+            raise QueryError(f"unknown model {variant!r}; choose from {', '.join(VARIANTS)}")
+        name = self.check_checkpoint(checkpoint)
+        slot = (name if variant == UPPERSON else None, variant)
+        with self.using(name, variant) as model:
+            gi = self.gallery_index(gallery)
+            if slot not in gi.features:
+                res = self._embed(model, [it.path for it in gi.gallery.items])
+                if res.paths != [it.path for it in gi.gallery.items]:
+                    # the files changed since the gallery was listed: keep what every model can rank
+                    gi.restrict(gi.gallery.restricted_to(res.paths))
+                    gi.features.clear()
+                    return self.features(variant, gallery, checkpoint)
+                gi.features[slot] = res.features
+            return gi.features[slot]
 
     # ------------------------------------------------------------------ queries
     def prepare(self, text: Optional[str]) -> PreparedQuery:
@@ -240,10 +338,9 @@ class SearchEngine:
         return PreparedQuery(text, tokens, notices)
 
     @torch.no_grad()
-    def encode_query(self, tokens: torch.Tensor, variant: str = UPPERSON) -> torch.Tensor:
+    def encode_query(self, tokens: torch.Tensor, variant: str = UPPERSON, checkpoint: Optional[str] = None) -> torch.Tensor:
         """(D,) normalised text feature."""
-        with self.lock, self._threads(self.query_threads):
-            model = self.model_of(variant)
+        with self.using(checkpoint, variant) as model, self._threads(self.query_threads):
             return F.normalize(model.encode_text(tokens).float(), dim=-1)[0]
 
     @staticmethod
@@ -254,18 +351,19 @@ class SearchEngine:
         top = torch.topk(sim, k)
         return top.values, top.indices
 
-    def target_pid(self, text: str, user_pid: Optional[Union[int, str, float]]) -> tuple[Optional[int], str, list[str]]:
+    def target_pid(self, text: str, user_pid: Optional[Union[int, str, float]],
+                   gallery: Optional[str] = None) -> tuple[Optional[int], str, list[str]]:
         """The identity a query is about: the user's, else the one whose caption it is."""
+        gi = self.gallery_index(gallery)
         notices = []
-        if user_pid not in (None, ""):
-            try:
-                pid = int(float(user_pid))
-            except (TypeError, ValueError):
-                return None, "", [f"Person id {user_pid!r} is not a number; ignored."]
-            if not bool((self._gallery_pids == pid).any()):
+        if user_pid is not None and str(user_pid).strip() != "":
+            pid = parse_pid(user_pid)
+            if pid is None:
+                return None, "", [f"Person id {str(user_pid)[:80]!r} is not a whole number (e.g. 12); ignored."]
+            if not bool((gi.gallery_pids == pid).any()):
                 return None, "", [f"Person id {pid} has no image in this gallery; ignored."]
             return pid, "user", notices
-        pids = self._caption_pids.get(normalise_caption(text), set())
+        pids = gi.caption_pids.get(normalise_caption(text), set())
         if len(pids) == 1:
             return next(iter(pids)), "caption", notices
         if len(pids) > 1:
@@ -273,64 +371,103 @@ class SearchEngine:
         return None, "", notices
 
     def search(self, text: Optional[str], top_k: int = 20, *, pid: Optional[Union[int, str, float]] = None,
-               variants: tuple[str, ...] = (UPPERSON,)) -> SearchResult:
-        """Rank the gallery for ``text`` with each of ``variants``."""
+               variants: tuple[str, ...] = (UPPERSON,), gallery: Optional[str] = None,
+               checkpoint: Optional[str] = None) -> SearchResult:
+        """Rank gallery ``gallery`` for ``text`` with each of ``variants`` (UP-Person with ``checkpoint``)."""
         q = self.prepare(text)
         with self.lock:
-            target, source, more = self.target_pid(str(text), pid)
+            gi = self.gallery_index(gallery)
+            target, source, more = self.target_pid(str(text), pid, gallery)
             result = SearchResult(q.text, q.notices + more, target, source)
             for variant in variants:
-                feats = self.features(variant)
-                qv = self.encode_query(q.tokens, variant)
+                feats = self.features(variant, gallery, checkpoint)
+                qv = self.encode_query(q.tokens, variant, checkpoint)
                 scores, idx = self.rank(feats, qv, top_k)
-                items = self.gallery.items
+                items = gi.gallery.items
                 hits = [
-                    Hit(r + 1, int(i), self.gallery.relative_name(items[int(i)]), float(s), items[int(i)].pid,
+                    Hit(r + 1, int(i), gi.gallery.relative_name(items[int(i)]), float(s), items[int(i)].pid,
                         None if target is None else items[int(i)].pid == target)
                     for r, (s, i) in enumerate(zip(scores.tolist(), idx.tolist()))
                 ]
-                metrics = self.query_metrics(feats @ qv, target) if target is not None else None
+                metrics = self.query_metrics(feats @ qv, target, gallery) if target is not None else None
                 result.rankings.append(Ranking(variant, hits, metrics))
         return result
 
-    def query_metrics(self, similarity: torch.Tensor, pid: int) -> dict[str, float]:
+    def query_metrics(self, similarity: torch.Tensor, pid: int, gallery: Optional[str] = None) -> dict[str, float]:
         """R@1/5/10 and AP (percent) of one query over the whole gallery, and the rank of its first match."""
         from upperson.metrics import retrieval_metrics, sorted_matches
 
+        gp = self.gallery_index(gallery).gallery_pids
         sim = similarity.unsqueeze(0)
-        m = retrieval_metrics(sim, torch.tensor([pid]), self._gallery_pids, ranks=(1, 5, 10))
-        first = int(sorted_matches(sim, torch.tensor([pid]), self._gallery_pids)[0].nonzero()[0, 0]) + 1
+        m = retrieval_metrics(sim, torch.tensor([pid]), gp, ranks=(1, 5, 10))
+        first = int(sorted_matches(sim, torch.tensor([pid]), gp)[0].nonzero()[0, 0]) + 1
         return {"R1": m["R1"], "R5": m["R5"], "R10": m["R10"], "AP": m["mAP"], "first_match": first,
-                "relevant": int((self._gallery_pids == pid).sum())}
+                "relevant": int((gp == pid).sum())}
 
     # ------------------------------------------------------------------ explanations
-    def item_by_name(self, name: str) -> tuple[int, GalleryItem]:
+    def item_by_name(self, name: str, gallery: Optional[str] = None) -> tuple[int, GalleryItem]:
         """A gallery item by the name the results show; anything else is refused."""
-        key = str(name).strip()
-        if key.startswith("#") and key[1:].isdigit():
+        gi = self.gallery_index(gallery)
+        key = ("" if name is None else str(name)).strip()
+        shown = key if len(key) <= 120 else key[:117] + "..."
+        if key.startswith("#") and key[1:].isdigit() and len(key) < 12:
             i = int(key[1:])
-        elif key in self._by_name:
-            i = self._by_name[key]
+        elif key in gi.by_name:
+            i = gi.by_name[key]
         else:
-            raise QueryError(f"{key!r} is not an image of the current gallery.")
-        if not 0 <= i < len(self.gallery):
-            raise QueryError(f"{key!r} is not an image of the current gallery.")
-        return i, self.gallery.items[i]
+            raise QueryError(f"{shown!r} is not an image of the current gallery.")
+        if not 0 <= i < len(gi.gallery):
+            raise QueryError(f"{shown!r} is not an image of the current gallery.")
+        return i, gi.gallery.items[i]
 
     @torch.no_grad()
-    def explain(self, name: str, variant: str = UPPERSON):
+    def explain(self, name: str, variant: str = UPPERSON, gallery: Optional[str] = None,
+                checkpoint: Optional[str] = None):
         """(image, heatmap or None, item): the prefix-attention map of one gallery image."""
         from PIL import Image
 
         from demo.heatmap import prefix_attention_map
         from upperson.data import build_transforms
 
-        i, item = self.item_by_name(name)
+        i, item = self.item_by_name(name, gallery)
         with Image.open(item.path) as im:
             image = im.convert("RGB")
-        with self.lock:
-            model = self.model_of(variant)
+        with self.using(checkpoint, variant) as model:
             x = build_transforms(model.image_size, train=False)(image)
             with self._threads(self.query_threads):
                 heat = prefix_attention_map(model, x)
         return image, heat, item
+
+
+PID_MAX = 2**63 - 1
+
+
+def parse_pid(value: object) -> Optional[int]:
+    """A person id typed by a visitor as an int (``"12"``, ``12``, ``12.0``), or None if it is not one.
+
+    Only whole numbers from 0 to 2**63 - 1 (what the gallery's int64 ids can hold) are ids;
+    ``nan``, ``inf``, ``1.5``, huge numbers and text are not.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        pid = value
+    elif isinstance(value, float):
+        if not value.is_integer():
+            return None
+        pid = int(value)
+    else:
+        text = str(value).strip()
+        if not text or len(text) > 25:
+            return None
+        try:
+            pid = int(text)
+        except ValueError:
+            try:
+                f = float(text)
+            except ValueError:
+                return None
+            if not f.is_integer():
+                return None
+            pid = int(f)
+    return pid if 0 <= pid <= PID_MAX else None
