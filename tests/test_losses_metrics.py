@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -96,3 +97,73 @@ def test_queries_without_a_match_are_left_out_and_counted():
     assert m["queries"] == 1 and m["queries_without_match"] == 1 and m["R1"] == 100.0
     with pytest.raises(ValueError, match="does not match"):
         retrieval_metrics(sim, torch.tensor([1]), torch.tensor([1, 2]))
+
+
+# --- the sort-based implementation the metrics had before (kept here as the reference) ---
+
+def _reference_metrics(similarity, query_pids, gallery_pids, ranks=(1, 5, 10)):
+    """Full stable sort of every row, cumulative sums: the previous ``retrieval_metrics``."""
+    order = torch.sort(similarity, dim=1, descending=True, stable=True).indices
+    matches = gallery_pids[order] == query_pids.view(-1, 1)
+    num_rel = matches.sum(dim=1)
+    keep = num_rel > 0
+    m, num_rel = matches[keep].double(), num_rel[keep].double()
+    valid = int(keep.sum())
+    positions = torch.arange(1, similarity.shape[1] + 1, dtype=torch.float64)
+    cum = m.cumsum(dim=1)
+    out = {f"R{k}": 100.0 * float((cum[:, min(k, m.shape[1]) - 1] > 0).sum()) / valid for k in ranks}
+    out["mAP"] = 100.0 * float(((cum / positions) * m).sum(dim=1).div(num_rel).sum()) / valid
+    out["mINP"] = 100.0 * float((num_rel / (m * positions).max(dim=1).values).sum()) / valid
+    out["queries"] = valid
+    out["gallery"] = int(similarity.shape[1])
+    if similarity.shape[0] - valid:
+        out["queries_without_match"] = similarity.shape[0] - valid
+    first = (m.argmax(dim=1) + 1).long()
+    ap = ((cum / positions) * m).sum(dim=1).div(num_rel)
+    return out, keep.nonzero().view(-1), first, ap
+
+
+def _random_case(seed, queries, gallery, ids, levels=None, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    sim = torch.randn(queries, gallery, generator=g, dtype=dtype)
+    if levels is not None:  # few distinct values: many ties, inside and across relevant items
+        sim = torch.round(sim * levels / 3) / levels
+    return sim, torch.randint(0, ids + 2, (queries,), generator=g), torch.randint(0, ids, (gallery,), generator=g)
+
+
+@pytest.mark.parametrize("seed,levels,dtype", [
+    (0, None, torch.float32), (1, 2, torch.float32), (2, 1, torch.float32), (3, 8, torch.float64),
+    (4, None, torch.float64), (5, 1, torch.float16), (6, 4, torch.bfloat16),
+])
+def test_metrics_equal_the_sort_based_reference(seed, levels, dtype):
+    from upperson.metrics import per_query_metrics
+
+    sim, q, g = _random_case(seed, 53, 41, ids=9, levels=levels, dtype=dtype)
+    expected, kept, first, ap = _reference_metrics(sim, q, g, ranks=(1, 2, 5, 10, 100))
+    for chunk in (1, 7, 1024):
+        per = per_query_metrics(sim, q, g, chunk=chunk)
+        assert per.aggregate((1, 2, 5, 10, 100)) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+        assert per.query_index.tolist() == kept.tolist()
+        assert per.first_rank.tolist() == first.tolist()
+        assert per.ap == pytest.approx(ap.numpy(), rel=1e-12)
+        assert per.num_relevant.tolist() == [int((g == q[i]).sum()) for i in kept]
+
+
+def test_metrics_order_signed_zeros_and_infinities_like_the_sort():
+    inf = float("inf")
+    sim = torch.tensor([[0.0, -0.0, -inf, -1e-30, 1e-30, inf, 0.0, -0.0, -inf, inf, -inf]])
+    g = torch.arange(11) % 4
+    for pid in range(4):
+        q = torch.tensor([pid])
+        assert retrieval_metrics(sim, q, g, ranks=(1, 2, 3)) == pytest.approx(
+            _reference_metrics(sim, q, g, ranks=(1, 2, 3))[0], rel=1e-12)
+
+
+def test_per_query_metrics_count_queries_without_a_match():
+    from upperson.metrics import per_query_metrics
+
+    sim = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 0.9]])
+    per = per_query_metrics(sim, torch.tensor([1, 9, 1]), torch.tensor([1, 2]))
+    assert per.query_index.tolist() == [0, 2] and per.first_rank.tolist() == [1, 2]
+    assert per.num_queries == 3 and per.num_without_match == 1
+    assert per.ap.dtype == np.float64 and per.first_rank.dtype == np.int64
