@@ -14,16 +14,58 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
 log = logging.getLogger("demo")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one ``error: ...`` line (no usage block) and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see python -m demo --help)\n")
+
+
+def port_number(text: str) -> int:
+    """A TCP port from 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number; give one from 1 to 65535") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number; give one from 1 to 65535")
+    return port
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be listened on now."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return True  # an unknown host is reported by the server itself
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError:
+            return False
+    return True
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="python -m demo", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("gallery (default: the embedded ToyPEDES test split)")
     src.add_argument("--gallery", type=Path, help="a folder of images (searched recursively)")
     src.add_argument("--data-root", type=Path, help="a data root holding a dataset in a SPEC format")
@@ -39,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--pretrained", help="backbone weights for --checkpoint, if not where it was trained")
     srv = p.add_argument_group("server")
     srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    srv.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
+    srv.add_argument("--port", type=port_number, default=None,
+                     help="port, 1-65535 (default: Gradio's, 7860 or the next free one)")
     srv.add_argument("--share", action="store_true", help="open a public Gradio share link (off by default)")
     srv.add_argument("--top-k", type=int, default=20, help="default number of results (default 20)")
     srv.add_argument("--concurrency", type=int, default=4, help="requests handled at once (default 4)")
@@ -75,7 +118,7 @@ def load_gallery(args: argparse.Namespace):
     from demo.gallery import dataset_gallery, embedded_gallery, folder_gallery
 
     if args.gallery and args.data_root:
-        raise SystemExit("give either --gallery or --data-root, not both")
+        raise ValueError("give either --gallery or --data-root, not both")
     if args.gallery:
         return folder_gallery(args.gallery)
     if args.data_root:
@@ -94,6 +137,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return bench(["--threads", str(args.threads)])
 
+    if args.port is not None and not port_free(args.host, args.port):
+        return _fail(f"port {args.port} on {args.host} is in use; choose another with --port, "
+                     "or leave it out to take a free one")
     from demo.app import build_app, launch
     from demo.gallery import GalleryError
     from demo.search import SearchEngine
@@ -106,18 +152,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               checkpoints=others, default_name=default_name,
                               query_threads=args.threads, index_threads=index_threads)
     except (GalleryError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
+        return _fail(str(exc))
     allow = list(args.allow_root) + ([args.gallery] if args.gallery else [])
     app = build_app(engine, allow_roots=allow, default_top_k=args.top_k)
     roots = list(gallery.roots) + allow
-    _, local_url, share_url = launch(app, roots=roots, host=args.host, port=args.port, share=args.share,
-                                     prevent_thread_lock=True, concurrency=args.concurrency, quiet=True)
-    print(f"UP-Person demo running at {local_url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
     try:
-        app.block_thread()
+        _, local_url, share_url = launch(app, roots=roots, host=args.host, port=args.port, share=args.share,
+                                         prevent_thread_lock=True, concurrency=args.concurrency, quiet=True)
+    except OSError as exc:  # the port was taken meanwhile, or the host cannot be listened on
+        return _fail(f"cannot listen on {args.host}:{args.port or 'a free port'}: {exc}")
+    print(f"UP-Person demo running at {local_url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
+    # SIGTERM (docker stop, systemd, kill) ends the demo as Ctrl+C does: the server closes and the
+    # exit handlers run (they remove the temp folder of generated images).
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.2) and app.is_running:
+            pass
     except KeyboardInterrupt:
         pass
+    finally:
+        app.close()
     return 0
 
 
