@@ -148,3 +148,53 @@ def test_bad_arguments():
         stats.bootstrap_ci({"R1": np.ones(3)}, level=1.5)
     with pytest.raises(ValueError, match="no queries"):
         stats.bootstrap_ci({"R1": np.ones(0)})
+
+
+def test_evaluate_per_query_csv_reproduces_the_aggregate_metrics_exactly(toypedes_root, tmp_path, capsys):
+    """``evaluate --per-query``: one row per query whose ranks, AP and INP give back every metric."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.conftest import tiny_model_config
+    from upperson.cli import main
+    from upperson.data import build_tokenizer, load_dataset
+    from upperson.embedded import zero_shot_config
+    from upperson.evaluation import evaluate, evaluate_per_query
+    from upperson.model import build_model
+    from upperson.model.checkpoint import save_petl
+
+    # in process: the per-query results aggregate to exactly what evaluate() returns
+    torch.manual_seed(0)
+    backbone = build_model(zero_shot_config(tiny_model_config()))
+    save_file({k: v.contiguous() for k, v in backbone.clip.state_dict().items()}, str(tmp_path / "bb.safetensors"))
+    model = build_model(tiny_model_config(pretrained=str(tmp_path / "bb.safetensors")))
+    records = load_dataset("toypedes", toypedes_root).split("test")
+    tok = build_tokenizer("upp-tiny")
+    res = evaluate_per_query(model, records, tok, precision="fp32", progress=False)
+    assert res.metrics() == evaluate(model, records, tok, precision="fp32", progress=False)
+    rows = res.rows()
+    assert len(rows) == sum(len(r.captions) for r in records) and [r["query_index"] for r in rows] == list(range(len(rows)))
+    assert rows[0]["caption"] == records[0].captions[0] and rows[0]["pid"] == records[0].pid
+
+    # the command: its CSV reproduces its JSON exactly, and the JSON's interval is the file's bootstrap
+    save_petl(model, tmp_path / "ckpt")
+    out, js = tmp_path / "q.csv", tmp_path / "m.json"
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "ckpt"), "--data-root", str(toypedes_root),
+                 "--dataset", "toypedes", "--per-query", str(out), "--json", str(js),
+                 "--resamples", "300", "--ci-seed", "3"]) == 0
+    assert "95% bootstrap intervals" in capsys.readouterr().out
+    m = json.loads(js.read_text())
+    f = stats.read_per_query_csv(out)
+    assert f.num_queries == m["queries"] == len(rows) and len(f.first_rank) == m["queries"]
+    for k, v in f.metrics().items():
+        assert v == m[k], k  # exactly: the same per-query numbers, the same arithmetic
+    assert (f.images == 3).all() and (f.first_rank >= 1).all()  # tiny: 3 images per identity
+    assert m["ci"]["resamples"] == 300 and m["ci"]["seed"] == 3
+    ci = stats.bootstrap_ci(f.values(), resamples=300, seed=3)["metrics"]
+    assert all(m["ci"][k] == [ci[k]["low"], ci[k]["high"]] for k in stats.METRICS)
+    # a bad resample count is refused before any work, and nothing is written
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "ckpt"), "--data-root", str(toypedes_root),
+                 "--resamples", "0", "--per-query", str(tmp_path / "none.csv")]) == 2
+    assert "--resamples" in capsys.readouterr().err and not (tmp_path / "none.csv").exists()

@@ -122,7 +122,7 @@ def test_evaluate_reproduces_the_logged_metrics_and_writes_json(tmp_path, toyped
     assert main(["evaluate", "--run", str(run), "--data-root", str(toypedes_root), "--split", "test",
                  "--json", str(out)]) == 0
     m = json.loads(out.read_text())
-    assert set(m) == {"R1", "R5", "R10", "mAP", "mINP", "queries", "gallery"}
+    assert set(m) == {"R1", "R5", "R10", "mAP", "mINP", "queries", "gallery", "ci"}
     for k in ("R1", "R5", "R10", "mAP", "mINP"):
         assert m[k] == pytest.approx(results["metrics"]["test"][k], abs=1e-6)
     best_row = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()][results["best_epoch"] - 1]

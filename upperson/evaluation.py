@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -11,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from upperson.data import CaptionTokenizer, GalleryDataset, ImageRecord, QueryDataset, build_transforms
-from upperson.metrics import retrieval_metrics
+from upperson.metrics import PerQueryMetrics, per_query_metrics, retrieval_metrics
 from upperson.model import UPPerson
 from upperson.runtime import autocast
 
@@ -64,3 +65,49 @@ def evaluate(model: UPPerson, records: Sequence[ImageRecord], tokenizer: Caption
         model.train(was_training)
     sim = text @ gallery.t()
     return retrieval_metrics(sim, torch.tensor(queries.pids), torch.tensor([r.pid for r in records]))
+
+
+@dataclass(frozen=True)
+class QueryResults:
+    """Per-query text-to-image results of one split, with each query's pid, source image and caption."""
+
+    per_query: PerQueryMetrics
+    pids: list[int]
+    image_ids: list[int]
+    texts: list[str]
+
+    def metrics(self, ranks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+        """The aggregate metrics, exactly as ``evaluate`` returns them."""
+        return self.per_query.aggregate(ranks)
+
+    def rows(self) -> list[dict]:
+        """One row per query (``upperson.stats.PER_QUERY_COLUMNS``); no rank for a query without a match."""
+        pq = self.per_query
+        found = {int(q): n for n, q in enumerate(pq.query_index)}
+        out = []
+        for q, (pid, image_id, text) in enumerate(zip(self.pids, self.image_ids, self.texts)):
+            n = found.get(q)
+            out.append({"query_index": q, "pid": pid, "image_id": image_id, "caption": text,
+                        "images": 0 if n is None else int(pq.num_relevant[n]),
+                        "first_rank": None if n is None else int(pq.first_rank[n]),
+                        "ap": None if n is None else float(pq.ap[n]),
+                        "inp": None if n is None else float(pq.inp[n])})
+        return out
+
+
+@torch.no_grad()
+def evaluate_per_query(model: UPPerson, records: Sequence[ImageRecord], tokenizer: CaptionTokenizer, *,
+                       batch_size: int = 256, num_workers: int = 0, precision: str = "bf16",
+                       progress: bool = True) -> QueryResults:
+    """``evaluate``, keeping every query's rank of its first match, AP and INP."""
+    was_training = model.training
+    model.eval()
+    try:
+        gallery = embed_gallery(model, records, batch_size=batch_size, num_workers=num_workers,
+                                precision=precision, progress=progress)
+        queries = QueryDataset(records, tokenizer)
+        text = encode_texts(model, queries.tokens, batch_size=batch_size * 2, precision=precision)
+    finally:
+        model.train(was_training)
+    pq = per_query_metrics(text @ gallery.t(), torch.tensor(queries.pids), torch.tensor([r.pid for r in records]))
+    return QueryResults(pq, list(queries.pids), [image_id for _, image_id, _ in queries.items], list(queries.texts))

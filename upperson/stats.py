@@ -234,8 +234,14 @@ class PerQueryFile:
         return query_values(self.first_rank, self.ap, self.inp, ranks)
 
     def metrics(self, ranks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-        """The aggregate metrics (percent), as ``retrieval_metrics`` computes them."""
-        return {k: float(np.mean(v)) for k, v in self.values(ranks).items()}
+        """The aggregate metrics (percent), computed as ``retrieval_metrics`` computes them."""
+        n = len(self.first_rank)
+        if n == 0:
+            raise ValueError("no query has a match in the gallery")
+        out = {f"R{k}": 100.0 * float(np.count_nonzero(self.first_rank <= k)) / n for k in ranks}
+        out["mAP"] = 100.0 * float(self.ap.sum()) / n
+        out["mINP"] = 100.0 * float(self.inp.sum()) / n
+        return out
 
 
 def read_per_query_csv(path: Union[str, Path]) -> PerQueryFile:

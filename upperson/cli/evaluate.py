@@ -23,20 +23,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --config: override a field")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None)
-    p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
+    p.add_argument("--json", dest="json_out", help="also write the metrics (and their intervals, `ci`) to this JSON file")
+    p.add_argument("--per-query", dest="per_query", metavar="OUT.csv",
+                   help="also write one row per query: index, pid, image, caption, images of its pid, "
+                        "rank of the first match, AP, INP (docs/statistics.md)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the 95%% intervals (default 2000)")
+    p.add_argument("--ci-seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from upperson.config import load_config
     from upperson.data import build_tokenizer, load_dataset
-    from upperson.evaluation import evaluate
+    from upperson.evaluation import evaluate_per_query
+    from upperson.stats import bootstrap_ci, format_interval, values_of, write_per_query_csv
     from upperson.io import atomic_write_json
     from upperson.metrics import format_metrics
     from upperson.model import build_model
     from upperson.model.checkpoint import load_model
     from upperson.runtime import resolve_device
 
+    if args.resamples < 1:
+        raise ValueError(f"--resamples {args.resamples}: give a positive number of bootstrap resamples (e.g. 2000)")
     dataset = args.dataset
     precision = "bf16"
     if args.run:
@@ -57,10 +65,19 @@ def run(args: argparse.Namespace) -> int:
         model = build_model(cfg.model)
     model = model.to(resolve_device(args.device)).eval()
     data = load_dataset(dataset, args.data_root)
-    metrics = evaluate(model, data.split(args.split), build_tokenizer(model.config.name),
-                       batch_size=args.batch_size, precision=precision)
+    results = evaluate_per_query(model, data.split(args.split), build_tokenizer(model.config.name),
+                                 batch_size=args.batch_size, precision=precision)
+    metrics = results.metrics()
+    ci = bootstrap_ci(values_of(results.per_query), resamples=args.resamples, seed=args.ci_seed)
     print(f"{data.name} {args.split}: {metrics['queries']} queries, {metrics['gallery']} images")
     print(format_metrics(metrics))
+    print(f"95% bootstrap intervals over queries ({ci['resamples']} resamples, seed {ci['seed']}): "
+          + "; ".join(f"{k} {format_interval(v['value'], v['low'], v['high'])}" for k, v in ci["metrics"].items()))
+    if args.per_query:
+        write_per_query_csv(Path(args.per_query), results.rows())
     if args.json_out:
-        atomic_write_json(Path(args.json_out), {k: metrics[k] for k in ("R1", "R5", "R10", "mAP", "mINP", "queries", "gallery")})
+        ci_json = {k: v for k, v in ci.items() if k != "metrics"} | {
+            k: [v["low"], v["high"]] for k, v in ci["metrics"].items()}
+        atomic_write_json(Path(args.json_out), {k: metrics[k] for k in ("R1", "R5", "R10", "mAP", "mINP", "queries", "gallery")}
+                          | {"ci": ci_json})
     return 0
