@@ -178,7 +178,7 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
         """Rank the visitor's gallery for a description (and, with compare, by the zero-shot backbone too)."""
         s = ctx.valid_state(state)
         try:
-            k = parse_top_k(default_top_k if top_k is None else top_k)
+            k = parse_top_k(top_k)
             both = parse_flag(compare, "Compare")
             if query is not None and not isinstance(query, str):
                 raise QueryError(f"The description must be text; got {type(query).__name__}.")
@@ -233,6 +233,8 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
         """Use another PETL checkpoint of the loaded backbone (for this visitor only)."""
         s = ctx.valid_state(state)
         try:
+            if not isinstance(name, str):
+                raise QueryError(f"choose a checkpoint by name: {', '.join(engine.checkpoints)}")
             s = ctx.with_model(s, name)
         except Exception as exc:  # QueryError, CheckpointMismatchError, missing file, ...
             log.warning("cannot load checkpoint %s: %s", name, exc)

@@ -359,7 +359,8 @@ class SearchEngine:
         if user_pid is not None and str(user_pid).strip() != "":
             pid = parse_pid(user_pid)
             if pid is None:
-                return None, "", [f"Person id {str(user_pid)[:80]!r} is not a whole number (e.g. 12); ignored."]
+                return None, "", [f"Person id {str(user_pid)[:40]!r} is not a person id (a whole number from 0 to "
+                                 f"{PID_MAX}, e.g. 12); ignored."]
             if not bool((gi.gallery_pids == pid).any()):
                 return None, "", [f"Person id {pid} has no image in this gallery; ignored."]
             return pid, "user", notices

@@ -317,6 +317,16 @@ def test_switching_checkpoints_swaps_only_petl_weights(tmp_path, monkeypatch):
         assert "Loaded" in msg and "other" in head
         assert engine.model is model and builds == []  # same backbone object, nothing rebuilt
         assert order() == other_ref
+        # the choice is this visitor's: another client still ranks with the start-up weights
+        second = Client(url + "/", verbose=False, download_files=False)
+        try:
+            table = second.predict("a man in a blue jacket", "", len(paths), False, api_name="/search")[3]
+            assert [paths.index(engine.gallery.items[engine._by_name[h["file"]]].path)
+                    for h in table["rankings"][0]["hits"]] == base_ref
+            assert second.predict(api_name="/info")["checkpoint"] == "embedded"
+        finally:
+            second.close()
+        assert order() == other_ref
         client.predict("embedded", api_name="/set_model")
         assert order() == base_ref and model_key(model) == base_key
         from gradio_client.exceptions import AppError
@@ -326,4 +336,119 @@ def test_switching_checkpoints_swaps_only_petl_weights(tmp_path, monkeypatch):
         assert order() == base_ref
     finally:
         client.close()
+        app.close()
+
+
+# ----------------------------------------------------------------------------- bad input, per API name
+HUGE_PID = "99999999999999999999999"
+
+
+@pytest.mark.parametrize("pid", [HUGE_PID, "-3", "1.5", "nan", "inf", "abc", "<b>1</b>", "1e400"])
+def test_bad_person_id_is_explained_and_the_search_still_runs(served, pid):
+    _, _, client, _, _ = served
+    main, _, status, table = _search(client, "a person with a bag", pid=pid, k=5)
+    assert len(main) == 5 and table["target_pid"] is None
+    assert "is not a person id" in status and "whole number" in status
+
+
+@pytest.mark.parametrize("k", ["abc", None, 0, 201, 2.5, "nan", "", True, -1])
+def test_bad_top_k_is_explained(served, k):
+    _, _, client, _, _ = served
+    main, _, status, table = _search(client, "a person with a bag", k=k)
+    assert main == [] and "Top k must be a whole number from 1 to 200" in status
+    assert "Top k" in table["error"]
+
+
+@pytest.mark.parametrize("compare", ["abc", None, 2])
+def test_bad_compare_flag_is_explained(served, compare):
+    _, _, client, _, _ = served
+    main, _, status, table = _search(client, "a person with a bag", k=3, compare=compare)
+    assert main == [] and "Compare must be true or false" in status
+
+
+def test_bad_query_values_are_explained(served):
+    _, _, client, _, _ = served
+    main, _, status, _ = _search(client, None, k=3)
+    assert main == [] and "Type a description" in status
+    main, _, status, table = _search(client, 12345, k=3)  # a number is searched as its text
+    assert len(main) == 3 and table["query"] == "12345"
+
+
+@pytest.mark.parametrize("name", [None, 123, "x" * 5000, "#" + "9" * 40, "<img src=x onerror=alert(1)>"])
+def test_bad_explain_names_are_explained(served, name):
+    _, _, client, _, _ = served
+    image, text = client.predict(name, api_name="/explain")
+    assert image is None and "not an image of the current gallery" in text
+    assert "<img" not in text and len(text) < 400
+
+
+def test_bad_model_and_gallery_values_are_explained(served):
+    from gradio_client.exceptions import AppError
+
+    _, _, client, _, _ = served
+    for bad in ("nope", 123):
+        with pytest.raises(AppError, match="not in the list of choices"):
+            client.predict(bad, api_name="/set_model")
+    msg, head = client.predict(None, api_name="/set_model")
+    assert msg.startswith("⚠️") and "choose a checkpoint" in msg and "embedded" in head
+    for bad in (None, 123, "/etc", "../x"):  # this server allows no folder at all
+        msg, _ = client.predict(bad, api_name="/set_gallery")
+        assert msg.startswith("⚠️") and "--allow-root" in msg
+    info = client.predict(api_name="/info")
+    assert info["checkpoint"] == "embedded" and info["allowed_roots"] == []
+
+
+# ----------------------------------------------------------------------------- per-visitor state
+def _photo_folders(root: Path, sizes: dict[str, int]) -> dict[str, list[Path]]:
+    from PIL import Image
+
+    from demo.gallery import dataset_gallery
+
+    src = [it.path for it in dataset_gallery("toypedes", toy_root(), "test").items]
+    out, start = {}, 0
+    for name, n in sizes.items():
+        (root / name).mkdir(parents=True)
+        out[name] = []
+        for p in src[start:start + n]:
+            out[name].append(root / name / f"{name}_{p.stem}.png")
+            Image.open(p).save(out[name][-1])
+        start += n
+    return out
+
+
+def test_each_visitor_keeps_its_own_gallery(tmp_path):
+    """Two clients switch to different folders; each searches its own, a new visitor sees the default."""
+    use_session_cache()
+    from gradio_client import Client
+
+    from demo.gallery import dataset_gallery
+
+    folders = _photo_folders(tmp_path / "allowed", {"a": 5, "b": 3})
+    model = load_model()
+    default = dataset_gallery("toypedes", toy_root(), "test")
+    engine = make_engine(model, default)
+    app, url = start(engine, allow_roots=[tmp_path / "allowed"])
+    clients = [Client(url + "/", verbose=False, download_files=False) for _ in range(3)]
+    a, b, fresh = clients
+    try:
+        msg, head_a = a.predict("a", api_name="/set_gallery")
+        assert "5 images" in msg and "5 images" in head_a
+        msg, head_b = b.predict("b", api_name="/set_gallery")
+        assert "3 images" in msg and "3 images" in head_b
+        for client, name in ((a, "a"), (b, "b")):
+            hits = _search(client, "a person in a coat", k=10)[3]["rankings"][0]["hits"]
+            assert sorted(h["file"] for h in hits) == sorted(p.name for p in folders[name])
+            assert client.predict(api_name="/info")["images"] == len(folders[name])
+        # a third visitor, and the default gallery object, are untouched
+        assert fresh.predict(api_name="/info")["images"] == len(default)
+        hits = _search(fresh, "a person in a coat", k=len(default))[3]["rankings"][0]["hits"]
+        assert len(hits) == len(default)
+        assert [it.path for it in engine.gallery.items] == [it.path for it in default.items]
+        # explain resolves names in the visitor's own gallery only
+        name_a = folders["a"][0].name
+        assert a.predict(name_a, api_name="/explain")[0] is not None
+        assert "not an image" in b.predict(name_a, api_name="/explain")[1]
+    finally:
+        for c in clients:
+            c.close()
         app.close()
