@@ -118,3 +118,53 @@ def petl_attention(
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     out = _merge_heads(out)
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias), probs
+
+
+def fold_prefix(prefix: Prefix, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefix keys and lambda-scaled values split across heads, (1, heads, P, head_dim) each, detached.
+
+    ``lambda * A_pre Pv = A_pre (lambda Pv)`` (SPEC 3.1), so the folded values give S-Prefix exactly.
+    """
+    with torch.no_grad():
+        pk = _split_heads(prefix.keys().float().unsqueeze(0), heads)
+        pv = _split_heads((prefix.values() * prefix.lam).float().unsqueeze(0), heads)
+    return pk.contiguous(), pv.contiguous()
+
+
+def fold_lora(attn: nn.Module, lora_k: Optional[LoRA], lora_v: Optional[LoRA]) -> torch.Tensor:
+    """A new in-projection weight with ``W_k += s_k B_k A_k`` and ``W_v += s_v B_v A_v`` (SPEC 3.2).
+
+    Computed in float32 and stored in the frozen weight's dtype; the input weight is not touched.
+    """
+    weight = attn.in_proj_weight
+    with torch.no_grad():
+        merged = weight.detach().float().clone()
+        d = merged.shape[1]
+        for lora, rows in ((lora_k, slice(d, 2 * d)), (lora_v, slice(2 * d, 3 * d))):
+            if lora is not None:
+                merged[rows] += lora.scale.float() * (lora.B.float() @ lora.A.float())
+    return merged.to(weight.dtype)
+
+
+def merged_attention(
+    x: torch.Tensor,
+    attn: nn.Module,
+    prefix_k: Optional[torch.Tensor],
+    prefix_v: Optional[torch.Tensor],
+    attn_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Inference-only attention of a merged block: LoRA already in ``attn.in_proj_weight``,
+    prefix keys/values precomputed by :func:`fold_prefix` (``None`` without a prefix)."""
+    heads = attn.num_heads
+    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (_split_heads(t, heads) for t in (q, k, v))
+    prefix_len = 0
+    if prefix_k is not None:
+        b = x.shape[0]
+        prefix_len = prefix_k.shape[2]
+        k = torch.cat([prefix_k.to(q.dtype).expand(b, -1, -1, -1), k], dim=2)
+        v = torch.cat([prefix_v.to(q.dtype).expand(b, -1, -1, -1), v], dim=2)
+    mask = extend_mask_for_prefix(attn_mask, prefix_len, q.dtype)
+    out = _merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+

@@ -19,11 +19,29 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from upperson.model.attention import AttentionProbs, petl_attention
+from upperson.model.attention import AttentionProbs, fold_lora, fold_prefix, merged_attention, petl_attention
 from upperson.petl import Adapter, LoRA, Prefix
 
 Recorder = Callable[[str, int, AttentionProbs], None]
+
+
+class FoldedAdapter(nn.Module):
+    """An adapter with its output scale folded into the up-projection (inference only)."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        super().__init__()
+        with torch.no_grad():
+            scale = adapter.scale.detach().float()
+            self.register_buffer("down_weight", adapter.down.weight.detach().clone())
+            self.register_buffer("down_bias", adapter.down.bias.detach().clone())
+            self.register_buffer("up_weight", (adapter.up.weight.detach().float() * scale).to(adapter.up.weight.dtype))
+            self.register_buffer("up_bias", (adapter.up.bias.detach().float() * scale).to(adapter.up.bias.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(F.linear(x, self.down_weight.to(x.dtype), self.down_bias.to(x.dtype)))
+        return F.linear(h, self.up_weight.to(x.dtype), self.up_bias.to(x.dtype))
 
 
 class UPPersonBlock(nn.Module):
@@ -70,6 +88,7 @@ class UPPersonBlock(nn.Module):
         self.adapter_placement = adapter_placement
         self.explicit_attention = False
         self.recorder: Optional[Recorder] = None
+        self.merged = False  # see merge_(): inference only, LoRA and prefix folded
 
     def get_weight_dtype(self) -> torch.dtype:
         """The frozen weights' dtype (open_clip's Transformer asks its first block)."""
@@ -79,7 +98,37 @@ class UPPersonBlock(nn.Module):
     def width(self) -> int:
         return self.attn.in_proj_weight.shape[1]
 
+    def merge_(self) -> None:
+        """Fold LoRA into a new frozen in-projection weight, precompute the prefix and fold each
+        adapter's output scale into its up-projection, in place.
+
+        For a copy made by ``UPPerson.merged()`` only: afterwards the block has no LoRA or
+        prefix modules and computes the same function with fewer operations.
+        """
+        if self.merged:
+            return
+        if self.lora_k is not None or self.lora_v is not None:
+            self.attn.in_proj_weight = nn.Parameter(fold_lora(self.attn, self.lora_k, self.lora_v), requires_grad=False)
+        self.lora_k = self.lora_v = None
+        if self.prefix is not None:
+            pk, pv = fold_prefix(self.prefix, self.attn.num_heads)
+            self.register_buffer("prefix_k", pk, persistent=False)
+            self.register_buffer("prefix_v", pv, persistent=False)
+        else:
+            self.prefix_k = self.prefix_v = None
+        self.prefix = None
+        if isinstance(self.adapter_attn, Adapter):
+            self.adapter_attn = FoldedAdapter(self.adapter_attn)
+        if isinstance(self.adapter_mlp, Adapter):
+            self.adapter_mlp = FoldedAdapter(self.adapter_mlp)
+        self.merged = True
+
     def _attention(self, h: torch.Tensor, attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.merged:
+            if self.recorder is not None or self.explicit_attention:
+                raise RuntimeError("a merged model cannot record attention or use the explicit path; "
+                                   "use the unmerged model")
+            return merged_attention(h, self.attn, self.prefix_k, self.prefix_v, attn_mask)
         record = self.recorder is not None
         out, probs = petl_attention(
             h,

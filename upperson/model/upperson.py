@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from typing import Iterator, Optional
 
@@ -55,6 +56,7 @@ class UPPerson(nn.Module):
         # computed before any cast, so half-precision copies keep the same identity
         self.backbone_fingerprint = backbone_fingerprint(clip.state_dict())
         self.trim_text = True
+        self.is_merged = False  # True for the inference-only copy that merged() returns
         self._wrap_blocks()
         self._set_trainable()
 
@@ -99,6 +101,62 @@ class UPPerson(nn.Module):
                 p.requires_grad_(component_of(name) != "backbone")
             else:
                 p.requires_grad_(True)
+
+    # ------------------------------------------------------------------ runtime modes
+    def train(self, mode: bool = True) -> "UPPerson":
+        """As ``nn.Module.train``; a merged copy refuses training mode (it is for inference only)."""
+        if mode and self.is_merged:
+            raise RuntimeError("this is a merged, inference-only copy of a model (model.merged()); "
+                               "train the original model instead")
+        return super().train(mode)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them.
+
+        Uses open_clip's own switch: its transformers then call every block (ours, with its
+        prefix, LoRA and adapters) through ``torch.utils.checkpoint`` (non-reentrant, so the
+        PETL parameters get their gradients although the frozen input needs none).
+        """
+        if enable and self.is_merged:
+            raise RuntimeError("a merged model is for inference only: no gradient checkpointing")
+        for transformer in self._towers().values():
+            transformer.grad_checkpointing = bool(enable)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        """Whether both towers recompute block activations in the backward pass."""
+        return all(getattr(t, "grad_checkpointing", False) for t in self._towers().values())
+
+    def merged(self) -> "UPPerson":
+        """An inference-only copy with LoRA folded into the K/V in-projection and the prefix precomputed.
+
+        Per block, ``W_k + s_k B_k A_k`` and ``W_v + s_v B_v A_v`` become a new frozen
+        in-projection weight, and the prefix keys ``key_scale * key`` and values
+        ``lambda * value_scale * value`` are computed once (SPEC 3.1-3.2); adapters stay as
+        they are (they are not linear). Features equal this model's up to float rounding.
+
+        The copy shares this model's frozen weight tensors (no second backbone in memory),
+        copies everything else, has no trainable parameter and refuses ``train()``. This
+        model is not changed: training never sees the merged weights. A merged model's
+        ``merged()`` is itself.
+        """
+        if self.is_merged:
+            return self
+        memo: dict[int, object] = {}
+        for p in self.parameters():
+            if not p.requires_grad:  # frozen: share the storage, not the Parameter (nor its flag)
+                memo[id(p)] = nn.Parameter(p.detach(), requires_grad=False)
+        for b in self.blocks():
+            memo[id(b.recorder)] = None
+        out = copy.deepcopy(self, memo)
+        for b in out.blocks():
+            b.merge_()
+            b.explicit_attention = False
+        for p in out.parameters():
+            p.requires_grad_(False)
+        out.set_grad_checkpointing(False)
+        out.is_merged = True
+        return out.eval()
 
     # ------------------------------------------------------------------ introspection
     def blocks(self, tower: Optional[str] = None) -> list[UPPersonBlock]:

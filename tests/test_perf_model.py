@@ -1,0 +1,113 @@
+"""Merged inference and activation checkpointing compute the same function as the plain model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import open_clip.transformer
+import pytest
+import torch
+
+from upperson.losses import sdm_loss
+from upperson.model import build_model
+from upperson.petl import PrefixConfig
+from tests.conftest import tiny_model_config
+
+
+def _trained_like(cfg) -> torch.nn.Module:
+    """A tiny model whose PETL weights are all non-zero (as after training)."""
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.numel() == 1 else 0.0))
+    return model
+
+
+def _batch(n: int = 4):
+    images = torch.randn(n, 3, 48, 16)
+    tokens = torch.zeros(n, 77, dtype=torch.long)
+    for i in range(n):
+        tokens[i, 0], tokens[i, 1:4 + i] = 49406, torch.randint(1, 49000, (3 + i,))
+        tokens[i, 4 + i] = 49407
+    return images, tokens, torch.arange(n) // 2
+
+
+@pytest.mark.parametrize("variant", ["default", "sequential", "vanilla-prefix", "no-prefix"])
+def test_merged_features_equal_the_unmerged_ones(variant):
+    cfg = tiny_model_config()
+    if variant == "sequential":
+        cfg = dataclasses.replace(cfg, adapter=dataclasses.replace(cfg.adapter, placement="sequential"))
+    elif variant == "vanilla-prefix":
+        cfg = dataclasses.replace(cfg, prefix=PrefixConfig(length=3, scaled=False))
+    elif variant == "no-prefix":
+        cfg = dataclasses.replace(cfg, prefix=PrefixConfig(enabled=False))
+    model = _trained_like(cfg).eval()
+    merged = model.merged()
+    images, tokens, _ = _batch()
+    with torch.no_grad():
+        img, txt = model.encode_image(images), model.encode_text(tokens)
+        assert (merged.encode_image(images) - img).abs().max() <= 1e-5 * max(1.0, float(img.abs().max()))
+        assert (merged.encode_text(tokens) - txt).abs().max() <= 1e-5 * max(1.0, float(txt.abs().max()))
+    # the merged blocks really are merged: no LoRA or prefix modules left, a new K/V weight
+    block, source = merged.blocks()[0], model.blocks()[0]
+    assert block.merged and block.lora_k is None and block.prefix is None
+    assert not torch.equal(block.attn.in_proj_weight, source.attn.in_proj_weight)
+
+
+def test_merging_leaves_the_training_model_alone_and_cannot_train():
+    model = _trained_like(tiny_model_config())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in model.named_parameters()}
+    merged = model.merged()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert {k: p.requires_grad for k, p in model.named_parameters()} == flags
+    assert not any(p.requires_grad for p in merged.parameters())
+    with pytest.raises(RuntimeError, match="inference"):
+        merged.train()
+    assert merged.merged() is merged
+    # frozen backbone weights are shared, not copied (one backbone in memory)
+    assert merged.clip.visual.conv1.weight.data_ptr() == model.clip.visual.conv1.weight.data_ptr()
+    # a training step on the model does not reach the merged copy, and vice versa
+    images, tokens, pids = _batch()
+    with torch.no_grad():
+        snapshot = merged.encode_image(images)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()
+    sdm_loss(*model(images, tokens), pids).backward()
+    opt.step()
+    with torch.no_grad():
+        assert torch.equal(merged.encode_image(images), snapshot)
+        assert not torch.allclose(model.eval().encode_image(images), snapshot, atol=1e-4)
+
+
+def test_grad_checkpointing_gives_the_same_gradients(monkeypatch):
+    model = _trained_like(tiny_model_config())
+    images, tokens, pids = _batch()
+    calls = {"n": 0}
+    real = open_clip.transformer.checkpoint
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(open_clip.transformer, "checkpoint", counting)
+
+    def grads(enable: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        model.set_grad_checkpointing(enable)
+        model.train()
+        sdm_loss(*model(images, tokens), pids).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain = grads(False)
+    assert calls["n"] == 0
+    checkpointed = grads(True)
+    assert model.grad_checkpointing
+    assert calls["n"] == len(model.blocks())  # every block of both towers went through checkpoint
+    assert plain.keys() == checkpointed.keys()
+    kinds = {n.split(".")[-2] for n in plain}
+    assert {"prefix", "lora_k", "lora_v", "down", "up"} <= kinds | {n.split(".")[-3] for n in plain}
+    for name, g in plain.items():
+        assert g.abs().sum() > 0, name
+        assert torch.allclose(checkpointed[name], g, rtol=1e-5, atol=1e-7), name
