@@ -111,3 +111,46 @@ def test_grad_checkpointing_gives_the_same_gradients(monkeypatch):
     for name, g in plain.items():
         assert g.abs().sum() > 0, name
         assert torch.allclose(checkpointed[name], g, rtol=1e-5, atol=1e-7), name
+
+
+def test_evaluation_and_the_index_encode_with_the_merged_copy(tmp_path, toypedes_root, monkeypatch):
+    from PIL import Image
+
+    from upperson.data import build_tokenizer, build_transforms, load_dataset
+    from upperson.evaluation import embed_gallery, encode_texts, evaluate
+    from upperson.index import ImageIndex
+    from upperson.metrics import retrieval_metrics
+    from upperson.data import QueryDataset
+    from upperson.model.upperson import UPPerson
+
+    model = _trained_like(tiny_model_config()).train()
+    merges = {"n": 0}
+    real = UPPerson.merged
+
+    def counting(self):
+        merges["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(UPPerson, "merged", counting)
+    records = load_dataset("toypedes", toypedes_root).split("val")
+    tok = build_tokenizer("upp-tiny")
+    got = evaluate(model, records, tok, precision="fp32", progress=False)
+    assert merges["n"] == 1 and model.training  # the training model keeps its mode
+    # reference: the unmerged model's own features
+    model.eval()
+    gallery = embed_gallery(model, records, precision="fp32", progress=False)
+    queries = QueryDataset(records, tok)
+    text = encode_texts(model, queries.tokens, precision="fp32")
+    expected = retrieval_metrics(text @ gallery.t(), torch.tensor(queries.pids), torch.tensor([r.pid for r in records]))
+    assert got == pytest.approx(expected, abs=1e-6)
+
+    paths = []
+    for i, r in enumerate(records[:3]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.open(r.path).convert("RGB").save(paths[-1])
+    feats = ImageIndex(model, tmp_path / "cache", progress=False).embed(paths).features
+    assert merges["n"] == 2
+    pixels = torch.stack([build_transforms(model.image_size, train=False)(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
+    assert torch.allclose(feats, ref, atol=1e-5)

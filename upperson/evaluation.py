@@ -23,6 +23,14 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def inference_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The merged, eval-mode copy of an UP-Person model (``model.merged()``); any other module in eval mode."""
+    merge = getattr(model, "merged", None)
+    if callable(merge):
+        return merge()
+    return model.eval()
+
+
 @torch.no_grad()
 def encode_texts(model: UPPerson, tokens: torch.Tensor, batch_size: int = 512, precision: str = "bf16") -> torch.Tensor:
     """L2-normalised text features of token rows, float32 on CPU."""
@@ -53,14 +61,19 @@ def embed_gallery(model: UPPerson, records: Sequence[ImageRecord], *, batch_size
 def evaluate(model: UPPerson, records: Sequence[ImageRecord], tokenizer: CaptionTokenizer, *,
              batch_size: int = 256, num_workers: int = 0, precision: str = "bf16",
              progress: bool = True) -> dict[str, float]:
-    """Text-to-image retrieval on one split: every caption queries every image (SPEC 6)."""
+    """Text-to-image retrieval on one split: every caption queries every image (SPEC 6).
+
+    Encodes with ``model.merged()`` (LoRA and prefix folded, same features); ``model`` itself
+    is not changed.
+    """
     was_training = model.training
-    model.eval()
     try:
-        gallery = embed_gallery(model, records, batch_size=batch_size, num_workers=num_workers,
+        enc = inference_model(model)
+        gallery = embed_gallery(enc, records, batch_size=batch_size, num_workers=num_workers,
                                 precision=precision, progress=progress)
         queries = QueryDataset(records, tokenizer)
-        text = encode_texts(model, queries.tokens, batch_size=batch_size * 2, precision=precision)
+        text = encode_texts(enc, queries.tokens, batch_size=batch_size * 2, precision=precision)
+        del enc
     finally:
         model.train(was_training)
     sim = text @ gallery.t()
@@ -101,12 +114,13 @@ def evaluate_per_query(model: UPPerson, records: Sequence[ImageRecord], tokenize
                        progress: bool = True) -> QueryResults:
     """``evaluate``, keeping every query's rank of its first match, AP and INP."""
     was_training = model.training
-    model.eval()
     try:
-        gallery = embed_gallery(model, records, batch_size=batch_size, num_workers=num_workers,
+        enc = inference_model(model)
+        gallery = embed_gallery(enc, records, batch_size=batch_size, num_workers=num_workers,
                                 precision=precision, progress=progress)
         queries = QueryDataset(records, tokenizer)
-        text = encode_texts(model, queries.tokens, batch_size=batch_size * 2, precision=precision)
+        text = encode_texts(enc, queries.tokens, batch_size=batch_size * 2, precision=precision)
+        del enc
     finally:
         model.train(was_training)
     pq = per_query_metrics(text @ gallery.t(), torch.tensor(queries.pids), torch.tensor([r.pid for r in records]))

@@ -58,6 +58,8 @@ def model_key(model: torch.nn.Module) -> str:
     """
     from upperson.model.checkpoint import trainable_state_dict
 
+    if getattr(model, "is_merged", False):
+        raise ValueError("model_key needs the model itself, not its merged copy (its PETL weights are folded in)")
     cfg = to_dict(model.config)
     cfg.pop("pretrained", None)
     h = hashlib.sha256()
@@ -152,20 +154,15 @@ class ImageIndex:
 
     # ------------------------------------------------------------------ encoding
     @torch.no_grad()
-    def _encode(self, images: list[torch.Tensor]) -> torch.Tensor:
-        model = self.model
-        was_training = model.training
-        model.eval()
-        try:
-            device = next(model.parameters()).device
-            batch = torch.stack(images).to(device)
-            return F.normalize(model.encode_image(batch).float(), dim=-1).cpu()
-        finally:
-            model.train(was_training)
+    def _encode(self, images: list[torch.Tensor], model: torch.nn.Module) -> torch.Tensor:
+        device = next(model.parameters()).device
+        batch = torch.stack(images).to(device)
+        return F.normalize(model.encode_image(batch).float(), dim=-1).cpu()
 
     def embed(self, paths: Sequence[PathLike]) -> IndexResult:
         """Features of ``paths`` (in order), encoding only files whose content is new."""
         from upperson.data import build_transforms
+        from upperson.evaluation import inference_model
 
         transform = build_transforms(self.model.image_size, train=False)
         with self._lock:
@@ -186,6 +183,9 @@ class ImageIndex:
             new_digests: list[str] = []
             new_feats: list[torch.Tensor] = []
             items = list(todo.items())
+            was_training = self.model.training
+            # LoRA and prefix folded (same features, see UPPerson.merged), made once per call
+            encoder = inference_model(self.model) if items else None
             bar = tqdm(total=len(items), desc="indexing images", unit="img",
                        disable=not self.progress or not items, leave=False)
             try:
@@ -199,11 +199,13 @@ class ImageIndex:
                             bad.add(digest)
                             skipped.append((p, f"not a readable image ({type(exc).__name__}: {exc})"))
                     if pixels:
-                        new_feats.append(self._encode(pixels))
+                        new_feats.append(self._encode(pixels, encoder))
                         new_digests.extend(digests)
                     bar.update(len(items[start:start + self.batch_size]))
             finally:
                 bar.close()
+                encoder = None
+                self.model.train(was_training)
 
             if new_feats:
                 added = torch.cat(new_feats)
