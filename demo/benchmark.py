@@ -8,6 +8,12 @@ time as the app serves them, on
 
 Each measurement is ``engine.prepare`` (clean + tokenise) + ``encode_query`` (padding
 trimmed) + ``rank`` (similarity and top-k). Image embedding is a one-off cost, not counted.
+
+``--browser`` measures what a visitor waits for instead: the app is launched on the embedded
+model and gallery, headless Chromium types each query, and the time from the click on
+*Search* until the status line shows the query and every one of the top-k thumbnails has
+loaded is recorded (``performance.now()`` in the page). The same queries through
+``gradio_client`` with default settings (it downloads every result image) are measured too.
 """
 
 from __future__ import annotations
@@ -51,8 +57,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--store", type=int, default=100_000, help="size of the synthetic store (default 100000)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for a query (default 1, as the app)")
     p.add_argument("--toypedes-preset", default=None, help="ToyPEDES preset of the embedded gallery (default: the card's)")
+    p.add_argument("--browser", action="store_true",
+                   help="measure the page's search round-trip in headless Chromium (and gradio_client) instead")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.browser:
+        return browser_benchmark(args)
 
     from demo.gallery import dataset_gallery
     from demo.search import SearchEngine
@@ -92,6 +102,87 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(_row(f"embedded gallery ({feats.shape[0]} images)", emb))
     print(_row(f"synthetic store ({args.store} images)", big))
     print(_row("  of which ranking alone (100k)" if args.store == 100_000 else "  of which ranking alone", rank_only))
+    return 0
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+# Click Search, then wait until the status shows this query and all k result images are loaded.
+_ROUND_TRIP_JS = """async ([needle, k]) => {
+  const done = () => {
+    const st = document.querySelector('#status');
+    if (!st || !st.innerText.includes(needle)) return false;
+    const imgs = [...document.querySelectorAll('#results img')];
+    return imgs.length === k && imgs.every(i => i.complete && i.naturalWidth > 0);
+  };
+  const t0 = performance.now();
+  document.querySelector('#search').click();
+  while (!done()) {
+    await new Promise(r => setTimeout(r, 2));
+    if (performance.now() - t0 > 60000) return -1;
+  }
+  return performance.now() - t0;
+}"""
+
+
+def browser_benchmark(args: argparse.Namespace) -> int:
+    """p50/p95 of the search round-trip in headless Chromium and through gradio_client, on the embedded app."""
+    import socket
+
+    from playwright.sync_api import sync_playwright
+
+    from demo.app import build_app, launch
+    from demo.gallery import dataset_gallery
+    from demo.search import SearchEngine
+    from upperson.embedded import cache_dir, embedded_data_root, load_embedded_model
+
+    gallery = dataset_gallery("toypedes", embedded_data_root(args.toypedes_preset, splits=["test"]), "test")
+    engine = SearchEngine(load_embedded_model("upperson"), gallery, cache_dir=cache_dir(), query_threads=args.threads,
+                          index_threads=max(1, min(4, os.cpu_count() or 1)), progress=False)
+    captions = sorted({" ".join(c.split()) for it in engine.gallery.items for c in it.captions})
+    rng = np.random.default_rng(0)
+    n = min(len(captions), args.queries + args.warmup)
+    queries = [captions[i] for i in rng.choice(len(captions), n, replace=False)]
+    app = build_app(engine, default_top_k=args.top_k)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, url, _ = launch(app, roots=engine.gallery.roots, port=port, prevent_thread_lock=True, quiet=True)
+    page_ms, client_ms = [], []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+            box = page.locator("#query textarea")
+            box.wait_for(timeout=60_000)
+            page.locator("#topk input[type=number]").fill(str(args.top_k))
+            page.locator("#topk input[type=number]").press("Enter")
+            for i, q in enumerate(queries):
+                box.fill(q)
+                ms = page.evaluate(_ROUND_TRIP_JS, [q[:60], args.top_k])
+                if ms < 0:
+                    raise SystemExit(f"error: no results for query {i} within 60 s")
+                if i >= args.warmup:
+                    page_ms.append(ms)
+            browser.close()
+        from gradio_client import Client
+
+        client = Client(url + "/", verbose=False)  # default settings: result images are downloaded
+        for i, q in enumerate(queries):
+            t0 = time.perf_counter()
+            client.predict(q, "", args.top_k, False, api_name="/search")
+            if i >= args.warmup:
+                client_ms.append((time.perf_counter() - t0) * 1000.0)
+        client.close()
+    finally:
+        app.close()
+    print(f"embedded app ({len(engine.gallery)} images), top-k {args.top_k}; {os.cpu_count()} CPU(s), "
+          f"{platform.processor() or platform.machine()}; one query at a time")
+    print(_row("browser: click to all results shown", np.asarray(page_ms)))
+    print(_row("gradio_client (downloads results)", np.asarray(client_ms)))
     return 0
 
 
