@@ -56,7 +56,7 @@ class ImageFiles:
             return hit
         buf = io.BytesIO()
         if fmt.upper() == "JPEG":
-            image.convert("RGB").save(buf, format="JPEG", quality=85, optimize=True)
+            image.convert("RGB").save(buf, format="JPEG", quality=85, subsampling=0, optimize=True)
             suffix = ".jpg"
         else:
             image.save(buf, format="PNG", optimize=True)

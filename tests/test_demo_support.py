@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+import pytest
 import torch
 from PIL import Image
 from torch.nn import functional as F
@@ -110,3 +111,71 @@ def zero_shot_of(model):
 
 def use_session_cache() -> None:
     os.environ["UPPERSON_CACHE"] = str(session_cache())
+
+
+# ----------------------------------------------------------------------------- unit tests of the support modules
+INJECTIONS = [
+    "<img src=x onerror=alert(1)>", "<script>alert(1)</script>", "[a link](http://example.com)", "![img](x.png)",
+    "**bold** _em_ `code` ~~del~~", "| a | b |\n|---|---|\n| 1 | 2 |", "# heading\n- item\n> quote",
+    "&lt;already escaped&gt; &amp; &#60;", "a\\*b\\", "x < y > z & \"q\" 'r'", "一个穿红色外套的女人 👨‍🦰",
+]
+
+
+def test_markup_text_is_literal_text_in_markdown():
+    """Rendered by a CommonMark renderer, an escaped value is one text run equal to the value itself."""
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    from demo.markup import text
+
+    md = MarkdownIt("commonmark").enable(["strikethrough", "table"])
+    for value in INJECTIONS:
+        out = md.render(f"**Query:** {text(value)}").strip()
+        assert out.startswith("<p><strong>Query:</strong> ") and out.endswith("</p>"), (value, out)
+        inner = out[len("<p><strong>Query:</strong> "):-len("</p>")]
+        assert "<" not in inner, (value, out)  # no element at all
+        assert html.unescape(inner) == " ".join(value.splitlines()), (value, out)
+        assert not re.search(r"\n", inner)
+
+
+def test_image_files_are_small_cached_and_content_addressed(tmp_path):
+    from PIL import Image
+
+    from demo.thumbs import THUMB_HEIGHT, ImageFiles
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (200, 600), (10, 200, 30)).save(big)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (20, 60), (10, 200, 30)).save(small)
+    files = ImageFiles()
+    try:
+        t = files.thumbnail(big)
+        assert Image.open(t).size == (round(200 * THUMB_HEIGHT / 600), THUMB_HEIGHT)
+        assert Path(t).stat().st_size < big.stat().st_size
+        assert files.thumbnail(big) == t  # cached
+        copy = tmp_path / "copy.png"
+        copy.write_bytes(big.read_bytes())
+        assert files.thumbnail(copy) == t  # same picture, same content-addressed file
+        assert Image.open(files.thumbnail(small)).size == (20, 60)  # never upscaled
+        framed = Image.open(files.thumbnail(small, relevant=True)).convert("RGB")
+        assert framed.size == (24, 64) and max(abs(a - b) for a, b in zip(framed.getpixel((0, 0)), (46, 160, 67))) < 12
+        assert files.thumbnail(small, relevant=False) != files.thumbnail(small, relevant=True)
+        assert all(p.parent == files.dir for p in map(Path, (t,)))
+    finally:
+        files.cleanup()
+    assert not files.dir.exists()
+
+
+def test_person_id_and_top_k_parsing():
+    from demo.app import parse_top_k
+    from demo.search import PID_MAX, QueryError, parse_pid
+
+    assert [parse_pid(v) for v in ("12", 12, 12.0, " 7 ", "1e3", str(PID_MAX))] == [12, 12, 12, 7, 1000, PID_MAX]
+    assert all(parse_pid(v) is None for v in ("99999999999999999999999", str(PID_MAX + 1), "-1", "1.5", "nan",
+                                              "inf", "abc", True, float("nan"), 2.5, ""))
+    assert [parse_top_k(v) for v in (1, "20", 200.0, "5")] == [1, 20, 200, 5]
+    for bad in (None, "abc", 0, 201, 2.5, float("inf"), True, "", [3]):
+        with pytest.raises(QueryError, match="whole number from 1 to 200"):
+            parse_top_k(bad)
