@@ -340,6 +340,8 @@ class SearchEngine:
     @torch.no_grad()
     def encode_query(self, tokens: torch.Tensor, variant: str = UPPERSON, checkpoint: Optional[str] = None) -> torch.Tensor:
         """(D,) normalised text feature."""
+        # NOTE: self.model's PETL weights change with the visitor's checkpoint (see using()); a cached
+        # merged copy (model.merged()) must be keyed by the checkpoint name, e.g. {name: merged}.
         with self.using(checkpoint, variant) as model, self._threads(self.query_threads):
             return F.normalize(model.encode_text(tokens).float(), dim=-1)[0]
 
