@@ -82,6 +82,8 @@ class TrainConfig:
     seed: int = 0
     precision: str = "bf16"  # on GPU: "bf16", "fp16" (with grad scaler) or "fp32"; CPU is fp32
     backbone_half: bool = True  # on GPU, keep the frozen backbone in half precision
+    amp_on_cpu: bool = False  # also use `precision` on CPU (autocast, half backbone, fp16 grad scaler): CI runs the GPU paths
+    grad_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1.3x step time
     select_on: str = "val"  # "val" (falls back to test with a warning) or "test"
     eval_every: int = 1
     max_steps_per_epoch: Optional[int] = None  # for smoke runs

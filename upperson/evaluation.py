@@ -23,6 +23,11 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _has_half_weights(model: torch.nn.Module) -> bool:
+    """Whether some weights are bf16/fp16 (a half backbone, train.amp_on_cpu): then CPU needs autocast too."""
+    return any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters())
+
+
 def inference_model(model: torch.nn.Module) -> torch.nn.Module:
     """The merged, eval-mode copy of an UP-Person model (``model.merged()``); any other module in eval mode."""
     merge = getattr(model, "merged", None)
@@ -35,9 +40,10 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
 def encode_texts(model: UPPerson, tokens: torch.Tensor, batch_size: int = 512, precision: str = "bf16") -> torch.Tensor:
     """L2-normalised text features of token rows, float32 on CPU."""
     device = _device_of(model)
+    cpu_amp = _has_half_weights(model)
     out = []
     for start in range(0, len(tokens), batch_size):
-        with autocast(device, precision):
+        with autocast(device, precision, cpu=cpu_amp):
             out.append(F.normalize(model.encode_text(tokens[start:start + batch_size].to(device)).float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
@@ -49,9 +55,10 @@ def embed_gallery(model: UPPerson, records: Sequence[ImageRecord], *, batch_size
     dataset = GalleryDataset(records, build_transforms(model.image_size, train=False), cache_images=cache_images)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     device = _device_of(model)
+    cpu_amp = _has_half_weights(model)
     feats = []
     for batch in tqdm(loader, desc="gallery", disable=not progress, leave=False):
-        with autocast(device, precision):
+        with autocast(device, precision, cpu=cpu_amp):
             f = model.encode_image(batch["image"].to(device, non_blocking=True))
         feats.append(F.normalize(f.float(), dim=-1).cpu())
     return torch.cat(feats)

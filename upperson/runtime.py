@@ -22,15 +22,34 @@ def resolve_device(name: Optional[str] = None) -> torch.device:
     return device
 
 
-def autocast(device: torch.device, precision: str) -> ContextManager:
-    """Mixed precision on GPU (bf16 or fp16); a no-op on CPU or for fp32."""
-    if device.type != "cuda" or precision == "fp32":
+def mixed_precision(device: torch.device, precision: str, amp_on_cpu: bool = False) -> str:
+    """The precision a run really uses: ``precision`` on a GPU; on CPU fp32 unless ``amp_on_cpu``."""
+    if precision not in _DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(_DTYPES)}, got {precision!r}")
+    if device.type == "cuda" or (device.type == "cpu" and amp_on_cpu):
+        return precision
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str, *, cpu: bool = False) -> ContextManager:
+    """Mixed precision (bf16 or fp16) on GPU, and on CPU when ``cpu`` is set; else a no-op.
+
+    Without ``cpu`` a CPU run stays fp32 whatever ``precision`` says (the default: CPU
+    autocast is slower than fp32 on most CPUs); with it the GPU code path runs on CPU.
+    """
+    if precision == "fp32" or mixed_precision(device, precision, cpu) == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=_DTYPES[precision])
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A loss scaler, enabled for fp16 only (pass the precision ``mixed_precision`` returned)."""
+    kind = device.type if device.type in ("cuda", "cpu") else "cpu"
+    return torch.amp.GradScaler(kind, enabled=precision == "fp16" and device.type in ("cuda", "cpu"))
 
 
 def half_dtype(precision: str) -> torch.dtype:
-    """The half dtype a frozen backbone is stored in on GPU for ``precision``."""
+    """The half dtype a frozen backbone is stored in under mixed ``precision``."""
     return torch.float16 if precision == "fp16" else torch.bfloat16
 
 

@@ -29,7 +29,7 @@ from upperson.metrics import format_metrics
 from upperson.model import UPPerson, build_model
 from upperson.model.checkpoint import load_petl, save_petl
 from upperson.model.params import count_parameters
-from upperson.runtime import autocast, half_dtype, seed_everything
+from upperson.runtime import autocast, grad_scaler, half_dtype, mixed_precision, seed_everything
 from upperson.train.distributed import DistInfo, barrier, cleanup, gather_batch, init_distributed, mean_across
 from upperson.train.optim import build_optimizer, set_epoch_lr
 from upperson.train.sampler import GlobalBatchSampler, SeededSamples
@@ -61,7 +61,7 @@ def selection_split(cfg: ExperimentConfig, data: PedesDataset) -> Optional[str]:
 
 
 def _cast_frozen_to_half(model: UPPerson, precision: str) -> None:
-    """On GPU, keep frozen backbone weights in half precision (PETL weights stay fp32)."""
+    """Under mixed precision, keep frozen backbone weights in half precision (PETL weights stay fp32)."""
     dtype = half_dtype(precision)
     for p in model.parameters():
         if not p.requires_grad:
@@ -133,8 +133,11 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
     report = count_parameters(model)
     if info.is_main:
         log.info("parameters:\n%s", report.table())
-    if device.type == "cuda" and t_cfg.backbone_half and cfg.model.freeze_backbone and t_cfg.precision != "fp32":
-        _cast_frozen_to_half(model, t_cfg.precision)
+    amp = mixed_precision(device, t_cfg.precision, t_cfg.amp_on_cpu)  # fp32 on CPU unless train.amp_on_cpu
+    if t_cfg.backbone_half and cfg.model.freeze_backbone and amp != "fp32":
+        _cast_frozen_to_half(model, amp)
+    if t_cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     loss_module = build_loss(cfg.loss).to(device)
 
     best_score, best_epoch, start_epoch = -math.inf, -1, 0
@@ -157,7 +160,7 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
         loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                             pin_memory=device.type == "cuda")
         optimizer = build_optimizer(model, t_cfg, extra=list(loss_module.parameters()))
-        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t_cfg.precision == "fp16")
+        scaler = grad_scaler(device, amp)
         if resume:
             state_dir = find_training_state(run_dir)
             if state_dir is None:
@@ -187,7 +190,7 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                 images = batch["image"].to(device, non_blocking=True)
                 tokens = batch["tokens"].to(device, non_blocking=True)
                 pids = batch["pid"].to(device, non_blocking=True)
-                with autocast(device, t_cfg.precision):
+                with autocast(device, amp, cpu=t_cfg.amp_on_cpu):
                     f, g = net(images, tokens)
                 f, g, all_pids = gather_batch(f.float(), info), gather_batch(g.float(), info), gather_batch(pids, info)
                 # every rank computes the loss of the whole global batch, with gradients into its
