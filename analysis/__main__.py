@@ -70,8 +70,13 @@ def _ablation_args(p: argparse.ArgumentParser, *, in_report: bool = False) -> No
         g.add_argument("--force", action="store_true", help="train again even where a complete run exists")
         g.add_argument("--data-root", help="dataset folder for training (default: the embedded ToyPEDES)")
         g.add_argument("--dataset", help="dataset name (default: the base config's)")
+        g.add_argument("--seeds", type=int, default=None, help="training seeds per trained variant (default 3): "
+                       "train.seed = the config's seed, +1, ...; runs go to RUNS/<variant>/seed-<s>/")
     g.add_argument("--runs-dir", default=None, help="folder of the variants' run folders (default runs/ablation)")
-    g.add_argument("--csv", dest="ablation_csv", help="plot an existing ablation.csv instead of run folders")
+    g.add_argument("--csv", dest="ablation_csv", help="plot an existing ablation.csv instead of run folders "
+                   "(its statistics are rebuilt from the per_query/ folder beside it, when there is one)")
+    g.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the intervals (default 2000)")
+    g.add_argument("--ci-seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,17 +194,18 @@ def ablation_table(args):
     """The table: from --csv, else from the runs folder, else the shipped one."""
     from analysis import ablation
 
+    ci = dict(resamples=args.resamples, ci_seed=args.ci_seed)
     if getattr(args, "ablation_csv", None):
-        return ablation.read_csv(Path(args.ablation_csv)), f"table {args.ablation_csv}"
+        return ablation.read_table(Path(args.ablation_csv), **ci), f"table {args.ablation_csv}"
     runs_dir = Path(args.runs_dir) if args.runs_dir else _default_runs_dir()
     variants = ablation.get_variants(_split_names(getattr(args, "variants", None)))
     if runs_dir.is_dir():
-        df = ablation.collect(runs_dir, variants)
+        df = ablation.collect(runs_dir, variants, **ci)
         if not df.empty:
             return df, f"run folders in {runs_dir}"
     if args.runs_dir is None and _shipped_csv().exists():
         log.info("no runs in %s: plotting the shipped table %s", runs_dir, _shipped_csv())
-        return ablation.read_csv(_shipped_csv()), f"shipped table {_shipped_csv()}"
+        return ablation.read_table(_shipped_csv(), **ci), f"shipped table {_shipped_csv()}"
     raise ValueError(f"no ablation results in {runs_dir}: train them with `python -m analysis ablation --run` "
                      "(or pass --runs-dir DIR or --csv FILE)")
 
@@ -217,6 +223,11 @@ def cmd_ablation(args, command: str = ""):
         return []
     out = Path(args.out)
     details = {}
+    if args.resamples < 1:
+        raise ValueError(f"--resamples {args.resamples}: give a positive number of bootstrap resamples (e.g. 2000)")
+    if args.seeds is not None and not args.run:
+        raise ValueError("--seeds only applies with --run (training the variants); the seeds of existing runs "
+                         "are the seed-<s> folders found")
     if args.run:
         from upperson.embedded import backbone_file, embedded_available
 
@@ -235,13 +246,16 @@ def cmd_ablation(args, command: str = ""):
             data_root = str(embedded_data_root())
             data_note = f"the embedded model's ToyPEDES (upperson.embedded.embedded_data_root(), here {data_root})"
         runs_dir = Path(args.runs_dir) if args.runs_dir else _default_runs_dir()
+        seeds = 3 if args.seeds is None else args.seeds
         plan = ablation.SweepPlan(base=args.config, overrides=overrides, epochs=args.epochs, data_root=data_root,
-                                  dataset=args.dataset)
+                                  dataset=args.dataset, seeds=seeds)
         variants = ablation.get_variants(_split_names(args.variants))
         ablation.sweep(variants, plan, runs_dir, force=args.force, progress=not args.no_progress)
-        df = ablation.collect(runs_dir, variants, include_other=False)
+        df = ablation.collect(runs_dir, variants, include_other=False, resamples=args.resamples, ci_seed=args.ci_seed)
         details = {"base config": args.config, "overrides": " ".join(overrides) or "(none)",
                    "epochs": args.epochs if args.epochs is not None else "preset's", "data": data_note or base_cfg.data.root,
+                   "seeds": f"{seeds} per trained variant (train.seed {base_cfg.train.seed} to "
+                            f"{base_cfg.train.seed + seeds - 1}); zero-shot once (deterministic)",
                    "run folders": runs_dir}
     else:
         df, where = ablation_table(args)
@@ -249,6 +263,10 @@ def cmd_ablation(args, command: str = ""):
     out.mkdir(parents=True, exist_ok=True)
     ablation.write_csv(df, out / "ablation.csv")
     ablation.copy_curves(df, out)
+    ablation.copy_per_query(df, out)
+    if ablation.has_intervals(df):
+        details["intervals"] = (f"95 % percentile bootstrap over test queries, {args.resamples} resamples, seed "
+                                f"{args.ci_seed} (rebuild: `python -m analysis ablation --csv {out / 'ablation.csv'}`)")
     figs = ablation.ablation_figures(df, out)
     ablation.write_readme(out, df, figs, command=command or "python -m analysis ablation", details=details)
     log.info("ablation table (%d variants) and figures in %s", len(df), out)

@@ -1,15 +1,22 @@
 """The per-component ablation: variants as data, a sweep that trains them, a table, figures.
 
 Each variant is a list of config overrides on a base preset (default ``toypedes``). The
-sweep trains each variant into ``<runs-dir>/<variant>/`` with ``upperson.train.train``
-(zero-shot: ``train.epochs=0``, i.e. evaluation only), skipping variants whose run folder is
-complete (``results.json`` written by the trainer) and resuming those that are not. The
-table is collected from the run folders' ``results.json``: test metrics of the selected
-checkpoint, trainable parameters and training time.
+sweep trains each variant for ``seeds`` seeds (``train.seed`` = the base config's seed, +1,
+...) into ``<runs-dir>/<variant>/seed-<s>/`` with ``upperson.train.train`` (zero-shot:
+``train.epochs=0``, i.e. evaluation only, one seed: it is deterministic), skipping run
+folders that are complete (``results.json`` written by the trainer) and resuming those that
+are not. Each run's selected checkpoint is evaluated once more on the test split, query by
+query, into ``per_query_test.csv`` (``upperson.stats``), so that the statistics are rebuilt
+from files, never by training again. The table is collected from the run folders: test
+metrics (mean over seeds), the across-seed std, 95 % bootstrap intervals over queries and the
+paired difference to UP-Person (docs/statistics.md), trainable parameters and training time.
+A run folder of the older layout (``<runs-dir>/<variant>/results.json``) counts as one seed.
 
 Outputs in ``--out``: ``ablation.csv``, ``ablation_bars.{png,svg}``,
 ``ablation_params.{png,svg}``, ``ablation_curves.{png,svg}``, ``curves/<variant>.jsonl``
-(each run's per-epoch log) and ``README.md`` (the exact command and the table).
+(each run's per-epoch log, first seed), ``per_query/<variant>/seed-<i>.csv`` (each run's
+per-query results) and ``README.md`` (the exact command, the table and the significance of
+each difference to UP-Person).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import pandas as pd
 
 from analysis import style
 from upperson.config import ExperimentConfig, load_config, to_dict
+from upperson import stats
 from upperson.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -76,8 +84,16 @@ VARIANT_NAMES = tuple(v.name for v in VARIANTS)
 COLUMNS = ["variant", "label", "group", "prefix", "lora", "adapter", "prefix_scaled", "adapter_placement",
            "freeze_backbone", "R1", "R5", "R10", "mAP", "mINP", "eval_split", "trainable_params", "total_params",
            "trainable_percent", "train_time_s", "epochs", "best_epoch", "run_dir"]
+#: uncertainty columns (docs/statistics.md); empty where no per-query results exist
+STAT_COLUMNS = ["seeds", "R1_std", "R1_ci_low", "R1_ci_high", "mAP_std", "mAP_ci_low", "mAP_ci_high",
+                "R1_diff_vs_upperson", "R1_diff_ci_low", "R1_diff_ci_high", "R1_diff_significant",
+                "ci_resamples", "ci_seed"]
+COLUMNS = COLUMNS[:-1] + STAT_COLUMNS + COLUMNS[-1:]
+REFERENCE = "upperson"
 
 RESULTS_NAME = "results.json"
+PER_QUERY_NAME = "per_query_test.csv"
+PER_QUERY_DIR = "per_query"
 TrainFn = Callable[..., dict]
 
 
@@ -93,11 +109,13 @@ def get_variants(names: Optional[Sequence[str]] = None) -> list[Variant]:
 
 def variant_config(variant: Variant, base: str = "toypedes", *, overrides: Sequence[str] = (),
                    epochs: Optional[int] = None, data_root: Optional[str] = None,
-                   dataset: Optional[str] = None) -> ExperimentConfig:
+                   dataset: Optional[str] = None, seed: Optional[int] = None) -> ExperimentConfig:
     """The base preset with the user's overrides, then the variant's (the variant wins)."""
     items = list(overrides)
     if epochs is not None and variant.train:
         items.append(f"train.epochs={int(epochs)}")
+    if seed is not None:
+        items.append(f"train.seed={int(seed)}")
     items += list(variant.overrides)
     if data_root is not None:
         items.append(f"data.root={json.dumps(str(data_root))}")
@@ -120,15 +138,40 @@ def _default_train_fn() -> TrainFn:
     return train
 
 
+def write_run_per_query(cfg: ExperimentConfig, run_dir: Path, *, progress: bool = False) -> Path:
+    """Evaluate a complete run's selected checkpoint (``best/``) on the test split, query by
+    query, into ``run_dir/per_query_test.csv`` (as the trainer evaluates: same precision)."""
+    from upperson.data import build_tokenizer, load_dataset
+    from upperson.evaluation import evaluate_per_query
+    from upperson.model.checkpoint import load_model
+
+    run_dir = Path(run_dir)
+    model = load_model(run_dir / "best")
+    data = load_dataset(cfg.data.dataset, cfg.data.root)
+    res = evaluate_per_query(model, data.split("test"), build_tokenizer(model.config.name),
+                             batch_size=cfg.data.eval_batch_size, precision=cfg.train.precision, progress=progress)
+    path = run_dir / PER_QUERY_NAME
+    stats.write_per_query_csv(path, res.rows())
+    return path
+
+
+def _ensure_per_query(cfg: ExperimentConfig, run_dir: Path, progress: bool) -> None:
+    if not (run_dir / PER_QUERY_NAME).exists():
+        log.info("per-query test results of %s", run_dir)
+        write_run_per_query(cfg, run_dir, progress=progress)
+
+
 def run_variant(variant: Variant, cfg: ExperimentConfig, run_dir: Path, *, train_fn: Optional[TrainFn] = None,
                 force: bool = False, progress: bool = True) -> Path:
-    """Train one variant into ``run_dir``, unless a complete run of the same config is there."""
+    """Train one variant into ``run_dir``, unless a complete run of the same config is there;
+    then make sure the run has its per-query test results (an evaluation, no training)."""
     run_dir = Path(run_dir)
     planned = _plain(to_dict(cfg))
     if run_complete(run_dir) and not force:
         done = json.loads((run_dir / RESULTS_NAME).read_text())
         if done.get("config") == planned:
             log.info("%s: complete run in %s, skipped", variant.name, run_dir)
+            _ensure_per_query(cfg, run_dir, progress)
             return run_dir
         raise ValueError(f"{run_dir} holds a complete run of {variant.name!r} with a different config; "
                          "pass --force to train it again, or choose another --runs-dir")
@@ -142,8 +185,26 @@ def run_variant(variant: Variant, cfg: ExperimentConfig, run_dir: Path, *, train
     train_fn(cfg, run_dir, resume=resume, progress=progress)
     if not run_complete(run_dir):
         raise RuntimeError(f"{variant.name}: training finished but wrote no {RESULTS_NAME} in {run_dir}")
+    _ensure_per_query(cfg, run_dir, progress)
     log.info("%s: done in %.0f s", variant.name, time.time() - t0)
     return run_dir
+
+
+def seed_runs(variant_dir: Path) -> list[Path]:
+    """The complete runs of one variant: ``seed-<s>/`` folders in seed order, or the folder
+    itself (older layout, one seed)."""
+    variant_dir = Path(variant_dir)
+    if run_complete(variant_dir):
+        return [variant_dir]
+    if not variant_dir.is_dir():
+        return []
+    found = []
+    for d in variant_dir.glob("seed-*"):
+        try:
+            found.append((int(d.name[len("seed-"):]), d))
+        except ValueError:
+            continue
+    return [d for _, d in sorted(found) if run_complete(d)]
 
 
 def row_from_run(run_dir: Path, variant: Optional[Variant] = None) -> dict:
@@ -178,24 +239,131 @@ def row_from_run(run_dir: Path, variant: Optional[Variant] = None) -> dict:
     }
 
 
-def collect(runs_dir: Path, variants: Optional[Sequence[Variant]] = None, *, include_other: bool = True) -> pd.DataFrame:
-    """The table from ``runs_dir/<variant>/results.json``; missing variants are left out (logged)."""
+_MEAN_COLUMNS = ("R1", "R5", "R10", "mAP", "mINP", "train_time_s")
+
+
+def _combined_row(runs: Sequence[Path], variant: Optional[Variant]) -> tuple[dict, list[Path]]:
+    """One row for the seeds of a variant: metrics and time are means over seeds; the
+    per-query files are returned when every seed has one."""
+    rows = [row_from_run(d, variant) for d in runs]
+    row = dict(rows[0])
+    if variant is None:
+        row["variant"] = row["label"] = Path(runs[0]).name if len(runs) == 1 else Path(runs[0]).parent.name
+    for c in _MEAN_COLUMNS:
+        row[c] = float(np.mean([r[c] for r in rows]))
+    row["seeds"] = len(rows)
+    for c in ("R1", "mAP"):
+        row[f"{c}_std"] = float(np.std([r[c] for r in rows], ddof=1)) if len(rows) > 1 else math.nan
+    files = [Path(d) / PER_QUERY_NAME for d in runs]
+    return row, (files if all(f.is_file() for f in files) else [])
+
+
+def collect(runs_dir: Path, variants: Optional[Sequence[Variant]] = None, *, include_other: bool = True,
+            resamples: int = stats.DEFAULT_RESAMPLES, ci_seed: int = stats.DEFAULT_SEED) -> pd.DataFrame:
+    """The table from the run folders under ``runs_dir`` (every seed of each variant), with the
+    statistics of :func:`add_statistics`; missing variants are left out (logged).
+
+    ``df.attrs["per_query"]`` maps each variant to its runs' per-query files (when complete).
+    """
     runs_dir = Path(runs_dir)
     variants = list(variants) if variants is not None else list(VARIANTS)
-    rows, missing = [], []
+    rows, missing, per_query = [], [], {}
     for v in variants:
-        d = runs_dir / v.name
-        if run_complete(d):
-            rows.append(row_from_run(d, v))
+        runs = seed_runs(runs_dir / v.name)
+        if runs:
+            row, files = _combined_row(runs, v)
+            rows.append(row)
+            if files:
+                per_query[v.name] = files
         else:
             missing.append(v.name)
     if include_other and runs_dir.is_dir():
         known = set(VARIANT_NAMES)
-        for d in sorted(p for p in runs_dir.iterdir() if p.is_dir() and p.name not in known and run_complete(p)):
-            rows.append(row_from_run(d))
+        for d in sorted(p for p in runs_dir.iterdir() if p.is_dir() and p.name not in known):
+            runs = seed_runs(d)
+            if runs:
+                row, files = _combined_row(runs, None)
+                rows.append(row)
+                if files:
+                    per_query[row["variant"]] = files
     if missing:
         log.warning("no complete run in %s for: %s", runs_dir, ", ".join(missing))
-    return pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return add_statistics(df, per_query, resamples=resamples, seed=ci_seed)
+
+
+def add_statistics(df: pd.DataFrame, per_query: dict[str, Sequence[Path]], *,
+                   resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED) -> pd.DataFrame:
+    """Fill the uncertainty columns from per-query files (``{variant: [one CSV per seed]}``).
+
+    Per variant: R1 and mAP intervals by bootstrap over queries of the per-query values
+    averaged over seeds; against the ``upperson`` row, the paired bootstrap of the R1
+    difference (the same resampled queries for both). Rows without per-query files keep
+    empty intervals: nothing is made up. Every file must list the same queries.
+    """
+    df = df.copy()
+    for c in STAT_COLUMNS:
+        if c not in df.columns:
+            df[c] = math.nan
+    df["R1_diff_significant"] = df["R1_diff_significant"].astype(object)
+    averaged = {}
+    first = None
+    for name, files in per_query.items():
+        read = [stats.read_per_query_csv(f) for f in files]
+        try:
+            stats.aligned(read if first is None else [first, *read])
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        first = first or read[0]
+        averaged[name] = stats.average_over_seeds([r.values() for r in read])
+    ref = averaged.get(REFERENCE)
+    for i, row in df.iterrows():
+        name = row["variant"]
+        if name not in averaged:
+            continue
+        values = averaged[name]
+        ci = stats.bootstrap_ci(values, keys=["R1", "mAP"], resamples=resamples, seed=seed)["metrics"]
+        df.at[i, "R1_ci_low"], df.at[i, "R1_ci_high"] = ci["R1"]["low"], ci["R1"]["high"]
+        df.at[i, "mAP_ci_low"], df.at[i, "mAP_ci_high"] = ci["mAP"]["low"], ci["mAP"]["high"]
+        df.at[i, "ci_resamples"], df.at[i, "ci_seed"] = resamples, seed
+        if ref is not None:
+            d = stats.paired_bootstrap(values, ref, keys=["R1"], resamples=resamples, seed=seed)["metrics"]["R1"]
+            df.at[i, "R1_diff_vs_upperson"] = d["diff"]
+            df.at[i, "R1_diff_ci_low"], df.at[i, "R1_diff_ci_high"] = d["low"], d["high"]
+            df.at[i, "R1_diff_significant"] = d["significant"]
+    for c in ("seeds", "ci_resamples", "ci_seed"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").round().astype("Int64")
+    df.attrs["per_query"] = {k: [Path(f) for f in v] for k, v in per_query.items()}
+    return df
+
+
+def has_intervals(df: pd.DataFrame) -> bool:
+    """Whether the table carries bootstrap intervals (tables of older sweeps do not)."""
+    return "R1_ci_low" in df.columns and bool(pd.to_numeric(df["R1_ci_low"], errors="coerce").notna().any())
+
+
+def copy_per_query(df: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Copy each run's per-query file to ``out_dir/per_query/<variant>/seed-<i>.csv`` (shippable;
+    :func:`per_query_in` reads them back)."""
+    copied = []
+    for name, files in df.attrs.get("per_query", {}).items():
+        for i, src in enumerate(files):
+            dst = Path(out_dir) / PER_QUERY_DIR / name / f"seed-{i}.csv"
+            if Path(src).resolve() == dst.resolve():
+                continue
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+            copied.append(dst)
+    return copied
+
+
+def per_query_in(folder: Path) -> dict[str, list[Path]]:
+    """``{variant: [seed files]}`` from a ``per_query/`` folder written by :func:`copy_per_query`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {d.name: sorted(d.glob("seed-*.csv"), key=lambda p: int(p.stem[len("seed-"):]))
+            for d in sorted(folder.iterdir()) if d.is_dir() and any(d.glob("seed-*.csv"))}
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -210,6 +378,17 @@ def read_csv(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: not an ablation table (missing columns {missing})")
     if "label" not in df.columns:
         df["label"] = df["variant"]
+    return df
+
+
+def read_table(path: Path, *, resamples: int = stats.DEFAULT_RESAMPLES, ci_seed: int = stats.DEFAULT_SEED) -> pd.DataFrame:
+    """:func:`read_csv`, with the statistics recomputed from the ``per_query/`` folder beside it
+    when there is one (a shipped study's intervals are rebuilt from its files). A table of an
+    older sweep, without per-query files, reads as it is: no interval is made up."""
+    df = read_csv(path)
+    files = per_query_in(Path(path).parent / PER_QUERY_DIR)
+    if files:
+        df = add_statistics(df, files, resamples=resamples, seed=ci_seed)
     return df
 
 
@@ -236,18 +415,23 @@ def plot_bars(df: pd.DataFrame, out_dir: Path, *, name: str = "ablation_bars") -
     ax = fig.subplots()
     x = np.arange(n)
     w = 0.38
+    intervals = has_intervals(df)
     for off, col, colour, lab in ((-w / 2, "R1", style.OKABE_ITO[0], "R@1"), (w / 2, "mAP", style.OKABE_ITO[1], "mAP")):
         vals = df[col].to_numpy(dtype=float)
-        bars = ax.bar(x + off, vals, w, color=colour, label=lab, edgecolor="white", linewidth=0.5)
-        for b, v in zip(bars, vals):
+        yerr = _yerr(df, col) if intervals else None
+        bars = ax.bar(x + off, vals, w, color=colour, label=lab, edgecolor="white", linewidth=0.5, yerr=yerr,
+                      error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "0.2"})
+        tops = vals if yerr is None else vals + np.nan_to_num(yerr[1])
+        for b, v, t in zip(bars, vals, tops):
             if np.isfinite(v):
-                ax.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, v), xytext=(0, 2), textcoords="offset points",
+                ax.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, t), xytext=(0, 2), textcoords="offset points",
                             ha="center", va="bottom", fontsize=6)
     ax.set_xticks(x, df["label"].tolist(), rotation=35, ha="right")
     for tick, variant in zip(ax.get_xticklabels(), df["variant"]):
         if variant == "upperson":
             tick.set_fontweight("bold")
-    top = np.nanmax(df[["R1", "mAP"]].to_numpy(dtype=float)) if n else 1.0
+    top = np.nanmax(df[["R1", "mAP"] + (["R1_ci_high", "mAP_ci_high"] if intervals else [])]
+                    .to_numpy(dtype=float)) if n else 1.0
     ax.set_ylim(0, (top if np.isfinite(top) and top > 0 else 1.0) * 1.15)
     ax.set_ylabel("score (%)")
     ax.grid(True, axis="y")
@@ -256,8 +440,28 @@ def plot_bars(df: pd.DataFrame, out_dir: Path, *, name: str = "ablation_bars") -
     ax.set_title("Ablation: retrieval per variant (test split)")
     caption = ("Text-to-image R@1 and mAP (%) on the test split for each variant of the ablation: the "
                "zero-shot backbone, each component alone, each pair, all three (UP-Person), UP-Person with a "
-               "vanilla prefix or sequential adapters, and a full fine-tune.")
+               "vanilla prefix or sequential adapters, and a full fine-tune." + _uncertainty_note(df))
     return style.save(fig, out_dir, name, caption)
+
+
+def _yerr(df: pd.DataFrame, col: str) -> np.ndarray:
+    """(2, n) distances from each value to its interval's ends (NaN where there is none)."""
+    v = df[col].to_numpy(dtype=float)
+    lo = pd.to_numeric(df[f"{col}_ci_low"], errors="coerce").to_numpy(dtype=float)
+    hi = pd.to_numeric(df[f"{col}_ci_high"], errors="coerce").to_numpy(dtype=float)
+    return np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
+
+
+def _uncertainty_note(df: pd.DataFrame) -> str:
+    if not has_intervals(df):
+        return (" No error bars: this table has no per-query results (one seed, single test split), so "
+                "differences of a few points may be noise.")
+    seeds = pd.to_numeric(df.get("seeds"), errors="coerce")
+    r = pd.to_numeric(df["ci_resamples"], errors="coerce").dropna()
+    s = pd.to_numeric(df["ci_seed"], errors="coerce").dropna()
+    return (f" Values are means over {int(seeds.min())}-{int(seeds.max())} training seed(s); error bars are "
+            f"95 % percentile-bootstrap intervals over test queries ({int(r.iloc[0]) if len(r) else '?'} resamples, "
+            f"seed {int(s.iloc[0]) if len(s) else '?'}) of the seed-averaged per-query results.")
 
 
 GROUP_MARKERS = {"baseline": "s", "single": "o", "pair": "D", "full": "*", "design": "P", "other": "X"}
@@ -270,9 +474,13 @@ def plot_params(df: pd.DataFrame, out_dir: Path, *, name: str = "ablation_params
     groups = list(dict.fromkeys(df["group"].tolist())) if "group" in df else ["other"]
     colours = dict(zip(groups, style.OKABE_ITO))
     trained = df[df["trainable_params"] > 0]
+    intervals = has_intervals(df)
     for g in groups:
         sub = trained[trained["group"] == g] if "group" in trained else trained
         if len(sub):
+            if intervals:
+                ax.errorbar(sub["trainable_params"], sub["R1"], yerr=_yerr(sub, "R1"), fmt="none", ecolor=colours[g],
+                            elinewidth=0.9, capsize=2.5, zorder=2)
             ax.scatter(sub["trainable_params"], sub["R1"], marker=GROUP_MARKERS.get(g, "o"), s=70 if g == "full" else 36,
                        color=colours[g], label=g, edgecolors="black", linewidths=0.4, zorder=3)
     for _, r in trained.iterrows():
@@ -280,6 +488,8 @@ def plot_params(df: pd.DataFrame, out_dir: Path, *, name: str = "ablation_params
                     fontsize=6.5)
     for _, r in df[df["trainable_params"] <= 0].iterrows():
         ax.axhline(r["R1"], color="0.4", ls="--", lw=0.9, label=f"{r['label']} (0 trainable)")
+        if intervals and np.isfinite(float(r.get("R1_ci_low", math.nan))):
+            ax.axhspan(float(r["R1_ci_low"]), float(r["R1_ci_high"]), color="0.4", alpha=0.12, lw=0)
     if len(trained):
         ax.set_xscale("log")
         lo, hi = trained["trainable_params"].min(), trained["trainable_params"].max()
@@ -290,8 +500,39 @@ def plot_params(df: pd.DataFrame, out_dir: Path, *, name: str = "ablation_params
     ax.legend(frameon=False, fontsize=7, loc="best")
     ax.set_title("Retrieval against trainable parameters")
     caption = ("Text-to-image R@1 (%) against the number of trainable parameters (log scale) for each variant; "
-               "the dashed line is the zero-shot backbone, which trains nothing.")
+               "the dashed line is the zero-shot backbone, which trains nothing." + _uncertainty_note(df)
+               .replace("error bars are", "vertical bars (and the band around the dashed line) are"))
     return style.save(fig, out_dir, name, caption)
+
+
+def _fmt(v, digits: int = 2) -> str:
+    v = float(v)
+    return f"{v:.{digits}f}" if math.isfinite(v) else "-"
+
+
+def significance_table(df: pd.DataFrame) -> str:
+    """Markdown: R@1 with its interval and std, and the paired difference to UP-Person with its
+    interval; *yes* where the interval excludes zero. Empty string without intervals."""
+    if not has_intervals(df):
+        return ""
+    lines = ["| variant | seeds | R@1 (mean) | 95 % CI | std over seeds | R@1 - UP-Person | 95 % CI of the difference "
+             "| significant |", "|---|---|---|---|---|---|---|---|"]
+    for _, r in df.iterrows():
+        diff = float(r.get("R1_diff_vs_upperson", math.nan))
+        sig = r.get("R1_diff_significant")
+        if r["variant"] == REFERENCE:
+            verdict = "(reference)"
+        elif not math.isfinite(diff):
+            verdict = "-"
+        else:
+            verdict = "**yes**" if str(sig).lower() == "true" else "no"
+        seeds = r.get("seeds")
+        lines.append(f"| {r['variant']} | {int(seeds) if pd.notna(seeds) else '-'} | {_fmt(r['R1'])} "
+                     f"| [{_fmt(r['R1_ci_low'])}, {_fmt(r['R1_ci_high'])}] | {_fmt(r.get('R1_std', math.nan))} "
+                     f"| {_fmt(diff, 2) if math.isfinite(diff) else '-'} "
+                     f"| [{_fmt(r.get('R1_diff_ci_low', math.nan))}, {_fmt(r.get('R1_diff_ci_high', math.nan))}] "
+                     f"| {verdict} |")
+    return "\n".join(lines)
 
 
 def _markdown_table(df: pd.DataFrame) -> str:
@@ -345,6 +586,14 @@ def write_readme(out_dir: Path, df: pd.DataFrame, figures: Sequence[style.Figure
         if v.name in set(df["variant"]):
             lines.append(f"- `{v.name}`: {v.description}; `{' '.join(v.overrides) or '(none)'}`")
     lines += ["", "Results (`ablation.csv`, test split of the selected checkpoint):", "", _markdown_table(df), ""]
+    sig = significance_table(df)
+    if sig:
+        lines += ["Uncertainty and differences to UP-Person (R@1, percent points):" + _uncertainty_note(df)
+                  + " The difference is a paired bootstrap: both variants on the same resampled queries; "
+                  "*significant* means its 95 % interval excludes zero (docs/statistics.md).", "", sig, ""]
+    else:
+        lines += ["No intervals: this table was made without per-query results (one seed), so differences of a few "
+                  "points are within noise. Rerun the sweep (`--seeds 3`) to get intervals (docs/statistics.md).", ""]
     lines += ["Figures:", ""]
     for f in figures:
         lines.append(f"- `{f.png.name}` / `{f.svg.name}`: {f.caption}")
@@ -361,19 +610,28 @@ class SweepPlan:
     epochs: Optional[int] = None
     data_root: Optional[str] = None
     dataset: Optional[str] = None
+    seeds: int = 3  # training seeds per trained variant: the base config's train.seed, +1, ...
 
 
 def sweep(variants: Sequence[Variant], plan: SweepPlan, runs_dir: Path, *, train_fn: Optional[TrainFn] = None,
           force: bool = False, progress: bool = True) -> list[Path]:
-    """Train (or skip, or resume) every variant; returns the run folders in order."""
+    """Train (or skip, or resume) every variant for every seed into
+    ``runs_dir/<variant>/seed-<s>/``; returns the run folders in order."""
     from tqdm.auto import tqdm
 
+    if plan.seeds < 1:
+        raise ValueError(f"--seeds {plan.seeds}: give at least one seed")
+    base_seed = load_config(plan.base, list(plan.overrides)).train.seed
     # every config first, so that a bad override fails before hours of training, not after
-    configs = [variant_config(v, plan.base, overrides=plan.overrides, epochs=plan.epochs, data_root=plan.data_root,
-                              dataset=plan.dataset) for v in variants]
+    jobs = []
+    for v in variants:
+        for seed in range(base_seed, base_seed + (plan.seeds if v.train else 1)):
+            cfg = variant_config(v, plan.base, overrides=plan.overrides, epochs=plan.epochs, data_root=plan.data_root,
+                                 dataset=plan.dataset, seed=seed)
+            jobs.append((v, cfg, Path(runs_dir) / v.name / f"seed-{seed}"))
     done = []
-    for v, cfg in tqdm(list(zip(variants, configs)), desc="ablation", unit="variant", disable=not progress):
-        done.append(run_variant(v, cfg, Path(runs_dir) / v.name, train_fn=train_fn, force=force, progress=progress))
+    for v, cfg, run_dir in tqdm(jobs, desc="ablation", unit="run", disable=not progress):
+        done.append(run_variant(v, cfg, run_dir, train_fn=train_fn, force=force, progress=progress))
     return done
 
 

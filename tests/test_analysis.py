@@ -22,6 +22,7 @@ from upperson.embedded import zero_shot_config
 from upperson.model import build_model
 from upperson.model.checkpoint import save_petl
 from upperson.model.params import count_parameters
+from upperson import stats
 
 # the base preset's model, shrunk to the test size (ablation sweeps)
 TINY_SETS = ["--set", "model.image_size=[48,16]", "--set", "model.prefix.length=3", "--set", "model.lora.rank=4",
@@ -144,15 +145,22 @@ def test_umap_embeddings_are_cached(checkpoint, toy_root, tmp_path):
 
 
 class StubTrain:
-    """Stands in for ``upperson.train.train``: writes what the trainer writes, with fake scores."""
+    """Stands in for ``upperson.train.train``: writes what the trainer writes, with fake scores,
+    including the per-query test results (200 queries, drawn from the variant's score and the
+    seed) from which its test metrics are computed."""
+
+    QUERIES = 200
 
     def __init__(self):
         self.calls: list[tuple[str, bool]] = []
+        self.seeds: list[tuple[str, int]] = []
 
     def __call__(self, cfg, run_dir, *, resume=False, progress=True):
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.calls.append((run_dir.name, resume))
+        variant = run_dir.parent.name if run_dir.name.startswith("seed-") else run_dir.name
+        self.calls.append((variant, resume))
+        self.seeds.append((variant, cfg.train.seed))
         save_config(cfg, run_dir / "config.yaml")
         report = count_parameters(build_model(cfg.model))
         m = cfg.model
@@ -161,8 +169,14 @@ class StubTrain:
                 for e in range(cfg.train.epochs)]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         metrics = {"R1": r1, "R5": r1 + 10, "R10": r1 + 20, "mAP": r1 - 1, "mINP": r1 - 2}
+        rng = np.random.default_rng([int(r1 * 10), cfg.train.seed if cfg.train.epochs else 0])
+        first = np.where(rng.random(self.QUERIES) < r1 / 100, 1, rng.integers(2, 30, self.QUERIES))
+        stats.write_per_query_csv(run_dir / ablation.PER_QUERY_NAME, [
+            {"query_index": i, "pid": i // 4, "image_id": i // 2, "caption": f"query {i}", "images": 2,
+             "first_rank": int(f), "ap": 1.0 / f, "inp": 0.5 / f} for i, f in enumerate(first)])
+        test = stats.read_per_query_csv(run_dir / ablation.PER_QUERY_NAME).metrics()
         results = {"dataset": "ToyPEDES", "selected_on": "val", "best_epoch": cfg.train.epochs,
-                   "metrics": {"val": metrics, "test": {k: v + 0.5 for k, v in metrics.items()}},
+                   "metrics": {"val": metrics, "test": test},
                    "parameters": report.to_json(), "train_time_s": 1.5 * cfg.train.epochs, "config": to_dict(cfg)}
         (run_dir / "results.json").write_text(json.dumps(results))
         return results
@@ -172,10 +186,14 @@ def test_ablation_sweep_table_and_figures(toy_root, tmp_path, capsys, monkeypatc
     stub = StubTrain()
     monkeypatch.setattr(ablation, "_default_train_fn", lambda: stub)
     runs, out = tmp_path / "runs", tmp_path / "out"
-    argv = ["ablation", "--run", "--epochs", "2", "--data-root", str(toy_root), "--runs-dir", str(runs),
-            "--out", str(out), "--no-progress", *TINY_SETS]
+    argv = ["ablation", "--run", "--epochs", "2", "--seeds", "2", "--data-root", str(toy_root), "--runs-dir", str(runs),
+            "--out", str(out), "--no-progress", "--resamples", "500", *TINY_SETS]
     files = run_cli(argv, capsys)
-    assert [c[0] for c in stub.calls] == list(ablation.VARIANT_NAMES)
+    # every trained variant for seeds 0 and 1 (the preset's train.seed, +1); zero-shot once
+    trained = [v.name for v in ablation.VARIANTS if v.train]
+    assert [c[0] for c in stub.calls] == ["zero-shot"] + [n for n in trained for _ in (0, 1)]
+    assert stub.seeds == [("zero-shot", 0)] + [(n, s) for n in trained for s in (0, 1)]
+    assert (runs / "upperson" / "seed-1" / ablation.PER_QUERY_NAME).is_file()
 
     df = pd.read_csv(out / "ablation.csv")
     assert df["variant"].tolist() == list(ablation.VARIANT_NAMES)  # one row per variant, in order
@@ -188,8 +206,28 @@ def test_ablation_sweep_table_and_figures(toy_root, tmp_path, capsys, monkeypatc
     assert 0 < min(single) and sum(single) == row.loc["upperson", "trainable_params"]
     assert not row.loc["vanilla-prefix", "prefix_scaled"] and row.loc["upperson", "prefix_scaled"]
     assert row.loc["sequential-adapter", "adapter_placement"] == "sequential"
-    assert row.loc["upperson", "R1"] == pytest.approx(27.5)  # the test split's score, not val's
     assert row.loc["upperson", "train_time_s"] == pytest.approx(3.0) and row.loc["upperson", "epochs"] == 2
+
+    # the statistics: mean over the seeds' test scores, their std, bootstrap and paired intervals
+    for col in ("seeds", "R1_std", "R1_ci_low", "R1_ci_high", "mAP_ci_low", "mAP_ci_high", "R1_diff_vs_upperson",
+                "R1_diff_ci_low", "R1_diff_ci_high"):
+        assert col in df.columns, col
+    assert row.loc["zero-shot", "seeds"] == 1 and (row.drop("zero-shot")["seeds"] == 2).all()
+    per_seed = [stats.read_per_query_csv(runs / "upperson" / f"seed-{s}" / ablation.PER_QUERY_NAME) for s in (0, 1)]
+    r1 = [f.metrics()["R1"] for f in per_seed]
+    assert r1[0] != r1[1]  # the seeds differ
+    assert row.loc["upperson", "R1"] == pytest.approx(np.mean(r1), abs=1e-4)  # the test split's, not val's
+    assert row.loc["upperson", "R1_std"] == pytest.approx(np.std(r1, ddof=1), abs=1e-4)
+    assert pd.isna(row.loc["zero-shot", "R1_std"])  # one (deterministic) run: no std
+    averaged = stats.average_over_seeds([f.values() for f in per_seed])
+    ci = stats.bootstrap_ci(averaged, resamples=500, seed=0)["metrics"]["R1"]
+    assert (row.loc["upperson", "R1_ci_low"], row.loc["upperson", "R1_ci_high"]) == pytest.approx(
+        (ci["low"], ci["high"]), abs=1e-4)
+    assert (df["R1_ci_low"] <= df["R1"] + 1e-9).all() and (df["R1"] <= df["R1_ci_high"] + 1e-9).all()
+    assert row.loc["upperson", ["R1_diff_vs_upperson", "R1_diff_ci_low", "R1_diff_ci_high"]].tolist() == [0, 0, 0]
+    assert row.loc["zero-shot", "R1_diff_ci_high"] < 0 and row.loc["zero-shot", "R1_diff_significant"]
+    assert (row["ci_resamples"] == 500).all() and (row["ci_seed"] == 0).all()
+    assert sorted(p.name for p in (out / "per_query" / "upperson").iterdir()) == ["seed-0.csv", "seed-1.csv"]
 
     pngs = {p.stem: p for p in files if p.suffix == ".png"}
     assert set(pngs) == {"ablation_bars", "ablation_params", "ablation_curves"}
@@ -202,33 +240,70 @@ def test_ablation_sweep_table_and_figures(toy_root, tmp_path, capsys, monkeypatc
     assert len(list((out / "curves").glob("*.jsonl"))) == len(ablation.VARIANTS) - 1  # zero-shot has no epochs
     readme = (out / "README.md").read_text()
     assert "python -m analysis ablation --run --epochs 2" in readme and "| upperson |" in readme
+    assert "| zero-shot | 1 |" in readme and "**yes**" in readme and "(reference)" in readme
+    assert "500 resamples" in readme
+
+    # the statistics are rebuilt from the shipped per-query files alone (no run folder), identically
+    shipped = tmp_path / "shipped"
+    import shutil
+    shutil.copytree(out, shipped)
+    run_cli(["ablation", "--csv", str(shipped / "ablation.csv"), "--out", str(tmp_path / "replot"),
+             "--resamples", "500"], capsys)
+    again = pd.read_csv(tmp_path / "replot" / "ablation.csv")
+    for col in ablation.STAT_COLUMNS:
+        pd.testing.assert_series_equal(again[col], df[col], check_names=False)
+
+    # an older table (no interval columns, no per-query files) is plotted as it is, nothing made up
+    old = df.drop(columns=ablation.STAT_COLUMNS)
+    (tmp_path / "old").mkdir()
+    old.to_csv(tmp_path / "old" / "ablation.csv", index=False)
+    files = run_cli(["ablation", "--csv", str(tmp_path / "old" / "ablation.csv"), "--out", str(tmp_path / "old-out")],
+                    capsys)
+    assert {p.stem for p in files if p.suffix == ".png"} >= {"ablation_bars", "ablation_params"}
+    replotted = pd.read_csv(tmp_path / "old-out" / "ablation.csv")
+    assert not set(ablation.STAT_COLUMNS) & set(replotted.columns)
+    assert "No intervals" in (tmp_path / "old-out" / "README.md").read_text()
 
     # complete run folders are skipped; an incomplete one is resumed; --force trains again
     from upperson.embedded import backbone_file, embedded_available
 
     sets = TINY_SETS[1::2]
-    if embedded_available():  # what the command did: the shipped backbone when none is named
+    if embedded_available() and ablation.load_config("toypedes").model.pretrained is None:
+        # what the command did: the shipped backbone when the preset names none
         sets = [f"model.pretrained={backbone_file()}", *sets]
-    plan = ablation.SweepPlan(overrides=sets, epochs=2, data_root=str(toy_root))
+    plan = ablation.SweepPlan(overrides=sets, epochs=2, data_root=str(toy_root), seeds=2)
     stub.calls.clear()
-    (runs / "lora-only" / "results.json").unlink()
+    (runs / "lora-only" / "seed-1" / "results.json").unlink()
     ablation.sweep(ablation.get_variants(["lora-only", "upperson"]), plan, runs, train_fn=stub, progress=False)
     assert stub.calls == [("lora-only", True)]
+    # a run without its per-query file gets one by evaluation, not by training
+    (runs / "upperson" / "seed-0" / ablation.PER_QUERY_NAME).unlink()
+    evaluated = []
+    monkeypatch.setattr(ablation, "write_run_per_query", lambda cfg, d, progress=False: evaluated.append(Path(d)))
     stub.calls.clear()
+    ablation.sweep(ablation.get_variants(["upperson"]), plan, runs, train_fn=stub, progress=False)
+    assert not stub.calls and evaluated == [runs / "upperson" / "seed-0"]
     ablation.sweep(ablation.get_variants(["prefix-only"]), plan, runs, train_fn=stub, force=True, progress=False)
-    assert stub.calls == [("prefix-only", False)]
+    assert stub.calls == [("prefix-only", False)] * 2
     # a different config for a complete run is refused, not silently reused
     other = dataclasses.replace(plan, epochs=3)
     with pytest.raises(ValueError, match="different config"):
-        ablation.sweep(ablation.get_variants(["upperson"]), other, runs, train_fn=stub, progress=False)
+        ablation.sweep(ablation.get_variants(["lora-only"]), other, runs, train_fn=stub, progress=False)
 
     # collecting from the run folders without training, and re-plotting a CSV
     stub.calls.clear()
     run_cli(["ablation", "--runs-dir", str(runs), "--out", str(tmp_path / "collected")], capsys)
     assert not stub.calls
-    assert len(pd.read_csv(tmp_path / "collected" / "ablation.csv")) == len(ablation.VARIANTS)
-    df = ablation.read_csv(tmp_path / "collected" / "ablation.csv")
-    assert df["R1"].tolist() == pytest.approx(row["R1"].tolist())
+    collected = pd.read_csv(tmp_path / "collected" / "ablation.csv").set_index("variant")
+    assert len(collected) == len(ablation.VARIANTS)
+    # upperson/seed-0 has no per-query file (the stand-in evaluation wrote none): no interval for
+    # UP-Person and no difference to it, rather than numbers from one seed
+    assert collected.loc["upperson", ["R1_ci_low", "R1_ci_high"]].isna().all()
+    assert collected["R1_diff_vs_upperson"].isna().all() and collected.loc["lora-only", "R1_ci_low"] > 0
+    # seeds only apply to training; a bad resample count is refused
+    assert main(["ablation", "--seeds", "2", "--runs-dir", str(runs), "--out", str(tmp_path / "x")]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert main(["ablation", "--runs-dir", str(runs), "--out", str(tmp_path / "x"), "--resamples", "0"]) == 2
 
 
 def test_variants_are_data():
@@ -248,8 +323,8 @@ def test_variants_are_data():
 def test_ablation_real_training(toy_root, tmp_path, capsys):
     """The sweep drives the real trainer (one epoch of one step) and reads what it wrote."""
     out = tmp_path / "out"
-    run_cli(["ablation", "--run", "--variants", "upperson", "--epochs", "1", "--data-root", str(toy_root),
-             "--runs-dir", str(tmp_path / "runs"), "--out", str(out), "--no-progress", *TINY_SETS,
+    run_cli(["ablation", "--run", "--variants", "upperson", "--epochs", "1", "--seeds", "1", "--data-root",
+             str(toy_root), "--runs-dir", str(tmp_path / "runs"), "--out", str(out), "--no-progress", *TINY_SETS,
              "--set", "train.max_steps_per_epoch=1"], capsys)
     df = pd.read_csv(out / "ablation.csv")
     assert df["variant"].tolist() == ["upperson"]
@@ -258,6 +333,12 @@ def test_ablation_real_training(toy_root, tmp_path, capsys):
     assert 0 <= df["R1"][0] <= 100 and 0 < df["mAP"][0] <= 100 and df["epochs"][0] == 1
     assert df["eval_split"][0] == "test"
     assert (out / "curves" / "upperson.jsonl").exists()
+    # the per-query evaluation of the selected checkpoint reproduces the trainer's test metrics
+    run = tmp_path / "runs" / "upperson" / "seed-0"
+    logged = json.loads((run / "results.json").read_text())["metrics"]["test"]
+    per_query = stats.read_per_query_csv(run / ablation.PER_QUERY_NAME).metrics()
+    assert per_query == pytest.approx({k: logged[k] for k in per_query}, abs=1e-9)
+    assert df["seeds"][0] == 1 and df["R1_diff_vs_upperson"][0] == 0 and df["R1_ci_low"][0] <= df["R1"][0]
 
 
 # ----------------------------------------------------------------------------- curves and report
@@ -292,8 +373,8 @@ def test_report(checkpoint, toy_root, tmp_path, capsys, monkeypatch):
              "--data-root", str(toy_root), "--runs-dir", str(runs), "--out", str(tmp_path / "abl"), *TINY_SETS], capsys)
     out = tmp_path / "report"
     files = run_cli(["report", "--checkpoint", str(checkpoint), "--data-root", str(toy_root), "--out", str(out),
-                     "--ids", "4", "--runs-dir", str(runs), "--curves", str(runs / "upperson"),
-                     "--curves", str(runs / "prefix-only")], capsys)
+                     "--ids", "4", "--runs-dir", str(runs), "--curves", str(runs / "upperson" / "seed-0"),
+                     "--curves", str(runs / "prefix-only" / "seed-0")], capsys)
     names = {p.stem for p in files}
     assert names == {"attention_image", "attention_text", "prefix_scale", "umap", "ablation_bars",
                      "ablation_params", "ablation_curves", "curves"}
