@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -30,7 +31,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", help="folder holding the dataset (default: the embedded ToyPEDES)")
     g.add_argument("--dataset", default="toypedes", help="dataset name: cuhk-pedes, icfg-pedes, rstpreid, toypedes, "
                    "generic (default: toypedes)")
-    g.add_argument("--split", default="test", help="split to draw images and captions from (default: test)")
+    g.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="split to draw images and captions from (default: test)")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="skip missing images of the dataset (counted and warned about) instead of stopping")
 
 
 def _attention_args(p: argparse.ArgumentParser) -> None:
@@ -128,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _records(args):
     from analysis.sources import load_data
 
-    data = load_data(args.data_root, args.dataset)
+    data = load_data(args.data_root, args.dataset, skip_bad_images=getattr(args, "skip_bad_images", False))
     return data.split(args.split)
 
 
@@ -145,6 +149,7 @@ def attention_records(args, source=None, records=None):
 
     source = source or _source(args)
     model = source.model
+    check_attention_ranges(args, model)
     tokenizer = build_tokenizer(model.config.name)
     image, caption = args.image, args.caption
     if image is None or caption is None:
@@ -212,6 +217,102 @@ def ablation_table(args):
 
 def _split_names(spec: Optional[str]) -> Optional[list[str]]:
     return [s.strip() for s in spec.split(",") if s.strip()] if spec else None
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+_INDEX_OPTIONS = (("layers", "--layers"), ("text_layers", "--text-layers"), ("heads", "--heads"),
+                  ("text_heads", "--text-heads"))
+
+
+def check_attention_ranges(args, model) -> None:
+    """--layers/--heads inside ``model`` (image and text towers), before any attention is computed."""
+    from analysis.attention import parse_indices
+
+    if not hasattr(args, "layers"):
+        return
+    image, text = model.blocks("image"), model.blocks("text")
+    counts = {"layers": (len(image), "image layers"), "text_layers": (len(text), "text layers"),
+              "heads": (image[0].attn.num_heads if args.text_heads is not None
+                        else min(image[0].attn.num_heads, text[0].attn.num_heads), "heads"),
+              "text_heads": (text[0].attn.num_heads, "text heads")}
+    for attr, flag in _INDEX_OPTIONS:
+        spec = getattr(args, attr)
+        if spec is not None:
+            count, what = counts[attr]
+            parse_indices(spec, count, f"{flag} ({what} of {model.config.name})")
+
+
+def _writable(out: Path, flag: str = "--out") -> None:
+    """Refuse an output folder that cannot be written, before any work (and without creating it)."""
+    import tempfile
+
+    probe = out.expanduser().absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{flag} {out}: {probe} is a file, not a folder; choose another output folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-test-", dir=probe)
+    except OSError as exc:
+        raise ValueError(f"{flag} {out}: cannot write in {probe} ({exc.strerror or exc}); "
+                         "choose a writable output folder") from None
+    os.close(fd)
+    os.unlink(name)
+
+
+def validate_args(args) -> None:
+    """Every option checked before any model, data or figure is made: counts, names, files."""
+    from analysis.attention import parse_indices
+    from upperson.data.readers import DATASETS
+
+    if args.command != "ablation" or not args.list:
+        _writable(Path(args.out))
+    for attr, flag in _INDEX_OPTIONS:  # syntax and non-empty ranges; the model's size is checked later
+        spec = getattr(args, attr, None)
+        if spec is not None:
+            parse_indices(spec, 1 << 30, flag)
+    for attr, flag, low in (("index", "--index", 0), ("caption_index", "--caption-index", 0), ("ids", "--ids", 1),
+                            ("seed", "--seed", 0), ("epochs", "--epochs", 0)):
+        value = getattr(args, attr, None)
+        if value is not None and value < low:
+            raise ValueError(f"{flag} must be at least {low}, got {value}")
+    for attr, flag, kind in (("checkpoint", "--checkpoint", "dir"), ("run_dir", "--run", "dir"),
+                             ("image", "--image", "file"), ("ablation_csv", "--csv", "file"),
+                             ("data_root", "--data-root", "any")):
+        value = getattr(args, attr, None)
+        if not isinstance(value, str):
+            continue
+        path = Path(value).expanduser()
+        ok = path.is_dir() if kind == "dir" else path.is_file() if kind == "file" else path.exists()
+        if not ok:
+            what = {"dir": "folder", "file": "file", "any": "path"}[kind]
+            raise ValueError(f"{flag} {value}: no such {what}")
+    dataset = getattr(args, "dataset", None)
+    if dataset is not None and dataset.strip().lower().replace("_", "-") not in DATASETS:
+        raise ValueError(f"--dataset {dataset!r}: unknown; known: {', '.join(DATASETS)}")
+    if args.command == "curves":
+        from analysis.curves import metrics_file
+
+        for p in [*args.runs, *args.run_dirs]:
+            if not metrics_file(Path(p)).is_file():
+                raise ValueError(f"{p}: no training log ({metrics_file(Path(p))} not found); name a run folder "
+                                 "or its metrics.jsonl")
+    if args.command == "ablation":
+        from analysis import ablation
+
+        ablation.get_variants(_split_names(args.variants))  # unknown names: refused before any data or training
+        if not args.run:
+            given = [flag for flag, value, default in (
+                ("--config", args.config, "toypedes"), ("--set", args.overrides, []), ("--epochs", args.epochs, None),
+                ("--force", args.force, False), ("--data-root", args.data_root, None),
+                ("--dataset", args.dataset, None)) if value != default]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply with --run (training the variants); "
+                                 "add --run, or leave them out to plot existing results")
+        elif args.ablation_csv:
+            raise ValueError("--csv plots an existing table, --run trains the variants: give one of them")
 
 
 def cmd_ablation(args, command: str = ""):
@@ -306,20 +407,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     setup_logging(logging.DEBUG if args.verbose else logging.INFO, ("analysis", "upperson"))
     if getattr(args, "no_progress", False):
-        import os
-
         os.environ.setdefault("TQDM_DISABLE", "1")
     command = "python -m analysis " + shlex.join(argv)
     try:
+        validate_args(args)
         figs = args.func(args, command=command)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, OSError, KeyboardInterrupt) as exc:
+        # one line; -v shows the traceback. Figures and tables are written atomically (temp
+        # file, then rename), so an interrupted or failed command leaves no half-written file.
         if args.verbose:
             raise
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {_describe(exc)}\n")
         return 2
     for f in figs or []:
         sys.stdout.write(f"{f.png}\n{f.svg}\n")
     return 0
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted; the figures already written are complete, the others were not made"
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}; check that the output folder (--out) is writable and has free space"
+    return str(exc)
 
 
 if __name__ == "__main__":

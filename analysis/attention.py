@@ -177,6 +177,8 @@ def parse_indices(spec: Optional[str], count: int, what: str) -> Optional[list[i
     for part in spec.split(","):
         part = part.strip()
         span = re.fullmatch(r"(\d+)-(\d+)", part)
+        if span and int(span[1]) > int(span[2]):
+            raise ValueError(f"{what}: {part!r} is an empty range (write the lower end first: {span[2]}-{span[1]})")
         try:
             out.extend(range(int(span[1]), int(span[2]) + 1) if span else [int(part)])
         except ValueError:

@@ -88,10 +88,12 @@ def zero_shot_of(source: ModelSource) -> ModelSource:
     return ModelSource(model.eval(), f"zero-shot ({cfg.pretrained or 'random init'})")
 
 
-def load_data(data_root: Optional[str] = None, dataset: str = "toypedes", *, check_images: bool = False) -> PedesDataset:
+def load_data(data_root: Optional[str] = None, dataset: str = "toypedes", *, check_images: bool = False,
+              skip_bad_images: bool = False) -> PedesDataset:
     """The dataset to analyse; without ``data_root``, the embedded model's ToyPEDES."""
     if data_root is None:
         from upperson.embedded import embedded_data_root
 
-        return load_dataset("toypedes", embedded_data_root(splits=["test"]), check_images=check_images)
-    return load_dataset(dataset, data_root, check_images=check_images)
+        return load_dataset("toypedes", embedded_data_root(splits=["test"]), check_images=check_images,
+                            skip_bad_images=skip_bad_images)
+    return load_dataset(dataset, data_root, check_images=check_images, skip_bad_images=skip_bad_images)

@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="embedding cache (default: $UPPERSON_CACHE or ~/.cache/upperson)")
     p.add_argument("--benchmark", action="store_true", help="measure query latency and exit (see demo.benchmark)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO",
+                   help="our loggers' level (default INFO; third-party INFO lines are hidden unless DEBUG)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, third-party INFO lines included")
     return p
 
 
@@ -130,7 +132,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from upperson.logs import setup_logging
 
-    setup_logging(args.log_level, ("demo", "upperson"))
+    try:
+        setup_logging("DEBUG" if args.verbose else args.log_level, ("demo", "upperson"))
+    except ValueError as exc:
+        print(f"error: --log-level: {exc}", file=sys.stderr)
+        return 2
     index_threads = args.index_threads or max(1, min(4, os.cpu_count() or 1))
     if args.benchmark:
         from demo.benchmark import main as bench

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import logging
 
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def setup_logging(level: str | int = "INFO", packages: tuple[str, ...] = ("upperson",)) -> None:
-    """Our packages' loggers at ``level``; everything else (open_clip logs on the root logger,
-    gradio, httpx) at WARNING unless ``level`` is DEBUG."""
-    level = logging.getLevelName(level.upper()) if isinstance(level, str) else level
-    logging.basicConfig(level=min(level, logging.WARNING), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    """Our packages' loggers at ``level``; everything else at WARNING (open_clip logs INFO
+    lines on the root logger, gradio and httpx on their own), unless ``level`` is DEBUG
+    (``-v``), which brings every logger's INFO and DEBUG lines back."""
+    if isinstance(level, str):
+        name = level.strip().upper()
+        level = logging.getLevelName(name)
+        if not isinstance(level, int):
+            raise ValueError(f"unknown log level {name!r}; use DEBUG, INFO, WARNING or ERROR")
+    third_party = logging.DEBUG if level <= logging.DEBUG else max(level, logging.WARNING)
+    logging.basicConfig(level=third_party, format=FORMAT, datefmt="%H:%M:%S")
+    # basicConfig does nothing when the root logger already has a handler: set the level anyway
+    logging.getLogger().setLevel(third_party)
     for name in packages:
         logging.getLogger(name).setLevel(level)

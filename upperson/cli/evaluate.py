@@ -20,7 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["test", "val"], help="split to evaluate (default: test)")
     p.add_argument("--pretrained", help="backbone weights for the checkpoint (default: the path it recorded)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="with --config: override a field")
+                   help="with --config: override a field (with --run/--checkpoint: only data.skip_bad_images)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip missing or unreadable images (counted and warned about) instead of stopping; "
+                        "same as --set data.skip_bad_images=true")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None)
     p.add_argument("--json", dest="json_out", help="also write the metrics (and their intervals, `ci`) to this JSON file")
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--resamples {args.resamples}: give a positive number of bootstrap resamples (e.g. 2000)")
     dataset = args.dataset
     precision = "bf16"
+    skip_bad_images = args.skip_bad_images or _skip_from_overrides(args)
     if args.run:
         run_dir = Path(args.run)
         if not (run_dir / "config.yaml").exists():
@@ -62,9 +66,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         dataset = dataset or cfg.data.dataset
         precision = cfg.train.precision
+        skip_bad_images = skip_bad_images or cfg.data.skip_bad_images
         model = build_model(cfg.model)
     model = model.to(resolve_device(args.device)).eval()
-    data = load_dataset(dataset, args.data_root)
+    data = load_dataset(dataset, args.data_root, skip_bad_images=skip_bad_images)
     results = evaluate_per_query(model, data.split(args.split), build_tokenizer(model.config.name),
                                  batch_size=args.batch_size, precision=precision)
     metrics = results.metrics()
@@ -81,3 +86,22 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(Path(args.json_out), {k: metrics[k] for k in ("R1", "R5", "R10", "mAP", "mINP", "queries", "gallery")}
                           | {"ci": ci_json})
     return 0
+
+
+def _skip_from_overrides(args: argparse.Namespace) -> bool:
+    """``--set data.skip_bad_images=...`` with --run/--checkpoint, where no other key applies
+    (with --config every key goes to the config)."""
+    from upperson.config import ConfigError, parse_override
+
+    if args.config:
+        return False
+    skip = False
+    for item in args.overrides:
+        key, value = parse_override(item)
+        if key != ["data", "skip_bad_images"]:
+            raise ConfigError(f"--set {item}: with --run or --checkpoint only data.skip_bad_images can be set "
+                              "(the model and its settings are the checkpoint's); use --config to override others")
+        if not isinstance(value, bool):
+            raise ConfigError(f"--set {item}: data.skip_bad_images must be true or false")
+        skip = value
+    return skip

@@ -33,7 +33,13 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from upperson.data.toypedes.generate import generate_toypedes
 
-    folder = generate_toypedes(args.out, preset=args.preset, seed=args.seed, captions=args.captions,
-                               workers=args.workers, overwrite=args.overwrite)
+    try:
+        folder = generate_toypedes(args.out, preset=args.preset, seed=args.seed, captions=args.captions,
+                                   workers=args.workers, overwrite=args.overwrite)
+    except OSError as exc:  # read-only or full disk, --out under a file, ...: nothing half-written is left
+        what = exc.strerror or type(exc).__name__
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ValueError(f"cannot write ToyPEDES under --out {args.out}: {what}{where}; "
+                         "choose a writable folder with free space") from exc
     print(f"ToyPEDES ({args.preset}, {args.captions} captions, seed {args.seed}) is in {folder}")
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -98,14 +99,58 @@ def resolve_pretrained(pretrained: str, model_name: str) -> Path:
             f"pretrained={pretrained!r} is neither a file nor an open_clip tag of {model_name} "
             f"(tags: {', '.join(tags) or 'none'})"
         )
+    local = cached_pretrained(tag_cfg)
+    if local is not None:
+        return local
+    how = ("download them elsewhere (for OpenAI's: ViT-B-16.pt) and pass their path: "
+           "--set model.pretrained=/path/to/ViT-B-16.pt (or --pretrained with a checkpoint)")
+    if os.environ.get(ALLOW_DOWNLOAD_ENV, "") != "1":
+        # no network retries (about 47 s of them) before the one useful message
+        raise BackboneError(
+            f"the {model_name} '{pretrained}' weights are not in the local open_clip/Hugging Face cache, "
+            f"and nothing is downloaded unless {ALLOW_DOWNLOAD_ENV}=1: {how}"
+        )
     try:
         return Path(open_clip.download_pretrained(tag_cfg))
     except Exception as exc:  # network errors come in many types
         raise BackboneError(
-            f"could not fetch the {model_name} '{pretrained}' weights ({type(exc).__name__}: {exc}). "
-            "Without a network, download them elsewhere (for OpenAI's: ViT-B-16.pt) and set "
-            "model.pretrained to the file's path."
+            f"could not fetch the {model_name} '{pretrained}' weights ({type(exc).__name__}: {exc}); {how}"
         ) from exc
+
+
+#: set to 1 to let an open_clip tag (e.g. ``openai``) download weights missing from the cache
+ALLOW_DOWNLOAD_ENV = "UPPERSON_ALLOW_DOWNLOAD"
+
+
+def cached_pretrained(tag_cfg: dict) -> Optional[Path]:
+    """The file of an open_clip pretrained tag if it is already on this machine, without any
+    network access: the Hugging Face cache (``HF_HUB_CACHE``) for ``hf_hub`` tags, open_clip's
+    ``~/.cache/clip`` for URL tags; None if it is not there."""
+    if tag_cfg.get("file"):
+        path = Path(tag_cfg["file"]).expanduser()
+        return path if path.is_file() else None
+    hub = tag_cfg.get("hf_hub", "")
+    if hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            pass
+        else:
+            from open_clip import pretrained as oc_pretrained
+
+            repo_id, filename = os.path.split(hub)
+            filename = filename or getattr(oc_pretrained, "HF_WEIGHTS_NAME", "open_clip_pytorch_model.bin")
+            alternatives = getattr(oc_pretrained, "_get_safe_alternatives", lambda name: [])
+            for name in [*alternatives(filename), filename]:
+                found = try_to_load_from_cache(repo_id, name)
+                if isinstance(found, str) and Path(found).is_file():
+                    return Path(found)
+    url = tag_cfg.get("url", "")
+    if url:
+        target = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+        if target.is_file():
+            return target
+    return None
 
 
 def read_state_dict(pretrained: str, model_name: str) -> dict[str, torch.Tensor]:

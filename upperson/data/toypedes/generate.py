@@ -226,17 +226,23 @@ def generate_toypedes(
         _write_json(tmp / "reid_raw.json", annotations)  # last: its presence marks a complete folder
         os.chmod(tmp, 0o755)
 
-        if final.exists():  # overwrite: move the old one aside, then swap
+        trash = None
+        if final.exists():  # overwrite: move the old one aside, swap, and only then delete it
             trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=out_dir))
             os.replace(final, trash / final.name)
-            shutil.rmtree(trash, ignore_errors=True)
         try:
             os.replace(tmp, final)
         except OSError:
             if _holds(final, meta):  # a concurrent run finished the same dataset first
                 log.info("%s was written concurrently; keeping that copy", final)
+            elif trash is not None and not final.exists():  # put the old dataset back
+                os.replace(trash / final.name, final)
+                raise
             else:
                 raise
+        finally:
+            if trash is not None:
+                shutil.rmtree(trash, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
