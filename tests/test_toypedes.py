@@ -202,3 +202,44 @@ def test_cli_help(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "--captions" in out and "ToyPEDES-weak" in out and "tiny" in out
+
+
+def test_a_test_only_preset_extends_the_test_split_with_unseen_identities(tiny, tmp_path, monkeypatch):
+    """``test-large`` in miniature: the base preset's test identities (same files), then more drawn
+    after the weak corpus, so none was trained or pretrained on; only the test split is written."""
+    import dataclasses
+
+    from upperson.data.toypedes import generate as gen
+
+    base = TOYPEDES_PRESETS["tiny"]
+    monkeypatch.setitem(gen.TOYPEDES_PRESETS, "tiny-large", dataclasses.replace(base, extra_test=4, test_only=True))
+    folder = generate_toypedes(tmp_path / "a", preset="tiny-large", seed=0)
+    ds = load_dataset("toypedes", folder.parent)
+    assert not ds.splits.get("train") and not ds.splits.get("val")
+    n = base.images[0]
+    assert ds.counts("test") == (base.test + 4, (base.test + 4) * n, 2 * (base.test + 4) * n)
+    small = {r.pid for r in load_dataset("toypedes", tiny.parent).split("test")}
+    pids = sorted({r.pid for r in ds.split("test")})
+    first_extra = base.benchmark_ids + base.weak_ids + 1
+    assert pids == sorted(small) + list(range(first_extra, first_extra + 4))
+    for rec in ds.split("test"):  # the base test split's images are the very same files
+        if rec.pid in small:
+            assert rec.path.read_bytes() == (tiny / "imgs" / rec.path.relative_to(folder / "imgs")).read_bytes()
+    # the extra identities come after the benchmark and the weak corpus in the identity stream
+    stream = identity_stream(0)
+    drawn = [next(stream) for _ in range(base.benchmark_ids + base.weak_ids + 4)]
+    ident = json.loads((folder / "attributes.json").read_text())["identities"]
+    assert [ident[str(p)]["split"] for p in pids] == ["test"] * len(pids)
+    extra = [{k: v for k, v in ident[str(p)].items() if k != "split"} for p in pids[-4:]]
+    assert extra == [json.loads(json.dumps(i.to_dict())) for i in drawn[-4:]]
+    assert json.loads((folder / "meta.json").read_text())["splits"] == ["test"]
+    # deterministic
+    assert _tree_hash(generate_toypedes(tmp_path / "b", preset="tiny-large", seed=0)) == _tree_hash(folder)
+    with pytest.raises(ValueError, match="test split only"):
+        generate_toypedes(tmp_path / "c", preset="tiny-large", captions="weak")
+    with pytest.raises(ValueError, match="test split only"):
+        generate_toypedes(tmp_path / "c", preset="tiny-large", splits=["train"])
+    # the shipped preset: default's 300 test identities and 700 unseen ones
+    large, default = TOYPEDES_PRESETS["test-large"], TOYPEDES_PRESETS["default"]
+    assert large.test_only and large.test + large.extra_test == 1000
+    assert dataclasses.replace(large, extra_test=0, test_only=False) == default

@@ -9,7 +9,8 @@ from pathlib import Path
 def add_parser(subparsers) -> None:
     from upperson.data.toypedes.generate import CAPTION_MODES, TOYPEDES_PRESETS
 
-    sizes = "; ".join(f"{name}: {p.train}/{p.val}/{p.test} ids" for name, p in TOYPEDES_PRESETS.items())
+    sizes = "; ".join(f"{name}: " + (f"test only, {p.test + p.extra_test} ids" if p.test_only
+                                      else f"{p.train}/{p.val}/{p.test} ids") for name, p in TOYPEDES_PRESETS.items())
     p = subparsers.add_parser(
         "toypedes",
         help="generate the ToyPEDES benchmark (CUHK-PEDES format)",

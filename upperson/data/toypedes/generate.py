@@ -39,6 +39,10 @@ class ToyPedesPreset:
     images: tuple[int, int]  # images per identity, min and max
     weak_ids: int  # identities of the weak pretraining corpus
     weak_images: tuple[int, int]
+    #: more test identities, drawn after the weak corpus (disjoint from it and from train/val)
+    extra_test: int = 0
+    #: only the test split is generated (a larger test set for a model trained on another preset)
+    test_only: bool = False
 
     @property
     def benchmark_ids(self) -> int:
@@ -50,6 +54,10 @@ TOYPEDES_PRESETS: dict[str, ToyPedesPreset] = {
     "tiny": ToyPedesPreset(train=24, val=8, test=8, images=(3, 3), weak_ids=48, weak_images=(2, 2)),
     "small": ToyPedesPreset(train=240, val=30, test=30, images=(3, 5), weak_ids=600, weak_images=(2, 3)),
     "default": ToyPedesPreset(train=2000, val=200, test=300, images=(3, 5), weak_ids=3000, weak_images=(2, 3)),
+    # test only: default's 300 test identities (same files) and 700 more drawn after default's weak
+    # corpus, so none was seen in training or pretraining: about 8,000 queries (docs/statistics.md)
+    "test-large": ToyPedesPreset(train=2000, val=200, test=300, images=(3, 5), weak_ids=3000, weak_images=(2, 3),
+                                 extra_test=700, test_only=True),
 }
 
 
@@ -100,6 +108,13 @@ def _plan(preset: ToyPedesPreset, seed: int, mode: str) -> list[tuple[Identity, 
             pid = i + 1
             n = random.Random(f"toypedes/{seed}/{pid}/count").randint(lo, hi)
             plan.append((ident, pid, split, n))
+        if preset.extra_test:
+            for _ in range(preset.weak_ids):  # the weak corpus's identities: skipped, never tested on
+                next(stream)
+            first = preset.benchmark_ids + preset.weak_ids + 1
+            for pid in range(first, first + preset.extra_test):
+                n = random.Random(f"toypedes/{seed}/{pid}/count").randint(lo, hi)
+                plan.append((next(stream), pid, "test", n))
     else:
         lo, hi = preset.weak_images
         for i in range(preset.weak_ids):
@@ -161,7 +176,8 @@ def generate_toypedes(
     version it is reused; if it differs, ``overwrite=True`` is needed.
 
     ``splits`` (e.g. ``["test"]``) draws only those splits' identities: the same pids, images
-    and captions as in the full benchmark, in a fraction of the time.
+    and captions as in the full benchmark, in a fraction of the time. A ``test_only`` preset
+    (``test-large``) always draws its test split alone.
     """
     if splits is not None and (not splits or set(splits) - {"train", "val", "test"}):
         raise ValueError(f"splits must be a non-empty subset of train, val, test; got {splits!r}")
@@ -173,6 +189,14 @@ def generate_toypedes(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    spec = TOYPEDES_PRESETS[preset]
+    if spec.test_only:
+        if captions != "fine":
+            raise ValueError(f"ToyPEDES {preset!r} is a test split only; it has no weak corpus "
+                             "(generate the weak corpus with the preset the backbone was pretrained on)")
+        if splits is not None and set(splits) != {"test"}:
+            raise ValueError(f"ToyPEDES {preset!r} is a test split only; splits must be ['test'], got {splits!r}")
+        splits = ["test"]
     out_dir = Path(out_dir).expanduser().resolve()
     final = out_dir / FOLDERS[captions]
     meta = _meta(preset, seed, captions, splits)
@@ -184,7 +208,7 @@ def generate_toypedes(
             raise ValueError(f"{final} exists and is not ToyPEDES {preset!r} with seed {seed}; "
                              "pass --overwrite (overwrite=True) to replace it")
 
-    plan = _plan(TOYPEDES_PRESETS[preset], seed, captions)
+    plan = _plan(spec, seed, captions)
     if splits:
         plan = [entry for entry in plan if entry[2] in splits]
     n_images = sum(n for *_, n in plan)
