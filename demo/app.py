@@ -34,20 +34,30 @@ log = logging.getLogger(__name__)
 TITLE = "UP-Person: text-based person retrieval"
 TOP_K_MAX = 200
 TAB_LABELS = ("Search", "Attention", "Embeddings", "Ablation")
-# The result grids adapt to the width: 8 columns on a desktop, 4 on a tablet, 2 on a phone,
-# and a caption wraps instead of being cut (Gradio's grid is a CSS grid; columns=8 sets the widest).
+# The result grids adapt to their own width (CSS container queries): 8 columns on a desktop,
+# fewer on a tablet or beside the zero-shot grid, 3 on a phone; each caption sits below its image
+# and wraps instead of being cut (Gradio's default overlays it on the image, one line, ellipsis).
 CSS = """
 #status {min-height: 2.5em}
-.gallery-col .caption-label {font-variant-numeric: tabular-nums}
-#results .caption-label, #zs-results .caption-label {white-space: normal !important; overflow: visible !important;
-  text-overflow: clip !important; max-width: 100% !important}
-#results .grid-container, #zs-results .grid-container {grid-template-columns: repeat(8, minmax(0, 1fr)) !important}
-@media (max-width: 1000px) {
-  #results .grid-container, #zs-results .grid-container {grid-template-columns: repeat(4, minmax(0, 1fr)) !important}
-}
-@media (max-width: 600px) {
-  #results .grid-container, #zs-results .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr)) !important}
-}
+"""
+# Gradio's css= drops @container rules, so the grid's rules go into the page's <head> (launch(head=...)).
+HEAD_CSS = """<style>
+.results-grid {container-type: inline-size}
+.results-grid .gallery-container .grid-wrap {overflow-y: visible !important; height: auto !important; max-height: none !important}
+.results-grid .grid-wrap .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr)) !important;
+  grid-template-rows: none !important; grid-auto-rows: auto !important}
+@container (min-width: 280px) {.results-grid .grid-wrap .grid-container {grid-template-columns: repeat(3, minmax(0, 1fr)) !important}}
+@container (min-width: 440px) {.results-grid .grid-wrap .grid-container {grid-template-columns: repeat(4, minmax(0, 1fr)) !important}}
+@container (min-width: 620px) {.results-grid .grid-wrap .grid-container {grid-template-columns: repeat(6, minmax(0, 1fr)) !important}}
+@container (min-width: 820px) {.results-grid .grid-wrap .grid-container {grid-template-columns: repeat(8, minmax(0, 1fr)) !important}}
+.results-grid .grid-container .gallery-item {height: auto !important}
+.results-grid .gallery-item .thumbnail-item {aspect-ratio: auto !important; height: auto !important; display: flex !important;
+  flex-direction: column; align-items: stretch}
+.results-grid .thumbnail-item img {height: 150px !important; width: 100% !important; object-fit: contain}
+.results-grid .thumbnail-item .caption-label {position: static !important; max-width: 100% !important; white-space: normal !important;
+  overflow: visible !important; text-overflow: clip !important; border: none !important; border-radius: 0 !important;
+  font-variant-numeric: tabular-nums; overflow-wrap: anywhere; opacity: 1 !important}
+</style>
 """
 
 
@@ -292,10 +302,11 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
                 names, zs_names = gr.State([]), gr.State([])
                 with gr.Row():
                     results = gr.Gallery(label=f"{UPPERSON}", columns=8, height="auto", object_fit="contain",
-                                         elem_id="results", elem_classes="gallery-col", allow_preview=False,
+                                         elem_id="results", elem_classes="results-grid", allow_preview=False,
                                          min_width=160)
                     zs_results = gr.Gallery(label=ZERO_SHOT, columns=8, height="auto", object_fit="contain",
-                                            visible=False, elem_id="zs-results", allow_preview=False, min_width=160)
+                                            visible=False, elem_id="zs-results", elem_classes="results-grid",
+                                            allow_preview=False, min_width=160)
                 with gr.Accordion("Why it matched", open=True):
                     with gr.Row():
                         selected = gr.Textbox(label="Selected image (click a result, or type its name)",
@@ -342,4 +353,4 @@ def launch(app: gr.Blocks, *, roots: Sequence[Path], host: str = "127.0.0.1", po
     allowed = sorted({str(Path(r).resolve()) for r in roots})
     return app.launch(server_name=host, server_port=port, share=share, allowed_paths=allowed,
                       prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False,
-                      ssr_mode=False, theme=gr.themes.Soft(), css=CSS, footer_links=["api"])
+                      ssr_mode=False, theme=gr.themes.Soft(), css=CSS, head=HEAD_CSS, footer_links=["api"])

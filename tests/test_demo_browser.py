@@ -100,7 +100,7 @@ def test_enter_searches_and_shift_enter_adds_a_line(site):
         page.close()
 
 
-@pytest.mark.parametrize("width,max_columns", [(1280, 8), (800, 4), (390, 2)])
+@pytest.mark.parametrize("width,max_columns", [(1280, 8), (800, 6), (390, 3)])
 def test_every_result_fits_the_viewport(site, width, max_columns):
     """All top-k results (and their whole captions) lie inside the viewport's width."""
     k = 20
