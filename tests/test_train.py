@@ -19,7 +19,8 @@ from upperson.embedded import backbone_file, embedded_available
 from upperson.evaluation import evaluate
 from upperson.model import build_model
 from upperson.model.checkpoint import CheckpointMismatchError, load_model
-from upperson.train import TrainingDiverged, train
+from upperson.train import TrainingDiverged, TrainingInterrupted, train
+from upperson.train.rundir import RunFolderError
 import upperson.train.loop as loop
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ def _weights(run: Path, sub: str = "last") -> dict[str, torch.Tensor]:
 
 def test_training_lowers_the_loss_and_raises_r1(tmp_path, toypedes_root):
     # on the shipped pretrained backbone when present (a random one learns too slowly to show R@1)
-    pretrained = json.dumps(str(backbone_file())) if embedded_available() else "null"
+    pretrained = json.dumps(str(backbone_file())) if embedded_available() else "random"
     cfg = _cfg(toypedes_root, "train.epochs=5", "train.lr=0.01", f"model.pretrained={pretrained}",
                "model.image_size=[96, 32]")
     data = load_dataset("toypedes", toypedes_root)
@@ -75,11 +76,12 @@ def test_resume_reaches_the_uninterrupted_weights(tmp_path, toypedes_root, monke
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(loop, "evaluate", crash_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted, match=r"interrupted at epoch 2 step 9; `--resume` continues from epoch 2$"):
         train(cfg, tmp_path / "interrupted", progress=False)
     monkeypatch.setattr(loop, "evaluate", real_evaluate)
     assert json.loads((tmp_path / "interrupted" / "last" / "state.json").read_text())["progress"]["epoch"] == 0
-    with pytest.raises(FileExistsError, match="--resume"):
+    assert "error: interrupted at epoch 2 step 9" in (tmp_path / "interrupted" / "train.log").read_text()
+    with pytest.raises(RunFolderError, match="--resume"):
         train(cfg, tmp_path / "interrupted", progress=False)
     train(cfg, tmp_path / "interrupted", resume=True, progress=False)
 
@@ -143,7 +145,7 @@ def test_a_checkpoint_for_the_wrong_backbone_is_rejected(tmp_path, toypedes_root
 
 
 def test_zero_shot_preset_evaluates_without_training(tmp_path, toypedes_root):
-    cfg = load_config("zero-shot", ["model.name=upp-tiny", "model.pretrained=null", "model.image_size=[48, 16]",
+    cfg = load_config("zero-shot", ["model.name=upp-tiny", "model.pretrained=random", "model.image_size=[48, 16]",
                                     "data.dataset=toypedes", f"data.root={toypedes_root}"])
     results = train(cfg, tmp_path / "zs", progress=False)
     assert results["best_epoch"] == -1 and results["parameters"]["trainable"] == 0

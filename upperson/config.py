@@ -9,6 +9,7 @@ Every ablation in the paper is a change here, never a change of code.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Type, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -34,7 +35,9 @@ class ModelConfig:
 
     name: str = "ViT-B-16"  # any open_clip model name
     quick_gelu: bool = True  # OpenAI weights need QuickGELU
-    pretrained: Optional[str] = "openai"  # open_clip tag, local file, or None (random init)
+    # an open_clip tag, a local file, "embedded" (the shipped upp-tiny backbone) or "random"
+    # (an explicit, randomly initialised backbone; ``None`` means the same in code, never in YAML)
+    pretrained: Optional[str] = "openai"
     image_size: tuple[int, int] = (384, 128)  # (H, W)
     freeze_backbone: bool = True  # False = full fine-tune
     prefix: PrefixConfig = field(default_factory=PrefixConfig)
@@ -203,9 +206,13 @@ def _load_yaml_tree(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     if key in seen:
         raise ConfigError(f"{path}: circular 'base:' chain")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc})") from exc
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; write a config (e.g. 'base: cuhk-pedes') or name a preset")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = data.pop("base", None)
@@ -242,9 +249,45 @@ def load_config(name_or_path: str = "cuhk-pedes", overrides: Optional[list[str]]
     return cfg
 
 
+def _check(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
+def _validate_numbers(cfg: ExperimentConfig) -> None:
+    """Ranges of the numeric fields, checked where the config is read (not deep in the trainer)."""
+    d, t, loss = cfg.data, cfg.train, cfg.loss
+    _check(d.batch_size >= 1, "data.batch_size", ">= 1", d.batch_size)
+    _check(d.eval_batch_size >= 1, "data.eval_batch_size", ">= 1", d.eval_batch_size)
+    _check(d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers)
+    _check(0.0 <= d.caption_mask_prob < 1.0, "data.caption_mask_prob", "in [0, 1)", d.caption_mask_prob)
+    _check(loss.temperature > 0 and math.isfinite(loss.temperature), "loss.temperature", "> 0", loss.temperature)
+    _check(t.epochs >= 0, "train.epochs", ">= 0", t.epochs)
+    for key in ("lr", "prefix_lr", "backbone_lr"):
+        value = getattr(t, key)
+        if value is not None:
+            _check(value > 0 and math.isfinite(value), f"train.{key}", "> 0", value)
+    _check(t.weight_decay >= 0 and math.isfinite(t.weight_decay), "train.weight_decay", ">= 0", t.weight_decay)
+    _check(all(0.0 <= b < 1.0 for b in t.betas), "train.betas", "two numbers in [0, 1)", list(t.betas))
+    _check(t.eps > 0 and math.isfinite(t.eps), "train.eps", "> 0", t.eps)
+    _check(t.warmup_epochs >= 0, "train.warmup_epochs", ">= 0", t.warmup_epochs)
+    _check(0.0 < t.warmup_factor <= 1.0, "train.warmup_factor", "in (0, 1]", t.warmup_factor)
+    _check(t.eval_every >= 0, "train.eval_every", ">= 0 (0 = never evaluate)", t.eval_every)
+    _check(t.log_every >= 0, "train.log_every", ">= 0 (0 = no step lines)", t.log_every)
+    if t.max_steps_per_epoch is not None:
+        _check(t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", ">= 1 (or null for no limit)",
+               t.max_steps_per_epoch)
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Reject values that would fail later, deep inside the model or the trainer."""
     m = cfg.model
+    if m.pretrained is None or (isinstance(m.pretrained, str) and not m.pretrained.strip()):
+        raise ConfigError(
+            "model.pretrained is empty: name the backbone weights (an open_clip tag, a file, or 'embedded'), "
+            "or write 'random' to train on a randomly initialised backbone on purpose"
+        )
+    _validate_numbers(cfg)
     if m.adapter.placement not in ("parallel", "sequential"):
         raise ConfigError(f"model.adapter.placement must be 'parallel' or 'sequential', got {m.adapter.placement!r}")
     if m.prefix.length < 1 and m.prefix.enabled:

@@ -92,6 +92,37 @@ def verify_assets(assets: Optional[Path] = None) -> None:
             )
 
 
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256 already checked
+
+
+def verified_backbone_file(assets: Optional[Path] = None) -> Path:
+    """The shipped backbone (``model.pretrained: embedded``), checked against the model card once per process.
+
+    Resolved from the package's location, never the current directory.
+    """
+    path = backbone_file(assets)
+    if not path.exists():
+        raise EmbeddedAssetError(
+            f"model.pretrained is 'embedded' but the shipped backbone {path} is missing; restore it "
+            "(git checkout or git lfs pull), or set model.pretrained to weights of your own, or to 'random'"
+        )
+    expected = read_card(assets).get("files", {}).get(BACKBONE_NAME, {}).get("sha256")
+    if expected is None:
+        log.warning("%s: the model card records no checksum for it; not verified", path)
+        return path
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if _VERIFIED.get(key) != expected:
+        actual = sha256_file(path)
+        if actual != expected:
+            raise EmbeddedAssetError(
+                f"embedded backbone {path} is corrupted or was changed: its sha256 is {actual[:12]}..., "
+                f"the model card says {expected[:12]}... (restore it with `git checkout -- {path}`)"
+            )
+        _VERIFIED[key] = expected
+    return path
+
+
 def tiny_model_config(pretrained: Optional[str] = None) -> ModelConfig:
     """The ``toypedes`` preset's model: upp-tiny with all three components."""
     from upperson.config import load_config

@@ -26,10 +26,34 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
     try:
         yield tmp_path
+        _fsync_file(tmp_path)  # the bytes are on disk before the name points at them
         os.replace(tmp_path, path)
+        fsync_dir(path.parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: PathLike) -> None:
+    """Make a rename or a new file in folder ``path`` durable (a no-op where folders cannot be synced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
@@ -37,8 +61,6 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
@@ -61,7 +83,17 @@ def replace_dir(tmp: PathLike, final: PathLike) -> None:
     if final.exists():
         final.rename(old)
     tmp.rename(final)
+    fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(final: PathLike) -> None:
+    """Undo a :func:`replace_dir` cut short between its two renames: ``final.old`` becomes ``final`` again."""
+    final = Path(final)
+    old = final.with_name(final.name + ".old")
+    if not final.exists() and old.is_dir():
+        old.rename(final)
+        fsync_dir(final.parent)
 
 
 def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
@@ -71,3 +103,24 @@ def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_writable_file(path: PathLike, what: str = "output file") -> None:
+    """Raise ``PermissionError``/``ValueError`` now, before any work, when ``path`` could not be written.
+
+    The nearest existing folder above ``path`` must be a writable folder, and ``path`` itself
+    must not be a folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path}: {parent} is not a folder")
+    try:  # try it (os.access says yes to root on a read-only mount); the probe file is removed at once
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise PermissionError(exc.errno or 13, exc.strerror or "Permission denied", str(path)) from None

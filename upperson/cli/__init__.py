@@ -26,27 +26,60 @@ COMMANDS: list[str] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every sub-command registered."""
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The top-level parser with every sub-command registered (or just ``only``, which imports less)."""
     parser = argparse.ArgumentParser(prog="python -m upperson", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else [only]:
         module = importlib.import_module(f"upperson.cli.{name.replace('-', '_')}")
         module.add_parser(sub)
     return parser
 
 
+def _chosen_command(argv: Sequence[str]) -> Optional[str]:
+    """The sub-command named in ``argv`` (after the global options), if it is a known one."""
+    for item in argv:
+        if item in ("-v", "--verbose"):
+            continue
+        return item if item in COMMANDS else None
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv`` and run the chosen sub-command; returns the exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_chosen_command(argv))  # one command's module: its imports only
     args = parser.parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # user-facing errors (bad config, bad data, mismatched checkpoint): one clear line
+    except KeyboardInterrupt:
         if args.verbose:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
         return 2
+    except (ValueError, OSError, RuntimeError) as exc:
+        # user-facing errors (bad config, bad data, unreadable or unwritable files, mismatched
+        # checkpoint, Ctrl-C during training): one clear line
+        if args.verbose:
+            raise
+        print(f"error: {error_text(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug of ours: still one line, and the way to see the traceback
+        if args.verbose:
+            raise
+        print(f"error: internal error ({type(exc).__name__}: {error_text(exc)}); rerun with -v for the "
+              "traceback and report it", file=sys.stderr)
+        return 2
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception as one line: OS errors as 'what: path', several lines joined."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        hint = "; check the path's permissions, or choose another location" if isinstance(exc, PermissionError) else ""
+        text = f"{exc.strerror}{where}{hint}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())

@@ -1,12 +1,20 @@
-"""``python -m upperson benchmark``: training-step speed and memory, and embedding throughput.
+"""``python -m upperson benchmark``: training-step speed and memory, encoding and metrics speed.
 
-Compares, on synthetic batches of the configured shapes:
+Training (the default) compares, on synthetic batches of the configured shapes:
 
 - ``up-person``: fused SDPA attention, text trimmed to the longest caption, and on GPU the
-  frozen backbone in half precision under autocast;
+  frozen backbone in half precision under autocast; embeddings through ``model.merged()``;
 - ``naive``: the same model computed the way research code often does it: explicit softmax
   attention over concatenated prefix keys, the full 77-token text, fp32 weights, no autocast;
 - ``full-finetune``: every backbone weight trains (no PETL), under autocast on GPU.
+
+``--grad-checkpointing`` recomputes block activations in backward for every variant. Each
+variant runs in a fresh process (unless ``--no-isolate``), so its peak memory is its own:
+``peak_mem_mb`` on GPU (``torch.cuda.max_memory_allocated``), the process's peak resident
+set ``process_peak_rss_mb`` on CPU (it includes Python, torch and the model's weights).
+
+``--inference`` times image encoding by plain open_clip, UP-Person and its merged copy;
+``--metrics [cuhk|icfg]`` times the retrieval metrics against the previous full-sort version.
 
 Numbers are printed, not asserted: speed belongs in a benchmark, not in a test.
 """
@@ -18,25 +26,68 @@ import dataclasses
 import logging
 import resource
 import time
-from typing import Any
+from typing import Any, Optional, Sequence
 
 log = logging.getLogger("upperson.benchmark")
 
+VARIANTS = ("up-person", "naive", "full-finetune")
+METRIC_SIZES = {  # queries, gallery images, identities (SPEC 7 test splits)
+    "cuhk": (6156, 3074, 1000),
+    "icfg": (19848, 19848, 1000),
+}
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("benchmark", help="time training steps and embedding throughput")
+    p = sub.add_parser("benchmark", help="time training steps, encoding and metrics",
+                       description=__doc__.splitlines()[0])
     p.add_argument("--config", default="cuhk-pedes", help="preset or YAML (default: cuhk-pedes)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--random-init", action="store_true", help="random backbone weights (speed does not depend on them)")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default: the config's)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--caption-tokens", type=int, default=40, help="mean caption length in tokens (CUHK-PEDES: ~30-40)")
-    p.add_argument("--variants", default="up-person,naive,full-finetune", help="comma-separated subset")
+    p.add_argument("--batch", type=int, default=None, help="batch size, >= 1 (default: the config's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per variant, >= 1 (default: 10; repeats of --inference/--metrics: 3)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first, >= 0")
+    p.add_argument("--caption-tokens", type=int, default=40, help="mean caption length in tokens, 1-75 (CUHK-PEDES: ~30-40)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
+    p.add_argument("--no-isolate", action="store_true", help="run every variant in this process (peaks then mix)")
+    p.add_argument("--inference", action="store_true",
+                   help="time image encoding: plain open_clip, UP-Person, UP-Person merged")
+    p.add_argument("--metrics", nargs="?", const="cuhk", choices=sorted(METRIC_SIZES),
+                   help="time the retrieval metrics on a random similarity of that test set's size (default: cuhk)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--json", dest="json_out", help="also write the results as JSON")
     p.set_defaults(func=run)
 
+
+def check_args(args: argparse.Namespace) -> list[str]:
+    """Validate the numbers and names before anything heavy runs; returns the variants."""
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1 (got {args.steps})")
+    if args.batch is not None and args.batch < 1:
+        raise ValueError(f"--batch must be >= 1 (got {args.batch})")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0 (got {args.warmup})")
+    if not 1 <= args.caption_tokens <= 75:
+        raise ValueError(f"--caption-tokens must be between 1 and 75 (got {args.caption_tokens})")
+    if args.inference and args.metrics:
+        raise ValueError("--inference and --metrics are separate benchmarks: pass one of them")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"--variants: unknown or empty {', '.join(unknown) or repr(args.variants)}; "
+                         f"choose from {', '.join(VARIANTS)}")
+    if args.json_out:
+        from pathlib import Path
+
+        out = Path(args.json_out)
+        if out.is_dir() or not out.parent.is_dir():
+            raise ValueError(f"--json {out}: {'is a folder' if out.is_dir() else 'its folder does not exist'}; "
+                             "name a file in an existing folder")
+    return variants
+
+
+# ----------------------------------------------------------------------------- training
 
 def _synthetic_batch(batch: int, image_size: tuple[int, int], caption_tokens: int, device, seed: int = 0):
     import torch
@@ -44,7 +95,7 @@ def _synthetic_batch(batch: int, image_size: tuple[int, int], caption_tokens: in
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, *image_size, generator=gen)
     tokens = torch.zeros(batch, 77, dtype=torch.long)
-    lengths = torch.clamp(torch.normal(float(caption_tokens), caption_tokens / 4, (batch,), generator=gen), 8, 75).long()
+    lengths = torch.clamp(torch.normal(float(caption_tokens), caption_tokens / 4, (batch,), generator=gen), 2, 75).long()
     for i, n in enumerate(lengths.tolist()):
         tokens[i, 0] = 49406
         tokens[i, 1:n] = torch.randint(1, 49000, (n - 1,), generator=gen)
@@ -73,6 +124,21 @@ def _variant_model(name: str, base, device, precision: str):
     return model
 
 
+def _current_rss_mb() -> float:
+    """This process's resident set now (Linux), in MiB; 0 where unknown."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _time_training(model, batch, steps: int, warmup: int, device, use_autocast: bool, precision: str) -> dict[str, Any]:
     import torch
 
@@ -84,13 +150,14 @@ def _time_training(model, batch, steps: int, warmup: int, device, use_autocast: 
     model.train()
 
     def step() -> None:
-        with autocast(device, precision) if use_autocast else _null():
+        with autocast(device, precision if use_autocast else "fp32"):
             f, g = model(images, tokens)
-        loss = sdm_loss(f, g, pids)
+        loss = sdm_loss(f.float(), g.float(), pids)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    rss_before = _current_rss_mb()
     for _ in range(warmup):
         step()
     if device.type == "cuda":
@@ -106,7 +173,8 @@ def _time_training(model, batch, steps: int, warmup: int, device, use_autocast: 
     if device.type == "cuda":
         out["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     else:
-        out["process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        out["process_peak_rss_mb"] = round(_peak_rss_mb())
+        out["rss_before_training_mb"] = round(rss_before)
     return out
 
 
@@ -136,50 +204,187 @@ def _time_embedding(model, batch, device, precision: str, repeats: int = 3) -> d
     return {"images_per_s": round(n / (t1 - t0), 1), "texts_per_s": round(n / (t2 - t1), 1)}
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def run(args: argparse.Namespace) -> int:
+def measure_variant(variant: str, base, device_name: str, precision: str, batch_size: int, caption_tokens: int,
+                    steps: int, warmup: int, grad_checkpointing: bool) -> dict[str, Any]:
+    """One variant's training and embedding numbers (run in a fresh process by default)."""
     import torch
 
-    from upperson.config import load_config
-    from upperson.runtime import resolve_device
+    device = torch.device(device_name)
+    batch = _synthetic_batch(batch_size, tuple(base.image_size), caption_tokens, device)
+    model = _variant_model(variant, base, device, precision)
+    model.set_grad_checkpointing(grad_checkpointing)
+    row = _time_training(model, batch, steps, warmup, device, variant != "naive", precision)
+    row["grad_checkpointing"] = grad_checkpointing
+    # embeddings as evaluation computes them: the merged copy (the naive baseline stays unmerged)
+    model.set_grad_checkpointing(False)
+    encoder = model if variant == "naive" else model.merged()
+    row.update(_time_embedding(encoder, batch, device, precision if variant != "naive" else "fp32"))
+    return row
 
-    cfg = load_config(args.config, args.overrides)
-    base = dataclasses.replace(cfg.model, pretrained=None) if args.random_init else cfg.model
-    device = resolve_device(args.device)
-    precision = cfg.train.precision if device.type == "cuda" else "fp32"
-    batch_size = args.batch or cfg.data.batch_size
-    batch = _synthetic_batch(batch_size, tuple(base.image_size), args.caption_tokens, device)
+
+def _measure_isolated(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``measure_variant`` in a fresh spawned process, so that peak memory is the variant's own."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure_variant, **kwargs).result()
+
+
+def _training_benchmark(args: argparse.Namespace, variants: Sequence[str], base, device, precision: str,
+                        batch_size: int) -> dict[str, Any]:
+    import torch
+
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     results: dict[str, Any] = {"device": name, "model": base.name, "image_size": list(base.image_size),
-                               "batch": batch_size, "precision": precision, "variants": {}}
-    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        if variant not in ("up-person", "naive", "full-finetune"):
-            raise ValueError(f"unknown variant {variant!r}")
-        log.info("benchmarking %s ...", variant)
-        model = _variant_model(variant, base, device, precision)
-        row = _time_training(model, batch, args.steps, args.warmup, device, variant != "naive", precision)
-        row.update(_time_embedding(model, batch, device, precision if variant != "naive" else "fp32"))
-        results["variants"][variant] = row
-        del model
+                               "batch": batch_size, "precision": precision,
+                               "grad_checkpointing": args.grad_checkpointing,
+                               "isolated": not args.no_isolate, "variants": {}}
+    for variant in variants:
+        log.info("benchmarking %s%s ...", variant, " (checkpointing)" if args.grad_checkpointing else "")
+        kwargs = dict(variant=variant, base=base, device_name=str(device), precision=precision,
+                      batch_size=batch_size, caption_tokens=args.caption_tokens, steps=args.steps or 10,
+                      warmup=args.warmup, grad_checkpointing=args.grad_checkpointing)
+        results["variants"][variant] = measure_variant(**kwargs) if args.no_isolate else _measure_isolated(kwargs)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     v = results["variants"]
     if "up-person" in v and "naive" in v:
         results["speedup_vs_naive"] = round(v["up-person"]["samples_per_s"] / v["naive"]["samples_per_s"], 2)
-    print(f"{base.name} {base.image_size[0]}x{base.image_size[1]}, batch {batch_size}, {name}, {precision}")
+    ckpt = ", activation checkpointing" if args.grad_checkpointing else ""
+    print(f"{base.name} {base.image_size[0]}x{base.image_size[1]}, batch {batch_size}, {name}, {precision}{ckpt}")
     mem_key = "peak_mem_mb" if device.type == "cuda" else "process_peak_rss_mb"
     print(f"{'variant':<14} {'train samples/s':>16} {'step ms':>9} {mem_key:>20} {'images/s':>10} {'texts/s':>10}")
     for k, r in v.items():
         print(f"{k:<14} {r['samples_per_s']:>16} {r['step_ms']:>9} {r[mem_key]:>20} {r['images_per_s']:>10} {r['texts_per_s']:>10}")
     if "speedup_vs_naive" in results:
         print(f"UP-Person training step vs naive: {results['speedup_vs_naive']}x")
+    return results
+
+
+# ----------------------------------------------------------------------------- inference
+
+def _inference_benchmark(args: argparse.Namespace, base, device, precision: str, batch_size: int) -> dict[str, Any]:
+    """Image encoding by plain open_clip, UP-Person and UP-Person merged, interleaved, best of N."""
+    import torch
+
+    from upperson.model import build_model
+    from upperson.model.backbone import create_clip
+    from upperson.runtime import autocast
+
+    images = _synthetic_batch(batch_size, tuple(base.image_size), args.caption_tokens, device)[0]
+    plain = create_clip(base).to(device).eval()
+    model = build_model(base).to(device).eval()
+    merged = model.merged()
+    encoders = {"open_clip": plain.encode_image, "up-person": model.encode_image, "up-person-merged": merged.encode_image}
+    best = {k: float("inf") for k in encoders}
+    with torch.inference_mode(), autocast(device, precision):
+        for f in encoders.values():  # warm-up
+            f(images)
+        for _ in range(args.steps or 3):
+            for k, f in encoders.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                f(images)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                best[k] = min(best[k], time.perf_counter() - t0)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    rows = {k: {"ms_per_batch": round(1000 * t, 1), "images_per_s": round(batch_size / t, 1),
+                "time_vs_open_clip": round(t / best["open_clip"], 3)} for k, t in best.items()}
+    print(f"image encoding, {base.name} {base.image_size[0]}x{base.image_size[1]}, batch {batch_size}, {name}, "
+          f"{precision}, best of {args.steps or 3}")
+    print(f"{'encoder':<18} {'ms/batch':>10} {'images/s':>10} {'time vs open_clip':>18}")
+    for k, r in rows.items():
+        print(f"{k:<18} {r['ms_per_batch']:>10} {r['images_per_s']:>10} {r['time_vs_open_clip']:>17}x")
+    return {"benchmark": "inference", "device": name, "model": base.name, "image_size": list(base.image_size),
+            "batch": batch_size, "precision": precision, "encoders": rows}
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def sort_based_metrics(similarity, query_pids, gallery_pids, ranks: Sequence[int] = (1, 5, 10),
+                       chunk: int = 1024) -> dict[str, float]:
+    """The previous implementation (a full stable sort of every row), kept as the baseline to time."""
+    import torch
+
+    hits = {k: 0.0 for k in ranks}
+    ap_sum = inp_sum = 0.0
+    valid = 0
+    positions = torch.arange(1, similarity.shape[1] + 1, dtype=torch.float64)
+    for start in range(0, similarity.shape[0], chunk):
+        order = torch.sort(similarity[start:start + chunk], dim=1, descending=True, stable=True).indices
+        matches = gallery_pids[order] == query_pids[start:start + chunk].view(-1, 1)
+        num_rel = matches.sum(dim=1)
+        keep = num_rel > 0
+        m, num_rel = matches[keep].double(), num_rel[keep].double()
+        valid += int(keep.sum())
+        cum = m.cumsum(dim=1)
+        for k in ranks:
+            hits[k] += float((cum[:, min(k, m.shape[1]) - 1] > 0).sum())
+        ap_sum += float(((cum / positions) * m).sum(dim=1).div(num_rel).sum())
+        inp_sum += float((num_rel / (m * positions).max(dim=1).values).sum())
+    out = {f"R{k}": 100.0 * hits[k] / valid for k in ranks}
+    out["mAP"] = 100.0 * ap_sum / valid
+    out["mINP"] = 100.0 * inp_sum / valid
+    return out
+
+
+def _metrics_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Random similarities with the test split's shape and pid structure; previous vs current metrics."""
+    import torch
+
+    from upperson.metrics import retrieval_metrics
+
+    queries, gallery, ids = METRIC_SIZES[args.metrics]
+    gen = torch.Generator().manual_seed(0)
+    gallery_pids = torch.arange(gallery) * ids // gallery  # about gallery/ids images per identity
+    query_pids = gallery_pids[torch.arange(queries) * gallery // queries]  # captions spread over the images
+    sim = torch.randn(queries, gallery, generator=gen)
+    repeats = args.steps or 3
+    times: dict[str, float] = {}
+    values: dict[str, dict] = {}
+    for name, fn in (("sort_based", sort_based_metrics), ("current", retrieval_metrics)):
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            values[name] = fn(sim, query_pids, gallery_pids)
+            best = min(best, time.perf_counter() - t0)
+        times[name] = best
+    same = all(abs(values["current"][k] - v) <= 1e-9 * max(1.0, abs(v)) for k, v in values["sort_based"].items())
+    out = {"benchmark": "metrics", "size": args.metrics, "queries": queries, "gallery": gallery, "identities": ids,
+           "threads": torch.get_num_threads(), "repeats": repeats,
+           "sort_based_s": round(times["sort_based"], 4), "current_s": round(times["current"], 4),
+           "speedup": round(times["sort_based"] / times["current"], 1), "same_values": same,
+           "process_peak_rss_mb": round(_peak_rss_mb())}
+    print(f"metrics on a random {queries} x {gallery} similarity ({ids} identities), {torch.get_num_threads()} threads, "
+          f"best of {repeats}")
+    print(f"previous (full sort): {out['sort_based_s']:.3f} s   current: {out['current_s']:.3f} s   "
+          f"speedup {out['speedup']}x   same values: {same}   process peak RSS {out['process_peak_rss_mb']} MiB")
+    return out
+
+
+# ----------------------------------------------------------------------------- command
+
+def run(args: argparse.Namespace) -> int:
+    variants = check_args(args)
+    results: Optional[dict[str, Any]]
+    if args.metrics:
+        results = _metrics_benchmark(args)
+    else:
+        from upperson.config import load_config
+        from upperson.runtime import resolve_device
+
+        cfg = load_config(args.config, args.overrides)
+        base = dataclasses.replace(cfg.model, pretrained=None) if args.random_init else cfg.model
+        device = resolve_device(args.device)
+        precision = cfg.train.precision if device.type == "cuda" else "fp32"
+        batch_size = args.batch if args.batch is not None else cfg.data.batch_size
+        if args.inference:
+            results = _inference_benchmark(args, base, device, precision, batch_size)
+        else:
+            results = _training_benchmark(args, variants, base, device, precision, batch_size)
     if args.json_out:
         from pathlib import Path
 

@@ -46,6 +46,12 @@ def run(args: argparse.Namespace) -> int:
     from upperson.model.checkpoint import load_model
     from upperson.runtime import resolve_device
 
+    from upperson.io import check_writable_file
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: give a batch size >= 1")
+    if args.json_out:
+        check_writable_file(Path(args.json_out), "--json file")  # before the model runs, not after
     if args.resamples < 1:
         raise ValueError(f"--resamples {args.resamples}: give a positive number of bootstrap resamples (e.g. 2000)")
     dataset = args.dataset

@@ -17,6 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last state")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute block activations in backward: less memory, slower steps (train.grad_checkpointing)")
     p.set_defaults(func=run)
 
 
@@ -27,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data_root:
         overrides.append(f"data.root={json.dumps(str(args.data_root))}")
+    if args.grad_checkpointing:
+        overrides.append("train.grad_checkpointing=true")
     cfg = load_config(args.config, overrides)
     results = train(cfg, args.output, resume=args.resume, device=args.device, progress=not args.no_progress)
     if results:

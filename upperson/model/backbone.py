@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _UNUSED_KEYS = ("logit_scale", "logit_bias")
+RANDOM_INIT = "random"  # model.pretrained value of an explicitly random backbone
+EMBEDDED = "embedded"  # model.pretrained value of the shipped upp-tiny backbone (assets/embedded/)
 RANDOM_INIT_SEED = 0  # backbones without pretrained weights are initialised reproducibly  # the retrieval losses use a fixed temperature
 
 
@@ -81,14 +83,31 @@ def create_clip(cfg: ModelConfig) -> nn.Module:
             f"{cfg.name} has no built-in CLIP text transformer (e.g. an HF text tower); "
             "UP-Person needs a CLIP-style open_clip model"
         )
-    if cfg.pretrained:
+    if is_random_init(cfg.pretrained):
+        log.warning("the %s backbone is RANDOMLY initialised (model.pretrained: %s)", cfg.name,
+                    cfg.pretrained or "null")
+    else:
         state = read_state_dict(cfg.pretrained, cfg.name)
         load_backbone_state(clip, state, source=cfg.pretrained)
     return clip
 
 
+def is_random_init(pretrained: Optional[str]) -> bool:
+    """Whether ``model.pretrained`` asks for a randomly initialised backbone ("random", or None in code)."""
+    return not pretrained or pretrained == RANDOM_INIT
+
+
+def embedded_backbone() -> Path:
+    """The shipped backbone file that ``model.pretrained: embedded`` names, checked against the model card."""
+    from upperson.embedded import verified_backbone_file
+
+    return verified_backbone_file()
+
+
 def resolve_pretrained(pretrained: str, model_name: str) -> Path:
     """A local file path for ``pretrained``: an existing file, or an open_clip tag."""
+    if pretrained == EMBEDDED:
+        return embedded_backbone()
     path = Path(pretrained).expanduser()
     if path.exists():
         return path
@@ -262,8 +281,10 @@ def backbone_fingerprint(state: dict[str, torch.Tensor], samples: int = 2048) ->
 
 def describe_source(cfg: ModelConfig) -> Optional[str]:
     """A short, path-free name of where the weights came from (for checkpoints)."""
-    if not cfg.pretrained:
+    if is_random_init(cfg.pretrained):
         return None
+    if cfg.pretrained == EMBEDDED:
+        return "backbone.safetensors"
     p = Path(cfg.pretrained)
     return p.name if p.exists() else cfg.pretrained
 

@@ -4,6 +4,12 @@ A checkpoint is a folder with ``petl.safetensors`` (only the trainable parameter
 PETL components, or the whole backbone for a full fine-tune) and ``petl.json`` (the model
 config and the backbone's identity). Loading checks that the backbone matches and says
 plainly what does not. Nothing is unpickled.
+
+``petl.json`` records the SHA-256 of ``petl.safetensors`` (format version 2); loading checks
+it, and that every weight is finite, and names the file when either fails. Version-1
+checkpoints (no checksum) still load, with a warning. A backbone file path is recorded
+relative to the checkpoint folder (and absolute, as a fallback), and resolved against the
+checkpoint folder when loading, never the current directory.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Optional, Union
 
@@ -18,8 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from upperson.config import ModelConfig, from_dict, to_dict
-from upperson.io import atomic_path, atomic_write_json
-from upperson.model.backbone import describe_source
+from upperson.io import atomic_path, atomic_write_json, file_digest
+from upperson.model.backbone import EMBEDDED, describe_source, is_random_init
 from upperson.model.upperson import UPPerson, build_model
 
 log = logging.getLogger(__name__)
@@ -27,11 +34,90 @@ log = logging.getLogger(__name__)
 WEIGHTS_NAME = "petl.safetensors"
 CONFIG_NAME = "petl.json"
 FORMAT = "upperson-petl"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: petl.json records the sha256 of petl.safetensors
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint that does not belong to the model it is loaded into."""
+
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint or state file that is truncated, corrupted, or holds non-finite numbers."""
+
+
+def read_verified_tensors(weights: Path, expected_sha256: Optional[str], *, recorded_in: Path,
+                          require_checksum: bool) -> dict[str, torch.Tensor]:
+    """Read a safetensors file after checking its SHA-256 against the one recorded in ``recorded_in``.
+
+    Raises :class:`CheckpointCorruptError` naming the file when the checksum is missing (and
+    required), differs, the file cannot be parsed, or a floating-point tensor is not finite.
+    """
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing (it belongs with {recorded_in})")
+    if expected_sha256 is None:
+        if require_checksum:
+            raise CheckpointCorruptError(f"{recorded_in} records no sha256 for {weights.name}: the file cannot be verified")
+        log.warning("%s: an older checkpoint without a recorded checksum; its integrity is not verified", weights)
+    else:
+        actual = file_digest(weights)
+        if actual != expected_sha256:
+            raise CheckpointCorruptError(
+                f"{weights} is corrupted or truncated: its sha256 is {actual[:12]}..., {recorded_in.name} records "
+                f"{expected_sha256[:12]}...; restore the file (or retrain)"
+            )
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
+        raise CheckpointCorruptError(
+            f"{weights} cannot be read as safetensors ({type(exc).__name__}: {exc}); it is truncated or corrupted"
+        ) from exc
+    bad = [n for n, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointCorruptError(
+            f"{weights} holds non-finite values (NaN or inf) in {len(bad)} tensor(s), e.g. {bad[:3]}; "
+            "it cannot be used"
+        )
+    return state
+
+
+def _is_file_path(pretrained: Optional[str]) -> bool:
+    """Whether a ``model.pretrained`` value names a file (not random, embedded or an open_clip tag)."""
+    if is_random_init(pretrained) or pretrained == EMBEDDED:
+        return False
+    p = Path(pretrained)
+    return p.exists() or p.suffix in (".safetensors", ".pt", ".pth", ".bin") or "/" in pretrained or os.sep in pretrained
+
+
+def _recorded_pretrained(pretrained: Optional[str], folder: Path) -> tuple[Optional[str], Optional[str]]:
+    """(the form recorded in petl.json: relative to the checkpoint folder, the absolute path) for a file."""
+    if not _is_file_path(pretrained) or not Path(pretrained).exists():
+        return pretrained, None
+    absolute = Path(pretrained).expanduser().resolve()
+    try:
+        return os.path.relpath(absolute, folder.resolve()), str(absolute)
+    except ValueError:  # another drive (Windows)
+        return str(absolute), str(absolute)
+
+
+def resolve_recorded_pretrained(recorded: Optional[str], folder: Path, absolute: Optional[str] = None) -> Optional[str]:
+    """The backbone a checkpoint recorded, as a usable value: a relative file path is resolved
+    against the checkpoint folder, then the recorded absolute path, then (older checkpoints)
+    the current directory. Raises FileNotFoundError when the file is nowhere."""
+    if not _is_file_path(recorded):
+        return recorded
+    p = Path(recorded).expanduser()
+    candidates = [p] if p.is_absolute() else [folder / p]
+    if absolute:
+        candidates.append(Path(absolute))
+    if not p.is_absolute():
+        candidates.append(p)  # checkpoints written before paths were recorded relative to the folder
+    for c in candidates:
+        if c.is_file():
+            return str(c)
+    raise FileNotFoundError(
+        f"the backbone weights checkpoint {folder} was trained on ({recorded}) are not at "
+        f"{', '.join(str(c) for c in dict.fromkeys(candidates))}; pass --pretrained FILE (the same weights)"
+    )
 
 
 def _paths(path: Union[str, Path]) -> tuple[Path, Path]:
@@ -50,18 +136,26 @@ def save_petl(model: UPPerson, path: Union[str, Path], extra: Optional[dict] = N
     """Write ``petl.safetensors`` and ``petl.json`` into folder ``path``, atomically."""
     weights, config = _paths(path)
     state = trainable_state_dict(model)
+    bad = [n for n, t in state.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointCorruptError(f"not saving {weights}: {len(bad)} weight(s) are not finite, e.g. {bad[:3]}")
     with atomic_path(weights) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT})
+        digest = file_digest(tmp)
+    model_dict = to_dict(model.config)
+    model_dict["pretrained"], absolute = _recorded_pretrained(model.config.pretrained, weights.parent)
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "model": to_dict(model.config),
+        "sha256": digest,
+        "model": model_dict,
         "backbone": {
             "name": model.config.name,
             "quick_gelu": model.config.quick_gelu,
             "image_size": list(model.config.image_size),
             "weights": describe_source(model.config),
             "fingerprint": model.backbone_fingerprint,
+            **({"path": absolute} if absolute else {}),
         },
         "parameters": sum(v.numel() for v in state.values()),
         "extra": extra or {},
@@ -76,20 +170,28 @@ def read_checkpoint_config(path: Union[str, Path]) -> dict:
     if not config.exists() or not weights.exists():
         raise FileNotFoundError(f"no UP-Person checkpoint at {Path(path)} (expected {WEIGHTS_NAME} and {CONFIG_NAME})")
     try:
-        meta = json.loads(config.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointMismatchError(f"{config}: not valid JSON ({exc})") from exc
-    if meta.get("format") != FORMAT:
+        meta = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointCorruptError(f"{config}: not valid JSON ({exc}); the file is truncated or corrupted") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        meta = meta if isinstance(meta, dict) else {}
         raise CheckpointMismatchError(f"{config}: not an UP-Person checkpoint (format {meta.get('format')!r})")
     return meta
 
 
 def checkpoint_model_config(path: Union[str, Path], pretrained: Optional[str] = None) -> ModelConfig:
-    """The model config a checkpoint was trained with; ``pretrained`` replaces the weights path."""
-    cfg = from_dict(ModelConfig, read_checkpoint_config(path)["model"], "checkpoint model")
+    """The model config a checkpoint was trained with; ``pretrained`` replaces the weights path.
+
+    A recorded backbone file is resolved against the checkpoint folder (see
+    :func:`resolve_recorded_pretrained`), not the current directory.
+    """
+    meta = read_checkpoint_config(path)
+    cfg = from_dict(ModelConfig, meta["model"], "checkpoint model")
     if pretrained is not None:
-        cfg = dataclasses.replace(cfg, pretrained=pretrained)
-    return cfg
+        return dataclasses.replace(cfg, pretrained=pretrained)
+    folder = _paths(path)[0].parent
+    resolved = resolve_recorded_pretrained(cfg.pretrained, folder, meta.get("backbone", {}).get("path"))
+    return dataclasses.replace(cfg, pretrained=resolved)
 
 
 def load_petl(model: UPPerson, path: Union[str, Path], *, strict_backbone: bool = True) -> dict:
@@ -98,8 +200,13 @@ def load_petl(model: UPPerson, path: Union[str, Path], *, strict_backbone: bool 
     Raises :class:`CheckpointMismatchError` naming every difference. With
     ``strict_backbone=False`` a different backbone *weights* fingerprint only warns.
     """
-    weights, _ = _paths(path)
+    weights, config = _paths(path)
     meta = read_checkpoint_config(path)
+    version = meta.get("version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointMismatchError(f"{config}: checkpoint format version {version!r} is newer than this code reads "
+                                      f"({FORMAT_VERSION}); update UP-Person")
+    state = read_verified_tensors(weights, meta.get("sha256"), recorded_in=config, require_checksum=version >= 2)
     bb = meta.get("backbone", {})
     problems = []
     cfg = model.config
@@ -109,7 +216,6 @@ def load_petl(model: UPPerson, path: Union[str, Path], *, strict_backbone: bool 
         problems.append(f"image size: checkpoint {bb.get('image_size')}, model {list(cfg.image_size)}")
     if bb.get("quick_gelu") != cfg.quick_gelu:
         problems.append(f"quick_gelu: checkpoint {bb.get('quick_gelu')}, model {cfg.quick_gelu}")
-    state = load_file(str(weights))
     own = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -141,6 +247,11 @@ def load_petl(model: UPPerson, path: Union[str, Path], *, strict_backbone: bool 
 
 def load_model(path: Union[str, Path], *, pretrained: Optional[str] = None, strict_backbone: bool = True) -> UPPerson:
     """Build the checkpoint's model (backbone from ``pretrained`` or the recorded path) and load it."""
+    weights, config = _paths(path)
+    meta = read_checkpoint_config(path)
+    # a corrupted file fails here, before the (slower) backbone is built
+    read_verified_tensors(weights, meta.get("sha256"), recorded_in=config,
+                          require_checksum=meta.get("version", 1) >= 2)
     cfg = checkpoint_model_config(path, pretrained)
     model = build_model(cfg)
     load_petl(model, path, strict_backbone=strict_backbone)

@@ -3,6 +3,10 @@
 A run folder holds ``config.yaml`` (the resolved config), ``train.log``, ``metrics.jsonl``
 (one JSON object per epoch, for pandas), ``last/`` (resumable state), ``best/`` (the
 selected PETL checkpoint) and ``results.json`` (the selection and the test metrics).
+
+The folder comes into being only once training really starts (config, data, model and, on
+resume, the saved state all checked): until then log lines are held in memory, and a failed
+start removes the lock and the folders it created (see :mod:`upperson.train.rundir`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from tqdm.auto import tqdm
 from upperson.config import ExperimentConfig, save_config, to_dict
 from upperson.data import PedesDataset, TrainCaptionDataset, build_tokenizer, build_transforms, load_dataset
 from upperson.evaluation import evaluate
-from upperson.io import atomic_write_json, atomic_write_text, replace_dir
+from upperson.io import atomic_write_json, atomic_write_text, recover_dir, replace_dir
 from upperson.losses import build_loss
 from upperson.metrics import format_metrics
 from upperson.model import UPPerson, build_model
@@ -33,13 +37,83 @@ from upperson.runtime import autocast, grad_scaler, half_dtype, mixed_precision,
 from upperson.train.distributed import DistInfo, barrier, cleanup, gather_batch, init_distributed, mean_across
 from upperson.train.optim import build_optimizer, set_epoch_lr
 from upperson.train.sampler import GlobalBatchSampler, SeededSamples
-from upperson.train.state import find_training_state, load_training_state, save_training_state
+from upperson.train.rundir import RunFolder, RunFolderError
+from upperson.train.state import find_training_state, load_training_state, read_state_meta, save_training_state
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C (SIGINT) during training; the message says where and how ``--resume`` continues."""
+
+
+class _Position:
+    """Where training is, for the Ctrl-C message: epochs saved, current epoch and step (1-based)."""
+
+    def __init__(self) -> None:
+        self.saved = 0  # epochs whose state is in last/
+        self.epoch: Optional[int] = None
+        self.step = 0
+        self.finishing = False
+
+    def interrupted(self) -> str:
+        if self.finishing:
+            return (f"interrupted during the final evaluation; all {self.saved} epochs are saved, "
+                    "`--resume` finishes the run")
+        if self.epoch is None:
+            return f"interrupted before epoch {self.saved + 1} began; `--resume` continues from epoch {self.saved + 1}"
+        return f"interrupted at epoch {self.epoch} step {self.step}; `--resume` continues from epoch {self.saved + 1}"
+
+
+class _RunLog:
+    """Log records of ``upperson`` held in memory until the run folder exists, then ``train.log``."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.held: list[logging.LogRecord] = []
+        self.file: Optional[logging.Handler] = None
+        self._hold = _HoldHandler(self.held)
+        if enabled:
+            logging.getLogger("upperson").addHandler(self._hold)
+
+    def to_file(self, path: Path) -> None:
+        """Open ``train.log`` (appending) and write the held records into it."""
+        if not self.enabled:
+            return
+        self.file = logging.FileHandler(path, encoding="utf-8")
+        self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for record in self.held:
+            self.file.handle(record)
+        self.held.clear()
+        logger = logging.getLogger("upperson")
+        logger.removeHandler(self._hold)
+        logger.addHandler(self.file)
+
+    def error(self, message: str) -> None:
+        """Write an ``error:`` line to ``train.log`` only (the command line prints its own)."""
+        if self.file is not None:
+            self.file.handle(logging.makeLogRecord({"name": __name__, "levelno": logging.ERROR,
+                                                    "levelname": "ERROR", "msg": f"error: {message}"}))
+
+    def close(self) -> None:
+        logger = logging.getLogger("upperson")
+        logger.removeHandler(self._hold)
+        if self.file is not None:
+            logger.removeHandler(self.file)
+            self.file.close()
+
+
+class _HoldHandler(logging.Handler):
+    def __init__(self, held: list) -> None:
+        super().__init__()
+        self.held = held
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.held.append(record)
 
 
 def selection_split(cfg: ExperimentConfig, data: PedesDataset) -> Optional[str]:
@@ -66,13 +140,6 @@ def _cast_frozen_to_half(model: UPPerson, precision: str) -> None:
     for p in model.parameters():
         if not p.requires_grad:
             p.data = p.data.to(dtype)
-
-
-def _file_logging(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("upperson").addHandler(handler)
-    return handler
 
 
 def _read_metrics_log(path: Path, upto_epoch: int) -> list[dict]:
@@ -106,24 +173,47 @@ def train(cfg: ExperimentConfig, output_dir: Union[str, Path], *, resume: bool =
 def _train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo, progress: bool) -> dict[str, Any]:
     if cfg.data.root is None:
         raise ValueError("no data root: pass --data-root DIR (or set data.root)")
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume and (run_dir / "config.yaml").exists():
-        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --output")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = _file_logging(run_dir) if info.is_main else None
+    folder = RunFolder(run_dir, resume) if info.is_main else None
+    if folder is not None:
+        folder.open()  # the lock; a new run's folder is created here and removed again if the start fails
+    runlog = _RunLog(info.is_main)
+    pos = _Position()
     try:
-        return _train_in(cfg, run_dir, resume, info, progress and info.is_main)
+        return _train_in(cfg, run_dir, resume, info, progress and info.is_main, folder, runlog, pos)
+    except KeyboardInterrupt:
+        if folder is not None and not folder.started:
+            folder.abandon()
+            raise TrainingInterrupted(f"interrupted before training started; {run_dir} was not changed") from None
+        message = pos.interrupted()
+        runlog.error(message)
+        raise TrainingInterrupted(message) from None
+    except BaseException as exc:
+        if folder is not None and not folder.started:
+            folder.abandon()
+        else:
+            runlog.error(" ".join(str(exc).split()) or type(exc).__name__)
+        raise
     finally:
-        if handler is not None:
-            logging.getLogger("upperson").removeHandler(handler)
-            handler.close()
+        runlog.close()
+        if folder is not None:
+            folder.close()
 
 
-def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo, progress: bool) -> dict[str, Any]:
+def _start(cfg: ExperimentConfig, run_dir: Path, folder: Optional[RunFolder], runlog: _RunLog) -> None:
+    """Everything is checked: write config.yaml (atomically) and open train.log. The run exists from here."""
+    if folder is None:
+        return
+    save_config(cfg, run_dir / "config.yaml")
+    folder.started = True
+    runlog.to_file(run_dir / "train.log")
+    recover_dir(run_dir / "best")  # a power cut between replace_dir's two renames
+
+
+def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo, progress: bool,
+              folder: Optional[RunFolder], runlog: _RunLog, pos: _Position) -> dict[str, Any]:
     t_cfg = cfg.train
     seed_everything(t_cfg.seed)
     device = info.device
-    if info.is_main:
-        save_config(cfg, run_dir / "config.yaml")
 
     data = load_dataset(cfg.data.dataset, cfg.data.root, skip_bad_images=cfg.data.skip_bad_images)  # logs a summary
     select = selection_split(cfg, data)
@@ -143,6 +233,12 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
     best_score, best_epoch, start_epoch = -math.inf, -1, 0
     history: list[dict] = []
     train_time = 0.0
+    saved_state = find_training_state(run_dir) if resume else None
+    if saved_state is not None:
+        done_epochs = int(read_state_meta(saved_state)["progress"]["epoch"]) + 1
+        if t_cfg.epochs < done_epochs:
+            raise RunFolderError(f"--resume: train.epochs={t_cfg.epochs} but {run_dir} has already done "
+                                 f"{done_epochs} epochs; set train.epochs >= {done_epochs}")
     if t_cfg.epochs > 0:
         train_set = SeededSamples(
             TrainCaptionDataset(
@@ -167,16 +263,19 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                 log.warning("--resume: no saved state in %s, starting from scratch", run_dir)
             else:
                 done = load_training_state(state_dir, model, optimizer, loss_module, scaler)
-                start_epoch = done["epoch"] + 1
+                start_epoch = done["epoch"] + 1  # "epoch" is the 0-based index of the last epoch done
                 best_score, best_epoch = done["best_score"], done["best_epoch"]
                 train_time = done.get("train_time_s", 0.0)
-                history = _read_metrics_log(run_dir / "metrics.jsonl", done["epoch"] + 1)  # rows count from 1
-                log.info("resumed %s after epoch %d (best %s %.2f at epoch %d)",
-                         run_dir, done["epoch"], select, best_score, best_epoch)
+                history = _read_metrics_log(run_dir / "metrics.jsonl", start_epoch)  # rows count from 1
+                pos.saved = start_epoch
+                log.info("resumed %s after %d epoch(s) (best %s R1 %.2f at epoch %d); continuing with epoch %d of %d",
+                         run_dir, start_epoch, select, best_score, best_epoch, start_epoch + 1, t_cfg.epochs)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
             if info.enabled else model
+        _start(cfg, run_dir, folder, runlog)
 
         for epoch in range(start_epoch, t_cfg.epochs):
+            pos.epoch, pos.step = epoch + 1, 0
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
             set_epoch_lr(optimizer, epoch, t_cfg)
@@ -208,6 +307,7 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                 scaler.update()
                 loss_sum += float(loss.detach()) / info.world_size
                 steps += 1
+                pos.step = steps
                 samples += len(images) * info.world_size
                 if progress and steps % 10 == 0:
                     bar.set_postfix(loss=f"{loss_sum / steps:.3f}")
@@ -242,9 +342,13 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                 save_training_state(run_dir, model, optimizer, loss_module, {
                     "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch, "train_time_s": train_time,
                 }, scaler)
+                pos.saved = epoch + 1
                 _write_metrics_log(run_dir / "metrics.jsonl", history)
             barrier(info)
+    else:
+        _start(cfg, run_dir, folder, runlog)
 
+    pos.finishing = True
     results: dict[str, Any] = {}
     if info.is_main:
         results = _finish(cfg, run_dir, model, data, tokenizer, select, best_epoch, report, train_time, progress)

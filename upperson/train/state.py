@@ -4,7 +4,8 @@
 PETL checkpoint) and ``state.safetensors`` + ``state.json``: optimiser moments, the loss's
 learnable temperature, RNG states, the epoch reached and the best score so far. The folder is
 written beside the old one and swapped in with renames, so an interrupted write leaves the
-previous state intact.
+previous state intact. ``state.json`` records the SHA-256 of ``state.safetensors``; loading
+checks it and that the optimiser moments are finite, and names the file when not.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from upperson.io import atomic_write_json, replace_dir
-from upperson.model.checkpoint import load_petl, save_petl
+from upperson.io import atomic_path, atomic_write_json, file_digest, replace_dir
+from upperson.model.checkpoint import CheckpointCorruptError, load_petl, read_verified_tensors, save_petl
 
 STATE_WEIGHTS = "state.safetensors"
 STATE_JSON = "state.json"
+STATE_VERSION = 2  # 2: state.json records the sha256 of state.safetensors
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -93,8 +95,12 @@ def save_training_state(run_dir: Path, model, optimizer, loss_module, progress: 
     opt_tensors, opt_meta = _optimizer_state(optimizer)
     rng_tensors, rng_meta = _rng_state()
     loss_tensors = {f"loss.{n}": p.detach().cpu().contiguous() for n, p in loss_module.named_parameters()}
-    save_file({**opt_tensors, **rng_tensors, **loss_tensors}, str(tmp / STATE_WEIGHTS))
+    with atomic_path(tmp / STATE_WEIGHTS) as part:
+        save_file({**opt_tensors, **rng_tensors, **loss_tensors}, str(part))
+        digest = file_digest(part)
     atomic_write_json(tmp / STATE_JSON, {
+        "version": STATE_VERSION,
+        "sha256": digest,
         "progress": progress,
         "optimizer": opt_meta,
         "rng": rng_meta,
@@ -113,12 +119,25 @@ def find_training_state(run_dir: Path) -> Optional[Path]:
     return None
 
 
+def read_state_meta(state_dir: Path) -> dict[str, Any]:
+    """``state.json`` of a state folder, checked to be readable."""
+    path = state_dir / STATE_JSON
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointCorruptError(f"{path}: not valid JSON ({exc}); the training state is truncated or corrupted") from exc
+    if not isinstance(meta, dict) or not all(k in meta for k in ("progress", "optimizer", "rng")):
+        raise CheckpointCorruptError(f"{path}: not a training state (missing progress, optimizer or rng)")
+    return meta
+
+
 def load_training_state(state_dir: Path, model, optimizer, loss_module,
                         scaler: Optional[torch.amp.GradScaler] = None) -> dict[str, Any]:
     """Restore weights, optimiser, loss temperature, RNG and scaler; returns the progress dict."""
+    meta = read_state_meta(state_dir)
+    tensors = read_verified_tensors(state_dir / STATE_WEIGHTS, meta.get("sha256"), recorded_in=state_dir / STATE_JSON,
+                                    require_checksum=meta.get("version", 1) >= 2)
     load_petl(model, state_dir)
-    tensors = load_file(str(state_dir / STATE_WEIGHTS))
-    meta = json.loads((state_dir / STATE_JSON).read_text())
     _load_optimizer_state(optimizer, tensors, meta["optimizer"])
     with torch.no_grad():
         for n, p in loss_module.named_parameters():

@@ -1,0 +1,228 @@
+"""The run folder's rules: who may write it, when it comes into being, what a resume may change.
+
+* A run folder exists only once training has really started: :class:`RunFolder` creates the
+  folder (and its missing parents) and a lock first, and when the start fails it removes the
+  lock and every folder it created, so a failed or refused command changes no byte of it.
+* One process writes a run at a time: ``RUN/.lock`` is created with ``O_EXCL`` and holds the
+  writer's pid and host; a lock whose process is gone (same host) is stale and is taken over.
+* ``--resume`` reads the run's own ``config.yaml``; ``--set`` may change only
+  :data:`SAFE_RESUME_KEYS`, anything else is refused with the differing keys named.
+
+This module imports no torch, so the command line checks a run folder before heavy imports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.yaml"
+LOCK_NAME = ".lock"
+STALE_EMPTY_LOCK_S = 60.0  # a lock file still empty after this long was left by a crash
+
+# what --resume may change with --set: how long to train, how to log, how to feed and where the
+# data lives, and memory-only switches; never what the model, the data or the optimiser is
+SAFE_RESUME_KEYS = frozenset({
+    "train.epochs",
+    "train.log_every",
+    "train.grad_checkpointing",
+    "data.root",
+    "data.num_workers",
+    "data.eval_batch_size",
+    "data.cache_images",
+})
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked (exists, missing, in use, not writable)."""
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """``{key: (old, new)}`` for every dotted key whose value differs between two config dicts."""
+    a, b = _flatten(old), _flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def is_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run (its ``config.yaml``)."""
+    return (Path(run_dir) / CONFIG_NAME).is_file()
+
+
+def resume_config(run_dir: Path, overrides: Sequence[str], config: Optional[str] = None):
+    """The config to resume ``run_dir`` with: its ``config.yaml`` plus the (safe) ``overrides``.
+
+    With ``config`` (a preset or YAML named again on the command line) the config it gives
+    with ``overrides`` must agree with the run's on every key but the safe ones.
+    """
+    from upperson.config import load_config, to_dict
+
+    run_dir = Path(run_dir)
+    if not is_run(run_dir):
+        what = "does not exist" if not run_dir.exists() else f"holds no run (no {CONFIG_NAME})"
+        raise RunFolderError(f"--resume: {run_dir} {what}; start the run without --resume")
+    saved = load_config(str(run_dir / CONFIG_NAME))
+    wanted = load_config(config, list(overrides)) if config else load_config(str(run_dir / CONFIG_NAME), list(overrides))
+    diff = config_differences(to_dict(saved), to_dict(wanted))
+    unsafe = {k: v for k, v in diff.items() if k not in SAFE_RESUME_KEYS}
+    if unsafe:
+        shown = "; ".join(f"{k}: run {json.dumps(a)}, now {json.dumps(b)}" for k, (a, b) in unsafe.items())
+        raise RunFolderError(
+            f"--resume refused: {run_dir} was trained with a different config ({shown}). On resume only "
+            f"{', '.join(sorted(SAFE_RESUME_KEYS))} may change; start a new run (another --output) to change the rest"
+        )
+    for k, (a, b) in diff.items():
+        log.info("resume: %s changed from %s to %s", k, json.dumps(a), json.dumps(b))
+    return wanted
+
+
+def check_new_run(run_dir: Path) -> None:
+    """Refuse to start a new run in ``run_dir`` when it holds a run, or other files."""
+    run_dir = Path(run_dir)
+    if is_run(run_dir):
+        raise RunFolderError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --output")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"--output {run_dir} is a file, not a folder; choose another --output")
+    if run_dir.is_dir():
+        others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+        if others:
+            raise RunFolderError(
+                f"{run_dir} is not empty and holds no run (e.g. {others[0]!r}); choose a new or empty --output"
+            )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """``RUN/.lock``: created exclusively, holding the writer's pid and host; released on exit."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self.held = False
+
+    def _holder(self) -> Optional[dict]:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def _stale(self, holder: Optional[dict]) -> bool:
+        if holder is None:  # empty or unreadable: a crash between creating and writing it, unless fresh
+            try:
+                return time.time() - self.path.stat().st_mtime > STALE_EMPTY_LOCK_S
+            except FileNotFoundError:
+                return True
+        if holder.get("host") != socket.gethostname():
+            return False  # cannot tell whether a process on another machine is alive
+        return not _pid_alive(int(holder.get("pid", -1)))
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`RunFolderError` naming the process that holds it."""
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if self._stale(holder):
+                    log.warning("%s: taking over a stale lock (%s)", self.path,
+                                f"pid {holder.get('pid')} is gone" if holder else "left empty by a crash")
+                    self.path.unlink(missing_ok=True)
+                    continue
+                who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "a process starting up"
+                raise RunFolderError(
+                    f"{self.path.parent} is in use by another process ({who}); wait for it to finish, "
+                    f"or delete {self.path} if that process is gone"
+                ) from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.held = True
+            return
+        raise RunFolderError(f"{self.path}: could not take the lock; try again")
+
+    def release(self) -> None:
+        """Remove the lock if this process holds it."""
+        if self.held:
+            holder = self._holder()
+            if holder is None or holder.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+class RunFolder:
+    """Open a run folder for writing: create what is missing, lock it, undo both when the start fails."""
+
+    def __init__(self, run_dir: Path, resume: bool) -> None:
+        self.path = Path(run_dir)
+        self.resume = resume
+        self.created: list[Path] = []  # folders this process made, deepest first
+        self.lock = RunLock(self.path)
+        self.started = False
+
+    def open(self) -> None:
+        """Create the folder (if new) and take the lock; check it may be used as asked."""
+        p = self.path
+        while not p.exists() and p != p.parent:
+            self.created.append(p)
+            p = p.parent
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+        except RunFolderError:
+            self.abandon()
+            raise
+        except OSError as exc:
+            self.abandon()
+            raise RunFolderError(
+                f"cannot write the run folder {self.path}: {exc.strerror or exc}; choose a writable --output"
+            ) from None
+        try:
+            if self.resume:
+                if not is_run(self.path):
+                    raise RunFolderError(f"--resume: {self.path} holds no run (no {CONFIG_NAME}); start it without --resume")
+            else:
+                check_new_run(self.path)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        """A failed start: drop the lock and the (empty) folders this process created."""
+        self.lock.release()
+        for d in self.created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self.created = []
+
+    def close(self) -> None:
+        """Training is over (or failed after it started): drop the lock, keep the folder."""
+        self.lock.release()
