@@ -408,17 +408,36 @@ def copy_curves(df: pd.DataFrame, out_dir: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- figures
 
 
+#: metrics the bars can show (column -> label); the CLI draws R1 and mAP, the demo lets one choose
+BAR_METRICS = {"R1": "R@1", "R5": "R@5", "R10": "R@10", "mAP": "mAP", "mINP": "mINP"}
+
+
 def plot_bars(df: pd.DataFrame, out_dir: Path, *, name: str = "ablation_bars") -> style.FigureRecord:
-    """Grouped bars: R@1 and mAP per variant."""
+    """Grouped bars: R@1 and mAP per variant (saved)."""
+    fig, caption = bars_figure(df)
+    return style.save(fig, out_dir, name, caption)
+
+
+def bars_figure(df: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP")):
+    """(figure, caption) of :func:`plot_bars`, unsaved, for any of :data:`BAR_METRICS`; error bars
+    where the table has that metric's interval columns."""
+    unknown = [m for m in metrics if m not in BAR_METRICS or m not in df.columns]
+    if unknown or not metrics:
+        raise ValueError(f"cannot plot {unknown or 'no metric'}: choose from "
+                         f"{', '.join(m for m in BAR_METRICS if m in df.columns)}")
     n = len(df)
     fig = style.figure(max(5.0, 1.2 + 0.62 * n), 3.8, layout="constrained")
     ax = fig.subplots()
     x = np.arange(n)
-    w = 0.38
+    w = 0.76 / len(metrics)
     intervals = has_intervals(df)
-    for off, col, colour, lab in ((-w / 2, "R1", style.OKABE_ITO[0], "R@1"), (w / 2, "mAP", style.OKABE_ITO[1], "mAP")):
+    offsets = (np.arange(len(metrics)) - (len(metrics) - 1) / 2) * w
+    colours = {"R1": style.OKABE_ITO[0], "mAP": style.OKABE_ITO[1], "R5": style.OKABE_ITO[2],
+               "R10": style.OKABE_ITO[4], "mINP": style.OKABE_ITO[3]}
+    for off, col in zip(offsets, metrics):
+        colour, lab = colours[col], BAR_METRICS[col]
         vals = df[col].to_numpy(dtype=float)
-        yerr = _yerr(df, col) if intervals else None
+        yerr = _yerr(df, col) if intervals and f"{col}_ci_low" in df.columns else None
         bars = ax.bar(x + off, vals, w, color=colour, label=lab, edgecolor="white", linewidth=0.5, yerr=yerr,
                       error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "0.2"})
         tops = vals if yerr is None else vals + np.nan_to_num(yerr[1])
@@ -430,18 +449,20 @@ def plot_bars(df: pd.DataFrame, out_dir: Path, *, name: str = "ablation_bars") -
     for tick, variant in zip(ax.get_xticklabels(), df["variant"]):
         if variant == "upperson":
             tick.set_fontweight("bold")
-    top = np.nanmax(df[["R1", "mAP"] + (["R1_ci_high", "mAP_ci_high"] if intervals else [])]
-                    .to_numpy(dtype=float)) if n else 1.0
+    tops = list(metrics) + [f"{m}_ci_high" for m in metrics if intervals and f"{m}_ci_high" in df.columns]
+    top = np.nanmax(df[tops].to_numpy(dtype=float)) if n else 1.0
     ax.set_ylim(0, (top if np.isfinite(top) and top > 0 else 1.0) * 1.15)
     ax.set_ylabel("score (%)")
     ax.grid(True, axis="y")
     ax.set_axisbelow(True)
-    ax.legend(frameon=False, ncol=2, loc="upper left")
+    ax.legend(frameon=False, ncol=len(metrics), loc="upper left")
     ax.set_title("Ablation: retrieval per variant (test split)")
-    caption = ("Text-to-image R@1 and mAP (%) on the test split for each variant of the ablation: the "
+    names = " and ".join([", ".join(BAR_METRICS[m] for m in metrics[:-1]), BAR_METRICS[metrics[-1]]]
+                         if len(metrics) > 1 else [BAR_METRICS[metrics[0]]])
+    caption = (f"Text-to-image {names} (%) on the test split for each variant of the ablation: the "
                "zero-shot backbone, each component alone, each pair, all three (UP-Person), UP-Person with a "
                "vanilla prefix or sequential adapters, and a full fine-tune." + _uncertainty_note(df))
-    return style.save(fig, out_dir, name, caption)
+    return fig, caption
 
 
 def _yerr(df: pd.DataFrame, col: str) -> np.ndarray:
@@ -468,7 +489,13 @@ GROUP_MARKERS = {"baseline": "s", "single": "o", "pair": "D", "full": "*", "desi
 
 
 def plot_params(df: pd.DataFrame, out_dir: Path, *, name: str = "ablation_params") -> style.FigureRecord:
-    """R@1 against trainable parameters (log scale); the zero-shot model (0 parameters) is a line."""
+    """R@1 against trainable parameters (log scale); the zero-shot model (0 parameters) is a line (saved)."""
+    fig, caption = params_figure(df)
+    return style.save(fig, out_dir, name, caption)
+
+
+def params_figure(df: pd.DataFrame):
+    """(figure, caption) of :func:`plot_params`, unsaved."""
     fig = style.figure(5.6, 4.0, layout="constrained")
     ax = fig.subplots()
     groups = list(dict.fromkeys(df["group"].tolist())) if "group" in df else ["other"]
@@ -502,7 +529,7 @@ def plot_params(df: pd.DataFrame, out_dir: Path, *, name: str = "ablation_params
     caption = ("Text-to-image R@1 (%) against the number of trainable parameters (log scale) for each variant; "
                "the dashed line is the zero-shot backbone, which trains nothing." + _uncertainty_note(df)
                .replace("error bars are", "vertical bars (and the band around the dashed line) are"))
-    return style.save(fig, out_dir, name, caption)
+    return fig, caption
 
 
 def _fmt(v, digits: int = 2) -> str:

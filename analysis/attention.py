@@ -199,7 +199,13 @@ def _layer_title(i: int, lam: float) -> str:
 
 def plot_image_prefix(att: PrefixAttention, out_dir: Path, *, quantity: str = "mass", layers=None, heads=None,
                       name: str = "attention_image") -> style.FigureRecord:
-    """The input image, then one panel per layer with the patches' prefix attention overlaid."""
+    """The input image, then one panel per layer with the patches' prefix attention overlaid (saved)."""
+    fig, caption = image_prefix_figure(att, quantity=quantity, layers=layers, heads=heads)
+    return style.save(fig, out_dir, name, caption)
+
+
+def image_prefix_figure(att: PrefixAttention, *, quantity: str = "mass", layers=None, heads=None):
+    """(figure, caption) of :func:`plot_image_prefix`, unsaved (the demo draws the same figure)."""
     layer_ids = list(range(att.layer_count("image"))) if layers is None else list(layers)
     maps = att.patch_maps(quantity, layers=layer_ids, heads=heads)
     cls = att.values("image", quantity, layers=layer_ids, heads=heads)[:, 0]
@@ -240,12 +246,18 @@ def plot_image_prefix(att: PrefixAttention, out_dir: Path, *, quantity: str = "m
     caption = (f"Image tower. For each layer, the {QUANTITY_LABELS[quantity]} of every image patch "
                f"({att.grid[0]}x{att.grid[1]} grid), {head_txt}, overlaid on the input; the CLS token's value "
                f"is under each panel and the S-Prefix scale λ above it.")
-    return style.save(fig, out_dir, name, caption)
+    return fig, caption
 
 
 def plot_text_prefix(att: PrefixAttention, out_dir: Path, *, quantity: str = "mass", layers=None, heads=None,
                      name: str = "attention_text") -> style.FigureRecord:
-    """A token-by-layer heat map of each text token's prefix attention."""
+    """A token-by-layer heat map of each text token's prefix attention (saved)."""
+    fig, caption = text_prefix_figure(att, quantity=quantity, layers=layers, heads=heads)
+    return style.save(fig, out_dir, name, caption)
+
+
+def text_prefix_figure(att: PrefixAttention, *, quantity: str = "mass", layers=None, heads=None):
+    """(figure, caption) of :func:`plot_text_prefix`, unsaved."""
     layer_ids = list(range(att.layer_count("text"))) if layers is None else list(layers)
     v = att.values("text", quantity, layers=layer_ids, heads=heads).T  # (tokens, layers)
     n_tok, n_lay = v.shape
@@ -269,12 +281,18 @@ def plot_text_prefix(att: PrefixAttention, out_dir: Path, *, quantity: str = "ma
     fig.suptitle(title, fontsize=9)
     caption = (f"Text tower. The {QUANTITY_LABELS[quantity]} of every token of the caption (rows) in every "
                f"layer (columns), {head_txt}. Causal attention: each token sees the prefix and earlier tokens.")
-    return style.save(fig, out_dir, name, caption)
+    return fig, caption
 
 
 def plot_prefix_scales(scales: dict[str, list[float]], out_dir: Path, *, name: str = "prefix_scale",
                        scaled: bool = True) -> style.FigureRecord:
-    """The learned S-Prefix lambda per layer, one line per tower."""
+    """The learned S-Prefix lambda per layer, one line per tower (saved)."""
+    fig, caption = prefix_scales_figure(scales, scaled=scaled)
+    return style.save(fig, out_dir, name, caption)
+
+
+def prefix_scales_figure(scales: dict[str, list[float]], *, scaled: bool = True):
+    """(figure, caption) of :func:`plot_prefix_scales`, unsaved."""
     fig = style.figure(4.5, 3.0, layout="constrained")
     ax = fig.subplots()
     drawn = False
@@ -296,7 +314,7 @@ def plot_prefix_scales(scales: dict[str, list[float]], out_dir: Path, *, name: s
     ax.set_title("Learned S-Prefix scale per layer" if scaled else "Prefix scale (vanilla prefix: fixed at 1)")
     caption = ("The S-Prefix scale λ of every layer, per tower: the factor on the prefix's attention "
                "weights (not re-normalised). The dashed line is a vanilla prefix (λ = 1).")
-    return style.save(fig, out_dir, name, caption)
+    return fig, caption
 
 
 def attention_figures(model: UPPerson, tokenizer: CaptionTokenizer, image_path: Path, caption: str, out_dir: Path, *,

@@ -130,6 +130,18 @@ def subplots(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float], **kwa
     return plt.subplots(nrows, ncols, figsize=(_whole_pixels(size[0]), _whole_pixels(size[1])), dpi=DPI, **kwargs)
 
 
+def png_bytes(fig) -> bytes:
+    """``fig`` as the PNG :func:`save` writes (same size and DPI), in memory; the figure is closed."""
+    import io
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": "UP-Person analysis"})
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
 def save(fig, out_dir: Path, name: str, caption: str, formats: Sequence[str] = FORMATS) -> FigureRecord:
     """Save ``fig`` as ``out_dir/name.{png,svg}`` atomically, close it, and describe it.
 

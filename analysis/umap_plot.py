@@ -82,19 +82,32 @@ class MapPanel:
 
 def compute_panel(model: UPPerson, label: str, tokenizer: CaptionTokenizer, records: Sequence[ImageRecord],
                   cache_dir: Optional[Path], seed: int) -> MapPanel:
-    emb = embed_records(model, tokenizer, records, cache_dir)
+    return map_panel(label, embed_records(model, tokenizer, records, cache_dir), seed)
+
+
+def map_panel(label: str, emb: SplitEmbeddings, seed: int) -> MapPanel:
+    """The UMAP and the scores of embeddings already computed (no model needed)."""
     x = torch.cat([emb.image_features, emb.text_features]).numpy()
     return MapPanel(label, emb, umap_2d(x, seed=seed), subset_scores(emb))
 
 
 def plot_umap(panels: Sequence[MapPanel], out_dir: Path, *, links: bool = True, name: str = "umap",
               n_ids: Optional[int] = None) -> style.FigureRecord:
-    """Side-by-side panels; colour = identity, circle = image, triangle = caption."""
+    """Side-by-side panels; colour = identity, circle = image, triangle = caption (saved)."""
+    fig, caption = umap_panels_figure(panels, links=links, n_ids=n_ids)
+    return style.save(fig, out_dir, name, caption)
+
+
+def umap_panels_figure(panels: Sequence[MapPanel], *, links: bool = True, n_ids: Optional[int] = None,
+                       highlight: Optional[int] = None):
+    """(figure, caption) of :func:`plot_umap`, unsaved. ``highlight``: an identity drawn on top,
+    larger and outlined, every other point faded (the demo's selection; the CLI passes None)."""
     all_pids = sorted(set(np.concatenate([p.emb.image_pids for p in panels]).tolist()))
     colours = style.qualitative(len(all_pids))
     colour_of = {pid: colours[i] for i, pid in enumerate(all_pids)}
     fig = style.figure(4.2 * len(panels) + 0.4, 4.6, layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    fade = 1.0 if highlight is None else 0.18
     for ax, panel in zip(axes, panels):
         emb = panel.emb
         n_img = len(emb.image_pids)
@@ -102,11 +115,23 @@ def plot_umap(panels: Sequence[MapPanel], out_dir: Path, *, links: bool = True, 
         if links:
             for t, i in enumerate(emb.text_image):
                 ax.plot([txt_xy[t, 0], img_xy[i, 0]], [txt_xy[t, 1], img_xy[i, 1]],
-                        color=colour_of[int(emb.text_pids[t])], lw=0.5, alpha=0.45, zorder=1)
+                        color=colour_of[int(emb.text_pids[t])], lw=0.5, alpha=0.45 * fade, zorder=1)
         ax.scatter(img_xy[:, 0], img_xy[:, 1], c=[colour_of[int(p)] for p in emb.image_pids], marker="o", s=26,
-                   edgecolors="black", linewidths=0.4, zorder=3)
+                   edgecolors="black", linewidths=0.4, zorder=3, alpha=fade)
         ax.scatter(txt_xy[:, 0], txt_xy[:, 1], c=[colour_of[int(p)] for p in emb.text_pids], marker="^", s=22,
-                   edgecolors="none", alpha=0.85, zorder=2)
+                   edgecolors="none", alpha=0.85 * fade, zorder=2)
+        if highlight is not None:
+            im_sel, tx_sel = emb.image_pids == highlight, emb.text_pids == highlight
+            colour = colour_of.get(int(highlight), "black")
+            if links:
+                for t in np.flatnonzero(tx_sel):
+                    i = emb.text_image[t]
+                    ax.plot([txt_xy[t, 0], img_xy[i, 0]], [txt_xy[t, 1], img_xy[i, 1]], color=colour, lw=1.0,
+                            zorder=4)
+            ax.scatter(txt_xy[tx_sel, 0], txt_xy[tx_sel, 1], c=colour, marker="^", s=60, edgecolors="black",
+                       linewidths=0.8, zorder=5)
+            ax.scatter(img_xy[im_sel, 0], img_xy[im_sel, 1], c=colour, marker="o", s=80, edgecolors="black",
+                       linewidths=1.2, zorder=6)
         s = panel.scores
         ax.set_title(f"{panel.label}\nR@1 {s['R1']:.1f} %  ·  identity silhouette {s['silhouette']:.2f}")
         ax.set_xlabel("UMAP 1")
@@ -121,12 +146,13 @@ def plot_umap(panels: Sequence[MapPanel], out_dir: Path, *, links: bool = True, 
         handles.append(Line2D([], [], color="0.4", lw=0.8, label="caption → its image"))
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
     ids = n_ids if n_ids is not None else len(all_pids)
-    fig.suptitle(f"Test embeddings of {ids} identities (colour = identity)")
+    fig.suptitle(f"Test embeddings of {ids} identities (colour = identity)"
+                 + ("" if highlight is None else f"; identity {highlight} highlighted"))
     caption = (f"UMAP of the test images (circles) and captions (triangles) of {ids} identities, one colour per "
                "identity" + (", each caption linked to its own image" if links else "") + ". Each model is mapped "
                "on its own (cosine metric). Titles: text-to-image R@1 among these identities and the identity "
                "silhouette of the features (higher = tighter identity clusters across both modalities).")
-    return style.save(fig, out_dir, name, caption)
+    return fig, caption
 
 
 def write_points(panels: Sequence[MapPanel], path: Path) -> None:
