@@ -11,7 +11,7 @@ from upperson.data import build_tokenizer, load_dataset
 from upperson.data.toypedes import generate_toypedes
 from upperson.embedded import (EmbeddedAssetError, EMBEDDED_DIR, embedded_available, load_embedded_model,
                                read_card, verify_assets)
-from upperson.evaluation import evaluate
+from upperson.evaluation import evaluate_per_query
 
 pytestmark = pytest.mark.skipif(not embedded_available(), reason="assets/embedded is not in this checkout")
 
@@ -25,15 +25,46 @@ def card_test_split(tmp_path_factory):
     return load_dataset("toypedes", root).split("test")
 
 
+@pytest.fixture(scope="module")
+def card_per_query(card_test_split):
+    """Each shipped model's per-query test results, evaluated as the card was (fp32)."""
+    out = {}
+    for variant in ("upperson", "zero-shot"):
+        model = load_embedded_model(variant)
+        out[variant] = evaluate_per_query(model, card_test_split, build_tokenizer(model.config.name),
+                                          precision="fp32", progress=False)
+    return out
+
+
 @pytest.mark.parametrize("variant", ["upperson", "zero-shot"])
-def test_shipped_model_reproduces_the_model_card(variant, card_test_split):
+def test_shipped_model_reproduces_the_model_card(variant, card_per_query):
     card = read_card()
-    model = load_embedded_model(variant)
-    metrics = evaluate(model, card_test_split, build_tokenizer(model.config.name), precision="fp32", progress=False)
+    metrics = card_per_query[variant].metrics()
     expected = card["metrics"][variant]
     assert metrics["queries"] == expected["queries"] and metrics["gallery"] == expected["gallery"]
     for k in ("R1", "R5", "R10", "mAP", "mINP"):
         assert metrics[k] == pytest.approx(expected[k], abs=0.5), k
+
+
+def test_shipped_model_reproduces_the_model_cards_intervals(card_per_query):
+    """The card's 95 % intervals are the bootstrap of these per-query results with the card's resample
+    count and seed: equal to the printed 0.01 (and the full fine-tune, not shipped, has none)."""
+    from upperson import stats
+
+    iv = read_card()["intervals"]
+    assert iv["resamples"] == 2000 and iv["seed"] == 0 and iv["level"] == 0.95
+    values = {v: stats.values_of(r.per_query) for v, r in card_per_query.items()}
+    for variant, v in values.items():
+        ci = stats.bootstrap_ci(v, resamples=iv["resamples"], seed=iv["seed"])["metrics"]
+        for k in ("R1", "R5", "R10", "mAP", "mINP"):
+            assert iv["models"][variant][k] == pytest.approx([ci[k]["low"], ci[k]["high"]], abs=0.0051), (variant, k)
+            assert iv["models"][variant][k][0] <= read_card()["metrics"][variant][k] <= iv["models"][variant][k][1]
+    paired = stats.paired_bootstrap(values["upperson"], values["zero-shot"], resamples=iv["resamples"],
+                                    seed=iv["seed"])["metrics"]["R1"]
+    shipped = iv["upperson_minus_zero_shot"]["R1"]
+    assert shipped["diff"] == pytest.approx(paired["diff"], abs=0.0051)
+    assert shipped["ci"] == pytest.approx([paired["low"], paired["high"]], abs=0.0051)
+    assert "full-finetune" not in iv["models"] and "full-finetune" in iv["not_recomputable"]
 
 
 def test_the_card_records_what_was_promised():

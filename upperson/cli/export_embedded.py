@@ -50,6 +50,64 @@ def _metrics(m: dict) -> dict:
         "queries": m["queries"], "gallery": m["gallery"]}
 
 
+#: the card's bootstrap: resamples and seed (tests/test_embedded.py reproduces the intervals with them)
+CI_RESAMPLES = 2000
+CI_SEED = 0
+
+
+def card_intervals(values: dict, *, resamples: int = CI_RESAMPLES, seed: int = CI_SEED) -> dict:
+    """The card's ``intervals``: 95 % percentile-bootstrap intervals over the test queries of each
+    evaluated model (``values``: name -> per-query values, ``upperson.stats.values_of``) and the
+    paired difference UP-Person - zero-shot, rounded to 0.01 like the metrics."""
+    from upperson import stats
+
+    def r2(x: float) -> float:
+        return round(float(x), 2)
+
+    out = {"method": "percentile bootstrap over test queries (docs/statistics.md)", "level": 0.95,
+           "resamples": resamples, "seed": seed, "models": {}}
+    for name, v in values.items():
+        ci = stats.bootstrap_ci(v, resamples=resamples, seed=seed)["metrics"]
+        out["models"][name] = {k: [r2(c["low"]), r2(c["high"])] for k, c in ci.items()}
+    if "upperson" in values and "zero-shot" in values:
+        p = stats.paired_bootstrap(values["upperson"], values["zero-shot"], resamples=resamples, seed=seed)
+        out["upperson_minus_zero_shot"] = {k: {"diff": r2(c["diff"]), "ci": [r2(c["low"]), r2(c["high"])]}
+                                           for k, c in p["metrics"].items()}
+    out["not_recomputable"] = {"full-finetune": "its weights are not shipped, so its per-query results and "
+                                                "interval cannot be recomputed from this folder"}
+    return out
+
+
+def shipped_intervals(data_root, assets=None, *, resamples: int = CI_RESAMPLES, seed: int = CI_SEED) -> dict:
+    """:func:`card_intervals` of the shipped zero-shot backbone and UP-Person, re-evaluated (fp32,
+    as the card) on the ToyPEDES test split under ``data_root``."""
+    from upperson.data import build_tokenizer, load_dataset
+    from upperson.embedded import load_embedded_model
+    from upperson.evaluation import evaluate_per_query
+    from upperson.stats import values_of
+
+    test = load_dataset("toypedes", data_root).split("test")
+    values = {}
+    for name in ("zero-shot", "upperson"):
+        model = load_embedded_model(name, assets=assets)
+        res = evaluate_per_query(model, test, build_tokenizer(model.config.name), precision="fp32", progress=False)
+        values[name] = values_of(res.per_query)
+    return card_intervals(values, resamples=resamples, seed=seed)
+
+
+def update_card_intervals(data_root, assets=None) -> dict:
+    """Add (or refresh) the shipped card's intervals, JSON and markdown, without retraining."""
+    from upperson.embedded import CARD_NAME, EMBEDDED_DIR
+    from upperson.io import atomic_write_json, atomic_write_text
+
+    out = Path(assets) if assets else EMBEDDED_DIR
+    card = json.loads((out / CARD_NAME).read_text())
+    card["intervals"] = shipped_intervals(data_root, assets)
+    atomic_write_json(out / CARD_NAME, card)
+    atomic_write_text(out / "model_card.md", render_card(card))
+    return card
+
+
 def run(args: argparse.Namespace) -> int:
     from upperson.config import load_config
     from upperson.data import build_tokenizer, load_dataset
@@ -90,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         "full-finetune": load_model(ft / "best"),
     }
     metrics = {name: _metrics(evaluate(m, test, tok, precision="fp32", progress=False)) for name, m in models.items()}
+    intervals = shipped_intervals(args.data_root, out)
     params = {name: count_parameters(m).to_json() for name, m in models.items()}
     up_cfg = load_config(str(up / "config.yaml"))
     card = {
@@ -102,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         "evaluation": {"split": "test", "protocol": "text-to-image, every test caption queries every test image",
                        "precision": "fp32", "device": "cpu"},
         "metrics": metrics,
+        "intervals": intervals,
         "parameters": params,
         "training": {
             "machine": args.machine,
@@ -130,10 +190,29 @@ def run(args: argparse.Namespace) -> int:
 def render_card(card: dict) -> str:
     """The model card as markdown."""
     m, t = card["metrics"], card["training"]
+    ci = card.get("intervals", {}).get("models", {})
+
+    def cell(name: str, k: str) -> str:
+        lo_hi = ci.get(name, {}).get(k)
+        return f"{m[name][k]:.2f} [{lo_hi[0]:.2f}, {lo_hi[1]:.2f}]" if lo_hi else f"{m[name][k]:.2f}"
+
     rows = "\n".join(
-        f"| {name} | {p['trainable']:,} ({p['percent']:.2f} %) | {v['R1']:.2f} | {v['R5']:.2f} | {v['R10']:.2f} "
-        f"| {v['mAP']:.2f} | {v['mINP']:.2f} |"
-        for name, v, p in ((n, m[n], card["parameters"][n]) for n in ("zero-shot", "upperson", "full-finetune")))
+        f"| {name} | {p['trainable']:,} ({p['percent']:.2f} %) | "
+        + " | ".join(cell(name, k) for k in ("R1", "R5", "R10", "mAP", "mINP")) + " |"
+        for name, p in ((n, card["parameters"][n]) for n in ("zero-shot", "upperson", "full-finetune")))
+    intervals_note = ""
+    if ci:
+        iv = card["intervals"]
+        d = iv.get("upperson_minus_zero_shot", {}).get("R1")
+        intervals_note = (
+            f"\nIn brackets: 95 % {iv['method']}, {iv['resamples']} resamples, seed {iv['seed']} "
+            f"({m['upperson']['queries']} queries; `upperson.cli.export_embedded.card_intervals`). "
+            + (f"Paired (same resampled queries), UP-Person - zero-shot is {d['diff']:+.2f} R@1 "
+               f"[{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]. " if d else "")
+            + "The full fine-tune's weights are not shipped, so its per-query results, and hence its interval "
+              "and its paired difference to UP-Person, cannot be recomputed here: its numbers carry no interval. "
+              f"For scale, UP-Person's R@1 interval on this split is +-{(ci['upperson']['R1'][1] - ci['upperson']['R1'][0]) / 2:.1f} "
+              "points.\n")
     files = "\n".join(f"| `{rel}` | {f['bytes']:,} | `{f['sha256']}` |" for rel, f in card["files"].items())
     recipe = "\n".join(card["recipe"])
     gain = m["upperson"]["R1"] - m["zero-shot"]["R1"]
@@ -164,10 +243,12 @@ tests run for real on a CPU. It is not a person re-identification model for real
 {rows}
 
 {verdict}
+{intervals_note}
 `zero-shot` is the frozen pretrained backbone; `full-finetune` trains every backbone weight
 with SDM (preset `toypedes-full-finetune`, weights not shipped, its log is in
 `full-finetune/metrics.jsonl`). `pytest tests/test_embedded.py` re-evaluates the shipped files
-and checks these numbers to within 0.5 point.
+and checks these numbers to within 0.5 point, and the intervals from its own bootstrap of the
+per-query results (same resamples and seed) to the printed 0.01.
 
 ## How it was made
 
