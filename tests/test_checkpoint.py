@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from upperson.model import build_model
 from upperson.model.backbone import BackboneError, create_clip, resize_pos_embed
-from upperson.model.checkpoint import CheckpointMismatchError, load_model, load_petl, save_petl
+from upperson.model.checkpoint import CheckpointCorruptError, CheckpointMismatchError, load_model, load_petl, save_petl
 
 
 def _perturb(model):
@@ -155,3 +155,111 @@ def test_openai_style_torchscript_archive_loads(tmp_path, tiny_cfg):
     assert model.clip.token_embedding.weight.dtype == torch.float32
     assert torch.equal(model.clip.token_embedding.weight, clip.token_embedding.weight.float())
     assert torch.equal(model.clip.visual.positional_embedding[0], clip.visual.positional_embedding[0].float())
+
+
+# ----------------------------------------------------------------------------- integrity (issue 10)
+
+
+def _saved(tmp_path, tiny_cfg):
+    cfg = _save_backbone(tmp_path, tiny_cfg)
+    model = build_model(cfg).eval()
+    _perturb(model)
+    return model, save_petl(model, tmp_path / "ckpt")
+
+
+def test_petl_json_records_the_weights_sha256(tmp_path, tiny_cfg):
+    import hashlib
+
+    _, out = _saved(tmp_path, tiny_cfg)
+    meta = json.loads((out / "petl.json").read_text())
+    assert meta["version"] == 2
+    assert meta["sha256"] == hashlib.sha256((out / "petl.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    ("bitflip", "corrupted or truncated"),
+    ("truncate", "corrupted or truncated"),
+])
+def test_damaged_weights_are_refused_naming_the_file(tmp_path, tiny_cfg, damage, fragment):
+    model, out = _saved(tmp_path, tiny_cfg)
+    w = out / "petl.safetensors"
+    data = bytearray(w.read_bytes())
+    if damage == "bitflip":
+        data[len(data) - 7] ^= 0x10  # inside the last tensor's float32 bytes: a valid file, other numbers
+    else:
+        data = data[: len(data) // 3]
+    w.write_bytes(bytes(data))
+    with pytest.raises(CheckpointCorruptError, match=fragment) as err:
+        load_model(out)
+    assert str(w) in str(err.value)
+    with pytest.raises(CheckpointCorruptError):
+        load_petl(model, out)
+
+
+def test_non_finite_weights_are_refused_even_with_a_matching_checksum(tmp_path, tiny_cfg):
+    import hashlib
+
+    model, out = _saved(tmp_path, tiny_cfg)
+    w = out / "petl.safetensors"
+    state = load_file(str(w))
+    name = sorted(state)[0]
+    state[name][0] = float("nan")
+    save_file(state, str(w))
+    meta = json.loads((out / "petl.json").read_text())
+    meta["sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
+    (out / "petl.json").write_text(json.dumps(meta))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(CheckpointCorruptError, match="non-finite") as err:
+        load_petl(model, out)
+    assert name in str(err.value) and str(w) in str(err.value)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # nothing was copied in
+
+
+def test_version_1_checkpoint_without_checksum_loads_with_a_warning(tmp_path, tiny_cfg, caplog):
+    model, out = _saved(tmp_path, tiny_cfg)
+    meta = json.loads((out / "petl.json").read_text())
+    meta.pop("sha256")
+    (out / "petl.json").write_text(json.dumps(dict(meta, version=1)))
+    with caplog.at_level("WARNING"):
+        again = load_model(out).eval()
+    assert "without a recorded checksum" in caplog.text
+    for a, b in zip(_features(model), _features(again)):
+        assert torch.equal(a, b)
+    # a version-2 file that lost its checksum is not treated as an old one
+    (out / "petl.json").write_text(json.dumps(dict(meta, version=2)))
+    with pytest.raises(CheckpointCorruptError, match="records no sha256"):
+        load_model(out)
+
+
+def test_truncated_petl_json_is_one_clear_error(tmp_path, tiny_cfg):
+    _, out = _saved(tmp_path, tiny_cfg)
+    text = (out / "petl.json").read_text()
+    (out / "petl.json").write_text(text[: len(text) // 2])
+    with pytest.raises(CheckpointCorruptError, match="petl.json"):
+        load_model(out)
+
+
+def test_recorded_backbone_path_is_relative_to_the_checkpoint(tmp_path, tiny_cfg, monkeypatch):
+    _, out = _saved(tmp_path, tiny_cfg)
+    meta = json.loads((out / "petl.json").read_text())
+    assert meta["model"]["pretrained"] == "../backbone.safetensors"
+    moved = tmp_path / "elsewhere" / "deep"
+    moved.mkdir(parents=True)
+    monkeypatch.chdir(moved)  # not the current directory
+    assert load_model(out).backbone_fingerprint == meta["backbone"]["fingerprint"]
+
+
+def test_failed_save_keeps_the_old_checkpoint(tmp_path, tiny_cfg, monkeypatch):
+    import upperson.model.checkpoint as ckpt
+
+    model, out = _saved(tmp_path, tiny_cfg)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def power_cut(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    _perturb(model)
+    monkeypatch.setattr(ckpt, "save_file", power_cut)
+    with pytest.raises(OSError):
+        save_petl(model, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp files, no half file
