@@ -228,7 +228,7 @@ _INDEX_OPTIONS = (("layers", "--layers"), ("text_layers", "--text-layers"), ("he
 
 def check_attention_ranges(args, model) -> None:
     """--layers/--heads inside ``model`` (image and text towers), before any attention is computed."""
-    from analysis.attention import parse_indices
+    from analysis.indices import parse_indices
 
     if not hasattr(args, "layers"):
         return
@@ -264,8 +264,7 @@ def _writable(out: Path, flag: str = "--out") -> None:
 
 def validate_args(args) -> None:
     """Every option checked before any model, data or figure is made: counts, names, files."""
-    from analysis.attention import parse_indices
-    from upperson.data.readers import DATASETS
+    from analysis.indices import parse_indices
 
     if args.command != "ablation" or not args.list:
         _writable(Path(args.out))
@@ -290,8 +289,11 @@ def validate_args(args) -> None:
             what = {"dir": "folder", "file": "file", "any": "path"}[kind]
             raise ValueError(f"{flag} {value}: no such {what}")
     dataset = getattr(args, "dataset", None)
-    if dataset is not None and dataset.strip().lower().replace("_", "-") not in DATASETS:
-        raise ValueError(f"--dataset {dataset!r}: unknown; known: {', '.join(DATASETS)}")
+    if dataset not in (None, "toypedes"):  # (the data package imports torch: only for another name)
+        from upperson.data.readers import DATASETS
+
+        if dataset.strip().lower().replace("_", "-") not in DATASETS:
+            raise ValueError(f"--dataset {dataset!r}: unknown; known: {', '.join(DATASETS)}")
     if args.command == "curves":
         from analysis.curves import metrics_file
 
