@@ -45,3 +45,26 @@ def test_benchmark_json_has_cpu_peak_memory_per_isolated_variant(tmp_path, capsy
     assert row["process_peak_rss_mb"] >= row["rss_before_training_mb"] > 0
     assert row["samples_per_s"] > 0 and row["images_per_s"] > 0
     assert "process_peak_rss_mb" in capsys.readouterr().out
+
+
+def test_doctor_reports_on_cpu(tmp_path, capsys):
+    out = tmp_path / "doctor.json"
+    assert main(["doctor", "--device", "cpu", "--steps", "4", "--batch", "4", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert {"versions", "device", "sdpa", "bf16_vs_fp32", "training"} <= r.keys()
+    assert r["versions"]["torch"] and r["device"]["type"] == "cpu" and r["device"]["memory_mb"] > 0
+    for tower in ("image", "text"):
+        row = r["sdpa"][tower]
+        assert row["default_kernel"] != "none seen" and row["backends"]["math"] == "ok"
+        assert r["bf16_vs_fp32"][tower]["min_cosine"] > 0.99  # bf16 rounding, see tests/test_perf_amp.py
+    t = r["training"]
+    assert t["loss_decreased"] and t["losses"][-1] < t["losses"][0] and len(t["losses"]) == 4
+    assert t["samples_per_s"] > 0 and t["process_peak_rss_mb"] > 0
+    assert "loss" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,needle", [(["--steps", "1"], "--steps"), (["--batch", "1"], "--batch")])
+def test_doctor_option_errors_are_one_line(args, needle, capsys):
+    assert main(["doctor", "--device", "cpu", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]

@@ -23,6 +23,7 @@ COMMANDS: list[str] = [
     "export-embedded",
     "params",
     "benchmark",
+    "doctor",
 ]
 
 
