@@ -428,7 +428,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted; the figures already written are complete, the others were not made"
+        return ("interrupted; every file already written is complete (each is written atomically); "
+                "run the same command again to finish (ablation --run resumes incomplete runs)")
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror}{where}; check that the output folder (--out) is writable and has free space"

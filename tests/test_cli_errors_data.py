@@ -235,3 +235,21 @@ def test_zero_shot_tag_fails_at_once_without_network(tmp_path, monkeypatch):
     clip_cache.mkdir(parents=True)
     (clip_cache / "ViT-B-16.pt").write_bytes(b"x")
     assert cached_pretrained(url_only) == clip_cache / "ViT-B-16.pt"
+
+
+def test_analysis_interrupt_and_write_failure_are_one_line(capsys, monkeypatch, tmp_path):
+    """Ctrl-C, and an OSError while writing (disk full), end as one error line, status 2."""
+    import errno
+
+    import analysis.__main__ as cli
+
+    def interrupted(args, command=""):
+        raise KeyboardInterrupt
+
+    def disk_full(args, command=""):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "figs" / "curves.png"))
+
+    monkeypatch.setattr(cli, "cmd_curves", interrupted)
+    _one_error_in_process(capsys, cli.main, ["curves", "--out", tmp_path / "figs"], ["interrupted", "run the same command"])
+    monkeypatch.setattr(cli, "cmd_curves", disk_full)
+    _one_error_in_process(capsys, cli.main, ["curves", "--out", tmp_path / "figs"], ["no space left", "curves.png"])
