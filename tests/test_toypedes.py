@@ -174,6 +174,26 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_failed_overwrite_keeps_the_old_dataset(tmp_path, monkeypatch):
+    """--overwrite moves the old copy aside and deletes it only once the new one is in place."""
+    from upperson.data.toypedes import generate as gen
+
+    folder = gen.generate_toypedes(tmp_path, preset="tiny", seed=0)
+    before = _tree_hash(folder)
+    real = gen.os.replace
+
+    def full_disk(src, dst):
+        if Path(src).name.startswith(".ToyPEDES.partial-"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(gen.os, "replace", full_disk)
+    with pytest.raises(OSError):
+        gen.generate_toypedes(tmp_path, preset="tiny", seed=5, overwrite=True)
+    assert _tree_hash(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ToyPEDES"]
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown ToyPEDES preset"):
         generate_toypedes(tmp_path, preset="huge")
