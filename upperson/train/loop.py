@@ -37,7 +37,7 @@ from upperson.runtime import autocast, grad_scaler, half_dtype, mixed_precision,
 from upperson.train.distributed import DistInfo, barrier, cleanup, gather_batch, init_distributed, mean_across
 from upperson.train.optim import build_optimizer, set_epoch_lr
 from upperson.train.sampler import GlobalBatchSampler, SeededSamples
-from upperson.train.rundir import RunFolder, RunFolderError
+from upperson.train.rundir import RunFolder, RunFolderError, log_config_changes
 from upperson.train.state import find_training_state, load_training_state, read_state_meta, save_training_state
 
 log = logging.getLogger(__name__)
@@ -233,6 +233,8 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
     best_score, best_epoch, start_epoch = -math.inf, -1, 0
     history: list[dict] = []
     train_time = 0.0
+    if resume and info.is_main:
+        log_config_changes(run_dir, cfg)
     saved_state = find_training_state(run_dir) if resume else None
     if saved_state is not None:
         done_epochs = int(read_state_meta(saved_state)["progress"]["epoch"]) + 1
@@ -286,6 +288,7 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
             for batch in bar:
                 if t_cfg.max_steps_per_epoch is not None and steps >= t_cfg.max_steps_per_epoch:
                     break
+                pos.step = steps + 1  # the step in progress, 1-based
                 images = batch["image"].to(device, non_blocking=True)
                 tokens = batch["tokens"].to(device, non_blocking=True)
                 pids = batch["pid"].to(device, non_blocking=True)
@@ -307,7 +310,6 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                 scaler.update()
                 loss_sum += float(loss.detach()) / info.world_size
                 steps += 1
-                pos.step = steps
                 samples += len(images) * info.world_size
                 if progress and steps % 10 == 0:
                     bar.set_postfix(loss=f"{loss_sum / steps:.3f}")

@@ -88,9 +88,16 @@ def resume_config(run_dir: Path, overrides: Sequence[str], config: Optional[str]
             f"--resume refused: {run_dir} was trained with a different config ({shown}). On resume only "
             f"{', '.join(sorted(SAFE_RESUME_KEYS))} may change; start a new run (another --output) to change the rest"
         )
-    for k, (a, b) in diff.items():
-        log.info("resume: %s changed from %s to %s", k, json.dumps(a), json.dumps(b))
     return wanted
+
+
+def log_config_changes(run_dir: Path, cfg) -> None:
+    """Log (into train.log, on resume) each key of ``cfg`` that differs from the run's config.yaml."""
+    from upperson.config import load_config, to_dict
+
+    saved = load_config(str(Path(run_dir) / CONFIG_NAME))
+    for k, (a, b) in config_differences(to_dict(saved), to_dict(cfg)).items():
+        log.info("resume: %s changed from %s to %s", k, json.dumps(a), json.dumps(b))
 
 
 def check_new_run(run_dir: Path) -> None:
