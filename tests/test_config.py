@@ -45,3 +45,57 @@ def test_yaml_file_with_base_round_trips(tmp_path):
     again = load_config(str(tmp_path / "resolved.yaml"))
     assert again == cfg
     assert isinstance(again, ExperimentConfig)
+
+
+# ----------------------------------------------------------------------------- issue 10: numbers, empty files
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.batch_size=0", "data.batch_size"),
+    ("data.batch_size=-4", "data.batch_size"),
+    ("data.eval_batch_size=0", "data.eval_batch_size"),
+    ("data.num_workers=-1", "data.num_workers"),
+    ("data.caption_mask_prob=1.5", "data.caption_mask_prob"),
+    ("train.epochs=-1", "train.epochs"),
+    ("train.lr=0", "train.lr"),
+    ("train.lr=-0.001", "train.lr"),
+    ("train.prefix_lr=0", "train.prefix_lr"),
+    ("train.eps=0", "train.eps"),
+    ("train.weight_decay=-1", "train.weight_decay"),
+    ("train.betas=[0.9, 1.0]", "train.betas"),
+    ("train.warmup_epochs=-1", "train.warmup_epochs"),
+    ("train.warmup_factor=0", "train.warmup_factor"),
+    ("train.eval_every=-1", "train.eval_every"),
+    ("train.max_steps_per_epoch=0", "train.max_steps_per_epoch"),
+    ("loss.temperature=0", "loss.temperature"),
+    ("model.pretrained=null", "model.pretrained"),
+])
+def test_numbers_are_validated_where_they_are_read(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("toypedes", [override])
+
+
+def test_boundary_values_are_accepted():
+    cfg = load_config("toypedes", ["data.batch_size=1", "train.epochs=0", "data.num_workers=0",
+                                   "train.eval_every=0", "model.pretrained=random"])
+    assert cfg.data.batch_size == 1 and cfg.train.epochs == 0 and cfg.model.pretrained == "random"
+
+
+def test_an_empty_yaml_file_is_an_error_not_a_default(tmp_path):
+    for text in ("", "\n# only a comment\n"):
+        path = tmp_path / "empty.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match="empty"):
+            load_config(str(path))
+
+
+def test_an_older_runs_null_backbone_reads_as_random(tmp_path, caplog):
+    from upperson.config import load_run_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("base: toypedes\nmodel: {pretrained: null}\n")
+    with pytest.raises(ConfigError, match="random"):
+        load_config(str(path))
+    with caplog.at_level("WARNING"):
+        assert load_run_config(path).model.pretrained == "random"
+    assert "older run" in caplog.text

@@ -9,6 +9,7 @@ Every ablation in the paper is a change here, never a change of code.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -235,7 +236,22 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def load_config(name_or_path: str = "cuhk-pedes", overrides: Optional[list[str]] = None) -> ExperimentConfig:
     """Load a preset name or a YAML path, apply ``key=value`` overrides, and validate."""
-    tree = _load_yaml_tree(name_or_path)
+    return _build(_load_yaml_tree(name_or_path), overrides)
+
+
+def load_run_config(path: Union[str, Path], overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    """A run's own ``config.yaml`` (as :func:`load_config`); a run written before ``random`` existed
+    recorded a random backbone as ``pretrained: null``, which is read as ``random``, with a warning."""
+    tree = _load_yaml_tree(str(path))
+    model = tree.get("model")
+    if isinstance(model, dict) and "pretrained" in model and model["pretrained"] is None:
+        logging.getLogger(__name__).warning("%s: model.pretrained is null (an older run): read as 'random', "
+                                            "a randomly initialised backbone", path)
+        model["pretrained"] = "random"
+    return _build(tree, overrides)
+
+
+def _build(tree: dict, overrides: Optional[list[str]]) -> ExperimentConfig:
     for item in overrides or []:
         keys, value = parse_override(item)
         node = tree

@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from upperson.config import load_config
+    from upperson.config import load_config, load_run_config
     from upperson.data import build_tokenizer, load_dataset
     from upperson.evaluation import evaluate_per_query
     from upperson.stats import bootstrap_ci, format_interval, values_of, write_per_query_csv
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(args.run)
         if not (run_dir / "config.yaml").exists():
             raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
-        cfg = load_config(str(run_dir / "config.yaml"))
+        cfg = load_run_config(run_dir / "config.yaml")
         dataset = dataset or cfg.data.dataset
         precision = cfg.train.precision
         model = load_model(run_dir / "best", pretrained=args.pretrained)

@@ -109,7 +109,7 @@ def update_card_intervals(data_root, assets=None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from upperson.config import load_config
+    from upperson.config import load_run_config
     from upperson.data import build_tokenizer, load_dataset
     from upperson.embedded import CARD_NAME, EMBEDDED_DIR, load_embedded_model, sha256_file
     from upperson.evaluation import evaluate
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = {name: _metrics(evaluate(m, test, tok, precision="fp32", progress=False)) for name, m in models.items()}
     intervals = shipped_intervals(args.data_root, out)
     params = {name: count_parameters(m).to_json() for name, m in models.items()}
-    up_cfg = load_config(str(up / "config.yaml"))
+    up_cfg = load_run_config(up / "config.yaml")
     card = {
         "name": "UP-Person on upp-tiny, ToyPEDES (the embedded default)",
         "backbone": {"open_clip_config": "upp-tiny", "image_size": list(up_cfg.model.image_size),

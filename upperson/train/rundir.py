@@ -72,14 +72,14 @@ def resume_config(run_dir: Path, overrides: Sequence[str], config: Optional[str]
     With ``config`` (a preset or YAML named again on the command line) the config it gives
     with ``overrides`` must agree with the run's on every key but the safe ones.
     """
-    from upperson.config import load_config, to_dict
+    from upperson.config import load_config, load_run_config, to_dict
 
     run_dir = Path(run_dir)
     if not is_run(run_dir):
         what = "does not exist" if not run_dir.exists() else f"holds no run (no {CONFIG_NAME})"
         raise RunFolderError(f"--resume: {run_dir} {what}; start the run without --resume")
-    saved = load_config(str(run_dir / CONFIG_NAME))
-    wanted = load_config(config, list(overrides)) if config else load_config(str(run_dir / CONFIG_NAME), list(overrides))
+    saved = load_run_config(run_dir / CONFIG_NAME)
+    wanted = load_config(config, list(overrides)) if config else load_run_config(run_dir / CONFIG_NAME, list(overrides))
     diff = config_differences(to_dict(saved), to_dict(wanted))
     unsafe = {k: v for k, v in diff.items() if k not in SAFE_RESUME_KEYS}
     if unsafe:
@@ -93,9 +93,9 @@ def resume_config(run_dir: Path, overrides: Sequence[str], config: Optional[str]
 
 def log_config_changes(run_dir: Path, cfg) -> None:
     """Log (into train.log, on resume) each key of ``cfg`` that differs from the run's config.yaml."""
-    from upperson.config import load_config, to_dict
+    from upperson.config import load_run_config, to_dict
 
-    saved = load_config(str(Path(run_dir) / CONFIG_NAME))
+    saved = load_run_config(Path(run_dir) / CONFIG_NAME)
     for k, (a, b) in config_differences(to_dict(saved), to_dict(cfg)).items():
         log.info("resume: %s changed from %s to %s", k, json.dumps(a), json.dumps(b))
 
