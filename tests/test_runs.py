@@ -193,3 +193,17 @@ def test_state_json_records_the_state_checksum(tmp_path, toypedes_root):
     meta = json.loads((run / "last" / "state.json").read_text())
     assert meta["sha256"] == hashlib.sha256((run / "last" / "state.safetensors").read_bytes()).hexdigest()
     assert not any(p.name.endswith(".tmp") for p in run.rglob("*"))
+
+
+def test_library_resume_refuses_an_unsafe_config_too(tmp_path, toypedes_root):
+    from upperson.config import load_config
+    from upperson.train import train
+    from upperson.train.rundir import RunFolderError
+
+    run = tmp_path / "run"
+    base = FAST + [f"data.root={toypedes_root}", "train.epochs=1"]
+    train(load_config("toypedes", base), run, progress=False)
+    before = folder_digest(run)
+    with pytest.raises(RunFolderError, match="model.lora.rank"):
+        train(load_config("toypedes", base + ["model.lora.rank=2"]), run, resume=True, progress=False)
+    assert folder_digest(run) == before

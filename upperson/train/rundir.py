@@ -72,7 +72,7 @@ def resume_config(run_dir: Path, overrides: Sequence[str], config: Optional[str]
     With ``config`` (a preset or YAML named again on the command line) the config it gives
     with ``overrides`` must agree with the run's on every key but the safe ones.
     """
-    from upperson.config import load_config, load_run_config, to_dict
+    from upperson.config import load_config, load_run_config
 
     run_dir = Path(run_dir)
     if not is_run(run_dir):
@@ -80,6 +80,15 @@ def resume_config(run_dir: Path, overrides: Sequence[str], config: Optional[str]
         raise RunFolderError(f"--resume: {run_dir} {what}; start the run without --resume")
     saved = load_run_config(run_dir / CONFIG_NAME)
     wanted = load_config(config, list(overrides)) if config else load_run_config(run_dir / CONFIG_NAME, list(overrides))
+    refuse_unsafe_changes(run_dir, saved, wanted)
+    return wanted
+
+
+def refuse_unsafe_changes(run_dir: Path, saved, wanted) -> dict[str, tuple[Any, Any]]:
+    """Raise :class:`RunFolderError` naming every key outside :data:`SAFE_RESUME_KEYS` on which two
+    configs differ; returns the (safe) differences."""
+    from upperson.config import to_dict
+
     diff = config_differences(to_dict(saved), to_dict(wanted))
     unsafe = {k: v for k, v in diff.items() if k not in SAFE_RESUME_KEYS}
     if unsafe:
@@ -88,15 +97,16 @@ def resume_config(run_dir: Path, overrides: Sequence[str], config: Optional[str]
             f"--resume refused: {run_dir} was trained with a different config ({shown}). On resume only "
             f"{', '.join(sorted(SAFE_RESUME_KEYS))} may change; start a new run (another --output) to change the rest"
         )
-    return wanted
+    return diff
 
 
 def log_config_changes(run_dir: Path, cfg) -> None:
-    """Log (into train.log, on resume) each key of ``cfg`` that differs from the run's config.yaml."""
-    from upperson.config import load_run_config, to_dict
+    """On resume: refuse a ``cfg`` that differs from the run's config.yaml on an unsafe key, and log
+    (into train.log) each safe change."""
+    from upperson.config import load_run_config
 
     saved = load_run_config(Path(run_dir) / CONFIG_NAME)
-    for k, (a, b) in config_differences(to_dict(saved), to_dict(cfg)).items():
+    for k, (a, b) in refuse_unsafe_changes(run_dir, saved, cfg).items():
         log.info("resume: %s changed from %s to %s", k, json.dumps(a), json.dumps(b))
 
 
