@@ -124,3 +124,11 @@ def check_writable_file(path: PathLike, what: str = "output file") -> None:
             pass
     except OSError as exc:
         raise PermissionError(exc.errno or 13, exc.strerror or "Permission denied", str(path)) from None
+
+
+def atomic_copy(src: PathLike, dst: PathLike) -> None:
+    """Copy file ``src`` to ``dst`` atomically (a temporary copy beside ``dst``, synced, then renamed)."""
+    import shutil
+
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -114,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     from upperson.embedded import CARD_NAME, EMBEDDED_DIR, load_embedded_model, sha256_file
     from upperson.evaluation import evaluate
     from upperson.io import atomic_write_json, atomic_write_text
-    from upperson.model.checkpoint import load_model
+    from upperson.io import atomic_copy
+    from upperson.model.checkpoint import load_model, read_verified_tensors
     from upperson.model.params import count_parameters
 
     out = Path(args.out) if args.out else EMBEDDED_DIR
@@ -123,16 +123,22 @@ def run(args: argparse.Namespace) -> int:
     pre_results = _load(pre / "results.json")
     toy_meta = _load(Path(args.data_root) / "ToyPEDES" / "meta.json")
 
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(pre / "backbone.safetensors", out / "backbone.safetensors")
-    (out / "upperson").mkdir(exist_ok=True)
-    shutil.copyfile(up / "best" / "petl.safetensors", out / "upperson" / "petl.safetensors")
     petl_meta = _load(up / "best" / "petl.json")
+    # a damaged source is refused here, not shipped under a fresh checksum
+    read_verified_tensors(up / "best" / "petl.safetensors", petl_meta.get("sha256"), recorded_in=up / "best" / "petl.json",
+                          require_checksum=petl_meta.get("version", 1) >= 2)
+    read_verified_tensors(pre / "backbone.safetensors", None, recorded_in=pre / "results.json",
+                          require_checksum=False, warn_unverified=False)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_copy(pre / "backbone.safetensors", out / "backbone.safetensors")
+    (out / "upperson").mkdir(exist_ok=True)
+    atomic_copy(up / "best" / "petl.safetensors", out / "upperson" / "petl.safetensors")
     petl_meta["model"]["pretrained"] = "../backbone.safetensors"  # not the path on the training machine
+    petl_meta.get("backbone", {}).pop("path", None)  # nor its absolute form
     atomic_write_json(out / "upperson" / "petl.json", petl_meta)
-    shutil.copyfile(up / "metrics.jsonl", out / "upperson" / "metrics.jsonl")
+    atomic_copy(up / "metrics.jsonl", out / "upperson" / "metrics.jsonl")
     (out / "full-finetune").mkdir(exist_ok=True)
-    shutil.copyfile(ft / "metrics.jsonl", out / "full-finetune" / "metrics.jsonl")
+    atomic_copy(ft / "metrics.jsonl", out / "full-finetune" / "metrics.jsonl")
     files = {rel: {"sha256": sha256_file(out / rel), "bytes": (out / rel).stat().st_size}
              for rel in ("backbone.safetensors", "upperson/petl.safetensors", "upperson/petl.json")}
     # a provisional card, so that the shipped files load (checksums verified) for evaluation

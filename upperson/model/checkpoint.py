@@ -46,7 +46,7 @@ class CheckpointCorruptError(ValueError):
 
 
 def read_verified_tensors(weights: Path, expected_sha256: Optional[str], *, recorded_in: Path,
-                          require_checksum: bool) -> dict[str, torch.Tensor]:
+                          require_checksum: bool, warn_unverified: bool = True) -> dict[str, torch.Tensor]:
     """Read a safetensors file after checking its SHA-256 against the one recorded in ``recorded_in``.
 
     Raises :class:`CheckpointCorruptError` naming the file when the checksum is missing (and
@@ -57,7 +57,8 @@ def read_verified_tensors(weights: Path, expected_sha256: Optional[str], *, reco
     if expected_sha256 is None:
         if require_checksum:
             raise CheckpointCorruptError(f"{recorded_in} records no sha256 for {weights.name}: the file cannot be verified")
-        log.warning("%s: an older checkpoint without a recorded checksum; its integrity is not verified", weights)
+        if warn_unverified:
+            log.warning("%s: an older checkpoint without a recorded checksum; its integrity is not verified", weights)
     else:
         actual = file_digest(weights)
         if actual != expected_sha256:
