@@ -207,3 +207,32 @@ def test_library_resume_refuses_an_unsafe_config_too(tmp_path, toypedes_root):
     with pytest.raises(RunFolderError, match="model.lora.rank"):
         train(load_config("toypedes", base + ["model.lora.rank=2"]), run, resume=True, progress=False)
     assert folder_digest(run) == before
+
+
+def test_a_real_sigint_during_training_is_one_line(tmp_path, toypedes_root):
+    import signal
+
+    from tests.cli_battery import REPO, cli_env
+
+    run = tmp_path / "run"
+    sets = [x for s in [*FAST[:-1], "train.epochs=50", "train.log_every=1", "train.eval_every=0"] for x in ("--set", s)]
+    proc = subprocess.Popen([sys.executable, "-m", "upperson", "train", "--config", "toypedes", "--data-root",
+                             str(toypedes_root), "--output", str(run), "--no-progress", "--device", "cpu", *sets],
+                            cwd=REPO, env=cli_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if "epoch 1 step 2/" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        out, rest = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    err = "".join(seen) + rest
+    assert proc.returncode == 2, err[-2000:]
+    lines = _error_lines(err)
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert lines[0].startswith("error: interrupted at epoch 1 step ") and "`--resume` continues from epoch 1" in lines[0]
+    assert lines[0] in (run / "train.log").read_text()
+    assert not (run / LOCK_NAME).exists()
