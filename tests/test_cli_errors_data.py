@@ -64,8 +64,6 @@ def _cases(d: dict) -> dict[str, tuple[list, dict, str, object]]:
                                    ["cannot write toypedes", str(d["unwritable"])]),
         "evaluate bad image names the flag": ([*ev, *CKPT, "--data-root", d["bad"]], {}, "upperson",
                                               ["1 bad image", "--skip-bad-images"]),
-        "evaluate missing imgs folder": ([*ev, *CKPT, "--data-root", d["no_imgs"]], {}, "upperson",
-                                         ["image folder", str(d["no_imgs"] / "ToyPEDES" / "imgs"), "does not exist"]),
         "zero-shot without local weights": (["evaluate", "--config", "zero-shot", "--data-root", d["good"],
                                              "--dataset", "toypedes"], no_hub, "upperson",
                                             ["not in the local", "--set model.pretrained=/path/to/ViT-B-16.pt"]),
@@ -91,7 +89,7 @@ def results(data):
 
 
 CASE_NAMES = [
-    "toypedes read-only out", "evaluate bad image names the flag", "evaluate missing imgs folder",
+    "toypedes read-only out", "evaluate bad image names the flag",
     "zero-shot without local weights", "attention empty layer range", "attention layer out of range",
     "ablation bogus variant", "analysis read-only out",
 ]
@@ -154,20 +152,34 @@ def test_evaluate_set_refuses_other_keys_with_a_checkpoint(capsys, data):
                           ["only data.skip_bad_images"])
 
 
-def test_evaluate_skip_bad_images_flag_and_set_key(data):
+def test_evaluate_missing_image_folder(capsys, data):
+    from upperson.cli import main
+
+    _one_error_in_process(capsys, main, ["evaluate", "--dataset", "toypedes", *CKPT, "--data-root", data["no_imgs"]],
+                          ["image folder", str(data["no_imgs"] / "ToyPEDES" / "imgs"), "does not exist"])
+
+
+def test_evaluate_skip_bad_images_flag_and_set_key(data, capsys, caplog):
     """--skip-bad-images and --set data.skip_bad_images=true both skip the unreadable image,
     and the summary counts it."""
+    import logging
+
+    from upperson.cli import main
+
     base = ["evaluate", "--dataset", "toypedes", *CKPT, "--data-root", data["bad"], "--batch-size", "64"]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        procs = list(pool.map(lambda extra: run_cli([*base, *extra]),
-                              [["--skip-bad-images"], ["--set", "data.skip_bad_images=true"]]))
     n_test = sum(1 for a in json.loads((data["good"] / "ToyPEDES" / "reid_raw.json").read_text())
                  if a["split"] == "test")
-    for proc in procs:
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert f"{n_test - 1} images" in proc.stdout
-        assert "skipped 1 bad images (test 1)" in proc.stderr
-        assert data["broken"].name in proc.stderr
+    proc = run_cli([*base, "--skip-bad-images"])  # as a user runs it
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{n_test - 1} images" in proc.stdout
+    assert "skipped 1 bad images (test 1)" in proc.stderr
+    assert data["broken"].name in proc.stderr
+    # the config key, in-process (the same code path, without another interpreter start)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="upperson.data"):
+        assert main([str(a) for a in [*base, "--set", "data.skip_bad_images=true"]]) == 0
+    assert f"{n_test - 1} images" in capsys.readouterr().out
+    assert "skipped 1 bad images (test 1)" in caplog.text and data["broken"].name in caplog.text
 
 
 def test_third_party_info_comes_back_with_v(results):
