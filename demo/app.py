@@ -67,17 +67,17 @@ def _caption(h) -> str:
     return f"{mark}#{h.rank} · {h.score:.3f}{pid}"
 
 
-class TopK(gr.Slider):
-    """The top-k slider; a bad value from the API reaches the function, which explains it."""
+def lenient(component: gr.components.Component, description: str) -> gr.components.Component:
+    """``component`` with its input check left to the event function, which explains a bad value.
 
-    def get_block_name(self) -> str:  # the page draws it as Gradio's slider
-        return "slider"
-
-    def preprocess(self, payload):  # noqa: D102 - see gr.Slider
-        return payload
-
-    def api_info(self) -> dict:
-        return {"type": "number", "description": f"whole number from 1 to {TOP_K_MAX}"}
+    Gradio's own check answers a bad API value (``'abc'`` for a slider) with a bare "upstream
+    exception"; the function instead says what to type. Set on the instance: a subclass of a
+    Gradio component would make Gradio write a ``.pyi`` file beside this module.
+    """
+    component.preprocess = lambda payload: payload  # type: ignore[method-assign]
+    info = {**component.api_info(), "description": description}
+    component.api_info = lambda: info  # type: ignore[method-assign]
+    return component
 
 
 def parse_top_k(value: object) -> int:
@@ -294,8 +294,10 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
                                            placeholder="a woman in a red coat with a black backpack")
                     with gr.Column(scale=1, min_width=180):
                         pid = gr.Textbox(label="Person id (optional)", placeholder="to score the query", elem_id="pid")
-                        top_k = TopK(1, TOP_K_MAX, value=default_top_k, step=1, label="Top k", elem_id="topk")
-                        compare = gr.Checkbox(label="Compare with zero-shot CLIP", value=False, elem_id="compare")
+                        top_k = lenient(gr.Slider(1, TOP_K_MAX, value=default_top_k, step=1, label="Top k",
+                                                  elem_id="topk"), f"whole number from 1 to {TOP_K_MAX}")
+                        compare = lenient(gr.Checkbox(label="Compare with zero-shot CLIP", value=False,
+                                                      elem_id="compare"), "true or false")
                 go = gr.Button("Search", variant="primary", elem_id="search")
                 gr.Examples(examples=[[e] for e in examples], inputs=[query], label="Example queries (gallery captions)")
                 status = gr.Markdown(elem_id="status", latex_delimiters=[])
