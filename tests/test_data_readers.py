@@ -498,3 +498,17 @@ def test_unreadable_image_in_a_dataloader_worker_is_one_clear_error(tmp_path):
     assert msg.startswith(f"{broken.resolve()}: unreadable image")
     assert "\n" not in msg and "Traceback" not in msg and "worker" not in msg
     assert "Traceback" in info.value.worker_traceback
+
+
+def test_data_root_mistakes_are_named(tmp_path):
+    """What users pass by mistake: the annotation file itself (accepted), another file, or the
+    root of another dataset (the error says which --dataset it holds)."""
+    ann = _write_pedes(tmp_path, "ICFG-PEDES", "ICFG-PEDES.json", "file_path")
+    assert load_dataset("icfg-pedes", ann).counts("test") == _expected()["test"]
+    with pytest.raises(DatasetError, match=r"the data root is a file; give the folder that holds ICFG-PEDES/"):
+        load_dataset("icfg-pedes", ann.parent / "imgs" / "a" / "17_0.png")
+    with pytest.raises(DatasetError) as info:
+        load_dataset("cuhk-pedes", tmp_path)
+    msg = str(info.value)
+    assert f"{tmp_path / 'CUHK-PEDES' / 'reid_raw.json'}: annotation file not found" in msg
+    assert "ICFG-PEDES/ (--dataset icfg-pedes)" in msg

@@ -291,11 +291,36 @@ def _build(
 # ----------------------------------------------------------------------------- the formats
 
 
+#: dataset name -> (its folder under a data root, its annotation file)
+LAYOUTS: dict[str, tuple[str, str]] = {
+    "cuhk-pedes": ("CUHK-PEDES", "reid_raw.json"),
+    "icfg-pedes": ("ICFG-PEDES", "ICFG-PEDES.json"),
+    "rstpreid": ("RSTPReid", "data_captions.json"),
+    "toypedes": ("ToyPEDES", "reid_raw.json"),
+    "toypedes-weak": ("ToyPEDES-weak", "reid_raw.json"),
+}
+
+
+def _found_here(root: Path) -> str:
+    """Which datasets a data root holds, as a hint for a wrong --dataset or --data-root."""
+    have = [f"{folder}/ (--dataset {name})" for name, (folder, ann) in LAYOUTS.items()
+            if (root / folder / ann).is_file()]
+    return f"; {root} holds {', '.join(have)}" if have else ""
+
+
 def _dataset_dir(root: Path, folder: str, ann_name: str) -> Path:
-    """``root/folder`` -- or ``root`` itself when it already is that folder."""
+    """``root/folder`` -- or ``root`` itself when it already is that folder, or the folder of
+    ``root`` when it is the annotation file itself."""
     if not root.exists():
         raise DatasetError(f"{root}: data root not found")
+    if root.is_file():
+        if root.name == ann_name:
+            return root.parent
+        raise DatasetError(f"{root}: the data root is a file; give the folder that holds {folder}/ "
+                           f"(or {folder}/ itself)")
     if (root / folder / ann_name).is_file() or not (root / ann_name).is_file():
+        if not (root / folder / ann_name).is_file():
+            raise DatasetError(f"{root / folder / ann_name}: annotation file not found{_found_here(root)}")
         return root / folder
     return root
 
