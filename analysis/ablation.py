@@ -477,10 +477,12 @@ def _uncertainty_note(df: pd.DataFrame) -> str:
     if not has_intervals(df):
         return (" No error bars: this table has no per-query results (one seed, single test split), so "
                 "differences of a few points may be noise.")
-    seeds = pd.to_numeric(df.get("seeds"), errors="coerce")
-    r = pd.to_numeric(df["ci_resamples"], errors="coerce").dropna()
-    s = pd.to_numeric(df["ci_seed"], errors="coerce").dropna()
-    return (f" Values are means over {int(seeds.min())}-{int(seeds.max())} training seed(s); error bars are "
+    def column(name: str) -> pd.Series:  # a table written by hand or by an older sweep may lack some
+        return pd.to_numeric(df[name], errors="coerce").dropna() if name in df.columns else pd.Series(dtype=float)
+
+    seeds, r, s = column("seeds"), column("ci_resamples"), column("ci_seed")
+    span = f"{int(seeds.min())}-{int(seeds.max())}" if len(seeds) else "?"
+    return (f" Values are means over {span} training seed(s); error bars are "
             f"95 % percentile-bootstrap intervals over test queries ({int(r.iloc[0]) if len(r) else '?'} resamples, "
             f"seed {int(s.iloc[0]) if len(s) else '?'}) of the seed-averaged per-query results.")
 

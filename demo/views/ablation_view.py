@@ -1,0 +1,234 @@
+"""The Ablation tab: the study's table, its figures and the command that reproduces it.
+
+Reads a folder written by ``python -m analysis ablation --out DIR`` (default: the shipped
+``assets/ablation/``, or any folder under the app's allowed roots): ``ablation.csv`` as written
+(:func:`analysis.ablation.read_csv`), its ``README.md`` for the command, and
+``ablation_curves.png`` when present. The bars and the parameter plot are drawn by the CLI's
+functions (:func:`analysis.ablation.bars_figure`, :func:`analysis.ablation.params_figure`); the
+metric selector redraws the bars, with the 95 % intervals as error bars where the table has them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import gradio as gr
+import pandas as pd
+
+from analysis import ablation
+from demo.context import DemoContext, SharedUI
+from demo.gallery import GalleryError
+from demo.markup import text as esc
+from demo.search import QueryError
+from demo.views.common import Choice, cache_of, figure_file, png_file, user_error
+
+log = logging.getLogger(__name__)
+
+CSV_NAME = "ablation.csv"
+CLI_METRICS = "R1+mAP"  # what the CLI's ablation_bars.png shows
+METRICS = {CLI_METRICS: ("R1", "mAP"), **{m: (m,) for m in ablation.BAR_METRICS}}
+#: uncertainty columns shown when the table has them (docs/statistics.md)
+STAT_COLUMNS = ["seeds", "R1_std", "R1_ci_low", "R1_ci_high", "mAP_ci_low", "mAP_ci_high", "R1_diff_vs_upperson",
+                "R1_diff_ci_low", "R1_diff_ci_high"]
+SIGNIFICANCE = "vs UP-Person"  # the mark column added to the shown table
+STUDIES, STUDIES_SIZE = "ablation-studies", 8  # (csv path, mtime, size) -> Study
+DRAWINGS, DRAWINGS_SIZE = "ablation-drawings", 64
+
+
+def shipped_folder() -> Path:
+    """``assets/ablation`` of this repository: the study that ships with it."""
+    from upperson.embedded import REPO_ROOT
+
+    return REPO_ROOT / "assets" / "ablation"
+
+
+@dataclass
+class Study:
+    """One ablation folder, read."""
+
+    folder: Path
+    table: pd.DataFrame  # ablation.csv as written
+    command: str  # the commands from its README ("" when unknown)
+    curves: Optional[bytes]  # ablation_curves.png, when the folder has it
+
+
+def readme_command(readme: Path) -> str:
+    """The first fenced code block of the README (``write_readme`` puts the exact command there)."""
+    try:
+        text = readme.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    m = re.search(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
+    return m.group(1).strip() if m else ""
+
+
+def study_folder(ctx: DemoContext, folder: object) -> Path:
+    """The folder to read: the shipped study for an empty value, else ``folder`` inside the allowed roots."""
+    if folder is not None and not isinstance(folder, str):
+        raise QueryError(f"The folder must be text; got {type(folder).__name__}.")
+    if folder is None or not folder.strip():
+        return shipped_folder()
+    try:
+        path = ctx.resolve(folder)
+    except GalleryError as exc:
+        raise QueryError(f"{exc}. Leave the folder empty for the shipped study.") from None
+    if not path.is_dir():
+        raise QueryError(f"{folder}: not a folder; give the --out folder of `python -m analysis ablation`.")
+    return path
+
+
+def load_study(ctx: DemoContext, folder: object) -> tuple[tuple, Study]:
+    """(cache key, study) of an ablation folder; QueryError when it holds no readable table."""
+    path = study_folder(ctx, folder)
+    csv = path / CSV_NAME
+    if not csv.is_file():
+        raise QueryError(f"{path.name or path}: no {CSV_NAME} in this folder; give the --out folder of "
+                         "`python -m analysis ablation` (or leave it empty for the shipped study).")
+    st = csv.stat()
+    key = (str(csv), st.st_mtime_ns, st.st_size)
+
+    def make() -> Study:
+        try:
+            table = ablation.read_csv(csv)
+        except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise QueryError(f"{CSV_NAME} cannot be read as an ablation table: {exc}") from None
+        if table.empty:
+            raise QueryError(f"{CSV_NAME} has no rows: no variant has a complete run.")
+        curves = path / "ablation_curves.png"
+        return Study(path, table, readme_command(path / "README.md"),
+                     curves.read_bytes() if curves.is_file() else None)
+
+    return key, cache_of(ctx, STUDIES, STUDIES_SIZE).get_or_make(key, make)
+
+
+def _num(value: object) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def significance_mark(row: pd.Series) -> str:
+    """The mark of a row's paired R@1 difference to UP-Person: reference, ``* significant`` (its 95 %
+    interval excludes zero), ``n.s.``, or ``-`` (no difference computed)."""
+    if row.get("variant") == ablation.REFERENCE:
+        return "reference"
+    if not math.isfinite(_num(row.get("R1_diff_vs_upperson"))):
+        return "-"
+    sig = str(row.get("R1_diff_significant", "")).strip().lower()
+    if sig in ("true", "false"):
+        return "* significant" if sig == "true" else "n.s."
+    lo, hi = _num(row.get("R1_diff_ci_low")), _num(row.get("R1_diff_ci_high"))
+    if math.isfinite(lo) and math.isfinite(hi):
+        return "* significant" if lo > 0 or hi < 0 else "n.s."
+    return "-"
+
+
+def shown_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as shown: every column of the CSV, and (with the uncertainty columns) the significance
+    mark of the R@1 difference to UP-Person after the label."""
+    df = table.copy()
+    if ablation.has_intervals(df) and "R1_diff_vs_upperson" in df.columns:
+        at = list(df.columns).index("label") + 1 if "label" in df.columns else 1
+        df.insert(at, SIGNIFICANCE, [significance_mark(r) for _, r in df.iterrows()])
+    return df
+
+
+def parse_metric(value: object) -> str:
+    if value not in METRICS:
+        raise QueryError(f"Metric must be one of {', '.join(METRICS)}; got {str(value)[:40]!r}.")
+    return str(value)
+
+
+def _drawn(ctx: DemoContext, key: tuple, make) -> str:
+    """The figure ``make()`` returns, as a cached file; a table the figure code cannot read is a message."""
+    def draw() -> str:
+        try:
+            return figure_file(ctx, make()[0])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise QueryError(f"{CSV_NAME} cannot be drawn ({type(exc).__name__}: {exc}); is it a table written by "
+                             "`python -m analysis ablation`?") from None
+
+    return cache_of(ctx, DRAWINGS, DRAWINGS_SIZE).get_or_make(key, draw)
+
+
+def bars(ctx: DemoContext, key: tuple, study: Study, metric: str) -> str:
+    cols = [m for m in METRICS[metric] if m in study.table.columns]
+    if not cols:
+        raise QueryError(f"This table has no {metric} column; choose another metric.")
+    return _drawn(ctx, (key, "bars", metric), lambda: ablation.bars_figure(study.table, cols))
+
+
+def notes(study: Study, folder_given: bool) -> str:
+    df = study.table
+    where = "the shipped study (assets/ablation)" if not folder_given else f"folder {esc(study.folder)}"
+    lines = [f"**{len(df)} variants** from {where}."]
+    if ablation.has_intervals(df):
+        lines.append("Uncertainty: means over seeds; 95 % bootstrap intervals over test queries; *vs UP-Person* "
+                     "marks a paired R@1 difference whose interval excludes zero (`* significant`).")
+    else:
+        lines.append("This table has no uncertainty columns (one seed, no per-query results): differences of a "
+                     "few points may be noise.")
+    return "\n\n".join(lines)
+
+
+def show(ctx: DemoContext, folder, metric):
+    """(table, bars, params figure, curves figure, command, notes) -- the ``/ablation`` action."""
+    m = parse_metric(metric)
+    key, study = load_study(ctx, folder)
+    params = _drawn(ctx, (key, "params"), lambda: ablation.params_figure(study.table))
+    curves = png_file(ctx, study.curves) if study.curves else None
+    command = study.command or "(the folder has no README.md with the command that made it)"
+    given = isinstance(folder, str) and bool(folder.strip())
+    return shown_table(study.table), bars(ctx, key, study, m), params, curves, command, notes(study, given)
+
+
+def build_ablation_tab(ctx: DemoContext, ui: SharedUI) -> None:
+    """The Ablation tab's components and events (inside ``with gr.Tab(...)``)."""
+    gr.Markdown("The per-component ablation (`python -m analysis ablation`): every variant and metric, the "
+                "figures, and the command that reproduces the study.")
+    roots = ", ".join(map(str, ctx.allow_roots))
+    with gr.Row():
+        folder = gr.Textbox(label="Ablation folder (empty: the shipped study" + (f"; or a folder under {roots})"
+                            if roots else "; start with --allow-root DIR to choose one)"), elem_id="ablation-folder",
+                            scale=3)
+        metric = Choice([(("R@1 and mAP (as the CLI)" if k == CLI_METRICS else ablation.BAR_METRICS[k]), k)
+                         for k in METRICS], value=CLI_METRICS, label="Metric", elem_id="ablation-metric", scale=1)
+        run = gr.Button("Show the study", variant="primary", elem_id="ablation-run", scale=1)
+    info = gr.Markdown(elem_id="ablation-info", latex_delimiters=[])
+    table = gr.Dataframe(label="ablation.csv", interactive=False, wrap=True, elem_id="ablation-table")
+    with gr.Row():
+        bar_fig = gr.Image(label="Retrieval per variant", type="filepath", interactive=False,
+                           elem_id="ablation-bars", buttons=["download"])
+        params_fig = gr.Image(label="R@1 against trainable parameters", type="filepath", interactive=False,
+                              elem_id="ablation-params", buttons=["download"])
+    curves_fig = gr.Image(label="Training curves", type="filepath", interactive=False, elem_id="ablation-curves",
+                          buttons=["download"])
+    command = gr.Code(label="Reproduce the study", language="shell", interactive=False, elem_id="ablation-command",
+                      lines=2)
+
+    def ablation_study(folder_path, metric_name):
+        """The ablation table (every variant and metric), its figures and the command that made it."""
+        try:
+            return show(ctx, folder_path, metric_name)
+        except QueryError as exc:
+            raise user_error(exc) from None
+
+    def redraw(folder_path, metric_name):
+        """The metric changed: redraw the bars (only)."""
+        try:
+            key, study = load_study(ctx, folder_path)
+            return bars(ctx, key, study, parse_metric(metric_name))
+        except QueryError as exc:
+            raise user_error(exc) from None
+
+    run.click(ablation_study, [folder, metric], [table, bar_fig, params_fig, curves_fig, command, info],
+              api_name="ablation")
+    folder.submit(ablation_study, [folder, metric], [table, bar_fig, params_fig, curves_fig, command, info],
+                  api_visibility="private")
+    metric.change(redraw, [folder, metric], bar_fig, api_visibility="private")

@@ -1,0 +1,134 @@
+"""What the views share: input components that let a bad API value reach the handler, a small
+thread-safe LRU cache, figures to served files, and the user-facing error.
+
+A bad value from ``gradio_client`` (a layer of ``'abc'``, a count of ``None``) must reach the
+view's own parser, which explains what to type; Gradio's own ``preprocess`` would answer with
+a bare error. The subclasses below pass the payload through and draw as Gradio's component.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import weakref
+from collections import OrderedDict
+from typing import Callable, Generic, Hashable, Optional, TypeVar
+
+import gradio as gr
+
+V = TypeVar("V")
+
+
+class Choice(gr.Dropdown):
+    """A dropdown whose value (any text or number from the API) reaches the handler unchanged."""
+
+    def get_block_name(self) -> str:  # drawn as Gradio's dropdown
+        return "dropdown"
+
+    def preprocess(self, payload):  # noqa: D102 - see gr.Dropdown
+        return payload
+
+
+class Pick(gr.Radio):
+    """Radio buttons whose value reaches the handler unchanged (it checks the value itself)."""
+
+    def get_block_name(self) -> str:
+        return "radio"
+
+    def preprocess(self, payload):  # noqa: D102 - see gr.Radio
+        return payload
+
+
+class Count(gr.Slider):
+    """A slider whose value reaches the handler unchanged (``'abc'`` or None included)."""
+
+    def get_block_name(self) -> str:
+        return "slider"
+
+    def preprocess(self, payload):  # noqa: D102 - see gr.Slider
+        return payload
+
+    def api_info(self) -> dict:
+        return {"type": "number", "description": f"whole number from {self.minimum:g} to {self.maximum:g}"}
+
+
+def user_error(message: object) -> gr.Error:
+    """A ``gr.Error`` the visitor can act on; the message is escaped (it may quote their input)."""
+    return gr.Error(html.escape(" ".join(str(message).split()), quote=False), print_exception=False)
+
+
+class LRU(Generic[V]):
+    """A small least-recently-used cache, thread-safe; ``get_or_make`` computes a missing value once
+    (concurrent callers of one key wait for the first instead of computing it again)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+        self._making: dict[Hashable, threading.Lock] = {}
+
+    def get(self, key: Hashable) -> Optional[V]:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        return None
+
+    def put(self, key: Hashable, value: V) -> V:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+        return value
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def get_or_make(self, key: Hashable, make: Callable[[], V]) -> V:
+        hit = self.get(key)
+        if hit is not None:
+            return hit
+        with self._lock:
+            lock = self._making.setdefault(key, threading.Lock())
+        with lock:
+            hit = self.get(key)
+            if hit is None:
+                hit = self.put(key, make())
+        with self._lock:
+            self._making.pop(key, None)
+        return hit
+
+
+def figure_file(ctx, fig) -> str:
+    """Render a matplotlib figure as the CLI's PNG (same size and DPI) into the app's served image
+    folder; returns the file (content-addressed: the same figure is one file)."""
+    from analysis import style
+
+    return png_file(ctx, style.png_bytes(fig))
+
+
+def png_file(ctx, data: bytes) -> str:
+    """PNG bytes into the app's served, content-addressed image folder (``demo.thumbs.ImageFiles``)."""
+    return ctx.files._write(data, ".png")  # the content-addressed writer behind ImageFiles.save
+
+
+_CACHES: "weakref.WeakKeyDictionary[object, dict[str, LRU]]" = weakref.WeakKeyDictionary()
+_CACHES_LOCK = threading.Lock()
+
+
+def cache_of(ctx, name: str, size: int) -> LRU:
+    """The app's LRU cache ``name`` (one per engine: shared by the visitors of one app, never by two apps)."""
+    with _CACHES_LOCK:
+        caches = _CACHES.setdefault(ctx.engine, {})
+        if name not in caches:
+            caches[name] = LRU(size)
+        return caches[name]
+
+
+def view_key(ctx, state) -> tuple:
+    """(gallery key, checkpoint, gallery name, images): what a cached result of the visitor's view depends on."""
+    s = ctx.valid_state(state)
+    g = ctx.gallery(s)
+    return (*ctx.cache_key(s), g.name, len(g.items))
