@@ -188,6 +188,7 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
         """Rank the visitor's gallery for a description (and, with compare, by the zero-shot backbone too)."""
         s = ctx.valid_state(state)
         try:
+            s = ctx.check_state(state)
             k = parse_top_k(top_k)
             both = parse_flag(compare, "Compare")
             if query is not None and not isinstance(query, str):
@@ -212,6 +213,7 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
 
         s = ctx.valid_state(state)
         try:
+            s = ctx.check_state(state)
             if name is not None and not isinstance(name, str):
                 raise QueryError(f"The image name must be text (as the results show it); got {type(name).__name__}.")
             image, heat, item = engine.explain(name, gallery=s.gallery, checkpoint=s.model)

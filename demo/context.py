@@ -59,6 +59,13 @@ class DemoContext:
             return self.new_state()
         return state
 
+    def check_state(self, state: Optional[VisitorState]) -> VisitorState:
+        """``state`` if its gallery is still indexed, else QueryError telling the visitor what to do."""
+        if isinstance(state, VisitorState) and state.gallery not in self.engine.galleries:
+            raise QueryError(f"Your gallery is no longer in memory (the {self.engine.MAX_GALLERIES} most recently "
+                             "indexed folders are kept): choose its folder again under *Model and gallery*.")
+        return self.valid_state(state)
+
     # ------------------------------------------------------------------ reading the visitor's view
     def gallery_index(self, state: Optional[VisitorState]) -> GalleryIndex:
         return self.engine.gallery_index(self.valid_state(state).gallery)

@@ -448,6 +448,12 @@ def test_each_visitor_keeps_its_own_gallery(tmp_path):
         name_a = folders["a"][0].name
         assert a.predict(name_a, api_name="/explain")[0] is not None
         assert "not an image" in b.predict(name_a, api_name="/explain")[1]
+        # a gallery dropped from memory is said so, not silently replaced by the default
+        engine.MAX_GALLERIES = 1
+        b.predict("b", api_name="/set_gallery")  # re-indexing b evicts a
+        main, _, status, _ = _search(a, "a person in a coat", k=3)
+        assert main == [] and "no longer in memory" in status
+        assert len(_search(b, "a person in a coat", k=10)[0]) == len(folders["b"])
     finally:
         for c in clients:
             c.close()
