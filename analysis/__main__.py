@@ -268,6 +268,8 @@ def validate_args(args) -> None:
 
     if args.command != "ablation" or not args.list:
         _writable(Path(args.out))
+    if getattr(args, "cache_dir", None):
+        _writable(Path(args.cache_dir), "--cache-dir")
     for attr, flag in _INDEX_OPTIONS:  # syntax and non-empty ranges; the model's size is checked later
         spec = getattr(args, attr, None)
         if spec is not None:
@@ -432,7 +434,7 @@ def _describe(exc: BaseException) -> str:
                 "run the same command again to finish (ablation --run resumes incomplete runs)")
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
-        return f"{exc.strerror}{where}; check that the output folder (--out) is writable and has free space"
+        return f"{exc.strerror}{where}; check that this path can be written (--out, --cache-dir) and has free space"
     return str(exc)
 
 

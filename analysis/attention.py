@@ -164,8 +164,12 @@ def compute_prefix_attention(model: UPPerson, pixels: torch.Tensor, tokens: torc
 def load_example(model: UPPerson, tokenizer: CaptionTokenizer, image_path: Path, caption: str
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """The test-time pixels of an image file and the tokens of a caption."""
-    with Image.open(image_path) as im:
-        pixels = build_transforms(model.image_size, train=False)(im.convert("RGB"))
+    try:
+        with Image.open(image_path) as im:
+            rgb = im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors do not all name the file
+        raise ValueError(f"{image_path}: unreadable image ({exc})") from exc
+    pixels = build_transforms(model.image_size, train=False)(rgb)
     return pixels, tokenizer(caption)[0]
 
 

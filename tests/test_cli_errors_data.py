@@ -136,10 +136,12 @@ def _one_error_in_process(capsys, main, argv, must: list[str]) -> None:
     (["curves", "{base}/no-run"], ["no-run", "no training log"]),
     (["attention", "--dataset", "market"], ["unknown", "market"]),
     (["report", "--text-layers", "5-2"], ["--text-layers", "empty range"]),
+    (["umap", "--cache-dir", "{base}/a-file/cache"], ["--cache-dir", "is a file"]),
 ])
 def test_analysis_option_checks(capsys, tmp_path, argv, must):
     from analysis.__main__ import main
 
+    (tmp_path / "a-file").write_text("not a folder\n")
     argv = [a.format(base=tmp_path) for a in argv]
     _one_error_in_process(capsys, main, [*argv, "--out", tmp_path / "figs"], must)
     assert not (tmp_path / "figs").exists()
@@ -247,6 +249,15 @@ def test_zero_shot_tag_fails_at_once_without_network(tmp_path, monkeypatch):
     clip_cache.mkdir(parents=True)
     (clip_cache / "ViT-B-16.pt").write_bytes(b"x")
     assert cached_pretrained(url_only) == clip_cache / "ViT-B-16.pt"
+
+
+def test_analysis_unreadable_image_names_the_file(tmp_path):
+    from analysis.attention import load_example
+
+    bad = tmp_path / "cut.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    with pytest.raises(ValueError, match=f"{bad}: unreadable image"):
+        load_example(None, None, bad, "a caption")
 
 
 def test_analysis_interrupt_and_write_failure_are_one_line(capsys, monkeypatch, tmp_path):
