@@ -8,14 +8,11 @@ Refusals must also leave every byte of an existing run folder unchanged.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
 from tests.cli_battery import assert_one_error, run_cli
 from upperson.config import load_config
@@ -48,9 +45,9 @@ def _unwritable(base: Path) -> Path:
 
 
 def _corrupt_copies(best: Path, base: Path) -> dict[str, Path]:
-    """Copies of a checkpoint: one bit flipped, truncated, NaN-filled (with a matching checksum)."""
+    """Copies of a checkpoint: one with a bit flipped, one truncated."""
     out = {}
-    for kind in ("bitflip", "truncated", "nan"):
+    for kind in ("bitflip", "truncated"):
         d = base / f"ckpt-{kind}"
         shutil.copytree(best, d)
         w = d / "petl.safetensors"
@@ -58,16 +55,8 @@ def _corrupt_copies(best: Path, base: Path) -> dict[str, Path]:
         if kind == "bitflip":
             data[-10] ^= 0x04
             w.write_bytes(bytes(data))
-        elif kind == "truncated":
-            w.write_bytes(bytes(data[: len(data) // 2]))
         else:
-            state = load_file(str(w))
-            name = sorted(state)[0]
-            state[name] = torch.full_like(state[name], float("nan"))
-            save_file(state, str(w), metadata={"format": "upperson-petl"})
-            meta = json.loads((d / "petl.json").read_text())
-            meta["sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()  # checksum fine, numbers not
-            (d / "petl.json").write_text(json.dumps(meta))
+            w.write_bytes(bytes(data[: len(data) // 2]))
         out[kind] = d
     return out
 
@@ -87,10 +76,7 @@ def battery(tmp_path_factory, toypedes_root):
     ev = ["evaluate", *root, "--dataset", "toypedes"]
     cases = {
         "batch-size-0": (new + [str(base / "n1"), *_sets("data.batch_size=0")], "data.batch_size"),
-        "batch-size-negative": (new + [str(base / "n2"), *_sets("data.batch_size=-4")], "data.batch_size"),
         "epochs-negative": (new + [str(base / "n3"), *_sets("train.epochs=-1")], "train.epochs"),
-        "lr-zero": (new + [str(base / "n4"), *_sets("train.lr=0")], "train.lr"),
-        "workers-negative": (new + [str(base / "n5"), *_sets("data.num_workers=-2")], "data.num_workers"),
         "pretrained-null": (new + [str(base / "n6"), *_sets("model.pretrained=null")], "random"),
         "empty-yaml": (["train", "--config", str(base / "empty.yaml"), *root, "--output", str(base / "n7")], "empty"),
         "existing-run": (new + [str(run)], "--resume"),
@@ -102,7 +88,6 @@ def battery(tmp_path_factory, toypedes_root):
         "unwritable-output": (new + [str(unwritable / "run")], "cannot write"),
         "ckpt-bitflip": (ev + ["--checkpoint", str(ckpts["bitflip"])], ["petl.safetensors", "corrupted"]),
         "ckpt-truncated": (ev + ["--checkpoint", str(ckpts["truncated"])], ["petl.safetensors", "truncated"]),
-        "ckpt-nan": (ev + ["--checkpoint", str(ckpts["nan"])], ["petl.safetensors", "non-finite"]),
         "evaluate-json-unwritable": (ev + ["--run", str(run), "--json", str(unwritable / "m.json")], "m.json"),
         "evaluate-batch-0": (ev + ["--run", str(run), "--batch-size", "0"], "--batch-size"),
         "params-empty-yaml": (["params", "--config", str(base / "empty.yaml")], "empty"),
@@ -114,9 +99,9 @@ def battery(tmp_path_factory, toypedes_root):
     return {"cases": cases, "procs": procs, "run": run, "before": before, "base": base}
 
 
-CASE_IDS = ["batch-size-0", "batch-size-negative", "epochs-negative", "lr-zero", "workers-negative",
-            "pretrained-null", "empty-yaml", "existing-run", "resume-unsafe-set", "resume-fewer-epochs",
-            "resume-not-a-run", "unwritable-output", "ckpt-bitflip", "ckpt-truncated", "ckpt-nan",
+# (more number ranges, and NaN weights, are checked in-process: tests/test_config.py, tests/test_checkpoint.py)
+CASE_IDS = ["batch-size-0", "epochs-negative", "pretrained-null", "empty-yaml", "existing-run", "resume-unsafe-set",
+            "resume-fewer-epochs", "resume-not-a-run", "unwritable-output", "ckpt-bitflip", "ckpt-truncated",
             "evaluate-json-unwritable", "evaluate-batch-0", "params-empty-yaml"]
 
 
@@ -129,6 +114,6 @@ def test_bad_invocation_is_one_error_line(battery, case):
 def test_refusals_leave_the_run_byte_identical_and_create_no_folder(battery):
     assert folder_digest(battery["run"]) == battery["before"]
     base = battery["base"]
-    for name in ("n1", "n2", "n3", "n4", "n5", "n6", "n7"):
+    for name in ("n1", "n3", "n6", "n7"):
         assert not (base / name).exists(), name
     assert list((base / "not-a-run").iterdir()) == []

@@ -36,6 +36,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from upperson.io import check_writable_file
+
+    # the cheap checks first, before the heavy imports and long before the model runs
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: give a batch size >= 1")
+    if args.json_out:
+        check_writable_file(Path(args.json_out), "--json file")
+
     from upperson.config import load_config, load_run_config
     from upperson.data import build_tokenizer, load_dataset
     from upperson.evaluation import evaluate_per_query
@@ -46,12 +54,6 @@ def run(args: argparse.Namespace) -> int:
     from upperson.model.checkpoint import load_model
     from upperson.runtime import resolve_device
 
-    from upperson.io import check_writable_file
-
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: give a batch size >= 1")
-    if args.json_out:
-        check_writable_file(Path(args.json_out), "--json file")  # before the model runs, not after
     if args.resamples < 1:
         raise ValueError(f"--resamples {args.resamples}: give a positive number of bootstrap resamples (e.g. 2000)")
     dataset = args.dataset

@@ -78,6 +78,7 @@ def resume_config(run_dir: Path, overrides: Sequence[str], config: Optional[str]
     if not is_run(run_dir):
         what = "does not exist" if not run_dir.exists() else f"holds no run (no {CONFIG_NAME})"
         raise RunFolderError(f"--resume: {run_dir} {what}; start the run without --resume")
+    check_writable(run_dir)
     saved = load_run_config(run_dir / CONFIG_NAME)
     wanted = load_config(config, list(overrides)) if config else load_run_config(run_dir / CONFIG_NAME, list(overrides))
     refuse_unsafe_changes(run_dir, saved, wanted)
@@ -110,8 +111,24 @@ def log_config_changes(run_dir: Path, cfg) -> None:
         log.info("resume: %s changed from %s to %s", k, json.dumps(a), json.dumps(b))
 
 
+def check_writable(run_dir: Path) -> None:
+    """Refuse a run folder that could not be written: try a (removed at once) file in it, or in
+    the nearest folder above it that exists."""
+    import tempfile
+
+    probe = Path(run_dir)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".upperson-probe-"):
+            pass
+    except OSError as exc:
+        raise RunFolderError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}; "
+                             "choose a writable --output") from None
+
+
 def check_new_run(run_dir: Path) -> None:
-    """Refuse to start a new run in ``run_dir`` when it holds a run, or other files."""
+    """Refuse to start a new run in ``run_dir`` when it holds a run, or other files, or cannot be written."""
     run_dir = Path(run_dir)
     if is_run(run_dir):
         raise RunFolderError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --output")
@@ -123,6 +140,7 @@ def check_new_run(run_dir: Path) -> None:
             raise RunFolderError(
                 f"{run_dir} is not empty and holds no run (e.g. {others[0]!r}); choose a new or empty --output"
             )
+    check_writable(run_dir)
 
 
 def _pid_alive(pid: int) -> bool:
