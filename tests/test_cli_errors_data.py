@@ -174,14 +174,14 @@ def test_evaluate_skip_bad_images_flag_and_set_key(data, capsys, caplog):
     proc = run_cli([*base, "--skip-bad-images"])  # as a user runs it
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"{n_test - 1} images" in proc.stdout
-    assert "skipped 1 bad images (test 1)" in proc.stderr
+    assert "skipped 1 bad image (test 1)" in proc.stderr
     assert data["broken"].name in proc.stderr
     # the config key, in-process (the same code path, without another interpreter start)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="upperson.data"):
         assert main([str(a) for a in [*base, "--set", "data.skip_bad_images=true"]]) == 0
     assert f"{n_test - 1} images" in capsys.readouterr().out
-    assert "skipped 1 bad images (test 1)" in caplog.text and data["broken"].name in caplog.text
+    assert "skipped 1 bad image (test 1)" in caplog.text and data["broken"].name in caplog.text
 
 
 def test_third_party_info_comes_back_with_v(results):

@@ -383,8 +383,8 @@ def test_image_without_captions_is_a_distractor_in_test_and_skipped_in_train(tmp
     assert ds.note("kept", "images without captions") == 1
     assert ds.note("skipped", "train images without captions") == 1
     summary = ds.summary()
-    assert "kept 1 images without captions (test 1)" in summary
-    assert "skipped 1 train images without captions (train 1)" in summary
+    assert "kept 1 image without captions (test 1)" in summary
+    assert "skipped 1 train image without captions (train 1)" in summary
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "entry 8" in warned and "entry 1" in warned
 

@@ -55,7 +55,12 @@ class ReadNote:
 
     def line(self) -> str:
         splits = ", ".join(f"{s} {n}" for s, n in self.per_split.items())
-        return f"{self.action} {self.total} {self.what} ({splits}): {self.why}"
+        what = self.what.split()
+        if self.total == 1:  # "1 bad image", "1 image without captions"
+            i = next((i for i, w in enumerate(what) if w in ("captions", "images")), None)
+            if i is not None:
+                what[i] = what[i][:-1]
+        return f"{self.action} {self.total} {' '.join(what)} ({splits}): {self.why}"
 
 
 @dataclass
