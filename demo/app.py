@@ -158,6 +158,9 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
     """The Blocks app around ``engine`` (shared by every visitor; each keeps its own view state)."""
     ctx = DemoContext(engine, allow_roots=allow_roots, default_top_k=default_top_k)
     files = ctx.files
+    # our generated images (content-addressed, never modified) are served from their folder as
+    # they are: Gradio neither hashes nor copies each result image into its cache per request
+    gr.set_static_paths([files.dir])
     examples = examples or [
         c for it in engine.gallery.items for c in it.captions[:1]][:8] or [
         "a woman in a red coat with a black backpack", "a man wearing a blue jacket and grey trousers"]
