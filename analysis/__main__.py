@@ -317,6 +317,8 @@ def validate_args(args) -> None:
                                  "add --run, or leave them out to plot existing results")
         elif args.ablation_csv:
             raise ValueError("--csv plots an existing table, --run trains the variants: give one of them")
+        else:
+            _writable(Path(args.runs_dir) if args.runs_dir else _default_runs_dir(), "--runs-dir")
 
 
 def cmd_ablation(args, command: str = ""):

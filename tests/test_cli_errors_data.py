@@ -137,6 +137,7 @@ def _one_error_in_process(capsys, main, argv, must: list[str]) -> None:
     (["attention", "--dataset", "market"], ["unknown", "market"]),
     (["report", "--text-layers", "5-2"], ["--text-layers", "empty range"]),
     (["umap", "--cache-dir", "{base}/a-file/cache"], ["--cache-dir", "is a file"]),
+    (["ablation", "--run", "--runs-dir", "{base}/a-file/runs"], ["--runs-dir", "is a file"]),
 ])
 def test_analysis_option_checks(capsys, tmp_path, argv, must):
     from analysis.__main__ import main
