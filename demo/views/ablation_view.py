@@ -204,11 +204,11 @@ def build_ablation_tab(ctx: DemoContext, ui: SharedUI) -> None:
     table = gr.Dataframe(label="ablation.csv", interactive=False, wrap=True, elem_id="ablation-table")
     with gr.Row():
         bar_fig = gr.Image(label="Retrieval per variant", type="filepath", interactive=False,
-                           elem_id="ablation-bars", buttons=["download"])
+                           show_label=False, elem_id="ablation-bars", buttons=["download"])
         params_fig = gr.Image(label="R@1 against trainable parameters", type="filepath", interactive=False,
-                              elem_id="ablation-params", buttons=["download"])
-    curves_fig = gr.Image(label="Training curves", type="filepath", interactive=False, elem_id="ablation-curves",
-                          buttons=["download"])
+                           show_label=False, elem_id="ablation-params", buttons=["download"])
+    curves_fig = gr.Image(label="Training curves", type="filepath", interactive=False, show_label=False,
+                          elem_id="ablation-curves", buttons=["download"])
     command = gr.Code(label="Reproduce the study", language="shell", interactive=False, elem_id="ablation-command",
                       lines=2)
 

@@ -109,7 +109,8 @@ def _upload_key(path: str) -> str:
 # ----------------------------------------------------------------------------- computing
 
 
-def record_for(ctx: DemoContext, state, image: object, upload: object, caption: object) -> tuple[tuple, AttentionRecord]:
+def record_for(ctx: DemoContext, state, image: object, upload: object,
+               caption: object) -> tuple[tuple, AttentionRecord]:
     """(cache key, record) of an image (a gallery name, or an uploaded file, which wins) and a caption.
 
     Computed once per (checkpoint, gallery, image, caption); QueryError for what cannot be shown.
@@ -241,12 +242,12 @@ def build_attention_tab(ctx: DemoContext, ui: SharedUI) -> None:
                             label="Quantity", elem_id="attention-quantity")
     info = gr.Markdown(elem_id="attention-info", latex_delimiters=[])
     image_fig = gr.Image(label="Image tower: each patch's prefix attention", type="filepath", interactive=False,
-                         elem_id="attention-image-map", buttons=["download"])
+                           show_label=False, elem_id="attention-image-map", buttons=["download"])
     with gr.Row():
         text_fig = gr.Image(label="Text tower: token × layer", type="filepath", interactive=False,
-                            elem_id="attention-text-map", buttons=["download"])
+                           show_label=False, elem_id="attention-text-map", buttons=["download"])
         scale_fig = gr.Image(label="λ per layer", type="filepath", interactive=False,
-                             elem_id="attention-scales", buttons=["download"])
+                           show_label=False, elem_id="attention-scales", buttons=["download"])
 
     def attention(image_name, upload_file, caption_text, tower_name, layer_index, head_index, quantity_name, state):
         """Prefix attention of an image (gallery name, or upload) and a caption, sliced by the controls."""

@@ -163,7 +163,7 @@ def build_embeddings_tab(ctx: DemoContext, ui: SharedUI) -> None:
     with gr.Row():
         with gr.Column(scale=3, min_width=300):
             plot = gr.Image(label="UMAP: zero-shot beside UP-Person", type="filepath", interactive=False,
-                            elem_id="embeddings-plot", buttons=["download"])
+                           show_label=False, elem_id="embeddings-plot", buttons=["download"])
         with gr.Column(scale=2, min_width=240):
             identity = Choice(choices=[], value=None, allow_custom_value=True, label="Identity",
                               elem_id="embeddings-identity")

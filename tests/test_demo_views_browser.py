@@ -1,0 +1,175 @@
+"""The Attention, Embeddings and Ablation views in a real browser (headless Chromium via Playwright).
+
+One server and one browser for the module; each test opens its own page (its own visitor).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_demo_support import engine as make_engine
+from tests.test_demo_support import load_model, start, toy_root, use_session_cache
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+WAIT = 90_000  # ms; the first UMAP compiles numba's code
+
+
+@pytest.fixture(scope="module")
+def site():
+    """(engine, url, browser)."""
+    if not CHROMIUM.exists():
+        pytest.skip("chromium not installed at /usr/bin/chromium; .ci/run installs it")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    use_session_cache()
+    from demo.gallery import dataset_gallery
+
+    engine = make_engine(load_model(), dataset_gallery("toypedes", toy_root(), "test"))
+    app, url = start(engine)
+    pw = sync_api.sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+    try:
+        yield engine, url, browser
+    finally:
+        browser.close()
+        pw.stop()
+        app.close()
+
+
+def _open(site, tab: str, width: int = 1280):
+    _, url, browser = site
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.goto(url, wait_until="domcontentloaded", timeout=30_000)
+    page.locator("#query textarea").wait_for(timeout=30_000)
+    if tab != "search":
+        _tab(page, tab)
+    return page
+
+
+def _tab(page, key: str) -> None:
+    """Select a tab, also when a narrow screen moved it into the tab bar's "More tabs" menu."""
+    button = page.locator(f"#tab-{key}-button")
+    if button.count() == 0 or not button.is_visible():
+        page.get_by_role("button", name="More tabs").click()
+        page.locator(".overflow-dropdown button", has_text=key.capitalize()).click()
+    else:
+        button.click()
+
+
+def _choose(page, elem_id: str, option: str) -> None:
+    """Open the dropdown ``elem_id`` and click the option whose text is ``option``."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def _src(page, selector: str) -> str:
+    img = page.locator(f"{selector} img").first
+    img.wait_for(timeout=WAIT)
+    return img.get_attribute("src")
+
+
+def _changed(page, selector: str, before: str) -> str:
+    page.wait_for_function("([sel, s]) => { const i = document.querySelector(sel + ' img'); return i && i.src !== s; }",
+                           arg=[selector, before], timeout=WAIT)
+    return _src(page, selector)
+
+
+def _fits(page, width: int) -> None:
+    overflow = page.evaluate("() => document.documentElement.scrollWidth")
+    assert overflow <= width + 1, f"the page is {overflow} px wide in a {width} px viewport"
+
+
+def test_attention_from_a_search_result_and_a_layer_redraws_the_map(site):
+    engine, _, _ = site
+    page = _open(site, "search")
+    try:
+        page.locator("#query textarea").fill(engine.gallery.items[4].captions[0])
+        page.locator("#query textarea").press("Enter")
+        page.locator("#results .thumbnail-item").first.click()  # hand-off: the clicked result is the image
+        page.wait_for_function("() => document.querySelector('#selected textarea').value !== ''", timeout=WAIT)
+        selected = page.locator("#selected textarea").input_value()
+        _tab(page, "attention")
+        page.wait_for_function("(v) => document.querySelector('#attention-image input').value === v", arg=selected,
+                               timeout=WAIT)
+        item = engine.gallery.items[engine.gallery_index().by_name[selected]]
+        page.wait_for_function("(v) => document.querySelector('#attention-caption input').value === v",
+                               arg=item.captions[0], timeout=WAIT)  # its own first caption
+        page.locator("#attention-run").click()
+        before = _src(page, "#attention-image-map")
+        text_before = _src(page, "#attention-text-map")
+        _choose(page, "attention-layer", "2")
+        after = _changed(page, "#attention-image-map", before)
+        assert after != before
+        assert "image tower: layer 2" in page.locator("#attention-info").inner_text()
+        assert _src(page, "#attention-text-map") == text_before  # the other tower is not redrawn
+        _choose(page, "attention-head", "1")
+        _changed(page, "#attention-image-map", after)
+        assert "layer 2, head 1" in page.locator("#attention-info").inner_text()
+    finally:
+        page.close()
+
+
+def test_embeddings_plot_and_an_identity_shows_its_images(site):
+    engine, _, _ = site
+    page = _open(site, "embeddings")
+    try:
+        box = page.locator("#embeddings-n input[type=number]")
+        box.fill("3")
+        box.press("Enter")
+        page.locator("#embeddings-run").click()
+        before = _src(page, "#embeddings-plot")
+        assert "3 identities" in page.locator("#embeddings-info").inner_text()
+        page.locator("#embeddings-identity input").click()
+        options = page.get_by_role("option")
+        assert options.count() == 3
+        label = options.nth(1).inner_text().strip()
+        options.nth(1).click()
+        pid = int(label.split("·")[0].replace("id", "").strip())
+        _changed(page, "#embeddings-plot", before)
+        own = [it for it in engine.gallery.items if it.pid == pid]
+        page.wait_for_function("(n) => document.querySelectorAll('#embeddings-images img').length === n",
+                               arg=len(own), timeout=WAIT)
+        assert f"Identity {pid}" in page.locator("#embeddings-captions").inner_text()
+    finally:
+        page.close()
+
+
+def test_ablation_table_figure_and_metric_selector(site):
+    page = _open(site, "ablation")
+    try:
+        page.locator("#ablation-run").click()
+        before = _src(page, "#ablation-bars")
+        page.locator("#ablation-table").get_by_text("upperson", exact=True).first.wait_for(timeout=WAIT)
+        assert "python -m analysis ablation" in page.locator("#ablation-command").inner_text()
+        _choose(page, "ablation-metric", "mINP")
+        _changed(page, "#ablation-bars", before)
+    finally:
+        page.close()
+
+
+def test_views_fit_a_phone_screen(site):
+    """At 390 px no view makes the page scroll sideways (each tab shown after its action ran)."""
+    engine, _, _ = site
+    page = _open(site, "ablation", width=390)
+    try:
+        page.locator("#ablation-run").click()
+        _src(page, "#ablation-bars")
+        _fits(page, 390)
+        _tab(page, "attention")
+        page.locator("#attention-image input").fill(engine.gallery.relative_name(engine.gallery.items[0]))
+        page.locator("#attention-image input").press("Enter")
+        page.wait_for_function("() => document.querySelector('#attention-caption input').value !== ''", timeout=WAIT)
+        page.locator("#attention-run").click()
+        _src(page, "#attention-image-map")
+        _fits(page, 390)
+        _tab(page, "embeddings")
+        page.locator("#embeddings-n input[type=number]").fill("3")
+        page.locator("#embeddings-n input[type=number]").press("Enter")
+        page.locator("#embeddings-run").click()
+        _src(page, "#embeddings-plot")
+        _fits(page, 390)
+    finally:
+        page.close()
