@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if args.run:
         run_dir = Path(args.run)
         if not (run_dir / "config.yaml").exists():
-            raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+            hint = "; it is a checkpoint folder: use --checkpoint" if (run_dir / "petl.json").exists() else ""
+            raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml){hint}")
         cfg = load_run_config(run_dir / "config.yaml")
         dataset = dataset or cfg.data.dataset
         precision = cfg.train.precision

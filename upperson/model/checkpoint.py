@@ -135,6 +135,8 @@ def trainable_state_dict(model: UPPerson) -> dict[str, torch.Tensor]:
 
 def save_petl(model: UPPerson, path: Union[str, Path], extra: Optional[dict] = None) -> Path:
     """Write ``petl.safetensors`` and ``petl.json`` into folder ``path``, atomically."""
+    if getattr(model, "is_merged", False):
+        raise ValueError("a merged model (model.merged()) has its PETL weights folded in: save the original model")
     weights, config = _paths(path)
     state = trainable_state_dict(model)
     bad = [n for n, t in state.items() if not bool(torch.isfinite(t).all())]
@@ -169,7 +171,10 @@ def read_checkpoint_config(path: Union[str, Path]) -> dict:
     """The JSON side of a checkpoint, validated."""
     weights, config = _paths(path)
     if not config.exists() or not weights.exists():
-        raise FileNotFoundError(f"no UP-Person checkpoint at {Path(path)} (expected {WEIGHTS_NAME} and {CONFIG_NAME})")
+        hint = ""
+        if (weights.parent / "best" / CONFIG_NAME).exists():
+            hint = f"; it is a run folder: its checkpoint is {weights.parent / 'best'} (or use evaluate --run)"
+        raise FileNotFoundError(f"no UP-Person checkpoint at {Path(path)} (expected {WEIGHTS_NAME} and {CONFIG_NAME}){hint}")
     try:
         meta = json.loads(config.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
