@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides).model
     if args.random_init:
-        cfg = dataclasses.replace(cfg, pretrained=None)
+        cfg = dataclasses.replace(cfg, pretrained="random")  # explicit, and logged as such
     report = count_parameters(build_model(cfg))
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
