@@ -236,3 +236,22 @@ def test_a_real_sigint_during_training_is_one_line(tmp_path, toypedes_root):
     assert lines[0].startswith("error: interrupted at epoch 1 step ") and "`--resume` continues from epoch 1" in lines[0]
     assert lines[0] in (run / "train.log").read_text()
     assert not (run / LOCK_NAME).exists()
+
+
+def test_library_train_log_is_complete_without_logging_setup(tmp_path, toypedes_root):
+    import logging
+
+    from upperson.config import load_config
+    from upperson.train import train
+
+    logger = logging.getLogger("upperson")
+    old = logger.level
+    logger.setLevel(logging.NOTSET)  # as for a library caller who set nothing up
+    try:
+        train(load_config("toypedes", FAST + [f"data.root={toypedes_root}", "train.epochs=1"]), tmp_path / "run",
+              progress=False)
+    finally:
+        logger.setLevel(old)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "epoch 1: loss" in log and "parameters:" in log
+    assert logger.level == old

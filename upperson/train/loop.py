@@ -77,8 +77,13 @@ class _RunLog:
         self.held: list[logging.LogRecord] = []
         self.file: Optional[logging.Handler] = None
         self._hold = _HoldHandler(self.held)
+        self._level: Optional[int] = None
         if enabled:
-            logging.getLogger("upperson").addHandler(self._hold)
+            logger = logging.getLogger("upperson")
+            if logger.getEffectiveLevel() > logging.INFO:  # a library caller without logging set up:
+                self._level = logger.level                 # train.log still gets the INFO lines
+                logger.setLevel(logging.INFO)
+            logger.addHandler(self._hold)
 
     def to_file(self, path: Path) -> None:
         """Open ``train.log`` (appending) and write the held records into it."""
@@ -105,6 +110,9 @@ class _RunLog:
         if self.file is not None:
             logger.removeHandler(self.file)
             self.file.close()
+        if self._level is not None:
+            logger.setLevel(self._level)
+            self._level = None
 
 
 class _HoldHandler(logging.Handler):
