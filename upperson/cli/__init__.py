@@ -58,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         if args.verbose:
             raise
-        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        print("error: interrupted (Ctrl-C); run the same command again to redo it", file=sys.stderr)
         return 2
     except (ValueError, OSError, RuntimeError) as exc:
         # user-facing errors (bad config, bad data, unreadable or unwritable files, mismatched
