@@ -79,6 +79,19 @@ def _search(page, caption: str, url: str) -> None:
     page.wait_for_timeout(500)
 
 
+def _pick_identity(page) -> None:
+    """Embeddings: choose the first identity of the dropdown, so the shot shows its highlight and images."""
+    box = page.locator("#embeddings-identity input")
+    if not box.count():
+        return
+    try:
+        box.first.click()
+        page.locator("[role=option]").first.click(timeout=10_000)
+        page.locator("#embeddings-images img").first.wait_for(state="visible", timeout=60_000)
+    except Exception:  # the view changed: capture it as it is
+        log.warning("Embeddings: could not choose an identity")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m demo.screenshot")
     p.add_argument("out", nargs="?", type=Path, default=Path("assets/screenshots"))
@@ -124,6 +137,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     page.locator(f"#tab-{key} img").first.wait_for(state="visible", timeout=90_000)
                 except Exception:  # a view without images (or not installed): capture what is there
                     log.warning("%s: no image appeared within 90 s", label)
+                if key == "embeddings":
+                    _pick_identity(page)
                 page.evaluate(_ALL_IMAGES_LOADED)
                 page.wait_for_timeout(800)
                 written.append(save_small(page.screenshot(full_page=True), args.out / f"{key}.png", args.width, 1900))
