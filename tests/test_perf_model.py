@@ -66,6 +66,10 @@ def test_merging_leaves_the_training_model_alone_and_cannot_train():
     with pytest.raises(RuntimeError, match="inference"):
         merged.train()
     assert merged.merged() is merged
+    from upperson.model.checkpoint import save_petl
+
+    with pytest.raises(ValueError, match="merged"):
+        save_petl(merged, "/nonexistent/never-written")
     # frozen backbone weights are shared, not copied (one backbone in memory)
     assert merged.clip.visual.conv1.weight.data_ptr() == model.clip.visual.conv1.weight.data_ptr()
     # a training step on the model does not reach the merged copy, and vice versa
