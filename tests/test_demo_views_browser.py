@@ -173,3 +173,21 @@ def test_views_fit_a_phone_screen(site):
         _fits(page, 390)
     finally:
         page.close()
+
+
+def test_html_in_an_image_name_and_a_caption_stays_text(site):
+    inject = '<img src=x onerror="window.__pwned=1" id=inj9>.png'
+    page = _open(site, "attention")
+    try:
+        page.locator("#attention-image input").fill(inject)
+        page.locator("#attention-image input").press("Enter")
+        page.locator("#attention-caption input").fill("<b id=inj8>a man</b>")
+        page.locator("#attention-caption input").press("Enter")
+        page.locator("#attention-run").click()
+        toast = page.locator("[data-testid=toast-text]").first
+        toast.wait_for(timeout=WAIT)
+        assert "<img src=x" in toast.inner_text() and "is not an image of the current gallery" in toast.inner_text()
+        assert page.locator("#inj9, #inj8").count() == 0
+        assert page.evaluate("() => window.__pwned") is None
+    finally:
+        page.close()
