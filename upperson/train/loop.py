@@ -220,6 +220,8 @@ def _start(cfg: ExperimentConfig, run_dir: Path, folder: Optional[RunFolder], ru
 def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo, progress: bool,
               folder: Optional[RunFolder], runlog: _RunLog, pos: _Position) -> dict[str, Any]:
     t_cfg = cfg.train
+    if resume and info.is_main:
+        log_config_changes(run_dir, cfg)  # refuses unsafe changes before any data is read
     seed_everything(t_cfg.seed)
     device = info.device
 
@@ -241,8 +243,6 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
     best_score, best_epoch, start_epoch = -math.inf, -1, 0
     history: list[dict] = []
     train_time = 0.0
-    if resume and info.is_main:
-        log_config_changes(run_dir, cfg)
     saved_state = find_training_state(run_dir) if resume else None
     if saved_state is not None:
         done_epochs = int(read_state_meta(saved_state)["progress"]["epoch"]) + 1
