@@ -149,7 +149,7 @@ def _drawn(ctx: DemoContext, key: tuple, make) -> str:
     """The figure ``make()`` returns, as a cached file; a table the figure code cannot read is a message."""
     def draw() -> str:
         try:
-            return figure_file(ctx, make()[0])
+            return figure_file(ctx, make)
         except (KeyError, ValueError, TypeError) as exc:
             raise QueryError(f"{CSV_NAME} cannot be drawn ({type(exc).__name__}: {exc}); is it a table written by "
                              "`python -m analysis ablation`?") from None

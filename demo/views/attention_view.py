@@ -176,11 +176,11 @@ def draw(ctx: DemoContext, key: tuple, rec: AttentionRecord, c: Controls) -> tup
     il, ih = sel("image")
     tl, th = sel("text")
     image = drawings.get_or_make((key, "image", c.quantity, il and tuple(il), ih and tuple(ih)), lambda: figure_file(
-        ctx, image_prefix_figure(rec.att, quantity=c.quantity, layers=il, heads=ih)[0]))
+        ctx, lambda: image_prefix_figure(rec.att, quantity=c.quantity, layers=il, heads=ih)))
     text = drawings.get_or_make((key, "text", c.quantity, tl and tuple(tl), th and tuple(th)), lambda: figure_file(
-        ctx, text_prefix_figure(rec.att, quantity=c.quantity, layers=tl, heads=th)[0]))
+        ctx, lambda: text_prefix_figure(rec.att, quantity=c.quantity, layers=tl, heads=th)))
     scales = drawings.get_or_make((key, "scales"), lambda: figure_file(
-        ctx, prefix_scales_figure(rec.att.scales, scaled=rec.scaled)[0]))
+        ctx, lambda: prefix_scales_figure(rec.att.scales, scaled=rec.scaled)))
     return image, text, scales
 
 

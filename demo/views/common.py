@@ -101,12 +101,25 @@ class LRU(Generic[V]):
         return hit
 
 
-def figure_file(ctx, fig) -> str:
-    """Render a matplotlib figure as the CLI's PNG (same size and DPI) into the app's served image
-    folder; returns the file (content-addressed: the same figure is one file)."""
+_DRAW_LOCK = threading.Lock()  # pyplot's figure registry is global: one drawing at a time
+
+
+def figure_file(ctx, make: Callable[[], object]) -> str:
+    """Draw ``make()`` (a matplotlib figure, or an analysis ``(figure, caption)`` pair) as the CLI's
+    PNG (same size and DPI) into the app's served image folder; returns the file (content-addressed:
+    the same figure is one file). Drawings of concurrent requests take turns."""
     from analysis import style
 
-    return png_file(ctx, style.png_bytes(fig))
+    import matplotlib.pyplot as plt
+
+    with _DRAW_LOCK:
+        try:
+            made = make()
+        except BaseException:
+            plt.close("all")  # a figure half made by a failed drawing (only ours are open: we hold the lock)
+            raise
+        data = style.png_bytes(made[0] if isinstance(made, tuple) else made)
+    return png_file(ctx, data)
 
 
 def png_file(ctx, data: bytes) -> str:

@@ -115,7 +115,7 @@ def parse_identity(value: object, emap: EmbeddingMap) -> Optional[int]:
 def draw(ctx: DemoContext, key: tuple, emap: EmbeddingMap, pid: Optional[int]) -> str:
     """The map's figure file (the CLI's figure; ``pid`` highlighted when given)."""
     return cache_of(ctx, DRAWINGS, DRAWINGS_SIZE).get_or_make((key, pid), lambda: figure_file(
-        ctx, umap_panels_figure(emap.panels, n_ids=len(emap.pids), highlight=pid)[0]))
+        ctx, lambda: umap_panels_figure(emap.panels, n_ids=len(emap.pids), highlight=pid)))
 
 
 def _choices(emap: EmbeddingMap) -> list[tuple[str, str]]:
