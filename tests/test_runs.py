@@ -255,3 +255,13 @@ def test_library_train_log_is_complete_without_logging_setup(tmp_path, toypedes_
     log = (tmp_path / "run" / "train.log").read_text()
     assert "epoch 1: loss" in log and "parameters:" in log
     assert logger.level == old
+
+
+def test_a_cut_between_the_best_swap_renames_is_recovered(tmp_path, toypedes_root, capsys):
+    run = tmp_path / "run"
+    assert _train_cli(toypedes_root, run, "--set", "train.epochs=1") == 0
+    (run / "best").rename(run / "best.old")  # replace_dir stopped after its first rename
+    assert main(["evaluate", "--run", str(run), "--data-root", str(toypedes_root)]) == 0  # reads best.old
+    assert not (run / "best").exists()  # evaluate changes nothing
+    assert main(["train", "--output", str(run), "--resume", "--no-progress", "--set", "train.epochs=2"]) == 0
+    assert (run / "best" / "petl.json").exists() and not (run / "best.old").exists()

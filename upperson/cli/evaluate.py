@@ -67,7 +67,11 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_run_config(run_dir / "config.yaml")
         dataset = dataset or cfg.data.dataset
         precision = cfg.train.precision
-        model = load_model(run_dir / "best", pretrained=args.pretrained)
+        best = run_dir / "best"
+        if not best.exists() and (run_dir / "best.old").is_dir():  # a power cut between the swap's renames
+            log.warning("%s is missing: using %s (the next `train --resume` restores it)", best, run_dir / "best.old")
+            best = run_dir / "best.old"
+        model = load_model(best, pretrained=args.pretrained)
     elif args.checkpoint:
         model = load_model(args.checkpoint, pretrained=args.pretrained)
         dataset = dataset or "cuhk-pedes"
