@@ -99,3 +99,12 @@ def test_an_older_runs_null_backbone_reads_as_random(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert load_run_config(path).model.pretrained == "random"
     assert "older run" in caplog.text
+
+
+def test_a_key_given_twice_is_an_error_not_the_last_one(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("base: toypedes\ntrain:\n  lr: 0.001\n  epochs: 3\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match="'lr' is given twice"):
+        load_config(str(path))
+    path.write_text("base: toypedes\ntrain: {lr: 0.001}\n")
+    assert load_config(str(path)).train.lr == pytest.approx(0.001)
