@@ -130,13 +130,13 @@ def significance_mark(row: pd.Series) -> str:
 
 
 def shown_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as shown: every column of the CSV, and (with the uncertainty columns) the significance
-    mark of the R@1 difference to UP-Person after the label."""
+    """The table as shown: every column of the CSV (the metrics and their uncertainty first), and (with
+    the uncertainty columns) the significance mark of the R@1 difference to UP-Person after the label."""
     df = table.copy()
     if ablation.has_intervals(df) and "R1_diff_vs_upperson" in df.columns:
-        at = list(df.columns).index("label") + 1 if "label" in df.columns else 1
-        df.insert(at, SIGNIFICANCE, [significance_mark(r) for _, r in df.iterrows()])
-    return df
+        df.insert(0, SIGNIFICANCE, [significance_mark(r) for _, r in df.iterrows()])
+    first = [c for c in ["variant", "label", SIGNIFICANCE, *ablation.BAR_METRICS, *STAT_COLUMNS] if c in df.columns]
+    return df[first + [c for c in df.columns if c not in first]]  # the metrics first, then the setting
 
 
 def parse_metric(value: object) -> str:
