@@ -117,3 +117,32 @@ def test_refusals_leave_the_run_byte_identical_and_create_no_folder(battery):
     for name in ("n1", "n3", "n6", "n7"):
         assert not (base / name).exists(), name
     assert list((base / "not-a-run").iterdir()) == []
+
+
+def test_a_bug_is_one_line_that_says_how_to_see_the_traceback(monkeypatch, capsys):
+    import upperson.cli.params as params
+    from upperson.cli import main
+
+    def bug(args):
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(params, "run", bug)
+    assert main(["params"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "internal error" in lines[0] and "TypeError" in lines[0] and "-v" in lines[0]
+    with pytest.raises(TypeError):  # -v: the traceback, for the bug report
+        main(["-v", "params"])
+
+
+def test_os_errors_are_one_line_naming_the_path(monkeypatch, capsys):
+    import upperson.cli.params as params
+    from upperson.cli import main
+
+    def disk_full(args):
+        raise OSError(28, "No space left on device", "/runs/x/petl.safetensors")
+
+    monkeypatch.setattr(params, "run", disk_full)
+    assert main(["params"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert lines == ["error: No space left on device: /runs/x/petl.safetensors"]
