@@ -25,7 +25,7 @@ from demo.context import DemoContext, SharedUI
 from demo.gallery import GalleryError
 from demo.markup import text as esc
 from demo.search import QueryError
-from demo.views.common import Choice, cache_of, figure_file, png_file, user_error
+from demo.views.common import lenient_dropdown, cache_of, figure_file, png_file, user_error
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def build_ablation_tab(ctx: DemoContext, ui: SharedUI) -> None:
         folder = gr.Textbox(label="Ablation folder (empty: the shipped study" + (f"; or a folder under {roots})"
                             if roots else "; start with --allow-root DIR to choose one)"), elem_id="ablation-folder",
                             scale=3)
-        metric = Choice([(("R@1 and mAP (as the CLI)" if k == CLI_METRICS else ablation.BAR_METRICS[k]), k)
+        metric = lenient_dropdown([(("R@1 and mAP (as the CLI)" if k == CLI_METRICS else ablation.BAR_METRICS[k]), k)
                          for k in METRICS], value=CLI_METRICS, label="Metric", elem_id="ablation-metric", scale=1)
         run = gr.Button("Show the study", variant="primary", elem_id="ablation-run", scale=1)
     info = gr.Markdown(elem_id="ablation-info", latex_delimiters=[])

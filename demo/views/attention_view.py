@@ -28,7 +28,7 @@ from analysis.attention import (QUANTITIES, QUANTITY_LABELS, PrefixAttention, co
 from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import QueryError
-from demo.views.common import Choice, Pick, cache_of, figure_file, user_error, view_key
+from demo.views.common import lenient_dropdown, lenient_radio, cache_of, figure_file, user_error, view_key
 
 log = logging.getLogger(__name__)
 
@@ -222,23 +222,23 @@ def build_attention_tab(ctx: DemoContext, ui: SharedUI) -> None:
                 "search result), a caption, then **Show attention**; the controls redraw at once.")
     with gr.Row():
         with gr.Column(scale=2, min_width=260):
-            image = Choice(choices=_names(ctx, None), value=None, allow_custom_value=True, filterable=True,
+            image = lenient_dropdown(choices=_names(ctx, None), value=None, allow_custom_value=True, filterable=True,
                            label="Gallery image (name, or click a search result)", elem_id="attention-image")
-            caption = Choice(choices=[], value=None, allow_custom_value=True, filterable=True,
+            caption = lenient_dropdown(choices=[], value=None, allow_custom_value=True, filterable=True,
                              label="Caption (type one, or pick one of the image's)", elem_id="attention-caption")
             run = gr.Button("Show attention", variant="primary", elem_id="attention-run")
         with gr.Column(scale=1, min_width=200):
             upload = gr.Image(label="…or upload an image (used instead)", type="filepath", sources=["upload"],
                               height=180, elem_id="attention-upload")
         with gr.Column(scale=2, min_width=260):
-            tower = Pick(list(TOWERS), value="image", label="Tower (layer and head apply to it)",
+            tower = lenient_radio(list(TOWERS), value="image", label="Tower (layer and head apply to it)",
                          elem_id="attention-tower")
             with gr.Row():
-                layer = Choice([ALL_LAYERS] + [str(i) for i in range(n_layers)], value=ALL_LAYERS,
+                layer = lenient_dropdown([ALL_LAYERS] + [str(i) for i in range(n_layers)], value=ALL_LAYERS,
                                label="Layer", elem_id="attention-layer", min_width=100)
-                head = Choice([MEAN_HEADS] + [str(i) for i in range(n_heads)], value=MEAN_HEADS,
+                head = lenient_dropdown([MEAN_HEADS] + [str(i) for i in range(n_heads)], value=MEAN_HEADS,
                               label="Head", elem_id="attention-head", min_width=100)
-            quantity = Pick([(f"{q}: {QUANTITY_LABELS[q]}", q) for q in QUANTITIES], value="mass",
+            quantity = lenient_radio([(f"{q}: {QUANTITY_LABELS[q]}", q) for q in QUANTITIES], value="mass",
                             label="Quantity", elem_id="attention-quantity")
     info = gr.Markdown(elem_id="attention-info", latex_delimiters=[])
     image_fig = gr.Image(label="Image tower: each patch's prefix attention", type="filepath", interactive=False,

@@ -3,7 +3,7 @@ thread-safe LRU cache, figures to served files, and the user-facing error.
 
 A bad value from ``gradio_client`` (a layer of ``'abc'``, a count of ``None``) must reach the
 view's own parser, which explains what to type; Gradio's own ``preprocess`` would answer with
-a bare error. The subclasses below pass the payload through and draw as Gradio's component.
+a bare error. The components made below pass the payload through.
 """
 
 from __future__ import annotations
@@ -19,37 +19,28 @@ import gradio as gr
 V = TypeVar("V")
 
 
-class Choice(gr.Dropdown):
+def _lenient(component, description: str):
+    """``component`` with its input check left to the event function (set on the instance: a subclass
+    of a Gradio component would make Gradio write a ``.pyi`` file beside this module)."""
+    component.preprocess = lambda payload: payload  # type: ignore[method-assign]
+    info = {**component.api_info(), "description": description}
+    component.api_info = lambda: info  # type: ignore[method-assign]
+    return component
+
+
+def lenient_dropdown(*args, description: str = "a choice, or any text the handler checks", **kwargs) -> gr.Dropdown:
     """A dropdown whose value (any text or number from the API) reaches the handler unchanged."""
-
-    def get_block_name(self) -> str:  # drawn as Gradio's dropdown
-        return "dropdown"
-
-    def preprocess(self, payload):  # noqa: D102 - see gr.Dropdown
-        return payload
+    return _lenient(gr.Dropdown(*args, **kwargs), description)
 
 
-class Pick(gr.Radio):
+def lenient_radio(*args, description: str = "one of the choices (checked by the handler)", **kwargs) -> gr.Radio:
     """Radio buttons whose value reaches the handler unchanged (it checks the value itself)."""
-
-    def get_block_name(self) -> str:
-        return "radio"
-
-    def preprocess(self, payload):  # noqa: D102 - see gr.Radio
-        return payload
+    return _lenient(gr.Radio(*args, **kwargs), description)
 
 
-class Count(gr.Slider):
+def lenient_slider(minimum: float, maximum: float, **kwargs) -> gr.Slider:
     """A slider whose value reaches the handler unchanged (``'abc'`` or None included)."""
-
-    def get_block_name(self) -> str:
-        return "slider"
-
-    def preprocess(self, payload):  # noqa: D102 - see gr.Slider
-        return payload
-
-    def api_info(self) -> dict:
-        return {"type": "number", "description": f"whole number from {self.minimum:g} to {self.maximum:g}"}
+    return _lenient(gr.Slider(minimum, maximum, **kwargs), f"whole number from {minimum:g} to {maximum:g}")
 
 
 def user_error(message: object) -> gr.Error:

@@ -25,7 +25,7 @@ from analysis.umap_plot import MapPanel, map_panel, select_identities, umap_pane
 from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import UPPERSON, ZERO_SHOT, QueryError
-from demo.views.common import Choice, Count, cache_of, figure_file, user_error, view_key
+from demo.views.common import lenient_dropdown, lenient_slider, cache_of, figure_file, user_error, view_key
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ def build_embeddings_tab(ctx: DemoContext, ui: SharedUI) -> None:
                 "for the zero-shot backbone and for UP-Person (the figure `python -m analysis umap` writes). "
                 "Computed once per gallery, model and N, then shared; choose an identity to highlight it.")
     with gr.Row():
-        n = Count(2, MAX_IDS, value=DEFAULT_IDS, step=1, label="Identities (N)", elem_id="embeddings-n", scale=2)
+        n = lenient_slider(2, MAX_IDS, value=DEFAULT_IDS, step=1, label="Identities (N)", elem_id="embeddings-n",
+                           scale=2)
         run = gr.Button("Show the map", variant="primary", elem_id="embeddings-run", scale=1)
     info = gr.Markdown(elem_id="embeddings-info", latex_delimiters=[])
     with gr.Row():
@@ -165,7 +166,7 @@ def build_embeddings_tab(ctx: DemoContext, ui: SharedUI) -> None:
             plot = gr.Image(label="UMAP: zero-shot beside UP-Person", type="filepath", interactive=False,
                            show_label=False, elem_id="embeddings-plot", buttons=["download"])
         with gr.Column(scale=2, min_width=240):
-            identity = Choice(choices=[], value=None, allow_custom_value=True, label="Identity",
+            identity = lenient_dropdown(choices=[], value=None, allow_custom_value=True, label="Identity",
                               elem_id="embeddings-identity")
             images = gr.Gallery(label="Its images", columns=4, height="auto", object_fit="contain",
                                 allow_preview=False, elem_id="embeddings-images")
