@@ -161,6 +161,7 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
     # our generated images (content-addressed, never modified) are served from their folder as
     # they are: Gradio neither hashes nor copies each result image into its cache per request
     gr.set_static_paths([files.dir])
+    files.warm([it.path for it in engine.gallery.items])  # thumbnails ready before they are asked for
     examples = examples or [
         c for it in engine.gallery.items for c in it.captions[:1]][:8] or [
         "a woman in a red coat with a black backpack", "a man wearing a blue jacket and grey trousers"]

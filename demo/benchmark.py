@@ -23,6 +23,7 @@ import logging
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -59,6 +60,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--toypedes-preset", default=None, help="ToyPEDES preset of the embedded gallery (default: the card's)")
     p.add_argument("--browser", action="store_true",
                    help="measure the page's search round-trip in headless Chromium (and gradio_client) instead")
+    p.add_argument("--gallery", type=Path, default=None,
+                   help="with --browser: a folder of images to search instead of the embedded gallery "
+                        "(queries: the embedded gallery's captions)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.browser:
@@ -138,10 +142,13 @@ def browser_benchmark(args: argparse.Namespace) -> int:
     from demo.search import SearchEngine
     from upperson.embedded import cache_dir, embedded_data_root, load_embedded_model
 
-    gallery = dataset_gallery("toypedes", embedded_data_root(args.toypedes_preset, splits=["test"]), "test")
+    from demo.gallery import folder_gallery
+
+    embedded = dataset_gallery("toypedes", embedded_data_root(args.toypedes_preset, splits=["test"]), "test")
+    gallery = folder_gallery(args.gallery) if args.gallery else embedded
     engine = SearchEngine(load_embedded_model("upperson"), gallery, cache_dir=cache_dir(), query_threads=args.threads,
                           index_threads=max(1, min(4, os.cpu_count() or 1)), progress=False)
-    captions = sorted({" ".join(c.split()) for it in engine.gallery.items for c in it.captions})
+    captions = sorted({" ".join(c.split()) for it in embedded.items for c in it.captions})
     rng = np.random.default_rng(0)
     n = min(len(captions), args.queries + args.warmup)
     queries = [captions[i] for i in rng.choice(len(captions), n, replace=False)]
@@ -179,7 +186,7 @@ def browser_benchmark(args: argparse.Namespace) -> int:
         client.close()
     finally:
         app.close()
-    print(f"embedded app ({len(engine.gallery)} images), top-k {args.top_k}; {os.cpu_count()} CPU(s), "
+    print(f"{engine.gallery.name} ({len(engine.gallery)} images), top-k {args.top_k}; {os.cpu_count()} CPU(s), "
           f"{platform.processor() or platform.machine()}; one query at a time")
     print(_row("browser: click to all results shown", np.asarray(page_ms)))
     print(_row("gradio_client (downloads results)", np.asarray(client_ms)))

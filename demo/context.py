@@ -113,6 +113,7 @@ class DemoContext:
         s = self.valid_state(state)
         path = self.resolve(folder)
         gi = self.engine.add_gallery(folder_gallery(path), checkpoint=s.model)
+        self.files.warm([it.path for it in gi.gallery.items])
         return dataclasses.replace(s, gallery=gi.key)
 
     def resolve(self, folder: str) -> Path:

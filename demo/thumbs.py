@@ -13,11 +13,12 @@ from __future__ import annotations
 import atexit
 import hashlib
 import io
+import os
 import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from PIL import Image, ImageOps
 
@@ -35,13 +36,20 @@ class ImageFiles:
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
         self._lock = threading.Lock()
         self._made: dict[str, str] = {}  # source key -> file
+        self._closed = threading.Event()
+        self._threads: list[threading.Thread] = []
         atexit.register(self.cleanup)
 
     def cleanup(self) -> None:
-        """Remove the folder (idempotent)."""
+        """Stop warming, then remove the folder (idempotent)."""
+        self._closed.set()
+        for t in self._threads:
+            t.join(timeout=5)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _write(self, data: bytes, suffix: str) -> str:
+        if self._closed.is_set():
+            raise RuntimeError("the app's image folder is closed")
         path = self.dir / (hashlib.sha256(data).hexdigest()[:32] + suffix)
         if not path.exists():
             with atomic_path(path) as tmp:
@@ -67,18 +75,49 @@ class ImageFiles:
         return path
 
     def thumbnail(self, src: Path, relevant: Optional[bool] = None, height: int = THUMB_HEIGHT) -> str:
-        """A small JPEG of ``src`` (never upscaled), with a green (relevant) or red frame when known."""
+        """A small JPEG of ``src`` (never upscaled), with a green (relevant) or red frame when known.
+
+        The unframed thumbnail is made first (the costly part: decoding the original) and the
+        framed ones from it, so :meth:`warm` makes every later request cheap.
+        """
         stat = src.stat()
         key = f"thumb:{src}:{stat.st_mtime_ns}:{stat.st_size}:{relevant}:{height}"
         with self._lock:
             hit = self._made.get(key)
         if hit is not None and Path(hit).exists():
             return hit
-        with Image.open(src) as im:
-            img = ImageOps.exif_transpose(im).convert("RGB")
-        if img.height > height:
-            img = img.resize((max(1, round(img.width * height / img.height)), height), Image.BILINEAR)
-        if relevant is not None:
+        if relevant is None:
+            with Image.open(src) as im:
+                img = ImageOps.exif_transpose(im).convert("RGB")
+            if img.height > height:
+                img = img.resize((max(1, round(img.width * height / img.height)), height), Image.BILINEAR)
+        else:
+            with Image.open(self.thumbnail(src, None, height)) as im:
+                img = im.convert("RGB")
             border = max(2, img.height // 40)
             img = ImageOps.expand(img, border=border, fill=MATCH if relevant else MISMATCH)
         return self.save(img, key, fmt="JPEG")
+
+    def warm(self, paths: Sequence[Path], height: int = THUMB_HEIGHT) -> threading.Thread:
+        """Make the unframed thumbnails of ``paths`` in a background thread at the lowest CPU priority.
+
+        Requests never wait for it (a thumbnail not made yet is made on demand); a file that
+        cannot be read is skipped. Returns the (daemon) thread.
+        """
+        def run() -> None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only (Linux)
+            except (AttributeError, OSError):
+                pass
+            for p in list(paths):
+                if self._closed.is_set():
+                    return
+                try:
+                    self.thumbnail(Path(p), None, height)
+                except Exception:  # unreadable now: made (or reported) on demand
+                    continue
+
+        thread = threading.Thread(target=run, name="thumbnails", daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+        return thread

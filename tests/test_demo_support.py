@@ -179,3 +179,26 @@ def test_person_id_and_top_k_parsing():
     for bad in (None, "abc", 0, 201, 2.5, float("inf"), True, "", [3]):
         with pytest.raises(QueryError, match="whole number from 1 to 200"):
             parse_top_k(bad)
+
+
+def test_thumbnails_warm_in_the_background_and_framed_ones_derive_from_them(tmp_path):
+    from PIL import Image
+
+    from demo.thumbs import ImageFiles
+
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (60, 300), (40 * i, 10, 10)).save(paths[-1])
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    files = ImageFiles()
+    try:
+        files.warm(paths + [tmp_path / "bad.png"]).join(timeout=30)
+        made = sorted(files.dir.glob("*.jpg"))
+        assert len(made) == 5  # one per readable image, the bad one skipped
+        assert {files.thumbnail(p) for p in paths} == {str(m) for m in made}  # served from the warm cache
+        framed = files.thumbnail(paths[0], relevant=False)
+        assert Image.open(framed).height == Image.open(files.thumbnail(paths[0])).height + 2 * 4
+    finally:
+        files.cleanup()
+    assert not files.dir.exists()
