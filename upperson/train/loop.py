@@ -33,7 +33,8 @@ from upperson.metrics import format_metrics
 from upperson.model import UPPerson, build_model
 from upperson.model.checkpoint import load_petl, save_petl
 from upperson.model.params import count_parameters
-from upperson.runtime import autocast, grad_scaler, half_dtype, mixed_precision, seed_everything
+from upperson.runtime import (autocast, grad_scaler, half_dtype, mixed_precision, return_freed_memory_to_os,
+                              seed_everything)
 from upperson.train.distributed import DistInfo, barrier, cleanup, gather_batch, init_distributed, mean_across
 from upperson.train.optim import build_optimizer, set_epoch_lr
 from upperson.train.sampler import GlobalBatchSampler, SeededSamples
@@ -222,6 +223,12 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
     t_cfg = cfg.train
     if resume and info.is_main:
         log_config_changes(run_dir, cfg)  # refuses unsafe changes before any data is read
+    saved_state = find_training_state(run_dir) if resume else None
+    if saved_state is not None:
+        done_epochs = int(read_state_meta(saved_state)["progress"]["epoch"]) + 1
+        if t_cfg.epochs < done_epochs:
+            raise RunFolderError(f"--resume: train.epochs={t_cfg.epochs} but {run_dir} has already done "
+                                 f"{done_epochs} epochs; set train.epochs >= {done_epochs}")
     seed_everything(t_cfg.seed)
     device = info.device
 
@@ -238,17 +245,13 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
         _cast_frozen_to_half(model, amp)
     if t_cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
+        if device.type == "cpu":
+            return_freed_memory_to_os()  # else glibc keeps the freed activations resident
     loss_module = build_loss(cfg.loss).to(device)
 
     best_score, best_epoch, start_epoch = -math.inf, -1, 0
     history: list[dict] = []
     train_time = 0.0
-    saved_state = find_training_state(run_dir) if resume else None
-    if saved_state is not None:
-        done_epochs = int(read_state_meta(saved_state)["progress"]["epoch"]) + 1
-        if t_cfg.epochs < done_epochs:
-            raise RunFolderError(f"--resume: train.epochs={t_cfg.epochs} but {run_dir} has already done "
-                                 f"{done_epochs} epochs; set train.epochs >= {done_epochs}")
     if t_cfg.epochs > 0:
         train_set = SeededSamples(
             TrainCaptionDataset(

@@ -128,6 +128,10 @@ def read_state_meta(state_dir: Path) -> dict[str, Any]:
         raise CheckpointCorruptError(f"{path}: not valid JSON ({exc}); the training state is truncated or corrupted") from exc
     if not isinstance(meta, dict) or not all(k in meta for k in ("progress", "optimizer", "rng")):
         raise CheckpointCorruptError(f"{path}: not a training state (missing progress, optimizer or rng)")
+    progress = meta["progress"]
+    if not isinstance(progress, dict) or not isinstance(progress.get("epoch"), int) or \
+            not all(k in progress for k in ("best_score", "best_epoch")):
+        raise CheckpointCorruptError(f"{path}: its progress record is incomplete (epoch, best_score, best_epoch)")
     return meta
 
 
