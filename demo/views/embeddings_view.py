@@ -151,8 +151,33 @@ def embeddings(ctx: DemoContext, state, n, identity):
             thumbs, captions, summary(emap))
 
 
+def prepare_in_background(ctx: DemoContext, state) -> None:
+    """Start computing the visitor's default map (N = 20) in a background thread, unless it is cached
+    or being computed: the first use of UMAP compiles its code (numba), which then overlaps with the
+    visitor's reading of the page. A click on *Show the map* waits for it instead of starting anew."""
+    import threading
+
+    try:
+        key = (*view_key(ctx, state), min(DEFAULT_IDS, ctx.gallery(state).num_ids))
+    except QueryError:
+        return
+    if not ctx.gallery(state).has_ids or key in cache_of(ctx, MAPS, MAPS_SIZE):
+        return
+
+    def run() -> None:
+        try:
+            compute_map(ctx, state, DEFAULT_IDS)
+        except Exception as exc:  # the visitor's own click reports any problem
+            log.info("background embedding map not made: %s", exc)
+
+    threading.Thread(target=run, name="embeddings-prepare", daemon=True).start()
+
+
 def build_embeddings_tab(ctx: DemoContext, ui: SharedUI) -> None:
     """The Embeddings tab's components and events (inside ``with gr.Tab(...)``)."""
+    from gradio.context import Context
+
+    tab = Context.block  # the tab this is built in: opening it starts the default map
     gr.Markdown("Images (circles) and captions (triangles) of N identities, one colour per identity, mapped by UMAP "
                 "for the zero-shot backbone and for UP-Person (the figure `python -m analysis umap` writes). "
                 "Computed once per gallery, model and N, then shared; choose an identity to highlight it.")
@@ -196,3 +221,6 @@ def build_embeddings_tab(ctx: DemoContext, ui: SharedUI) -> None:
     identity.input(select, [n, identity, ui.state], outputs, api_visibility="private", concurrency_id="engine")
     ui.state.change(lambda: (gr.update(choices=[], value=None), [], ""), None, [identity, images, captions],
                     api_visibility="private")
+    if isinstance(tab, gr.Tab):
+        tab.select(lambda state: prepare_in_background(ctx, ctx.valid_state(state)), [ui.state], None,
+                   api_visibility="private", queue=False)
