@@ -340,8 +340,9 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
 
         outs = [results, zs_results, status, table, names, zs_names]
         go.click(search, [query, pid, top_k, compare, state], outs, api_name="search", concurrency_id="engine")
-        query.submit(search, [query, pid, top_k, compare, state], outs, api_visibility="private",
-                     concurrency_id="engine")
+        for box in (query, pid):  # Enter in either box searches
+            box.submit(search, [query, pid, top_k, compare, state], outs, api_visibility="private",
+                       concurrency_id="engine")
         selected.submit(explain, [selected, state], [heat, about], api_name="explain", concurrency_id="engine")
         for gal, names_state in ((results, names), (zs_results, zs_names)):
             gal.select(pick, [names_state], selected, api_visibility="private").then(

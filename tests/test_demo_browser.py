@@ -96,6 +96,12 @@ def test_enter_searches_and_shift_enter_adds_a_line(site):
             timeout=30_000)
         assert page.locator("#selected textarea").input_value() == first
         page.locator("#heatmap img").wait_for(state="visible", timeout=30_000)
+        # Enter in the person-id box searches too, scoring the query against that identity
+        other = next(it.pid for it in engine.gallery.items if it.pid != item.pid)
+        page.locator("#pid textarea").fill(str(other))
+        page.locator("#pid textarea").press("Enter")
+        page.wait_for_function(f"() => document.querySelector('#status').innerText.includes('Identity {other}')",
+                               timeout=30_000)
     finally:
         page.close()
 
