@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from tests.test_demo_support import engine as make_engine
 from tests.test_demo_support import load_model, reference_ranking, start, toy_root, use_session_cache, zero_shot_of
@@ -287,3 +288,37 @@ def test_ablation_bad_inputs_say_what_to_do(site):
     _error(client, "cannot be read as an ablation table", "broken", "R1", api_name="/ablation")
     _error(client, re.escape("Metric must be one of R1+mAP, R1, R5, R10, mAP, mINP"), "", "R2", api_name="/ablation")
     _error(client, "Metric must be one of", "", None, api_name="/ablation")
+
+
+# ----------------------------------------------------------------------------- one implementation, two front ends
+
+
+def test_the_app_png_of_a_figure_is_the_file_the_cli_writes(tmp_path):
+    """The CLI saves each figure with style.save; the app renders the same function's figure with
+    style.png_bytes: the PNG files are byte for byte the same."""
+    import numpy as np
+
+    from analysis import ablation, attention, style, umap_plot
+    from analysis.embeddings import SplitEmbeddings
+
+    rng = np.random.default_rng(0)
+    att = attention.PrefixAttention(rng.random((3, 2, 1 + 6)), rng.random((3, 2, 5)), {"image": [0.5, 1.0, 2.0],
+                                    "text": [1.0, 0.7, 0.2]}, (3, 2), ["<start>", "a", "red", "coat", "<end>"],
+                                    rng.random((12, 8, 3)), "a red coat")
+    emb = SplitEmbeddings(torch.nn.functional.normalize(torch.randn(6, 4), dim=-1), np.array([1, 1, 2, 2, 3, 3]),
+                          torch.nn.functional.normalize(torch.randn(6, 4), dim=-1), np.array([1, 1, 2, 2, 3, 3]),
+                          np.arange(6), 0)
+    panels = [umap_plot.MapPanel("a", emb, rng.random((12, 2)), {"R1": 50.0, "silhouette": 0.1})]
+    df = ablation.read_csv(_shipped() / "ablation.csv")
+    pairs = [
+        (attention.plot_image_prefix(att, tmp_path, quantity="share", layers=[1], heads=[0]),
+         attention.image_prefix_figure(att, quantity="share", layers=[1], heads=[0])),
+        (attention.plot_text_prefix(att, tmp_path), attention.text_prefix_figure(att)),
+        (attention.plot_prefix_scales(att.scales, tmp_path), attention.prefix_scales_figure(att.scales)),
+        (umap_plot.plot_umap(panels, tmp_path, n_ids=3), umap_plot.umap_panels_figure(panels, n_ids=3)),
+        (ablation.plot_bars(df, tmp_path), ablation.bars_figure(df)),
+        (ablation.plot_params(df, tmp_path), ablation.params_figure(df)),
+    ]
+    for record, (fig, caption) in pairs:
+        assert record.png.read_bytes() == style.png_bytes(fig), record.name
+        assert record.caption == caption
