@@ -322,3 +322,29 @@ def test_the_app_png_of_a_figure_is_the_file_the_cli_writes(tmp_path):
     for record, (fig, caption) in pairs:
         assert record.png.read_bytes() == style.png_bytes(fig), record.name
         assert record.caption == caption
+
+
+def test_shared_cache_computes_a_key_once_under_concurrency_and_evicts_the_oldest():
+    import threading
+    import time
+
+    from demo.views.common import LRU
+
+    cache, made = LRU(2), []
+
+    def make():
+        made.append(1)
+        time.sleep(0.1)
+        return "value"
+
+    threads = [threading.Thread(target=cache.get_or_make, args=("k", make)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1 and cache.get("k") == "value"
+    with pytest.raises(ZeroDivisionError):
+        cache.get_or_make("bad", lambda: 1 / 0)
+    assert "bad" not in cache and cache.get_or_make("bad", lambda: 2) == 2  # a failure is not cached
+    cache.put("c", 3)  # "k" is now the least recently used of three
+    assert cache.get("k") is None and cache.get("c") == 3

@@ -83,12 +83,14 @@ class LRU(Generic[V]):
             return hit
         with self._lock:
             lock = self._making.setdefault(key, threading.Lock())
-        with lock:
-            hit = self.get(key)
-            if hit is None:
-                hit = self.put(key, make())
-        with self._lock:
-            self._making.pop(key, None)
+        try:
+            with lock:
+                hit = self.get(key)
+                if hit is None:
+                    hit = self.put(key, make())
+        finally:
+            with self._lock:
+                self._making.pop(key, None)
         return hit
 
 
