@@ -104,7 +104,11 @@ def test_mixed_precision_training_steps_on_cpu(precision):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_training_loop_runs_the_gpu_precision_path_on_cpu(tmp_path, toypedes_root, precision):
+def test_training_loop_runs_the_gpu_precision_path_on_cpu(tmp_path, toypedes_root, precision, monkeypatch):
+    import upperson.train.loop as loop
+
+    calls = []  # checkpointing on CPU fixes glibc's mmap threshold: process-wide, so not in the test process
+    monkeypatch.setattr(loop, "return_freed_memory_to_os", lambda: calls.append(1) or True)
     cfg = load_config("toypedes", [
         f"data.root={toypedes_root}", "model.image_size=[48, 16]", "model.prefix.length=2", "model.lora.rank=4",
         "data.batch_size=16", "data.eval_batch_size=64", "train.warmup_epochs=0", "train.epochs=1",
@@ -117,3 +121,4 @@ def test_training_loop_runs_the_gpu_precision_path_on_cpu(tmp_path, toypedes_roo
     assert 0.0 <= results["metrics"]["test"]["R1"] <= 100.0
     weights = load_file(str(tmp_path / "run" / "best" / "petl.safetensors"))
     assert weights and all(t.dtype == torch.float32 for t in weights.values())
+    assert calls == [1]

@@ -53,6 +53,28 @@ def half_dtype(precision: str) -> torch.dtype:
     return torch.float16 if precision == "fp16" else torch.bfloat16
 
 
+def return_freed_memory_to_os(threshold: int = 1 << 20) -> bool:
+    """Make glibc give tensors of ``threshold`` bytes or more their own mappings (returned when freed).
+
+    By default glibc raises its mmap threshold as large blocks are freed (up to 32 MiB), so
+    activation-sized tensors then come from the heap, whose freed space mostly stays resident:
+    with activation checkpointing on CPU the process's peak RSS grew by ~0.6 GB over two
+    ViT-B/16 steps at batch 8 although live tensors did not. A fixed threshold costs some page
+    faults per step. Process-wide; returns False where this is not glibc (nothing changed).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD = -3
+    except (OSError, AttributeError):
+        return False
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
