@@ -481,8 +481,9 @@ def _uncertainty_note(df: pd.DataFrame) -> str:
         return pd.to_numeric(df[name], errors="coerce").dropna() if name in df.columns else pd.Series(dtype=float)
 
     seeds, r, s = column("seeds"), column("ci_resamples"), column("ci_seed")
-    span = f"{int(seeds.min())}-{int(seeds.max())}" if len(seeds) else "?"
-    return (f" Values are means over {span} training seed(s); error bars are "
+    span = ("?" if not len(seeds) else f"{int(seeds.min())}" if seeds.min() == seeds.max()
+            else f"{int(seeds.min())}-{int(seeds.max())}")
+    return (f" Values are means over {span} training seed(s) per variant; error bars are "
             f"95 % percentile-bootstrap intervals over test queries ({int(r.iloc[0]) if len(r) else '?'} resamples, "
             f"seed {int(s.iloc[0]) if len(s) else '?'}) of the seed-averaged per-query results.")
 
