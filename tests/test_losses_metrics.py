@@ -140,8 +140,13 @@ def test_metrics_equal_the_sort_based_reference(seed, levels, dtype):
 
     sim, q, g = _random_case(seed, 53, 41, ids=9, levels=levels, dtype=dtype)
     expected, kept, first, ap = _reference_metrics(sim, q, g, ranks=(1, 2, 5, 10, 100))
-    for chunk in (1, 7, 1024):
-        per = per_query_metrics(sim, q, g, chunk=chunk)
+    threads = torch.get_num_threads()
+    for chunk, workers in ((1, 1), (7, 2), (1024, 1)):
+        torch.set_num_threads(workers)  # blocks of queries run on this many threads
+        try:
+            per = per_query_metrics(sim, q, g, chunk=chunk)
+        finally:
+            torch.set_num_threads(threads)
         assert per.aggregate((1, 2, 5, 10, 100)) == pytest.approx(expected, rel=1e-12, abs=1e-12)
         assert per.query_index.tolist() == kept.tolist()
         assert per.first_rank.tolist() == first.tolist()

@@ -26,8 +26,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# Largest number of (query, relevant item, gallery item) comparisons held at once (bool bytes).
-_BLOCK_ELEMENTS = 1 << 23
+# Largest number of (query, threshold, gallery item) comparisons held at once per thread (bool bytes).
+_BLOCK_ELEMENTS = 1 << 22
 
 
 def sorted_matches(similarity: torch.Tensor, query_pids: torch.Tensor, gallery_pids: torch.Tensor) -> torch.Tensor:
@@ -108,6 +108,7 @@ def per_query_metrics(
 
     ``similarity`` is (queries, gallery), on any device; it is read ``chunk`` queries at a
     time (fewer when a query has many relevant items), so ICFG-PEDES's 19,848 x 19,848 fits.
+    Blocks of queries run on ``torch.get_num_threads()`` threads.
     """
     if similarity.dim() != 2 or similarity.shape != (len(query_pids), len(gallery_pids)):
         raise ValueError(f"similarity {tuple(similarity.shape)} does not match "
@@ -127,11 +128,16 @@ def per_query_metrics(
     ap = np.empty(len(queries), np.float64)
     inp = np.empty(len(queries), np.float64)
     chunk = max(1, int(chunk))
-    p = 0
+    blocks, p = [], 0
     while p < len(queries):
         end = min(p + chunk, len(queries))
         while end - p > 1 and 2 * int(num_rel[queries[end - 1]]) * (end - p) * num_g > _BLOCK_ELEMENTS:
             end = p + max(1, (end - p) // 2)
+        blocks.append((p, end))
+        p = end
+
+    def run_block(span: tuple[int, int]) -> None:
+        p, end = span
         block = queries[p:end]
         k_max = int(num_rel[block[-1]])
         slot = np.arange(k_max)[None, :]
@@ -146,7 +152,18 @@ def per_query_metrics(
         first[p:end] = ranks[:, 0]
         ap[p:end] = np.where(valid, position / np.where(valid, ranks, 1), 0.0).sum(axis=1) / n
         inp[p:end] = n / ranks[np.arange(len(block)), n - 1]
-        p = end
+
+    # numpy releases the GIL in the comparisons: as many threads as torch uses (each block
+    # writes its own slice of the outputs)
+    threads = min(torch.get_num_threads(), len(blocks))
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(run_block, blocks))
+    else:
+        for span in blocks:
+            run_block(span)
     back = np.argsort(queries, kind="stable")
     return PerQueryMetrics(
         query_index=queries[back].astype(np.int64), first_rank=first[back], ap=ap[back], inp=inp[back],
