@@ -68,3 +68,14 @@ def test_doctor_option_errors_are_one_line(args, needle, capsys):
     assert main(["doctor", "--device", "cpu", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]
+
+
+def test_train_flag_turns_on_checkpointing(tmp_path, toypedes_root, monkeypatch):
+    import upperson.train
+
+    configs = []
+    monkeypatch.setattr(upperson.train, "train", lambda cfg, *a, **k: configs.append(cfg) or {})
+    for name, flag in (("plain", []), ("checkpointed", ["--grad-checkpointing"])):
+        assert main(["train", "--config", "toypedes", "--data-root", str(toypedes_root),
+                     "--output", str(tmp_path / name), *flag]) == 0
+    assert [c.train.grad_checkpointing for c in configs] == [False, True]
