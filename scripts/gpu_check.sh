@@ -102,7 +102,7 @@ write_summary() {
     } >"$OUT/summary.json"
 }
 
-step install 60 install_missing
+step install 30 install_missing
 if ! "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU visible'; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())" \
         >"$OUT/gpu.log" 2>&1; then
     echo "[gpu_check] no usable CUDA GPU; stopping:"
@@ -112,18 +112,18 @@ if ! "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU visi
     exit 1
 fi
 
-step doctor 60 "$PY" -m upperson doctor --device cuda --json "$OUT/doctor.json"
+step doctor 45 "$PY" -m upperson doctor --device cuda --json "$OUT/doctor.json"
 BENCH=(-m upperson benchmark --config cuhk-pedes --random-init --device cuda --batch 128 --steps 5 --warmup 2)
-step benchmark 100 "$PY" "${BENCH[@]}" --json "$OUT/benchmark.json"
-step benchmark_checkpointing 100 "$PY" "${BENCH[@]}" --grad-checkpointing --json "$OUT/benchmark_checkpointing.json"
-step inference 40 "$PY" -m upperson benchmark --config cuhk-pedes --random-init --device cuda --batch 128 --inference \
+step benchmark 110 "$PY" "${BENCH[@]}" --json "$OUT/benchmark.json"
+step benchmark_checkpointing 110 "$PY" "${BENCH[@]}" --grad-checkpointing --json "$OUT/benchmark_checkpointing.json"
+step inference 30 "$PY" -m upperson benchmark --config cuhk-pedes --random-init --device cuda --batch 128 --inference \
     --steps 5 --json "$OUT/inference.json"
 
 TOY="$(mktemp -d)/toy"
-step toypedes_data 40 "$PY" -m upperson toypedes --out "$TOY" --preset small
-step toypedes_epoch 70 "$PY" -m upperson train --config toypedes --data-root "$TOY" --output "$OUT/toypedes_run" \
+step toypedes_data 30 "$PY" -m upperson toypedes --out "$TOY" --preset small
+step toypedes_epoch 60 "$PY" -m upperson train --config toypedes --data-root "$TOY" --output "$OUT/toypedes_run" \
     --device cuda --no-progress --set train.epochs=1 --set train.precision=bf16
-step ddp 50 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 "$REPO/scripts/ddp_check.py" "$OUT/ddp.json"
+step ddp 45 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 "$REPO/scripts/ddp_check.py" "$OUT/ddp.json"
 
 write_summary
 echo "[gpu_check] done in $(( $(date +%s) - START ))s; results in $OUT"

@@ -250,6 +250,12 @@ def _training_benchmark(args: argparse.Namespace, variants: Sequence[str], base,
                       batch_size=batch_size, caption_tokens=args.caption_tokens, steps=args.steps or 10,
                       warmup=args.warmup, grad_checkpointing=args.grad_checkpointing)
         results["variants"][variant] = measure_variant(**kwargs) if args.no_isolate else _measure_isolated(kwargs)
+        if args.json_out:  # what is measured so far survives a time limit
+            from pathlib import Path
+
+            from upperson.io import atomic_write_json
+
+            atomic_write_json(Path(args.json_out), results)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     v = results["variants"]
