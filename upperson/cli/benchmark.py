@@ -39,7 +39,7 @@ METRIC_SIZES = {  # queries, gallery images, identities (SPEC 7 test splits)
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("benchmark", help="time training steps, encoding and metrics",
-                       description=__doc__.splitlines()[0])
+                       description="training-step speed and memory, encoding speed and metrics speed (see docs/performance.md)")
     p.add_argument("--config", default="cuhk-pedes", help="preset or YAML (default: cuhk-pedes)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--random-init", action="store_true", help="random backbone weights (speed does not depend on them)")

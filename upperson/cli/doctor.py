@@ -19,7 +19,7 @@ log = logging.getLogger("upperson.doctor")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check this machine: versions, attention kernels, precision, a short training",
-                       description=__doc__.splitlines()[0])
+                       description="check this machine: versions, device memory, attention kernels, bf16 agreement, a short training")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     p.add_argument("--steps", type=int, default=10, help="training steps on the embedded model, >= 2 (default: 10)")
     p.add_argument("--batch", type=int, default=None, help="training batch, >= 2 (default: 128 on GPU, 16 on CPU)")
