@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("gallery (default: the embedded ToyPEDES test split)")
     src.add_argument("--gallery", type=Path, help="a folder of images (searched recursively)")
-    src.add_argument("--data-root", type=Path, help="a data root holding a dataset in a SPEC format")
+    src.add_argument("--data-root", type=Path, help="a data root holding a dataset in a supported format (docs/data.md)")
     src.add_argument("--dataset", default="cuhk-pedes",
                      help="with --data-root: cuhk-pedes, icfg-pedes, rstpreid, toypedes or generic (default cuhk-pedes)")
     src.add_argument("--split", default="test", help="with --data-root: the split to search (default test)")

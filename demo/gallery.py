@@ -82,7 +82,7 @@ def normalise_caption(text: str) -> str:
 
 
 def dataset_gallery(name: str, root: PathLike, split: str = "test") -> Gallery:
-    """The images of one split of a dataset in a SPEC format (``cuhk-pedes``, ``toypedes``, ...)."""
+    """The images of one split of a dataset in a supported format (docs/data.md) (``cuhk-pedes``, ``toypedes``, ...)."""
     from upperson.data import DatasetError, load_dataset
 
     try:

@@ -31,7 +31,7 @@ def _plain_and_upperson(cfg: ModelConfig) -> tuple[torch.nn.Module, UPPerson]:
     return plain.eval(), UPPerson(clip, cfg).eval()
 
 
-# ------------------------------------------------------------------ parameter count (SPEC 3.4)
+# ------------------------------------------------------------------ parameter count (docs/method.md)
 
 def test_vit_b16_parameter_count_matches_the_paper():
     cfg = ModelConfig(pretrained=None)  # ViT-B/16 at 384x128 with the paper's defaults
@@ -57,7 +57,7 @@ def test_component_switches_change_the_count(tiny_cfg):
     assert shallow.by_component["prefix"]["trainable"] * 2 == full.by_component["prefix"]["trainable"]
 
 
-# ------------------------------------------------------------------ no-op at init (SPEC 3.4)
+# ------------------------------------------------------------------ no-op at init (docs/method.md)
 
 @pytest.mark.parametrize("name, size", [("upp-tiny", (48, 16)), ("ViT-B-16", (384, 128))])
 @pytest.mark.parametrize("placement", ["parallel", "sequential"])
@@ -87,7 +87,7 @@ def test_trained_components_do_change_the_features(tiny_cfg):
         assert (model.encode_image(images) - plain.encode_image(images)).abs().max() > 1e-3
 
 
-# ------------------------------------------------------------------ S-Prefix (SPEC 3.1)
+# ------------------------------------------------------------------ S-Prefix (docs/method.md)
 
 class _Attn(torch.nn.Module):
     """The attributes petl_attention reads from a frozen nn.MultiheadAttention."""

@@ -55,7 +55,7 @@ class DataConfig:
     batch_size: int = 128
     eval_batch_size: int = 512
     num_workers: int = 4
-    caption_mask_prob: float = 0.0  # BERT-style caption augmentation (SPEC 5), 0 = off
+    caption_mask_prob: float = 0.0  # BERT-style caption augmentation (docs/method.md), 0 = off
     skip_bad_images: bool = False
     augment: bool = True
     cache_images: bool = False  # keep decoded training images in memory (small datasets)
@@ -63,7 +63,7 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    """The retrieval loss (SPEC 4)."""
+    """The retrieval loss (docs/method.md)."""
 
     name: str = "sdm"  # "sdm" or "itc"
     temperature: float = 0.02
@@ -72,7 +72,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimiser, schedule, precision and model selection (SPEC 5)."""
+    """Optimiser, schedule, precision and model selection (docs/method.md)."""
 
     epochs: int = 60
     lr: float = 1e-3

@@ -1,4 +1,4 @@
-"""Embedding a gallery and queries, and text-to-image evaluation (SPEC 6)."""
+"""Embedding a gallery and queries, and text-to-image evaluation (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def embed_gallery(model: UPPerson, records: Sequence[ImageRecord], *, batch_size
 def evaluate(model: UPPerson, records: Sequence[ImageRecord], tokenizer: CaptionTokenizer, *,
              batch_size: int = 256, num_workers: int = 0, precision: str = "bf16",
              progress: bool = True) -> dict[str, float]:
-    """Text-to-image retrieval on one split: every caption queries every image (SPEC 6).
+    """Text-to-image retrieval on one split: every caption queries every image (docs/method.md).
 
     Encodes with ``model.merged()`` (LoRA and prefix folded, same features); ``model`` itself
     is not changed.

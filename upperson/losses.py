@@ -1,4 +1,4 @@
-"""Retrieval losses: SDM (the paper's) and ITC/InfoNCE (SPEC 4)."""
+"""Retrieval losses: SDM (the paper's) and ITC/InfoNCE (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Text-to-image retrieval metrics as IRRA defines them (SPEC 6), without sorting the gallery.
+"""Text-to-image retrieval metrics as IRRA defines them (docs/method.md), without sorting the gallery.
 
 For each query the gallery is ranked by similarity, descending. Ties are broken by gallery
 order (as a stable sort would), so results are deterministic. A gallery item is relevant when

@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 log = logging.getLogger("upperson.benchmark")
 
 VARIANTS = ("up-person", "naive", "full-finetune")
-METRIC_SIZES = {  # queries, gallery images, identities (SPEC 7 test splits)
+METRIC_SIZES = {  # queries, gallery images, identities (docs/method.md test splits)
     "cuhk": (6156, 3074, 1000),
     "icfg": (19848, 19848, 1000),
 }

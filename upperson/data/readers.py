@@ -1,4 +1,4 @@
-"""Readers for the person-retrieval datasets on disk (SPEC 7) and for a generic format.
+"""Readers for the person-retrieval datasets on disk (docs/method.md) and for a generic format.
 
 Every reader returns a :class:`PedesDataset` and raises :class:`DatasetError` naming the file
 and the entry for anything it cannot use. Nothing is dropped silently; what the readers keep,

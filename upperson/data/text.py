@@ -1,4 +1,4 @@
-"""Caption tokenisation and the BERT-style caption augmentation (SPEC 5)."""
+"""Caption tokenisation and the BERT-style caption augmentation (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def mask_caption_tokens(
     sot_id: Optional[int] = None,
     eot_id: Optional[int] = None,
 ) -> torch.LongTensor:
-    """BERT-style caption augmentation (SPEC 5), as the reference code does it.
+    """BERT-style caption augmentation (docs/method.md), as the reference code does it.
 
     Each caption token strictly between ``<start>`` (position 0) and ``<end>`` is chosen
     with probability ``prob`` (0.15 in the reference); a chosen token becomes

@@ -6,14 +6,14 @@ block that has them. Two paths compute the same function:
 
 - ``fused``: ``torch.nn.functional.scaled_dot_product_attention`` over
   ``[prefix keys; token keys]`` with prefix values scaled by lambda. By the identity
-  ``lambda * A_pre Pv = A_pre (lambda Pv)`` (SPEC 3.1) this is S-Prefix exactly.
+  ``lambda * A_pre Pv = A_pre (lambda Pv)`` (docs/method.md) this is S-Prefix exactly.
 - ``explicit``: softmax attention written out, ``A_tok V_tok + lambda * A_pre Pv``. It can
   return the attention probabilities (for the analysis) and is the naive baseline of the
   benchmark.
 
 Key layout: the prefix sits *before* the token keys. Key order does not change attention as
 long as the mask follows it, so a causal text mask is extended with zero columns on the
-left: every query sees every prefix key (SPEC 9).
+left: every query sees every prefix key (docs/method.md).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def petl_attention(
 def fold_prefix(prefix: Prefix, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Prefix keys and lambda-scaled values split across heads, (1, heads, P, head_dim) each, detached.
 
-    ``lambda * A_pre Pv = A_pre (lambda Pv)`` (SPEC 3.1), so the folded values give S-Prefix exactly.
+    ``lambda * A_pre Pv = A_pre (lambda Pv)`` (docs/method.md), so the folded values give S-Prefix exactly.
     """
     with torch.no_grad():
         pk = _split_heads(prefix.keys().float().unsqueeze(0), heads)
@@ -132,7 +132,7 @@ def fold_prefix(prefix: Prefix, heads: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def fold_lora(attn: nn.Module, lora_k: Optional[LoRA], lora_v: Optional[LoRA]) -> torch.Tensor:
-    """A new in-projection weight with ``W_k += s_k B_k A_k`` and ``W_v += s_v B_v A_v`` (SPEC 3.2).
+    """A new in-projection weight with ``W_k += s_k B_k A_k`` and ``W_v += s_v B_v A_v`` (docs/method.md).
 
     Computed in float32 and stored in the frozen weight's dtype; the input weight is not touched.
     """

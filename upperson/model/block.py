@@ -4,9 +4,9 @@ The block takes over the frozen sub-modules of an open_clip ``ResidualAttentionB
 under the same names (``ln_1``, ``attn``, ``ls_1``, ``ln_2``, ``mlp``, ``ls_2``), so the
 backbone's state-dict keys do not change, and adds its own:
 
-- ``prefix``: prefix keys/values (S-Prefix or vanilla), SPEC 3.1;
-- ``lora_k``, ``lora_v``: LoRA on the key and value projections, SPEC 3.2;
-- ``adapter_attn``, ``adapter_mlp``: adapters, SPEC 3.3. L-Adapter ("parallel") reads the
+- ``prefix``: prefix keys/values (S-Prefix or vanilla), docs/method.md;
+- ``lora_k``, ``lora_v``: LoRA on the key and value projections, docs/method.md;
+- ``adapter_attn``, ``adapter_mlp``: adapters, docs/method.md. L-Adapter ("parallel") reads the
   residual stream beside each LayerNorm: ``x + Attn(LN1(x) + a1 * AdapterA(x))``.
   The sequential (vanilla, Houlsby-style) placement adapts each sub-layer's output with an
   inner residual, ``s + a * Adapter(s)`` where ``s = Attn(LN1(x))``, so it too is a no-op

@@ -132,7 +132,7 @@ class UPPerson(nn.Module):
 
         Per block, ``W_k + s_k B_k A_k`` and ``W_v + s_v B_v A_v`` become a new frozen
         in-projection weight, and the prefix keys ``key_scale * key`` and values
-        ``lambda * value_scale * value`` are computed once (SPEC 3.1-3.2); adapters stay as
+        ``lambda * value_scale * value`` are computed once (docs/method.md); adapters stay as
         they are (they are not linear). Features equal this model's up to float rounding.
 
         The copy shares this model's frozen weight tensors (no second backbone in memory),

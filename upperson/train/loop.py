@@ -1,4 +1,4 @@
-"""Training and model selection (SPEC 5): one entry point, :func:`train`.
+"""Training and model selection (docs/method.md): one entry point, :func:`train`.
 
 A run folder holds ``config.yaml`` (the resolved config), ``train.log``, ``metrics.jsonl``
 (one JSON object per epoch, for pandas), ``last/`` (resumable state), ``best/`` (the

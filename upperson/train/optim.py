@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule (SPEC 5)."""
+"""Optimiser and learning-rate schedule (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def param_groups(model: nn.Module, cfg: TrainConfig, extra: list[nn.Parameter] =
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, extra: list[nn.Parameter] = ()) -> torch.optim.Optimizer:
-    """Adam with the reference code's betas and eps (SPEC 5)."""
+    """Adam with the reference code's betas and eps (docs/method.md)."""
     groups = param_groups(model, cfg, list(extra))
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen (zero-shot needs no training)")

@@ -1,4 +1,4 @@
-"""Configuration of the adapters (SPEC 3.3)."""
+"""Configuration of the adapters (docs/method.md)."""
 
 from __future__ import annotations
 

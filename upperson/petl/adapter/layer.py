@@ -1,4 +1,4 @@
-"""A bottleneck adapter with a learnable output scale (SPEC 3.3)."""
+"""A bottleneck adapter with a learnable output scale (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Configuration of LoRA on keys and values (SPEC 3.2)."""
+"""Configuration of LoRA on keys and values (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LoRA: a learnable low-rank update of a frozen projection (SPEC 3.2)."""
+"""LoRA: a learnable low-rank update of a frozen projection (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Configuration of the prefix (SPEC 3.1)."""
+"""Configuration of the prefix (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prefix keys and values for one attention layer (SPEC 3.1)."""
+"""Prefix keys and values for one attention layer (docs/method.md)."""
 
 from __future__ import annotations
 
