@@ -16,7 +16,10 @@ def resolve_device(name: Optional[str] = None) -> torch.device:
     """``cuda`` when available (or asked for), else ``cpu``; a clear error for a missing GPU."""
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a device name; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} asked for, but no CUDA GPU is available")
     return device

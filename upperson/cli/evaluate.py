@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from upperson.metrics import format_metrics
     from upperson.model import build_model
     from upperson.model.checkpoint import load_model
-    from upperson.runtime import resolve_device
+    from upperson.runtime import resolve_device, seed_everything
 
     if args.resamples < 1:
         raise ValueError(f"--resamples {args.resamples}: give a positive number of bootstrap resamples (e.g. 2000)")
@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         dataset = dataset or cfg.data.dataset
         precision = cfg.train.precision
         skip_bad_images = skip_bad_images or cfg.data.skip_bad_images
+        # untrained PETL parts (the prefix's uniform init is not a no-op) are drawn from the
+        # config's seed, so evaluating the same config twice gives the same numbers
+        seed_everything(cfg.train.seed)
         model = build_model(cfg.model)
     model = model.to(resolve_device(args.device)).eval()
     data = load_dataset(dataset, args.data_root, skip_bad_images=skip_bad_images)
