@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from upperson.logs import setup_logging
+
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="with --browser: a folder of images to search instead of the embedded gallery "
                         "(queries: the embedded gallery's captions)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging("INFO", packages=("upperson", "demo"))
     if args.browser:
         return browser_benchmark(args)
 

@@ -24,6 +24,8 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 MAX_BYTES = 300_000
+from upperson.logs import setup_logging
+
 log = logging.getLogger("demo.screenshot")
 
 _ALL_IMAGES_LOADED = """async () => {
@@ -100,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--top-k", type=int, default=12)
     p.add_argument("--views", default="search,attention,embeddings,ablation", help="comma-separated tabs to capture")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging("INFO", packages=("upperson", "demo"))
     from playwright.sync_api import sync_playwright
 
     from demo.app import TAB_LABELS, build_app, launch
