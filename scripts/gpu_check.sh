@@ -21,12 +21,15 @@
 # (torch 2.11 -> torchvision==0.26.*, same CUDA flavour as torch). Wheels are not committed.
 set -u -o pipefail
 
-if [ $# -lt 1 ] || [ $# -gt 2 ]; then
+if [ $# -lt 1 ] || [ $# -gt 2 ] || [[ "$1" == -* ]]; then
     echo "usage: $0 OUTDIR [WHEELS_DIR]" >&2
     exit 2
 fi
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="$(mkdir -p "$1" && cd "$1" && pwd)"
+if ! OUT="$(mkdir -p -- "$1" && cd -- "$1" && pwd)"; then
+    echo "[gpu_check] cannot create the output folder $1" >&2
+    exit 2
+fi
 WHEELS="${2:-$REPO/scripts/wheels}"
 PY="${PYTHON:-python3}"
 START=$(date +%s)

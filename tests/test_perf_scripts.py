@@ -17,6 +17,8 @@ def test_gpu_check_is_valid_bash_and_explains_its_usage():
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
     proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage:" in proc.stderr
+    proc = subprocess.run(["bash", str(SCRIPT), "--outdir"], capture_output=True, text=True)  # an option, not a folder
+    assert proc.returncode == 2 and "usage:" in proc.stderr
     py_compile.compile(str(REPO / "scripts" / "ddp_check.py"), doraise=True)
 
 
