@@ -235,13 +235,15 @@ class PerQueryFile:
 
     def metrics(self, ranks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
         """The aggregate metrics (percent), computed as ``retrieval_metrics`` computes them."""
+        from upperson.metrics import PerQueryMetrics
+
         n = len(self.first_rank)
         if n == 0:
             raise ValueError("no query has a match in the gallery")
-        out = {f"R{k}": 100.0 * float(np.count_nonzero(self.first_rank <= k)) / n for k in ranks}
-        out["mAP"] = 100.0 * float(self.ap.sum()) / n
-        out["mINP"] = 100.0 * float(self.inp.sum()) / n
-        return out
+        # only the rows with a match are kept, so no query is left out here (and no warning)
+        out = PerQueryMetrics(query_index=self.query_index, first_rank=self.first_rank, ap=self.ap, inp=self.inp,
+                              num_relevant=self.images, num_queries=n, num_gallery=0).aggregate(ranks)
+        return {k: out[k] for k in (*(f"R{k}" for k in ranks), "mAP", "mINP")}
 
 
 def read_per_query_csv(path: Union[str, Path]) -> PerQueryFile:
