@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from upperson.data import CaptionTokenizer, GalleryDataset, ImageRecord, QueryDataset, build_transforms
-from upperson.metrics import PerQueryMetrics, per_query_metrics, retrieval_metrics
+from upperson.metrics import PerQueryMetrics, per_query_metrics
 from upperson.model import UPPerson
 from upperson.runtime import autocast
 
@@ -64,27 +64,16 @@ def embed_gallery(model: UPPerson, records: Sequence[ImageRecord], *, batch_size
     return torch.cat(feats)
 
 
-@torch.no_grad()
 def evaluate(model: UPPerson, records: Sequence[ImageRecord], tokenizer: CaptionTokenizer, *,
              batch_size: int = 256, num_workers: int = 0, precision: str = "bf16",
              progress: bool = True) -> dict[str, float]:
     """Text-to-image retrieval on one split: every caption queries every image (docs/method.md).
 
-    Encodes with ``model.merged()`` (LoRA and prefix folded, same features); ``model`` itself
-    is not changed.
+    The aggregate of :func:`evaluate_per_query`: encodes with ``model.merged()`` (LoRA and
+    prefix folded, same features); ``model`` itself is not changed.
     """
-    was_training = model.training
-    try:
-        enc = inference_model(model)
-        gallery = embed_gallery(enc, records, batch_size=batch_size, num_workers=num_workers,
-                                precision=precision, progress=progress)
-        queries = QueryDataset(records, tokenizer)
-        text = encode_texts(enc, queries.tokens, batch_size=batch_size * 2, precision=precision)
-        del enc
-    finally:
-        model.train(was_training)
-    sim = text @ gallery.t()
-    return retrieval_metrics(sim, torch.tensor(queries.pids), torch.tensor([r.pid for r in records]))
+    return evaluate_per_query(model, records, tokenizer, batch_size=batch_size, num_workers=num_workers,
+                              precision=precision, progress=progress).metrics()
 
 
 @dataclass(frozen=True)
