@@ -26,6 +26,16 @@ def tiny_model_config(**overrides) -> ModelConfig:
     return dataclasses.replace(cfg, **overrides)
 
 
+def tiny_batch(n: int):
+    """n random images for the tiny model, n tokenized captions of different lengths, pids two by two."""
+    images = torch.randn(n, 3, 48, 16)
+    tokens = torch.zeros(n, 77, dtype=torch.long)
+    for i in range(n):
+        tokens[i, 0], tokens[i, 1:4 + i] = 49406, torch.randint(1, 49000, (3 + i,))
+        tokens[i, 4 + i] = 49407
+    return images, tokens, torch.arange(n) // 2
+
+
 @pytest.fixture
 def tiny_cfg() -> ModelConfig:
     return tiny_model_config()

@@ -22,19 +22,10 @@ from upperson.model import build_model
 from upperson.runtime import autocast, grad_scaler, mixed_precision
 from upperson.train import train
 from upperson.train.loop import _cast_frozen_to_half
-from tests.conftest import tiny_model_config
+from tests.conftest import tiny_batch, tiny_model_config
 
 TOLERANCE = {"bf16": 0.05, "fp16": 0.01}
 STEPS = {"bf16": 4, "fp16": 12}
-
-
-def _batch(n: int = 6):
-    images = torch.randn(n, 3, 48, 16)
-    tokens = torch.zeros(n, 77, dtype=torch.long)
-    for i in range(n):
-        tokens[i, 0], tokens[i, 1:4 + i] = 49406, torch.randint(1, 49000, (3 + i,))
-        tokens[i, 4 + i] = 49407
-    return images, tokens, torch.arange(n) // 2
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -67,7 +58,7 @@ def test_mixed_precision_training_steps_on_cpu(precision):
     assert petl and all(p.dtype == torch.float32 for p in petl.values())
     assert all(p.dtype == (torch.bfloat16 if precision == "bf16" else torch.float16) for p in frozen)
 
-    images, tokens, pids = _batch()
+    images, tokens, pids = tiny_batch(6)
     model.eval(), reference.eval()
     with torch.no_grad(), autocast(cpu, precision, cpu=True):
         img, txt = model.encode_image(images), model.encode_text(tokens)

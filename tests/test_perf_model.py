@@ -11,7 +11,7 @@ import torch
 from upperson.losses import sdm_loss
 from upperson.model import build_model
 from upperson.petl import PrefixConfig
-from tests.conftest import tiny_model_config
+from tests.conftest import tiny_batch, tiny_model_config
 
 
 def _trained_like(cfg) -> torch.nn.Module:
@@ -22,15 +22,6 @@ def _trained_like(cfg) -> torch.nn.Module:
             if p.requires_grad:
                 p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.numel() == 1 else 0.0))
     return model
-
-
-def _batch(n: int = 4):
-    images = torch.randn(n, 3, 48, 16)
-    tokens = torch.zeros(n, 77, dtype=torch.long)
-    for i in range(n):
-        tokens[i, 0], tokens[i, 1:4 + i] = 49406, torch.randint(1, 49000, (3 + i,))
-        tokens[i, 4 + i] = 49407
-    return images, tokens, torch.arange(n) // 2
 
 
 @pytest.mark.parametrize("variant", ["default", "sequential", "vanilla-prefix", "no-prefix"])
@@ -44,7 +35,7 @@ def test_merged_features_equal_the_unmerged_ones(variant):
         cfg = dataclasses.replace(cfg, prefix=PrefixConfig(enabled=False))
     model = _trained_like(cfg).eval()
     merged = model.merged()
-    images, tokens, _ = _batch()
+    images, tokens, _ = tiny_batch(4)
     with torch.no_grad():
         img, txt = model.encode_image(images), model.encode_text(tokens)
         assert (merged.encode_image(images) - img).abs().max() <= 1e-5 * max(1.0, float(img.abs().max()))
@@ -73,7 +64,7 @@ def test_merging_leaves_the_training_model_alone_and_cannot_train():
     # frozen backbone weights are shared, not copied (one backbone in memory)
     assert merged.clip.visual.conv1.weight.data_ptr() == model.clip.visual.conv1.weight.data_ptr()
     # a training step on the model does not reach the merged copy, and vice versa
-    images, tokens, pids = _batch()
+    images, tokens, pids = tiny_batch(4)
     with torch.no_grad():
         snapshot = merged.encode_image(images)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
@@ -87,7 +78,7 @@ def test_merging_leaves_the_training_model_alone_and_cannot_train():
 
 def test_grad_checkpointing_gives_the_same_gradients(monkeypatch):
     model = _trained_like(tiny_model_config())
-    images, tokens, pids = _batch()
+    images, tokens, pids = tiny_batch(4)
     calls = {"n": 0}
     real = open_clip.transformer.checkpoint
 
