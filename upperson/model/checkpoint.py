@@ -206,13 +206,24 @@ def load_petl(model: UPPerson, path: Union[str, Path], *, strict_backbone: bool 
     Raises :class:`CheckpointMismatchError` naming every difference. With
     ``strict_backbone=False`` a different backbone *weights* fingerprint only warns.
     """
+    meta, state = _read_verified(path)
+    return _copy_into(model, _paths(path)[0], meta, state, strict_backbone)
+
+
+def _read_verified(path: Union[str, Path]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A checkpoint's ``petl.json`` (format version checked) and its verified weights."""
     weights, config = _paths(path)
     meta = read_checkpoint_config(path)
     version = meta.get("version", 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointMismatchError(f"{config}: checkpoint format version {version!r} is newer than this code reads "
                                       f"({FORMAT_VERSION}); update UP-Person")
-    state = read_verified_tensors(weights, meta.get("sha256"), recorded_in=config, require_checksum=version >= 2)
+    return meta, read_verified_tensors(weights, meta.get("sha256"), recorded_in=config, require_checksum=version >= 2)
+
+
+def _copy_into(model: UPPerson, weights: Path, meta: dict, state: dict[str, torch.Tensor],
+               strict_backbone: bool) -> dict:
+    """Check that a read checkpoint (``meta``, ``state``) fits ``model``, then copy its weights in."""
     bb = meta.get("backbone", {})
     problems = []
     cfg = model.config
@@ -253,12 +264,8 @@ def load_petl(model: UPPerson, path: Union[str, Path], *, strict_backbone: bool 
 
 def load_model(path: Union[str, Path], *, pretrained: Optional[str] = None, strict_backbone: bool = True) -> UPPerson:
     """Build the checkpoint's model (backbone from ``pretrained`` or the recorded path) and load it."""
-    weights, config = _paths(path)
-    meta = read_checkpoint_config(path)
-    # a corrupted file fails here, before the (slower) backbone is built
-    read_verified_tensors(weights, meta.get("sha256"), recorded_in=config,
-                          require_checksum=meta.get("version", 1) >= 2)
-    cfg = checkpoint_model_config(path, pretrained)
-    model = build_model(cfg)
-    load_petl(model, path, strict_backbone=strict_backbone)
+    # read and verified once; a corrupted file fails here, before the (slower) backbone is built
+    meta, state = _read_verified(path)
+    model = build_model(checkpoint_model_config(path, pretrained))
+    _copy_into(model, _paths(path)[0], meta, state, strict_backbone)
     return model
