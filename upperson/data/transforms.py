@@ -1,4 +1,4 @@
-"""Image transforms (docs/method.md and 5), as the reference code builds them.
+"""Image transforms (docs/method.md), as the reference code builds them.
 
 Training (``augment=True``): resize to (H, W), horizontal flip (p 0.5), pad 10 (black) and
 random crop back to (H, W), to tensor, CLIP normalisation, random erasing (p 0.5, area

@@ -36,7 +36,9 @@ _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _UNUSED_KEYS = ("logit_scale", "logit_bias")
 RANDOM_INIT = "random"  # model.pretrained value of an explicitly random backbone
 EMBEDDED = "embedded"  # model.pretrained value of the shipped upp-tiny backbone (assets/embedded/)
-RANDOM_INIT_SEED = 0  # backbones without pretrained weights are initialised reproducibly  # the retrieval losses use a fixed temperature
+RANDOM_INIT_SEED = 0  # backbones without pretrained weights are initialised reproducibly
+#: set to 1 to let an open_clip tag (e.g. ``openai``) download weights missing from the cache
+ALLOW_DOWNLOAD_ENV = "UPPERSON_ALLOW_DOWNLOAD"
 
 
 class BackboneError(RuntimeError):
@@ -97,17 +99,12 @@ def is_random_init(pretrained: Optional[str]) -> bool:
     return not pretrained or pretrained == RANDOM_INIT
 
 
-def embedded_backbone() -> Path:
-    """The shipped backbone file that ``model.pretrained: embedded`` names, checked against the model card."""
-    from upperson.embedded import verified_backbone_file
-
-    return verified_backbone_file()
-
-
 def resolve_pretrained(pretrained: str, model_name: str) -> Path:
     """A local file path for ``pretrained``: an existing file, or an open_clip tag."""
-    if pretrained == EMBEDDED:
-        return embedded_backbone()
+    if pretrained == EMBEDDED:  # the shipped backbone file, checked against the model card
+        from upperson.embedded import verified_backbone_file
+
+        return verified_backbone_file()
     path = Path(pretrained).expanduser()
     if path.exists():
         return path
@@ -135,10 +132,6 @@ def resolve_pretrained(pretrained: str, model_name: str) -> Path:
         raise BackboneError(
             f"could not fetch the {model_name} '{pretrained}' weights ({type(exc).__name__}: {exc}); {how}"
         ) from exc
-
-
-#: set to 1 to let an open_clip tag (e.g. ``openai``) download weights missing from the cache
-ALLOW_DOWNLOAD_ENV = "UPPERSON_ALLOW_DOWNLOAD"
 
 
 def cached_pretrained(tag_cfg: dict) -> Optional[Path]:
