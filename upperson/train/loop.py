@@ -271,7 +271,7 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
         optimizer = build_optimizer(model, t_cfg, extra=list(loss_module.parameters()))
         scaler = grad_scaler(device, amp)
         if resume:
-            state_dir = find_training_state(run_dir)
+            state_dir = saved_state  # found (and its progress checked) above
             if state_dir is None:
                 log.warning("--resume: no saved state in %s, starting from scratch", run_dir)
             else:
