@@ -139,6 +139,13 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _device_label(device) -> str:
+    """The GPU's name, or the CPU with its number of torch threads."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+
+
 def _time_training(model, batch, steps: int, warmup: int, device, use_autocast: bool, precision: str) -> dict[str, Any]:
     import torch
 
@@ -239,7 +246,7 @@ def _training_benchmark(args: argparse.Namespace, variants: Sequence[str], base,
                         batch_size: int) -> dict[str, Any]:
     import torch
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = _device_label(device)
     results: dict[str, Any] = {"device": name, "model": base.name, "image_size": list(base.image_size),
                                "batch": batch_size, "precision": precision,
                                "grad_checkpointing": args.grad_checkpointing,
@@ -300,7 +307,7 @@ def _inference_benchmark(args: argparse.Namespace, base, device, precision: str,
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 best[k] = min(best[k], time.perf_counter() - t0)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = _device_label(device)
     rows = {k: {"ms_per_batch": round(1000 * t, 1), "images_per_s": round(batch_size / t, 1),
                 "time_vs_open_clip": round(t / best["open_clip"], 3)} for k, t in best.items()}
     print(f"image encoding, {base.name} {base.image_size[0]}x{base.image_size[1]}, batch {batch_size}, {name}, "
@@ -319,13 +326,14 @@ def sort_based_metrics(similarity, query_pids, gallery_pids, ranks: Sequence[int
     """The previous implementation (a full stable sort of every row), kept as the baseline to time."""
     import torch
 
+    from upperson.metrics import sorted_matches
+
     hits = {k: 0.0 for k in ranks}
     ap_sum = inp_sum = 0.0
     valid = 0
     positions = torch.arange(1, similarity.shape[1] + 1, dtype=torch.float64)
     for start in range(0, similarity.shape[0], chunk):
-        order = torch.sort(similarity[start:start + chunk], dim=1, descending=True, stable=True).indices
-        matches = gallery_pids[order] == query_pids[start:start + chunk].view(-1, 1)
+        matches = sorted_matches(similarity[start:start + chunk], query_pids[start:start + chunk], gallery_pids)
         num_rel = matches.sum(dim=1)
         keep = num_rel > 0
         m, num_rel = matches[keep].double(), num_rel[keep].double()
