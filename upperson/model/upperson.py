@@ -132,8 +132,9 @@ class UPPerson(nn.Module):
 
         Per block, ``W_k + s_k B_k A_k`` and ``W_v + s_v B_v A_v`` become a new frozen
         in-projection weight, and the prefix keys ``key_scale * key`` and values
-        ``lambda * value_scale * value`` are computed once (docs/method.md); adapters stay as
-        they are (they are not linear). Features equal this model's up to float rounding.
+        ``lambda * value_scale * value`` are computed once (docs/method.md); each adapter keeps
+        its non-linearity, with its output scale folded into the up-projection. Features equal
+        this model's up to float rounding.
 
         The copy shares this model's frozen weight tensors (no second backbone in memory),
         copies everything else, has no trainable parameter and refuses ``train()``. This
