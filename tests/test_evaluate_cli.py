@@ -1,8 +1,9 @@
-"""`evaluate --config` is reproducible, and a bad --device is a clear error."""
+"""`evaluate --config` is reproducible; a bad --device or output file is a clear error."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,3 +28,19 @@ def test_evaluate_config_is_seeded(toypedes_root, tmp_path):
 def test_bad_device_name_is_a_value_error():
     with pytest.raises(ValueError, match="'foo' is not a device name"):
         resolve_device("foo")
+
+
+def test_an_unwritable_per_query_file_is_refused_before_any_work(tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:  # root ignores chmod
+        unwritable = Path("/sys/upperson-test-unwritable")
+    else:
+        unwritable = tmp_path / "read-only"
+        unwritable.mkdir()
+        unwritable.chmod(0o555)
+    # the checkpoint does not exist either: the output file must be refused first, naming it
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "no-checkpoint"), "--data-root", str(tmp_path),
+                 "--per-query", str(unwritable / "q.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "q.csv" in err and "checkpoint" not in err

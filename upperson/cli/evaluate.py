@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size {args.batch_size}: give a batch size >= 1")
     if args.json_out:
         check_writable_file(Path(args.json_out), "--json file")
+    if args.per_query:
+        check_writable_file(Path(args.per_query), "--per-query file")
 
     from upperson.config import load_config, load_run_config
     from upperson.data import build_tokenizer, load_dataset
