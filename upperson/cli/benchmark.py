@@ -78,13 +78,18 @@ def check_args(args: argparse.Namespace) -> list[str]:
         raise ValueError(f"--variants: unknown or empty {', '.join(unknown) or repr(args.variants)}; "
                          f"choose from {', '.join(VARIANTS)}")
     if args.json_out:
-        from pathlib import Path
-
-        out = Path(args.json_out)
-        if out.is_dir() or not out.parent.is_dir():
-            raise ValueError(f"--json {out}: {'is a folder' if out.is_dir() else 'its folder does not exist'}; "
-                             "name a file in an existing folder")
+        check_json_path(args.json_out)
     return variants
+
+
+def check_json_path(path: str) -> None:
+    """A ``--json`` target must be a file in an existing folder: refused before any work is done."""
+    from pathlib import Path
+
+    out = Path(path)
+    if out.is_dir() or not out.parent.is_dir():
+        raise ValueError(f"--json {out}: {'is a folder' if out.is_dir() else 'its folder does not exist'}; "
+                         "name a file in an existing folder")
 
 
 # ----------------------------------------------------------------------------- training

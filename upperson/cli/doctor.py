@@ -141,10 +141,9 @@ def _agreement(model, batch, device) -> dict[str, Any]:
 
 def _training(device, batch, steps: int) -> dict[str, Any]:
     """``steps`` training steps of the embedded model on one fixed batch, in the device's training precision."""
-    import resource
-
     import torch
 
+    from upperson.cli.benchmark import _peak_rss_mb
     from upperson.embedded import load_embedded_model
     from upperson.losses import sdm_loss
     from upperson.runtime import autocast, grad_scaler, half_dtype
@@ -184,7 +183,7 @@ def _training(device, batch, steps: int) -> dict[str, Any]:
     if device.type == "cuda":
         out["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
     else:
-        out["process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        out["process_peak_rss_mb"] = round(_peak_rss_mb())
     return out
 
 
@@ -193,17 +192,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be >= 2 (got {args.steps})")
     if args.batch is not None and args.batch < 2:
         raise ValueError(f"--batch must be >= 2 (got {args.batch}): the loss needs two samples")
-    if args.json_out:
-        from pathlib import Path
+    from upperson.cli.benchmark import _synthetic_batch, check_json_path
 
-        out = Path(args.json_out)
-        if out.is_dir() or not out.parent.is_dir():
-            raise ValueError(f"--json {out}: {'is a folder' if out.is_dir() else 'its folder does not exist'}; "
-                             "name a file in an existing folder")
+    if args.json_out:
+        check_json_path(args.json_out)
 
     import torch
 
-    from upperson.cli.benchmark import _synthetic_batch
     from upperson.embedded import load_embedded_model
     from upperson.runtime import resolve_device
 
