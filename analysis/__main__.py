@@ -275,7 +275,8 @@ def validate_args(args) -> None:
         if spec is not None:
             parse_indices(spec, 1 << 30, flag)
     for attr, flag, low in (("index", "--index", 0), ("caption_index", "--caption-index", 0), ("ids", "--ids", 1),
-                            ("seed", "--seed", 0), ("epochs", "--epochs", 0)):
+                            ("seed", "--seed", 0), ("epochs", "--epochs", 0), ("resamples", "--resamples", 1),
+                            ("ci_seed", "--ci-seed", 0)):
         value = getattr(args, attr, None)
         if value is not None and value < low:
             raise ValueError(f"{flag} must be at least {low}, got {value}")
@@ -311,7 +312,7 @@ def validate_args(args) -> None:
             given = [flag for flag, value, default in (
                 ("--config", args.config, "toypedes"), ("--set", args.overrides, []), ("--epochs", args.epochs, None),
                 ("--force", args.force, False), ("--data-root", args.data_root, None),
-                ("--dataset", args.dataset, None)) if value != default]
+                ("--dataset", args.dataset, None), ("--seeds", args.seeds, None)) if value != default]
             if given:
                 raise ValueError(f"{', '.join(given)} only apply with --run (training the variants); "
                                  "add --run, or leave them out to plot existing results")
@@ -330,11 +331,6 @@ def cmd_ablation(args, command: str = ""):
         return []
     out = Path(args.out)
     details = {}
-    if args.resamples < 1:
-        raise ValueError(f"--resamples {args.resamples}: give a positive number of bootstrap resamples (e.g. 2000)")
-    if args.seeds is not None and not args.run:
-        raise ValueError("--seeds only applies with --run (training the variants); the seeds of existing runs "
-                         "are the seed-<s> folders found")
     if args.run:
         from upperson.embedded import backbone_file, embedded_available
 
