@@ -77,7 +77,7 @@ def main(out: str, steps: int = 2, batch: int = 64) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) != 2 or "RANK" not in os.environ:  # started by torchrun, which sets RANK
         print("usage: torchrun --standalone --nproc_per_node N scripts/ddp_check.py OUT.json", file=sys.stderr)
         raise SystemExit(2)
     raise SystemExit(main(sys.argv[1]))
