@@ -203,13 +203,19 @@ def _missing_folder(bad: list[tuple[_Entry, str]]) -> Optional[Path]:
     return common
 
 
+def _in_split_order(per_split: dict) -> dict:
+    """``per_split`` with train, val, test first, then any other split name."""
+    order = {s: i for i, s in enumerate(SPLITS)}
+    return dict(sorted(per_split.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
 def _by_split(entries: list[_Entry], count: Callable[[_Entry], int] = lambda e: 1) -> dict[str, int]:
     out: dict[str, int] = {}
     for e in entries:
-        if count(e):
-            out[e.split] = out.get(e.split, 0) + count(e)
-    order = {s: i for i, s in enumerate(SPLITS)}
-    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
+        n = count(e)
+        if n:
+            out[e.split] = out.get(e.split, 0) + n
+    return _in_split_order(out)
 
 
 def _listing(items: list[str]) -> str:
@@ -281,9 +287,7 @@ def _build(
     if not splits:
         raise DatasetError(f"{ann_file}: every image was skipped (bad, or a train image without captions); "
                            "nothing left to load")
-    order = {s: i for i, s in enumerate(SPLITS)}
-    splits = dict(sorted(splits.items(), key=lambda kv: order.get(kv[0], len(order))))
-    dataset = PedesDataset(name=name, root=root, splits=splits, notes=notes)
+    dataset = PedesDataset(name=name, root=root, splits=_in_split_order(splits), notes=notes)
     log.info("loaded %s\n%s", name, dataset.summary())
     return dataset
 
@@ -318,11 +322,11 @@ def _dataset_dir(root: Path, folder: str, ann_name: str) -> Path:
             return root.parent
         raise DatasetError(f"{root}: the data root is a file; give the folder that holds {folder}/ "
                            f"(or {folder}/ itself)")
-    if (root / folder / ann_name).is_file() or not (root / ann_name).is_file():
-        if not (root / folder / ann_name).is_file():
-            raise DatasetError(f"{root / folder / ann_name}: annotation file not found{_found_here(root)}")
+    if (root / folder / ann_name).is_file():
         return root / folder
-    return root
+    if (root / ann_name).is_file():
+        return root
+    raise DatasetError(f"{root / folder / ann_name}: annotation file not found{_found_here(root)}")
 
 
 def _read_pedes_json(
