@@ -111,11 +111,11 @@ def run(args: argparse.Namespace) -> int:
     from upperson.config import load_run_config
     from upperson.data import build_tokenizer, load_dataset
     from upperson.embedded import CARD_NAME, EMBEDDED_DIR, load_embedded_model, sha256_file
-    from upperson.evaluation import evaluate
-    from upperson.io import atomic_write_json, atomic_write_text
-    from upperson.io import atomic_copy
+    from upperson.evaluation import evaluate_per_query
+    from upperson.io import atomic_copy, atomic_write_json, atomic_write_text
     from upperson.model.checkpoint import load_model, read_verified_tensors
     from upperson.model.params import count_parameters
+    from upperson.stats import values_of
 
     out = Path(args.out) if args.out else EMBEDDED_DIR
     pre, up, ft = Path(args.pretrain_run), Path(args.upperson_run), Path(args.full_finetune_run)
@@ -153,8 +153,10 @@ def run(args: argparse.Namespace) -> int:
         "upperson": load_embedded_model("upperson", assets=out),
         "full-finetune": load_model(ft / "best"),
     }
-    metrics = {name: _metrics(evaluate(m, test, tok, precision="fp32", progress=False)) for name, m in models.items()}
-    intervals = shipped_intervals(args.data_root, out)
+    # evaluated once: the metrics and (for the shipped two) the per-query values of the intervals
+    results = {name: evaluate_per_query(m, test, tok, precision="fp32", progress=False) for name, m in models.items()}
+    metrics = {name: _metrics(r.metrics()) for name, r in results.items()}
+    intervals = card_intervals({name: values_of(results[name].per_query) for name in ("zero-shot", "upperson")})
     params = {name: count_parameters(m).to_json() for name, m in models.items()}
     up_cfg = load_run_config(up / "config.yaml")
     card = {
