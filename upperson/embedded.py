@@ -84,12 +84,17 @@ def verify_assets(assets: Optional[Path] = None) -> None:
         path = folder / rel
         if not path.exists():
             raise EmbeddedAssetError(f"embedded model file missing: {path}")
-        actual = sha256_file(path)
-        if actual != expected["sha256"]:
-            raise EmbeddedAssetError(
-                f"embedded model file {path} is corrupted or was changed: its sha256 is {actual[:12]}..., "
-                f"the model card says {expected['sha256'][:12]}... (restore it with `git checkout -- {path}`)"
-            )
+        _check_digest(path, expected["sha256"], "embedded model file")
+
+
+def _check_digest(path: Path, expected: str, what: str) -> None:
+    """Raise :class:`EmbeddedAssetError` when ``path``'s SHA-256 is not the card's ``expected``."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise EmbeddedAssetError(
+            f"{what} {path} is corrupted or was changed: its sha256 is {actual[:12]}..., "
+            f"the model card says {expected[:12]}... (restore it with `git checkout -- {path}`)"
+        )
 
 
 _VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256 already checked
@@ -113,12 +118,7 @@ def verified_backbone_file(assets: Optional[Path] = None) -> Path:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if _VERIFIED.get(key) != expected:
-        actual = sha256_file(path)
-        if actual != expected:
-            raise EmbeddedAssetError(
-                f"embedded backbone {path} is corrupted or was changed: its sha256 is {actual[:12]}..., "
-                f"the model card says {expected[:12]}... (restore it with `git checkout -- {path}`)"
-            )
+        _check_digest(path, expected, "embedded backbone")
         _VERIFIED[key] = expected
     return path
 
