@@ -15,7 +15,9 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
+from logging.handlers import MemoryHandler
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -75,9 +77,9 @@ class _RunLog:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.held: list[logging.LogRecord] = []
         self.file: Optional[logging.Handler] = None
-        self._hold = _HoldHandler(self.held)
+        # holds every record (never flushes by itself) until to_file gives it the file as target
+        self._hold = MemoryHandler(capacity=sys.maxsize, flushLevel=sys.maxsize)
         self._level: Optional[int] = None
         if enabled:
             logger = logging.getLogger("upperson")
@@ -92,9 +94,8 @@ class _RunLog:
             return
         self.file = logging.FileHandler(path, encoding="utf-8")
         self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        for record in self.held:
-            self.file.handle(record)
-        self.held.clear()
+        self._hold.setTarget(self.file)
+        self._hold.flush()
         logger = logging.getLogger("upperson")
         logger.removeHandler(self._hold)
         logger.addHandler(self.file)
@@ -114,15 +115,6 @@ class _RunLog:
         if self._level is not None:
             logger.setLevel(self._level)
             self._level = None
-
-
-class _HoldHandler(logging.Handler):
-    def __init__(self, held: list) -> None:
-        super().__init__()
-        self.held = held
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.held.append(record)
 
 
 def selection_split(cfg: ExperimentConfig, data: PedesDataset) -> Optional[str]:
