@@ -108,16 +108,37 @@ def update_card_intervals(data_root, assets=None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Export into a staging folder beside ``--out``, swapped in only when everything succeeded
+    (a failure leaves the shipped assets as they were)."""
+    import shutil
+
+    from upperson.embedded import EMBEDDED_DIR
+    from upperson.io import replace_dir
+
+    out = Path(args.out) if args.out else EMBEDDED_DIR
+    stage = out.with_name(out.name + ".tmp")
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        metrics = _export(args, stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    replace_dir(stage, out)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace, out: Path) -> dict:
+    """Write the embedded assets into folder ``out``; returns the card's metrics."""
     from upperson.config import load_run_config
     from upperson.data import build_tokenizer, load_dataset
-    from upperson.embedded import CARD_NAME, EMBEDDED_DIR, load_embedded_model, sha256_file
+    from upperson.embedded import CARD_NAME, load_embedded_model, sha256_file
     from upperson.evaluation import evaluate_per_query
     from upperson.io import atomic_copy, atomic_write_json, atomic_write_text
     from upperson.model.checkpoint import load_model, read_verified_tensors
     from upperson.model.params import count_parameters
     from upperson.stats import values_of
 
-    out = Path(args.out) if args.out else EMBEDDED_DIR
     pre, up, ft = Path(args.pretrain_run), Path(args.upperson_run), Path(args.full_finetune_run)
     up_results, ft_results = _load(up / "results.json"), _load(ft / "results.json")
     pre_results = _load(pre / "results.json")
@@ -191,8 +212,7 @@ def run(args: argparse.Namespace) -> int:
     }
     atomic_write_json(out / CARD_NAME, card)
     atomic_write_text(out / "model_card.md", render_card(card))
-    print(json.dumps(metrics, indent=2))
-    return 0
+    return metrics
 
 
 def render_card(card: dict) -> str:
