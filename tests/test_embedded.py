@@ -93,3 +93,38 @@ def test_checksums_are_verified_and_corruption_is_named(tmp_path):
     (copy / "backbone.safetensors").write_bytes(b"")  # present but empty
     with pytest.raises(EmbeddedAssetError, match="backbone.safetensors is corrupted"):
         verify_assets(copy)
+
+
+def test_a_failed_export_leaves_the_assets_folder_as_it_was(tmp_path, toypedes_root, capsys):
+    """export-embedded from runs made of the shipped files, with the full fine-tune's checkpoint
+    missing: it fails during evaluation, after the copies, and --out must not have changed."""
+    import hashlib
+
+    import yaml
+
+    from upperson.cli import main
+
+    def digest(folder):
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    cfg = read_card()["training"]["configs"]["upperson"]
+    for name in ("pre", "up", "ft"):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "results.json").write_text(json.dumps({"train_time_s": 1.0, "best_epoch": 1, "selected_on": "val",
+                                                      "config": cfg}))
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        shutil.copy(EMBEDDED_DIR / "upperson" / "metrics.jsonl", run / "metrics.jsonl")
+        if name != "ft":  # the full fine-tune has no best/: loading it fails
+            shutil.copy(EMBEDDED_DIR / "backbone.safetensors", run / "backbone.safetensors")
+            shutil.copytree(EMBEDDED_DIR / "upperson", run / "best")
+    out = tmp_path / "out"
+    shutil.copytree(EMBEDDED_DIR, out)
+    before = digest(out)
+    assert main(["export-embedded", "--pretrain-run", str(tmp_path / "pre"), "--upperson-run", str(tmp_path / "up"),
+                 "--full-finetune-run", str(tmp_path / "ft"), "--data-root", str(toypedes_root),
+                 "--out", str(out)]) == 2
+    assert "no UP-Person checkpoint" in capsys.readouterr().err
+    assert digest(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ft", "out", "pre", "up"]  # no staging folder left
