@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     # the cheap checks first, before the heavy imports and long before the model runs
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: give a batch size >= 1")
+    if args.resamples < 1:
+        raise ValueError(f"--resamples {args.resamples}: give a positive number of bootstrap resamples (e.g. 2000)")
     if args.json_out:
         check_writable_file(Path(args.json_out), "--json file")
     if args.per_query:
@@ -56,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
     from upperson.model.checkpoint import load_model
     from upperson.runtime import resolve_device, seed_everything
 
-    if args.resamples < 1:
-        raise ValueError(f"--resamples {args.resamples}: give a positive number of bootstrap resamples (e.g. 2000)")
     dataset = args.dataset
     precision = "bf16"
     skip_bad_images = args.skip_bad_images or _skip_from_overrides(args)
