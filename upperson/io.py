@@ -105,6 +105,21 @@ def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
+def nearest_existing(path: PathLike) -> Path:
+    """``path`` itself, or the nearest folder above it that exists."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def probe_write(folder: PathLike) -> None:
+    """Create a file in ``folder`` and remove it at once; raises ``OSError`` when that fails
+    (trying it, because ``os.access`` says yes to root on a read-only mount)."""
+    with tempfile.TemporaryFile(dir=folder, prefix=".upperson-probe-"):
+        pass
+
+
 def check_writable_file(path: PathLike, what: str = "output file") -> None:
     """Raise ``PermissionError``/``ValueError`` now, before any work, when ``path`` could not be written.
 
@@ -114,14 +129,11 @@ def check_writable_file(path: PathLike, what: str = "output file") -> None:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{what} {path} is a folder; give a file name")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = nearest_existing(path.parent)
     if not parent.is_dir():
         raise ValueError(f"{what} {path}: {parent} is not a folder")
-    try:  # try it (os.access says yes to root on a read-only mount); the probe file is removed at once
-        with tempfile.TemporaryFile(dir=parent):
-            pass
+    try:
+        probe_write(parent)
     except OSError as exc:
         raise PermissionError(exc.errno or 13, exc.strerror or "Permission denied", str(path)) from None
 

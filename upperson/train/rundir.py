@@ -114,14 +114,10 @@ def log_config_changes(run_dir: Path, cfg) -> None:
 def check_writable(run_dir: Path) -> None:
     """Refuse a run folder that could not be written: try a (removed at once) file in it, or in
     the nearest folder above it that exists."""
-    import tempfile
+    from upperson.io import nearest_existing, probe_write
 
-    probe = Path(run_dir)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
     try:
-        with tempfile.TemporaryFile(dir=probe, prefix=".upperson-probe-"):
-            pass
+        probe_write(nearest_existing(run_dir))
     except OSError as exc:
         raise RunFolderError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}; "
                              "choose a writable --output") from None
