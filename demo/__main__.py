@@ -42,6 +42,22 @@ def port_number(text: str) -> int:
     return port
 
 
+def count_from(low: int, high: Optional[int] = None):
+    """An argparse type: a whole number from ``low`` (to ``high``, when given)."""
+    span = f"from {low}" + (f" to {high}" if high is not None else " up")
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = None
+        if n is None or n < low or (high is not None and n > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number {span}")
+        return n
+
+    return parse
+
+
 def port_free(host: str, port: int) -> bool:
     """Whether ``host:port`` can be listened on now."""
     try:
@@ -69,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("gallery (default: the embedded ToyPEDES test split)")
     src.add_argument("--gallery", type=Path, help="a folder of images (searched recursively)")
     src.add_argument("--data-root", type=Path, help="a data root holding a dataset in a supported format (docs/data.md)")
-    src.add_argument("--dataset", default="cuhk-pedes",
+    src.add_argument("--dataset", default=None,
                      help="with --data-root: cuhk-pedes, icfg-pedes, rstpreid, toypedes or generic (default cuhk-pedes)")
-    src.add_argument("--split", default="test", help="with --data-root: the split to search (default test)")
+    src.add_argument("--split", default=None, help="with --data-root: the split to search (default test)")
     src.add_argument("--allow-root", type=Path, action="append", default=[],
                      help="a folder under which the UI may index sub-folders (repeatable; --gallery is always allowed)")
     mod = p.add_argument_group("model (default: the embedded UP-Person model)")
@@ -84,11 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=port_number, default=None,
                      help="port, 1-65535 (default: Gradio's, 7860 or the next free one)")
     srv.add_argument("--share", action="store_true", help="open a public Gradio share link (off by default)")
-    srv.add_argument("--top-k", type=int, default=20, help="default number of results (default 20)")
-    srv.add_argument("--concurrency", type=int, default=4, help="requests handled at once (default 4)")
-    p.add_argument("--threads", type=int, default=1,
+    srv.add_argument("--top-k", type=count_from(1, 200),  # 200: demo.app.TOP_K_MAX (not imported: --help stays fast)
+                     default=20, help="default number of results (default 20)")
+    srv.add_argument("--concurrency", type=count_from(1), default=4, help="requests handled at once (default 4)")
+    p.add_argument("--threads", type=count_from(1), default=1,
                    help="torch CPU threads for a query (default 1: fastest for one short text, and robust on a busy machine)")
-    p.add_argument("--index-threads", type=int, default=None,
+    p.add_argument("--index-threads", type=count_from(1), default=None,
                    help="torch CPU threads while embedding gallery images (default: min(4, cores))")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="embedding cache (default: $UPPERSON_CACHE or ~/.cache/upperson)")
@@ -102,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 def load_model(checkpoints: Sequence[Path], pretrained: Optional[str]):
     """(model, default checkpoint name, {other name: path}) for the CLI's model options."""
     if not checkpoints:
+        if pretrained:
+            raise ValueError("--pretrained applies to --checkpoint; give it too")
         from upperson.embedded import load_embedded_model
 
         return load_embedded_model("upperson"), "embedded", {}
@@ -121,10 +140,12 @@ def load_gallery(args: argparse.Namespace):
 
     if args.gallery and args.data_root:
         raise ValueError("give either --gallery or --data-root, not both")
+    if not args.data_root and (args.dataset or args.split):
+        raise ValueError("--dataset and --split apply to --data-root; give it too")
     if args.gallery:
         return folder_gallery(args.gallery)
     if args.data_root:
-        return dataset_gallery(args.dataset, args.data_root, args.split)
+        return dataset_gallery(args.dataset or "cuhk-pedes", args.data_root, args.split or "test")
     return embedded_gallery()
 
 
@@ -151,6 +172,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from demo.search import SearchEngine
     from upperson.embedded import cache_dir
 
+    missing = [str(r) for r in args.allow_root if not r.is_dir()]
+    if missing:
+        return _fail(f"--allow-root: not a folder: {', '.join(missing)}")
     try:
         gallery = load_gallery(args)
         model, default_name, others = load_model(args.checkpoint, args.pretrained)

@@ -21,6 +21,18 @@ def test_bad_port_is_one_error_line(port):
     assert_one_error(proc, must_contain=["--port", "1 to 65535"])
 
 
+@pytest.mark.parametrize("args,must", [
+    (["--top-k", "0"], ["--top-k", "from 1 to 200"]),
+    (["--threads", "-1", "--benchmark"], ["--threads", "from 1 up"]),
+    (["--split", "nope"], ["--split", "--data-root"]),
+    (["--pretrained", "w.pt"], ["--pretrained", "--checkpoint"]),
+    (["--allow-root", "/no/such/folder"], ["--allow-root", "not a folder"]),
+])
+def test_bad_option_is_one_error_line(args, must):
+    """A number out of range, or an option that the others make meaningless, is one error line."""
+    assert_one_error(run_cli(args, module="demo", timeout=120), must_contain=must)
+
+
 def test_port_in_use_is_one_error_line():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
