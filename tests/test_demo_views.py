@@ -57,6 +57,13 @@ def _error(client, match: str, *args, api_name: str) -> None:
 # ----------------------------------------------------------------------------- attention
 
 
+def _count_calls(monkeypatch, module, name: str) -> list:
+    """``module.name`` still called, each call appended to the returned list."""
+    calls, real = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 def _reference_attention(model, engine, item, caption):
     from analysis.attention import compute_prefix_attention, load_example
 
@@ -96,9 +103,7 @@ def test_attention_record_is_computed_once_and_controls_only_redraw(site, monkey
 
     engine, _, _, _ = site
     ctx = DemoContext(engine)
-    calls = []
-    real = attention_view.compute_prefix_attention
-    monkeypatch.setattr(attention_view, "compute_prefix_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = _count_calls(monkeypatch, attention_view, "compute_prefix_attention")
     item = engine.gallery.items[1]
     name, caption = engine.gallery.relative_name(item), "a person in a dark coat"
     outs = {attention_view.show(ctx, None, name, None, caption, tower, layer, "mean", "effective")[0]
@@ -184,9 +189,7 @@ def test_embeddings_are_computed_once_per_view_and_n(site, monkeypatch):
 
     engine, _, _, _ = site
     ctx = DemoContext(engine)
-    calls = []
-    real = embeddings_view.map_panel
-    monkeypatch.setattr(embeddings_view, "map_panel", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = _count_calls(monkeypatch, embeddings_view, "map_panel")
     key1, m1 = embeddings_view.compute_map(ctx, None, 2)
     key2, m2 = embeddings_view.compute_map(ctx, ctx.new_state(), 2.0)
     assert key1 == key2 and m1 is m2 and len(calls) == 2  # two panels, once

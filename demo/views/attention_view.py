@@ -82,20 +82,20 @@ def parse_controls(rec: AttentionRecord, tower: object, layer: object, head: obj
         raise QueryError(f"Tower must be one of {', '.join(TOWERS)}; got {str(tower)[:40]!r}.")
     if quantity not in QUANTITIES:
         raise QueryError(f"Quantity must be one of {', '.join(QUANTITIES)}; got {str(quantity)[:40]!r}.")
-    n_layers, n_heads = rec.att.layer_count(tower), rec.heads(tower)
-    layer_i = None
-    if layer is not None and str(layer).strip().lower() not in ("", ALL_LAYERS):
-        layer_i = _whole(layer)
-        if layer_i is None or not 0 <= layer_i < n_layers:
-            raise QueryError(f"Layer must be 'all' or a whole number from 0 to {n_layers - 1} (the {tower} tower "
-                             f"has {n_layers} layers); got {str(layer)[:40]!r}.")
-    head_i = None
-    if head is not None and str(head).strip().lower() not in ("", MEAN_HEADS):
-        head_i = _whole(head)
-        if head_i is None or not 0 <= head_i < n_heads:
-            raise QueryError(f"Head must be 'mean' or a whole number from 0 to {n_heads - 1} (the {tower} tower "
-                             f"has {n_heads} heads); got {str(head)[:40]!r}.")
+    layer_i = _index(layer, "layer", ALL_LAYERS, rec.att.layer_count(tower), str(tower))
+    head_i = _index(head, "head", MEAN_HEADS, rec.heads(tower), str(tower))
     return Controls(str(tower), layer_i, head_i, str(quantity))
+
+
+def _index(value: object, noun: str, every: str, count: int, tower: str) -> Optional[int]:
+    """A layer or head from 0 to ``count - 1``; None for empty or ``every`` ('all', 'mean')."""
+    if value is None or str(value).strip().lower() in ("", every):
+        return None
+    i = _whole(value)
+    if i is None or not 0 <= i < count:
+        raise QueryError(f"{noun.capitalize()} must be '{every}' or a whole number from 0 to {count - 1} (the {tower} "
+                         f"tower has {count} {noun}s); got {str(value)[:40]!r}.")
+    return i
 
 
 def _upload_key(path: str) -> str:
