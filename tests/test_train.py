@@ -168,3 +168,33 @@ def test_two_gloo_processes_match_one(tmp_path, toypedes_root):
         assert torch.allclose(a[k], b[k], atol=2e-5, rtol=1e-4), k
     rows = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1  # written once, by rank 0
+
+
+def test_early_stopping_ends_after_patience_evaluations_without_improvement(tmp_path, toypedes_root, monkeypatch):
+    scripted = [10.0, 20.0, 15.0, 18.0, 30.0, 40.0]  # val R1 of each epoch's evaluation; epoch 5 would improve
+    val = load_dataset("toypedes", toypedes_root).split("val")
+    real_evaluate = loop.evaluate
+
+    def scripted_val(model, records, *args, **kwargs):
+        m = real_evaluate(model, records, *args, **kwargs)
+        in_training = [r.path for r in records] == [r.path for r in val] and scripted
+        return {**m, "R1": scripted.pop(0)} if in_training else m
+
+    monkeypatch.setattr(loop, "evaluate", scripted_val)
+    cfg = _cfg(toypedes_root, "train.epochs=6", "train.early_stop_patience=2")
+    results = train(cfg, tmp_path / "run", progress=False)
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # best at 2, then 3 and 4 do not improve: stop
+    assert results["best_epoch"] == 2
+    assert "early stop before epoch 5" in (tmp_path / "run" / "train.log").read_text()
+
+    # a resumed run with more epochs stays stopped: no more training
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_evaluations_since_best_counts_only_evaluated_epochs_after_the_best():
+    history = [{"epoch": 1, "R1": 5.0}, {"epoch": 2, "R1": 9.0}, {"epoch": 3}, {"epoch": 4, "R1": 7.0}]
+    assert loop.evaluations_since_best(history, best_epoch=2) == 1
+    assert loop.evaluations_since_best(history, best_epoch=4) == 0
+    assert loop.evaluations_since_best([], best_epoch=-1) == 0

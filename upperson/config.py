@@ -90,6 +90,7 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1.3x step time
     select_on: str = "val"  # "val" (falls back to test with a warning) or "test"
     eval_every: int = 1
+    early_stop_patience: int = 0  # stop once `select_on` R@1 has not improved for this many evaluations (0 = off)
     max_steps_per_epoch: Optional[int] = None  # for smoke runs
     log_every: int = 50
 
@@ -312,6 +313,7 @@ def _validate_numbers(cfg: ExperimentConfig) -> None:
     _check(t.warmup_epochs >= 0, "train.warmup_epochs", ">= 0", t.warmup_epochs)
     _check(0.0 < t.warmup_factor <= 1.0, "train.warmup_factor", "in (0, 1]", t.warmup_factor)
     _check(t.eval_every >= 0, "train.eval_every", ">= 0 (0 = never evaluate)", t.eval_every)
+    _check(t.early_stop_patience >= 0, "train.early_stop_patience", ">= 0 (0 = train every epoch)", t.early_stop_patience)
     _check(t.log_every >= 0, "train.log_every", ">= 0 (0 = no step lines)", t.log_every)
     if t.max_steps_per_epoch is not None:
         _check(t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", ">= 1 (or null for no limit)",

@@ -154,6 +154,11 @@ def _write_metrics_log(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def evaluations_since_best(history: list[dict], best_epoch: int) -> int:
+    """How many evaluated epochs in ``history`` came after the best one (the early-stopping count)."""
+    return sum(1 for row in history if "R1" in row and row["epoch"] > best_epoch)
+
+
 def _save_best(model: UPPerson, run_dir: Path, extra: dict) -> None:
     tmp = run_dir / "best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -280,6 +285,11 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
         _start(cfg, run_dir, folder, runlog)
 
         for epoch in range(start_epoch, t_cfg.epochs):
+            if t_cfg.early_stop_patience and mean_across(
+                    float(info.is_main and evaluations_since_best(history, best_epoch) >= t_cfg.early_stop_patience), info) > 0:
+                log.info("early stop before epoch %d: %s R1 has not improved for %d evaluation(s) since epoch %d (%.2f)",
+                         epoch + 1, select, t_cfg.early_stop_patience, best_epoch, best_score)
+                break
             pos.epoch, pos.step = epoch + 1, 0
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
