@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from upperson.data import build_tokenizer, load_dataset
 from upperson.data.toypedes import generate_toypedes
+from upperson.cli.export_embedded import FT_PER_QUERY, PAIRS
 from upperson.embedded import (EmbeddedAssetError, EMBEDDED_DIR, embedded_available, load_embedded_model,
-                               read_card, verify_assets)
+                               read_card, sha256_file, verify_assets)
 from upperson.evaluation import evaluate_per_query
 
 pytestmark = pytest.mark.skipif(not embedded_available(), reason="assets/embedded is not in this checkout")
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.skipif(not embedded_available(), reason="assets/embedde
 @pytest.fixture(scope="module")
 def card_test_split(tmp_path_factory):
     """The ToyPEDES test split the card was evaluated on (only those identities are drawn)."""
-    spec = read_card()["toypedes"]
+    spec = read_card()["evaluation"]["toypedes"]
     root = tmp_path_factory.mktemp("card-data")
     generate_toypedes(root, preset=spec["preset"], seed=spec["seed"], splits=["test"])
     return load_dataset("toypedes", root).split("test")
@@ -36,6 +38,20 @@ def card_per_query(card_test_split):
     return out
 
 
+@pytest.fixture(scope="module")
+def card_values(card_per_query):
+    """Per-query values of the three models of the card: the shipped two re-evaluated, the full
+    fine-tune (weights not shipped) from its shipped per-query file, checked to list the same queries."""
+    from upperson import stats
+
+    ft = stats.read_per_query_csv(EMBEDDED_DIR / FT_PER_QUERY)
+    up = card_per_query["upperson"].per_query
+    assert ft.num_queries == len(card_per_query["upperson"].pids)
+    assert np.array_equal(ft.query_index, up.query_index)
+    assert np.array_equal(ft.pid, np.array(card_per_query["upperson"].pids)[up.query_index])
+    return {"full-finetune": ft.values(), **{v: stats.values_of(r.per_query) for v, r in card_per_query.items()}}
+
+
 @pytest.mark.parametrize("variant", ["upperson", "zero-shot"])
 def test_shipped_model_reproduces_the_model_card(variant, card_per_query):
     card = read_card()
@@ -46,25 +62,62 @@ def test_shipped_model_reproduces_the_model_card(variant, card_per_query):
         assert metrics[k] == pytest.approx(expected[k], abs=0.5), k
 
 
-def test_shipped_model_reproduces_the_model_cards_intervals(card_per_query):
+def test_full_finetune_per_query_file_reproduces_its_card_metrics(card_values):
+    expected = read_card()["metrics"]["full-finetune"]
+    got = {k: float(np.mean(v)) for k, v in card_values["full-finetune"].items()}
+    for k in ("R1", "R5", "R10", "mAP", "mINP"):
+        assert got[k] == pytest.approx(expected[k], abs=0.0051), k
+
+
+def test_shipped_model_reproduces_the_model_cards_intervals(card_values):
     """The card's 95 % intervals are the bootstrap of these per-query results with the card's resample
-    count and seed: equal to the printed 0.01 (and the full fine-tune, not shipped, has none)."""
+    count and seed, equal to the printed 0.01: each model's, and the paired differences."""
     from upperson import stats
 
-    iv = read_card()["intervals"]
+    card = read_card()
+    iv = card["intervals"]
     assert iv["resamples"] == 2000 and iv["seed"] == 0 and iv["level"] == 0.95
-    values = {v: stats.values_of(r.per_query) for v, r in card_per_query.items()}
-    for variant, v in values.items():
+    for variant, v in card_values.items():
         ci = stats.bootstrap_ci(v, resamples=iv["resamples"], seed=iv["seed"])["metrics"]
         for k in ("R1", "R5", "R10", "mAP", "mINP"):
             assert iv["models"][variant][k] == pytest.approx([ci[k]["low"], ci[k]["high"]], abs=0.0051), (variant, k)
-            assert iv["models"][variant][k][0] <= read_card()["metrics"][variant][k] <= iv["models"][variant][k][1]
-    paired = stats.paired_bootstrap(values["upperson"], values["zero-shot"], resamples=iv["resamples"],
-                                    seed=iv["seed"])["metrics"]["R1"]
-    shipped = iv["upperson_minus_zero_shot"]["R1"]
-    assert shipped["diff"] == pytest.approx(paired["diff"], abs=0.0051)
-    assert shipped["ci"] == pytest.approx([paired["low"], paired["high"]], abs=0.0051)
-    assert "full-finetune" not in iv["models"] and "full-finetune" in iv["not_recomputable"]
+            assert iv["models"][variant][k][0] <= card["metrics"][variant][k] <= iv["models"][variant][k][1]
+    for key, a, b in PAIRS:
+        paired = stats.paired_bootstrap(card_values[a], card_values[b], resamples=iv["resamples"],
+                                        seed=iv["seed"])["metrics"]
+        for k in ("R1", "mAP"):
+            assert iv[key][k]["diff"] == pytest.approx(paired[k]["diff"], abs=0.0051), (key, k)
+            assert iv[key][k]["ci"] == pytest.approx([paired[k]["low"], paired[k]["high"]], abs=0.0051), (key, k)
+
+
+def test_the_tuning_log_is_an_equal_budget_selected_on_val():
+    """Both methods tried the same number of configurations, the shipped ones are the best on val,
+    and each run's shipped per-query val file reproduces its logged val metrics and interval."""
+    from upperson import stats
+
+    card = read_card()
+    tuning = card["tuning"]
+    runs = tuning["runs"]
+    by_method = {m: [e for e in runs if e["method"] == m] for m in ("upperson", "full-finetune")}
+    assert len(by_method["upperson"]) == len(by_method["full-finetune"]) == tuning["configurations_per_method"] >= 2
+    for entries in by_method.values():
+        assert len({e["lr"] for e in entries}) >= 2  # the learning rate was tuned for each
+        selected = [e for e in entries if e["selected"]]
+        assert len(selected) == 1 and selected[0]["val"]["R1"] == max(e["val"]["R1"] for e in entries)
+        for e in entries:
+            assert e["epochs_run"] <= e["epochs_max"] and e["early_stop_patience"] > 0
+    assert any(e["prefix_length"] == 10 and e["lora_rank"] == 32 for e in by_method["upperson"])  # the paper's budget
+    ship = next(e for e in by_method["upperson"] if e["selected"])
+    assert card["parameters"]["upperson"]["trainable"] == ship["trainable"]
+    for e in runs:
+        pq = stats.read_per_query_csv(EMBEDDED_DIR / "tuning" / e["run"] / "per_query_val.csv")
+        m = pq.metrics()
+        for k in ("R1", "mAP"):
+            assert m[k] == pytest.approx(e["val"][k], abs=0.0051), (e["run"], k)
+        ci = stats.bootstrap_ci(pq.values(), resamples=card["intervals"]["resamples"],
+                                seed=card["intervals"]["seed"])["metrics"]["R1"]
+        assert e["val_ci"]["R1"] == pytest.approx([ci["low"], ci["high"]], abs=0.0051)
+        assert e["val_curve"][e["best_epoch"] - 1] == pytest.approx(e["val"]["R1"], abs=0.01)
 
 
 def test_the_card_records_what_was_promised():
@@ -73,7 +126,10 @@ def test_the_card_records_what_was_promised():
     assert set(m) == {"zero-shot", "upperson", "full-finetune"}
     assert card["parameters"]["upperson"]["trainable"] < card["parameters"]["full-finetune"]["trainable"]
     assert card["recipe"] and card["training"]["seeds"]
-    assert (EMBEDDED_DIR / "backbone.safetensors").stat().st_size < 25 * 2**20
+    for rel, f in card["data_files"].items():  # the shipped results files are intact
+        assert sha256_file(EMBEDDED_DIR / rel) == f["sha256"], rel
+    shipped = sum(p.stat().st_size for p in EMBEDDED_DIR.rglob("*") if p.is_file())
+    assert shipped < 25 * 2**20
 
 
 def test_checksums_are_verified_and_corruption_is_named(tmp_path):
@@ -112,8 +168,10 @@ def test_a_failed_export_leaves_the_assets_folder_as_it_was(tmp_path, toypedes_r
     for name in ("pre", "up", "ft"):
         run = tmp_path / name
         run.mkdir()
+        val = {"R1": 50.0, "R5": 60.0, "R10": 70.0, "mAP": 40.0, "mINP": 30.0, "queries": 10, "gallery": 5}
         (run / "results.json").write_text(json.dumps({"train_time_s": 1.0, "best_epoch": 1, "selected_on": "val",
-                                                      "config": cfg}))
+                                                      "config": cfg, "metrics": {"val": val},
+                                                      "parameters": {"trainable": 1, "percent": 0.1}}))
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
         shutil.copy(EMBEDDED_DIR / "upperson" / "metrics.jsonl", run / "metrics.jsonl")
         if name != "ft":  # the full fine-tune has no best/: loading it fails
@@ -128,3 +186,71 @@ def test_a_failed_export_leaves_the_assets_folder_as_it_was(tmp_path, toypedes_r
     assert "no UP-Person checkpoint" in capsys.readouterr().err
     assert digest(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ft", "out", "pre", "up"]  # no staging folder left
+
+
+def _fake_run(folder, cfg: dict, val_r1: float, lr: float, model=None):
+    """A finished tuning run: results.json, metrics.jsonl and best/ (the shipped UP-Person, or ``model``)."""
+    from upperson.model.checkpoint import save_petl
+
+    folder.mkdir()
+    cfg = json.loads(json.dumps(cfg))
+    cfg["train"].update(lr=lr, epochs=3, early_stop_patience=2)
+    val = {"R1": val_r1, "R5": 80.0, "R10": 90.0, "mAP": 50.0, "mINP": 30.0, "queries": 10, "gallery": 5}
+    params = {"trainable": 7, "percent": 1.0}
+    (folder / "results.json").write_text(json.dumps({"train_time_s": 60.0, "best_epoch": 2, "selected_on": "val",
+                                                     "config": cfg, "metrics": {"val": val}, "parameters": params}))
+    rows = [{"epoch": e, "loss": 1.0, "R1": r} for e, r in ((1, val_r1 - 5), (2, val_r1), (3, val_r1 - 1))]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if model is None:  # its petl.json names ../backbone.safetensors
+        shutil.copytree(EMBEDDED_DIR / "upperson", folder / "best")
+        shutil.copy(EMBEDDED_DIR / "backbone.safetensors", folder / "backbone.safetensors")
+    else:
+        save_petl(model, folder / "best")
+
+
+def test_export_ships_the_best_on_val_of_an_equal_budget_and_a_card_that_checks_out(tmp_path, toypedes_root, capsys):
+    """export-embedded end to end on ToyPEDES tiny: it selects on val, keeps each run's per-query
+    val file and the full fine-tune's per-query test file, and its card's numbers are those files'."""
+    from upperson import stats
+    from upperson.cli import main
+    from upperson.config import load_config
+    from upperson.model import build_model
+
+    card0 = read_card()
+    up_cfg = card0["training"]["configs"]["upperson"]
+    ft_model = build_model(load_config("toypedes-full-finetune").model)
+    _fake_run(tmp_path / "up_a", up_cfg, 60.0, 0.001)
+    _fake_run(tmp_path / "up_b", up_cfg, 70.0, 0.003)
+    _fake_run(tmp_path / "ft_a", card0["training"]["configs"]["full_finetune"], 65.0, 0.0001, ft_model)
+    _fake_run(tmp_path / "ft_b", card0["training"]["configs"]["full_finetune"], 64.0, 0.0003, ft_model)
+    out = tmp_path / "out"
+    shutil.copytree(EMBEDDED_DIR, out)
+    args = ["export-embedded", "--data-root", str(toypedes_root), "--out", str(out)]
+    assert main([*args, "--upperson-run", str(tmp_path / "up_a"), str(tmp_path / "up_b"),
+                 "--full-finetune-run", str(tmp_path / "ft_a")]) == 2  # 2 configurations against 1
+    assert "the tuning budget must be equal" in capsys.readouterr().err
+    assert main([*args, "--upperson-run", str(tmp_path / "up_a"), str(tmp_path / "up_b"),
+                 "--full-finetune-run", str(tmp_path / "ft_a"), str(tmp_path / "ft_b")]) == 0
+
+    card = read_card(out)
+    selected = {e["method"]: e["run"] for e in card["tuning"]["runs"] if e["selected"]}
+    assert selected == {"upperson": "up_b", "full-finetune": "ft_a"}
+    assert card["evaluation"]["toypedes"]["preset"] == "tiny"
+    ft = stats.read_per_query_csv(out / FT_PER_QUERY)
+    assert ft.metrics()["R1"] == pytest.approx(card["metrics"]["full-finetune"]["R1"], abs=0.0051)
+    for e in card["tuning"]["runs"]:
+        pq = stats.read_per_query_csv(out / "tuning" / e["run"] / "per_query_val.csv")
+        ci = stats.bootstrap_ci(pq.values(), resamples=2000, seed=0)["metrics"]["R1"]
+        assert e["val_ci"]["R1"] == pytest.approx([ci["low"], ci["high"]], abs=0.0051)
+    for rel, f in card["data_files"].items():
+        assert sha256_file(out / rel) == f["sha256"]
+    verify_assets(out)
+    md = (out / "model_card.md").read_text()
+    assert "## Tuning log" in md and "upperson - full-finetune" in md
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/embedded.md"])
+def test_the_documented_results_table_is_the_cards(doc):
+    from upperson.cli.export_embedded import results_table
+
+    assert results_table(read_card()) in (EMBEDDED_DIR.parent.parent / doc).read_text()

@@ -1,9 +1,12 @@
-"""``python -m upperson export-embedded``: package trained runs as the embedded default.
+"""``python -m upperson export-embedded``: package tuned runs as the embedded default.
 
-Copies the pretrained backbone and UP-Person's PETL checkpoint into ``assets/embedded/``,
-evaluates zero-shot, UP-Person (from the copied files) and the full fine-tune on the ToyPEDES
-test split, and writes the model card (JSON and markdown) with the recipe, the times, the
-metrics and the files' SHA-256 checksums, which loading verifies.
+Takes every tuning run of UP-Person and of the full fine-tune (the same number of
+configurations each), ships the one of each with the best R@1 on **val** (never test), and
+writes ``assets/embedded/``: the backbone, UP-Person's PETL checkpoint, each tuning run's log
+and per-query val results, the full fine-tune's per-query test results (its weights are too
+large to ship), and the model card (JSON and markdown) with the test metrics of zero-shot,
+UP-Person and the full fine-tune, their bootstrap intervals, the paired differences, the
+tuning log and the files' SHA-256 checksums, which loading verifies.
 """
 
 from __future__ import annotations
@@ -17,22 +20,37 @@ from pathlib import Path
 RECIPE = [
     "python -m upperson toypedes --out DATA --preset default --seed 0",
     "python -m upperson toypedes --out DATA --preset default --seed 0 --captions weak",
+    "python -m upperson toypedes --out TEST --preset test-large --seed 0",
     "python -m upperson pretrain --data-root DATA --output RUNS/pretrain",
-    "python -m upperson train --config toypedes --data-root DATA --output RUNS/upperson "
-    "--set model.pretrained=RUNS/pretrain/backbone.safetensors",
-    "python -m upperson train --config toypedes-full-finetune --data-root DATA --output RUNS/full-finetune "
-    "--set model.pretrained=RUNS/pretrain/backbone.safetensors",
-    "python -m upperson export-embedded --pretrain-run RUNS/pretrain --upperson-run RUNS/upperson "
-    "--full-finetune-run RUNS/full-finetune --data-root DATA",
+    "# one per configuration of the tuning table (its lr and sizes), for each method:",
+    "python -m upperson train --config toypedes --data-root DATA --output RUNS/up_<cfg> "
+    "--set train.epochs=8 --set train.early_stop_patience=2 --set train.lr=LR",
+    "python -m upperson train --config toypedes-full-finetune --data-root DATA --output RUNS/ft_<cfg> "
+    "--set train.epochs=8 --set train.early_stop_patience=2 --set train.lr=LR",
+    "python -m upperson export-embedded --pretrain-run RUNS/pretrain --upperson-run RUNS/up_* "
+    "--full-finetune-run RUNS/ft_* --data-root DATA --test-root TEST",
 ]
+
+#: the card's bootstrap: resamples and seed (tests/test_embedded.py reproduces the intervals with them)
+CI_RESAMPLES = 2000
+CI_SEED = 0
+#: the ordered pairs whose paired difference the card reports (name in the card, a, b)
+PAIRS = (("upperson_minus_zero_shot", "upperson", "zero-shot"),
+         ("upperson_minus_full_finetune", "upperson", "full-finetune"))
+FT_PER_QUERY = "full-finetune/per_query_test.csv"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export-embedded", help="package trained runs as the embedded default model (assets/embedded)")
-    p.add_argument("--pretrain-run", required=True, help="run folder of `pretrain` (holds backbone.safetensors)")
-    p.add_argument("--upperson-run", required=True, help="run folder of the toypedes UP-Person training")
-    p.add_argument("--full-finetune-run", required=True, help="run folder of the full fine-tune baseline")
-    p.add_argument("--data-root", required=True, help="ToyPEDES data root the runs used")
+    p = sub.add_parser("export-embedded", help="package tuned runs as the embedded default model (assets/embedded)")
+    p.add_argument("--pretrain-run", default=None,
+                   help="run folder of `pretrain` (holds backbone.safetensors); default: keep the backbone in --out")
+    p.add_argument("--upperson-run", required=True, nargs="+", metavar="RUN",
+                   help="UP-Person's tuning runs; the best on val is shipped")
+    p.add_argument("--full-finetune-run", required=True, nargs="+", metavar="RUN",
+                   help="the full fine-tune's tuning runs (as many as UP-Person's); the best on val is reported")
+    p.add_argument("--data-root", required=True, help="ToyPEDES data root the runs trained on (its val split)")
+    p.add_argument("--test-root", default=None,
+                   help="ToyPEDES data root whose test split the card reports (default: --data-root)")
     p.add_argument("--out", default=None, help="assets folder (default: assets/embedded)")
     p.add_argument("--machine", default=f"{platform.machine()}, 2 CPU cores", help="where the runs were timed")
     p.set_defaults(func=run)
@@ -49,62 +67,57 @@ def _metrics(m: dict) -> dict:
         "queries": m["queries"], "gallery": m["gallery"]}
 
 
-#: the card's bootstrap: resamples and seed (tests/test_embedded.py reproduces the intervals with them)
-CI_RESAMPLES = 2000
-CI_SEED = 0
+def _r2(x: float) -> float:
+    return round(float(x), 2)
 
 
 def card_intervals(values: dict, *, resamples: int = CI_RESAMPLES, seed: int = CI_SEED) -> dict:
     """The card's ``intervals``: 95 % percentile-bootstrap intervals over the test queries of each
     evaluated model (``values``: name -> per-query values, ``upperson.stats.values_of``) and the
-    paired difference UP-Person - zero-shot, rounded to 0.01 like the metrics."""
+    paired differences of :data:`PAIRS`, rounded to 0.01 like the metrics."""
     from upperson import stats
-
-    def r2(x: float) -> float:
-        return round(float(x), 2)
 
     out = {"method": "percentile bootstrap over test queries (docs/statistics.md)", "level": 0.95,
            "resamples": resamples, "seed": seed, "models": {}}
     for name, v in values.items():
         ci = stats.bootstrap_ci(v, resamples=resamples, seed=seed)["metrics"]
-        out["models"][name] = {k: [r2(c["low"]), r2(c["high"])] for k, c in ci.items()}
-    if "upperson" in values and "zero-shot" in values:
-        p = stats.paired_bootstrap(values["upperson"], values["zero-shot"], resamples=resamples, seed=seed)
-        out["upperson_minus_zero_shot"] = {k: {"diff": r2(c["diff"]), "ci": [r2(c["low"]), r2(c["high"])]}
-                                           for k, c in p["metrics"].items()}
-    out["not_recomputable"] = {"full-finetune": "its weights are not shipped, so its per-query results and "
-                                                "interval cannot be recomputed from this folder"}
+        out["models"][name] = {k: [_r2(c["low"]), _r2(c["high"])] for k, c in ci.items()}
+    for key, a, b in PAIRS:
+        if a in values and b in values:
+            p = stats.paired_bootstrap(values[a], values[b], resamples=resamples, seed=seed)
+            out[key] = {k: {"diff": _r2(c["diff"]), "ci": [_r2(c["low"]), _r2(c["high"])]}
+                        for k, c in p["metrics"].items()}
     return out
 
 
-def shipped_intervals(data_root, assets=None, *, resamples: int = CI_RESAMPLES, seed: int = CI_SEED) -> dict:
-    """:func:`card_intervals` of the shipped zero-shot backbone and UP-Person, re-evaluated (fp32,
-    as the card) on the ToyPEDES test split under ``data_root``."""
-    from upperson.data import build_tokenizer, load_dataset
-    from upperson.embedded import load_embedded_model
-    from upperson.evaluation import evaluate_per_query
-    from upperson.stats import values_of
-
-    test = load_dataset("toypedes", data_root).split("test")
-    values = {}
-    for name in ("zero-shot", "upperson"):
-        model = load_embedded_model(name, assets=assets)
-        res = evaluate_per_query(model, test, build_tokenizer(model.config.name), precision="fp32", progress=False)
-        values[name] = values_of(res.per_query)
-    return card_intervals(values, resamples=resamples, seed=seed)
+def _val_r1(results: dict, run: Path) -> float:
+    """The run's selected checkpoint's val R@1; refuses a run that selected on test."""
+    if results.get("selected_on") != "val" or "val" not in results.get("metrics", {}):
+        raise ValueError(f"{run}: its checkpoint was not selected on val (selected_on: "
+                         f"{results.get('selected_on')!r}); the card selects on val only")
+    return float(results["metrics"]["val"]["R1"])
 
 
-def update_card_intervals(data_root, assets=None) -> dict:
-    """Add (or refresh) the shipped card's intervals, JSON and markdown, without retraining."""
-    from upperson.embedded import CARD_NAME, EMBEDDED_DIR
-    from upperson.io import atomic_write_json, atomic_write_text
+def tuning_entry(run: Path, method: str, results: dict, history: list[dict]) -> dict:
+    """One row of the card's tuning log: what was tried, how long it trained, and its val result."""
+    cfg = results["config"]
+    m, t = cfg["model"], cfg["train"]
+    petl = {"prefix_length": m["prefix"]["length"] if m["prefix"]["enabled"] else None,
+            "lora_rank": m["lora"]["rank"] if m["lora"]["enabled"] else None,
+            "adapter_ratio": m["adapter"]["ratio"] if m["adapter"]["enabled"] else None}
+    epochs_run = len(history)
+    return {
+        "method": method, "run": run.name, "lr": t["lr"], **petl,
+        "trainable": results["parameters"]["trainable"], "percent": results["parameters"]["percent"],
+        "epochs_max": t["epochs"], "early_stop_patience": t.get("early_stop_patience", 0),
+        "epochs_run": epochs_run, "stopped_early": epochs_run < t["epochs"], "best_epoch": results["best_epoch"],
+        "val": _metrics(results["metrics"]["val"]), "train_time_s": results["train_time_s"],
+        "val_curve": [round(float(r["R1"]), 2) for r in history if "R1" in r],
+    }
 
-    out = Path(assets) if assets else EMBEDDED_DIR
-    card = json.loads((out / CARD_NAME).read_text())
-    card["intervals"] = shipped_intervals(data_root, assets)
-    atomic_write_json(out / CARD_NAME, card)
-    atomic_write_text(out / "model_card.md", render_card(card))
-    return card
+
+def _read_history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,10 +129,13 @@ def run(args: argparse.Namespace) -> int:
     from upperson.io import replace_dir
 
     out = Path(args.out) if args.out else EMBEDDED_DIR
+    if len(args.upperson_run) != len(args.full_finetune_run):
+        raise ValueError(f"{len(args.upperson_run)} UP-Person run(s) but {len(args.full_finetune_run)} full fine-tune "
+                         "run(s): the tuning budget must be equal (the same number of configurations for each)")
     stage = out.with_name(out.name + ".tmp")
     shutil.rmtree(stage, ignore_errors=True)
     try:
-        metrics = _export(args, stage)
+        metrics = _export(args, out, stage)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -128,30 +144,58 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace, out: Path) -> dict:
-    """Write the embedded assets into folder ``out``; returns the card's metrics."""
-    from upperson.config import load_run_config
+def _select(runs: list[str], method: str) -> tuple[Path, dict, list[dict]]:
+    """The run with the best val R@1 (the first one on a tie), its results, and every run's tuning entry."""
+    entries, best = [], None
+    names = [Path(r).name for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{method} runs must have different folder names (they name the tuning log's rows): {names}")
+    for r in map(Path, runs):
+        results = _load(r / "results.json")
+        score = _val_r1(results, r)
+        entries.append(tuning_entry(r, method, results, _read_history(r)))
+        if best is None or score > best[1]:
+            best = (r, score, results)
+    for e in entries:
+        e["selected"] = e["run"] == best[0].name
+    return best[0], best[2], entries
+
+
+def _export(args: argparse.Namespace, old: Path, out: Path) -> dict:
+    """Write the embedded assets into folder ``out`` (``old``: the assets being replaced); returns the card's metrics."""
     from upperson.data import build_tokenizer, load_dataset
-    from upperson.embedded import CARD_NAME, load_embedded_model, sha256_file
+    from upperson.embedded import CARD_NAME, load_embedded_model, sha256_file, verify_assets
     from upperson.evaluation import evaluate_per_query
     from upperson.io import atomic_copy, atomic_write_json, atomic_write_text
     from upperson.model.checkpoint import load_model, read_verified_tensors
     from upperson.model.params import count_parameters
-    from upperson.stats import values_of
+    from upperson.stats import values_of, write_per_query_csv
 
-    pre, up, ft = Path(args.pretrain_run), Path(args.upperson_run), Path(args.full_finetune_run)
-    up_results, ft_results = _load(up / "results.json"), _load(ft / "results.json")
-    pre_results = _load(pre / "results.json")
+    up, up_results, up_tuning = _select(args.upperson_run, "upperson")
+    ft, ft_results, ft_tuning = _select(args.full_finetune_run, "full-finetune")
     toy_meta = _load(Path(args.data_root) / "ToyPEDES" / "meta.json")
+    test_root = Path(args.test_root or args.data_root)
+    test_meta = _load(test_root / "ToyPEDES" / "meta.json")
 
     petl_meta = _load(up / "best" / "petl.json")
     # a damaged source is refused here, not shipped under a fresh checksum
     read_verified_tensors(up / "best" / "petl.safetensors", petl_meta.get("sha256"), recorded_in=up / "best" / "petl.json",
                           require_checksum=petl_meta.get("version", 1) >= 2)
-    read_verified_tensors(pre / "backbone.safetensors", None, recorded_in=pre / "results.json",
-                          require_checksum=False, warn_unverified=False)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_copy(pre / "backbone.safetensors", out / "backbone.safetensors")
+    if args.pretrain_run:
+        pre = Path(args.pretrain_run)
+        pre_results = _load(pre / "results.json")
+        pretrain = {"pretrain_s": pre_results["train_time_s"], "seed": pre_results["config"]["train"]["seed"],
+                    "config": pre_results["config"]}
+        read_verified_tensors(pre / "backbone.safetensors", None, recorded_in=pre / "results.json",
+                              require_checksum=False, warn_unverified=False)
+        atomic_copy(pre / "backbone.safetensors", out / "backbone.safetensors")
+    else:  # the runs trained on the shipped backbone: keep it (checked) and its card's pretraining record
+        verify_assets(old)
+        t_old = json.loads((old / CARD_NAME).read_text())["training"]
+        pretrain = {"pretrain_s": t_old["pretrain_s"], "seed": t_old["seeds"]["pretrain"],
+                    "config": t_old["configs"]["pretrain"]}
+        atomic_copy(old / "backbone.safetensors", out / "backbone.safetensors")
     (out / "upperson").mkdir(exist_ok=True)
     atomic_copy(up / "best" / "petl.safetensors", out / "upperson" / "petl.safetensors")
     petl_meta["model"]["pretrained"] = "../backbone.safetensors"  # not the path on the training machine
@@ -165,60 +209,135 @@ def _export(args: argparse.Namespace, out: Path) -> dict:
     # a provisional card, so that the shipped files load (checksums verified) for evaluation
     atomic_write_json(out / CARD_NAME, {"files": files})
 
-    data = load_dataset("toypedes", args.data_root)
-    test = data.split("test")
     tok = build_tokenizer("upp-tiny")
     t0 = time.time()
+    # every tuning run's selected checkpoint on val, per query: the tuning log's intervals, rebuildable
+    val = load_dataset("toypedes", args.data_root).split("val")
+    for entry, run_dir in zip(up_tuning + ft_tuning, [*map(Path, args.upperson_run), *map(Path, args.full_finetune_run)]):
+        res = evaluate_per_query(load_model(run_dir / "best"), val, tok, precision="fp32", progress=False)
+        rel = f"tuning/{run_dir.name}"
+        (out / rel).mkdir(parents=True, exist_ok=True)
+        write_per_query_csv(out / rel / "per_query_val.csv", res.rows())
+        atomic_copy(run_dir / "metrics.jsonl", out / rel / "metrics.jsonl")
+        entry["val_ci"] = card_intervals({"run": values_of(res.per_query)})["models"]["run"]
+        entry["files"] = [f"{rel}/metrics.jsonl", f"{rel}/per_query_val.csv"]
+
+    test = load_dataset("toypedes", test_root).split("test")
     models = {
         "zero-shot": load_embedded_model("zero-shot", assets=out),
         "upperson": load_embedded_model("upperson", assets=out),
         "full-finetune": load_model(ft / "best"),
     }
-    # evaluated once: the metrics and (for the shipped two) the per-query values of the intervals
+    # evaluated once: the metrics, the intervals and the full fine-tune's shipped per-query file
     results = {name: evaluate_per_query(m, test, tok, precision="fp32", progress=False) for name, m in models.items()}
+    write_per_query_csv(out / FT_PER_QUERY, results["full-finetune"].rows())
     metrics = {name: _metrics(r.metrics()) for name, r in results.items()}
-    intervals = card_intervals({name: values_of(results[name].per_query) for name in ("zero-shot", "upperson")})
+    intervals = card_intervals({name: values_of(r.per_query) for name, r in results.items()})
     params = {name: count_parameters(m).to_json() for name, m in models.items()}
-    up_cfg = load_run_config(up / "config.yaml")
     card = {
         "name": "UP-Person on upp-tiny, ToyPEDES (the embedded default)",
-        "backbone": {"open_clip_config": "upp-tiny", "image_size": list(up_cfg.model.image_size),
+        "backbone": {"open_clip_config": "upp-tiny", "image_size": list(up_results["config"]["model"]["image_size"]),
                      "file": "backbone.safetensors", "dtype": "float16",
                      "pretraining": "CLIP-style, symmetric InfoNCE with a learnable temperature, "
                                     "on the ToyPEDES weak-caption corpus (identities disjoint from the benchmark)"},
         "toypedes": {"preset": toy_meta["preset"], "seed": toy_meta["seed"], "counts": toy_meta.get("counts")},
         "evaluation": {"split": "test", "protocol": "text-to-image, every test caption queries every test image",
-                       "precision": "fp32", "device": "cpu"},
+                       "precision": "fp32", "device": "cpu",
+                       "toypedes": {"preset": test_meta["preset"], "seed": test_meta["seed"],
+                                    "counts": test_meta.get("counts")}},
         "metrics": metrics,
         "intervals": intervals,
         "parameters": params,
+        "tuning": {
+            "protocol": "The same number of configurations for each method, each trained for at most "
+                        "epochs_max epochs (cosine schedule over them) and stopped once val R@1 had not improved "
+                        "for early_stop_patience evaluations; the checkpoint of its best val epoch is kept, and "
+                        "of each method the configuration with the best val R@1 is reported. Selection reads val "
+                        "only; the card reports test for the selected configurations.",
+            "configurations_per_method": len(up_tuning),
+            "runs": up_tuning + ft_tuning,
+        },
         "training": {
             "machine": args.machine,
-            "pretrain_s": pre_results["train_time_s"],
+            "pretrain_s": pretrain["pretrain_s"],
             "upperson_s": up_results["train_time_s"],
             "full_finetune_s": ft_results["train_time_s"],
+            "tuning_s": round(sum(e["train_time_s"] for e in up_tuning + ft_tuning), 1),
             "upperson_best_epoch": up_results["best_epoch"],
             "full_finetune_best_epoch": ft_results["best_epoch"],
             "selected_on": up_results["selected_on"],
-            "seeds": {"toypedes": toy_meta["seed"], "pretrain": pre_results["config"]["train"]["seed"],
+            "seeds": {"toypedes": toy_meta["seed"], "pretrain": pretrain["seed"],
                       "upperson": up_results["config"]["train"]["seed"],
                       "full_finetune": ft_results["config"]["train"]["seed"]},
-            "configs": {"pretrain": pre_results["config"], "upperson": up_results["config"],
+            "configs": {"pretrain": pretrain["config"], "upperson": up_results["config"],
                         "full_finetune": ft_results["config"]},
         },
         "recipe": RECIPE,
         "evaluation_time_s": round(time.time() - t0, 1),
         "files": files,
     }
+    # the shipped results files: checked by tests/test_embedded.py, not at every model load
+    card["data_files"] = {str(p.relative_to(out)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                          for p in sorted([out / FT_PER_QUERY, *(out / "tuning").rglob("*")]) if p.is_file()}
     atomic_write_json(out / CARD_NAME, card)
     atomic_write_text(out / "model_card.md", render_card(card))
     return metrics
 
 
+def _tuning_table(runs: list[dict]) -> str:
+    """The tuning log as a markdown table."""
+    def size(e: dict) -> str:
+        if e["prefix_length"] is None and e["lora_rank"] is None and e["adapter_ratio"] is None:
+            return "all weights"
+        return f"prefix {e['prefix_length']}, rank {e['lora_rank']}, adapter {e['adapter_ratio']}"
+
+    def curve(e: dict) -> str:
+        return " ".join(f"{x:.1f}" for x in e["val_curve"])
+
+    lines = ["| method | configuration | lr | trainable | epochs run (max) | best epoch | val R@1 [95 % CI] | "
+             "val R@1 per epoch | selected |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in runs:
+        ci = e.get("val_ci", {}).get("R1")
+        r1 = f"{e['val']['R1']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        stop = ", stopped early" if e["stopped_early"] else ""
+        lines.append(f"| {e['method']} | {size(e)} | {e['lr']:g} | {e['percent']:.2f} % | {e['epochs_run']} "
+                     f"({e['epochs_max']}{stop}) | {e['best_epoch']} | {r1} | {curve(e)} | "
+                     f"{'**yes**' if e['selected'] else ''} |")
+    return "\n".join(lines)
+
+
+def _diff(d: dict) -> str:
+    return f"{d['diff']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]"
+
+
+def results_table(card: dict) -> str:
+    """The README's results table (and docs/embedded.md's): test metrics with the R@1 and mAP
+    intervals, then the paired differences of R@1; ``tests/test_embedded.py`` checks both
+    documents hold exactly this text."""
+    m, iv, p = card["metrics"], card["intervals"], card["parameters"]
+    names = {"zero-shot": "zero-shot (frozen backbone)", "upperson": "**UP-Person** (shipped)",
+             "full-finetune": "full fine-tune (weights not shipped)"}
+
+    def with_ci(name: str, k: str) -> str:
+        lo, hi = iv["models"][name][k]
+        return f"{m[name][k]:.2f} [{lo:.2f}, {hi:.2f}]"
+
+    lines = ["| model | trainable | R@1 [95 % CI] | R@5 | R@10 | mAP [95 % CI] | mINP |",
+             "|---|---|---|---|---|---|---|"]
+    for name, label in names.items():
+        lines.append(f"| {label} | {p[name]['trainable']:,} ({p[name]['percent']:.2f} %) | {with_ci(name, 'R1')} | "
+                     f"{m[name]['R5']:.2f} | {m[name]['R10']:.2f} | {with_ci(name, 'mAP')} | {m[name]['mINP']:.2f} |")
+    lines += ["", "| paired difference | R@1 [95 % CI] | mAP [95 % CI] |", "|---|---|---|"]
+    for key, a, b in PAIRS:
+        lines.append(f"| {a} - {b} | {_diff(iv[key]['R1'])} | {_diff(iv[key]['mAP'])} |")
+    return "\n".join(lines)
+
+
 def render_card(card: dict) -> str:
     """The model card as markdown."""
     m, t = card["metrics"], card["training"]
-    ci = card.get("intervals", {}).get("models", {})
+    iv = card["intervals"]
+    ci = iv["models"]
 
     def cell(name: str, k: str) -> str:
         lo_hi = ci.get(name, {}).get(k)
@@ -228,28 +347,30 @@ def render_card(card: dict) -> str:
         f"| {name} | {p['trainable']:,} ({p['percent']:.2f} %) | "
         + " | ".join(cell(name, k) for k in ("R1", "R5", "R10", "mAP", "mINP")) + " |"
         for name, p in ((n, card["parameters"][n]) for n in ("zero-shot", "upperson", "full-finetune")))
-    intervals_note = ""
-    if ci:
-        iv = card["intervals"]
-        d = iv.get("upperson_minus_zero_shot", {}).get("R1")
-        intervals_note = (
-            f"\nIn brackets: 95 % {iv['method']}, {iv['resamples']} resamples, seed {iv['seed']} "
-            f"({m['upperson']['queries']} queries; `upperson.cli.export_embedded.card_intervals`). "
-            + (f"Paired (same resampled queries), UP-Person - zero-shot is {d['diff']:+.2f} R@1 "
-               f"[{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]. " if d else "")
-            + "The full fine-tune's weights are not shipped, so its per-query results, and hence its interval "
-              "and its paired difference to UP-Person, cannot be recomputed here: its numbers carry no interval. "
-              f"For scale, UP-Person's R@1 interval on this split is +-{(ci['upperson']['R1'][1] - ci['upperson']['R1'][0]) / 2:.1f} "
-              "points.\n")
+    paired = "\n".join(
+        f"| {a} - {b} | " + " | ".join(_diff(iv[key][k]) for k in ("R1", "R5", "R10", "mAP", "mINP")) + " |"
+        for key, a, b in PAIRS if key in iv)
+    vs_ft = iv.get("upperson_minus_full_finetune", {}).get("R1")
+    if vs_ft is None:
+        verdict = ""
+    elif vs_ft["ci"][1] < 0:
+        verdict = (f"**The full fine-tune still wins** on this backbone and data: UP-Person is {_diff(vs_ft)} R@1 "
+                   "against it (the interval excludes zero), with "
+                   f"{card['parameters']['upperson']['percent']:.2f} % of the trainable parameters.")
+    elif vs_ft["ci"][0] > 0:
+        verdict = (f"**UP-Person beats the full fine-tune**: {_diff(vs_ft)} R@1 (the interval excludes zero), "
+                   f"training {card['parameters']['upperson']['percent']:.2f} % of the parameters.")
+    else:
+        verdict = (f"**UP-Person matches the full fine-tune** within the test set's resolution: {_diff(vs_ft)} R@1 "
+                   f"(the interval includes zero), training {card['parameters']['upperson']['percent']:.2f} % "
+                   "of the parameters.")
     files = "\n".join(f"| `{rel}` | {f['bytes']:,} | `{f['sha256']}` |" for rel, f in card["files"].items())
     recipe = "\n".join(card["recipe"])
-    gain = m["upperson"]["R1"] - m["zero-shot"]["R1"]
-    gap = m["upperson"]["R1"] - m["full-finetune"]["R1"]
-    verdict = (f"UP-Person is {gain:+.2f} R@1 over zero-shot and {gap:+.2f} R@1 against the full fine-tune, "
-               f"training {card['parameters']['upperson']['percent']:.2f} % of the parameters.")
-    toy = card["toypedes"]
-    counts = toy.get("counts") or {}
-    test = counts.get("test", {})
+    toy, ev = card["toypedes"], card["evaluation"]["toypedes"]
+    test = (ev.get("counts") or {}).get("test", {})
+    tuning = card["tuning"]
+    first = tuning["runs"][0]
+    up_sel = next(e for e in tuning["runs"] if e["method"] == "upperson" and e["selected"])
     return f"""# Model card: {card['name']}
 
 The product's embedded default: a tiny CLIP-style backbone (`upp-tiny`, open_clip config in
@@ -259,10 +380,11 @@ tests run for real on a CPU. It is not a person re-identification model for real
 
 - Backbone: `{card['backbone']['file']}` ({card['backbone']['dtype']}), image {card['backbone']['image_size'][0]}x{card['backbone']['image_size'][1]}.
   {card['backbone']['pretraining']}.
-- UP-Person: `upperson/petl.safetensors` + `petl.json` (preset `toypedes`), checkpoint of epoch
-  {t['upperson_best_epoch']}, selected on the {t['selected_on']} split.
-- Data: ToyPEDES preset `{toy['preset']}`, seed {toy['seed']}; test split {test.get('ids', '?')} identities,
-  {test.get('images', '?')} images, {test.get('captions', '?')} captions.
+- UP-Person: `upperson/petl.safetensors` + `petl.json` (run `{up_sel['run']}`), checkpoint of epoch
+  {t['upperson_best_epoch']}, selected on the {t['selected_on']} split among {tuning['configurations_per_method']} configurations.
+- Training data: ToyPEDES preset `{toy['preset']}`, seed {toy['seed']} (train and val splits).
+- Test data: ToyPEDES preset `{ev['preset']}`, seed {ev['seed']}: {test.get('ids', '?')} identities,
+  {test.get('images', '?')} images, {test.get('captions', '?')} captions, none of them seen in training or tuning.
 
 ## Test metrics (text to image, percent)
 
@@ -270,19 +392,39 @@ tests run for real on a CPU. It is not a person re-identification model for real
 |---|---|---|---|---|---|---|
 {rows}
 
+In brackets: 95 % {iv['method']}, {iv['resamples']} resamples, seed {iv['seed']}
+({m['upperson']['queries']} queries; `upperson.cli.export_embedded.card_intervals`).
+
+Paired differences (the same resampled queries for both models):
+
+| difference | R@1 | R@5 | R@10 | mAP | mINP |
+|---|---|---|---|---|---|
+{paired}
+
 {verdict}
-{intervals_note}
+
 `zero-shot` is the frozen pretrained backbone; `full-finetune` trains every backbone weight
-with SDM (preset `toypedes-full-finetune`, weights not shipped, its log is in
-`full-finetune/metrics.jsonl`). `pytest tests/test_embedded.py` re-evaluates the shipped files
-and checks these numbers to within 0.5 point, and the intervals from its own bootstrap of the
-per-query results (same resamples and seed) to the printed 0.01.
+with SDM (preset `toypedes-full-finetune`). Its weights are not shipped (they would double the
+download); its per-query test results are (`{FT_PER_QUERY}`), so its interval and the paired
+difference can be recomputed. `pytest tests/test_embedded.py` re-evaluates the shipped files
+and checks these numbers to within 0.5 point, and every interval from its own bootstrap of
+the per-query results (same resamples and seed) to the printed 0.01.
+
+## Tuning log (equal budget, selected on val)
+
+{tuning['protocol']}
+
+{_tuning_table(tuning['runs'])}
+
+The val interval is the same bootstrap over the {first['val']['queries']} val queries
+(`tuning/<run>/per_query_val.csv`, beside each run's `metrics.jsonl`). Training time of all
+{len(tuning['runs'])} runs: {t['tuning_s'] / 60:.0f} min.
 
 ## How it was made
 
 Seeds: {json.dumps(t['seeds'])}. Time on {t['machine']}: pretraining {t['pretrain_s'] / 60:.1f} min,
-UP-Person {t['upperson_s'] / 60:.1f} min, full fine-tune {t['full_finetune_s'] / 60:.1f} min
-(training epochs only; the machine was shared with other work).
+the selected UP-Person {t['upperson_s'] / 60:.1f} min, the selected full fine-tune {t['full_finetune_s'] / 60:.1f} min
+(training epochs only).
 
 ```bash
 {recipe}
