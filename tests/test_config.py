@@ -66,6 +66,7 @@ def test_yaml_file_with_base_round_trips(tmp_path):
     ("train.warmup_epochs=-1", "train.warmup_epochs"),
     ("train.warmup_factor=0", "train.warmup_factor"),
     ("train.eval_every=-1", "train.eval_every"),
+    ("train.early_stop_patience=-1", "train.early_stop_patience"),
     ("train.max_steps_per_epoch=0", "train.max_steps_per_epoch"),
     ("loss.temperature=0", "loss.temperature"),
     ("model.pretrained=null", "model.pretrained"),
