@@ -229,6 +229,11 @@ def test_export_ships_the_best_on_val_of_an_equal_budget_and_a_card_that_checks_
     assert main([*args, "--upperson-run", str(tmp_path / "up_a"), str(tmp_path / "up_b"),
                  "--full-finetune-run", str(tmp_path / "ft_a")]) == 2  # 2 configurations against 1
     assert "the tuning budget must be equal" in capsys.readouterr().err
+    runs = ["--upperson-run", str(tmp_path / "up_a"), "--full-finetune-run", str(tmp_path / "ft_a")]
+    assert main([*args, *runs, "--test-root", str(tmp_path / "none")]) == 2
+    assert "--test-root" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    assert main([*args[:-1], str(tmp_path / "new"), *runs]) == 2  # a new --out has no backbone to keep
+    assert "pass --pretrain-run" in capsys.readouterr().err and not (tmp_path / "new").exists()
     assert main([*args, "--upperson-run", str(tmp_path / "up_a"), str(tmp_path / "up_b"),
                  "--full-finetune-run", str(tmp_path / "ft_a"), str(tmp_path / "ft_b")]) == 0
 

@@ -71,6 +71,23 @@ def _r2(x: float) -> float:
     return round(float(x), 2)
 
 
+def metric_intervals(values: dict, *, resamples: int = CI_RESAMPLES, seed: int = CI_SEED) -> dict:
+    """Each metric's 95 % bootstrap interval ``[low, high]`` over one model's per-query values, rounded to 0.01."""
+    from upperson import stats
+
+    ci = stats.bootstrap_ci(values, resamples=resamples, seed=seed)["metrics"]
+    return {k: [_r2(c["low"]), _r2(c["high"])] for k, c in ci.items()}
+
+
+def _toypedes_meta(root: Path, option: str) -> dict:
+    """``meta.json`` of the ToyPEDES under ``root``; a clear error naming the option otherwise."""
+    path = root / "ToyPEDES" / "meta.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{option} {root}: no generated ToyPEDES there ({path} is missing); "
+                                "make it with `python -m upperson toypedes --out DIR`")
+    return json.loads(path.read_text())
+
+
 def card_intervals(values: dict, *, resamples: int = CI_RESAMPLES, seed: int = CI_SEED) -> dict:
     """The card's ``intervals``: 95 % percentile-bootstrap intervals over the test queries of each
     evaluated model (``values``: name -> per-query values, ``upperson.stats.values_of``) and the
@@ -80,8 +97,7 @@ def card_intervals(values: dict, *, resamples: int = CI_RESAMPLES, seed: int = C
     out = {"method": "percentile bootstrap over test queries (docs/statistics.md)", "level": 0.95,
            "resamples": resamples, "seed": seed, "models": {}}
     for name, v in values.items():
-        ci = stats.bootstrap_ci(v, resamples=resamples, seed=seed)["metrics"]
-        out["models"][name] = {k: [_r2(c["low"]), _r2(c["high"])] for k, c in ci.items()}
+        out["models"][name] = metric_intervals(v, resamples=resamples, seed=seed)
     for key, a, b in PAIRS:
         if a in values and b in values:
             p = stats.paired_bootstrap(values[a], values[b], resamples=resamples, seed=seed)
@@ -173,9 +189,9 @@ def _export(args: argparse.Namespace, old: Path, out: Path) -> dict:
 
     up, up_results, up_tuning = _select(args.upperson_run, "upperson")
     ft, ft_results, ft_tuning = _select(args.full_finetune_run, "full-finetune")
-    toy_meta = _load(Path(args.data_root) / "ToyPEDES" / "meta.json")
+    toy_meta = _toypedes_meta(Path(args.data_root), "--data-root")
     test_root = Path(args.test_root or args.data_root)
-    test_meta = _load(test_root / "ToyPEDES" / "meta.json")
+    test_meta = _toypedes_meta(test_root, "--test-root" if args.test_root else "--data-root")
 
     petl_meta = _load(up / "best" / "petl.json")
     # a damaged source is refused here, not shipped under a fresh checksum
@@ -191,6 +207,9 @@ def _export(args: argparse.Namespace, old: Path, out: Path) -> dict:
                               require_checksum=False, warn_unverified=False)
         atomic_copy(pre / "backbone.safetensors", out / "backbone.safetensors")
     else:  # the runs trained on the shipped backbone: keep it (checked) and its card's pretraining record
+        if not (old / "backbone.safetensors").exists() or not (old / CARD_NAME).exists():
+            raise FileNotFoundError(f"{old} holds no backbone and model card to keep: pass --pretrain-run RUN "
+                                    "(the pretraining run whose backbone the runs trained on)")
         verify_assets(old)
         t_old = json.loads((old / CARD_NAME).read_text())["training"]
         pretrain = {"pretrain_s": t_old["pretrain_s"], "seed": t_old["seeds"]["pretrain"],
@@ -219,7 +238,7 @@ def _export(args: argparse.Namespace, old: Path, out: Path) -> dict:
         (out / rel).mkdir(parents=True, exist_ok=True)
         write_per_query_csv(out / rel / "per_query_val.csv", res.rows())
         atomic_copy(run_dir / "metrics.jsonl", out / rel / "metrics.jsonl")
-        entry["val_ci"] = card_intervals({"run": values_of(res.per_query)})["models"]["run"]
+        entry["val_ci"] = metric_intervals(values_of(res.per_query))
         entry["files"] = [f"{rel}/metrics.jsonl", f"{rel}/per_query_val.csv"]
 
     test = load_dataset("toypedes", test_root).split("test")
