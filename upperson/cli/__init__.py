@@ -21,6 +21,7 @@ COMMANDS: list[str] = [
     "evaluate",
     "pretrain",
     "export-embedded",
+    "export-onnx",
     "params",
     "benchmark",
     "doctor",
