@@ -19,6 +19,8 @@ COMMANDS: list[str] = [
     "toypedes",
     "train",
     "evaluate",
+    "index",
+    "search",
     "pretrain",
     "export-embedded",
     "export-onnx",

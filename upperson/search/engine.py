@@ -1,0 +1,150 @@
+"""Exact inner-product search over an index's entries: brute force (torch) or FAISS's flat index.
+
+Both rank the gallery's entries by score, highest first, and break ties by entry order (the
+order of the index's manifest), so they return the same ranking. Features and queries are
+L2-normalised, so the score is the cosine similarity.
+
+- ``torch``: the segments' rows times the query, a chunk of rows at a time straight from the
+  memory-mapped files (float16 segments are converted a chunk at a time), so memory stays at
+  one chunk plus one score per row.
+- ``faiss``: ``faiss.IndexFlatIP`` over the rows (held in RAM as float32). FAISS returns the best
+  rows, enough of them that every row tied with the k-th is among them, and they are ranked
+  with the same tie rule. The two engines sum the products in different orders, so scores can
+  differ in the last bit of a float32: rankings are equal except between scores closer than
+  that (about 1e-7).
+
+Files with the same content share a row and so a score; each is its own result.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from upperson.search.store import IndexStore
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("torch", "faiss")
+CHUNK_ROWS = 1 << 14  # 32 MB of float32 at 512-d
+#: rows asked of FAISS beyond k (more are asked for while the last one ties with the k-th)
+FAISS_MARGIN = 32
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: the entry number in the index, its file and its score."""
+
+    entry: int
+    path: str
+    score: float
+
+
+def faiss_available() -> bool:
+    """Whether ``faiss`` (faiss-cpu or faiss-gpu) imports."""
+    try:
+        import faiss  # noqa: F401  (optional dependency, imported only when asked for)
+    except ImportError:
+        return False
+    return True
+
+
+class ExactSearch:
+    """Exact top-k over an :class:`IndexStore`'s entries, with one tie rule for every engine."""
+
+    def __init__(self, store: IndexStore, engine: str = "torch") -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"unknown search engine {engine!r}; choose from {', '.join(ENGINES)}")
+        if any(s.shape[1] != store.manifest.dim for s in store.segments):
+            raise ValueError(f"{store.folder}: a segment's width differs from the manifest's dim")
+        self.store = store
+        self.engine = engine
+        self._segment_of, self._row_of = store.entry_rows()
+        self._offsets = np.cumsum([0] + [len(s) for s in store.segments])
+        self._flat_rows = self._offsets[self._segment_of] + self._row_of  # entry -> global row
+        self._faiss = self._build_faiss() if engine == "faiss" else None
+
+    def __len__(self) -> int:
+        return len(self._flat_rows)
+
+    # ------------------------------------------------------------------ scoring
+    def row_scores(self, queries: np.ndarray) -> np.ndarray:
+        """(Q, rows) float32 scores of every stored row, a chunk at a time."""
+        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        out = np.empty((q.shape[0], int(self._offsets[-1])), dtype=np.float32)
+        for seg, start in zip(self.store.segments, self._offsets[:-1]):
+            for lo in range(0, len(seg), CHUNK_ROWS):
+                rows = torch.from_numpy(np.array(seg[lo:lo + CHUNK_ROWS], dtype=np.float32))  # a copy: memmaps are read-only
+                out[:, start + lo:start + lo + len(rows)] = (q @ rows.T).numpy()
+        return out
+
+    # ------------------------------------------------------------------ ranking
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """The top ``k`` entries for each query row (``(Q, D)`` or ``(D,)``)."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.shape[1] != self.store.manifest.dim:
+            raise ValueError(f"query features have dim {queries.shape[1]}, the index {self.store.manifest.dim}")
+        if not np.isfinite(queries).all():
+            raise ValueError("the query features are not finite (NaN or inf): the model's weights are broken")
+        k = max(0, min(int(k), len(self)))
+        if k == 0:
+            return [[] for _ in queries]
+        if self._faiss is None:
+            scores = self.row_scores(queries)[:, self._flat_rows]  # (Q, entries)
+            return [self._rank(s, np.arange(len(s)), k) for s in scores]
+        return [self._faiss_one(q, k) for q in queries]
+
+    def _rank(self, scores: np.ndarray, entries: np.ndarray, k: int) -> list[Hit]:
+        """The best ``k`` of ``entries`` by score, ties by entry number."""
+        if len(entries) > k:
+            kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+            keep = scores >= kth  # every entry tied with the k-th is a candidate
+            scores, entries = scores[keep], entries[keep]
+        order = np.lexsort((entries, -scores.astype(np.float64)))[:k]
+        paths = self.store.manifest.entries
+        return [Hit(int(entries[i]), paths[int(entries[i])].path, float(scores[i])) for i in order]
+
+    # ------------------------------------------------------------------ faiss
+    def _build_faiss(self):
+        import faiss  # optional dependency: only when the faiss engine is asked for
+
+        index = faiss.IndexFlatIP(self.store.manifest.dim)
+        for seg in self.store.segments:
+            for lo in range(0, len(seg), CHUNK_ROWS):
+                index.add(np.ascontiguousarray(seg[lo:lo + CHUNK_ROWS], dtype=np.float32))
+        # entries of each global row, for expanding rows (shared by duplicate files) into entries
+        order = np.argsort(self._flat_rows, kind="stable")
+        self._entries_by_row = (self._flat_rows[order], order)
+        return index
+
+    def _faiss_one(self, query: np.ndarray, k: int) -> list[Hit]:
+        sorted_rows, entry_order = self._entries_by_row
+        total = int(self._offsets[-1])
+        want = min(total, k + FAISS_MARGIN)
+        while True:
+            scores, rows = self._faiss.search(query[None, :], want)
+            scores, rows = scores[0], rows[0]
+            keep = rows >= 0
+            scores, rows = scores[keep], rows[keep]
+            # the entries of these rows (several files may share one row; unused rows have none)
+            lo = np.searchsorted(sorted_rows, rows, side="left")
+            hi = np.searchsorted(sorted_rows, rows, side="right")
+            counts = hi - lo
+            # enough entries, and the last row scored below the k-th entry: nothing further can tie
+            if want >= total or (counts.sum() >= k and scores[-1] < np.repeat(scores, counts)[k - 1]):
+                break
+            want = min(total, want * 2)
+        entries = np.concatenate([entry_order[a:b] for a, b in zip(lo, hi)]) if len(rows) else np.zeros(0, np.int64)
+        return self._rank(np.repeat(scores, counts), entries, k)
+
+
+def recommend_engine(entries: int, threshold: Optional[int] = 2_000_000) -> Optional[str]:
+    """A sentence recommending approximate search for galleries past ``threshold`` entries, else None."""
+    if threshold is not None and entries > threshold:
+        return (f"the index holds {entries:,} images: exact search reads every feature for each query; "
+                "approximate search (not built yet) would be faster")
+    return None

@@ -1,0 +1,234 @@
+"""An index folder: image features in checksummed, memory-mapped segments and one atomic manifest.
+
+Layout of ``INDEX/``::
+
+    manifest.json         what the folder holds; replaced atomically, the folder's one source of truth
+    segments/000000.npy   (rows, dim) float32 or float16, L2-normalised; written once, never changed
+    .lock                 held (flock) by the one process that writes the folder
+
+``manifest.json`` records the model that made the features (its key, name and source), the
+feature dimension and dtype, every segment with its row count and SHA-256, and the gallery:
+one entry per file, ``[path, segment, row, sha1, size, mtime_ns]``. Files with the same
+content share a row; a changed file gets a new one. Segments are plain ``.npy`` arrays, read
+with ``allow_pickle=False`` and memory-mapped, so opening an index does not read its features
+into RAM. Opening checks every segment's size, header and SHA-256, and every entry's row.
+
+An update appends segments and then renames a new manifest into place: a crash leaves the
+old manifest (and, at worst, a segment no manifest lists, removed by the next writer).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import json
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+
+from upperson.io import atomic_path, atomic_write_json, file_digest
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+FORMAT = "upperson-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SEGMENTS = "segments"
+LOCK = ".lock"
+DTYPES = {"float32": np.float32, "float16": np.float16}
+#: entry fields, in the order the manifest stores them
+ENTRY_FIELDS = ("path", "segment", "row", "sha1", "size", "mtime_ns")
+
+
+class IndexFolderError(ValueError):
+    """An index folder that cannot be used: missing, corrupted, locked, or made by another model."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One gallery file: where its feature is, and what its content was when it was indexed."""
+
+    path: str
+    segment: int
+    row: int
+    sha1: str
+    size: int
+    mtime_ns: int
+
+    def as_list(self) -> list:
+        return [self.path, self.segment, self.row, self.sha1, self.size, self.mtime_ns]
+
+
+@dataclass
+class Manifest:
+    """The contents of ``manifest.json``."""
+
+    model: dict[str, Any]
+    dim: int
+    dtype: str
+    segments: list[dict[str, Any]] = field(default_factory=list)  # {"name", "rows", "sha256"}
+    entries: list[Entry] = field(default_factory=list)
+    skipped: list[list[str]] = field(default_factory=list)  # [path, reason]
+    complete: bool = True
+    build: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": FORMAT_VERSION, "model": self.model, "dim": self.dim,
+                "dtype": self.dtype, "complete": self.complete, "segments": self.segments,
+                "entry_fields": list(ENTRY_FIELDS), "entries": [e.as_list() for e in self.entries],
+                "skipped": self.skipped, "build": self.build}
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """``folder/manifest.json``, with every field checked for type and range."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        hint = " (it is not an index folder: build one with `python -m upperson index`)" if folder.is_dir() else ""
+        raise IndexFolderError(f"no index at {folder}: {MANIFEST} is missing{hint}")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexFolderError(f"{path}: not valid JSON ({exc}); the index is corrupted: build it again") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise IndexFolderError(f"{path}: not an UP-Person index (format {raw.get('format') if isinstance(raw, dict) else None!r})")
+    if raw.get("version") != FORMAT_VERSION:
+        raise IndexFolderError(f"{path}: index format version {raw.get('version')!r}; this code reads {FORMAT_VERSION}")
+    try:
+        manifest = Manifest(model=dict(raw["model"]), dim=int(raw["dim"]), dtype=str(raw["dtype"]),
+                            segments=[dict(s) for s in raw["segments"]],
+                            entries=[Entry(str(p), int(s), int(r), str(h), int(z), int(m))
+                                     for p, s, r, h, z, m in raw["entries"]],
+                            skipped=[[str(a), str(b)] for a, b in raw.get("skipped", [])],
+                            complete=bool(raw.get("complete", True)), build=dict(raw.get("build", {})))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexFolderError(f"{path}: a field is missing or of the wrong type ({exc}); build the index again") from exc
+    if manifest.dtype not in DTYPES or manifest.dim < 1:
+        raise IndexFolderError(f"{path}: dtype {manifest.dtype!r}, dim {manifest.dim}: not an index this code reads")
+    for seg in manifest.segments:
+        if not (isinstance(seg.get("name"), str) and isinstance(seg.get("rows"), int) and seg["rows"] >= 0
+                and isinstance(seg.get("sha256"), str)) or "/" in seg["name"] or seg["name"].startswith("."):
+            raise IndexFolderError(f"{path}: segment record {seg!r} is malformed; build the index again")
+    for e in manifest.entries:
+        if not (0 <= e.segment < len(manifest.segments) and 0 <= e.row < manifest.segments[e.segment]["rows"]):
+            raise IndexFolderError(f"{path}: entry {e.path!r} points at segment {e.segment} row {e.row}, "
+                                   "which the index does not have; build the index again")
+    return manifest
+
+
+def segment_bytes(rows: int, dim: int, dtype: str) -> int:
+    """The size of a ``.npy`` segment as :func:`write_segment` writes it (header included)."""
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((0, dim), dtype=DTYPES[dtype]))
+    header["shape"] = (rows, dim)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)  # the magic string and the padded header
+    return len(buf.getvalue()) + rows * dim * np.dtype(DTYPES[dtype]).itemsize
+
+
+def write_segment(folder: Path, index: int, features: np.ndarray) -> dict[str, Any]:
+    """Write ``features`` as segment ``index`` of ``folder`` (atomically); its manifest record."""
+    name = f"{index:06d}.npy"
+    path = folder / SEGMENTS / name
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.lib.format.write_array(fh, np.ascontiguousarray(features), allow_pickle=False, version=(1, 0))
+        digest = file_digest(tmp)
+    return {"name": name, "rows": int(features.shape[0]), "sha256": digest}
+
+
+@dataclass
+class IndexStore:
+    """An opened, verified index folder: its manifest and its memory-mapped segments."""
+
+    folder: Path
+    manifest: Manifest
+    segments: list[np.ndarray]  # memory-mapped, (rows, dim)
+
+    @classmethod
+    def open(cls, folder: PathLike, *, verify: bool = True) -> "IndexStore":
+        """Open ``folder`` read-only, checking each segment's size, header and (``verify``) SHA-256."""
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        segments = [open_segment(folder, seg, manifest, verify=verify) for seg in manifest.segments]
+        return cls(folder, manifest, segments)
+
+    def __len__(self) -> int:
+        return len(self.manifest.entries)
+
+    def entry_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(segment, row) of every entry, as two int64 arrays in entry order."""
+        entries = self.manifest.entries
+        return (np.fromiter((e.segment for e in entries), np.int64, len(entries)),
+                np.fromiter((e.row for e in entries), np.int64, len(entries)))
+
+    def features_of(self, entries: list[int]) -> np.ndarray:
+        """float32 features of the given entry numbers (read from the segments)."""
+        out = np.zeros((len(entries), self.manifest.dim), dtype=np.float32)
+        for i, k in enumerate(entries):
+            e = self.manifest.entries[k]
+            out[i] = self.segments[e.segment][e.row]
+        return out
+
+
+def open_segment(folder: Path, record: dict[str, Any], manifest: Manifest, *, verify: bool) -> np.ndarray:
+    """One segment, memory-mapped, after its size, header and (``verify``) checksum are checked."""
+    path = folder / SEGMENTS / record["name"]
+    if not path.is_file():
+        raise IndexFolderError(f"{path} is missing (listed in {folder / MANIFEST}); build the index again")
+    expected = segment_bytes(record["rows"], manifest.dim, manifest.dtype)
+    size = path.stat().st_size
+    if size != expected:
+        raise IndexFolderError(f"{path} is truncated or corrupted: {size} bytes, {expected} expected for "
+                               f"{record['rows']} x {manifest.dim} {manifest.dtype}; build the index again")
+    if verify and file_digest(path) != record["sha256"]:
+        raise IndexFolderError(f"{path} is corrupted: its sha256 differs from {MANIFEST}'s; build the index again")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise IndexFolderError(f"{path} is not a feature segment ({exc}); build the index again") from exc
+    if array.shape != (record["rows"], manifest.dim) or array.dtype != DTYPES[manifest.dtype]:
+        raise IndexFolderError(f"{path}: shape {array.shape} {array.dtype}, the manifest says "
+                               f"({record['rows']}, {manifest.dim}) {manifest.dtype}; build the index again")
+    return array
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    """Rename a new ``manifest.json`` into place (after its segments are on disk)."""
+    atomic_write_json(folder / MANIFEST, manifest.to_json())
+
+
+def remove_unlisted_segments(folder: Path, manifest: Optional[Manifest]) -> int:
+    """Delete segment files (and temporary files) that no manifest lists: left by an interrupted write."""
+    listed = {s["name"] for s in manifest.segments} if manifest else set()
+    removed = 0
+    seg_dir = folder / SEGMENTS
+    if seg_dir.is_dir():
+        for p in seg_dir.iterdir():
+            if p.name not in listed:
+                p.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+@contextmanager
+def write_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.lock`` for writing; a second writer is refused at once (released when the process ends)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise IndexFolderError(f"another process is writing the index {folder}; wait for it to finish, "
+                                       "or give another --out") from None
+            raise
+        yield
+    finally:
+        os.close(fd)
