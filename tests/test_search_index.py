@@ -256,3 +256,62 @@ def test_bad_input_is_one_error_line(tmp_path, args, needle):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
     assert not (tmp_path / "i").exists()
+
+
+# ---------------------------------------------------------------------- approximate search
+def _centres(ids: int, dim: int) -> np.ndarray:
+    return np.random.default_rng(5).standard_normal((ids, dim))
+
+
+def _structured_store(tmp_path: Path, ids: int = 500, per: int = 20, dim: int = 32) -> tuple[IndexStore, np.ndarray]:
+    """Identity-clustered unit features (like a re-id gallery), in two segments."""
+    rng = np.random.default_rng(3)
+    x = np.repeat(_centres(ids, dim), per, axis=0) + 0.5 * rng.standard_normal((ids * per, dim))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    half = len(x) // 2
+    segments = [write_segment(tmp_path, 0, x[:half]), write_segment(tmp_path, 1, x[half:])]
+    entries = [Entry(f"/g/{i}.png", int(i >= half), i - half * int(i >= half), "", 1, 1) for i in range(len(x))]
+    write_manifest(tmp_path, Manifest(model={"key": "k"}, dim=dim, dtype="float32", segments=segments, entries=entries))
+    return IndexStore.open(tmp_path), x
+
+
+def test_approximate_search_reports_recall_and_meets_the_target(tmp_path):
+    from upperson.search.approximate import AnnConfig, ApproximateSearch, build_ann
+
+    store, x = _structured_store(tmp_path)
+    record = build_ann(store, AnnConfig(nlist=100, nprobe=10, m=8, nbits=6, recall_queries=100))
+    assert record["nprobe"] / record["nlist"] <= 0.10 and record["recall_at_10"] >= 0.95
+    store.manifest.ann = record
+    write_manifest(tmp_path, store.manifest)
+    search = ApproximateSearch(IndexStore.open(tmp_path))
+    # new images of known identities as queries, against exact search computed here
+    rng = np.random.default_rng(4)
+    queries = _centres(500, x.shape[1])[rng.choice(500, 50, replace=False)] + 0.5 * rng.standard_normal((50, x.shape[1]))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    truth = np.argsort(-(queries @ x.T), axis=1, kind="stable")[:, :10]
+    found = [[h.entry for h in hits] for hits in search.search(queries, 10)]
+    recall = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth.tolist(), found)])
+    assert recall >= 0.95
+    for q, hits in zip(queries[:5], search.search(queries[:5], 10)):  # re-ranked by the stored features
+        np.testing.assert_allclose([h.score for h in hits], x[[h.entry for h in hits]] @ q, atol=1e-6)
+
+
+def test_approximate_index_refused_when_stale_tampered_or_too_small(tmp_path):
+    from upperson.search.approximate import AnnConfig, ApproximateSearch, build_ann
+
+    small, _ = _dyadic_store(tmp_path / "small")
+    with pytest.raises(IndexFolderError, match="at least"):
+        build_ann(small, AnnConfig())
+    store, x = _structured_store(tmp_path / "big")
+    store.manifest.ann = build_ann(store, AnnConfig(nlist=50, nprobe=5, m=8, nbits=6, recall_queries=20))
+    write_manifest(store.folder, store.manifest)
+    ann = store.folder / "ann" / store.manifest.ann["file"]
+    data = bytearray(ann.read_bytes())
+    data[len(data) // 2] ^= 1
+    ann.write_bytes(bytes(data))
+    with pytest.raises(IndexFolderError, match="corrupted"):
+        ApproximateSearch(IndexStore.open(store.folder))
+    store.manifest.ann["rows"] -= 1
+    write_manifest(store.folder, store.manifest)
+    with pytest.raises(IndexFolderError, match="build it again"):
+        ApproximateSearch(IndexStore.open(store.folder))

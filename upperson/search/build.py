@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from upperson.data.transforms import build_transforms
 from upperson.evaluation import inference_model
 from upperson.index import file_sha1, model_key
-from upperson.search.store import (DTYPES, Entry, IndexFolderError, Manifest, MANIFEST, read_manifest,
+from upperson.search.approximate import AnnConfig, build_ann
+from upperson.search.store import (DTYPES, Entry, IndexFolderError, IndexStore, Manifest, MANIFEST, read_manifest,
                                    remove_unlisted_segments, write_lock, write_manifest, write_segment)
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class BuildReport:
     reused_content: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    ann: Optional[dict[str, Any]] = None  # the approximate index's record, when one was built
 
     @property
     def images_per_s(self) -> float:
@@ -109,8 +111,10 @@ def load_image(path: Path, limits: BuildLimits) -> Image.Image:
 
 def build_index(model: torch.nn.Module, gallery: PathLike, out: PathLike, *, source: str,
                 dtype: str = "float32", batch_size: int = 64, segment_rows: int = 4096,
-                limits: BuildLimits = BuildLimits(), progress: bool = True) -> BuildReport:
-    """Index ``gallery`` into folder ``out`` with ``model`` (``source`` names it in the manifest)."""
+                limits: BuildLimits = BuildLimits(), progress: bool = True,
+                approximate: Optional[AnnConfig] = None) -> BuildReport:
+    """Index ``gallery`` into folder ``out`` with ``model`` (``source`` names it in the manifest);
+    with ``approximate``, then (re)build the IVF-PQ index over it and measure its recall."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose {' or '.join(DTYPES)}")
     if batch_size < 1 or segment_rows < 1:
@@ -125,8 +129,15 @@ def build_index(model: torch.nn.Module, gallery: PathLike, out: PathLike, *, sou
         removed = remove_unlisted_segments(out, old)
         if removed:
             log.info("%s: removed %d segment file(s) an interrupted update left", out, removed)
-        return _Builder(model, out, key, source, dtype, old, batch_size, segment_rows, limits, progress,
-                        gallery, others).run(files, start)
+        report = _Builder(model, out, key, source, dtype, old, batch_size, segment_rows, limits, progress,
+                          gallery, others).run(files, start)
+        if approximate is not None:
+            store = IndexStore.open(out)
+            store.manifest.ann = build_ann(store, approximate)
+            write_manifest(out, store.manifest)
+            remove_unlisted_segments(out, store.manifest)  # an older approximate index
+            report.ann = store.manifest.ann
+        return report
 
 
 def _check_out(out: Path, key: str, dtype: str) -> None:
@@ -157,7 +168,7 @@ class _Builder:
         dim = old.dim if old else None
         self.manifest = Manifest(
             model={"key": key, "source": source, "name": model.config.name, "image_size": list(model.image_size)},
-            dim=dim or 0, dtype=dtype, segments=list(old.segments) if old else [])
+            dim=dim or 0, dtype=dtype, segments=list(old.segments) if old else [], ann=old.ann if old else None)
         self.by_path = {e.path: e for e in old.entries} if old else {}
         self.by_content = {e.sha1: (e.segment, e.row) for e in old.entries} if old else {}
         self.gallery, self.others = gallery, others
@@ -254,6 +265,10 @@ class _Builder:
         if not self.manifest.dim:
             self.manifest.dim = int(features.shape[1])
         number = len(self.manifest.segments)
+        if self.manifest.ann is not None:
+            log.warning("%s: the approximate index no longer covers every row; it is dropped (pass --approximate "
+                        "to build it again)", self.out)
+            self.manifest.ann = None
         self.manifest.segments.append(write_segment(self.out, number, features))
         for row, digest in enumerate(waiting):
             self.by_content[digest] = (number, row)

@@ -66,6 +66,9 @@ class ExactSearch:
         self._segment_of, self._row_of = store.entry_rows()
         self._offsets = np.cumsum([0] + [len(s) for s in store.segments])
         self._flat_rows = self._offsets[self._segment_of] + self._row_of  # entry -> global row
+        # entries of each global row, for expanding rows (shared by duplicate files) into entries
+        order = np.argsort(self._flat_rows, kind="stable")
+        self._entries_by_row = (self._flat_rows[order], order)
         self._faiss = self._build_faiss() if engine == "faiss" else None
 
     def __len__(self) -> int:
@@ -116,13 +119,23 @@ class ExactSearch:
         for seg in self.store.segments:
             for lo in range(0, len(seg), CHUNK_ROWS):
                 index.add(np.ascontiguousarray(seg[lo:lo + CHUNK_ROWS], dtype=np.float32))
-        # entries of each global row, for expanding rows (shared by duplicate files) into entries
-        order = np.argsort(self._flat_rows, kind="stable")
-        self._entries_by_row = (self._flat_rows[order], order)
         return index
 
-    def _faiss_one(self, query: np.ndarray, k: int) -> list[Hit]:
+    def _expand(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(entries, how many entries each row has) of global rows (several files may share a row;
+        rows no file uses any more have none)."""
         sorted_rows, entry_order = self._entries_by_row
+        lo = np.searchsorted(sorted_rows, rows, side="left")
+        hi = np.searchsorted(sorted_rows, rows, side="right")
+        entries = np.concatenate([entry_order[a:b] for a, b in zip(lo, hi)]) if len(rows) else np.zeros(0, np.int64)
+        return entries, hi - lo
+
+    def rank_rows(self, rows: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
+        """The top ``k`` entries of candidate global ``rows`` with their ``scores``, ties by entry order."""
+        entries, counts = self._expand(np.asarray(rows))
+        return self._rank(np.repeat(np.asarray(scores), counts), entries, k)
+
+    def _faiss_one(self, query: np.ndarray, k: int) -> list[Hit]:
         total = int(self._offsets[-1])
         want = min(total, k + FAISS_MARGIN)
         while True:
@@ -130,15 +143,11 @@ class ExactSearch:
             scores, rows = scores[0], rows[0]
             keep = rows >= 0
             scores, rows = scores[keep], rows[keep]
-            # the entries of these rows (several files may share one row; unused rows have none)
-            lo = np.searchsorted(sorted_rows, rows, side="left")
-            hi = np.searchsorted(sorted_rows, rows, side="right")
-            counts = hi - lo
+            entries, counts = self._expand(rows)
             # enough entries, and the last row scored below the k-th entry: nothing further can tie
             if want >= total or (counts.sum() >= k and scores[-1] < np.repeat(scores, counts)[k - 1]):
                 break
             want = min(total, want * 2)
-        entries = np.concatenate([entry_order[a:b] for a, b in zip(lo, hi)]) if len(rows) else np.zeros(0, np.int64)
         return self._rank(np.repeat(scores, counts), entries, k)
 
 
@@ -146,5 +155,5 @@ def recommend_engine(entries: int, threshold: Optional[int] = 2_000_000) -> Opti
     """A sentence recommending approximate search for galleries past ``threshold`` entries, else None."""
     if threshold is not None and entries > threshold:
         return (f"the index holds {entries:,} images: exact search reads every feature for each query; "
-                "approximate search (not built yet) would be faster")
+                "build an approximate index (`index ... --approximate`) and search with --engine approximate")
     return None

@@ -41,6 +41,7 @@ FORMAT = "upperson-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SEGMENTS = "segments"
+ANN_DIR = "ann"
 LOCK = ".lock"
 DTYPES = {"float32": np.float32, "float16": np.float16}
 #: entry fields, in the order the manifest stores them
@@ -78,12 +79,13 @@ class Manifest:
     skipped: list[list[str]] = field(default_factory=list)  # [path, reason]
     complete: bool = True
     build: dict[str, Any] = field(default_factory=dict)
+    ann: Optional[dict[str, Any]] = None  # the approximate index, when one was built (search/approximate.py)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION, "model": self.model, "dim": self.dim,
                 "dtype": self.dtype, "complete": self.complete, "segments": self.segments,
                 "entry_fields": list(ENTRY_FIELDS), "entries": [e.as_list() for e in self.entries],
-                "skipped": self.skipped, "build": self.build}
+                "skipped": self.skipped, "build": self.build, "ann": self.ann}
 
 
 def read_manifest(folder: Path) -> Manifest:
@@ -106,7 +108,8 @@ def read_manifest(folder: Path) -> Manifest:
                             entries=[Entry(str(p), int(s), int(r), str(h), int(z), int(m))
                                      for p, s, r, h, z, m in raw["entries"]],
                             skipped=[[str(a), str(b)] for a, b in raw.get("skipped", [])],
-                            complete=bool(raw.get("complete", True)), build=dict(raw.get("build", {})))
+                            complete=bool(raw.get("complete", True)), build=dict(raw.get("build", {})),
+                            ann=dict(raw["ann"]) if raw.get("ann") else None)
     except (KeyError, TypeError, ValueError) as exc:
         raise IndexFolderError(f"{path}: a field is missing or of the wrong type ({exc}); build the index again") from exc
     if manifest.dtype not in DTYPES or manifest.dim < 1:
@@ -204,15 +207,18 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
 
 
 def remove_unlisted_segments(folder: Path, manifest: Optional[Manifest]) -> int:
-    """Delete segment files (and temporary files) that no manifest lists: left by an interrupted write."""
+    """Delete segment and approximate-index files (and temporary files) that no manifest lists:
+    left by an interrupted write."""
     listed = {s["name"] for s in manifest.segments} if manifest else set()
+    if manifest and manifest.ann:
+        listed.add(manifest.ann["file"])
     removed = 0
-    seg_dir = folder / SEGMENTS
-    if seg_dir.is_dir():
-        for p in seg_dir.iterdir():
-            if p.name not in listed:
-                p.unlink(missing_ok=True)
-                removed += 1
+    for sub in (SEGMENTS, ANN_DIR):
+        if (folder / sub).is_dir():
+            for p in (folder / sub).iterdir():
+                if p.name not in listed:
+                    p.unlink(missing_ok=True)
+                    removed += 1
     return removed
 
 
