@@ -315,3 +315,43 @@ def test_approximate_index_refused_when_stale_tampered_or_too_small(tmp_path):
     write_manifest(store.folder, store.manifest)
     with pytest.raises(IndexFolderError, match="build it again"):
         ApproximateSearch(IndexStore.open(store.folder))
+
+
+def test_sharded_index_under_torchrun_equals_the_single_process_one(tmp_path, gallery):
+    from upperson.embedded import embedded_available
+
+    if not embedded_available():
+        pytest.skip("no shipped embedded model")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    common = [str(gallery), "--no-progress", "--batch-size", "4", "--segment-rows", "8"]
+    two = subprocess.run([*torchrun, "-m", "upperson", "index", *common, "--out", str(tmp_path / "two")], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    one = _cli("index", *common, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    sharded, single = IndexStore.open(tmp_path / "two"), IndexStore.open(tmp_path / "one")
+    assert {s["name"][:3] for s in sharded.manifest.segments} == {"r0-", "r1-"}  # both ranks encoded
+    assert [e.path for e in sharded.manifest.entries] == [e.path for e in single.manifest.entries]
+    assert sharded.manifest.complete and not (tmp_path / "two" / ".shards").exists()
+    everything = list(range(len(single)))
+    np.testing.assert_allclose(sharded.features_of(everything), single.features_of(everything), atol=1e-6)
+
+
+def test_an_interrupted_sharded_run_is_taken_in_by_the_next_one(tmp_path, tiny_model, gallery, monkeypatch):
+    from upperson.index import file_sha1
+    from upperson.search.shards import save_progress
+
+    out = tmp_path / "index"
+    files = sorted(gallery.rglob("*.png"))
+    done = files[:5]  # what rank 1 had finished: one segment and its progress file
+    record = write_segment(out, "r1-000000.npy", _reference_features(tiny_model, done))
+    save_progress(out, 1, [record], {i: Entry(str(p), 0, i, file_sha1(p), p.stat().st_size, p.stat().st_mtime_ns)
+                                     for i, p in enumerate(done)}, first_new=0)
+    counter = _CountEncoded(monkeypatch)
+    build_index(tiny_model, gallery, out, source="test", progress=False)
+    assert counter.images == len(files) - 5
+    store = IndexStore.open(out)
+    assert [e.path for e in store.manifest.entries] == [str(p) for p in files] and store.manifest.complete
+    assert not (out / ".shards").exists()
+    np.testing.assert_allclose(store.features_of(list(range(len(files)))), _reference_features(tiny_model, files),
+                               atol=1e-5)

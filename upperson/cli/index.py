@@ -58,23 +58,30 @@ def run(args: argparse.Namespace) -> int:
     if not args.gallery.exists():
         raise FileNotFoundError(f"gallery {args.gallery} does not exist: give a folder of images or a list of files")
 
-    from upperson.runtime import resolve_device
     from upperson.search.approximate import AnnConfig
     from upperson.search.build import BuildLimits, build_index
+    from upperson.search.shards import Shard
     from upperson.sources import load_source
+    from upperson.train.distributed import cleanup, init_distributed
 
     ann = AnnConfig(nlist=args.nlist, nprobe=args.nprobe, rerank=args.rerank) if args.approximate else None
     limits = BuildLimits(max_bytes=int(args.max_bytes * 1024 * 1024), max_pixels=int(args.max_pixels * 1_000_000))
+    dist = init_distributed(args.device)  # under torchrun: one shard per process
     source = load_source(args.checkpoint, args.run, pretrained=args.pretrained)
-    model = source.model.to(resolve_device(args.device)).eval()
+    model = source.model.to(dist.device).eval()
     label = "embedded" if source.checkpoint is None else str(source.checkpoint.resolve())
     try:
         report = build_index(model, args.gallery, args.out, source=label, dtype=args.dtype,
                              batch_size=args.batch_size, segment_rows=args.segment_rows, limits=limits,
-                             progress=not args.no_progress, approximate=ann)
+                             progress=not args.no_progress, approximate=ann,
+                             shard=Shard(dist.rank, dist.world_size))
     except KeyboardInterrupt:
         raise RuntimeError(f"interrupted: the images encoded so far are kept in {args.out}; run the same command "
                            "again to continue") from None
+    finally:
+        cleanup(dist)
+    if not dist.is_main:
+        return 0
     summary = {"index": str(report.folder), "files": report.listed, "indexed": report.indexed,
                "encoded": report.encoded, "unchanged": report.reused_unchanged,
                "same_content": report.reused_content, "skipped": len(report.skipped),

@@ -134,9 +134,10 @@ def segment_bytes(rows: int, dim: int, dtype: str) -> int:
     return len(buf.getvalue()) + rows * dim * np.dtype(DTYPES[dtype]).itemsize
 
 
-def write_segment(folder: Path, index: int, features: np.ndarray) -> dict[str, Any]:
-    """Write ``features`` as segment ``index`` of ``folder`` (atomically); its manifest record."""
-    name = f"{index:06d}.npy"
+def write_segment(folder: Path, name: Union[int, str], features: np.ndarray) -> dict[str, Any]:
+    """Write ``features`` as segment ``name`` (a file name, or a number: ``NNNNNN.npy``) of ``folder``,
+    atomically; its manifest record."""
+    name = f"{name:06d}.npy" if isinstance(name, int) else name
     path = folder / SEGMENTS / name
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
