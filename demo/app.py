@@ -105,8 +105,7 @@ def parse_flag(value: object, name: str) -> bool:
 
 def _gallery_value(engine: SearchEngine, gallery_key: str, ranking, files: ImageFiles) -> list[tuple[str, str]]:
     """(thumbnail file, caption) pairs; images of a known-identity query get a green or red frame."""
-    items = engine.gallery_index(gallery_key).gallery.items
-    return [(files.thumbnail(items[h.item].path, h.relevant), _caption(h)) for h in ranking.hits]
+    return [(files.thumbnail(h.path, h.relevant), _caption(h)) for h in ranking.hits]  # the hit's own snapshot
 
 
 def _status(result: SearchResult) -> str:

@@ -112,7 +112,7 @@ class DemoContext:
 
         s = self.valid_state(state)
         path = self.resolve(folder)
-        gi = self.engine.add_gallery(folder_gallery(path), checkpoint=s.model)
+        gi = self.engine.add_gallery(folder_gallery(path), checkpoint=s.model, relist=lambda: folder_gallery(path))
         self.files.warm([it.path for it in gi.gallery.items])
         return dataclasses.replace(s, gallery=gi.key)
 

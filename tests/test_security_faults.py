@@ -82,6 +82,130 @@ def _pictured(engine, key, ranking) -> list[str]:
     return [Path(p).name for p, _ in _gallery_value(engine, key, ranking, _Pictures())]
 
 
+# ----------------------------------------------------------------------------- one snapshot per result
+def test_deleted_file_names_pictures_scores_and_clicks_agree(model, tmp_path):
+    """A file deleted after indexing: every result names, pictures and scores the same existing file."""
+    from demo.gallery import folder_gallery
+    from demo.search import UPPERSON, ZERO_SHOT
+
+    paths = _folder(tmp_path / "g", 6)
+    engine = _engine(model, folder_gallery(tmp_path / "g"), tmp_path)
+    paths[0].unlink()
+    ref = _ref_scores(model, paths[1:])
+    result = engine.search(QUERY, 6, variants=(UPPERSON, ZERO_SHOT))
+    for ranking in result.rankings:
+        names = [h.file for h in ranking.hits]
+        assert paths[0].name not in names
+        assert _pictured(engine, engine.default_gallery, ranking) == names
+    main = result.rankings[0]
+    assert sorted(h.file for h in main.hits) == sorted(ref)
+    for h in main.hits:
+        assert h.score == pytest.approx(ref[h.file], abs=1e-4)
+        assert engine.explain(h.file)[2].path.name == h.file  # a click explains the pictured file
+    assert any("changed" in n for n in result.notices)
+
+
+def test_smaller_folder_after_a_search_is_no_index_error(model, tmp_path):
+    """A result keeps its own snapshot: a folder re-indexed smaller meanwhile cannot shift or break it."""
+    from demo.gallery import folder_gallery
+
+    paths = _folder(tmp_path / "g", 8)
+    engine = _engine(model, folder_gallery(tmp_path / "g"), tmp_path)
+    result = engine.search(QUERY, 8)
+    names = [h.file for h in result.rankings[0].hits]
+    for p in paths[:5]:
+        p.unlink()
+    engine.set_gallery(folder_gallery(tmp_path / "g"))  # another visitor re-indexes it: 3 images
+    assert len(engine.gallery) == 3
+    assert _pictured(engine, engine.default_gallery, result.rankings[0]) == names
+
+
+def test_folder_changing_during_searches_never_mixes(model, tmp_path):
+    """Files vanish and come back (same name, same content) while three threads search: no mix, no bare error."""
+    from demo.gallery import folder_gallery
+    from demo.search import UPPERSON, ZERO_SHOT, QueryError
+
+    paths = _folder(tmp_path / "g", 8)
+    ref = _ref_scores(model, paths)
+    blobs = {p: p.read_bytes() for p in paths}
+    engine = _engine(model, folder_gallery(tmp_path / "g"), tmp_path)
+    stop, bad, done = threading.Event(), [], [0]
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            p = paths[1 + i % 7]
+            if p.exists():
+                p.unlink()
+            else:
+                p.write_bytes(blobs[p])
+            try:
+                engine.set_gallery(folder_gallery(tmp_path / "g"))
+            except Exception as exc:  # an empty folder is refused by name; anything else is a fault
+                if "no files" not in str(exc):
+                    bad.append(f"re-indexing: {exc!r}")
+            i += 1
+
+    def check(result) -> None:
+        for ranking in result.rankings:
+            names = [h.file for h in ranking.hits]
+            if _pictured(engine, engine.default_gallery, ranking) != names:
+                bad.append(f"pictures differ from {names}")
+        for h in result.rankings[0].hits:
+            if abs(h.score - ref[h.file]) > 1e-4:
+                bad.append(f"{h.file}: score {h.score} != {ref[h.file]}")
+
+    def search() -> None:
+        for _ in range(20):
+            try:
+                check(engine.search(QUERY, 8, variants=(UPPERSON, ZERO_SHOT)))
+                done[0] += 1
+            except QueryError:
+                continue
+            except Exception as exc:  # a bare error in the UI
+                bad.append(repr(exc))
+
+    t = threading.Thread(target=churn)
+    t.start()
+    workers = [threading.Thread(target=search) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    t.join()
+    assert bad == [] and done[0] > 0
+
+
+# ----------------------------------------------------------------------------- one visitor cannot block the others
+def test_indexing_a_slow_folder_does_not_block_other_searches(model, tmp_path, monkeypatch):
+    """Encoding a new folder (patched to take 1.5 s) runs outside the engine lock: another search is quick."""
+    from demo.gallery import folder_gallery
+    from upperson.index import ImageIndex
+
+    _folder(tmp_path / "default", 3)
+    engine = _engine(model, folder_gallery(tmp_path / "default"), tmp_path)
+    _folder(tmp_path / "slow", 2, start=50)
+    started = threading.Event()
+    encode = ImageIndex._encode
+
+    def slow(self, images, m):
+        started.set()
+        time.sleep(1.5)
+        return encode(self, images, m)
+
+    monkeypatch.setattr(ImageIndex, "_encode", slow)
+    other = threading.Thread(target=engine.add_gallery, args=(folder_gallery(tmp_path / "slow"),))
+    other.start()
+    assert started.wait(10)
+    t0 = time.monotonic()
+    engine.search(QUERY, 3)
+    waited = time.monotonic() - t0
+    other.join()
+    assert waited < 0.7, f"a search waited {waited:.2f} s for another visitor's indexing"
+    assert len(engine.galleries) == 2
+
+
 # ----------------------------------------------------------------------------- limits
 def test_oversized_file_is_skipped_unread_with_the_limit_named(model, tmp_path, caplog, monkeypatch):
     """A 60 MB sparse file is over the default 50 MB per image: skipped and named, its bytes never hashed."""
