@@ -23,6 +23,8 @@ from typing import Optional, Sequence
 
 log = logging.getLogger("demo")
 
+LIMIT_MAX = 100_000  # the largest value of the --max-* limits (MB or megapixels)
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with one ``error: ...`` line (no usage block) and exit status 2."""
@@ -103,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--top-k", type=count_from(1, 200),  # 200: demo.app.TOP_K_MAX (not imported: --help stays fast)
                      default=20, help="default number of results (default 20)")
     srv.add_argument("--concurrency", type=count_from(1), default=4, help="requests handled at once (default 4)")
+    lim = p.add_argument_group("limits (a file over one is skipped or refused, with the limit named)")
+    lim.add_argument("--max-image-mb", type=count_from(1, LIMIT_MAX), default=50, metavar="MB",
+                     help="largest gallery image file, in MB (default 50; larger ones are skipped unread)")
+    lim.add_argument("--max-image-mp", type=count_from(1, LIMIT_MAX), default=50, metavar="MP",
+                     help="largest gallery image, in megapixels, read from its header before decoding (default 50)")
+    lim.add_argument("--max-upload-mb", type=count_from(1, LIMIT_MAX), default=20, metavar="MB",
+                     help="largest upload, in MB (default 20; Gradio refuses larger ones)")
     p.add_argument("--threads", type=count_from(1), default=1,
                    help="torch CPU threads for a query (default 1: fastest for one short text, and robust on a busy machine)")
     p.add_argument("--index-threads", type=count_from(1), default=None,
@@ -114,6 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="our loggers' level (default INFO; third-party INFO lines are hidden unless DEBUG)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, third-party INFO lines included")
     return p
+
+
+def index_limits(args: argparse.Namespace):
+    """The :class:`upperson.index.IndexLimits` of the ``--max-image-*`` options."""
+    from upperson.index import IndexLimits  # here, not at the top: --help stays fast (no torch import)
+
+    return IndexLimits(max_file_bytes=args.max_image_mb * 2**20, max_pixels=args.max_image_mp * 1_000_000)
+
+
+def limit_decoders(max_pixels: int) -> None:
+    """Make PIL itself refuse images over ``max_pixels`` wherever the app decodes one (uploads included).
+
+    PIL raises DecompressionBombError above twice ``MAX_IMAGE_PIXELS`` (and only warns above
+    it); the index and the explanations check the header against the limit first anyway.
+    """
+    from PIL import Image  # here, not at the top: --help stays fast
+
+    Image.MAX_IMAGE_PIXELS = (max_pixels + 1) // 2
 
 
 def load_model(checkpoints: Sequence[Path], pretrained: Optional[str]):
@@ -168,7 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(f"port {args.port} on {args.host} is in use; choose another with --port, "
                      "or leave it out to take a free one")
     from demo.app import build_app, launch
-    from demo.gallery import GalleryError
+    from demo.gallery import GalleryError, folder_gallery
     from demo.search import SearchEngine
     from upperson.embedded import cache_dir
 
@@ -178,9 +205,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         gallery = load_gallery(args)
         model, default_name, others = load_model(args.checkpoint, args.pretrained)
+        limits = index_limits(args)
+        limit_decoders(limits.max_pixels)
+        relist = (lambda: folder_gallery(args.gallery)) if args.gallery else None
         engine = SearchEngine(model, gallery, cache_dir=args.cache_dir or cache_dir(),
                               checkpoints=others, default_name=default_name,
-                              query_threads=args.threads, index_threads=index_threads)
+                              query_threads=args.threads, index_threads=index_threads, limits=limits, relist=relist)
     except (GalleryError, FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))
     allow = list(args.allow_root) + ([args.gallery] if args.gallery else [])
@@ -188,7 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     roots = list(gallery.roots) + allow
     try:
         _, local_url, share_url = launch(app, roots=roots, host=args.host, port=args.port, share=args.share,
-                                         prevent_thread_lock=True, concurrency=args.concurrency, quiet=True)
+                                         prevent_thread_lock=True, concurrency=args.concurrency, quiet=True,
+                                         max_file_size=args.max_upload_mb * 2**20)
     except OSError as exc:  # the port was taken meanwhile, or the host cannot be listened on
         return _fail(f"cannot listen on {args.host}:{args.port or 'a free port'}: {exc}")
     print(f"UP-Person demo running at {local_url}" + (f" (public: {share_url})" if share_url else ""), flush=True)

@@ -105,8 +105,7 @@ def parse_flag(value: object, name: str) -> bool:
 
 def _gallery_value(engine: SearchEngine, gallery_key: str, ranking, files: ImageFiles) -> list[tuple[str, str]]:
     """(thumbnail file, caption) pairs; images of a known-identity query get a green or red frame."""
-    items = engine.gallery_index(gallery_key).gallery.items
-    return [(files.thumbnail(items[h.item].path, h.relevant), _caption(h)) for h in ranking.hits]
+    return [(files.thumbnail(h.path, h.relevant), _caption(h)) for h in ranking.hits]  # the hit's own snapshot
 
 
 def _status(result: SearchResult) -> str:
@@ -356,10 +355,12 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
 
 
 def launch(app: gr.Blocks, *, roots: Sequence[Path], host: str = "127.0.0.1", port: Optional[int] = None,
-           share: bool = False, prevent_thread_lock: bool = False, concurrency: int = 4, quiet: bool = False):
+           share: bool = False, prevent_thread_lock: bool = False, concurrency: int = 4, quiet: bool = False,
+           max_file_size: Optional[int] = 20 * 2**20):
     """Queue and launch; only ``roots`` (the gallery folders) may be served as files."""
     app.queue(default_concurrency_limit=concurrency)
     allowed = sorted({str(Path(r).resolve()) for r in roots})
     return app.launch(server_name=host, server_port=port, share=share, allowed_paths=allowed,
                       prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False,
-                      ssr_mode=False, theme=gr.themes.Soft(), css=CSS, head=HEAD_CSS, footer_links=["api"])
+                      ssr_mode=False, theme=gr.themes.Soft(), css=CSS, head=HEAD_CSS, footer_links=["api"],
+                      max_file_size=max_file_size)  # uploads over it are refused by Gradio (--max-upload-mb)

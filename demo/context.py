@@ -112,13 +112,17 @@ class DemoContext:
 
         s = self.valid_state(state)
         path = self.resolve(folder)
-        gi = self.engine.add_gallery(folder_gallery(path), checkpoint=s.model)
+        gi = self.engine.add_gallery(folder_gallery(path), checkpoint=s.model, relist=lambda: folder_gallery(path))
         self.files.warm([it.path for it in gi.gallery.items])
         return dataclasses.replace(s, gallery=gi.key)
 
     def resolve(self, folder: str) -> Path:
         """``folder`` resolved inside the allowed roots (relative to the first), else GalleryError."""
-        return resolve_under("" if folder is None else str(folder), self.allow_roots)
+        try:
+            return resolve_under("" if folder is None else str(folder), self.allow_roots)
+        except (RuntimeError, OSError) as exc:  # a symlink loop: RuntimeError up to Python 3.12, OSError after
+            raise GalleryError(f"{folder}: cannot be followed, a symbolic link loops ({exc}); "
+                               "choose a real folder") from None
 
 
 class SharedUI(NamedTuple):

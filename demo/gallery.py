@@ -113,17 +113,24 @@ def folder_gallery(folder: PathLike) -> Gallery:
     Non-image files are listed too: the index skips them, counts them and names them in
     the log, so a user sees why a file is missing from the results.
     """
-    root = Path(folder).expanduser().resolve()
+    try:
+        root = Path(folder).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop: RuntimeError up to Python 3.12, OSError after
+        raise GalleryError(f"{folder}: cannot be followed, a symbolic link loops ({exc}); give a real folder") from None
     if not root.is_dir():
         raise GalleryError(f"{folder}: not a folder")
     files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    unreadable: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda exc: unreadable.append(str(exc.filename))):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
             p = Path(dirpath) / f
             if f.startswith(".") or p.is_symlink() or not p.is_file():
                 continue  # symlinks could point outside the served root
             files.append(p)
+    if unreadable:
+        log.warning("%s: %d sub-folder(s) could not be listed and are left out: %s", root, len(unreadable),
+                    ", ".join(unreadable[:10]))
     if not files:
         raise GalleryError(f"{root}: no files in this folder")
     return Gallery(f"folder {root.name} ({len(files)} files)", [GalleryItem(p) for p in files], [root])

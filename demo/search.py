@@ -1,8 +1,16 @@
 """The search engine behind the demo: models, the gallery's features, ranking and metrics.
 
-Everything that touches a model runs under one re-entrant lock, so concurrent requests
-(the Gradio queue runs several at once) never interleave inside a forward pass, a PETL
-swap or a gallery change. Ranking itself is a matrix-vector product and a top-k.
+Every forward pass on the shared model runs under one re-entrant lock, so concurrent requests
+(the Gradio queue runs several at once) never interleave inside a forward pass or a PETL swap.
+Indexing a gallery does not hold it: files are hashed and new ones encoded by a merged copy
+of the model (made under the lock, a few tensors), and the lock is taken again only to swap
+the new gallery in. Ranking itself is a matrix-vector product and a top-k.
+
+A gallery is an immutable snapshot (:class:`GalleryIndex`): its items, each file's digest
+and stamp as indexed, and features computed for exactly those files. A search ranks one
+snapshot, and its hits carry their own file path, so a result's name, score and picture
+always come from the same snapshot. A hit whose file changed or vanished since indexing
+makes the search index the gallery again (and say so); it never mixes two versions.
 """
 
 from __future__ import annotations
@@ -13,13 +21,15 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch.nn import functional as F
 
-from demo.gallery import Gallery, GalleryItem, normalise_caption
-from upperson.index import ImageIndex, model_key
+from demo.gallery import Gallery, GalleryError, GalleryItem, normalise_caption
+from upperson.evaluation import inference_model
+from upperson.index import (ImageIndex, IndexLimits, IndexResult, SkipFile, Stamp, file_stamp, load_checked_rgb,
+                            model_key)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,7 @@ class Hit:
     score: float  # cosine similarity
     pid: Optional[int]
     relevant: Optional[bool]  # same identity as the query's (None when the query's is unknown)
+    path: Optional[Path] = None  # the file itself, from the same snapshot as the name and score
 
 
 @dataclass
@@ -63,6 +74,7 @@ class SearchResult:
     target_pid: Optional[int] = None
     target_source: str = ""  # "caption" (the query is a gallery caption) or "user"
     rankings: list[Ranking] = field(default_factory=list)
+    gallery: Optional["GalleryIndex"] = None  # the snapshot every ranking was computed on
 
 
 @dataclass
@@ -91,29 +103,47 @@ def _build_zero_shot(model: torch.nn.Module) -> torch.nn.Module:
     return zs.eval()
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class GalleryIndex:
-    """One indexed gallery: its items, the files skipped while indexing, lookups, features.
+    """One indexed gallery, as a snapshot: its items, the files skipped, lookups, features.
 
-    Shared by every visitor who chose it; ``features`` maps (checkpoint name, variant) to
-    (N, D) normalised image features (the zero-shot variant ignores the checkpoint: None).
+    Never changed once made (a changed folder gives a new snapshot): ``digests`` and
+    ``stamps`` are each item's content hash and (device, inode, size, mtime) when it was
+    indexed. ``features`` maps (checkpoint name, variant) to (N, D) normalised features of
+    exactly these files (filled on first use; the zero-shot variant's checkpoint is None).
+    ``relist`` lists the source again (a folder is walked anew) when the files changed.
     """
 
     key: str
     gallery: Gallery
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    digests: tuple[str, ...] = ()
+    stamps: tuple[Stamp, ...] = ()
+    relist: Optional[Callable[[], Gallery]] = None
     features: dict[tuple[Optional[str], str], torch.Tensor] = field(default_factory=dict)
-    caption_pids: dict[str, set[int]] = field(default_factory=dict)
-    gallery_pids: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
-    by_name: dict[str, int] = field(default_factory=dict)
+    caption_pids: dict[str, set[int]] = field(init=False)
+    gallery_pids: torch.Tensor = field(init=False)
+    by_name: dict[str, int] = field(init=False)
 
-    def restrict(self, gallery: Gallery) -> None:
-        """Make ``gallery`` (a subset of the listed files) current and rebuild the lookups."""
-        self.gallery = gallery
-        self.caption_pids = gallery.caption_pids()
-        self.gallery_pids = torch.tensor([-1 if it.pid is None else it.pid for it in gallery.items],
-                                         dtype=torch.long)
-        self.by_name = {gallery.relative_name(it): i for i, it in enumerate(gallery.items)}
+    def __post_init__(self) -> None:
+        g = self.gallery
+        object.__setattr__(self, "caption_pids", g.caption_pids())
+        object.__setattr__(self, "gallery_pids", torch.tensor([-1 if it.pid is None else it.pid for it in g.items],
+                                                              dtype=torch.long))
+        object.__setattr__(self, "by_name", {g.relative_name(it): i for i, it in enumerate(g.items)})
+
+    @property
+    def paths(self) -> list[Path]:
+        return [it.path for it in self.gallery.items]
+
+    def changed(self, rows: Sequence[int]) -> list[Path]:
+        """The files among ``rows`` whose stamp differs from the one indexed (or that are gone)."""
+        out = []
+        for i in dict.fromkeys(rows):
+            path = self.gallery.items[i].path
+            if not self.stamps or file_stamp(path) != self.stamps[i]:
+                out.append(path)
+        return out
 
 
 class SearchEngine:
@@ -133,7 +163,8 @@ class SearchEngine:
     def __init__(self, model: torch.nn.Module, gallery: Gallery, *, cache_dir: Union[str, Path],
                  checkpoints: Optional[dict[str, Optional[Path]]] = None, default_name: str = "embedded",
                  progress: bool = True, batch_size: int = 64, query_threads: Optional[int] = None,
-                 index_threads: Optional[int] = None) -> None:
+                 index_threads: Optional[int] = None, limits: Optional[IndexLimits] = None,
+                 relist: Optional[Callable[[], Gallery]] = None) -> None:
         from upperson.data import build_tokenizer
         from upperson.model.checkpoint import trainable_state_dict
 
@@ -147,6 +178,8 @@ class SearchEngine:
         self.cache_dir = Path(cache_dir)
         self.progress = progress
         self.batch_size = batch_size
+        # a gallery file is never followed through a link when read (listings skip links already)
+        self.limits = dataclasses.replace(limits or IndexLimits(), follow_symlinks=False)
         self.tokenizer = build_tokenizer(model.config.name)
         self._bpe = getattr(self.tokenizer, "_tok", None)
         # cloned: for float32 CPU parameters trainable_state_dict returns views of the live weights
@@ -159,7 +192,7 @@ class SearchEngine:
         self._indexes: dict[str, ImageIndex] = {}
         self.galleries: dict[str, GalleryIndex] = {}
         self.default_gallery = "default"
-        self.add_gallery(gallery, key=self.default_gallery)
+        self.add_gallery(gallery, key=self.default_gallery, relist=relist)
 
     # ------------------------------------------------------------------ defaults (start-up view)
     @property
@@ -248,71 +281,112 @@ class SearchEngine:
             if n:
                 torch.set_num_threads(before)
 
-    def _embed(self, model: torch.nn.Module, paths: list[Path]):
-        with self._threads(self.index_threads):
-            return self._index(model).embed(paths)
-
     def _index(self, model: torch.nn.Module) -> ImageIndex:
+        """The feature cache of ``model`` as it is now (caller holds the lock: the key reads its weights)."""
         key = model_key(model)
         if key not in self._indexes:
             self._indexes[key] = ImageIndex(model, self.cache_dir / "demo-index", batch_size=self.batch_size,
-                                            progress=self.progress, key=key)
+                                            progress=self.progress, key=key, limits=self.limits)
         return self._indexes[key]
+
+    def _embed(self, checkpoint: str, variant: str, paths: list[Path]) -> IndexResult:
+        """Features of ``paths`` for ``variant`` on ``checkpoint``, hashed and encoded outside the lock.
+
+        The lock is held only to find the cache (its key reads the weights) and, when there
+        are new files, to make the merged copy that encodes them: other visitors' searches
+        never wait for a slow file or a big folder.
+        """
+        with self.using(checkpoint, variant) as model:
+            index = self._index(model)
+
+        def encoder() -> torch.nn.Module:
+            with self.using(checkpoint, variant) as m:
+                return inference_model(m)
+
+        with self._threads(self.index_threads):
+            return index.embed(paths, encoder=encoder)
 
     # ------------------------------------------------------------------ galleries
     def gallery_index(self, key: Optional[str] = None) -> GalleryIndex:
-        """The indexed gallery ``key`` (None: the default), else QueryError."""
+        """The current snapshot of gallery ``key`` (None: the default), else QueryError."""
         gi = self.galleries.get(self.default_gallery if key is None else key)
         if gi is None:
             raise QueryError(f"gallery {key!r} is not indexed (any more); choose a folder again.")
         return gi
 
-    def add_gallery(self, gallery: Gallery, key: Optional[str] = None,
-                    checkpoint: Optional[str] = None) -> GalleryIndex:
+    def _snapshot(self, key: str, gallery: Gallery, checkpoint: str,
+                  relist: Optional[Callable[[], Gallery]]) -> GalleryIndex:
+        """Index ``gallery`` (no lock held while hashing and encoding) into a new snapshot."""
+        res = self._embed(checkpoint, UPPERSON, [it.path for it in gallery.items])
+        if not res.paths:
+            raise GalleryError(f"{gallery.name}: none of its {len(gallery)} files is a readable image")
+        gi = GalleryIndex(key, gallery.restricted_to(res.paths), list(res.skipped), tuple(res.digests),
+                          tuple(res.stamps), relist or (lambda: gallery))
+        gi.features[(checkpoint, UPPERSON)] = res.features
+        return gi
+
+    def _install(self, gi: GalleryIndex, replacing: Optional[GalleryIndex] = None) -> GalleryIndex:
+        """Make ``gi`` current for its key; with ``replacing``, only if that is still current (else the current)."""
+        with self.lock:
+            current = self.galleries.get(gi.key)
+            if replacing is not None and current is not replacing:
+                return current if current is not None else gi  # someone re-indexed it meanwhile (or it was dropped)
+            self.galleries.pop(gi.key, None)
+            self.galleries[gi.key] = gi
+            extra = [k for k in self.galleries if k != self.default_gallery and k != gi.key]
+            for k in extra[: max(0, len(extra) - self.MAX_GALLERIES + 1)]:
+                del self.galleries[k]
+            return gi
+
+    def add_gallery(self, gallery: Gallery, key: Optional[str] = None, checkpoint: Optional[str] = None,
+                    relist: Optional[Callable[[], Gallery]] = None) -> GalleryIndex:
         """Index ``gallery`` (only new content is encoded) under ``key`` (default: its roots) and return it.
 
         Re-adding a key lists the files again (a changed folder is picked up). Other
         visitors are unaffected: the gallery a request uses is the one its caller names.
+        ``relist`` lists the source again when a search finds its files changed (default:
+        the same items, of which the vanished ones are dropped).
         """
-        from demo.gallery import GalleryError
-
         key = key or "folder:" + "|".join(str(r) for r in gallery.roots)
         name = self.check_checkpoint(checkpoint)
-        with self.using(name) as model:
-            res = self._embed(model, [it.path for it in gallery.items])
-            if not res.paths:
-                raise GalleryError(f"{gallery.name}: none of its {len(gallery)} files is a readable image")
-            gi = GalleryIndex(key, gallery, list(res.skipped))
-            gi.restrict(gallery.restricted_to(res.paths))
-            gi.features[(name, UPPERSON)] = res.features
-            self.galleries.pop(key, None)
-            self.galleries[key] = gi
-            extra = [k for k in self.galleries if k != self.default_gallery and k != key]
-            for k in extra[: max(0, len(extra) - self.MAX_GALLERIES + 1)]:
-                del self.galleries[k]
-            return gi
+        return self._install(self._snapshot(key, gallery, name, relist))
+
+    def reindex(self, gi: GalleryIndex, checkpoint: Optional[str] = None) -> GalleryIndex:
+        """A new snapshot of ``gi``'s source (listed again), made current unless another one already was."""
+        name = self.check_checkpoint(checkpoint)
+        try:
+            gallery = gi.relist() if gi.relist is not None else gi.gallery
+            fresh = self._snapshot(gi.key, gallery, name, gi.relist)
+        except GalleryError as exc:
+            raise QueryError(f"The gallery changed since it was indexed and cannot be indexed again: {exc}") from None
+        log.info("gallery %s changed since it was indexed: %d images now", gi.key, len(fresh.gallery))
+        return self._install(fresh, replacing=gi)
 
     def set_gallery(self, gallery: Gallery) -> None:
         """Replace the default gallery (start-up and tests; the app adds galleries per visitor)."""
         self.add_gallery(gallery, key=self.default_gallery)
 
-    def features(self, variant: str, gallery: Optional[str] = None, checkpoint: Optional[str] = None) -> torch.Tensor:
-        """(N, D) normalised features of gallery ``gallery`` for ``variant`` (computed once, cached on disk)."""
+    def snapshot_features(self, gi: GalleryIndex, variant: str,
+                          checkpoint: Optional[str] = None) -> tuple[GalleryIndex, torch.Tensor]:
+        """(snapshot, its (N, D) features for ``variant``): ``gi`` itself, or a new one if its files changed."""
         if variant not in VARIANTS:
             raise QueryError(f"unknown model {variant!r}; choose from {', '.join(VARIANTS)}")
         name = self.check_checkpoint(checkpoint)
         slot = (name if variant == UPPERSON else None, variant)
-        with self.using(name, variant) as model:
-            gi = self.gallery_index(gallery)
-            if slot not in gi.features:
-                res = self._embed(model, [it.path for it in gi.gallery.items])
-                if res.paths != [it.path for it in gi.gallery.items]:
-                    # the files changed since the gallery was listed: keep what every model can rank
-                    gi.restrict(gi.gallery.restricted_to(res.paths))
-                    gi.features.clear()
-                    return self.features(variant, gallery, checkpoint)
-                gi.features[slot] = res.features
-            return gi.features[slot]
+        for _ in range(3):
+            feats = gi.features.get(slot)
+            if feats is not None:
+                return gi, feats
+            res = self._embed(name, variant, gi.paths)
+            if res.paths == gi.paths and tuple(res.digests) == gi.digests:
+                with self.lock:
+                    return gi, gi.features.setdefault(slot, res.features)
+            gi = self.reindex(gi, name)  # the files changed since the snapshot: never mix the two
+        raise QueryError("The gallery keeps changing while it is indexed; try again in a moment.")
+
+    def features(self, variant: str, gallery: Optional[str] = None, checkpoint: Optional[str] = None) -> torch.Tensor:
+        """(N, D) normalised features of gallery ``gallery``'s current snapshot for ``variant`` (cached)."""
+        return self.snapshot_features(self.gallery_index(gallery), variant, checkpoint)[1]
 
     # ------------------------------------------------------------------ queries
     def prepare(self, text: Optional[str]) -> PreparedQuery:
@@ -354,9 +428,9 @@ class SearchEngine:
         return top.values, top.indices
 
     def target_pid(self, text: str, user_pid: Optional[Union[int, str, float]],
-                   gallery: Optional[str] = None) -> tuple[Optional[int], str, list[str]]:
+                   gallery: Union[None, str, GalleryIndex] = None) -> tuple[Optional[int], str, list[str]]:
         """The identity a query is about: the user's, else the one whose caption it is."""
-        gi = self.gallery_index(gallery)
+        gi = gallery if isinstance(gallery, GalleryIndex) else self.gallery_index(gallery)
         notices = []
         if user_pid is not None and str(user_pid).strip() != "":
             pid = parse_pid(user_pid)
@@ -373,34 +447,68 @@ class SearchEngine:
             notices.append(f"This caption describes {len(pids)} identities; give a person id to score it.")
         return None, "", notices
 
+    def _rank_snapshot(self, gi: GalleryIndex, q: PreparedQuery, text: str, top_k: int,
+                       pid: Optional[Union[int, str, float]], variants: tuple[str, ...],
+                       checkpoint: str) -> SearchResult:
+        """Every ranking of one query on snapshot ``gi``; features of another snapshot (the files changed)
+        make the result name that one in ``result.gallery``, and the caller ranks again on it."""
+        target, source, more = self.target_pid(text, pid, gi)
+        result = SearchResult(q.text, q.notices + more, target, source, gallery=gi)
+        items = gi.gallery.items
+        for variant in variants:
+            snap, feats = self.snapshot_features(gi, variant, checkpoint)
+            if snap is not gi:
+                result.gallery = snap
+                return result
+            qv = self.encode_query(q.tokens, variant, checkpoint)
+            scores, idx = self.rank(feats, qv, top_k)
+            hits = [
+                Hit(r + 1, int(i), gi.gallery.relative_name(items[int(i)]), float(s), items[int(i)].pid,
+                    None if target is None else items[int(i)].pid == target, items[int(i)].path)
+                for r, (s, i) in enumerate(zip(scores.tolist(), idx.tolist()))
+            ]
+            metrics = self._metrics(gi, feats @ qv, target) if target is not None else None
+            result.rankings.append(Ranking(variant, hits, metrics))
+        return result
+
     def search(self, text: Optional[str], top_k: int = 20, *, pid: Optional[Union[int, str, float]] = None,
                variants: tuple[str, ...] = (UPPERSON,), gallery: Optional[str] = None,
                checkpoint: Optional[str] = None) -> SearchResult:
-        """Rank gallery ``gallery`` for ``text`` with each of ``variants`` (UP-Person with ``checkpoint``)."""
+        """Rank gallery ``gallery`` for ``text`` with each of ``variants`` (UP-Person with ``checkpoint``).
+
+        All rankings come from one snapshot. If the files of a hit changed or vanished since
+        it was indexed, the gallery is indexed again and the query ranked on the new
+        snapshot, with a notice saying so.
+        """
         q = self.prepare(text)
-        with self.lock:
-            gi = self.gallery_index(gallery)
-            target, source, more = self.target_pid(str(text), pid, gallery)
-            result = SearchResult(q.text, q.notices + more, target, source)
-            for variant in variants:
-                feats = self.features(variant, gallery, checkpoint)
-                qv = self.encode_query(q.tokens, variant, checkpoint)
-                scores, idx = self.rank(feats, qv, top_k)
-                items = gi.gallery.items
-                hits = [
-                    Hit(r + 1, int(i), gi.gallery.relative_name(items[int(i)]), float(s), items[int(i)].pid,
-                        None if target is None else items[int(i)].pid == target)
-                    for r, (s, i) in enumerate(zip(scores.tolist(), idx.tolist()))
-                ]
-                metrics = self.query_metrics(feats @ qv, target, gallery) if target is not None else None
-                result.rankings.append(Ranking(variant, hits, metrics))
-        return result
+        name = self.check_checkpoint(checkpoint)
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            raise QueryError(f"unknown model {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+        first = gi = self.gallery_index(gallery)
+        for _ in range(4):
+            result = self._rank_snapshot(gi, q, str(text), top_k, pid, variants, name)
+            if result.gallery is not gi:
+                gi = result.gallery
+                continue
+            changed = gi.changed([h.item for r in result.rankings for h in r.hits])
+            if not changed:
+                if gi is not first:
+                    result.notices.append(f"The gallery changed since it was indexed; it was indexed again "
+                                          f"({len(gi.gallery)} images) and searched on that.")
+                return result
+            gi = self.reindex(gi, name)
+        raise QueryError("The gallery keeps changing while it is searched; try again in a moment.")
 
     def query_metrics(self, similarity: torch.Tensor, pid: int, gallery: Optional[str] = None) -> dict[str, float]:
         """R@1/5/10 and AP (percent) of one query over the whole gallery, and the rank of its first match."""
+        return self._metrics(self.gallery_index(gallery), similarity, pid)
+
+    @staticmethod
+    def _metrics(gi: GalleryIndex, similarity: torch.Tensor, pid: int) -> dict[str, float]:
         from upperson.metrics import retrieval_metrics, sorted_matches
 
-        gp = self.gallery_index(gallery).gallery_pids
+        gp = gi.gallery_pids
         sim = similarity.unsqueeze(0)
         m = retrieval_metrics(sim, torch.tensor([pid]), gp, ranks=(1, 5, 10))
         first = int(sorted_matches(sim, torch.tensor([pid]), gp)[0].nonzero()[0, 0]) + 1
@@ -408,9 +516,9 @@ class SearchEngine:
                 "relevant": int((gp == pid).sum())}
 
     # ------------------------------------------------------------------ explanations
-    def item_by_name(self, name: str, gallery: Optional[str] = None) -> tuple[int, GalleryItem]:
+    def item_by_name(self, name: str, gallery: Union[None, str, GalleryIndex] = None) -> tuple[int, GalleryItem]:
         """A gallery item by the name the results show; anything else is refused."""
-        gi = self.gallery_index(gallery)
+        gi = gallery if isinstance(gallery, GalleryIndex) else self.gallery_index(gallery)
         key = ("" if name is None else str(name)).strip()
         shown = key if len(key) <= 120 else key[:117] + "..."
         if key.startswith("#") and key[1:].isdigit() and len(key) < 12:
@@ -426,15 +534,19 @@ class SearchEngine:
     @torch.no_grad()
     def explain(self, name: str, variant: str = UPPERSON, gallery: Optional[str] = None,
                 checkpoint: Optional[str] = None):
-        """(image, heatmap or None, item): the prefix-attention map of one gallery image."""
-        from PIL import Image
+        """(image, heatmap or None, item): the prefix-attention map of one gallery image.
 
+        The image decoded is the one indexed: its bytes must still hash to the snapshot's
+        digest and fit the limits (a file swapped for a bomb is refused, not decoded).
+        """
         from demo.heatmap import prefix_attention_map
         from upperson.data import build_transforms
-
-        i, item = self.item_by_name(name, gallery)
-        with Image.open(item.path) as im:
-            image = im.convert("RGB")
+        gi = self.gallery_index(gallery)
+        i, item = self.item_by_name(name, gi)
+        try:
+            image = load_checked_rgb(item.path, gi.digests[i], self.limits)
+        except SkipFile as exc:
+            raise QueryError(f"{gi.gallery.relative_name(item)} cannot be shown ({exc}); search again.") from None
         with self.using(checkpoint, variant) as model:
             x = build_transforms(model.image_size, train=False)(image)
             with self._threads(self.query_threads):
