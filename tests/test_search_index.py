@@ -355,3 +355,17 @@ def test_an_interrupted_sharded_run_is_taken_in_by_the_next_one(tmp_path, tiny_m
     assert not (out / ".shards").exists()
     np.testing.assert_allclose(store.features_of(list(range(len(files)))), _reference_features(tiny_model, files),
                                atol=1e-5)
+
+
+def test_synthetic_benchmark_galleries_have_the_similarities_asked_for(tmp_path):
+    from upperson.search.benchmark import Similarity, SyntheticGallery, benchmark_search, calibrate
+
+    target = Similarity(0.87, 0.095)
+    gallery = SyntheticGallery(256, target, per_identity=4)
+    store = gallery.write(tmp_path / "g", 2000, "float32")
+    feats = store.features_of(list(range(2000)))
+    measured = calibrate(feats, np.arange(2000) // 4)
+    assert abs(measured.same - target.same) < 0.02 and abs(measured.different - target.different) < 0.02
+    rows = benchmark_search([2000], dim=16, repeats=3, workdir=tmp_path)
+    assert {r["engine"] for r in rows} == set(ENGINES)  # exact only below 10,000 images
+    assert all(r["recall@10"] == 1.0 and r["single_p50_ms"] > 0 for r in rows)

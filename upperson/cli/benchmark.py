@@ -55,9 +55,59 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="time image encoding: plain open_clip, UP-Person, UP-Person merged")
     p.add_argument("--metrics", nargs="?", const="cuhk", choices=sorted(METRIC_SIZES),
                    help="time the retrieval metrics on a random similarity of that test set's size (default: cuhk)")
+    p.add_argument("--search", action="store_true",
+                   help="time gallery search (torch, FAISS exact, FAISS IVF-PQ) on synthetic galleries (docs/search.md)")
+    p.add_argument("--search-sizes", default="10k,100k,1M", help="gallery sizes, e.g. 10k,100k,1M,10M (default 10k,100k,1M)")
+    p.add_argument("--search-dim", type=int, default=512, help="feature dimension (default 512, ViT-B/16)")
+    p.add_argument("--search-similarity", default="0.870,0.095", metavar="SAME,DIFFERENT",
+                   help="mean same- and different-identity cosines of the synthetic features (default: those "
+                        "measured on the embedded model's ToyPEDES test features, 0.870,0.095)")
+    p.add_argument("--search-dtype", choices=["float16", "float32"], default="float16", help="stored features")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--json", dest="json_out", help="also write the results as JSON")
     p.set_defaults(func=run)
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``10k,1M`` -> [10000, 1000000]."""
+    sizes = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        scale = {"k": 1_000, "m": 1_000_000}.get(item[-1:], 1)
+        try:
+            value = int(float(item[:-1] if scale > 1 else item) * scale)
+        except ValueError:
+            raise ValueError(f"--search-sizes: {item!r} is not a size (e.g. 10k, 1M)") from None
+        if value < 1:
+            raise ValueError(f"--search-sizes: {item!r} must be positive")
+        sizes.append(value)
+    return sizes
+
+
+def _search_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import torch
+
+    from upperson.embedded import load_embedded_model
+    from upperson.search.benchmark import Similarity, benchmark_search, indexing_throughput
+
+    sizes = parse_sizes(args.search_sizes)
+    try:
+        same, different = (float(x) for x in args.search_similarity.split(","))
+        similarity = Similarity(same, different)
+    except ValueError as exc:
+        raise ValueError(f"--search-similarity {args.search_similarity}: give SAME,DIFFERENT cosines ({exc})") from None
+    if args.search_dim < 8:
+        raise ValueError(f"--search-dim {args.search_dim}: give a dimension >= 8")
+    rows = benchmark_search(sizes, dim=args.search_dim, similarity=similarity, dtype=args.search_dtype)
+    for r in rows:
+        recall = r.get("recall@10")
+        print(f"{r['gallery']:>10,} {r['engine']:>11}: build {r['build_s']:7.2f} s, RSS {r['rss_mb']:7.0f} MB, "
+              f"1 query p50 {r['single_p50_ms']:8.2f} ms (p95 {r['single_p95_ms']:.2f}), 64 queries p50 "
+              f"{r['batch64_p50_ms']:8.1f} ms" + (f", recall@10 {recall:.3f}" if recall is not None else ""))
+    throughput = indexing_throughput(load_embedded_model("upperson").eval())
+    print(f"indexing throughput, embedded model, {_device_label(torch.device('cpu'))}: {throughput:.0f} images/s "
+          "(the image tower on random pixels; decoding not included)")
+    return rows + [{"indexing_images_per_s": throughput, "model": "embedded"}]
 
 
 def check_args(args: argparse.Namespace) -> list[str]:
@@ -392,8 +442,10 @@ def _metrics_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     variants = check_args(args)
-    results: Optional[dict[str, Any]]
-    if args.metrics:
+    results: Any
+    if args.search:
+        results = _search_benchmark(args)
+    elif args.metrics:
         results = _metrics_benchmark(args)
     else:
         from upperson.config import load_config

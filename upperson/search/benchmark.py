@@ -1,0 +1,181 @@
+"""Search at scale: build time, memory, latency and recall of each engine on synthetic galleries.
+
+Galleries beyond the real one are synthetic, identity-clustered unit features whose mean
+same-identity and different-identity cosine similarities are set to those measured on real
+features (:func:`calibrate`): ``x = sqrt(d) m + sqrt(s - d) c_id + sqrt(1 - s) e``, with a shared
+direction ``m``, an identity centre ``c_id`` and per-image noise ``e`` (random unit vectors, in
+high dimension nearly orthogonal), gives cosines of about ``s`` within an identity and ``d``
+between identities. Queries are new images of known identities. Features are written to a
+temporary index folder (float16 by default, memory-mapped) a segment at a time, so a 10 M
+gallery never sits in RAM.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from upperson.evaluation import inference_model
+from upperson.search.approximate import AnnConfig, ApproximateSearch, build_ann
+from upperson.search.engine import ExactSearch, faiss_available
+from upperson.search.store import Entry, IndexStore, Manifest, write_manifest, write_segment
+
+log = logging.getLogger(__name__)
+
+SEGMENT_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """Mean cosine similarity of two images of one identity, and of two identities."""
+
+    same: float
+    different: float
+
+    def __post_init__(self) -> None:
+        if not -1 < self.different < self.same < 1:
+            raise ValueError(f"need -1 < different ({self.different}) < same ({self.same}) < 1")
+
+
+def calibrate(features: np.ndarray, pids: np.ndarray) -> Similarity:
+    """The mean same- and different-identity cosines of L2-normalised ``features``."""
+    sims = features @ features.T
+    same = pids[:, None] == pids[None, :]
+    np.fill_diagonal(same, False)
+    different = pids[:, None] != pids[None, :]
+    return Similarity(float(sims[same].mean()), float(sims[different].mean()))
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+class SyntheticGallery:
+    """Identity-clustered features with the given similarities (see the module docstring)."""
+
+    def __init__(self, dim: int, similarity: Similarity, per_identity: int = 4, seed: int = 0) -> None:
+        self.dim, self.sim, self.per_identity = dim, similarity, per_identity
+        rng = np.random.default_rng(seed)
+        self.shared = _unit(rng, 1, dim)[0]
+        self.seed = seed
+        d = max(similarity.different, 0.0)
+        self.weights = (math.sqrt(d), math.sqrt(similarity.same - d), math.sqrt(1 - similarity.same))
+
+    def images(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One new image's feature for each identity in ``ids``, L2-normalised."""
+        a, b, c = self.weights
+        x = a * self.shared + b * self._centres_fast(ids) + c * _unit(rng, len(ids), self.dim)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    def _centres_fast(self, ids: np.ndarray) -> np.ndarray:
+        # centres of a block of consecutive identities from one generator per block of 4,096
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        blocks = ids // 4096
+        for block in np.unique(blocks):
+            table = _unit(np.random.default_rng((self.seed, 2, int(block))), 4096, self.dim)
+            sel = blocks == block
+            out[sel] = table[ids[sel] % 4096]
+        return out
+
+    def write(self, folder: Path, n: int, dtype: str = "float16") -> IndexStore:
+        """An index folder of ``n`` images (identity ``i // per_identity``), written a segment at a time."""
+        rng = np.random.default_rng((self.seed, 3))
+        records = []
+        for number, lo in enumerate(range(0, n, SEGMENT_ROWS)):
+            ids = np.arange(lo, min(n, lo + SEGMENT_ROWS)) // self.per_identity
+            records.append(write_segment(folder, number, self.images(ids, rng).astype(dtype)))
+        entries = [Entry(f"synthetic/{i}", i // SEGMENT_ROWS, i % SEGMENT_ROWS, "", 0, 0) for i in range(n)]
+        write_manifest(folder, Manifest(model={"key": "synthetic"}, dim=self.dim, dtype=dtype, segments=records,
+                                        entries=entries))
+        return IndexStore.open(folder, verify=False)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def _latency(engine, queries: np.ndarray, k: int, repeats: int) -> dict[str, float]:
+    """p50/p95 ms of a single query and of the whole batch of queries."""
+    singles, batches = [], []
+    engine.search(queries[:1], k)  # warm
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        engine.search(queries[r % len(queries)][None], k)
+        singles.append((time.perf_counter() - t0) * 1000)
+    for _ in range(max(1, repeats // 10)):
+        t0 = time.perf_counter()
+        engine.search(queries, k)
+        batches.append((time.perf_counter() - t0) * 1000)
+    return {"single_p50_ms": float(np.percentile(singles, 50)), "single_p95_ms": float(np.percentile(singles, 95)),
+            f"batch{len(queries)}_p50_ms": float(np.percentile(batches, 50)),
+            f"batch{len(queries)}_p95_ms": float(np.percentile(batches, 95))}
+
+
+def benchmark_search(sizes: Sequence[int], *, dim: int = 512, similarity: Similarity = Similarity(0.75, 0.35),
+                     queries: int = 64, k: int = 10, repeats: int = 50, exact_max: int = 2_000_000,
+                     dtype: str = "float16", ann: AnnConfig = AnnConfig(),
+                     workdir: Optional[Path] = None) -> list[dict[str, Any]]:
+    """One row per (size, engine): build seconds, resident memory, latency and recall@k."""
+    rows = []
+    gallery = SyntheticGallery(dim, similarity)
+    for n in sizes:
+        with tempfile.TemporaryDirectory(dir=workdir, prefix="upperson-search-bench-") as tmp:
+            t0 = time.perf_counter()
+            store = gallery.write(Path(tmp), n, dtype)
+            write_s = time.perf_counter() - t0
+            q = gallery.images(np.random.default_rng(9).integers(0, n // gallery.per_identity, queries),
+                               np.random.default_rng(10))
+            reference = None
+            if n <= exact_max:
+                reference = [[h.entry for h in hits] for hits in ExactSearch(store, "torch").search(q, k)]
+            engines = ["torch"] + (["faiss"] if faiss_available() else []) if n <= exact_max else []
+            if faiss_available() and n >= 10_000:
+                engines.append("approximate")
+            for name in engines:
+                before = _rss_mb()
+                t0 = time.perf_counter()
+                record = None
+                if name == "approximate":
+                    record = build_ann(store, ann)
+                    store.manifest.ann = record
+                    write_manifest(store.folder, store.manifest)
+                    engine = ApproximateSearch(IndexStore.open(store.folder, verify=False))
+                else:
+                    engine = ExactSearch(store, name)
+                build_s = time.perf_counter() - t0
+                row = {"gallery": n, "dim": dim, "dtype": dtype, "engine": name, "write_s": round(write_s, 2),
+                       "build_s": round(build_s, 2), "rss_mb": round(_rss_mb(), 1),
+                       "rss_added_mb": round(_rss_mb() - before, 1), **_latency(engine, q, k, repeats)}
+                if reference is not None:
+                    got = [[h.entry for h in hits] for hits in engine.search(q, k)]
+                    row[f"recall@{k}"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(reference, got)]))
+                if record:
+                    row |= {"nlist": record["nlist"], "nprobe": record["nprobe"], "rerank": record["rerank"],
+                            "recall@10_build": record["recall_at_10"]}
+                rows.append(row)
+                log.debug("%s", row)
+                del engine
+    return rows
+
+
+def indexing_throughput(model: torch.nn.Module, *, batch_size: int = 64, batches: int = 5) -> float:
+    """Images per second through the merged image tower (random pixels: decoding not included)."""
+    encoder = inference_model(model)
+    h, w = model.image_size
+    x = torch.randn(batch_size, 3, h, w)
+    with torch.no_grad():
+        encoder.encode_image(x)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            encoder.encode_image(x)
+    return batch_size * batches / (time.perf_counter() - t0)
