@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from upperson.cli.benchmark import _synthetic_batch  # noqa: E402
+from upperson.benchmarking import synthetic_batch  # noqa: E402
 from upperson.embedded import load_embedded_model  # noqa: E402
 from upperson.losses import sdm_loss  # noqa: E402
 from upperson.runtime import autocast  # noqa: E402
@@ -49,7 +49,7 @@ def main(out: str, steps: int = 2, batch: int = 64) -> int:
     torch.manual_seed(rank)
     model = load_embedded_model("upperson").to(device)
     net = DistributedDataParallel(model, device_ids=[local] if cuda else None)
-    images, tokens, pids = _synthetic_batch(batch, tuple(model.image_size), 20, device, seed=rank)
+    images, tokens, pids = synthetic_batch(batch, tuple(model.image_size), 20, device, seed=rank)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, eps=1e-3)
     losses, t0 = [], time.perf_counter()
     for _ in range(steps):

@@ -24,9 +24,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import resource
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 log = logging.getLogger("upperson.benchmark")
 
@@ -85,6 +84,7 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def _search_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from upperson import benchmarking as bench  # torch and the model: loaded when a benchmark runs
     import torch
 
     from upperson.embedded import load_embedded_model
@@ -105,7 +105,7 @@ def _search_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
               f"1 query p50 {r['single_p50_ms']:8.2f} ms (p95 {r['single_p95_ms']:.2f}), 64 queries p50 "
               f"{r['batch64_p50_ms']:8.1f} ms" + (f", recall@10 {recall:.3f}" if recall is not None else ""))
     throughput = indexing_throughput(load_embedded_model("upperson").eval())
-    print(f"indexing throughput, embedded model, {_device_label(torch.device('cpu'))}: {throughput:.0f} images/s "
+    print(f"indexing throughput, embedded model, {bench.device_label(torch.device('cpu'))}: {throughput:.0f} images/s "
           "(the image tower on random pixels; decoding not included)")
     return rows + [{"indexing_images_per_s": throughput, "model": "embedded"}]
 
@@ -144,164 +144,13 @@ def check_json_path(path: str) -> None:
 
 # ----------------------------------------------------------------------------- training
 
-def _synthetic_batch(batch: int, image_size: tuple[int, int], caption_tokens: int, device, seed: int = 0):
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, *image_size, generator=gen)
-    tokens = torch.zeros(batch, 77, dtype=torch.long)
-    lengths = torch.clamp(torch.normal(float(caption_tokens), caption_tokens / 4, (batch,), generator=gen), 2, 75).long()
-    for i, n in enumerate(lengths.tolist()):
-        tokens[i, 0] = 49406
-        tokens[i, 1:n] = torch.randint(1, 49000, (n - 1,), generator=gen)
-        tokens[i, n] = 49407
-    pids = torch.arange(batch) // 2
-    return images.to(device), tokens.to(device), pids.to(device)
-
-
-def _variant_model(name: str, base, device, precision: str):
-    from upperson.embedded import zero_shot_config
-    from upperson.model import build_model
-    from upperson.runtime import half_dtype
-
-    if name == "full-finetune":
-        cfg = dataclasses.replace(zero_shot_config(base), freeze_backbone=False)
-    else:
-        cfg = base
-    model = build_model(cfg).to(device)
-    if name == "naive":
-        model.set_explicit_attention(True)
-        model.trim_text = False
-    elif name == "up-person" and device.type == "cuda" and precision != "fp32":
-        for p in model.parameters():
-            if not p.requires_grad:
-                p.data = p.data.to(half_dtype(precision))
-    return model
-
-
-def _current_rss_mb() -> float:
-    """This process's resident set now (Linux), in MiB; 0 where unknown."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        return pages * resource.getpagesize() / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident set so far, in MiB (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _device_label(device) -> str:
-    """The GPU's name, or the CPU with its number of torch threads."""
-    import torch
-
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-
-
-def _time_training(model, batch, steps: int, warmup: int, device, use_autocast: bool, precision: str) -> dict[str, Any]:
-    import torch
-
-    from upperson.losses import sdm_loss
-    from upperson.runtime import autocast
-
-    images, tokens, pids = batch
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5, eps=1e-3)
-    model.train()
-
-    def step() -> None:
-        with autocast(device, precision if use_autocast else "fp32"):
-            f, g = model(images, tokens)
-        loss = sdm_loss(f.float(), g.float(), pids)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    rss_before = _current_rss_mb()
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
-    out = {"samples_per_s": round(len(images) * steps / elapsed, 1), "step_ms": round(1000 * elapsed / steps, 1)}
-    if device.type == "cuda":
-        out["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
-    else:
-        out["process_peak_rss_mb"] = round(_peak_rss_mb())
-        out["rss_before_training_mb"] = round(rss_before)
-    return out
-
-
-def _time_embedding(model, batch, device, precision: str, repeats: int = 3) -> dict[str, float]:
-    import torch
-
-    from upperson.runtime import autocast
-
-    images, tokens, _ = batch
-    model.eval()
-    with torch.no_grad(), autocast(device, precision):
-        model.encode_image(images), model.encode_text(tokens)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            model.encode_image(images)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t1 = time.perf_counter()
-        for _ in range(repeats):
-            model.encode_text(tokens)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t2 = time.perf_counter()
-    n = len(images) * repeats
-    return {"images_per_s": round(n / (t1 - t0), 1), "texts_per_s": round(n / (t2 - t1), 1)}
-
-
-def measure_variant(variant: str, base, device_name: str, precision: str, batch_size: int, caption_tokens: int,
-                    steps: int, warmup: int, grad_checkpointing: bool) -> dict[str, Any]:
-    """One variant's training and embedding numbers (run in a fresh process by default)."""
-    import torch
-
-    device = torch.device(device_name)
-    batch = _synthetic_batch(batch_size, tuple(base.image_size), caption_tokens, device)
-    model = _variant_model(variant, base, device, precision)
-    model.set_grad_checkpointing(grad_checkpointing)
-    if grad_checkpointing and device.type == "cpu":
-        from upperson.runtime import return_freed_memory_to_os
-
-        return_freed_memory_to_os()  # as training does: freed activations leave the resident set
-    row = _time_training(model, batch, steps, warmup, device, variant != "naive", precision)
-    row["grad_checkpointing"] = grad_checkpointing
-    # embeddings as evaluation computes them: the merged copy (the naive baseline stays unmerged)
-    model.set_grad_checkpointing(False)
-    encoder = model if variant == "naive" else model.merged()
-    row.update(_time_embedding(encoder, batch, device, precision if variant != "naive" else "fp32"))
-    return row
-
-
-def _measure_isolated(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``measure_variant`` in a fresh spawned process, so that peak memory is the variant's own."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(measure_variant, **kwargs).result()
-
 
 def _training_benchmark(args: argparse.Namespace, variants: Sequence[str], base, device, precision: str,
                         batch_size: int) -> dict[str, Any]:
+    from upperson import benchmarking as bench  # torch and the model: loaded when a benchmark runs
     import torch
 
-    name = _device_label(device)
+    name = bench.device_label(device)
     results: dict[str, Any] = {"device": name, "model": base.name, "image_size": list(base.image_size),
                                "batch": batch_size, "precision": precision,
                                "grad_checkpointing": args.grad_checkpointing,
@@ -311,7 +160,7 @@ def _training_benchmark(args: argparse.Namespace, variants: Sequence[str], base,
         kwargs = dict(variant=variant, base=base, device_name=str(device), precision=precision,
                       batch_size=batch_size, caption_tokens=args.caption_tokens, steps=args.steps or 10,
                       warmup=args.warmup, grad_checkpointing=args.grad_checkpointing)
-        results["variants"][variant] = measure_variant(**kwargs) if args.no_isolate else _measure_isolated(kwargs)
+        results["variants"][variant] = bench.measure_variant(**kwargs) if args.no_isolate else bench.measure_isolated(kwargs)
         if args.json_out:  # what is measured so far survives a time limit
             from pathlib import Path
 
@@ -338,13 +187,14 @@ def _training_benchmark(args: argparse.Namespace, variants: Sequence[str], base,
 
 def _inference_benchmark(args: argparse.Namespace, base, device, precision: str, batch_size: int) -> dict[str, Any]:
     """Image encoding by plain open_clip, UP-Person and UP-Person merged, interleaved, best of N."""
+    from upperson import benchmarking as bench  # torch and the model: loaded when a benchmark runs
     import torch
 
     from upperson.model import build_model
     from upperson.model.backbone import create_clip
     from upperson.runtime import autocast
 
-    images = _synthetic_batch(batch_size, tuple(base.image_size), args.caption_tokens, device)[0]
+    images = bench.synthetic_batch(batch_size, tuple(base.image_size), args.caption_tokens, device)[0]
     plain = create_clip(base).to(device).eval()
     model = build_model(base).to(device).eval()
     merged = model.merged()
@@ -362,7 +212,7 @@ def _inference_benchmark(args: argparse.Namespace, base, device, precision: str,
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 best[k] = min(best[k], time.perf_counter() - t0)
-    name = _device_label(device)
+    name = bench.device_label(device)
     rows = {k: {"ms_per_batch": round(1000 * t, 1), "images_per_s": round(batch_size / t, 1),
                 "time_vs_open_clip": round(t / best["open_clip"], 3)} for k, t in best.items()}
     print(f"image encoding, {base.name} {base.image_size[0]}x{base.image_size[1]}, batch {batch_size}, {name}, "
@@ -376,36 +226,10 @@ def _inference_benchmark(args: argparse.Namespace, base, device, precision: str,
 
 # ----------------------------------------------------------------------------- metrics
 
-def sort_based_metrics(similarity, query_pids, gallery_pids, ranks: Sequence[int] = (1, 5, 10),
-                       chunk: int = 1024) -> dict[str, float]:
-    """The previous implementation (a full stable sort of every row), kept as the baseline to time."""
-    import torch
-
-    from upperson.metrics import sorted_matches
-
-    hits = {k: 0.0 for k in ranks}
-    ap_sum = inp_sum = 0.0
-    valid = 0
-    positions = torch.arange(1, similarity.shape[1] + 1, dtype=torch.float64)
-    for start in range(0, similarity.shape[0], chunk):
-        matches = sorted_matches(similarity[start:start + chunk], query_pids[start:start + chunk], gallery_pids)
-        num_rel = matches.sum(dim=1)
-        keep = num_rel > 0
-        m, num_rel = matches[keep].double(), num_rel[keep].double()
-        valid += int(keep.sum())
-        cum = m.cumsum(dim=1)
-        for k in ranks:
-            hits[k] += float((cum[:, min(k, m.shape[1]) - 1] > 0).sum())
-        ap_sum += float(((cum / positions) * m).sum(dim=1).div(num_rel).sum())
-        inp_sum += float((num_rel / (m * positions).max(dim=1).values).sum())
-    out = {f"R{k}": 100.0 * hits[k] / valid for k in ranks}
-    out["mAP"] = 100.0 * ap_sum / valid
-    out["mINP"] = 100.0 * inp_sum / valid
-    return out
-
 
 def _metrics_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Random similarities with the test split's shape and pid structure; previous vs current metrics."""
+    from upperson import benchmarking as bench  # torch and the model: loaded when a benchmark runs
     import torch
 
     from upperson.metrics import retrieval_metrics
@@ -418,7 +242,7 @@ def _metrics_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     repeats = args.steps or 3
     times: dict[str, float] = {}
     values: dict[str, dict] = {}
-    for name, fn in (("sort_based", sort_based_metrics), ("current", retrieval_metrics)):
+    for name, fn in (("sort_based", bench.sort_based_metrics), ("current", retrieval_metrics)):
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -430,7 +254,7 @@ def _metrics_benchmark(args: argparse.Namespace) -> dict[str, Any]:
            "threads": torch.get_num_threads(), "repeats": repeats,
            "sort_based_s": round(times["sort_based"], 4), "current_s": round(times["current"], 4),
            "speedup": round(times["sort_based"] / times["current"], 1), "same_values": same,
-           "process_peak_rss_mb": round(_peak_rss_mb())}
+           "process_peak_rss_mb": round(bench.peak_rss_mb())}
     print(f"metrics on a random {queries} x {gallery} similarity ({ids} identities), {torch.get_num_threads()} threads, "
           f"best of {repeats}")
     print(f"previous (full sort): {out['sort_based_s']:.3f} s   current: {out['current_s']:.3f} s   "

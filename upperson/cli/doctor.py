@@ -143,7 +143,7 @@ def _training(device, batch, steps: int) -> dict[str, Any]:
     """``steps`` training steps of the embedded model on one fixed batch, in the device's training precision."""
     import torch
 
-    from upperson.cli.benchmark import _peak_rss_mb
+    from upperson.benchmarking import peak_rss_mb
     from upperson.embedded import load_embedded_model
     from upperson.losses import sdm_loss
     from upperson.runtime import autocast, grad_scaler, half_dtype
@@ -183,7 +183,7 @@ def _training(device, batch, steps: int) -> dict[str, Any]:
     if device.type == "cuda":
         out["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
     else:
-        out["process_peak_rss_mb"] = round(_peak_rss_mb())
+        out["process_peak_rss_mb"] = round(peak_rss_mb())
     return out
 
 
@@ -192,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be >= 2 (got {args.steps})")
     if args.batch is not None and args.batch < 2:
         raise ValueError(f"--batch must be >= 2 (got {args.batch}): the loss needs two samples")
-    from upperson.cli.benchmark import _synthetic_batch, check_json_path
+    from upperson.benchmarking import synthetic_batch
+    from upperson.cli.benchmark import check_json_path
 
     if args.json_out:
         check_json_path(args.json_out)
@@ -207,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_embedded_model("upperson").to(device)
     precision = "bf16" if device.type == "cuda" else "fp32"
     size = args.batch or (128 if device.type == "cuda" else 16)
-    batch = _synthetic_batch(size, tuple(model.image_size), 20, device)
+    batch = synthetic_batch(size, tuple(model.image_size), 20, device)
     torch.manual_seed(0)
     report["sdpa"] = _sdpa_report(model, batch, device, precision)
     report["bf16_vs_fp32"] = _agreement(model, batch, device)
