@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from upperson.cli import OneLineParser
+
 log = logging.getLogger("analysis")
 
 DEFAULT_OUT = "figures"
@@ -84,7 +86,7 @@ def _ablation_args(p: argparse.ArgumentParser, *, in_report: bool = False) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m analysis", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
