@@ -40,6 +40,8 @@ PathLike = Union[str, Path]
 SHOW_BAD = 5
 #: the separator of several captions in one CSV cell of the generic format
 CSV_CAPTION_SEP = " || "
+#: the range of a person id: a 64-bit signed integer (ids become int64 tensors)
+PID_MIN, PID_MAX = -(2**63), 2**63 - 1
 #: how to skip bad images, named in the error that lists them
 SKIP_HINT = ("to skip them, pass --skip-bad-images (evaluate, analysis) or --set data.skip_bad_images=true "
              "(train, pretrain, evaluate --config); skip_bad_images=True in Python")
@@ -62,11 +64,34 @@ class _Entry:
 # ----------------------------------------------------------------------------- parsing
 
 
+class JsonObject(dict):
+    """A JSON object in which some key was given more than once (``duplicates``, in file order);
+    its values are the last ones. The entry parser refuses it, naming the entry and the key."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def json_object(pairs: list[tuple[str, Any]]) -> dict:
+    """``json``'s ``object_pairs_hook``: a dict, or a :class:`JsonObject` marking repeated keys
+    (plain ``json`` silently keeps the last value of a repeated key)."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    marked = JsonObject(obj)
+    marked.duplicates = tuple(k for k, _ in pairs if k in seen or seen.add(k))
+    return marked
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=json_object)
+
+
 def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise DatasetError(f"{path}: annotation file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is allowed
+        return _loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is allowed
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: malformed JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except UnicodeDecodeError as exc:
@@ -74,15 +99,22 @@ def _read_json(path: Path) -> Any:
 
 
 def _as_pid(value: Any, where: str) -> int:
+    pid: Optional[int] = None
     if isinstance(value, bool):
+        pid = None
+    elif isinstance(value, int):
+        pid = value
+    elif isinstance(value, float) and value.is_integer():
+        pid = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        pid = int(value.strip())
+    if pid is None:
         raise DatasetError(f"{where}: id must be an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    raise DatasetError(f"{where}: id must be an integer, got {value!r}")
+    if not PID_MIN <= pid <= PID_MAX:
+        shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:40]}... ({len(str(value))} characters)"
+        raise DatasetError(f"{where}: id {shown} is out of range; an id must be an integer from "
+                           f"{PID_MIN} to {PID_MAX} (64 bits)")
+    return pid
 
 
 def _as_captions(value: Any, where: str) -> list[str]:
@@ -121,6 +153,9 @@ def _parse_entry(
     where = f"{ann_file}: {what} {index}"
     if not isinstance(entry, dict):
         raise DatasetError(f"{where}: expected an object, got {type(entry).__name__}")
+    if isinstance(entry, JsonObject):
+        raise DatasetError(f"{where}: key {entry.duplicates[0]!r} is given twice; each key may appear once "
+                           "(JSON would silently keep the last value)")
 
     def first(keys: tuple[str, ...], blank_ok: bool = False) -> Optional[str]:
         empty = (None,) if blank_ok else (None, "")
@@ -231,12 +266,14 @@ def _build(
     *,
     skip_bad_images: bool,
     check_images: bool,
+    notes: Optional[list[ReadNote]] = None,
 ) -> PedesDataset:
+    """The dataset of ``entries``, its images checked; ``notes``: the format reader's own, first."""
     if not entries:
         raise DatasetError(f"{ann_file}: no entries")
     problems = _check_images(entries, verify=check_images)
     bad = [(e, p) for e, p in zip(entries, problems) if p is not None]
-    notes: list[ReadNote] = []
+    notes = list(notes or [])
     folder = (_missing_folder(bad) if bad and len(bad) == len(entries)
               and all(p == "image not found" for _, p in bad) else None)
     if folder is not None:
@@ -406,7 +443,7 @@ def _generic_rows(path: Path) -> list[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                rows.append((lineno, json.loads(line)))
+                rows.append((lineno, _loads(line)))
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}: line {lineno}: malformed JSON ({exc.msg}, column {exc.colno})") from None
         return rows
@@ -416,25 +453,49 @@ def _generic_rows(path: Path) -> list[tuple[int, Any]]:
             raise DatasetError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
         return list(enumerate(data))
     if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        fields = set(reader.fieldnames or [])
-        for keys in (_GENERIC_PATH_KEYS, _GENERIC_ID_KEYS, _GENERIC_CAPTION_KEYS, ("split",)):
-            if not fields & set(keys):
-                raise DatasetError(f"{path}: CSV header lacks a column {' or '.join(repr(k) for k in keys)} "
-                                   f"(header: {sorted(fields)})")
-        rows = []
-        for row in reader:
-            row = {k: v for k, v in row.items() if k is not None}
-            # "a || || b": a blank caption between two; empty cells: no captions
-            cells = {k: row[k] for k in _GENERIC_CAPTION_KEYS if isinstance(row.get(k), str)}
-            filled = {k: v for k, v in cells.items() if v.strip()}
-            for key in cells:
-                row.pop(key)
-            for key, cell in (filled or dict(list(cells.items())[:1])).items():
-                row[key] = cell.split(CSV_CAPTION_SEP.strip()) if cell.strip() else []
-            rows.append((reader.line_num, row))
-        return rows
+        return _csv_rows(path, text)
     raise DatasetError(f"{path}: the generic format is a .jsonl, .json or .csv file, not {suffix or 'no suffix'!r}")
+
+
+#: every column the generic CSV reader uses; any other is metadata, counted in the summary
+_GENERIC_COLUMNS = (*_GENERIC_PATH_KEYS, *_GENERIC_ID_KEYS, *_GENERIC_CAPTION_KEYS, "split")
+
+
+def csv_extra_columns(path: Path) -> list[str]:
+    """The header columns of a generic CSV annotation file that the reader does not use."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        header = next(csv.reader(fh), [])
+    return [c for c in header if c not in _GENERIC_COLUMNS]
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, Any]]:
+    """(line number, row) of a generic CSV file; a repeated column or a row with more cells than
+    the header is an error naming it (csv would keep the last value, or drop the extra cells)."""
+    reader = csv.DictReader(text.splitlines())
+    header = list(reader.fieldnames or [])
+    fields = set(header)
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DatasetError(f"{path}: CSV header names column(s) {repeated} more than once; each column may appear once")
+    for keys in (_GENERIC_PATH_KEYS, _GENERIC_ID_KEYS, _GENERIC_CAPTION_KEYS, ("split",)):
+        if not fields & set(keys):
+            raise DatasetError(f"{path}: CSV header lacks a column {' or '.join(repr(k) for k in keys)} "
+                               f"(header: {sorted(fields)})")
+    rows = []
+    for row in reader:
+        if row.get(None):
+            raise DatasetError(f"{path}: line {reader.line_num}: {len(header) + len(row[None])} cells, the header "
+                               f"has {len(header)}; quote a cell that holds a comma")
+        row = {k: v for k, v in row.items() if k is not None}
+        # "a || || b": a blank caption between two; empty cells: no captions
+        cells = {k: row[k] for k in _GENERIC_CAPTION_KEYS if isinstance(row.get(k), str)}
+        filled = {k: v for k, v in cells.items() if v.strip()}
+        for key in cells:
+            row.pop(key)
+        for key, cell in (filled or dict(list(cells.items())[:1])).items():
+            row[key] = cell.split(CSV_CAPTION_SEP.strip()) if cell.strip() else []
+        rows.append((reader.line_num, row))
+    return rows
 
 
 def read_generic(root: PathLike, *, skip_bad_images: bool = False, check_images: bool = True) -> PedesDataset:
@@ -465,8 +526,13 @@ def read_generic(root: PathLike, *, skip_bad_images: bool = False, check_images:
                 f"id {prev.pid} / split {prev.split!r}, here id {entry.pid} / split {entry.split!r}"
             )
         prev.captions = prev.captions + entry.captions
+    notes = []
+    extra = csv_extra_columns(path) if path.suffix.lower() == ".csv" else []
+    if extra:
+        notes.append(ReadNote("ignored", "extra CSV columns", f"{', '.join(map(repr, extra))} (metadata, not read)",
+                              count=len(extra)))
     return _build(path.stem, path, path, list(merged.values()),
-                  skip_bad_images=skip_bad_images, check_images=check_images)
+                  skip_bad_images=skip_bad_images, check_images=check_images, notes=notes)
 
 
 Reader = Callable[..., PedesDataset]

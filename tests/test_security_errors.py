@@ -1,0 +1,224 @@
+"""Attack battery: errors and resource bombs (config YAML, argparse, annotation files, the
+analysis CLI's inputs, the ToyPEDES cache). Every case is scaled down to stay fast: a small
+alias bomb, lowered size limits, sparse files, in-process calls where a subprocess adds nothing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import upperson.config as config_module
+from tests.cli_battery import assert_one_error, run_cli
+from upperson.cli import main as upperson_main
+from upperson.config import ConfigError, load_config
+from upperson.data import load_dataset
+from upperson.data.records import DatasetError
+
+INT64_MAX = 2**63 - 1
+
+
+# ----------------------------------------------------------------------------- config YAML
+
+
+def _bomb(levels: int = 4, width: int = 4) -> str:
+    """A small 'billion laughs': ``width ** levels`` leaves from ``levels`` aliased lists."""
+    lines = ["model:", "  name: &l0 lol"]
+    for i in range(1, levels + 1):
+        lines.append(f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_bomb())
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    text = str(info.value)
+    assert str(path) in text and "alias" in text.lower()
+
+
+def test_a_plain_alias_is_refused_too(tmp_path):
+    path = tmp_path / "alias.yaml"
+    path.write_text("base: toypedes\ntrain:\n  lr: &lr 0.001\n  prefix_lr: *lr\n")
+    with pytest.raises(ConfigError, match="alias"):
+        load_config(str(path))
+
+
+def test_config_file_size_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_module, "MAX_CONFIG_BYTES", 64)
+    path = tmp_path / "big.yaml"
+    path.write_text("base: toypedes\n" + "# padding\n" * 10)
+    assert path.stat().st_size > 64
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert str(path) in str(info.value) and "64 bytes" in str(info.value)
+
+
+def test_a_sparse_config_of_2_gb_is_refused_unread(tmp_path):
+    path = tmp_path / "huge.yaml"
+    with open(path, "wb") as fh:  # sparse: no disk used, and never read
+        fh.truncate(2 * 1024**3)
+    with pytest.raises(ConfigError, match="MB"):
+        load_config(str(path))
+
+
+def test_bomb_through_the_cli_is_one_error_line(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_bomb())
+    proc = run_cli(["params", "--config", str(path)], timeout=120)
+    assert_one_error(proc, must_contain=[str(path), "alias"])
+
+
+# ----------------------------------------------------------------------------- argparse
+
+
+def _in_process(main, argv, capsys) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``main(argv)``, argparse's SystemExit included."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _one_line(code: int, err: str, *fragments: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "usage:" not in err
+    for text in fragments:
+        assert text in lines[0], (text, lines[0])
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["train", "--config", "toypedes"], ("--output", "(see python -m upperson train --help)")),
+    (["frobnicate"], ("frobnicate", "(see python -m upperson --help)")),
+    ([], ("COMMAND", "(see python -m upperson --help)")),
+    (["params", "--config", "toypedes", "--bogus"], ("--bogus",)),
+])
+def test_upperson_argparse_failures_are_one_error_line(argv, fragments, capsys):
+    _one_line(*_in_process(upperson_main, argv, capsys)[::2], *fragments)
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["nope"], ("nope", "(see python -m analysis --help)")),
+    (["curves", "--bogus"], ("--bogus", "(see python -m analysis curves --help)")),
+    (["attention", "--quantity", "all"], ("--quantity",)),
+])
+def test_analysis_argparse_failures_are_one_error_line(argv, fragments, capsys):
+    from analysis.__main__ import main as analysis_main
+
+    _one_line(*_in_process(analysis_main, argv, capsys)[::2], *fragments)
+
+
+def test_help_still_prints_the_full_usage(capsys):
+    from analysis.__main__ import main as analysis_main
+
+    for main, argv in ((upperson_main, ["--help"]), (upperson_main, ["train", "--help"]),
+                       (analysis_main, ["curves", "--help"])):
+        code, out, err = _in_process(main, argv, capsys)
+        assert code == 0 and out.startswith("usage:") and "--help" in out and not err
+
+
+def test_argparse_failure_end_to_end():
+    proc = run_cli(["train", "--config", "toypedes"], timeout=60)
+    assert_one_error(proc, must_contain=["--output", "see python -m upperson train --help"])
+    assert "usage:" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- annotation files
+
+
+def _png(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 16), (10, 20, 30)).save(path)
+
+
+def _toy_root(tmp_path: Path, raw_text: str) -> Path:
+    """A ToyPEDES-format data root whose reid_raw.json is ``raw_text`` (images a.png, b.png)."""
+    ddir = tmp_path / "ToyPEDES"
+    for name in ("a.png", "b.png"):
+        _png(ddir / "imgs" / name)
+    (ddir / "reid_raw.json").write_text(raw_text)
+    return tmp_path
+
+
+def _entry(pid, name: str) -> str:
+    return f'{{"id": {pid}, "file_path": "{name}", "captions": ["a person"], "split": "test"}}'
+
+
+def test_a_person_id_beyond_int64_names_file_entry_and_range(tmp_path):
+    root = _toy_root(tmp_path, f"[{_entry(1, 'a.png')}, {_entry(10**30, 'b.png')}]")
+    with pytest.raises(DatasetError) as info:
+        load_dataset("toypedes", root)
+    text = str(info.value)
+    assert "reid_raw.json" in text and "entry 1" in text and str(INT64_MAX) in text
+
+
+def test_the_largest_int64_id_is_accepted(tmp_path):
+    root = _toy_root(tmp_path, f"[{_entry(1, 'a.png')}, {_entry(INT64_MAX, 'b.png')}]")
+    pids = {r.pid for r in load_dataset("toypedes", root).split("test")}
+    assert pids == {1, INT64_MAX}
+
+
+def test_a_huge_id_end_to_end_is_one_error_line(tmp_path):
+    root = _toy_root(tmp_path, f"[{_entry(1, 'a.png')}, {_entry(10**30, 'b.png')}]")
+    proc = run_cli(["evaluate", "--config", "zero-shot", "--data-root", str(root), "--dataset", "toypedes",
+                    "--set", "model.name=upp-tiny", "--set", "model.pretrained=random"], timeout=180)
+    line = assert_one_error(proc, must_contain=["reid_raw.json", "entry 1"])
+    assert "long long" not in line
+
+
+def test_a_duplicate_json_key_names_file_entry_and_key(tmp_path):
+    dup = '{"id": 2, "file_path": "b.png", "captions": ["x"], "split": "test", "id": 3}'
+    root = _toy_root(tmp_path, f"[{_entry(1, 'a.png')}, {dup}]")
+    with pytest.raises(DatasetError) as info:
+        load_dataset("toypedes", root)
+    text = str(info.value)
+    assert "reid_raw.json" in text and "entry 1" in text and "'id'" in text and "twice" in text
+
+
+def test_a_duplicate_jsonl_key_names_the_line(tmp_path):
+    _png(tmp_path / "a.png")
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text('{"image": "a.png", "pid": 1, "caption": "x", "split": "test", "caption": "y"}\n')
+    with pytest.raises(DatasetError) as info:
+        load_dataset("generic", ann)
+    assert "ann.jsonl" in str(info.value) and "line 1" in str(info.value) and "'caption'" in str(info.value)
+
+
+def test_extra_csv_columns_are_counted_and_named_in_the_summary(tmp_path):
+    _png(tmp_path / "a.png")
+    _png(tmp_path / "b.png")
+    ann = tmp_path / "ann.csv"
+    with open(ann, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "pid", "caption", "split", "camera", "weather"])
+        w.writerow(["a.png", 1, "x", "test", "c1", "sun"])
+        w.writerow(["b.png", 2, "y", "test", "c2", "rain"])
+    data = load_dataset("generic", ann)
+    assert data.note("ignored", "extra CSV columns") == 2
+    summary = data.summary()
+    assert "'camera'" in summary and "'weather'" in summary
+    assert len(data.split("test")) == 2
+
+
+@pytest.mark.parametrize("header, row, fragment", [
+    (["image", "pid", "caption", "split", "pid"], ["a.png", 1, "x", "test", 2], "['pid'] more than once"),
+    (["image", "pid", "caption", "split"], ["a.png", 1, "a man", " in red", "test"], "line 2: 5 cells"),
+])
+def test_a_csv_that_would_lose_a_cell_is_refused(tmp_path, header, row, fragment):
+    _png(tmp_path / "a.png")
+    ann = tmp_path / "ann.csv"
+    with open(ann, "w", newline="") as fh:
+        csv.writer(fh).writerows([header, row])
+    with pytest.raises(DatasetError, match="ann.csv") as info:
+        load_dataset("generic", ann)
+    assert fragment in str(info.value)
