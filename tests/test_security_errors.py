@@ -222,3 +222,105 @@ def test_a_csv_that_would_lose_a_cell_is_refused(tmp_path, header, row, fragment
     with pytest.raises(DatasetError, match="ann.csv") as info:
         load_dataset("generic", ann)
     assert fragment in str(info.value)
+
+
+# ----------------------------------------------------------------------------- the analysis CLI's inputs
+
+ABLATION = Path(__file__).resolve().parent.parent / "assets" / "ablation"
+
+
+def _table(tmp_path: Path, rows: int = 3, edit=None) -> Path:
+    """A copy of the shipped ablation.csv's header and first ``rows`` rows, ``edit(row dict)`` applied."""
+    with open(ABLATION / "ablation.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        header, data = reader.fieldnames, [row for _, row in zip(range(rows), reader)]
+    if edit:
+        for row in data:
+            edit(row)
+    folder = tmp_path / "study"
+    folder.mkdir(exist_ok=True)
+    with open(folder / "ablation.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, header)
+        w.writeheader()
+        w.writerows(data)
+    return folder / "ablation.csv"
+
+
+def _analysis(argv, capsys) -> tuple[int, str]:
+    from analysis.__main__ import main as analysis_main
+
+    code, _, err = _in_process(analysis_main, argv, capsys)
+    return code, err
+
+
+def _ablation_argv(table: Path, out: Path) -> list[str]:
+    return ["ablation", "--csv", str(table), "--out", str(out), "--resamples", "10", "--no-progress"]
+
+
+def test_a_malformed_ablation_csv_names_the_file_and_line(tmp_path, capsys):
+    table = _table(tmp_path)
+    with open(table, "a") as fh:
+        fh.write("broken,row,with,far,too,many,cells" + ",x" * 60 + "\n")
+    code, err = _analysis(_ablation_argv(table, tmp_path / "out"), capsys)
+    _one_line(code, err, str(table), "line 5")
+    assert "tokenizing" not in err and not (tmp_path / "out").exists()
+
+
+def test_an_ablation_csv_over_the_size_limit_is_refused(tmp_path, capsys, monkeypatch):
+    import analysis.__main__ as analysis_cli
+
+    table = _table(tmp_path)
+    monkeypatch.setattr(analysis_cli, "MAX_INPUT_BYTES", 256, raising=False)
+    code, err = _analysis(_ablation_argv(table, tmp_path / "out"), capsys)
+    _one_line(code, err, str(table), "256 bytes")
+
+
+@pytest.mark.parametrize("column, value, fragment", [
+    ("variant", "../../escape", "variant"),
+    ("R1", "1e300", "R1"),
+    ("mAP", "nan", "mAP"),
+])
+def test_an_ablation_csv_with_a_hostile_value_is_refused(tmp_path, capsys, column, value, fragment):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "loss": 1.0}\n')
+
+    def edit(row):
+        row["run_dir"] = str(run)
+        if row["variant"] == "prefix-only":
+            row[column] = value
+
+    table = _table(tmp_path, edit=edit)
+    code, err = _analysis(_ablation_argv(table, tmp_path / "a" / "b" / "out"), capsys)
+    _one_line(code, err, str(table), fragment, value)
+    assert not (tmp_path / "a" / "escape.jsonl").exists() and not (tmp_path / "a" / "b" / "out").exists()
+
+
+def _per_query(table: Path, name: str) -> Path:
+    dst = table.parent / "per_query" / name / "seed-0.csv"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return dst
+
+
+def test_a_per_query_link_outside_the_study_is_refused(tmp_path, capsys):
+    table = _table(tmp_path)
+    outside = tmp_path / "elsewhere.csv"
+    outside.write_bytes((ABLATION / "per_query" / "prefix-only" / "seed-0.csv").read_bytes())
+    link = _per_query(table, "prefix-only")
+    link.symlink_to(outside)
+    code, err = _analysis(_ablation_argv(table, tmp_path / "out"), capsys)
+    _one_line(code, err, str(link), "outside")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_per_query_fifo_is_refused_not_waited_on(tmp_path):
+    table = _table(tmp_path)
+    os.mkfifo(_per_query(table, "prefix-only"))
+    proc = run_cli(_ablation_argv(table, tmp_path / "out"), module="analysis", timeout=60)
+    assert_one_error(proc, must_contain=["seed-0.csv", "not a regular file"])
+
+
+def test_the_shipped_ablation_table_passes_the_checks(tmp_path):
+    from analysis.__main__ import check_ablation_table
+
+    check_ablation_table(ABLATION / "ablation.csv")  # raises on any problem
