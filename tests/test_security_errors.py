@@ -324,3 +324,90 @@ def test_the_shipped_ablation_table_passes_the_checks(tmp_path):
     from analysis.__main__ import check_ablation_table
 
     check_ablation_table(ABLATION / "ablation.csv")  # raises on any problem
+
+
+# ----------------------------------------------------------------------------- the ToyPEDES cache
+
+
+def _toy(out: Path) -> Path:
+    from upperson.data.toypedes import generate_toypedes
+
+    return generate_toypedes(out, preset="tiny", seed=0, splits=["test"])
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _first_image(folder: Path) -> Path:
+    return sorted((folder / "imgs" / "test").glob("*.png"))[0]
+
+
+@pytest.mark.parametrize("damage, named", [
+    ("flip", "00033_0.png"),
+    ("truncate", "reid_raw.json"),
+    ("link", "00033_0.png"),
+])
+def test_a_damaged_toypedes_folder_is_not_reused(tmp_path, damage, named):
+    from upperson.data.toypedes import generate_toypedes
+
+    folder = _toy(tmp_path)
+    image = _first_image(folder)
+    assert image.name == named or damage == "truncate"
+    if damage == "flip":
+        _flip_byte(image)
+    elif damage == "truncate":
+        raw = folder / "reid_raw.json"
+        raw.write_bytes(raw.read_bytes()[:100])
+    else:
+        copy = tmp_path / "outside.png"
+        copy.write_bytes(image.read_bytes())  # the same bytes, but a link out of the folder
+        image.unlink()
+        image.symlink_to(copy)
+    with pytest.raises(ValueError) as info:
+        generate_toypedes(tmp_path, preset="tiny", seed=0, splits=["test"])
+    assert named in str(info.value) and "--overwrite" in str(info.value)
+
+
+def test_the_cache_repairs_a_damaged_copy(tmp_path, monkeypatch, caplog):
+    from upperson.embedded import embedded_data_root
+
+    monkeypatch.setenv("UPPERSON_CACHE", str(tmp_path))
+    root = embedded_data_root(preset="tiny", seed=0, splits=["test"])
+    image = _first_image(root / "ToyPEDES")
+    good = image.read_bytes()
+    _flip_byte(image)
+    with caplog.at_level("WARNING"):
+        assert embedded_data_root(preset="tiny", seed=0, splits=["test"]) == root
+    assert image.read_bytes() == good
+    assert any(image.name in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_a_folder_without_a_manifest_is_reused_with_one_warning(tmp_path, caplog):
+    folder = _toy(tmp_path)
+    (folder / "manifest.json").unlink()
+    with caplog.at_level("WARNING"):
+        assert _toy(tmp_path) == folder
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "checksum" in warned[0].getMessage()
+
+
+def test_two_processes_generating_the_same_preset_agree(tmp_path):
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(_toy(tmp_path))
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == 2 and results[0] == results[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ToyPEDES"]  # no partial folder left
+    assert _toy(tmp_path) == results[0]  # and the copy that won verifies
