@@ -411,3 +411,39 @@ def test_two_processes_generating_the_same_preset_agree(tmp_path):
     assert not errors and len(results) == 2 and results[0] == results[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ToyPEDES"]  # no partial folder left
     assert _toy(tmp_path) == results[0]  # and the copy that won verifies
+
+
+# ----------------------------------------------------------------------------- nesting and number bombs
+
+
+def test_a_deeply_nested_config_is_a_config_error(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("model:\n  name: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(ConfigError, match="nested"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[" * 100_000 + "]" * 100_000, "nested"),
+    ("[" + _entry("1" * 5000, "a.png") + "]", "4300 digits"),
+])
+def test_a_json_bomb_is_a_dataset_error_naming_the_file(tmp_path, text, fragment):
+    root = _toy_root(tmp_path, text)
+    with pytest.raises(DatasetError) as info:
+        load_dataset("toypedes", root)
+    assert "reid_raw.json" in str(info.value) and fragment in str(info.value)
+
+
+def test_a_deeply_nested_jsonl_line_names_the_line(tmp_path):
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DatasetError, match="line 1"):
+        load_dataset("generic", ann)
+
+
+def test_an_annotation_file_over_the_limit_is_refused_unread(tmp_path):
+    root = _toy_root(tmp_path, "[]")
+    with open(root / "ToyPEDES" / "reid_raw.json", "wb") as fh:  # sparse: no disk used, never read
+        fh.truncate(5 * 1024**3)
+    with pytest.raises(DatasetError, match="GB"):
+        load_dataset("toypedes", root)

@@ -264,6 +264,8 @@ def _load_yaml_tree(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     except _AliasRefused as exc:
         raise ConfigError(f"{path}: YAML anchors and aliases are not allowed in a config ({exc}); "
                           "write the value out where it is used") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply to read; a config is a few levels deep") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     except (OSError, UnicodeDecodeError) as exc:
@@ -287,6 +289,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.load(raw, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
     except (_AliasRefused, _DuplicateKey) as exc:
         raise ConfigError(f"override {item!r}: {exc} is not allowed; write the value out") from None
+    except RecursionError:
+        raise ConfigError(f"override {key!r}: the value is nested too deeply to read") from None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value

@@ -23,6 +23,7 @@ import csv
 import json
 import logging
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ SHOW_BAD = 5
 CSV_CAPTION_SEP = " || "
 #: the range of a person id: a 64-bit signed integer (ids become int64 tensors)
 PID_MIN, PID_MAX = -(2**63), 2**63 - 1
+#: the largest annotation file read (CUHK-PEDES's is about 40 MB); a larger one is refused unread
+MAX_ANNOTATION_BYTES = 1024**3
 #: how to skip bad images, named in the error that lists them
 SKIP_HINT = ("to skip them, pass --skip-bad-images (evaluate, analysis) or --set data.skip_bad_images=true "
              "(train, pretrain, evaluate --config); skip_bad_images=True in Python")
@@ -83,19 +86,42 @@ def json_object(pairs: list[tuple[str, Any]]) -> dict:
     return marked
 
 
-def _loads(text: str) -> Any:
-    return json.loads(text, object_pairs_hook=json_object)
+def _loads(text: str, where: str) -> Any:
+    """``json.loads`` with repeated keys marked; a nesting or number bomb is a :class:`DatasetError`."""
+    try:
+        return json.loads(text, object_pairs_hook=json_object)
+    except RecursionError:
+        raise DatasetError(f"{where}: JSON nested too deeply to read") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise DatasetError(f"{where}: unreadable JSON value ({exc})") from None
+
+
+def _read_text(path: Path) -> str:
+    """An annotation file's text (a byte-order mark allowed), refused unread when it is not a
+    regular file or is larger than :data:`MAX_ANNOTATION_BYTES`."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        raise DatasetError(f"{path}: annotation file not found") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DatasetError(f"{path}: not a regular file; the annotation file must be a plain file")
+    if info.st_size > MAX_ANNOTATION_BYTES:
+        raise DatasetError(f"{path}: {info.st_size / 1e9:.1f} GB, larger than an annotation file may be "
+                           f"({MAX_ANNOTATION_BYTES / 1e9:.1f} GB)")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise DatasetError(f"{path}: annotation file not found")
+    text = _read_text(path)
     try:
-        return _loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is allowed
+        return _loads(text, str(path))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: malformed JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def _as_pid(value: Any, where: str) -> int:
@@ -428,30 +454,26 @@ _GENERIC_ID_KEYS = ("pid", "id")
 _GENERIC_CAPTION_KEYS = ("captions", "caption")
 
 
-def _generic_rows(path: Path) -> list[tuple[int, Any]]:
-    """(line number, row object) for each row of a .jsonl, .json or .csv file."""
+def _generic_rows(path: Path) -> tuple[list[tuple[int, Any]], list[str]]:
+    """(line number, row object) for each row of a .jsonl, .json or .csv file, and the CSV
+    header's columns that the reader does not use (metadata; none for JSON)."""
     suffix = path.suffix.lower()
-    if not path.is_file():
-        raise DatasetError(f"{path}: annotation file not found")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text = _read_text(path)
     if suffix == ".jsonl":
         rows = []
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                rows.append((lineno, _loads(line)))
+                rows.append((lineno, _loads(line, f"{path}: line {lineno}")))
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}: line {lineno}: malformed JSON ({exc.msg}, column {exc.colno})") from None
-        return rows
+        return rows, []
     if suffix == ".json":
         data = _read_json(path)
         if not isinstance(data, list):
             raise DatasetError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
-        return list(enumerate(data))
+        return list(enumerate(data)), []
     if suffix == ".csv":
         return _csv_rows(path, text)
     raise DatasetError(f"{path}: the generic format is a .jsonl, .json or .csv file, not {suffix or 'no suffix'!r}")
@@ -461,16 +483,10 @@ def _generic_rows(path: Path) -> list[tuple[int, Any]]:
 _GENERIC_COLUMNS = (*_GENERIC_PATH_KEYS, *_GENERIC_ID_KEYS, *_GENERIC_CAPTION_KEYS, "split")
 
 
-def csv_extra_columns(path: Path) -> list[str]:
-    """The header columns of a generic CSV annotation file that the reader does not use."""
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        header = next(csv.reader(fh), [])
-    return [c for c in header if c not in _GENERIC_COLUMNS]
-
-
-def _csv_rows(path: Path, text: str) -> list[tuple[int, Any]]:
-    """(line number, row) of a generic CSV file; a repeated column or a row with more cells than
-    the header is an error naming it (csv would keep the last value, or drop the extra cells)."""
+def _csv_rows(path: Path, text: str) -> tuple[list[tuple[int, Any]], list[str]]:
+    """(line number, row) of a generic CSV file, and its unused columns; a repeated column or a
+    row with more cells than the header is an error naming it (csv would keep the last value, or
+    drop the extra cells)."""
     reader = csv.DictReader(text.splitlines())
     header = list(reader.fieldnames or [])
     fields = set(header)
@@ -495,7 +511,7 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, Any]]:
         for key, cell in (filled or dict(list(cells.items())[:1])).items():
             row[key] = cell.split(CSV_CAPTION_SEP.strip()) if cell.strip() else []
         rows.append((reader.line_num, row))
-    return rows
+    return rows, [c for c in header if c not in _GENERIC_COLUMNS]
 
 
 def read_generic(root: PathLike, *, skip_bad_images: bool = False, check_images: bool = True) -> PedesDataset:
@@ -510,7 +526,8 @@ def read_generic(root: PathLike, *, skip_bad_images: bool = False, check_images:
         raise DatasetError(f"{path}: the generic dataset's root is its annotation file (.jsonl/.json/.csv), not a folder")
     what = "entry" if path.suffix.lower() == ".json" else "line"
     merged: dict[Path, _Entry] = {}
-    for index, row in _generic_rows(path):
+    rows, extra = _generic_rows(path)
+    for index, row in rows:
         entry = _parse_entry(
             row, index, path, path.parent,
             id_keys=_GENERIC_ID_KEYS, path_keys=_GENERIC_PATH_KEYS,
@@ -527,7 +544,6 @@ def read_generic(root: PathLike, *, skip_bad_images: bool = False, check_images:
             )
         prev.captions = prev.captions + entry.captions
     notes = []
-    extra = csv_extra_columns(path) if path.suffix.lower() == ".csv" else []
     if extra:
         notes.append(ReadNote("ignored", "extra CSV columns", f"{', '.join(map(repr, extra))} (metadata, not read)",
                               count=len(extra)))
