@@ -26,6 +26,9 @@ log = logging.getLogger("analysis")
 DEFAULT_OUT = "figures"
 #: the largest input table read (an ablation.csv or a per-query file; 8,000 queries are about 1 MB)
 MAX_INPUT_BYTES = 100 * 1024 * 1024
+#: the largest --image read, in bytes and in pixels (PIL's own bomb limit only warns below 179 MP)
+MAX_IMAGE_BYTES = 50 * 1024 * 1024
+MAX_IMAGE_PIXELS = 50_000_000
 #: a variant's name in a table: it names files (curves/<variant>.jsonl), so no path separator
 VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 #: numeric columns of an ablation table and their allowed range (a blank cell is allowed but in "variant", R1, mAP)
@@ -280,18 +283,35 @@ def _writable(out: Path, flag: str = "--out") -> None:
     os.unlink(name)
 
 
-def check_input_file(path: Path, what: str) -> None:
+def check_input_file(path: Path, what: str, limit: Optional[int] = None) -> None:
     """Refuse an input that is not a regular file (a FIFO would block, a device never end) or is
-    larger than :data:`MAX_INPUT_BYTES`, before it is opened for reading."""
+    larger than ``limit`` bytes (default :data:`MAX_INPUT_BYTES`), before it is opened for reading."""
+    limit = MAX_INPUT_BYTES if limit is None else limit
     try:
         info = os.stat(path)
     except OSError as exc:
         raise ValueError(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
     if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{what} {path}: not a regular file; give a CSV file")
-    if info.st_size > MAX_INPUT_BYTES:
-        raise ValueError(f"{what} {path}: {info.st_size / 1e6:.1f} MB, larger than an input table may be "
-                         f"({MAX_INPUT_BYTES} bytes)")
+        raise ValueError(f"{what} {path}: not a regular file; give a file")
+    if info.st_size > limit:
+        raise ValueError(f"{what} {path}: {info.st_size / 1e6:.1f} MB, larger than this input may be "
+                         f"({limit} bytes, {limit / 1e6:.1f} MB)")
+
+
+def check_image_file(path: Path, what: str = "--image") -> None:
+    """A regular image file within :data:`MAX_IMAGE_BYTES` and :data:`MAX_IMAGE_PIXELS`; only
+    its header is read (no pixel is decoded), so a decompression bomb is refused unopened."""
+    from PIL import Image  # (a second's import: only when --image is given)
+
+    check_input_file(path, what, MAX_IMAGE_BYTES)
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError...)
+        raise ValueError(f"{what} {path}: unreadable image ({type(exc).__name__}: {exc})") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{what} {path}: {width}x{height} = {width * height / 1e6:.1f} million pixels, more "
+                         f"than an image may have ({MAX_IMAGE_PIXELS} pixels)")
 
 
 def read_csv_rows(path: Path, what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -382,6 +402,8 @@ def validate_args(args) -> None:
             raise ValueError(f"{flag} {value}: no such {what}")
     if getattr(args, "ablation_csv", None):
         check_ablation_table(Path(args.ablation_csv).expanduser())
+    if getattr(args, "image", None):
+        check_image_file(Path(args.image).expanduser())
     dataset = getattr(args, "dataset", None)
     if dataset not in (None, "toypedes"):  # (the data package imports torch: only for another name)
         from upperson.data.readers import DATASETS

@@ -447,3 +447,23 @@ def test_an_annotation_file_over_the_limit_is_refused_unread(tmp_path):
         fh.truncate(5 * 1024**3)
     with pytest.raises(DatasetError, match="GB"):
         load_dataset("toypedes", root)
+
+
+@pytest.mark.parametrize("limit, fragment", [("MAX_IMAGE_PIXELS", "pixels"), ("MAX_IMAGE_BYTES", "MB")])
+def test_an_attention_image_over_a_limit_is_refused(tmp_path, capsys, monkeypatch, limit, fragment):
+    import analysis.__main__ as analysis_cli
+
+    image = tmp_path / "big.png"
+    Image.new("RGB", (64, 128), (200, 10, 10)).save(image)
+    monkeypatch.setattr(analysis_cli, limit, 100, raising=False)
+    code, err = _analysis(["attention", "--image", str(image), "--caption", "a man", "--out", str(tmp_path / "f"),
+                           "--no-progress"], capsys)
+    _one_line(code, err, str(image), fragment)
+
+
+def test_a_file_that_is_not_an_image_is_refused_naming_it(tmp_path, capsys):
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    code, err = _analysis(["attention", "--image", str(fake), "--caption", "a man", "--out", str(tmp_path / "f")],
+                          capsys)
+    _one_line(code, err, str(fake), "unreadable image")
