@@ -467,3 +467,12 @@ def test_a_file_that_is_not_an_image_is_refused_naming_it(tmp_path, capsys):
     code, err = _analysis(["attention", "--image", str(fake), "--caption", "a man", "--out", str(tmp_path / "f")],
                           capsys)
     _one_line(code, err, str(fake), "unreadable image")
+
+
+def test_a_csv_cell_over_csvs_field_limit_names_the_file(tmp_path):
+    _png(tmp_path / "a.png")
+    ann = tmp_path / "ann.csv"
+    ann.write_text("image,pid,caption,split\n" + f'a.png,1,"{"x" * 200_000}",test\n')
+    with pytest.raises(DatasetError) as info:
+        load_dataset("generic", ann)
+    assert "ann.csv" in str(info.value) and "line 2" in str(info.value)

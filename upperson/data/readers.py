@@ -488,7 +488,15 @@ def _csv_rows(path: Path, text: str) -> tuple[list[tuple[int, Any]], list[str]]:
     row with more cells than the header is an error naming it (csv would keep the last value, or
     drop the extra cells)."""
     reader = csv.DictReader(text.splitlines())
-    header = list(reader.fieldnames or [])
+    try:
+        header = list(reader.fieldnames or [])
+        return _csv_body(path, reader, header)
+    except csv.Error as exc:  # a NUL byte, a cell over csv's field limit, ...
+        raise DatasetError(f"{path}: line {reader.line_num}: unreadable CSV ({exc})") from None
+
+
+def _csv_body(path: Path, reader: csv.DictReader, header: list[str]) -> tuple[list[tuple[int, Any]], list[str]]:
+    """The rows of :func:`_csv_rows` after its header."""
     fields = set(header)
     repeated = sorted({c for c in header if header.count(c) > 1})
     if repeated:
