@@ -492,7 +492,7 @@ def _csv_rows(path: Path, text: str) -> tuple[list[tuple[int, Any]], list[str]]:
         header = list(reader.fieldnames or [])
         return _csv_body(path, reader, header)
     except csv.Error as exc:  # a NUL byte, a cell over csv's field limit, ...
-        raise DatasetError(f"{path}: line {reader.line_num}: unreadable CSV ({exc})") from None
+        raise DatasetError(f"{path}: line {reader.line_num + 1}: unreadable CSV ({exc})") from None
 
 
 def _csv_body(path: Path, reader: csv.DictReader, header: list[str]) -> tuple[list[tuple[int, Any]], list[str]]:
