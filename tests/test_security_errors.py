@@ -13,12 +13,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import analysis.__main__ as analysis_cli
 import upperson.config as config_module
+from analysis.__main__ import check_ablation_table
+from analysis.__main__ import main as analysis_main
 from tests.cli_battery import assert_one_error, run_cli
 from upperson.cli import main as upperson_main
 from upperson.config import ConfigError, load_config
 from upperson.data import load_dataset
 from upperson.data.records import DatasetError
+from upperson.data.toypedes import generate_toypedes
+from upperson.embedded import embedded_data_root
 
 INT64_MAX = 2**63 - 1
 
@@ -113,14 +118,10 @@ def test_upperson_argparse_failures_are_one_error_line(argv, fragments, capsys):
     (["attention", "--quantity", "all"], ("--quantity",)),
 ])
 def test_analysis_argparse_failures_are_one_error_line(argv, fragments, capsys):
-    from analysis.__main__ import main as analysis_main
-
     _one_line(*_in_process(analysis_main, argv, capsys)[::2], *fragments)
 
 
 def test_help_still_prints_the_full_usage(capsys):
-    from analysis.__main__ import main as analysis_main
-
     for main, argv in ((upperson_main, ["--help"]), (upperson_main, ["train", "--help"]),
                        (analysis_main, ["curves", "--help"])):
         code, out, err = _in_process(main, argv, capsys)
@@ -247,8 +248,6 @@ def _table(tmp_path: Path, rows: int = 3, edit=None) -> Path:
 
 
 def _analysis(argv, capsys) -> tuple[int, str]:
-    from analysis.__main__ import main as analysis_main
-
     code, _, err = _in_process(analysis_main, argv, capsys)
     return code, err
 
@@ -267,8 +266,6 @@ def test_a_malformed_ablation_csv_names_the_file_and_line(tmp_path, capsys):
 
 
 def test_an_ablation_csv_over_the_size_limit_is_refused(tmp_path, capsys, monkeypatch):
-    import analysis.__main__ as analysis_cli
-
     table = _table(tmp_path)
     monkeypatch.setattr(analysis_cli, "MAX_INPUT_BYTES", 256, raising=False)
     code, err = _analysis(_ablation_argv(table, tmp_path / "out"), capsys)
@@ -321,8 +318,6 @@ def test_a_per_query_fifo_is_refused_not_waited_on(tmp_path):
 
 
 def test_the_shipped_ablation_table_passes_the_checks(tmp_path):
-    from analysis.__main__ import check_ablation_table
-
     check_ablation_table(ABLATION / "ablation.csv")  # raises on any problem
 
 
@@ -330,8 +325,6 @@ def test_the_shipped_ablation_table_passes_the_checks(tmp_path):
 
 
 def _toy(out: Path) -> Path:
-    from upperson.data.toypedes import generate_toypedes
-
     return generate_toypedes(out, preset="tiny", seed=0, splits=["test"])
 
 
@@ -351,8 +344,6 @@ def _first_image(folder: Path) -> Path:
     ("link", "00033_0.png"),
 ])
 def test_a_damaged_toypedes_folder_is_not_reused(tmp_path, damage, named):
-    from upperson.data.toypedes import generate_toypedes
-
     folder = _toy(tmp_path)
     image = _first_image(folder)
     assert image.name == named or damage == "truncate"
@@ -372,8 +363,6 @@ def test_a_damaged_toypedes_folder_is_not_reused(tmp_path, damage, named):
 
 
 def test_the_cache_repairs_a_damaged_copy(tmp_path, monkeypatch, caplog):
-    from upperson.embedded import embedded_data_root
-
     monkeypatch.setenv("UPPERSON_CACHE", str(tmp_path))
     root = embedded_data_root(preset="tiny", seed=0, splits=["test"])
     image = _first_image(root / "ToyPEDES")
@@ -451,8 +440,6 @@ def test_an_annotation_file_over_the_limit_is_refused_unread(tmp_path):
 
 @pytest.mark.parametrize("limit, fragment", [("MAX_IMAGE_PIXELS", "pixels"), ("MAX_IMAGE_BYTES", "MB")])
 def test_an_attention_image_over_a_limit_is_refused(tmp_path, capsys, monkeypatch, limit, fragment):
-    import analysis.__main__ as analysis_cli
-
     image = tmp_path / "big.png"
     Image.new("RGB", (64, 128), (200, 10, 10)).save(image)
     monkeypatch.setattr(analysis_cli, limit, 100, raising=False)
