@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Type, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -22,6 +23,8 @@ from upperson.petl.lora.config import LoraConfig
 from upperson.petl.prefix.config import PrefixConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
+#: the largest config file read (a config is a few hundred bytes; this bounds a hostile one)
+MAX_CONFIG_BYTES = 1024 * 1024
 
 T = TypeVar("T")
 
@@ -197,8 +200,23 @@ class _DuplicateKey(Exception):
     pass
 
 
+class _AliasRefused(Exception):
+    pass
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error (not: the last one wins)."""
+    """YAML's safe loader, but a key given twice in one mapping is an error (not: the last one
+    wins), and anchors and aliases are refused: an alias bomb ("billion laughs") cannot expand."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasRefused(f"alias *{event.anchor} (line {event.start_mark.line + 1})")
+        event = self.peek_event()
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            raise _AliasRefused(f"anchor &{anchor} (line {event.start_mark.line + 1})")
+        return super().compose_node(parent, index)
 
 
 def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -212,6 +230,17 @@ def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode,
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _read_config_text(path: Path) -> str:
+    """The text of a config file, refused unread when it is larger than :data:`MAX_CONFIG_BYTES`."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if max(size, len(data)) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {size / 1e6:.1f} MB, larger than a config may be ({MAX_CONFIG_BYTES} bytes, "
+                          f"{MAX_CONFIG_BYTES / 1e6:.1f} MB); a config holds a few hundred bytes of settings")
+    return data.decode("utf-8")
 
 
 def _load_yaml_tree(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
@@ -229,9 +258,14 @@ def _load_yaml_tree(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     if key in seen:
         raise ConfigError(f"{path}: circular 'base:' chain")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+        data = yaml.load(_read_config_text(path), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
     except _DuplicateKey as exc:
         raise ConfigError(f"{path}: {exc}; each key may appear once") from None
+    except _AliasRefused as exc:
+        raise ConfigError(f"{path}: YAML anchors and aliases are not allowed in a config ({exc}); "
+                          "write the value out where it is used") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply to read; a config is a few levels deep") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     except (OSError, UnicodeDecodeError) as exc:
@@ -252,7 +286,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {item!r} is not key=value")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except (_AliasRefused, _DuplicateKey) as exc:
+        raise ConfigError(f"override {item!r}: {exc} is not allowed; write the value out") from None
+    except RecursionError:
+        raise ConfigError(f"override {key!r}: the value is nested too deeply to read") from None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value

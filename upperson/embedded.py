@@ -185,5 +185,6 @@ def embedded_data_root(preset: Optional[str] = None, seed: Optional[int] = None,
     if not (root / "ToyPEDES" / "reid_raw.json").exists():
         log.info("generating ToyPEDES (%s, seed %d%s) into %s, once", preset, seed,
                  f", {', '.join(splits)} only" if splits else "", root)
-        generate_toypedes(root, preset=preset, seed=seed, splits=list(splits) if splits else None)
+    # a cached copy is verified against its manifest, and regenerated if damaged
+    generate_toypedes(root, preset=preset, seed=seed, splits=list(splits) if splits else None, repair=True)
     return root

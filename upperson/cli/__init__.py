@@ -10,9 +10,9 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import Optional, Sequence
 
 from upperson.logs import setup_logging
-from typing import Optional, Sequence
 
 # module name in this package for each sub-command, in --help order
 COMMANDS: list[str] = [
@@ -30,9 +30,29 @@ COMMANDS: list[str] = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one ``error: ... (see PROG --help)`` line on stderr (no usage block) and exit
+    status 2; its sub-command parsers are of the same class. ``--help`` still prints the whole help."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.fail(message, self.prog)
+
+    def fail(self, message: str, prog: str):
+        """Exit 2 with one ``error:`` line naming ``prog --help``."""
+        self.exit(2, f"error: {' '.join(message.split())} (see {prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse's, but unknown options point at the chosen sub-command's ``--help``."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            self.fail(f"unrecognized arguments: {' '.join(extras)}", f"{self.prog} {command}" if command else self.prog)
+        return parsed
+
+
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     """The top-level parser with every sub-command registered (or just ``only``, which imports less)."""
-    parser = argparse.ArgumentParser(prog="python -m upperson", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m upperson", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS if only is None else [only]:

@@ -23,6 +23,7 @@ import csv
 import json
 import logging
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,10 @@ PathLike = Union[str, Path]
 SHOW_BAD = 5
 #: the separator of several captions in one CSV cell of the generic format
 CSV_CAPTION_SEP = " || "
+#: the range of a person id: a 64-bit signed integer (ids become int64 tensors)
+PID_MIN, PID_MAX = -(2**63), 2**63 - 1
+#: the largest annotation file read (CUHK-PEDES's is about 40 MB); a larger one is refused unread
+MAX_ANNOTATION_BYTES = 1024**3
 #: how to skip bad images, named in the error that lists them
 SKIP_HINT = ("to skip them, pass --skip-bad-images (evaluate, analysis) or --set data.skip_bad_images=true "
              "(train, pretrain, evaluate --config); skip_bad_images=True in Python")
@@ -62,27 +67,80 @@ class _Entry:
 # ----------------------------------------------------------------------------- parsing
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise DatasetError(f"{path}: annotation file not found")
+class JsonObject(dict):
+    """A JSON object in which some key was given more than once (``duplicates``, in file order);
+    its values are the last ones. The entry parser refuses it, naming the entry and the key."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def json_object(pairs: list[tuple[str, Any]]) -> dict:
+    """``json``'s ``object_pairs_hook``: a dict, or a :class:`JsonObject` marking repeated keys
+    (plain ``json`` silently keeps the last value of a repeated key)."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    marked = JsonObject(obj)
+    marked.duplicates = tuple(k for k, _ in pairs if k in seen or seen.add(k))
+    return marked
+
+
+def _loads(text: str, where: str) -> Any:
+    """``json.loads`` with repeated keys marked; a nesting or number bomb is a :class:`DatasetError`."""
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is allowed
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: malformed JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        return json.loads(text, object_pairs_hook=json_object)
+    except RecursionError:
+        raise DatasetError(f"{where}: JSON nested too deeply to read") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise DatasetError(f"{where}: unreadable JSON value ({exc})") from None
+
+
+def _read_text(path: Path) -> str:
+    """An annotation file's text (a byte-order mark allowed), refused unread when it is not a
+    regular file or is larger than :data:`MAX_ANNOTATION_BYTES`."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        raise DatasetError(f"{path}: annotation file not found") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DatasetError(f"{path}: not a regular file; the annotation file must be a plain file")
+    if info.st_size > MAX_ANNOTATION_BYTES:
+        raise DatasetError(f"{path}: {info.st_size / 1e9:.1f} GB, larger than an annotation file may be "
+                           f"({MAX_ANNOTATION_BYTES / 1e9:.1f} GB)")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
+def _read_json(path: Path) -> Any:
+    text = _read_text(path)
+    try:
+        return _loads(text, str(path))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: malformed JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+
+
 def _as_pid(value: Any, where: str) -> int:
+    pid: Optional[int] = None
     if isinstance(value, bool):
+        pid = None
+    elif isinstance(value, int):
+        pid = value
+    elif isinstance(value, float) and value.is_integer():
+        pid = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        pid = int(value.strip())
+    if pid is None:
         raise DatasetError(f"{where}: id must be an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    raise DatasetError(f"{where}: id must be an integer, got {value!r}")
+    if not PID_MIN <= pid <= PID_MAX:
+        shown = str(value) if len(str(value)) <= 40 else f"{str(value)[:40]}... ({len(str(value))} characters)"
+        raise DatasetError(f"{where}: id {shown} is out of range; an id must be an integer from "
+                           f"{PID_MIN} to {PID_MAX} (64 bits)")
+    return pid
 
 
 def _as_captions(value: Any, where: str) -> list[str]:
@@ -121,6 +179,9 @@ def _parse_entry(
     where = f"{ann_file}: {what} {index}"
     if not isinstance(entry, dict):
         raise DatasetError(f"{where}: expected an object, got {type(entry).__name__}")
+    if isinstance(entry, JsonObject):
+        raise DatasetError(f"{where}: key {entry.duplicates[0]!r} is given twice; each key may appear once "
+                           "(JSON would silently keep the last value)")
 
     def first(keys: tuple[str, ...], blank_ok: bool = False) -> Optional[str]:
         empty = (None,) if blank_ok else (None, "")
@@ -231,12 +292,14 @@ def _build(
     *,
     skip_bad_images: bool,
     check_images: bool,
+    notes: Optional[list[ReadNote]] = None,
 ) -> PedesDataset:
+    """The dataset of ``entries``, its images checked; ``notes``: the format reader's own, first."""
     if not entries:
         raise DatasetError(f"{ann_file}: no entries")
     problems = _check_images(entries, verify=check_images)
     bad = [(e, p) for e, p in zip(entries, problems) if p is not None]
-    notes: list[ReadNote] = []
+    notes = list(notes or [])
     folder = (_missing_folder(bad) if bad and len(bad) == len(entries)
               and all(p == "image not found" for _, p in bad) else None)
     if folder is not None:
@@ -391,50 +454,72 @@ _GENERIC_ID_KEYS = ("pid", "id")
 _GENERIC_CAPTION_KEYS = ("captions", "caption")
 
 
-def _generic_rows(path: Path) -> list[tuple[int, Any]]:
-    """(line number, row object) for each row of a .jsonl, .json or .csv file."""
+def _generic_rows(path: Path) -> tuple[list[tuple[int, Any]], list[str]]:
+    """(line number, row object) for each row of a .jsonl, .json or .csv file, and the CSV
+    header's columns that the reader does not use (metadata; none for JSON)."""
     suffix = path.suffix.lower()
-    if not path.is_file():
-        raise DatasetError(f"{path}: annotation file not found")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text = _read_text(path)
     if suffix == ".jsonl":
         rows = []
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                rows.append((lineno, json.loads(line)))
+                rows.append((lineno, _loads(line, f"{path}: line {lineno}")))
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}: line {lineno}: malformed JSON ({exc.msg}, column {exc.colno})") from None
-        return rows
+        return rows, []
     if suffix == ".json":
         data = _read_json(path)
         if not isinstance(data, list):
             raise DatasetError(f"{path}: expected a JSON list of entries, got {type(data).__name__}")
-        return list(enumerate(data))
+        return list(enumerate(data)), []
     if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        fields = set(reader.fieldnames or [])
-        for keys in (_GENERIC_PATH_KEYS, _GENERIC_ID_KEYS, _GENERIC_CAPTION_KEYS, ("split",)):
-            if not fields & set(keys):
-                raise DatasetError(f"{path}: CSV header lacks a column {' or '.join(repr(k) for k in keys)} "
-                                   f"(header: {sorted(fields)})")
-        rows = []
-        for row in reader:
-            row = {k: v for k, v in row.items() if k is not None}
-            # "a || || b": a blank caption between two; empty cells: no captions
-            cells = {k: row[k] for k in _GENERIC_CAPTION_KEYS if isinstance(row.get(k), str)}
-            filled = {k: v for k, v in cells.items() if v.strip()}
-            for key in cells:
-                row.pop(key)
-            for key, cell in (filled or dict(list(cells.items())[:1])).items():
-                row[key] = cell.split(CSV_CAPTION_SEP.strip()) if cell.strip() else []
-            rows.append((reader.line_num, row))
-        return rows
+        return _csv_rows(path, text)
     raise DatasetError(f"{path}: the generic format is a .jsonl, .json or .csv file, not {suffix or 'no suffix'!r}")
+
+
+#: every column the generic CSV reader uses; any other is metadata, counted in the summary
+_GENERIC_COLUMNS = (*_GENERIC_PATH_KEYS, *_GENERIC_ID_KEYS, *_GENERIC_CAPTION_KEYS, "split")
+
+
+def _csv_rows(path: Path, text: str) -> tuple[list[tuple[int, Any]], list[str]]:
+    """(line number, row) of a generic CSV file, and its unused columns; a repeated column or a
+    row with more cells than the header is an error naming it (csv would keep the last value, or
+    drop the extra cells)."""
+    reader = csv.DictReader(text.splitlines())
+    try:
+        header = list(reader.fieldnames or [])
+        return _csv_body(path, reader, header)
+    except csv.Error as exc:  # a NUL byte, a cell over csv's field limit, ...
+        raise DatasetError(f"{path}: line {reader.line_num + 1}: unreadable CSV ({exc})") from None
+
+
+def _csv_body(path: Path, reader: csv.DictReader, header: list[str]) -> tuple[list[tuple[int, Any]], list[str]]:
+    """The rows of :func:`_csv_rows` after its header."""
+    fields = set(header)
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DatasetError(f"{path}: CSV header names column(s) {repeated} more than once; each column may appear once")
+    for keys in (_GENERIC_PATH_KEYS, _GENERIC_ID_KEYS, _GENERIC_CAPTION_KEYS, ("split",)):
+        if not fields & set(keys):
+            raise DatasetError(f"{path}: CSV header lacks a column {' or '.join(repr(k) for k in keys)} "
+                               f"(header: {sorted(fields)})")
+    rows = []
+    for row in reader:
+        if row.get(None):
+            raise DatasetError(f"{path}: line {reader.line_num}: {len(header) + len(row[None])} cells, the header "
+                               f"has {len(header)}; quote a cell that holds a comma")
+        row = {k: v for k, v in row.items() if k is not None}
+        # "a || || b": a blank caption between two; empty cells: no captions
+        cells = {k: row[k] for k in _GENERIC_CAPTION_KEYS if isinstance(row.get(k), str)}
+        filled = {k: v for k, v in cells.items() if v.strip()}
+        for key in cells:
+            row.pop(key)
+        for key, cell in (filled or dict(list(cells.items())[:1])).items():
+            row[key] = cell.split(CSV_CAPTION_SEP.strip()) if cell.strip() else []
+        rows.append((reader.line_num, row))
+    return rows, [c for c in header if c not in _GENERIC_COLUMNS]
 
 
 def read_generic(root: PathLike, *, skip_bad_images: bool = False, check_images: bool = True) -> PedesDataset:
@@ -449,7 +534,8 @@ def read_generic(root: PathLike, *, skip_bad_images: bool = False, check_images:
         raise DatasetError(f"{path}: the generic dataset's root is its annotation file (.jsonl/.json/.csv), not a folder")
     what = "entry" if path.suffix.lower() == ".json" else "line"
     merged: dict[Path, _Entry] = {}
-    for index, row in _generic_rows(path):
+    rows, extra = _generic_rows(path)
+    for index, row in rows:
         entry = _parse_entry(
             row, index, path, path.parent,
             id_keys=_GENERIC_ID_KEYS, path_keys=_GENERIC_PATH_KEYS,
@@ -465,8 +551,12 @@ def read_generic(root: PathLike, *, skip_bad_images: bool = False, check_images:
                 f"id {prev.pid} / split {prev.split!r}, here id {entry.pid} / split {entry.split!r}"
             )
         prev.captions = prev.captions + entry.captions
+    notes = []
+    if extra:
+        notes.append(ReadNote("ignored", "extra CSV columns", f"{', '.join(map(repr, extra))} (metadata, not read)",
+                              count=len(extra)))
     return _build(path.stem, path, path, list(merged.values()),
-                  skip_bad_images=skip_bad_images, check_images=check_images)
+                  skip_bad_images=skip_bad_images, check_images=check_images, notes=notes)
 
 
 Reader = Callable[..., PedesDataset]

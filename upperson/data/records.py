@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -44,23 +45,26 @@ class ImageRecord:
 class ReadNote:
     """Something a reader kept or skipped that a plain count would hide, per split."""
 
-    action: str  # "kept" or "skipped"
+    action: str  # "kept", "skipped" or "ignored"
     what: str  # e.g. "blank captions", "images without captions"
     why: str  # what was done and why, for the summary
     per_split: dict[str, int] = field(default_factory=dict)
+    count: Optional[int] = None  # for what is not per split (e.g. a file's extra CSV columns)
 
     @property
     def total(self) -> int:
+        if not self.per_split and self.count is not None:
+            return self.count
         return sum(self.per_split.values())
 
     def line(self) -> str:
-        splits = ", ".join(f"{s} {n}" for s, n in self.per_split.items())
+        splits = f" ({', '.join(f'{s} {n}' for s, n in self.per_split.items())})" if self.per_split else ""
         what = self.what.split()
         if self.total == 1:  # "1 bad image", "1 image without captions"
-            i = next((i for i, w in enumerate(what) if w in ("captions", "images")), None)
+            i = next((i for i, w in enumerate(what) if w in ("captions", "images", "columns")), None)
             if i is not None:
                 what[i] = what[i][:-1]
-        return f"{self.action} {self.total} {' '.join(what)} ({splits}): {self.why}"
+        return f"{self.action} {self.total} {' '.join(what)}{splits}: {self.why}"
 
 
 @dataclass

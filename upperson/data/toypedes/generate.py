@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing as mp
 import os
 import random
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,8 @@ GENERATOR_VERSION = 1
 CAPTIONS_PER_IMAGE = 2
 CAPTION_MODES = ("fine", "weak")
 FOLDERS = {"fine": "ToyPEDES", "weak": "ToyPEDES-weak"}
+#: every file of a generated folder with its size and SHA-256, checked before the folder is reused
+MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,49 @@ def _write_json(path: Path, obj: object, indent: Optional[int] = None) -> None:
     path.write_text(json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=True) + "\n", encoding="utf-8")
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path, names: Sequence[str]) -> None:
+    """``manifest.json``: size and SHA-256 of each of ``names`` (relative to ``folder``)."""
+    files = {n: {"bytes": (folder / n).stat().st_size, "sha256": _sha256(folder / n)} for n in sorted(names)}
+    _write_json(folder / MANIFEST, {"version": 1, "files": files}, indent=1)
+
+
+def damage(folder: Union[str, Path]) -> Optional[str]:
+    """What is wrong with a generated ToyPEDES folder, checked against its manifest: a missing,
+    changed or linked file (sizes first, then SHA-256 of every file); ``None`` if it is whole.
+    A folder written before manifests existed gives the string ``"no manifest"``."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        assert isinstance(files, dict)
+    except FileNotFoundError:
+        return "no manifest"
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return f"{folder / MANIFEST} is unreadable"
+    for name, want in files.items():
+        path = folder / name
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return f"{path} is missing"
+        if not stat.S_ISREG(info.st_mode):
+            return f"{path} is not a regular file (a link or a folder)"
+        if info.st_size != want.get("bytes"):
+            return f"{path} has {info.st_size} bytes, {want.get('bytes')} when written"
+    for name, want in files.items():
+        if _sha256(folder / name) != want.get("sha256"):
+            return f"{folder / name} changed since it was written (SHA-256 differs)"
+    return None
+
+
 def generate_toypedes(
     out_dir: Union[str, Path],
     preset: str = "tiny",
@@ -160,6 +207,7 @@ def generate_toypedes(
     *,
     overwrite: bool = False,
     splits: Optional[Sequence[str]] = None,
+    repair: bool = False,
 ) -> Path:
     """Write ToyPEDES under ``out_dir`` and return its folder.
 
@@ -173,7 +221,10 @@ def generate_toypedes(
     index), so ``workers`` does not change the output. The dataset is built in a temporary
     folder beside the target and renamed into place when complete, so an interrupted run
     leaves no half dataset. If the folder exists from the same preset, seed and generator
-    version it is reused; if it differs, ``overwrite=True`` is needed.
+    version it is reused once every file matches its ``manifest.json`` (size and SHA-256); if it
+    differs, ``overwrite=True`` is needed. A damaged folder (a file changed, truncated, missing
+    or replaced by a link) is an error naming the file, or, with ``repair=True`` (a cache), is
+    regenerated with a warning. A folder written before manifests is reused with a warning.
 
     ``splits`` (e.g. ``["test"]``) draws only those splits' identities: the same pids, images
     and captions as in the full benchmark, in a fraction of the time. A ``test_only`` preset
@@ -200,10 +251,24 @@ def generate_toypedes(
     out_dir = Path(out_dir).expanduser().resolve()
     final = out_dir / FOLDERS[captions]
     meta = _meta(preset, seed, captions, splits)
-    if final.exists():
-        if _holds(final, meta) and not overwrite:
-            log.info("%s already holds ToyPEDES %s (seed %d); reusing it", final, preset, seed)
+    if final.exists() and _holds(final, meta) and not overwrite:
+        problem = damage(final)
+        if problem is None:
+            log.info("%s already holds ToyPEDES %s (seed %d), verified; reusing it", final, preset, seed)
             return final
+        if problem == "no manifest":
+            log.warning("%s: written before ToyPEDES folders had checksums (no %s); reused unverified "
+                        "(pass --overwrite to regenerate it)", final, MANIFEST)
+            return final
+        if not repair:
+            raise ValueError(f"{final} is damaged: {problem}; pass --overwrite (overwrite=True) to regenerate it")
+        log.warning("%s is damaged (%s): regenerating it", final, problem)
+        overwrite = True
+    if final.exists():
+        if repair and not overwrite:
+            log.warning("%s does not hold ToyPEDES %s (seed %d) as its meta.json says: regenerating it",
+                        final, preset, seed)
+            overwrite = True
         if not overwrite:
             raise ValueError(f"{final} exists and is not ToyPEDES {preset!r} with seed {seed}; "
                              "pass --overwrite (overwrite=True) to replace it")
@@ -247,7 +312,9 @@ def generate_toypedes(
                                  "captions": sum(len(a["captions"]) for a in anns)}
         _write_json(tmp / "attributes.json", {"identities": identities, "images": images}, indent=1)
         _write_json(tmp / "meta.json", {**meta, "counts": counts}, indent=1)
-        _write_json(tmp / "reid_raw.json", annotations)  # last: its presence marks a complete folder
+        names = [p.relative_to(tmp).as_posix() for p in (tmp / "imgs").rglob("*.png")]
+        _write_json(tmp / "reid_raw.json", annotations)
+        _write_manifest(tmp, [*names, "attributes.json", "meta.json", "reid_raw.json"])
         os.chmod(tmp, 0o755)
 
         trash = None
@@ -257,7 +324,7 @@ def generate_toypedes(
         try:
             os.replace(tmp, final)
         except OSError:
-            if _holds(final, meta):  # a concurrent run finished the same dataset first
+            if _holds(final, meta) and damage(final) is None:  # a concurrent run finished the same dataset first
                 log.info("%s was written concurrently; keeping that copy", final)
             elif trash is not None and not final.exists():  # put the old dataset back
                 os.replace(trash / final.name, final)
