@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
 
 PathLike = Union[str, Path]
+
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# how writers that are not OSError (safetensors' SafetensorError) spell a full disk
+_DISK_FULL_TEXTS = ("no space left on device", "os error 28", "storagefull", "disk quota exceeded")
+
+
+class DiskFullError(RuntimeError):
+    """A write failed because the disk (or the quota) is full; the message names the folder and the space needed."""
 
 
 @contextmanager
@@ -75,8 +85,6 @@ def atomic_write_json(path: PathLike, obj: Any) -> None:
 
 def replace_dir(tmp: PathLike, final: PathLike) -> None:
     """Swap a fully written folder ``tmp`` in at ``final`` (the old one is removed after)."""
-    import shutil
-
     tmp, final = Path(tmp), Path(final)
     old = final.with_name(final.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -88,12 +96,16 @@ def replace_dir(tmp: PathLike, final: PathLike) -> None:
 
 
 def recover_dir(final: PathLike) -> None:
-    """Undo a :func:`replace_dir` cut short between its two renames: ``final.old`` becomes ``final`` again."""
+    """Finish a :func:`replace_dir` cut short: between its two renames ``final.old`` becomes ``final``
+    again; after them, the leftover ``final.old`` is removed. A half-written ``final.tmp`` goes too."""
     final = Path(final)
     old = final.with_name(final.name + ".old")
     if not final.exists() and old.is_dir():
         old.rename(final)
         fsync_dir(final.parent)
+    elif final.is_dir() and old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(final.with_name(final.name + ".tmp"), ignore_errors=True)
 
 
 def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
@@ -140,7 +152,53 @@ def check_writable_file(path: PathLike, what: str = "output file") -> None:
 
 def atomic_copy(src: PathLike, dst: PathLike) -> None:
     """Copy file ``src`` to ``dst`` atomically (a temporary copy beside ``dst``, synced, then renamed)."""
-    import shutil
-
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (an ``OSError``, or a writer's own error type) says the disk or quota is full."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return any(t in text for t in _DISK_FULL_TEXTS)
+
+
+def free_bytes(folder: PathLike) -> int:
+    """Free bytes for an unprivileged writer on the file system of ``folder`` (or the nearest existing folder above)."""
+    return shutil.disk_usage(nearest_existing(folder)).free
+
+
+def remove_temporaries(folder: PathLike) -> list[Path]:
+    """Remove every ``*.tmp`` file or folder under ``folder`` (what an interrupted atomic write left); returns them."""
+    removed = []
+    for p in sorted(Path(folder).rglob("*.tmp"), key=lambda q: len(q.parts)):
+        if not os.path.lexists(p):
+            continue  # inside a .tmp folder removed before
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+@contextmanager
+def disk_full_reported(folder: PathLike, needed: int, what: str, after: str) -> Iterator[None]:
+    """Turn a full disk inside the block into one :class:`DiskFullError` naming ``folder``, the space
+    ``needed`` (bytes) and the space free; the temporary files under ``folder`` are removed first.
+    ``after`` says what is kept and how to continue."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        remove_temporaries(folder)
+        raise DiskFullError(
+            f"no space left on the device of {folder} while writing {what}: it needs about {_mb(needed)} free, "
+            f"{_mb(free_bytes(folder))} are free; free some space (or choose another --output), then {after}"
+        ) from exc

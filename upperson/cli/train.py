@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from upperson.config import load_config
+    from upperson.train.records import check_run_records
     from upperson.train.rundir import check_new_run, resume_config
 
     overrides = list(args.overrides)
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     # the config and the run folder are checked before the heavy imports (torch, open_clip)
     if args.resume:
         cfg = resume_config(Path(args.output), overrides, config=args.config)
+        check_run_records(Path(args.output))  # state.json, metrics.jsonl and config.yaml agree (read only)
     else:
         cfg = load_config(args.config or "cuhk-pedes", overrides)
         check_new_run(Path(args.output))

@@ -3,6 +3,9 @@
 A run folder holds ``config.yaml`` (the resolved config), ``train.log``, ``metrics.jsonl``
 (one JSON object per epoch, for pandas), ``last/`` (resumable state), ``best/`` (the
 selected PETL checkpoint) and ``results.json`` (the selection and the test metrics).
+``last/state.json`` holds the metrics rows too: ``metrics.jsonl`` is rewritten from it after
+each epoch, and a resume repairs it or refuses records that disagree (:mod:`upperson.train.records`).
+A full disk is one :class:`~upperson.io.DiskFullError` naming the folder and the space needed.
 
 The folder comes into being only once training really starts (config, data, model and, on
 resume, the saved state all checked): until then log lines are held in memory, and a failed
@@ -11,6 +14,7 @@ start removes the lock and the folders it created (see :mod:`upperson.train.rund
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -29,7 +33,8 @@ from tqdm.auto import tqdm
 from upperson.config import ExperimentConfig, save_config, to_dict
 from upperson.data import PedesDataset, TrainCaptionDataset, build_tokenizer, build_transforms, load_dataset
 from upperson.evaluation import evaluate
-from upperson.io import atomic_write_json, atomic_write_text, recover_dir, replace_dir
+from upperson.io import (atomic_write_json, atomic_write_text, disk_full_reported, file_digest, is_disk_full,
+                         recover_dir, replace_dir)
 from upperson.losses import build_loss
 from upperson.metrics import format_metrics
 from upperson.model import UPPerson, build_model
@@ -38,10 +43,11 @@ from upperson.model.params import count_parameters
 from upperson.runtime import (autocast, grad_scaler, half_dtype, mixed_precision, return_freed_memory_to_os,
                               seed_everything)
 from upperson.train.distributed import DistInfo, barrier, cleanup, gather_batch, init_distributed, mean_across
-from upperson.train.optim import build_optimizer, set_epoch_lr
+from upperson.train.optim import build_optimizer, lr_factor, set_epoch_lr
 from upperson.train.sampler import GlobalBatchSampler, SeededSamples
-from upperson.train.rundir import RunFolder, RunFolderError, log_config_changes
-from upperson.train.state import find_training_state, load_training_state, read_state_meta, save_training_state
+from upperson.train.records import METRICS_NAME, RunRecordError, RunRecords, check_run_records, find_state_dir
+from upperson.train.rundir import CONFIG_NAME, RunFolder, RunFolderError, log_config_changes
+from upperson.train.state import load_training_state, read_state_meta, save_training_state
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +149,71 @@ def _cast_frozen_to_half(model: UPPerson, precision: str) -> None:
             p.data = p.data.to(dtype)
 
 
-def _read_metrics_log(path: Path, upto_epoch: int) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["epoch"] <= upto_epoch]
-
-
 def _write_metrics_log(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    """Rewrite ``metrics.jsonl`` from the rows saved with the state (atomically)."""
+    try:
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise
+        raise RunFolderError(f"cannot write {path}: {exc.strerror or exc}; the epochs' rows are saved with the "
+                             f"state in {path.parent / 'last' / 'state.json'}, and --resume rewrites {path.name} "
+                             "from it") from exc
+
+
+def _epoch_bytes(model: UPPerson) -> int:
+    """About what one epoch writes before the old files go: best/ and last/ (weights, Adam's two moments)."""
+    trainable = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    return 5 * trainable + (1 << 20)
+
+
+def _disk_guard(run_dir: Path, model: UPPerson, what: str):
+    """One :class:`~upperson.io.DiskFullError` for a full disk while writing ``what``, temporary files removed."""
+    return disk_full_reported(run_dir, _epoch_bytes(model), what,
+                              "run the same command with --resume (the last complete state in last/ is kept)")
+
+
+def _resume_records(run_dir: Path, info: DistInfo) -> RunRecords:
+    """The saved state to resume from: on the writer, cross-checked with metrics.jsonl and config.yaml."""
+    if info.is_main:
+        records = check_run_records(run_dir)  # refuses records that disagree, before any data is read
+        for note in records.notes:
+            log.warning("%s", note)
+        return records
+    state_dir = find_state_dir(run_dir)
+    return RunRecords(state_dir, read_state_meta(state_dir) if state_dir else None)
+
+
+def _steps_fit(steps: set[int], expected: int, scaler_enabled: bool) -> bool:
+    """Adam's step count after the epochs done (a GradScaler skips the steps whose gradients overflowed)."""
+    if not steps:
+        return False
+    return max(steps) <= expected and min(steps) >= 1 if scaler_enabled else steps == {expected}
+
+
+def _check_resumed_optimizer(optimizer: torch.optim.Optimizer, records: RunRecords, cfg: ExperimentConfig,
+                             config_lrs: list[float], steps_per_epoch: int, scaler_enabled: bool) -> None:
+    """The optimiser state must be that of the epochs done: its step count, and learning rates that
+    are the config's (``config_lrs``: each group's initial lr as the config gives it) on its schedule."""
+    meta = records.meta
+    path = records.state_dir / "state.json"
+    epoch = meta["progress"]["epoch"]
+    expected = (epoch + 1) * steps_per_epoch
+    steps = {int(st["step"]) for st in optimizer.state.values() if "step" in st}
+    if not _steps_fit(steps, expected, scaler_enabled):
+        raise RunRecordError(
+            f"{path}: the optimizer has done {sorted(steps)} step(s), but {epoch + 1} epoch(s) of {steps_per_epoch} "
+            f"steps make {expected}: progress.epoch does not fit the optimizer state; the file was changed outside "
+            "the tool: restore it, or start a new run")
+    recorded = meta.get("config", {}).get("train", {})
+    sched = dataclasses.replace(cfg.train, epochs=recorded.get("epochs", cfg.train.epochs))
+    for i, (g, initial) in enumerate(zip(optimizer.param_groups, config_lrs)):
+        want = initial * lr_factor(epoch, sched) if meta.get("version", 1) >= 3 else g["lr"]
+        if not math.isclose(g["initial_lr"], initial, rel_tol=1e-9) or not math.isclose(g["lr"], want, rel_tol=1e-9):
+            raise RunRecordError(
+                f"{path}: optimizer.param_groups[{i}] has lr {g['lr']} (initial_lr {g['initial_lr']}), but the "
+                f"config's schedule gives {want} (initial_lr {initial}) after epoch {epoch + 1}; the state or "
+                "config.yaml was changed outside the tool: restore it, or start a new run")
 
 
 def evaluations_since_best(history: list[dict], best_epoch: int) -> int:
@@ -205,14 +267,25 @@ def _train(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo, p
             folder.close()
 
 
-def _start(cfg: ExperimentConfig, run_dir: Path, folder: Optional[RunFolder], runlog: _RunLog) -> None:
-    """Everything is checked: write config.yaml (atomically) and open train.log. The run exists from here."""
+def _start(cfg: ExperimentConfig, run_dir: Path, folder: Optional[RunFolder], runlog: _RunLog,
+           records: RunRecords) -> str:
+    """Everything is checked: write config.yaml (atomically) and open train.log. The run exists from here.
+
+    Returns the SHA-256 of the config.yaml written (recorded with each state), and rewrites
+    metrics.jsonl when the records check found rows missing.
+    """
     if folder is None:
-        return
-    save_config(cfg, run_dir / "config.yaml")
+        return ""
+    with disk_full_reported(run_dir, 1 << 20, CONFIG_NAME, "run the same command again"):
+        save_config(cfg, run_dir / CONFIG_NAME)
+    digest = file_digest(run_dir / CONFIG_NAME)  # under the lock, just written
     folder.started = True
     runlog.to_file(run_dir / "train.log")
-    recover_dir(run_dir / "best")  # a power cut between replace_dir's two renames
+    for name in ("best", "last"):  # a power cut or kill in replace_dir (the state was read before)
+        recover_dir(run_dir / name)
+    if records.repair_metrics:
+        _write_metrics_log(run_dir / METRICS_NAME, records.history)
+    return digest
 
 
 def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo, progress: bool,
@@ -220,9 +293,10 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
     t_cfg = cfg.train
     if resume and info.is_main:
         log_config_changes(run_dir, cfg)  # refuses unsafe changes before any data is read
-    saved_state = find_training_state(run_dir) if resume else None
+    records = _resume_records(run_dir, info) if resume else RunRecords()
+    saved_state = records.state_dir
     if saved_state is not None:
-        done_epochs = int(read_state_meta(saved_state)["progress"]["epoch"]) + 1
+        done_epochs = records.meta["progress"]["epoch"] + 1
         if t_cfg.epochs < done_epochs:
             raise RunFolderError(f"--resume: train.epochs={t_cfg.epochs} but {run_dir} has already done "
                                  f"{done_epochs} epochs; set train.epochs >= {done_epochs}")
@@ -268,21 +342,26 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
         optimizer = build_optimizer(model, t_cfg, extra=list(loss_module.parameters()))
         scaler = grad_scaler(device, amp)
         if resume:
-            state_dir = saved_state  # found (and its progress checked) above
+            state_dir = saved_state  # found (and its records checked) above
             if state_dir is None:
                 log.warning("--resume: no saved state in %s, starting from scratch", run_dir)
             else:
-                done = load_training_state(state_dir, model, optimizer, loss_module, scaler)
+                config_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+                done = load_training_state(state_dir, model, optimizer, loss_module, scaler, meta=records.meta)
+                steps_per_epoch = min(len(loader), t_cfg.max_steps_per_epoch or len(loader))
+                _check_resumed_optimizer(optimizer, records, cfg, config_lrs, steps_per_epoch, scaler.is_enabled())
                 start_epoch = done["epoch"] + 1  # "epoch" is the 0-based index of the last epoch done
                 best_score, best_epoch = done["best_score"], done["best_epoch"]
                 train_time = done.get("train_time_s", 0.0)
-                history = _read_metrics_log(run_dir / "metrics.jsonl", start_epoch)  # rows count from 1
+                history = [dict(r) for r in records.history]  # rows count from 1
                 pos.saved = start_epoch
                 log.info("resumed %s after %d epoch(s) (best %s R1 %.2f at epoch %d); continuing with epoch %d of %d",
                          run_dir, start_epoch, select, best_score, best_epoch, start_epoch + 1, t_cfg.epochs)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
             if info.enabled else model
-        _start(cfg, run_dir, folder, runlog)
+        barrier(info)  # every rank has read the saved state before the writer tidies last.old/last.tmp
+        config_sha = _start(cfg, run_dir, folder, runlog, records)
+        recorded_config = to_dict(cfg)
 
         for epoch in range(start_epoch, t_cfg.epochs):
             if t_cfg.early_stop_patience and mean_across(
@@ -347,21 +426,25 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                     row.update({"split": select, **{k: metrics[k] for k in ("R1", "R5", "R10", "mAP", "mINP")}})
                     if metrics["R1"] > best_score:
                         best_score, best_epoch = metrics["R1"], epoch + 1
-                        _save_best(model, run_dir, {"epoch": epoch + 1, "split": select, "metrics": metrics})
+                        with _disk_guard(run_dir, model, "best/"):
+                            _save_best(model, run_dir, {"epoch": epoch + 1, "split": select, "metrics": metrics})
                 elif select is None or t_cfg.eval_every <= 0:
                     best_epoch = epoch + 1  # no evaluation: the last epoch is the result
-                    _save_best(model, run_dir, {"epoch": epoch + 1})
+                    with _disk_guard(run_dir, model, "best/"):
+                        _save_best(model, run_dir, {"epoch": epoch + 1})
                 log.info("epoch %d: loss %.4f%s", epoch + 1, row["loss"],
                          f", {select} R1 {row['R1']:.2f} mAP {row['mAP']:.2f}" if "R1" in row else "")
                 history.append(row)
-                save_training_state(run_dir, model, optimizer, loss_module, {
-                    "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch, "train_time_s": train_time,
-                }, scaler)
-                pos.saved = epoch + 1
-                _write_metrics_log(run_dir / "metrics.jsonl", history)
+                with _disk_guard(run_dir, model, "last/ and metrics.jsonl"):
+                    # the epoch's state and its row are one unit: the rows travel inside last/state.json
+                    save_training_state(run_dir, model, optimizer, loss_module, {
+                        "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch, "train_time_s": train_time,
+                    }, scaler, history=history, config=recorded_config, config_sha256=config_sha)
+                    pos.saved = epoch + 1
+                    _write_metrics_log(run_dir / METRICS_NAME, history)
             barrier(info)
     else:
-        _start(cfg, run_dir, folder, runlog)
+        _start(cfg, run_dir, folder, runlog, records)
 
     pos.finishing = True
     results: dict[str, Any] = {}
@@ -391,7 +474,8 @@ def _finish(cfg: ExperimentConfig, run_dir: Path, model: UPPerson, data: PedesDa
         "train_time_s": round(train_time, 1),
         "config": to_dict(cfg),
     }
-    atomic_write_json(run_dir / "results.json", results)
+    with disk_full_reported(run_dir, 1 << 20, "results.json", "run the same command with --resume"):
+        atomic_write_json(run_dir / "results.json", results)
     for split, m in final.items():
         log.info("%s (%s split, checkpoint of epoch %d):\n%s", data.name, split, best_epoch, format_metrics(m))
     return results

@@ -3,8 +3,9 @@
 * A run folder exists only once training has really started: :class:`RunFolder` creates the
   folder (and its missing parents) and a lock first, and when the start fails it removes the
   lock and every folder it created, so a failed or refused command changes no byte of it.
-* One process writes a run at a time: ``RUN/.lock`` is created with ``O_EXCL`` and holds the
-  writer's pid and host; a lock whose process is gone (same host) is stale and is taken over.
+* One process writes a run at a time: ``RUN/.lock`` holds the writer's pid and host and an
+  ``flock`` for as long as it writes; a lock whose ``flock`` is free and whose process is gone
+  (same host) is stale and is taken over.
 * ``--resume`` reads the run's own ``config.yaml``; ``--set`` may change only
   :data:`SAFE_RESUME_KEYS`, anything else is refused with the differing keys named.
 
@@ -13,6 +14,7 @@ This module imports no torch, so the command line checks a run folder before hea
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -25,7 +27,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.yaml"
 LOCK_NAME = ".lock"
-STALE_EMPTY_LOCK_S = 60.0  # a lock file still empty after this long was left by a crash
 
 # what --resume may change with --set: how long to train, how to log, how to feed and where the
 # data lives, and memory-only switches; never what the model, the data or the optimiser is
@@ -150,11 +151,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """``RUN/.lock``: created exclusively, holding the writer's pid and host; released on exit."""
+    """``RUN/.lock``: the writer's pid and host, and a ``flock`` held while it writes.
+
+    The kernel drops the ``flock`` when the writer dies (kill -9 included), so whether a lock is
+    held is never guessed from the file's content, which anyone could rewrite: a lock whose
+    ``flock`` is held is refused, whatever its file says. A file without a live ``flock`` is
+    taken over unless it names a live process on this host (a writer without ``flock``) or
+    another host (whose processes cannot be seen from here).
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self.held = False
+        self._fd: Optional[int] = None
 
     def _holder(self) -> Optional[dict]:
         try:
@@ -164,47 +173,67 @@ class RunLock:
             return None
 
     def _stale(self, holder: Optional[dict]) -> bool:
-        if holder is None:  # empty or unreadable: a crash between creating and writing it, unless fresh
-            try:
-                return time.time() - self.path.stat().st_mtime > STALE_EMPTY_LOCK_S
-            except FileNotFoundError:
-                return True
+        """Whether a lock file whose ``flock`` nobody holds may be taken over."""
+        if holder is None:  # empty or unreadable: left by a crash between creating and writing it
+            return True
         if holder.get("host") != socket.gethostname():
             return False  # cannot tell whether a process on another machine is alive
-        return not _pid_alive(int(holder.get("pid", -1)))
+        pid = holder.get("pid")
+        return not isinstance(pid, int) or not _pid_alive(pid)
+
+    def _refuse(self, holder: Optional[dict]) -> RunFolderError:
+        who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "a process starting up"
+        return RunFolderError(f"{self.path.parent} is in use by another process ({who}); wait for it to finish, "
+                              f"or delete {self.path} if that process is gone")
+
+    def _open_locked(self) -> Optional[int]:
+        """Open the lock file and take its ``flock``; None when the file was replaced meanwhile."""
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._refuse(self._holder()) from None
+        except OSError:
+            pass  # a file system without flock: the file's content is all there is
+        try:
+            same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError:
+            same = False  # removed by the writer that held it, as it released it
+        if not same:
+            os.close(fd)
+            return None
+        return fd
 
     def acquire(self) -> None:
         """Take the lock or raise :class:`RunFolderError` naming the process that holds it."""
         for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if self._stale(holder):
-                    log.warning("%s: taking over a stale lock (%s)", self.path,
-                                f"pid {holder.get('pid')} is gone" if holder else "left empty by a crash")
-                    self.path.unlink(missing_ok=True)
-                    continue
-                who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "a process starting up"
-                raise RunFolderError(
-                    f"{self.path.parent} is in use by another process ({who}); wait for it to finish, "
-                    f"or delete {self.path} if that process is gone"
-                ) from None
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            self.held = True
+            fd = self._open_locked()
+            if fd is None:
+                continue
+            holder = self._holder()
+            if holder is not None and not self._stale(holder):
+                os.close(fd)
+                raise self._refuse(holder)
+            if holder is not None:
+                log.warning("%s: taking over a stale lock (pid %s is gone)", self.path, holder.get("pid"))
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode())
+            os.fsync(fd)
+            self._fd, self.held = fd, True
             return
         raise RunFolderError(f"{self.path}: could not take the lock; try again")
 
     def release(self) -> None:
-        """Remove the lock if this process holds it."""
+        """Remove the lock if this process holds it (the file first, then the ``flock``)."""
         if self.held:
             holder = self._holder()
             if holder is None or holder.get("pid") == os.getpid():
                 self.path.unlink(missing_ok=True)
             self.held = False
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class RunFolder:

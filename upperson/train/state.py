@@ -2,15 +2,17 @@
 
 ``RUN/last/`` holds the trained weights (``petl.safetensors`` + ``petl.json``, an ordinary
 PETL checkpoint) and ``state.safetensors`` + ``state.json``: optimiser moments, the loss's
-learnable temperature, RNG states, the epoch reached and the best score so far. The folder is
-written beside the old one and swapped in with renames, so an interrupted write leaves the
-previous state intact. ``state.json`` records the SHA-256 of ``state.safetensors``; loading
-checks it and that the optimiser moments are finite, and names the file when not.
+learnable temperature, RNG states, the epoch reached and the best score so far, and (format 3)
+the metrics rows of the epochs done, the config and the SHA-256 of ``config.yaml``. The folder
+is written beside the old one and swapped in with renames, so an interrupted write leaves the
+previous state intact, and an epoch's state and its metrics row are one unit. ``state.json``
+records the SHA-256 of ``state.safetensors``; loading checks it, the types and ranges of
+``state.json`` (:mod:`upperson.train.records`) and that the optimiser moments are finite, and
+names the file when not.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from pathlib import Path
@@ -21,11 +23,8 @@ import torch
 from safetensors.torch import save_file
 
 from upperson.io import atomic_path, atomic_write_json, file_digest, replace_dir
-from upperson.model.checkpoint import CheckpointCorruptError, load_petl, read_verified_tensors, save_petl
-
-STATE_WEIGHTS = "state.safetensors"
-STATE_JSON = "state.json"
-STATE_VERSION = 2  # 2: state.json records the sha256 of state.safetensors
+from upperson.model.checkpoint import load_petl, read_verified_tensors, save_petl
+from upperson.train.records import STATE_JSON, STATE_VERSION, STATE_WEIGHTS, find_state_dir, read_state_json
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -85,8 +84,10 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, t
 
 
 def save_training_state(run_dir: Path, model, optimizer, loss_module, progress: dict[str, Any],
-                        scaler: Optional[torch.amp.GradScaler] = None) -> Path:
-    """Write ``run_dir/last`` atomically (temp folder, then renames)."""
+                        scaler: Optional[torch.amp.GradScaler] = None, *, history: list[dict],
+                        config: dict[str, Any], config_sha256: str) -> Path:
+    """Write ``run_dir/last`` atomically (temp folder, then renames), with the metrics rows of every
+    epoch done (``history``), the config and ``config.yaml``'s SHA-256 in its ``state.json``."""
     final = run_dir / "last"
     tmp = run_dir / "last.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -105,6 +106,9 @@ def save_training_state(run_dir: Path, model, optimizer, loss_module, progress: 
         "optimizer": opt_meta,
         "rng": rng_meta,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "config_sha256": config_sha256,
+        "config": config,
+        "history": history,
     })
     replace_dir(tmp, final)
     return final
@@ -112,33 +116,22 @@ def save_training_state(run_dir: Path, model, optimizer, loss_module, progress: 
 
 def find_training_state(run_dir: Path) -> Optional[Path]:
     """The newest complete state folder of a run, if any."""
-    for name in ("last", "last.old"):  # last.old survives a crash between the two renames
-        d = run_dir / name
-        if (d / STATE_JSON).exists() and (d / STATE_WEIGHTS).exists():
-            return d
-    return None
+    return find_state_dir(run_dir)
 
 
 def read_state_meta(state_dir: Path) -> dict[str, Any]:
-    """``state.json`` of a state folder, checked to be readable."""
-    path = state_dir / STATE_JSON
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointCorruptError(f"{path}: not valid JSON ({exc}); the training state is truncated or corrupted") from exc
-    if not isinstance(meta, dict) or not all(k in meta for k in ("progress", "optimizer", "rng")):
-        raise CheckpointCorruptError(f"{path}: not a training state (missing progress, optimizer or rng)")
-    progress = meta["progress"]
-    if not isinstance(progress, dict) or not isinstance(progress.get("epoch"), int) or \
-            not all(k in progress for k in ("best_score", "best_epoch")):
-        raise CheckpointCorruptError(f"{path}: its progress record is incomplete (epoch, best_score, best_epoch)")
-    return meta
+    """``state.json`` of a state folder, checked (JSON, types and ranges)."""
+    return read_state_json(state_dir)
 
 
 def load_training_state(state_dir: Path, model, optimizer, loss_module,
-                        scaler: Optional[torch.amp.GradScaler] = None) -> dict[str, Any]:
-    """Restore weights, optimiser, loss temperature, RNG and scaler; returns the progress dict."""
-    meta = read_state_meta(state_dir)
+                        scaler: Optional[torch.amp.GradScaler] = None, meta: Optional[dict] = None) -> dict[str, Any]:
+    """Restore weights, optimiser, loss temperature, RNG and scaler; returns the progress dict.
+
+    ``meta`` is the ``state.json`` already read and checked (so a file swapped after the check is
+    not what is loaded); without it the file is read and checked here.
+    """
+    meta = read_state_meta(state_dir) if meta is None else meta
     tensors = read_verified_tensors(state_dir / STATE_WEIGHTS, meta.get("sha256"), recorded_in=state_dir / STATE_JSON,
                                     require_checksum=meta.get("version", 1) >= 2)
     load_petl(model, state_dir)
