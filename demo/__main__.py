@@ -145,7 +145,8 @@ def load_gallery(args: argparse.Namespace):
     if args.gallery:
         return folder_gallery(args.gallery)
     if args.data_root:
-        return dataset_gallery(args.dataset or "cuhk-pedes", args.data_root, args.split or "test")
+        return dataset_gallery(args.dataset or "cuhk-pedes", args.data_root, args.split or "test",
+                               allow_roots=args.allow_root)
     return embedded_gallery()
 
 
@@ -185,9 +186,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(str(exc))
     allow = list(args.allow_root) + ([args.gallery] if args.gallery else [])
     app = build_app(engine, allow_roots=allow, default_top_k=args.top_k)
-    roots = list(gallery.roots) + allow
     try:
-        _, local_url, share_url = launch(app, roots=roots, host=args.host, port=args.port, share=args.share,
+        _, local_url, share_url = launch(app, host=args.host, port=args.port, share=args.share,
                                          prevent_thread_lock=True, concurrency=args.concurrency, quiet=True)
     except OSError as exc:  # the port was taken meanwhile, or the host cannot be listened on
         return _fail(f"cannot listen on {args.host}:{args.port or 'a free port'}: {exc}")
