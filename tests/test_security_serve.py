@@ -284,3 +284,15 @@ def test_the_report_index_replaces_a_symlink_and_survives_a_full_disk(tmp_path, 
     with pytest.raises(OSError, match="No space"):
         report.render_index([("h2", [fig], "")], out, title="t2")
     assert (out / "index.html").read_text() == first and sorted(p.name for p in out.iterdir()) == ["index.html"]
+
+
+def test_a_symlink_loop_as_a_gallery_folder_is_a_named_error(tmp_path):
+    from demo.gallery import GalleryError, folder_gallery, resolve_under
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop")
+    with pytest.raises(GalleryError, match="loop"):
+        folder_gallery(loop)
+    chosen = resolve_under("loop", [tmp_path])  # as the UI resolves a typed folder: no exception
+    with pytest.raises(GalleryError, match="loop"):
+        folder_gallery(chosen)
