@@ -23,6 +23,15 @@ code { background: #f4f4f4; padding: 0 0.25em; } .skipped { color: #8a4b00; }
 """
 
 
+def link(path: Path, out_dir: Path) -> str:
+    """The href of a figure file: relative inside ``out_dir`` (``./`` before a first segment with a colon,
+    so ``javascript:x.png`` stays a file, never a URL scheme), else its absolute ``file:`` URI."""
+    if not path.is_relative_to(out_dir):
+        return path.resolve().as_uri()
+    rel = path.relative_to(out_dir).as_posix()
+    return "./" + rel if ":" in rel.split("/")[0] else rel
+
+
 def render_index(sections: Sequence[tuple[str, list[style.FigureRecord], str]], out_dir: Path, *, title: str,
                  notes: Sequence[str] = ()) -> Path:
     """Write ``out_dir/index.html``: one section per command, one numbered figure per record.
@@ -43,8 +52,7 @@ def render_index(sections: Sequence[tuple[str, list[style.FigureRecord], str]], 
             parts.append(f'<p class="skipped">Not included: {html.escape(skipped)}</p>')
         for f in figures:
             n += 1
-            png = f.png.relative_to(out_dir).as_posix() if f.png.is_relative_to(out_dir) else f.png.resolve().as_uri()
-            svg = f.svg.relative_to(out_dir).as_posix() if f.svg.is_relative_to(out_dir) else f.svg.resolve().as_uri()
+            png, svg = link(f.png, out_dir), link(f.svg, out_dir)
             parts.append(
                 f'<figure id="{html.escape(f.name)}"><a href="{html.escape(svg)}">'
                 f'<img src="{html.escape(png)}" alt="{html.escape(f.name)}"></a>'

@@ -172,7 +172,8 @@ def load_gallery(args: argparse.Namespace):
     if args.gallery:
         return folder_gallery(args.gallery)
     if args.data_root:
-        return dataset_gallery(args.dataset or "cuhk-pedes", args.data_root, args.split or "test")
+        return dataset_gallery(args.dataset or "cuhk-pedes", args.data_root, args.split or "test",
+                               allow_roots=args.allow_root)
     return embedded_gallery()
 
 
@@ -215,9 +216,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(str(exc))
     allow = list(args.allow_root) + ([args.gallery] if args.gallery else [])
     app = build_app(engine, allow_roots=allow, default_top_k=args.top_k)
-    roots = list(gallery.roots) + allow
     try:
-        _, local_url, share_url = launch(app, roots=roots, host=args.host, port=args.port, share=args.share,
+        _, local_url, share_url = launch(app, host=args.host, port=args.port, share=args.share,
                                          prevent_thread_lock=True, concurrency=args.concurrency, quiet=True,
                                          max_file_size=args.max_upload_mb * 2**20)
     except OSError as exc:  # the port was taken meanwhile, or the host cannot be listened on

@@ -6,10 +6,21 @@ Every event has an ``api_name``, so everything the page does can be done with
 
 Each visitor (browser session, or ``gradio_client.Client``) has its own gallery and model
 choice in a ``gr.State`` (:class:`demo.context.VisitorState`); the engine, its indexed
-galleries and their features are shared (:class:`demo.context.DemoContext`). The app serves
-files only from the gallery roots (``allowed_paths``); the functions take gallery *names*
-(as the results show them), never arbitrary paths. Every user-controlled string shown as
-Markdown goes through :func:`demo.markup.text`.
+galleries and their features are shared (:class:`demo.context.DemoContext`). The functions
+take gallery *names* (as the results show them), never arbitrary paths. Every user-controlled
+string shown as Markdown goes through :func:`demo.markup.text`.
+
+**What is served.** An allow-list, never a folder: the files the app made and decided to show
+(thumbnails of gallery images, heat maps, figures: :class:`demo.thumbs.ImageFiles`), and what
+Gradio itself keeps in its own upload folder (a visitor's upload, shown back to them). Gradio's
+``allowed_paths`` serve whole folders and check a path when the request comes but through
+``Path.resolve`` of the request alone; instead :class:`FileRouteGuard` sits in front of Gradio's
+file routes (``/gradio_api/file=...``, ``/gradio_api/file/...``) and, for every request,
+resolves the path (realpath, now) and answers 403 unless it is one of those files. Original
+gallery images are never served (their thumbnails are), and an image is read to make its
+thumbnail only if it resolves inside the allowed roots at that moment (the data root's folder,
+the ``--gallery`` folder, ``--allow-root``), so a symlink swapped in after indexing shows a grey
+placeholder and a notice, not the file it points to. The check costs a ``realpath`` per request.
 """
 
 from __future__ import annotations
@@ -17,17 +28,22 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import os
+import re
+import weakref
 from pathlib import Path
 from typing import Optional, Sequence
 
 import gradio as gr
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
 
 from demo.context import DemoContext, SharedUI, VisitorState
 from demo.gallery import GalleryError
 from demo.markup import text as esc
 from demo.search import UPPERSON, ZERO_SHOT, QueryError, SearchEngine, SearchResult
-from demo.thumbs import ImageFiles
+from demo.thumbs import ImageFiles, OutsideRoots, WriteError, real, within
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +119,34 @@ def parse_flag(value: object, name: str) -> bool:
     raise QueryError(f"{name} must be true or false; got {str(value)[:40]!r}.")
 
 
-def _gallery_value(engine: SearchEngine, gallery_key: str, ranking, files: ImageFiles) -> list[tuple[str, str]]:
-    """(thumbnail file, caption) pairs; images of a known-identity query get a green or red frame."""
-    return [(files.thumbnail(h.path, h.relevant), _caption(h)) for h in ranking.hits]  # the hit's own snapshot
+def _thumbnail(files: ImageFiles, gallery, item, path: Path, relevant: Optional[bool], notices: list[str]) -> str:
+    """The result's thumbnail (of ``path``, the hit's own file from its snapshot); a grey placeholder
+    (and a notice) when that file cannot be shown now."""
+    try:
+        return files.thumbnail(path, relevant)
+    except OutsideRoots:
+        why = "it resolves outside the allowed folders now"
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        if isinstance(exc, WriteError):
+            raise
+        why = f"it cannot be read now ({type(exc).__name__})"
+    name = gallery.relative_name(item)
+    log.warning("result %s not shown: %s", name, why)
+    notices.append(f"{name}: not shown, {why}.")
+    return files.placeholder()
+
+
+def _gallery_value(engine: SearchEngine, gallery_key: str, ranking, files: ImageFiles,
+                   notices: Optional[list[str]] = None) -> list[tuple[str, str]]:
+    """(thumbnail file, caption) pairs; images of a known-identity query get a green or red frame.
+
+    A result whose file cannot be shown gets a placeholder and a line in ``notices``.
+    """
+    gallery = engine.gallery_index(gallery_key).gallery
+    notices = [] if notices is None else notices
+    return [(_thumbnail(files, gallery, gallery.items[h.item], h.path or gallery.items[h.item].path, h.relevant,
+                        notices), _caption(h))
+            for h in ranking.hits]
 
 
 def _status(result: SearchResult) -> str:
@@ -152,11 +193,60 @@ def _placeholder(label: str) -> None:
     gr.Markdown(f"*The {label} view is not installed in this build.*")
 
 
+FILE_ROUTE = re.compile(r"^/gradio_api/file(?:=|/)(.*)$", re.S)  # Gradio's two file routes (routes.py)
+_SERVED: "weakref.WeakKeyDictionary[gr.Blocks, ImageFiles]" = weakref.WeakKeyDictionary()
+
+
+def served_files(app: gr.Blocks) -> ImageFiles:
+    """The image folder whose files ``app`` serves (made by :func:`build_app`)."""
+    return _SERVED[app]
+
+
+def file_route_target(scope: dict) -> Optional[str]:
+    """The path a request to one of Gradio's file routes asks for (None for any other request)."""
+    path = scope.get("path", "")
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    m = FILE_ROUTE.match(path)
+    return m.group(1) if m else None
+
+
+class FileRouteGuard:
+    """ASGI middleware: a request to a file route is answered 403 unless the path resolves, now, to a
+    file the app made (``files.may_serve``) or to a file in Gradio's own upload folder (``gradio_cache``)."""
+
+    def __init__(self, app, files: ImageFiles, gradio_cache: str) -> None:
+        self.app = app
+        self.files = files
+        self.gradio_cache = real(gradio_cache)
+
+    def allowed(self, target: str) -> bool:
+        if not target or "\x00" in target or "://" in target or target.startswith(("http:", "https:", "data:")):
+            return False
+        if self.files.may_serve(target):
+            return True
+        p = real(target)
+        return p != self.gradio_cache and within(p, [self.gradio_cache]) and os.path.isfile(p)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope.get("type") == "http":
+            target = file_route_target(scope)
+            if target is not None and not self.allowed(target):
+                log.info("file route: refused %s", target[:200])
+                await PlainTextResponse("File not allowed.", status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default_top_k: int = 20,
               examples: Optional[list[str]] = None) -> gr.Blocks:
     """The Blocks app around ``engine`` (shared by every visitor; each keeps its own view state)."""
     ctx = DemoContext(engine, allow_roots=allow_roots, default_top_k=default_top_k)
     files = ctx.files
+    # images are read (to be thumbnailed) only inside these: the start-up gallery's own folders
+    # (a dataset's data root folder, or the --gallery folder) and the --allow-root folders
+    files.allow_sources([*engine.gallery.source_roots, *ctx.allow_roots])
     # our generated images (content-addressed, never modified) are served from their folder as
     # they are: Gradio neither hashes nor copies each result image into its cache per request
     gr.set_static_paths([files.dir])
@@ -206,8 +296,15 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
         zs = result.rankings[1] if both else None
         names = [h.file for h in main.hits]
         zs_names = [h.file for h in zs.hits] if zs else []
-        return (_gallery_value(engine, s.gallery, main, files),
-                gr.Gallery(value=_gallery_value(engine, s.gallery, zs, files) if zs else [], visible=bool(zs)),
+        shown: list[str] = []
+        try:
+            pictures = _gallery_value(engine, s.gallery, main, files, shown)
+            zs_pictures = _gallery_value(engine, s.gallery, zs, files, shown) if zs else []
+        except WriteError as exc:
+            log.error("%s", exc)
+            return [], gr.Gallery(value=[], visible=False), f"⚠️ {esc(exc)}", {"error": str(exc)}, [], []
+        result.notices.extend(dict.fromkeys(shown))
+        return (pictures, gr.Gallery(value=zs_pictures, visible=bool(zs)),
                 _status(result), _results_json(result), names, zs_names)
 
     def explain(name: str, state: VisitorState):
@@ -219,9 +316,15 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
             s = ctx.check_state(state)
             if name is not None and not isinstance(name, str):
                 raise QueryError(f"The image name must be text (as the results show it); got {type(name).__name__}.")
+            files.check_source(ctx.item(s, name)[1].path)  # resolves inside the allowed folders now
             image, heat, item = engine.explain(name, gallery=s.gallery, checkpoint=s.model)
         except QueryError as exc:
             return None, f"ℹ️ {esc(exc)}"
+        except OutsideRoots:
+            return None, f"⚠️ {esc(name)}: not shown, it resolves outside the allowed folders now."
+        except OSError as exc:  # removed or unreadable since it was indexed
+            log.warning("explain %s: %s", name, exc)
+            return None, f"⚠️ {esc(name)}: cannot be read now ({esc(type(exc).__name__)}); search again."
         gallery = engine.gallery_index(s.gallery).gallery
         height = 384
         base = image.resize((max(1, round(image.width * height / image.height)), height), Image.BILINEAR)
@@ -239,7 +342,11 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
         if item.captions:
             lines.append("**Captions:**\n" + "\n".join(f"- {esc(c)}" for c in item.captions))
         key = f"heat:{item.path}:{s.model}:{heat.tobytes().hex() if heat is not None else ''}"
-        return files.save(panel, key), "\n\n".join(lines)
+        try:
+            return files.save(panel, key), "\n\n".join(lines)
+        except WriteError as exc:
+            log.error("%s", exc)
+            return None, f"⚠️ {esc(exc)}"
 
     def pick(names: list[str], evt: gr.SelectData) -> str:
         return names[evt.index] if names and 0 <= evt.index < len(names) else ""
@@ -351,16 +458,25 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
                     concurrency_id="engine")
         info_btn.click(info, [state], info_json, api_name="info")
         app.load(on_load, [state], [state, head, ckpt], api_visibility="private")
+    _SERVED[app] = files
     return app
 
 
-def launch(app: gr.Blocks, *, roots: Sequence[Path], host: str = "127.0.0.1", port: Optional[int] = None,
+def launch(app: gr.Blocks, *, roots: Sequence[Path] = (), host: str = "127.0.0.1", port: Optional[int] = None,
            share: bool = False, prevent_thread_lock: bool = False, concurrency: int = 4, quiet: bool = False,
            max_file_size: Optional[int] = 20 * 2**20):
-    """Queue and launch; only ``roots`` (the gallery folders) may be served as files."""
+    """Queue and launch ``app`` (made by :func:`build_app`) behind its :class:`FileRouteGuard`.
+
+    ``roots`` (the folders older callers passed as servable) serve nothing: what is served is the
+    app's allow-list, and what it reads is checked against the folders given to :func:`build_app`.
+    Uploads over ``max_file_size`` bytes are refused by Gradio (``--max-upload-mb``).
+    """
+    if roots:
+        log.debug("launch: roots %s are not served (the app serves its own files only)", [str(r) for r in roots])
     app.queue(default_concurrency_limit=concurrency)
-    allowed = sorted({str(Path(r).resolve()) for r in roots})
-    return app.launch(server_name=host, server_port=port, share=share, allowed_paths=allowed,
+    guard = Middleware(FileRouteGuard, files=served_files(app), gradio_cache=app.GRADIO_CACHE)
+    return app.launch(server_name=host, server_port=port, share=share, allowed_paths=[],
+                      app_kwargs={"middleware": [guard]},
                       prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False,
                       ssr_mode=False, theme=gr.themes.Soft(), css=CSS, head=HEAD_CSS, footer_links=["api"],
                       max_file_size=max_file_size)  # uploads over it are refused by Gradio (--max-upload-mb)

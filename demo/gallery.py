@@ -1,7 +1,11 @@
 """Gallery sources: the embedded ToyPEDES test split, a dataset split, or a folder of images.
 
 A :class:`Gallery` is a list of image files, with the person id and captions of each when
-the source knows them, and the folders the app may serve files from (its ``roots``).
+the source knows them, the folders its names are relative to (``roots``) and the folders its
+images must resolve inside (``source_roots``: a dataset's own folder, or the chosen folder).
+The app never serves a folder: it shows thumbnails it made (``demo.thumbs``). A dataset whose
+images resolve outside the data root's folder and the ``--allow-root`` folders is refused
+(:func:`dataset_gallery`); training and evaluation read such paths as ``docs/data.md`` says.
 Folder paths chosen in the UI go through :func:`resolve_under`, which refuses anything
 outside the allowed roots.
 """
@@ -38,7 +42,13 @@ class Gallery:
 
     name: str
     items: list[GalleryItem]
-    roots: list[Path]  # folders holding the images (served by the app, nothing else)
+    roots: list[Path]  # folders the shown names are relative to (never served)
+    allowed: list[Path] = field(default_factory=list)  # folders its images must resolve inside ([]: roots)
+
+    @property
+    def source_roots(self) -> list[Path]:
+        """The folders this gallery's images may be read from to show them."""
+        return list(self.allowed or self.roots)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -73,7 +83,7 @@ class Gallery:
     def restricted_to(self, paths: Sequence[Path]) -> "Gallery":
         """The same gallery with only the items whose files are in ``paths`` (order kept)."""
         keep = set(paths)
-        return Gallery(self.name, [it for it in self.items if it.path in keep], self.roots)
+        return Gallery(self.name, [it for it in self.items if it.path in keep], self.roots, self.allowed)
 
 
 def normalise_caption(text: str) -> str:
@@ -81,8 +91,26 @@ def normalise_caption(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-def dataset_gallery(name: str, root: PathLike, split: str = "test") -> Gallery:
-    """The images of one split of a dataset in a supported format (docs/data.md) (``cuhk-pedes``, ``toypedes``, ...)."""
+def data_folder(root: PathLike) -> Path:
+    """The data root's own folder: ``root`` itself, or the folder of an annotation file (``generic``)."""
+    path = Path(root).expanduser().resolve()
+    return path if path.is_dir() else path.parent
+
+
+def outside_error(dataset: str, image: PathLike, allowed: Sequence[Path]) -> GalleryError:
+    """The refusal of a dataset whose ``image`` resolves outside ``allowed`` (one message, what to do)."""
+    return GalleryError(f"{dataset}: image {image} resolves outside the data root's folder and the allowed roots "
+                        f"({', '.join(map(str, allowed))}); the demo shows only images inside them: name the "
+                        "images' folder with --allow-root DIR, or move the images under the data root")
+
+
+def dataset_gallery(name: str, root: PathLike, split: str = "test", *,
+                    allow_roots: Sequence[PathLike] = ()) -> Gallery:
+    """The images of one split of a dataset in a supported format (docs/data.md) (``cuhk-pedes``, ``toypedes``, ...).
+
+    Every image must resolve inside the data root's folder or one of ``allow_roots``
+    (``--allow-root``); the first that does not is a GalleryError naming it.
+    """
     from upperson.data import DatasetError, load_dataset
 
     try:
@@ -92,10 +120,16 @@ def dataset_gallery(name: str, root: PathLike, split: str = "test") -> Gallery:
         raise GalleryError(str(exc)) from exc
     if not records:
         raise GalleryError(f"{ds.name} at {ds.root}: the {split!r} split is empty")
-    items = [GalleryItem(Path(r.path).resolve(), int(r.pid), list(r.captions)) for r in records]
-    # serve the images' own folder, not the dataset root (which holds the annotations)
+    allowed = [data_folder(root)] + [Path(r).expanduser().resolve() for r in allow_roots]
+    items = []
+    for r in records:
+        path = Path(os.path.realpath(r.path))
+        if not any(path == a or a in path.parents for a in allowed):
+            raise outside_error(f"{ds.name} at {root}", r.path, allowed)
+        items.append(GalleryItem(path, int(r.pid), list(r.captions)))
+    # names are relative to the images' common folder (short); what is read is checked against `allowed`
     image_root = Path(os.path.commonpath([str(it.path.parent) for it in items]))
-    return Gallery(f"{ds.name} {split}", items, [image_root])
+    return Gallery(f"{ds.name} {split}", items, [image_root], allowed)
 
 
 def embedded_gallery() -> Gallery:
@@ -115,8 +149,8 @@ def folder_gallery(folder: PathLike) -> Gallery:
     """
     try:
         root = Path(folder).expanduser().resolve()
-    except (RuntimeError, OSError) as exc:  # a symlink loop: RuntimeError up to Python 3.12, OSError after
-        raise GalleryError(f"{folder}: cannot be followed, a symbolic link loops ({exc}); give a real folder") from None
+    except (OSError, RuntimeError) as exc:  # a symlink loop: RuntimeError before Python 3.13
+        raise GalleryError(f"{folder}: cannot be resolved: a symlink loop or an unreadable folder ({exc})") from None
     if not root.is_dir():
         raise GalleryError(f"{folder}: not a folder")
     files: list[Path] = []
@@ -133,7 +167,7 @@ def folder_gallery(folder: PathLike) -> Gallery:
                     ", ".join(unreadable[:10]))
     if not files:
         raise GalleryError(f"{root}: no files in this folder")
-    return Gallery(f"folder {root.name} ({len(files)} files)", [GalleryItem(p) for p in files], [root])
+    return Gallery(f"folder {root.name} ({len(files)} files)", [GalleryItem(p) for p in files], [root], [root])
 
 
 def resolve_under(path: PathLike, roots: Sequence[PathLike]) -> Path:
@@ -146,11 +180,11 @@ def resolve_under(path: PathLike, roots: Sequence[PathLike]) -> Path:
     text = str(path).strip()
     if not text or "\x00" in text:
         raise GalleryError("no folder given")
-    resolved_roots = [Path(r).expanduser().resolve() for r in roots]
+    resolved_roots = [Path(os.path.realpath(Path(r).expanduser())) for r in roots]
     p = Path(text).expanduser()
     if not p.is_absolute():
         p = resolved_roots[0] / p
-    p = p.resolve()
+    p = Path(os.path.realpath(p))  # never raises (a symlink loop stays unresolved, then is not a folder)
     for root in resolved_roots:
         if p == root or root in p.parents:
             return p

@@ -6,6 +6,13 @@ file. Each picture is made once per (source file, size, mtime, frame) and writte
 under a name derived from its bytes, so identical pictures share one file and a reader never
 sees a half-written one. The folder is removed when the process ends (normal exit; the
 demo's command line turns SIGTERM into a normal exit).
+
+**What may be served.** Every file written here is recorded; :meth:`ImageFiles.may_serve` is
+the app's allow-list (a path that resolves, now, to a file this object wrote). A source image
+is read only through :func:`open_inside`: it must resolve inside :attr:`ImageFiles.source_roots`
+before and after it is opened, so a symlink swapped into a gallery after indexing is refused
+(:class:`OutsideRoots`), never thumbnailed. A failed write (a full disk) is a :class:`WriteError`
+naming the folder; the temporary file is removed.
 """
 
 from __future__ import annotations
@@ -15,10 +22,11 @@ import hashlib
 import io
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import BinaryIO, Iterable, Optional, Sequence, Union
 
 from PIL import Image, ImageOps
 
@@ -27,18 +35,121 @@ from upperson.io import atomic_path
 THUMB_HEIGHT = 160
 MATCH = (46, 160, 67)  # frame of a result of the query's identity
 MISMATCH = (200, 50, 50)
+PLACEHOLDER = (200, 200, 200)  # the picture of a result that cannot be shown
+
+PathLike = Union[str, Path]
+
+
+class OutsideRoots(PermissionError):
+    """A file that resolves outside the folders the app may read to show it."""
+
+
+class WriteError(OSError):
+    """The app's image folder cannot be written (a full disk, a removed folder); the message says which."""
+
+
+def real(path: PathLike) -> Path:
+    """``path`` absolute, with every symlink followed (``os.path.realpath``; never raises for a loop)."""
+    return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+def within(path: Path, roots: Iterable[Path]) -> bool:
+    """Whether the resolved ``path`` is one of ``roots`` (resolved already) or lies below one."""
+    return any(path == r or r in path.parents for r in roots)
+
+
+def _opened_path(fd: int) -> Optional[Path]:
+    """The path the kernel opened for ``fd`` (Linux ``/proc``); None where that is not available."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
+
+
+def open_inside(path: PathLike, roots: Sequence[PathLike]) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file that resolves inside ``roots``; else OutsideRoots.
+
+    Checked before the open and again on the opened file (its ``/proc`` path, or its inode
+    against the checked path's), so a symlink swapped in between is caught, not followed.
+    """
+    allowed = [real(r) for r in roots]
+    target = real(path)
+    refused = OutsideRoots(f"{path}: resolves outside the allowed folders ({', '.join(map(str, allowed))}); "
+                           "not read")
+    if not within(target, allowed):
+        raise refused
+    fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        opened = _opened_path(fd)
+        if opened is None:
+            now = os.stat(target, follow_symlinks=False)
+            same = (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+        else:
+            same = within(opened, allowed)
+        if not same:
+            raise refused
+        if not stat.S_ISREG(st.st_mode):
+            raise OutsideRoots(f"{path}: not a regular file; not read")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _intact(path: str) -> bool:
+    """Whether a file made before is still there as a regular file (not removed, not swapped for a link)."""
+    return os.path.isfile(path) and not os.path.islink(path)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """``data`` into the (temporary) file ``path``; the one place the app's pictures reach the disk."""
+    path.write_bytes(data)
 
 
 class ImageFiles:
-    """A private folder of generated images, content-addressed; thread-safe."""
+    """A private folder of generated images, content-addressed; thread-safe.
 
-    def __init__(self, prefix: str = "upperson-demo-") -> None:
+    ``source_roots``: the folders source images may resolve inside (None: any file, for use
+    outside the app; the app always sets them, see :meth:`allow_sources`).
+    """
+
+    def __init__(self, prefix: str = "upperson-demo-", source_roots: Optional[Sequence[PathLike]] = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+        self._real_dir = real(self.dir)
         self._lock = threading.Lock()
         self._made: dict[str, str] = {}  # source key -> file
+        self._served: set[str] = set()  # every file written (resolved): what may be served
+        self.source_roots: Optional[list[Path]] = None if source_roots is None else []
+        if source_roots is not None:
+            self.allow_sources(source_roots)
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
         atexit.register(self.cleanup)
+
+    def allow_sources(self, roots: Iterable[PathLike]) -> None:
+        """Let source images resolve inside ``roots`` too (from then on, only inside the folders allowed so far)."""
+        with self._lock:
+            known = list(self.source_roots or [])
+            self.source_roots = known + [r for r in map(real, roots) if r not in known]
+
+    def open_source(self, src: PathLike) -> BinaryIO:
+        """``src`` opened for reading, if it resolves inside the source roots (:func:`open_inside`)."""
+        roots = self.source_roots
+        if roots is None:
+            return open(src, "rb")
+        return open_inside(src, roots)
+
+    def check_source(self, src: PathLike) -> None:
+        """OutsideRoots unless ``src`` resolves inside the source roots now."""
+        self.open_source(src).close()
+
+    def may_serve(self, path: PathLike) -> bool:
+        """Whether ``path`` resolves, now, to a regular file this object wrote (the app's allow-list)."""
+        p = real(path)
+        with self._lock:
+            listed = str(p) in self._served
+        return listed and p.parent == self._real_dir and p.is_file()
 
     def cleanup(self) -> None:
         """Stop warming, then remove the folder (idempotent)."""
@@ -47,20 +158,34 @@ class ImageFiles:
             t.join(timeout=5)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def _write(self, data: bytes, suffix: str) -> str:
+    def write(self, data: bytes, suffix: str) -> str:
+        """``data`` as the file named by its hash (written once, atomically); its path, now servable."""
         if self._closed.is_set():
             raise RuntimeError("the app's image folder is closed")
         path = self.dir / (hashlib.sha256(data).hexdigest()[:32] + suffix)
-        if not path.exists():
-            with atomic_path(path) as tmp:
-                Path(tmp).write_bytes(data)
+        if not path.is_file() or path.is_symlink():
+            try:
+                with atomic_path(path) as tmp:
+                    _write_file(Path(tmp), data)
+            except OSError as exc:
+                free = shutil.disk_usage(self.dir).free if self.dir.is_dir() else 0
+                raise WriteError(exc.errno, f"cannot write the app's image folder {self.dir} "
+                                 f"({exc.strerror or exc}; {free} bytes free, {len(data)} needed): free space "
+                                 "there, or set TMPDIR to another disk") from exc
+        with self._lock:
+            self._served.add(str(real(path)))
         return str(path)
+
+    def placeholder(self, height: int = THUMB_HEIGHT) -> str:
+        """A plain grey picture for a result that cannot be shown (the caption or status says why)."""
+        return self.save(Image.new("RGB", (max(1, height // 3), height), PLACEHOLDER), f"placeholder:{height}",
+                         fmt="JPEG")
 
     def save(self, image: Image.Image, key: str, fmt: str = "PNG") -> str:
         """``image`` written once for ``key`` (a description of what it shows); its file path."""
         with self._lock:
             hit = self._made.get(key)
-        if hit is not None and Path(hit).exists():
+        if hit is not None and _intact(hit):
             return hit
         buf = io.BytesIO()
         if fmt.upper() == "JPEG":
@@ -69,7 +194,7 @@ class ImageFiles:
         else:
             image.save(buf, format="PNG", optimize=True)
             suffix = ".png"
-        path = self._write(buf.getvalue(), suffix)
+        path = self.write(buf.getvalue(), suffix)
         with self._lock:
             self._made[key] = path
         return path
@@ -80,14 +205,14 @@ class ImageFiles:
         The unframed thumbnail is made first (the costly part: decoding the original) and the
         framed ones from it, so :meth:`warm` makes every later request cheap.
         """
-        stat = src.stat()
-        key = f"thumb:{src}:{stat.st_mtime_ns}:{stat.st_size}:{relevant}:{height}"
+        st = src.stat()
+        key = f"thumb:{src}:{st.st_mtime_ns}:{st.st_size}:{relevant}:{height}"
         with self._lock:
             hit = self._made.get(key)
-        if hit is not None and Path(hit).exists():
+        if hit is not None and _intact(hit):
             return hit
         if relevant is None:
-            with Image.open(src) as im:
+            with self.open_source(src) as fh, Image.open(fh) as im:
                 img = ImageOps.exif_transpose(im).convert("RGB")
             if img.height > height:
                 img = img.resize((max(1, round(img.width * height / img.height)), height), Image.BILINEAR)

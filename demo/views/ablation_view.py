@@ -6,12 +6,18 @@ Reads a folder written by ``python -m analysis ablation --out DIR`` (default: th
 ``ablation_curves.png`` when present. The bars and the parameter plot are drawn by the CLI's
 functions (:func:`analysis.ablation.bars_figure`, :func:`analysis.ablation.params_figure`); the
 metric selector redraws the bars, with the 95 % intervals as error bars where the table has them.
+
+Every file it shows is resolved first (symlinks followed) and read only if it lies inside the
+allowed folders (the ``--allow-root`` folders; ``assets/ablation`` for the shipped study): a
+table that resolves outside is an error, a figure or README that does is left out and named
+in the notes. The curves figure is shown only if it is a PNG of at most :data:`MAX_FIGURE_BYTES`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +31,7 @@ from demo.context import DemoContext, SharedUI
 from demo.gallery import GalleryError
 from demo.markup import text as esc
 from demo.search import QueryError
+from demo.thumbs import OutsideRoots, open_inside, real, within
 from demo.views.common import lenient_dropdown, cache_of, figure_file, png_file, user_error
 
 log = logging.getLogger(__name__)
@@ -38,6 +45,10 @@ STAT_COLUMNS = ["seeds", "R1_std", "R1_ci_low", "R1_ci_high", "mAP_ci_low", "mAP
 SIGNIFICANCE = "vs UP-Person"  # the mark column added to the shown table
 STUDIES, STUDIES_SIZE = "ablation-studies", 8  # (csv path, mtime, size) -> Study
 DRAWINGS, DRAWINGS_SIZE = "ablation-drawings", 64
+CURVES_NAME, README_NAME = "ablation_curves.png", "README.md"
+MAX_FIGURE_BYTES = 20 * 2**20  # a larger ablation_curves.png is not shown (the CLI writes ~100 kB)
+MAX_README_BYTES = 2**20
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def shipped_folder() -> Path:
@@ -55,16 +66,39 @@ class Study:
     table: pd.DataFrame  # ablation.csv as written
     command: str  # the commands from its README ("" when unknown)
     curves: Optional[bytes]  # ablation_curves.png, when the folder has it
+    left_out: tuple[str, ...] = ()  # why a file of the folder is not shown
 
 
-def readme_command(readme: Path) -> str:
-    """The first fenced code block of the README (``write_readme`` puts the exact command there)."""
+def read_inside(path: Path, roots: list[Path], limit: int) -> tuple[Optional[bytes], str]:
+    """(bytes, "") of ``path`` if it resolves inside ``roots`` and has at most ``limit`` bytes; else
+    (None, why it is left out); (None, "") when there is no such file."""
+    if not os.path.lexists(path):
+        return None, ""
     try:
-        text = readme.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
+        with open_inside(path, roots) as fh:
+            data = fh.read(limit + 1)
+    except OutsideRoots:
+        return None, f"{path.name} is not shown: it resolves outside the allowed folders"
+    except OSError as exc:
+        return None, f"{path.name} is not shown: it cannot be read ({exc.strerror or type(exc).__name__})"
+    if len(data) > limit:
+        return None, f"{path.name} is not shown: it is larger than {limit // 2**20} MB"
+    return data, ""
+
+
+def readme_command(text: str) -> str:
+    """The first fenced code block of the README (``write_readme`` puts the exact command there)."""
     m = re.search(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
     return m.group(1).strip() if m else ""
+
+
+def _stat_key(path: Path) -> tuple:
+    """What a cached study depends on for ``path``: where it resolves now, and that file's mtime and size."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (str(path), None)
+    return (str(real(path)), st.st_mtime_ns, st.st_size)
 
 
 def study_folder(ctx: DemoContext, folder: object) -> Path:
@@ -72,7 +106,7 @@ def study_folder(ctx: DemoContext, folder: object) -> Path:
     if folder is not None and not isinstance(folder, str):
         raise QueryError(f"The folder must be text; got {type(folder).__name__}.")
     if folder is None or not folder.strip():
-        return shipped_folder()
+        return real(shipped_folder())
     try:
         path = ctx.resolve(folder)
     except GalleryError as exc:
@@ -85,23 +119,32 @@ def study_folder(ctx: DemoContext, folder: object) -> Path:
 def load_study(ctx: DemoContext, folder: object) -> tuple[tuple, Study]:
     """(cache key, study) of an ablation folder; QueryError when it holds no readable table."""
     path = study_folder(ctx, folder)
+    roots = [path] if path == real(shipped_folder()) else list(ctx.allow_roots)
     csv = path / CSV_NAME
     if not csv.is_file():
         raise QueryError(f"{path.name or path}: no {CSV_NAME} in this folder; give the --out folder of "
                          "`python -m analysis ablation` (or leave it empty for the shipped study).")
-    st = csv.stat()
-    key = (str(csv), st.st_mtime_ns, st.st_size)
+    if not within(real(csv), roots):
+        raise QueryError(f"{CSV_NAME} in {path.name or path} resolves outside the allowed folders; copy the "
+                         "table into the folder instead of linking it.")
+    key = tuple(_stat_key(path / n) for n in (CSV_NAME, CURVES_NAME, README_NAME))
 
     def make() -> Study:
         try:
-            table = ablation.read_csv(csv)
+            table = ablation.read_csv(real(csv))
         except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise QueryError(f"{CSV_NAME} cannot be read as an ablation table: {exc}") from None
         if table.empty:
             raise QueryError(f"{CSV_NAME} has no rows: no variant has a complete run.")
-        curves = path / "ablation_curves.png"
-        return Study(path, table, readme_command(path / "README.md"),
-                     curves.read_bytes() if curves.is_file() else None)
+        curves, why_curves = read_inside(path / CURVES_NAME, roots, MAX_FIGURE_BYTES)
+        if curves is not None and not curves.startswith(PNG_SIGNATURE):
+            curves, why_curves = None, f"{CURVES_NAME} is not shown: it is not a PNG file"
+        readme, why_readme = read_inside(path / README_NAME, roots, MAX_README_BYTES)
+        command = readme_command(readme.decode("utf-8", errors="replace")) if readme else ""
+        left_out = tuple(w for w in (why_curves, why_readme) if w)
+        for why in left_out:
+            log.warning("ablation folder %s: %s", path, why)
+        return Study(path, table, command, curves, left_out)
 
     return key, cache_of(ctx, STUDIES, STUDIES_SIZE).get_or_make(key, make)
 
@@ -168,6 +211,7 @@ def notes(study: Study, folder_given: bool) -> str:
     df = study.table
     where = "the shipped study (assets/ablation)" if not folder_given else f"folder {esc(study.folder)}"
     lines = [f"**{len(df)} variants** from {where}."]
+    lines += [f"> ⚠️ {esc(why)}." for why in study.left_out]
     if ablation.has_intervals(df):
         lines.append("Uncertainty: means over seeds; 95 % bootstrap intervals over test queries; *vs UP-Person* "
                      "marks a paired R@1 difference whose interval excludes zero (`* significant`).")

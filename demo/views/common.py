@@ -117,7 +117,7 @@ def figure_file(ctx, make: Callable[[], object]) -> str:
 
 def png_file(ctx, data: bytes) -> str:
     """PNG bytes into the app's served, content-addressed image folder (``demo.thumbs.ImageFiles``)."""
-    return ctx.files._write(data, ".png")  # the content-addressed writer behind ImageFiles.save
+    return ctx.files.write(data, ".png")  # the content-addressed writer behind ImageFiles.save
 
 
 _CACHES: "weakref.WeakKeyDictionary[object, dict[str, LRU]]" = weakref.WeakKeyDictionary()
