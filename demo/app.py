@@ -119,7 +119,7 @@ def parse_flag(value: object, name: str) -> bool:
     raise QueryError(f"{name} must be true or false; got {str(value)[:40]!r}.")
 
 
-def _thumbnail(files: ImageFiles, gallery, item, path: Path, relevant: Optional[bool], notices: list[str]) -> str:
+def _thumbnail(files: ImageFiles, name: str, path: Path, relevant: Optional[bool], notices: list[str]) -> str:
     """The result's thumbnail (of ``path``, the hit's own file from its snapshot); a grey placeholder
     (and a notice) when that file cannot be shown now."""
     try:
@@ -130,7 +130,6 @@ def _thumbnail(files: ImageFiles, gallery, item, path: Path, relevant: Optional[
         if isinstance(exc, WriteError):
             raise
         why = f"it cannot be read now ({type(exc).__name__})"
-    name = gallery.relative_name(item)
     log.warning("result %s not shown: %s", name, why)
     notices.append(f"{name}: not shown, {why}.")
     return files.placeholder()
@@ -144,8 +143,7 @@ def _gallery_value(engine: SearchEngine, gallery_key: str, ranking, files: Image
     """
     gallery = engine.gallery_index(gallery_key).gallery
     notices = [] if notices is None else notices
-    return [(_thumbnail(files, gallery, gallery.items[h.item], h.path or gallery.items[h.item].path, h.relevant,
-                        notices), _caption(h))
+    return [(_thumbnail(files, h.file, h.path or gallery.items[h.item].path, h.relevant, notices), _caption(h))
             for h in ranking.hits]
 
 
@@ -197,9 +195,10 @@ FILE_ROUTE = re.compile(r"^/gradio_api/file(?:=|/)(.*)$", re.S)  # Gradio's two 
 _SERVED: "weakref.WeakKeyDictionary[gr.Blocks, ImageFiles]" = weakref.WeakKeyDictionary()
 
 
-def served_files(app: gr.Blocks) -> ImageFiles:
-    """The image folder whose files ``app`` serves (made by :func:`build_app`)."""
-    return _SERVED[app]
+def served_files(app: gr.Blocks) -> Optional[ImageFiles]:
+    """The image folder whose files ``app`` serves (made by :func:`build_app`); None for any other app,
+    which then serves no file of ours."""
+    return _SERVED.get(app)
 
 
 def file_route_target(scope: dict) -> Optional[str]:
@@ -216,7 +215,7 @@ class FileRouteGuard:
     """ASGI middleware: a request to a file route is answered 403 unless the path resolves, now, to a
     file the app made (``files.may_serve``) or to a file in Gradio's own upload folder (``gradio_cache``)."""
 
-    def __init__(self, app, files: ImageFiles, gradio_cache: str) -> None:
+    def __init__(self, app, files: Optional[ImageFiles], gradio_cache: str) -> None:
         self.app = app
         self.files = files
         self.gradio_cache = real(gradio_cache)
@@ -224,7 +223,7 @@ class FileRouteGuard:
     def allowed(self, target: str) -> bool:
         if not target or "\x00" in target or "://" in target or target.startswith(("http:", "https:", "data:")):
             return False
-        if self.files.may_serve(target):
+        if self.files is not None and self.files.may_serve(target):
             return True
         p = real(target)
         return p != self.gradio_cache and within(p, [self.gradio_cache]) and os.path.isfile(p)

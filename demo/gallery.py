@@ -150,7 +150,8 @@ def folder_gallery(folder: PathLike) -> Gallery:
     try:
         root = Path(folder).expanduser().resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop: RuntimeError before Python 3.13
-        raise GalleryError(f"{folder}: cannot be resolved: a symlink loop or an unreadable folder ({exc})") from None
+        raise GalleryError(f"{folder}: cannot be followed, a symbolic link loops or a folder is unreadable ({exc}); "
+                           "give a real folder") from None
     if not root.is_dir():
         raise GalleryError(f"{folder}: not a folder")
     files: list[Path] = []
