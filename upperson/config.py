@@ -96,6 +96,7 @@ class TrainConfig:
     early_stop_patience: int = 0  # stop once `select_on` R@1 has not improved for this many evaluations (0 = off)
     max_steps_per_epoch: Optional[int] = None  # for smoke runs
     log_every: int = 50
+    tensorboard: bool = False  # also write TensorBoard event files to RUN/tensorboard/ (upperson/train/tensorboard.py)
 
 
 @dataclass

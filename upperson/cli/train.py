@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute block activations in backward: less memory, slower steps (train.grad_checkpointing)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to OUTPUT/tensorboard/ (train.tensorboard)")
     p.set_defaults(func=run)
 
 
@@ -36,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data.root={json.dumps(str(args.data_root))}")
     if args.grad_checkpointing:
         overrides.append("train.grad_checkpointing=true")
+    if args.tensorboard:
+        overrides.append("train.tensorboard=true")
     # the config and the run folder are checked before the heavy imports (torch, open_clip)
     if args.resume:
         cfg = resume_config(Path(args.output), overrides, config=args.config)

@@ -362,6 +362,14 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
         barrier(info)  # every rank has read the saved state before the writer tidies last.old/last.tmp
         config_sha = _start(cfg, run_dir, folder, runlog, records)
         recorded_config = to_dict(cfg)
+        steps_per_epoch = min(len(loader), t_cfg.max_steps_per_epoch or len(loader))
+        global_step = start_epoch * steps_per_epoch
+        board = None
+        if t_cfg.tensorboard and info.is_main:
+            # imported only when asked for: TensorBoard adds about half a second to the start
+            from upperson.train.tensorboard import TensorBoardLog
+
+            board = TensorBoardLog(run_dir, resume_step=global_step + 1 if start_epoch else None)
 
         for epoch in range(start_epoch, t_cfg.epochs):
             if t_cfg.early_stop_patience and mean_across(
@@ -381,6 +389,7 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                 if t_cfg.max_steps_per_epoch is not None and steps >= t_cfg.max_steps_per_epoch:
                     break
                 pos.step = steps + 1  # the step in progress, 1-based
+                step_start = time.perf_counter()
                 images = batch["image"].to(device, non_blocking=True)
                 tokens = batch["tokens"].to(device, non_blocking=True)
                 pids = batch["pid"].to(device, non_blocking=True)
@@ -402,6 +411,10 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                 scaler.update()
                 loss_sum += float(loss.detach()) / info.world_size
                 steps += 1
+                global_step += 1
+                if board is not None:
+                    board.step(global_step, loss=float(loss.detach()) / info.world_size,
+                               lr=optimizer.param_groups[0]["lr"], step_time_s=time.perf_counter() - step_start)
                 samples += len(images) * info.world_size
                 if progress and steps % 10 == 0:
                     bar.set_postfix(loss=f"{loss_sum / steps:.3f}")
@@ -435,6 +448,8 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                 log.info("epoch %d: loss %.4f%s", epoch + 1, row["loss"],
                          f", {select} R1 {row['R1']:.2f} mAP {row['mAP']:.2f}" if "R1" in row else "")
                 history.append(row)
+                if board is not None:
+                    board.epoch(global_step, row, model.prefix_scales())
                 with _disk_guard(run_dir, model, "last/ and metrics.jsonl"):
                     # the epoch's state and its row are one unit: the rows travel inside last/state.json
                     save_training_state(run_dir, model, optimizer, loss_module, {
@@ -443,6 +458,8 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                     pos.saved = epoch + 1
                     _write_metrics_log(run_dir / METRICS_NAME, history)
             barrier(info)
+        if board is not None:
+            board.close()
     else:
         _start(cfg, run_dir, folder, runlog, records)
 

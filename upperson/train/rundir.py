@@ -33,6 +33,7 @@ LOCK_NAME = ".lock"
 SAFE_RESUME_KEYS = frozenset({
     "train.epochs",
     "train.log_every",
+    "train.tensorboard",
     "train.grad_checkpointing",
     "data.root",
     "data.num_workers",
