@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("gallery (default: the embedded ToyPEDES test split)")
     src.add_argument("--gallery", type=Path, help="a folder of images (searched recursively)")
     src.add_argument("--data-root", type=Path, help="a data root holding a dataset in a supported format (docs/data.md)")
+    src.add_argument("--index", type=Path, metavar="INDEX",
+                     help="an index folder made by `python -m upperson index` (its features are used, not re-encoded)")
     src.add_argument("--dataset", default=None,
                      help="with --data-root: cuhk-pedes, icfg-pedes, rstpreid, toypedes or generic (default cuhk-pedes)")
     src.add_argument("--split", default=None, help="with --data-root: the split to search (default test)")
@@ -162,11 +164,33 @@ def load_model(checkpoints: Sequence[Path], pretrained: Optional[str]):
     return model, first[0], dict(rest)
 
 
-def load_gallery(args: argparse.Namespace):
-    from demo.gallery import dataset_gallery, embedded_gallery, folder_gallery
+def seed_cache_from_index(index: Path, model, cache: Path) -> None:
+    """Put an index folder's features into the demo's feature cache, so its images are not encoded
+    again; refused (ValueError) when another model made the index."""
+    import torch  # imported here, as everything heavy in this module, so that --help stays fast
 
-    if args.gallery and args.data_root:
-        raise ValueError("give either --gallery or --data-root, not both")
+    from demo.search import FEATURE_CACHE
+    from upperson.index import ImageIndex, model_key
+    from upperson.search.store import IndexStore
+
+    store = IndexStore.open(index)
+    key = model_key(model)
+    if store.manifest.model.get("key") != key:
+        raise ValueError(f"--index {index} was built by another model ({store.manifest.model.get('source')}); "
+                         "start the demo with that --checkpoint, or index again with this model")
+    entries = store.manifest.entries
+    added = ImageIndex(model, cache / FEATURE_CACHE, progress=False, key=key).add_known(
+        [e.sha1 for e in entries], torch.from_numpy(store.features_of(list(range(len(entries))))))
+    log.info("--index %s: %d image(s), %d feature(s) added to the cache", index, len(entries), added)
+
+
+def load_gallery(args: argparse.Namespace):
+    from demo.gallery import dataset_gallery, embedded_gallery, folder_gallery, index_gallery
+
+    if sum(x is not None for x in (args.gallery, args.data_root, args.index)) > 1:
+        raise ValueError("give one of --gallery, --data-root and --index")
+    if args.index:
+        return index_gallery(args.index, allow_roots=args.allow_root)
     if not args.data_root and (args.dataset or args.split):
         raise ValueError("--dataset and --split apply to --data-root; give it too")
     if args.gallery:
@@ -206,6 +230,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         gallery = load_gallery(args)
         model, default_name, others = load_model(args.checkpoint, args.pretrained)
+        if args.index:
+            seed_cache_from_index(args.index, model, args.cache_dir or cache_dir())
         limits = index_limits(args)
         limit_decoders(limits.max_pixels)
         relist = (lambda: folder_gallery(args.gallery)) if args.gallery else None

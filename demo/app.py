@@ -80,7 +80,7 @@ HEAD_CSS = """<style>
 def _caption(h) -> str:
     mark = "" if h.relevant is None else ("✓ " if h.relevant else "✗ ")
     pid = "" if h.pid is None else f" · id {h.pid}"
-    return f"{mark}#{h.rank} · {h.score:.3f}{pid}"
+    return f"{mark}#{h.rank} · {h.score:.3f}{pid} · {h.file}"
 
 
 def lenient(component: gr.components.Component, description: str) -> gr.components.Component:

@@ -132,6 +132,33 @@ def dataset_gallery(name: str, root: PathLike, split: str = "test", *,
     return Gallery(f"{ds.name} {split}", items, [image_root], allowed)
 
 
+def index_gallery(folder: PathLike, allow_roots: Sequence[PathLike] = ()) -> Gallery:
+    """The images of an index folder made by ``python -m upperson index`` (``--index``), in its order.
+
+    Every image must resolve inside the folder the index was built from (for a list of files,
+    the list's folder) or one of ``allow_roots``; the first that does not is a GalleryError.
+    """
+    from upperson.search.store import IndexFolderError, IndexStore
+
+    try:
+        store = IndexStore.open(folder)
+    except IndexFolderError as exc:
+        raise GalleryError(f"--index: {exc}") from None
+    if not store.manifest.entries:
+        raise GalleryError(f"--index {folder}: the index holds no images")
+    built_from = Path(store.manifest.build.get("gallery", "")).expanduser()
+    root = built_from if built_from.is_dir() else built_from.parent
+    allowed = [root.resolve()] + [Path(r).expanduser().resolve() for r in allow_roots]
+    items = []
+    for e in store.manifest.entries:
+        path = Path(os.path.realpath(e.path))
+        if not any(path == a or a in path.parents for a in allowed):
+            raise outside_error(f"index {folder}", Path(e.path), allowed)
+        items.append(GalleryItem(path))
+    name = f"index {Path(folder).name} ({len(items)} images)"
+    return Gallery(name, items, [Path(os.path.commonpath([str(it.path.parent) for it in items]))], allowed)
+
+
 def embedded_gallery() -> Gallery:
     """The default: the ToyPEDES test split the embedded model was evaluated on."""
     from upperson.embedded import embedded_data_root

@@ -39,6 +39,10 @@ VARIANTS = (UPPERSON, ZERO_SHOT)
 MAX_QUERY_CHARS = 2000  # longer input is cut before tokenising (the model reads ~75 tokens anyway)
 
 
+#: the feature cache's folder under the demo's cache dir
+FEATURE_CACHE = "demo-index"
+
+
 class QueryError(ValueError):
     """A query that cannot be searched; the message is meant for the user."""
 
@@ -285,7 +289,7 @@ class SearchEngine:
         """The feature cache of ``model`` as it is now (caller holds the lock: the key reads its weights)."""
         key = model_key(model)
         if key not in self._indexes:
-            self._indexes[key] = ImageIndex(model, self.cache_dir / "demo-index", batch_size=self.batch_size,
+            self._indexes[key] = ImageIndex(model, self.cache_dir / FEATURE_CACHE, batch_size=self.batch_size,
                                             progress=self.progress, key=key, limits=self.limits)
         return self._indexes[key]
 

@@ -369,3 +369,37 @@ def test_synthetic_benchmark_galleries_have_the_similarities_asked_for(tmp_path)
     rows = benchmark_search([2000], dim=16, repeats=3, workdir=tmp_path)
     assert {r["engine"] for r in rows} == set(ENGINES)  # exact only below 10,000 images
     assert all(r["recall@10"] == 1.0 and r["single_p50_ms"] > 0 for r in rows)
+
+
+def test_the_demo_opens_an_index_without_encoding_again(tmp_path, tiny_model, gallery, monkeypatch):
+    from PIL import Image
+
+    from demo.__main__ import seed_cache_from_index
+    from demo.gallery import GalleryError, index_gallery
+    from demo.search import SearchEngine
+
+    out = tmp_path / "index"
+    build_index(tiny_model, gallery, out, source="test", progress=False)
+    demo_gallery = index_gallery(out)
+    assert [str(it.path) for it in demo_gallery.items] == [e.path for e in IndexStore.open(out).manifest.entries]
+    seed_cache_from_index(out, tiny_model, tmp_path / "cache")
+    counter = _CountEncoded(monkeypatch)
+    engine = SearchEngine(tiny_model, demo_gallery, cache_dir=tmp_path / "cache")
+    hits = engine.search("a man in a red coat", top_k=3).rankings[0].hits
+    assert counter.images == 0  # every feature came from the index
+    assert len(hits) == 3 and all(h.file.endswith(".png") for h in hits)
+
+    other = build_model(tiny_model_config(pretrained="random", lora=tiny_model.config.lora.__class__(rank=2))).eval()
+    with pytest.raises(ValueError, match="another model"):
+        seed_cache_from_index(out, other, tmp_path / "cache")
+    # a list of files whose image lies outside the list's folder: refused, naming --allow-root
+    outside = tmp_path / "elsewhere" / "x.png"
+    outside.parent.mkdir()
+    Image.new("RGB", (32, 96), (1, 2, 3)).save(outside)
+    listing = tmp_path / "lists" / "files.txt"
+    listing.parent.mkdir()
+    listing.write_text(f"{outside}\n")
+    build_index(tiny_model, listing, tmp_path / "index2", source="test", progress=False)
+    with pytest.raises(GalleryError, match="allow-root"):
+        index_gallery(tmp_path / "index2")
+    assert len(index_gallery(tmp_path / "index2", allow_roots=[outside.parent])) == 1

@@ -343,6 +343,23 @@ class ImageIndex:
         for i, digest in enumerate(digests):
             self._rows[digest] = base + i
 
+    def add_known(self, digests: Sequence[str], feats: torch.Tensor) -> int:
+        """Add features computed elsewhere (an index folder made by the same model, see
+        ``upperson.search``) for file contents (SHA-1 hex digests) not cached yet; returns how many
+        were new. The features must be the model's, L2-normalised: the caller checks the model key."""
+        if len(digests) != len(feats):
+            raise ValueError(f"{len(digests)} digests for {len(feats)} features")
+        with self._lock:
+            new = [i for i, d in enumerate(digests) if d not in self._rows]
+            keep = {}
+            for i in new:
+                keep.setdefault(digests[i], i)  # one row per content
+            if keep:
+                rows = list(keep.values())
+                self._add(list(keep), feats[rows].float().contiguous())
+                self._save()
+            return len(keep)
+
     def _serialise(self) -> bytes:
         assert self._features is not None
         digests = np.zeros((len(self._rows), _DIGEST_BYTES), dtype=np.uint8)

@@ -24,7 +24,7 @@ import gradio as gr
 from analysis.umap_plot import MapPanel, map_panel, select_identities, umap_panels_figure
 from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
-from demo.search import UPPERSON, ZERO_SHOT, QueryError
+from demo.search import FEATURE_CACHE, UPPERSON, ZERO_SHOT, QueryError
 from demo.views.common import lenient_dropdown, lenient_slider, cache_of, figure_file, user_error, view_key
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def compute_map(ctx: DemoContext, state, n: object) -> tuple[tuple, EmbeddingMap
         records = [ImageRecord(it.path, int(it.pid), list(it.captions), i)
                    for i, it in enumerate(gallery.items) if it.pid is not None]
         chosen = select_identities(records, count, SEED)
-        cache = ctx.engine.cache_dir / "demo-index"  # the demo's image features; captions cached beside them
+        cache = ctx.engine.cache_dir / FEATURE_CACHE  # the demo's image features; captions cached beside them
         label = UPPERSON if s.model == ctx.engine.default_checkpoint else f"{UPPERSON} ({s.model})"
         embeddings = []
         for name, variant in (("Zero-shot backbone", ZERO_SHOT), (label, UPPERSON)):
