@@ -28,6 +28,7 @@ from upperson.config import ModelConfig, from_dict, to_dict
 from upperson.io import atomic_path, atomic_write_json, file_digest
 from upperson.model.backbone import EMBEDDED, describe_source, is_random_init
 from upperson.model.upperson import UPPerson, build_model
+from upperson.model.weights import UnsafeWeightsError, check_weights
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,25 @@ def read_verified_tensors(weights: Path, expected_sha256: Optional[str], *, reco
     """Read a safetensors file after checking its SHA-256 against the one recorded in ``recorded_in``.
 
     Raises :class:`CheckpointCorruptError` naming the file when the checksum is missing (and
-    required), differs, the file cannot be parsed, or a floating-point tensor is not finite.
+    required), differs, the file cannot be parsed, or a floating-point tensor is not finite
+    (as stored, or cast to float32).
     """
+    state = _read_checksummed(weights, expected_sha256, recorded_in=recorded_in, require_checksum=require_checksum,
+                              warn_unverified=warn_unverified)
+    # finite as stored, and once cast to float32 (a float64 1e300 is inf there)
+    bad = [n for n, t in state.items()
+           if t.is_floating_point() and not (bool(torch.isfinite(t).all()) and bool(torch.isfinite(t.float()).all()))]
+    if bad:
+        raise CheckpointCorruptError(
+            f"{weights} holds non-finite values (NaN or inf) in {len(bad)} tensor(s), e.g. {bad[:3]}; "
+            "it cannot be used"
+        )
+    return state
+
+
+def _read_checksummed(weights: Path, expected_sha256: Optional[str], *, recorded_in: Path,
+                      require_checksum: bool, warn_unverified: bool = True) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, after its SHA-256 is checked (no check of the values)."""
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing (it belongs with {recorded_in})")
     if expected_sha256 is None:
@@ -72,12 +90,18 @@ def read_verified_tensors(weights: Path, expected_sha256: Optional[str], *, reco
         raise CheckpointCorruptError(
             f"{weights} cannot be read as safetensors ({type(exc).__name__}: {exc}); it is truncated or corrupted"
         ) from exc
-    bad = [n for n, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise CheckpointCorruptError(
-            f"{weights} holds non-finite values (NaN or inf) in {len(bad)} tensor(s), e.g. {bad[:3]}; "
-            "it cannot be used"
-        )
+    return state
+
+
+def read_verified_weights(weights: Path, expected_sha256: Optional[str], *, recorded_in: Path,
+                          require_checksum: bool, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """:func:`read_verified_tensors` for model weights: also refuses, by name, tensors that are not
+    fp16, bf16 or fp32, or not finite after the cast to ``dtype`` (``upperson.model.weights``)."""
+    state = _read_checksummed(weights, expected_sha256, recorded_in=recorded_in, require_checksum=require_checksum)
+    try:
+        check_weights(state, weights, dtype)
+    except UnsafeWeightsError as exc:
+        raise CheckpointCorruptError(str(exc)) from exc
     return state
 
 
@@ -218,7 +242,7 @@ def _read_verified(path: Union[str, Path]) -> tuple[dict, dict[str, torch.Tensor
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointMismatchError(f"{config}: checkpoint format version {version!r} is newer than this code reads "
                                       f"({FORMAT_VERSION}); update UP-Person")
-    return meta, read_verified_tensors(weights, meta.get("sha256"), recorded_in=config, require_checksum=version >= 2)
+    return meta, read_verified_weights(weights, meta.get("sha256"), recorded_in=config, require_checksum=version >= 2)
 
 
 def _copy_into(model: UPPerson, weights: Path, meta: dict, state: dict[str, torch.Tensor],
@@ -256,9 +280,14 @@ def _copy_into(model: UPPerson, weights: Path, meta: dict, state: dict[str, torc
         raise CheckpointMismatchError(
             f"checkpoint {weights.parent} does not fit this model:\n  - " + "\n  - ".join(problems)
         )
+    cast = {n: state[n].to(p.dtype) for n, p in own.items()}
+    bad = [f"{n} ({p.dtype})" for n, p in own.items() if not bool(torch.isfinite(cast[n]).all())]
+    if bad:  # finite in the dtype the model holds them in (a half model: fp16's range)
+        raise CheckpointCorruptError(f"{weights} holds values that are not finite in the model's dtype in "
+                                     f"{len(bad)} tensor(s), e.g. {bad[:3]}; it cannot be used")
     with torch.no_grad():
         for n, p in own.items():
-            p.copy_(state[n].to(p.dtype))
+            p.copy_(cast[n])
     return meta
 
 

@@ -1,0 +1,164 @@
+"""Attack cases on the tensor files we load: odd dtypes, values that overflow after the cast,
+non-finite similarities, pickled backbones (issue: security and durability)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from upperson.metrics import NonFiniteScoresError, retrieval_metrics
+from upperson.model import build_model
+from upperson.model.backbone import BackboneError, create_clip
+from upperson.model.checkpoint import CheckpointCorruptError, load_model, load_petl, save_petl
+
+
+def _tamper(out, change) -> str:
+    """Rewrite ``out``'s petl.safetensors with ``change(state)`` applied; update its sha256 in petl.json."""
+    w = out / "petl.safetensors"
+    state = load_file(str(w))
+    name = sorted(state)[0]
+    state[name] = change(state[name])
+    save_file(state, str(w))
+    meta = json.loads((out / "petl.json").read_text())
+    meta["sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
+    (out / "petl.json").write_text(json.dumps(meta))
+    return name
+
+
+def _huge_float64(t):
+    t = t.double()
+    t.view(-1)[0] = 1e300  # finite in float64, inf in float32
+    return t
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (_huge_float64, "float64"),
+    (lambda t: t.to(torch.int8), "int8"),
+    (lambda t: t > 0, "bool"),
+])
+def test_petl_weights_of_a_wrong_dtype_are_refused_by_name(tmp_path, tiny_cfg, change, fragment):
+    model = build_model(tiny_cfg)
+    out = save_petl(model, tmp_path / "ckpt")
+    name = _tamper(out, change)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(CheckpointCorruptError, match=fragment) as err:
+        load_petl(model, out)
+    assert name in str(err.value) and "petl.safetensors" in str(err.value)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_finiteness_is_checked_after_the_cast_to_the_models_dtype(tiny_cfg):
+    from upperson.model.weights import UnsafeWeightsError, check_weights
+
+    state = {"w": torch.tensor([1.0, 7e4])}  # finite in float32, inf in float16
+    check_weights(state, "f.safetensors", torch.float32)
+    with pytest.raises(UnsafeWeightsError, match="w.*float16"):
+        check_weights(state, "f.safetensors", torch.float16)
+
+
+def test_evaluate_refuses_a_float64_overflow_before_any_metric(tmp_path, tiny_cfg, toypedes_root, capsys):
+    from upperson.cli import main
+
+    out = save_petl(build_model(tiny_cfg), tmp_path / "ckpt")
+    _tamper(out, _huge_float64)
+    rc = main(["evaluate", "--checkpoint", str(out), "--data-root", str(toypedes_root), "--dataset", "toypedes"])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert "R1" not in captured.out and "mAP" not in captured.out
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "float64" in errors[0] and "petl.safetensors" in errors[0]
+
+
+def _backbone(tmp_path, cfg, change):
+    clip = create_clip(cfg)
+    state = {k: v.contiguous() for k, v in clip.state_dict().items()}
+    name = "token_embedding.weight"
+    state[name] = change(state[name].clone())
+    path = tmp_path / "backbone.safetensors"
+    save_file(state, str(path))
+    return dataclasses.replace(cfg, pretrained=str(path)), name
+
+
+def _nan(t):
+    t.view(-1)[3] = float("nan")
+    return t
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (_nan, "non-finite"),
+    (_huge_float64, "float64"),
+    (lambda t: t.to(torch.int8), "int8"),
+])
+def test_a_backbone_file_is_checked_like_petl_weights(tmp_path, tiny_cfg, change, fragment):
+    cfg, name = _backbone(tmp_path, tiny_cfg, change)
+    with pytest.raises(BackboneError, match=fragment) as err:
+        build_model(cfg)
+    assert name in str(err.value) and "backbone.safetensors" in str(err.value)
+
+
+def test_a_pickled_backbone_is_refused_by_name(tmp_path, tiny_cfg):
+    clip = create_clip(tiny_cfg)
+    path = tmp_path / "weights.pt"
+    torch.save(clip.state_dict(), path)  # a pickle (zip archive with data.pkl)
+    with pytest.raises(BackboneError, match="pickle") as err:
+        build_model(dataclasses.replace(tiny_cfg, pretrained=str(path)))
+    assert "weights.pt" in str(err.value) and "safetensors" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_similarities_are_refused_before_any_metric(bad):
+    sim = torch.rand(4, 6)
+    sim[2, 1] = bad
+    with pytest.raises(NonFiniteScoresError, match="1 of 24"):
+        retrieval_metrics(sim, torch.tensor([0, 1, 2, 0]), torch.tensor([0, 0, 1, 1, 2, 2]))
+
+
+def _cases():
+    g = torch.Generator().manual_seed(0)
+    yield torch.randn(9, 13, generator=g)
+    yield torch.zeros(9, 13)  # every score tied
+    yield torch.randn(9, 13, generator=g) * 1e38  # huge but finite
+    yield torch.round(torch.randn(9, 13, generator=g) * 2) / 2  # many ties
+    yield -torch.arange(9 * 13, dtype=torch.float64).reshape(9, 13)  # relevant items last
+    yield torch.randn(9, 13, generator=g).to(torch.float16)
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_metrics_stay_in_0_100_on_random_and_adversarial_similarities(case):
+    sim = list(_cases())[case]
+    g = torch.Generator().manual_seed(case)
+    q, gp = torch.randint(0, 4, (9,), generator=g), torch.randint(0, 4, (13,), generator=g)
+    gp[:4] = torch.arange(4)  # every query has a match
+    m = retrieval_metrics(sim, q, gp, ranks=(1, 5, 10))
+    for k in ("R1", "R5", "R10", "mAP", "mINP"):
+        assert 0.0 <= m[k] <= 100.0, (k, m[k])
+    # against a sort-based reference of mAP
+    order = torch.sort(sim.float(), dim=1, descending=True, stable=True).indices
+    rel = (gp[order] == q.view(-1, 1)).double()
+    cum = rel.cumsum(1)
+    ap = ((cum / torch.arange(1, 14)) * rel).sum(1) / rel.sum(1)
+    assert m["mAP"] == pytest.approx(100 * float(ap.mean()), rel=1e-9)
+
+
+@pytest.mark.parametrize("column, value", [("ap", "5.0"), ("inp", "nan"), ("first_rank", "0"), ("ap", "-0.5")])
+def test_a_per_query_file_with_impossible_values_is_refused(tmp_path, column, value):
+    from upperson.stats import read_per_query_csv, write_per_query_csv
+
+    rows = [{"query_index": i, "pid": i, "image_id": i, "caption": "c", "images": 1, "first_rank": 1 + i,
+             "ap": 1.0 / (1 + i), "inp": 1.0 / (1 + i)} for i in range(3)]
+    path = tmp_path / "q.csv"
+    write_per_query_csv(path, rows)
+    text = path.read_text().splitlines()
+    header = text[0].split(",")
+    cells = text[2].split(",")
+    cells[header.index(column)] = value
+    text[2] = ",".join(cells)
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(ValueError, match=f"q.csv.*{column}") as err:
+        read_per_query_csv(path).metrics()
+    assert "data row 2" in str(err.value)
