@@ -162,3 +162,65 @@ def test_a_per_query_file_with_impossible_values_is_refused(tmp_path, column, va
     with pytest.raises(ValueError, match=f"q.csv.*{column}") as err:
         read_per_query_csv(path).metrics()
     assert "data row 2" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- format 3: the config bound to the weights
+
+
+def _edit_json(out, change) -> None:
+    meta = json.loads((out / "petl.json").read_text())
+    change(meta)
+    (out / "petl.json").write_text(json.dumps(meta))
+
+
+def _set_quick_gelu(meta):
+    meta["model"]["quick_gelu"] = meta["backbone"]["quick_gelu"] = False
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda m: m["model"]["adapter"].update(placement="sequential"), "model.adapter.placement"),
+    (_set_quick_gelu, "model.quick_gelu"),
+    (lambda m: m["backbone"].update(fingerprint="0" * 16), "backbone.fingerprint"),
+])
+def test_an_edited_petl_json_is_refused_naming_the_key(tmp_path, tiny_cfg, change, key):
+    out = save_petl(build_model(tiny_cfg), tmp_path / "ckpt")
+    load_model(out)  # as saved: loads
+    _edit_json(out, change)
+    with pytest.raises(CheckpointCorruptError, match="changed after saving") as err:
+        load_model(out)
+    assert key in str(err.value) and "petl.json" in str(err.value)
+
+
+def test_sidecar_files_are_listed_and_verified(tmp_path, tiny_cfg):
+    card = tmp_path / "README.md"
+    card.write_text("# a model card\n")
+    model = build_model(tiny_cfg)
+    out = save_petl(model, tmp_path / "ckpt", files={"README.md": card})
+    meta = json.loads((out / "petl.json").read_text())
+    assert meta["files"] == {"README.md": hashlib.sha256(card.read_bytes()).hexdigest()}
+    load_petl(model, out)
+    (out / "README.md").write_text("# edited\n")
+    with pytest.raises(CheckpointCorruptError, match="README.md is corrupted"):
+        load_petl(model, out)
+    (out / "README.md").unlink()
+    with pytest.raises(CheckpointCorruptError, match="README.md: listed in petl.json but missing"):
+        load_petl(model, out)
+    # the map itself is bound: dropping an entry is refused too
+    (out / "README.md").write_text("# a model card\n")
+    _edit_json(out, lambda m: m.pop("files"))
+    with pytest.raises(CheckpointCorruptError, match="files.README.md"):
+        load_petl(model, out)
+    with pytest.raises(CheckpointCorruptError, match="plain sidecar file name"):
+        save_petl(model, tmp_path / "other", files={"../escape.md": card})
+
+
+def test_a_format_2_checkpoint_still_loads_with_one_line(tmp_path, tiny_cfg, caplog):
+    model = build_model(tiny_cfg)
+    out = save_petl(model, tmp_path / "ckpt")
+    w = out / "petl.safetensors"
+    save_file(load_file(str(w)), str(w), metadata={"format": "upperson-petl"})  # as format 2 wrote it
+    _edit_json(out, lambda m: m.update(version=2, sha256=hashlib.sha256(w.read_bytes()).hexdigest()))
+    with caplog.at_level("INFO", logger="upperson.model.checkpoint"):
+        load_petl(model, out)
+    lines = [r for r in caplog.records if r.name == "upperson.model.checkpoint"]
+    assert len(lines) == 1 and "not bound" in lines[0].getMessage()

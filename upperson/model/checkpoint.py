@@ -19,13 +19,14 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from upperson.config import ModelConfig, from_dict, to_dict
-from upperson.io import atomic_path, atomic_write_json, file_digest
+from upperson.io import atomic_copy, atomic_path, atomic_write_json, file_digest
 from upperson.model.backbone import EMBEDDED, describe_source, is_random_init
 from upperson.model.upperson import UPPerson, build_model
 from upperson.model.weights import UnsafeWeightsError, check_weights
@@ -35,7 +36,9 @@ log = logging.getLogger(__name__)
 WEIGHTS_NAME = "petl.safetensors"
 CONFIG_NAME = "petl.json"
 FORMAT = "upperson-petl"
-FORMAT_VERSION = 2  # 2: petl.json records the sha256 of petl.safetensors
+FORMAT_VERSION = 3  # 2: petl.json records the sha256 of petl.safetensors; 3: the config is bound to the weights
+BINDING_KEY = "binding"  # safetensors header metadata: the canonical model config, backbone identity, sidecar files
+_BACKBONE_BOUND = ("name", "quick_gelu", "image_size", "weights", "fingerprint")
 
 
 class CheckpointMismatchError(ValueError):
@@ -157,8 +160,13 @@ def trainable_state_dict(model: UPPerson) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_petl(model: UPPerson, path: Union[str, Path], extra: Optional[dict] = None) -> Path:
-    """Write ``petl.safetensors`` and ``petl.json`` into folder ``path``, atomically."""
+def save_petl(model: UPPerson, path: Union[str, Path], extra: Optional[dict] = None,
+              files: Optional[Mapping[str, Union[str, Path]]] = None) -> Path:
+    """Write ``petl.safetensors`` and ``petl.json`` into folder ``path``, atomically.
+
+    ``files`` maps sidecar names (plain file names) to files copied beside the weights; their
+    SHA-256 go into ``petl.json`` and, with the model config, into the weights' header (format 3).
+    """
     if getattr(model, "is_merged", False):
         raise ValueError("a merged model (model.merged()) has its PETL weights folded in: save the original model")
     weights, config = _paths(path)
@@ -166,29 +174,79 @@ def save_petl(model: UPPerson, path: Union[str, Path], extra: Optional[dict] = N
     bad = [n for n, t in state.items() if not bool(torch.isfinite(t).all())]
     if bad:
         raise CheckpointCorruptError(f"not saving {weights}: {len(bad)} weight(s) are not finite, e.g. {bad[:3]}")
-    with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
-        digest = file_digest(tmp)
+    sidecars = {_sidecar_name(name, config): Path(src) for name, src in (files or {}).items()}
+    digests = {name: file_digest(src) for name, src in sidecars.items()}
     model_dict = to_dict(model.config)
     model_dict["pretrained"], absolute = _recorded_pretrained(model.config.pretrained, weights.parent)
-    meta = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "sha256": digest,
-        "model": model_dict,
-        "backbone": {
-            "name": model.config.name,
-            "quick_gelu": model.config.quick_gelu,
-            "image_size": list(model.config.image_size),
-            "weights": describe_source(model.config),
-            "fingerprint": model.backbone_fingerprint,
-            **({"path": absolute} if absolute else {}),
-        },
-        "parameters": sum(v.numel() for v in state.values()),
-        "extra": extra or {},
-    }
+    backbone = {"name": model.config.name, "quick_gelu": model.config.quick_gelu,
+                "image_size": list(model.config.image_size), "weights": describe_source(model.config),
+                "fingerprint": model.backbone_fingerprint}
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "model": model_dict,
+            "backbone": {**backbone, **({"path": absolute} if absolute else {})},
+            **({"files": digests} if digests else {}),
+            "parameters": sum(v.numel() for v in state.values()), "extra": extra or {}}
+    for name, src in sidecars.items():
+        atomic_copy(src, weights.parent / name)
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT, "version": str(FORMAT_VERSION),
+                                             BINDING_KEY: _canonical(binding_of(meta))})
+        meta["sha256"] = file_digest(tmp)
     atomic_write_json(config, meta)
     return weights.parent
+
+
+def binding_of(meta: dict) -> dict:
+    """What format 3 binds to the weights: the model config (less the backbone's path), the
+    backbone's identity and the sidecar files' SHA-256, from a ``petl.json``."""
+    model = {k: v for k, v in (meta.get("model") or {}).items() if k != "pretrained"}
+    backbone = {k: (meta.get("backbone") or {}).get(k) for k in _BACKBONE_BOUND}
+    return {"model": model, "backbone": backbone, "files": dict(meta.get("files") or {})}
+
+
+def _canonical(obj: dict) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _sidecar_name(name: str, config: Path) -> str:
+    """``name`` if it is a plain file name that is not the checkpoint's own; else ValueError."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", "..") \
+            or name in (WEIGHTS_NAME, CONFIG_NAME):
+        raise CheckpointCorruptError(f"{config}: files entry {name!r} is not a plain sidecar file name")
+    return name
+
+
+def _differences(recorded, bound, where: str) -> list[str]:
+    """Dotted keys where ``recorded`` (petl.json) and ``bound`` (the weights' header) differ."""
+    if isinstance(recorded, dict) and isinstance(bound, dict):
+        return [d for k in sorted(set(recorded) | set(bound))
+                for d in _differences(recorded.get(k), bound.get(k), f"{where}.{k}")]
+    return [] if recorded == bound else [f"{where}: petl.json says {recorded!r}, the weights were saved with {bound!r}"]
+
+
+def _check_binding(weights: Path, config: Path, meta: dict) -> None:
+    """Refuse a format-3 ``petl.json`` that differs from the config bound into the weights, naming the key,
+    then verify every sidecar file it lists."""
+    try:
+        with safe_open(str(weights), "pt") as fh:
+            header = fh.metadata() or {}
+        bound = json.loads(header[BINDING_KEY])
+    except Exception as exc:  # KeyError, JSON errors, SafetensorError (not an OSError)
+        raise CheckpointCorruptError(f"{weights}: a format-3 checkpoint without a readable config binding "
+                                     f"({type(exc).__name__}); restore the file (or retrain)") from exc
+    diffs = _differences(binding_of(meta), bound, "")
+    if diffs:
+        raise CheckpointCorruptError(
+            f"{config} was changed after saving: {'; '.join(d.lstrip('.') for d in diffs[:3])}; "
+            "restore petl.json (the weights bind the config they were trained with)")
+    folder = weights.parent.resolve()
+    for name, expected in (meta.get("files") or {}).items():
+        side = weights.parent / _sidecar_name(name, config)
+        if not side.is_file() or side.resolve().parent != folder:
+            raise CheckpointCorruptError(f"{side}: listed in {config.name} but missing (or a link out of the folder)")
+        actual = file_digest(side)
+        if actual != expected:
+            raise CheckpointCorruptError(f"{side} is corrupted or was changed: its sha256 is {actual[:12]}..., "
+                                         f"{config.name} records {str(expected)[:12]}...; restore it")
 
 
 def read_checkpoint_config(path: Union[str, Path]) -> dict:
@@ -242,7 +300,13 @@ def _read_verified(path: Union[str, Path]) -> tuple[dict, dict[str, torch.Tensor
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointMismatchError(f"{config}: checkpoint format version {version!r} is newer than this code reads "
                                       f"({FORMAT_VERSION}); update UP-Person")
-    return meta, read_verified_weights(weights, meta.get("sha256"), recorded_in=config, require_checksum=version >= 2)
+    state = read_verified_weights(weights, meta.get("sha256"), recorded_in=config, require_checksum=version >= 2)
+    if version >= 3:
+        _check_binding(weights, config, meta)
+    elif version == 2:
+        log.info("%s: a format-2 checkpoint; its config is not bound to the weights (only they are checksummed)",
+                 config)
+    return meta, state
 
 
 def _copy_into(model: UPPerson, weights: Path, meta: dict, state: dict[str, torch.Tensor],
