@@ -224,3 +224,35 @@ def test_a_format_2_checkpoint_still_loads_with_one_line(tmp_path, tiny_cfg, cap
         load_petl(model, out)
     lines = [r for r in caplog.records if r.name == "upperson.model.checkpoint"]
     assert len(lines) == 1 and "not bound" in lines[0].getMessage()
+
+
+def test_upgrade_keeps_every_tensor_bit_for_bit_and_binds_the_config(tmp_path, tiny_cfg):
+    from upperson.model.checkpoint import upgrade_checkpoint
+
+    model = build_model(tiny_cfg)
+    out = save_petl(model, tmp_path / "ckpt")
+    w = out / "petl.safetensors"
+    save_file(load_file(str(w)), str(w), metadata={"format": "upperson-petl"})
+    _edit_json(out, lambda m: m.update(version=2, sha256=hashlib.sha256(w.read_bytes()).hexdigest()))
+    before = load_file(str(w))
+    upgrade_checkpoint(out)
+    after = load_file(str(w))
+    assert json.loads((out / "petl.json").read_text())["version"] == 3
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k].view(torch.uint8), after[k].view(torch.uint8)) for k in before)
+    load_petl(model, out)
+    _edit_json(out, lambda m: m["model"]["adapter"].update(placement="sequential"))
+    with pytest.raises(CheckpointCorruptError, match="model.adapter.placement"):
+        load_petl(model, out)
+
+
+def test_the_shipped_checkpoint_is_format_3_and_loads_without_a_line(caplog):
+    from upperson.embedded import EMBEDDED_DIR, embedded_available
+    from upperson.model.checkpoint import read_checkpoint_config
+
+    if not embedded_available():
+        pytest.skip("assets/embedded is not in this checkout")
+    assert read_checkpoint_config(EMBEDDED_DIR / "upperson")["version"] == 3
+    with caplog.at_level("INFO", logger="upperson.model.checkpoint"):
+        load_model(EMBEDDED_DIR / "upperson")
+    assert not [r for r in caplog.records if r.name == "upperson.model.checkpoint"]
