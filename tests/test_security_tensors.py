@@ -256,3 +256,23 @@ def test_the_shipped_checkpoint_is_format_3_and_loads_without_a_line(caplog):
     with caplog.at_level("INFO", logger="upperson.model.checkpoint"):
         load_model(EMBEDDED_DIR / "upperson")
     assert not [r for r in caplog.records if r.name == "upperson.model.checkpoint"]
+
+
+def test_a_file_swapped_after_the_checksum_is_not_what_loads(tmp_path, tiny_cfg, monkeypatch):
+    import upperson.model.checkpoint as ckpt
+
+    model = build_model(tiny_cfg)
+    out = save_petl(model, tmp_path / "ckpt")
+    w = out / "petl.safetensors"
+    good = load_file(str(w))
+    evil = {k: torch.full_like(v, 3.0) for k, v in good.items()}
+    real_load = ckpt.load_bytes
+
+    def swap_then_load(data):  # an attacker replaces the file between the hash and the parse
+        save_file(evil, str(w), metadata={"format": "upperson-petl"})
+        return real_load(data)
+
+    monkeypatch.setattr(ckpt, "load_bytes", swap_then_load)
+    load_petl(model, out)
+    own = dict(model.named_parameters())
+    assert all(torch.equal(own[k].detach(), good[k]) for k in good)

@@ -15,6 +15,7 @@ checkpoint folder when loading, never the current directory.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -22,8 +23,8 @@ from pathlib import Path
 from typing import Mapping, Optional, Union
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 
 from upperson.config import ModelConfig, from_dict, to_dict
 from upperson.io import atomic_copy, atomic_path, atomic_write_json, file_digest
@@ -57,8 +58,8 @@ def read_verified_tensors(weights: Path, expected_sha256: Optional[str], *, reco
     required), differs, the file cannot be parsed, or a floating-point tensor is not finite
     (as stored, or cast to float32).
     """
-    state = _read_checksummed(weights, expected_sha256, recorded_in=recorded_in, require_checksum=require_checksum,
-                              warn_unverified=warn_unverified)
+    state, _ = _read_checksummed(weights, expected_sha256, recorded_in=recorded_in,
+                                 require_checksum=require_checksum, warn_unverified=warn_unverified)
     # finite as stored, and once cast to float32 (a float64 1e300 is inf there)
     bad = [n for n, t in state.items()
            if t.is_floating_point() and not (bool(torch.isfinite(t).all()) and bool(torch.isfinite(t.float()).all()))]
@@ -70,42 +71,56 @@ def read_verified_tensors(weights: Path, expected_sha256: Optional[str], *, reco
     return state
 
 
-def _read_checksummed(weights: Path, expected_sha256: Optional[str], *, recorded_in: Path,
-                      require_checksum: bool, warn_unverified: bool = True) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors, after its SHA-256 is checked (no check of the values)."""
+def _read_checksummed(weights: Path, expected_sha256: Optional[str], *, recorded_in: Path, require_checksum: bool,
+                      warn_unverified: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors and header metadata, after its SHA-256 is checked (not the values).
+
+    The file is read once: the bytes hashed are the bytes parsed, so a file swapped after the
+    check is never what loads.
+    """
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing (it belongs with {recorded_in})")
+    data = weights.read_bytes()
     if expected_sha256 is None:
         if require_checksum:
             raise CheckpointCorruptError(f"{recorded_in} records no sha256 for {weights.name}: the file cannot be verified")
         if warn_unverified:
             log.warning("%s: an older checkpoint without a recorded checksum; its integrity is not verified", weights)
     else:
-        actual = file_digest(weights)
+        actual = hashlib.sha256(data).hexdigest()
         if actual != expected_sha256:
             raise CheckpointCorruptError(
                 f"{weights} is corrupted or truncated: its sha256 is {actual[:12]}..., {recorded_in.name} records "
                 f"{expected_sha256[:12]}...; restore the file (or retrain)"
             )
     try:
-        state = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
+        state = load_bytes(data)
+        size = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8:8 + size]).get("__metadata__") or {}
+    except Exception as exc:  # safetensors raises its own SafetensorError; a bad header, a JSON error
         raise CheckpointCorruptError(
             f"{weights} cannot be read as safetensors ({type(exc).__name__}: {exc}); it is truncated or corrupted"
         ) from exc
-    return state
+    return state, metadata
 
 
 def read_verified_weights(weights: Path, expected_sha256: Optional[str], *, recorded_in: Path,
                           require_checksum: bool, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """:func:`read_verified_tensors` for model weights: also refuses, by name, tensors that are not
     fp16, bf16 or fp32, or not finite after the cast to ``dtype`` (``upperson.model.weights``)."""
-    state = _read_checksummed(weights, expected_sha256, recorded_in=recorded_in, require_checksum=require_checksum)
+    return _verified_weights(weights, expected_sha256, recorded_in=recorded_in, require_checksum=require_checksum,
+                             dtype=dtype)[0]
+
+
+def _verified_weights(weights: Path, expected_sha256: Optional[str], *, recorded_in: Path, require_checksum: bool,
+                      dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    state, metadata = _read_checksummed(weights, expected_sha256, recorded_in=recorded_in,
+                                        require_checksum=require_checksum)
     try:
         check_weights(state, weights, dtype)
     except UnsafeWeightsError as exc:
         raise CheckpointCorruptError(str(exc)) from exc
-    return state
+    return state, metadata
 
 
 def _is_file_path(pretrained: Optional[str]) -> bool:
@@ -223,12 +238,10 @@ def _differences(recorded, bound, where: str) -> list[str]:
     return [] if recorded == bound else [f"{where}: petl.json says {recorded!r}, the weights were saved with {bound!r}"]
 
 
-def _check_binding(weights: Path, config: Path, meta: dict) -> None:
-    """Refuse a format-3 ``petl.json`` that differs from the config bound into the weights, naming the key,
-    then verify every sidecar file it lists."""
+def _check_binding(weights: Path, config: Path, meta: dict, header: dict[str, str]) -> None:
+    """Refuse a format-3 ``petl.json`` that differs from the config bound into the weights' ``header``,
+    naming the key, then verify every sidecar file it lists."""
     try:
-        with safe_open(str(weights), "pt") as fh:
-            header = fh.metadata() or {}
         bound = json.loads(header[BINDING_KEY])
     except Exception as exc:  # KeyError, JSON errors, SafetensorError (not an OSError)
         raise CheckpointCorruptError(f"{weights}: a format-3 checkpoint without a readable config binding "
@@ -300,9 +313,10 @@ def _read_verified(path: Union[str, Path]) -> tuple[dict, dict[str, torch.Tensor
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointMismatchError(f"{config}: checkpoint format version {version!r} is newer than this code reads "
                                       f"({FORMAT_VERSION}); update UP-Person")
-    state = read_verified_weights(weights, meta.get("sha256"), recorded_in=config, require_checksum=version >= 2)
+    state, header = _verified_weights(weights, meta.get("sha256"), recorded_in=config, require_checksum=version >= 2,
+                                      dtype=torch.float32)
     if version >= 3:
-        _check_binding(weights, config, meta)
+        _check_binding(weights, config, meta, header)
     elif version == 2:
         log.info("%s: a format-2 checkpoint; its config is not bound to the weights (only they are checksummed)",
                  config)
