@@ -276,3 +276,15 @@ def test_a_file_swapped_after_the_checksum_is_not_what_loads(tmp_path, tiny_cfg,
     load_petl(model, out)
     own = dict(model.named_parameters())
     assert all(torch.equal(own[k].detach(), good[k]) for k in good)
+
+
+def test_evaluation_names_features_that_overflow_before_any_metric(tiny_cfg, toypedes_root):
+    from upperson.data import build_tokenizer, load_dataset
+    from upperson.evaluation import evaluate_per_query
+
+    model = build_model(tiny_cfg).eval()
+    with torch.no_grad():  # finite float32 weights whose activations overflow
+        model.clip.visual.proj.fill_(3e38)
+    records = load_dataset("toypedes", toypedes_root).split("test")[:6]
+    with pytest.raises(NonFiniteScoresError, match="image features of 6 gallery images"):
+        evaluate_per_query(model, records, build_tokenizer("upp-tiny"), precision="fp32", progress=False)
