@@ -172,7 +172,7 @@ def test_petl_json_records_the_weights_sha256(tmp_path, tiny_cfg):
 
     _, out = _saved(tmp_path, tiny_cfg)
     meta = json.loads((out / "petl.json").read_text())
-    assert meta["version"] == 2
+    assert meta["version"] == 3
     assert meta["sha256"] == hashlib.sha256((out / "petl.safetensors").read_bytes()).hexdigest()
 
 

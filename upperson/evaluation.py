@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from upperson.data import CaptionTokenizer, GalleryDataset, ImageRecord, QueryDataset, build_transforms
-from upperson.metrics import PerQueryMetrics, per_query_metrics
+from upperson.metrics import PerQueryMetrics, check_finite_scores, per_query_metrics
 from upperson.model import UPPerson
 from upperson.runtime import autocast
 
@@ -119,5 +119,8 @@ def evaluate_per_query(model: UPPerson, records: Sequence[ImageRecord], tokenize
         del enc
     finally:
         model.train(was_training)
+    # named before any metric: which side overflowed (the similarities are checked again)
+    check_finite_scores(gallery, f"the image features of {len(records)} gallery images")
+    check_finite_scores(text, f"the text features of {len(queries.pids)} queries")
     pq = per_query_metrics(text @ gallery.t(), torch.tensor(queries.pids), torch.tensor([r.pid for r in records]))
     return QueryResults(pq, list(queries.pids), [image_id for _, image_id, _ in queries.items], list(queries.texts))

@@ -9,6 +9,8 @@ its pid equals the query's.
 - INP: (number of relevant items) / (rank of the last relevant item).
 
 Queries with no relevant item in the gallery are left out of every metric (and counted).
+Similarities must be finite: a NaN or inf is refused (:class:`NonFiniteScoresError`) before
+any metric is computed, so every metric lies in [0, 100].
 
 Only the ranks of the relevant items are needed, so none of the rows is sorted: the rank of a
 relevant item is 1 + the number of gallery items ranked above it, counted by comparison
@@ -28,6 +30,23 @@ log = logging.getLogger(__name__)
 
 # Largest number of (query, threshold, gallery item) comparisons held at once per thread (bool bytes).
 _BLOCK_ELEMENTS = 1 << 22
+
+
+class NonFiniteScoresError(ValueError):
+    """Similarities holding NaN or inf: ranks (and so metrics) would be meaningless."""
+
+
+def check_finite_scores(similarity: torch.Tensor, what: str = "similarities") -> None:
+    """Raise :class:`NonFiniteScoresError` naming how many of ``similarity`` are NaN or inf, and the first."""
+    finite = torch.isfinite(similarity)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero()
+    first = tuple(int(i) for i in bad[0])
+    raise NonFiniteScoresError(
+        f"{what}: {len(bad)} of {similarity.numel()} are not finite (NaN or inf; the first at {first}); "
+        "the model's weights or features overflow: no metric is computed"
+    )
 
 
 def sorted_matches(similarity: torch.Tensor, query_pids: torch.Tensor, gallery_pids: torch.Tensor) -> torch.Tensor:
@@ -113,6 +132,7 @@ def per_query_metrics(
     if similarity.dim() != 2 or similarity.shape != (len(query_pids), len(gallery_pids)):
         raise ValueError(f"similarity {tuple(similarity.shape)} does not match "
                          f"{len(query_pids)} queries x {len(gallery_pids)} gallery items")
+    check_finite_scores(similarity)
     num_q, num_g = similarity.shape
     qp = np.asarray(torch.as_tensor(query_pids).cpu(), dtype=np.int64).reshape(-1)
     gp = np.asarray(torch.as_tensor(gallery_pids).cpu(), dtype=np.int64).reshape(-1)

@@ -255,9 +255,10 @@ def read_per_query_csv(path: Union[str, Path]) -> PerQueryFile:
         if missing:
             raise ValueError(f"{path}: not a per-query file (missing columns {missing})")
         rows = list(reader)
-    keep = [r for r in rows if r["first_rank"] not in ("", None)]
+    numbers = [n for n, r in enumerate(rows, start=1) if r["first_rank"] not in ("", None)]
+    keep = [rows[n - 1] for n in numbers]
     try:
-        return PerQueryFile(
+        out = PerQueryFile(
             query_index=np.array([int(r["query_index"]) for r in keep], dtype=np.int64),
             pid=np.array([int(r["pid"]) for r in keep], dtype=np.int64),
             first_rank=np.array([int(r["first_rank"]) for r in keep], dtype=np.int64),
@@ -266,8 +267,23 @@ def read_per_query_csv(path: Union[str, Path]) -> PerQueryFile:
             images=np.array([int(r.get("images") or 0) for r in keep], dtype=np.int64),
             num_queries=len(rows),
         )
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise ValueError(f"{path}: unreadable per-query value ({exc})") from None
+    _check_per_query_ranges(path, out, numbers)
+    return out
+
+
+def _check_per_query_ranges(path: Path, f: PerQueryFile, row_numbers: Sequence[int]) -> None:
+    """Refuse values no evaluation can give (so no metric leaves [0, 100]), naming the column and data row."""
+    checks = (("first_rank", f.first_rank >= 1), ("ap", np.isfinite(f.ap) & (f.ap > 0) & (f.ap <= 1)),
+              ("inp", np.isfinite(f.inp) & (f.inp > 0) & (f.inp <= 1)))
+    for column, ok in checks:
+        if not ok.all():
+            n = int(np.flatnonzero(~ok)[0])
+            value = getattr(f, column)[n]
+            raise ValueError(f"{path}: {column} {value} in data row {row_numbers[n]} is impossible "
+                             f"({'a rank from 1' if column == 'first_rank' else 'a fraction in (0, 1]'}); "
+                             "the file was edited or damaged: rewrite it with evaluate --per-query")
 
 
 def aligned(files: Sequence[PerQueryFile]) -> None:

@@ -2,8 +2,10 @@
 
 Weights come from an open_clip pretrained tag (downloaded by open_clip when a network is
 there), or a local file: safetensors, an open_clip state dict, or OpenAI's TorchScript
-``ViT-B-16.pt``. No file is ever unpickled without ``weights_only``; TorchScript archives
-are read with ``torch.jit.load``, which builds no arbitrary Python objects.
+``ViT-B-16.pt``. Nothing is unpickled: a pickled state dict (``torch.save``, ``.bin``) is
+refused by name, with how to convert it; TorchScript archives are read with
+``torch.jit.load``, which builds no arbitrary Python objects. Every tensor must be fp16,
+bf16 or fp32 and finite in float32 (``upperson.model.weights``).
 
 The square 224-pixel position grid is resized to the configured image grid **bilinearly,
 without antialiasing** (``align_corners=False``), in float32, keeping the CLS row: what the
@@ -28,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from upperson.config import ModelConfig
+from upperson.model.weights import UnsafeWeightsError, check_weights
 
 log = logging.getLogger(__name__)
 
@@ -166,32 +169,46 @@ def cached_pretrained(tag_cfg: dict) -> Optional[Path]:
 
 
 def read_state_dict(pretrained: str, model_name: str) -> dict[str, torch.Tensor]:
-    """Read a backbone state dict from a tag or file, as float32 tensors."""
+    """Read a backbone state dict from a tag or file, as float32 tensors, checked (dtype, finite)."""
     path = resolve_pretrained(pretrained, model_name)
-    if path.suffix == ".safetensors":
+    if _is_safetensors(path):
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # SafetensorError, OSError
+            raise BackboneError(f"{path}: cannot be read as safetensors ({type(exc).__name__}: {exc})") from exc
     elif zipfile.is_zipfile(path) and _is_torchscript(path):
         with warnings.catch_warnings():  # torch deprecates jit.load, but OpenAI ships TorchScript
             warnings.simplefilter("ignore", FutureWarning)
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise BackboneError(f"{path}: not a safetensors, TorchScript or plain state-dict file ({exc})") from exc
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
+        raise BackboneError(
+            f"{path}: not a safetensors file or a TorchScript archive (a pickled state dict, e.g. torch.save "
+            "or open_clip's .bin, is never unpickled here); convert it to safetensors once, where you trust "
+            "the file: safetensors.torch.save_file(torch.load(FILE, weights_only=True), 'weights.safetensors')"
+        )
     if not isinstance(state, dict):
         raise BackboneError(f"{path}: does not hold a state dict")
     out = {}
     for k, v in state.items():
         if k in _OPENAI_EXTRA_KEYS or not isinstance(v, torch.Tensor):
             continue
-        k = k[len("module."):] if k.startswith("module.") else k
-        out[k] = v.float() if v.is_floating_point() else v
-    return out
+        out[k[len("module."):] if k.startswith("module.") else k] = v
+    try:  # a causal attn_mask (TorchScript keeps it) is -inf by design and rebuilt by the model
+        check_weights({k: v for k, v in out.items() if not k.endswith("attn_mask")}, path, torch.float32)
+    except UnsafeWeightsError as exc:
+        raise BackboneError(str(exc)) from exc
+    return {k: v.float() for k, v in out.items()}
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether ``path`` starts like a safetensors file: an 8-byte header length, then a JSON object."""
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -15,26 +15,31 @@ checkpoint folder when loading, never the current directory.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 
 from upperson.config import ModelConfig, from_dict, to_dict
-from upperson.io import atomic_path, atomic_write_json, file_digest
+from upperson.io import atomic_copy, atomic_path, atomic_write_json, file_digest
 from upperson.model.backbone import EMBEDDED, describe_source, is_random_init
 from upperson.model.upperson import UPPerson, build_model
+from upperson.model.weights import UnsafeWeightsError, check_weights
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "petl.safetensors"
 CONFIG_NAME = "petl.json"
 FORMAT = "upperson-petl"
-FORMAT_VERSION = 2  # 2: petl.json records the sha256 of petl.safetensors
+FORMAT_VERSION = 3  # 2: petl.json records the sha256 of petl.safetensors; 3: the config is bound to the weights
+BINDING_KEY = "binding"  # safetensors header metadata: the canonical model config, backbone identity, sidecar files
+_BACKBONE_BOUND = ("name", "quick_gelu", "image_size", "weights", "fingerprint")
 
 
 class CheckpointMismatchError(ValueError):
@@ -50,35 +55,72 @@ def read_verified_tensors(weights: Path, expected_sha256: Optional[str], *, reco
     """Read a safetensors file after checking its SHA-256 against the one recorded in ``recorded_in``.
 
     Raises :class:`CheckpointCorruptError` naming the file when the checksum is missing (and
-    required), differs, the file cannot be parsed, or a floating-point tensor is not finite.
+    required), differs, the file cannot be parsed, or a floating-point tensor is not finite
+    (as stored, or cast to float32).
     """
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} is missing (it belongs with {recorded_in})")
-    if expected_sha256 is None:
-        if require_checksum:
-            raise CheckpointCorruptError(f"{recorded_in} records no sha256 for {weights.name}: the file cannot be verified")
-        if warn_unverified:
-            log.warning("%s: an older checkpoint without a recorded checksum; its integrity is not verified", weights)
-    else:
-        actual = file_digest(weights)
-        if actual != expected_sha256:
-            raise CheckpointCorruptError(
-                f"{weights} is corrupted or truncated: its sha256 is {actual[:12]}..., {recorded_in.name} records "
-                f"{expected_sha256[:12]}...; restore the file (or retrain)"
-            )
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
-        raise CheckpointCorruptError(
-            f"{weights} cannot be read as safetensors ({type(exc).__name__}: {exc}); it is truncated or corrupted"
-        ) from exc
-    bad = [n for n, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    state, _ = _read_checksummed(weights, expected_sha256, recorded_in=recorded_in,
+                                 require_checksum=require_checksum, warn_unverified=warn_unverified)
+    # finite as stored, and once cast to float32 (a float64 1e300 is inf there)
+    bad = [n for n, t in state.items()
+           if t.is_floating_point() and not (bool(torch.isfinite(t).all()) and bool(torch.isfinite(t.float()).all()))]
     if bad:
         raise CheckpointCorruptError(
             f"{weights} holds non-finite values (NaN or inf) in {len(bad)} tensor(s), e.g. {bad[:3]}; "
             "it cannot be used"
         )
     return state
+
+
+def _read_checksummed(weights: Path, expected_sha256: Optional[str], *, recorded_in: Path, require_checksum: bool,
+                      warn_unverified: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors and header metadata, after its SHA-256 is checked (not the values).
+
+    The file is read once: the bytes hashed are the bytes parsed, so a file swapped after the
+    check is never what loads.
+    """
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing (it belongs with {recorded_in})")
+    data = weights.read_bytes()
+    if expected_sha256 is None:
+        if require_checksum:
+            raise CheckpointCorruptError(f"{recorded_in} records no sha256 for {weights.name}: the file cannot be verified")
+        if warn_unverified:
+            log.warning("%s: an older checkpoint without a recorded checksum; its integrity is not verified", weights)
+    else:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected_sha256:
+            raise CheckpointCorruptError(
+                f"{weights} is corrupted or truncated: its sha256 is {actual[:12]}..., {recorded_in.name} records "
+                f"{expected_sha256[:12]}...; restore the file (or retrain)"
+            )
+    try:
+        state = load_bytes(data)
+        size = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8:8 + size]).get("__metadata__") or {}
+    except Exception as exc:  # safetensors raises its own SafetensorError; a bad header, a JSON error
+        raise CheckpointCorruptError(
+            f"{weights} cannot be read as safetensors ({type(exc).__name__}: {exc}); it is truncated or corrupted"
+        ) from exc
+    return state, metadata
+
+
+def read_verified_weights(weights: Path, expected_sha256: Optional[str], *, recorded_in: Path,
+                          require_checksum: bool, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """:func:`read_verified_tensors` for model weights: also refuses, by name, tensors that are not
+    fp16, bf16 or fp32, or not finite after the cast to ``dtype`` (``upperson.model.weights``)."""
+    return _verified_weights(weights, expected_sha256, recorded_in=recorded_in, require_checksum=require_checksum,
+                             dtype=dtype)[0]
+
+
+def _verified_weights(weights: Path, expected_sha256: Optional[str], *, recorded_in: Path, require_checksum: bool,
+                      dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    state, metadata = _read_checksummed(weights, expected_sha256, recorded_in=recorded_in,
+                                        require_checksum=require_checksum)
+    try:
+        check_weights(state, weights, dtype)
+    except UnsafeWeightsError as exc:
+        raise CheckpointCorruptError(str(exc)) from exc
+    return state, metadata
 
 
 def _is_file_path(pretrained: Optional[str]) -> bool:
@@ -133,8 +175,13 @@ def trainable_state_dict(model: UPPerson) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_petl(model: UPPerson, path: Union[str, Path], extra: Optional[dict] = None) -> Path:
-    """Write ``petl.safetensors`` and ``petl.json`` into folder ``path``, atomically."""
+def save_petl(model: UPPerson, path: Union[str, Path], extra: Optional[dict] = None,
+              files: Optional[Mapping[str, Union[str, Path]]] = None) -> Path:
+    """Write ``petl.safetensors`` and ``petl.json`` into folder ``path``, atomically.
+
+    ``files`` maps sidecar names (plain file names) to files copied beside the weights; their
+    SHA-256 go into ``petl.json`` and, with the model config, into the weights' header (format 3).
+    """
     if getattr(model, "is_merged", False):
         raise ValueError("a merged model (model.merged()) has its PETL weights folded in: save the original model")
     weights, config = _paths(path)
@@ -142,29 +189,77 @@ def save_petl(model: UPPerson, path: Union[str, Path], extra: Optional[dict] = N
     bad = [n for n, t in state.items() if not bool(torch.isfinite(t).all())]
     if bad:
         raise CheckpointCorruptError(f"not saving {weights}: {len(bad)} weight(s) are not finite, e.g. {bad[:3]}")
-    with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
-        digest = file_digest(tmp)
+    sidecars = {_sidecar_name(name, config): Path(src) for name, src in (files or {}).items()}
+    digests = {name: file_digest(src) for name, src in sidecars.items()}
     model_dict = to_dict(model.config)
     model_dict["pretrained"], absolute = _recorded_pretrained(model.config.pretrained, weights.parent)
-    meta = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "sha256": digest,
-        "model": model_dict,
-        "backbone": {
-            "name": model.config.name,
-            "quick_gelu": model.config.quick_gelu,
-            "image_size": list(model.config.image_size),
-            "weights": describe_source(model.config),
-            "fingerprint": model.backbone_fingerprint,
-            **({"path": absolute} if absolute else {}),
-        },
-        "parameters": sum(v.numel() for v in state.values()),
-        "extra": extra or {},
-    }
+    backbone = {"name": model.config.name, "quick_gelu": model.config.quick_gelu,
+                "image_size": list(model.config.image_size), "weights": describe_source(model.config),
+                "fingerprint": model.backbone_fingerprint}
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "model": model_dict,
+            "backbone": {**backbone, **({"path": absolute} if absolute else {})},
+            **({"files": digests} if digests else {}),
+            "parameters": sum(v.numel() for v in state.values()), "extra": extra or {}}
+    for name, src in sidecars.items():
+        atomic_copy(src, weights.parent / name)
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT, "version": str(FORMAT_VERSION),
+                                             BINDING_KEY: _canonical(binding_of(meta))})
+        meta["sha256"] = file_digest(tmp)
     atomic_write_json(config, meta)
     return weights.parent
+
+
+def binding_of(meta: dict) -> dict:
+    """What format 3 binds to the weights: the model config (less the backbone's path), the
+    backbone's identity and the sidecar files' SHA-256, from a ``petl.json``."""
+    model = {k: v for k, v in (meta.get("model") or {}).items() if k != "pretrained"}
+    backbone = {k: (meta.get("backbone") or {}).get(k) for k in _BACKBONE_BOUND}
+    return {"model": model, "backbone": backbone, "files": dict(meta.get("files") or {})}
+
+
+def _canonical(obj: dict) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _sidecar_name(name: str, config: Path) -> str:
+    """``name`` if it is a plain file name that is not the checkpoint's own; else ValueError."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", "..") \
+            or name in (WEIGHTS_NAME, CONFIG_NAME):
+        raise CheckpointCorruptError(f"{config}: files entry {name!r} is not a plain sidecar file name")
+    return name
+
+
+def _differences(recorded, bound, where: str) -> list[str]:
+    """Dotted keys where ``recorded`` (petl.json) and ``bound`` (the weights' header) differ."""
+    if isinstance(recorded, dict) and isinstance(bound, dict):
+        return [d for k in sorted(set(recorded) | set(bound))
+                for d in _differences(recorded.get(k), bound.get(k), f"{where}.{k}")]
+    return [] if recorded == bound else [f"{where}: petl.json says {recorded!r}, the weights were saved with {bound!r}"]
+
+
+def _check_binding(weights: Path, config: Path, meta: dict, header: dict[str, str]) -> None:
+    """Refuse a format-3 ``petl.json`` that differs from the config bound into the weights' ``header``,
+    naming the key, then verify every sidecar file it lists."""
+    try:
+        bound = json.loads(header[BINDING_KEY])
+    except Exception as exc:  # KeyError, JSON errors, SafetensorError (not an OSError)
+        raise CheckpointCorruptError(f"{weights}: a format-3 checkpoint without a readable config binding "
+                                     f"({type(exc).__name__}); restore the file (or retrain)") from exc
+    diffs = _differences(binding_of(meta), bound, "")
+    if diffs:
+        raise CheckpointCorruptError(
+            f"{config} was changed after saving: {'; '.join(d.lstrip('.') for d in diffs[:3])}; "
+            "restore petl.json (the weights bind the config they were trained with)")
+    folder = weights.parent.resolve()
+    for name, expected in (meta.get("files") or {}).items():
+        side = weights.parent / _sidecar_name(name, config)
+        if not side.is_file() or side.resolve().parent != folder:
+            raise CheckpointCorruptError(f"{side}: listed in {config.name} but missing (or a link out of the folder)")
+        actual = file_digest(side)
+        if actual != expected:
+            raise CheckpointCorruptError(f"{side} is corrupted or was changed: its sha256 is {actual[:12]}..., "
+                                         f"{config.name} records {str(expected)[:12]}...; restore it")
 
 
 def read_checkpoint_config(path: Union[str, Path]) -> dict:
@@ -218,7 +313,14 @@ def _read_verified(path: Union[str, Path]) -> tuple[dict, dict[str, torch.Tensor
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointMismatchError(f"{config}: checkpoint format version {version!r} is newer than this code reads "
                                       f"({FORMAT_VERSION}); update UP-Person")
-    return meta, read_verified_tensors(weights, meta.get("sha256"), recorded_in=config, require_checksum=version >= 2)
+    state, header = _verified_weights(weights, meta.get("sha256"), recorded_in=config, require_checksum=version >= 2,
+                                      dtype=torch.float32)
+    if version >= 3:
+        _check_binding(weights, config, meta, header)
+    elif version == 2:
+        log.info("%s: a format-2 checkpoint; its config is not bound to the weights (only they are checksummed)",
+                 config)
+    return meta, state
 
 
 def _copy_into(model: UPPerson, weights: Path, meta: dict, state: dict[str, torch.Tensor],
@@ -256,9 +358,14 @@ def _copy_into(model: UPPerson, weights: Path, meta: dict, state: dict[str, torc
         raise CheckpointMismatchError(
             f"checkpoint {weights.parent} does not fit this model:\n  - " + "\n  - ".join(problems)
         )
+    cast = {n: state[n].to(p.dtype) for n, p in own.items()}
+    bad = [f"{n} ({p.dtype})" for n, p in own.items() if not bool(torch.isfinite(cast[n]).all())]
+    if bad:  # finite in the dtype the model holds them in (a half model: fp16's range)
+        raise CheckpointCorruptError(f"{weights} holds values that are not finite in the model's dtype in "
+                                     f"{len(bad)} tensor(s), e.g. {bad[:3]}; it cannot be used")
     with torch.no_grad():
         for n, p in own.items():
-            p.copy_(state[n].to(p.dtype))
+            p.copy_(cast[n])
     return meta
 
 
@@ -269,3 +376,23 @@ def load_model(path: Union[str, Path], *, pretrained: Optional[str] = None, stri
     model = build_model(checkpoint_model_config(path, pretrained))
     _copy_into(model, _paths(path)[0], meta, state, strict_backbone)
     return model
+
+
+def upgrade_checkpoint(path: Union[str, Path]) -> Path:
+    """Rewrite a format-1/2 checkpoint as format 3 in place: the same tensors, bit for bit, with
+    the config binding added to the header, and ``petl.json`` at version 3 with the new SHA-256.
+
+    The old checkpoint is verified first (checksum, dtypes, finite values); the weights are
+    replaced before ``petl.json``, each atomically.
+    """
+    weights, config = _paths(path)
+    meta, state = _read_verified(path)
+    if meta.get("version", 1) >= FORMAT_VERSION:
+        return weights.parent
+    meta = dict(meta, version=FORMAT_VERSION)
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT, "version": str(FORMAT_VERSION),
+                                             BINDING_KEY: _canonical(binding_of(meta))})
+        meta["sha256"] = file_digest(tmp)
+    atomic_write_json(config, meta)
+    return weights.parent
