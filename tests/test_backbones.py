@@ -86,3 +86,14 @@ def test_tiny_l14_trains_a_step_saves_loads_and_merges(tmp_path, tiny_l14):
         assert torch.equal(again.encode_image(images), want_i) and torch.equal(again.encode_text(tokens), want_t)
         torch.testing.assert_close(merged.encode_image(images), want_i, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(merged.encode_text(tokens), want_t, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, family", [
+    ("ViT-B-16-SigLIP", "SigLIP"), ("EVA02-B-16", "EVA-CLIP"), ("convnext_base", "ConvNeXt"), ("RN50", "ResNet"),
+])
+def test_non_vit_towers_are_refused_naming_the_family(name, family):
+    from upperson.model.backbone import BackboneError
+
+    cfg = dataclasses.replace(load_config("cuhk-pedes").model, name=name, pretrained="random")
+    with pytest.raises(BackboneError, match=family):
+        build_model(cfg)

@@ -64,11 +64,42 @@ def register_model_configs() -> None:
         register_model_configs._done = True  # type: ignore[attr-defined]
 
 
+#: families of timm vision towers, by a part of the timm model name
+TIMM_FAMILIES = (("siglip", "SigLIP"), ("eva", "EVA-CLIP"), ("convnext", "ConvNeXt"), ("fastvit", "MobileCLIP"))
+
+
+def unsupported_tower(name: str) -> Optional[str]:
+    """Why open_clip model ``name`` cannot carry UP-Person's components (None when it can).
+
+    UP-Person's prefix and LoRA enter open_clip's own transformer blocks (``ResidualAttentionBlock``
+    with its ``nn.MultiheadAttention`` in-projection); a timm vision tower or a ResNet has none,
+    and an HF text tower is not open_clip's transformer (docs/training.md#other-backbones).
+    """
+    spec = open_clip.get_model_config(name) or {}
+    vision, text = spec.get("vision_cfg", {}), spec.get("text_cfg", {})
+    timm_name = vision.get("timm_model_name")
+    if timm_name:
+        family = next((f for key, f in TIMM_FAMILIES if key in timm_name), "timm")
+        return (f"{name} is a {family} model: its vision tower is timm's {timm_name}, whose attention blocks are "
+                "timm's, not open_clip's, so the prefix and LoRA have nowhere to enter; UP-Person supports open_clip "
+                "ViT towers (ViT-B-16, ViT-L-14, ...): see docs/training.md#other-backbones")
+    if isinstance(vision.get("layers"), (list, tuple)):
+        return (f"{name} is a ResNet (ModifiedResNet) model: its vision tower has no transformer blocks for the prefix, "
+                "LoRA and adapters; UP-Person supports open_clip ViT towers (ViT-B-16, ViT-L-14, ...)")
+    if text.get("hf_model_name"):
+        return (f"{name} has a Hugging Face text tower ({text['hf_model_name']}), not open_clip's transformer; "
+                "UP-Person needs a CLIP-style open_clip model")
+    return None
+
+
 def create_clip(cfg: ModelConfig) -> nn.Module:
     """Create the open_clip CLIP for ``cfg`` and load its weights (random if none)."""
     register_model_configs()
     if cfg.name not in open_clip.list_models():
         raise BackboneError(f"unknown open_clip model {cfg.name!r}; see open_clip.list_models()")
+    why = unsupported_tower(cfg.name)
+    if why:
+        raise BackboneError(why)
     quiet = _DropMessage("No pretrained weights loaded")  # we load them ourselves, below
     logging.getLogger().addFilter(quiet)
     try:
