@@ -202,12 +202,7 @@ def save_petl(model: UPPerson, path: Union[str, Path], extra: Optional[dict] = N
             "parameters": sum(v.numel() for v in state.values()), "extra": extra or {}}
     for name, src in sidecars.items():
         atomic_copy(src, weights.parent / name)
-    with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT, "version": str(FORMAT_VERSION),
-                                             BINDING_KEY: _canonical(binding_of(meta))})
-        meta["sha256"] = file_digest(tmp)
-    atomic_write_json(config, meta)
-    return weights.parent
+    return _write_bound(weights, config, state, meta)
 
 
 def binding_of(meta: dict) -> dict:
@@ -390,6 +385,11 @@ def upgrade_checkpoint(path: Union[str, Path]) -> Path:
     if meta.get("version", 1) >= FORMAT_VERSION:
         return weights.parent
     meta = dict(meta, version=FORMAT_VERSION)
+    return _write_bound(weights, config, state, meta)
+
+
+def _write_bound(weights: Path, config: Path, state: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write the weights with ``meta``'s binding in their header, then ``petl.json`` with their sha256."""
     with atomic_path(weights) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT, "version": str(FORMAT_VERSION),
                                              BINDING_KEY: _canonical(binding_of(meta))})
