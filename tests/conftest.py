@@ -36,6 +36,30 @@ def tiny_batch(n: int):
     return images, tokens, torch.arange(n) // 2
 
 
+def perturbed_tiny_model():
+    """A tiny model (random backbone) with non-trivial PETL weights, in eval mode: its
+    prefix/LoRA/adapters change the features, so UP-Person and zero-shot rank differently."""
+    from upperson.model import build_model
+
+    torch.manual_seed(0)
+    m = build_model(tiny_model_config())
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def random_image(path, seed: int):
+    """A 12 x 24 RGB PNG of seeded noise at ``path``; returns ``path``."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    arr = (torch.rand(24, 12, 3, generator=g) * 255).to(torch.uint8).numpy()
+    Image.fromarray(arr, "RGB").save(path)
+    return path
+
+
 @pytest.fixture
 def tiny_cfg() -> ModelConfig:
     return tiny_model_config()

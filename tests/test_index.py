@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from tests.conftest import tiny_model_config
+from tests.conftest import perturbed_tiny_model, random_image, tiny_model_config
 from upperson.data import build_transforms
 from upperson.index import ImageIndex, embed_image_files, model_key
 from upperson.model import build_model
@@ -18,21 +17,10 @@ from upperson.model import build_model
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = build_model(tiny_model_config())
-    # non-trivial PETL weights, so that the prefix/LoRA/adapters change the features
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
-    return m.eval()
+    return perturbed_tiny_model()
 
 
-def _image(path: Path, seed: int) -> Path:
-    g = torch.Generator().manual_seed(seed)
-    arr = (torch.rand(24, 12, 3, generator=g) * 255).to(torch.uint8).numpy()
-    Image.fromarray(arr, "RGB").save(path)
-    return path
+_image = random_image
 
 
 def _reference(model, paths) -> torch.Tensor:

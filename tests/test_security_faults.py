@@ -19,9 +19,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from tests.conftest import tiny_model_config
+from tests.conftest import perturbed_tiny_model, random_image
 from upperson.data import build_tokenizer, build_transforms
-from upperson.model import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -30,20 +29,10 @@ QUERY = "a woman in a red coat"
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = build_model(tiny_model_config())
-    with torch.no_grad():  # non-trivial PETL weights: UP-Person and zero-shot rank differently
-        for p in m.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
-    return m.eval()
+    return perturbed_tiny_model()
 
 
-def _image(path: Path, seed: int) -> Path:
-    g = torch.Generator().manual_seed(seed)
-    arr = (torch.rand(24, 12, 3, generator=g) * 255).to(torch.uint8).numpy()
-    Image.fromarray(arr, "RGB").save(path)
-    return path
+_image = random_image
 
 
 def _folder(root: Path, n: int, start: int = 0) -> list[Path]:

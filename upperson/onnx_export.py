@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -36,7 +35,7 @@ from torch import nn
 
 from upperson.data.text import CaptionTokenizer
 from upperson.data.transforms import CLIP_MEAN, CLIP_STD
-from upperson.io import atomic_write_json, file_digest, fsync_dir, replace_dir
+from upperson.io import atomic_write_json, current_umask, file_digest, fsync_dir, replace_dir
 from upperson.model.upperson import UPPerson
 
 log = logging.getLogger(__name__)
@@ -108,7 +107,7 @@ def export_onnx(model: UPPerson, tokenizer: CaptionTokenizer, out: Path, *, sour
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the folder ordinary permissions
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; give the folder ordinary permissions
         image_diff, text_diff, dim = _export_towers(merged, tokenizer, staging, tolerance, opset)
         atomic_write_json(staging / MANIFEST, _manifest(merged, tokenizer, staging, source, dim,
                                                         (image_diff, text_diff), tolerance))
@@ -118,13 +117,6 @@ def export_onnx(model: UPPerson, tokenizer: CaptionTokenizer, out: Path, *, sour
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return OnnxExport(out, image_diff, text_diff, time.perf_counter() - start)
-
-
-def _umask() -> int:
-    """The process's umask (read by setting it and putting it back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _export_towers(merged: UPPerson, tokenizer: CaptionTokenizer, folder: Path, tolerance: float,

@@ -83,7 +83,7 @@ def build_ann(store: IndexStore, config: AnnConfig = AnnConfig()) -> dict[str, A
     cfg = config.resolved(rows, dim)
     start = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
-    train = _rows_at(store, np.sort(rng.choice(rows, size=min(rows, max(MAX_TRAIN_ROWS, 39 * cfg.nlist)),
+    train = store.rows_at(np.sort(rng.choice(rows, size=min(rows, max(MAX_TRAIN_ROWS, 39 * cfg.nlist)),
                                                 replace=False)))
     faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
     quantiser = faiss.IndexFlatIP(dim)
@@ -105,18 +105,6 @@ def build_ann(store: IndexStore, config: AnnConfig = AnnConfig()) -> dict[str, A
     return record
 
 
-def _rows_at(store: IndexStore, rows: np.ndarray) -> np.ndarray:
-    """float32 features of sorted global rows, gathered from the memory-mapped segments."""
-    out = np.empty((len(rows), store.manifest.dim), dtype=np.float32)
-    start = 0
-    for seg in store.segments:
-        lo, hi = np.searchsorted(rows, [start, start + len(seg)])
-        if hi > lo:
-            out[lo:hi] = seg[rows[lo:hi] - start]
-        start += len(seg)
-    return out
-
-
 def _candidates(index, queries: np.ndarray, cfg: AnnConfig) -> np.ndarray:
     index.nprobe = cfg.nprobe
     _, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), cfg.rerank)
@@ -126,7 +114,7 @@ def _candidates(index, queries: np.ndarray, cfg: AnnConfig) -> np.ndarray:
 def _rerank(store: IndexStore, query: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows, exact scores) of candidate rows, rows sorted ascending."""
     rows = np.unique(rows[rows >= 0])
-    feats = torch.from_numpy(_rows_at(store, rows))
+    feats = torch.from_numpy(store.rows_at(rows))
     return rows, (feats @ torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))).numpy()
 
 
@@ -134,7 +122,7 @@ def measure_recall(store: IndexStore, index, cfg: AnnConfig, rows: int, k: int =
     """Mean recall@k of approximate search (with the re-rank) against exact search, over held-out rows."""
     rng = np.random.default_rng(cfg.seed + 1)
     held_out = np.sort(rng.choice(rows, size=min(rows, cfg.recall_queries), replace=False))
-    queries = _rows_at(store, held_out)
+    queries = store.rows_at(held_out)
     exact = ExactSearch(store, "torch").row_scores(queries)
     hits = 0
     for qi, (q, own) in enumerate(zip(queries, held_out)):

@@ -63,9 +63,8 @@ class ExactSearch:
             raise ValueError(f"{store.folder}: a segment's width differs from the manifest's dim")
         self.store = store
         self.engine = engine
-        self._segment_of, self._row_of = store.entry_rows()
-        self._offsets = np.cumsum([0] + [len(s) for s in store.segments])
-        self._flat_rows = self._offsets[self._segment_of] + self._row_of  # entry -> global row
+        self._offsets = store.offsets
+        self._flat_rows = store.flat_rows()  # entry -> global row
         # entries of each global row, for expanding rows (shared by duplicate files) into entries
         order = np.argsort(self._flat_rows, kind="stable")
         self._entries_by_row = (self._flat_rows[order], order)

@@ -171,13 +171,30 @@ class IndexStore:
         return (np.fromiter((e.segment for e in entries), np.int64, len(entries)),
                 np.fromiter((e.row for e in entries), np.int64, len(entries)))
 
+    @property
+    def offsets(self) -> np.ndarray:
+        """The first global row of each segment, then the total number of rows."""
+        return np.cumsum([0] + [len(seg) for seg in self.segments])
+
+    def flat_rows(self) -> np.ndarray:
+        """The global row (segments laid end to end) of every entry, in entry order."""
+        segment, row = self.entry_rows()
+        return self.offsets[segment] + row
+
+    def rows_at(self, rows: np.ndarray) -> np.ndarray:
+        """float32 features of global rows (in the order given), gathered from the memory-mapped segments."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.manifest.dim), dtype=np.float32)
+        offsets = self.offsets
+        which = np.searchsorted(offsets, rows, side="right") - 1
+        for k in np.unique(which):
+            sel = which == k
+            out[sel] = self.segments[int(k)][rows[sel] - offsets[k]]
+        return out
+
     def features_of(self, entries: list[int]) -> np.ndarray:
         """float32 features of the given entry numbers (read from the segments)."""
-        out = np.zeros((len(entries), self.manifest.dim), dtype=np.float32)
-        for i, k in enumerate(entries):
-            e = self.manifest.entries[k]
-            out[i] = self.segments[e.segment][e.row]
-        return out
+        return self.rows_at(self.flat_rows()[np.asarray(entries, dtype=np.int64)])
 
 
 def open_segment(folder: Path, record: dict[str, Any], manifest: Manifest, *, verify: bool) -> np.ndarray:
