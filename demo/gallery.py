@@ -155,8 +155,8 @@ def index_gallery(folder: PathLike, allow_roots: Sequence[PathLike] = ()) -> Gal
         if not any(path == a or a in path.parents for a in allowed):
             raise outside_error(f"index {folder}", Path(e.path), allowed)
         items.append(GalleryItem(path))
-    name = f"index {Path(folder).name} ({len(items)} images)"
-    return Gallery(name, items, [Path(os.path.commonpath([str(it.path.parent) for it in items]))], allowed)
+    # the header adds the image count
+    return Gallery(f"index {Path(folder).name}", items, [Path(os.path.commonpath([str(it.path.parent) for it in items]))], allowed)
 
 
 def embedded_gallery() -> Gallery:
