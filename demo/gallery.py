@@ -156,7 +156,8 @@ def index_gallery(folder: PathLike, allow_roots: Sequence[PathLike] = ()) -> Gal
             raise outside_error(f"index {folder}", Path(e.path), allowed)
         items.append(GalleryItem(path))
     # the header adds the image count
-    return Gallery(f"index {Path(folder).name}", items, [Path(os.path.commonpath([str(it.path.parent) for it in items]))], allowed)
+    names_root = Path(os.path.commonpath([str(it.path.parent) for it in items]))
+    return Gallery(f"index {Path(folder).name}", items, [names_root], allowed)
 
 
 def embedded_gallery() -> Gallery:
