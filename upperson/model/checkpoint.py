@@ -176,11 +176,14 @@ def trainable_state_dict(model: UPPerson) -> dict[str, torch.Tensor]:
 
 
 def save_petl(model: UPPerson, path: Union[str, Path], extra: Optional[dict] = None,
-              files: Optional[Mapping[str, Union[str, Path]]] = None) -> Path:
+              files: Optional[Mapping[str, Union[str, Path]]] = None, *,
+              pretrained: Optional[str] = None) -> Path:
     """Write ``petl.safetensors`` and ``petl.json`` into folder ``path``, atomically.
 
     ``files`` maps sidecar names (plain file names) to files copied beside the weights; their
     SHA-256 go into ``petl.json`` and, with the model config, into the weights' header (format 3).
+    ``pretrained`` records that backbone value (e.g. an open_clip tag or ``embedded``, portable
+    to another machine) instead of the model's own; the fingerprint still binds the weights.
     """
     if getattr(model, "is_merged", False):
         raise ValueError("a merged model (model.merged()) has its PETL weights folded in: save the original model")
@@ -192,7 +195,8 @@ def save_petl(model: UPPerson, path: Union[str, Path], extra: Optional[dict] = N
     sidecars = {_sidecar_name(name, config): Path(src) for name, src in (files or {}).items()}
     digests = {name: file_digest(src) for name, src in sidecars.items()}
     model_dict = to_dict(model.config)
-    model_dict["pretrained"], absolute = _recorded_pretrained(model.config.pretrained, weights.parent)
+    model_dict["pretrained"], absolute = ((pretrained, None) if pretrained is not None
+                                          else _recorded_pretrained(model.config.pretrained, weights.parent))
     backbone = {"name": model.config.name, "quick_gelu": model.config.quick_gelu,
                 "image_size": list(model.config.image_size), "weights": describe_source(model.config),
                 "fingerprint": model.backbone_fingerprint}
