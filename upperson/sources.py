@@ -1,7 +1,8 @@
 """Which model a command means: the embedded default, a checkpoint or a run.
 
 - no ``--checkpoint``/``--run``: the embedded model (``upperson.embedded``);
-- ``--checkpoint PATH``: a PETL checkpoint folder (``petl.safetensors`` + ``petl.json``);
+- ``--checkpoint PATH``: a PETL checkpoint folder (``petl.safetensors`` + ``petl.json``), or
+  ``hf-hub:ORG/NAME[@revision]`` (``upperson.hub``);
 - ``--run RUN_DIR``: a training run folder; its ``best/`` checkpoint (else the newest
   checkpoint folder in it).
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from upperson.hub import checkpoint_folder
 from upperson.model import UPPerson, build_model
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ def resolve_checkpoint(checkpoint: Optional[str] = None, run: Optional[str] = No
     if run:
         return find_run_checkpoint(Path(run))
     if checkpoint:
-        return Path(checkpoint)
+        return checkpoint_folder(checkpoint)  # a path, or hf-hub:ORG/NAME[@revision] from the local HF cache
     return None
 
 

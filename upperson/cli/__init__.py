@@ -24,6 +24,7 @@ COMMANDS: list[str] = [
     "pretrain",
     "export-embedded",
     "export-onnx",
+    "push",
     "params",
     "benchmark",
     "doctor",
