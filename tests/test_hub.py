@@ -136,7 +136,7 @@ def test_a_tampered_card_or_weights_file_is_refused(tmp_path):
 
 def test_hf_hub_specs_read_the_local_cache_with_revisions(tmp_path, hub_env):
     main_model, v1_model = perturbed_tiny_model(), _other_tiny_model()
-    lay_out_as_the_hub(hub_env, "org/upp", save_pretrained(main_model, tmp_path / "a"))
+    main = lay_out_as_the_hub(hub_env, "org/upp", save_pretrained(main_model, tmp_path / "a"))
     v1 = lay_out_as_the_hub(hub_env, "org/upp", save_pretrained(v1_model, tmp_path / "b"), refs=("v1",))
     assert (hub_env / "models--org--upp" / "snapshots" / v1 / "README.md").is_symlink()
     assert _same_features(from_pretrained("hf-hub:org/upp"), main_model)
@@ -146,6 +146,11 @@ def test_hf_hub_specs_read_the_local_cache_with_revisions(tmp_path, hub_env):
     # the resolver behind --checkpoint (index, search, analysis) takes the spec too
     folder = resolve_checkpoint("hf-hub:org/upp@v1")
     assert folder.is_relative_to(tmp_path / "upperson-cache") and _same_features(load_model(folder), v1_model)
+    # a card changed in the cache after it was loaded once is refused, not served from the earlier copy
+    card = (hub_env / "models--org--upp" / "snapshots" / main / "README.md").resolve()
+    card.write_text(card.read_text().replace("license: unknown", "license: mit"))
+    with pytest.raises(CheckpointCorruptError, match="README.md is corrupted or was changed"):
+        from_pretrained("hf-hub:org/upp")
 
 
 def test_a_repo_or_revision_missing_from_the_cache_is_one_clear_error(tmp_path, hub_env):

@@ -31,6 +31,7 @@ from huggingface_hub import snapshot_download
 from upperson.config import ModelConfig
 from upperson.embedded import backbone_file, cache_dir, embedded_available
 from upperson.hub.card import HubCard, MetricResult, render_card
+from upperson.io import file_digest
 from upperson.model.backbone import ALLOW_DOWNLOAD_ENV, EMBEDDED, RANDOM_INIT, is_random_init
 from upperson.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model, save_petl
 from upperson.model.upperson import UPPerson
@@ -116,29 +117,28 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _materialize(spec: HubSpec, snapshot: Path) -> Path:
-    """A plain copy of a cache snapshot (``snapshots/<commit>``, whose files link into ``../../blobs``),
-    made once per commit under UP-Person's cache: sidecar checks refuse links out of a folder."""
+    """A plain copy of a cache snapshot (``snapshots/<commit>``, whose files link into ``../../blobs``)
+    under UP-Person's cache, one per commit: the sidecar checks refuse links out of a folder.
+    A copy is reused only while it holds exactly the snapshot's bytes."""
     repo = snapshot.parent.parent
     roots = [snapshot.resolve(), (repo / "blobs").resolve()]
-    target = cache_dir() / "hub" / repo.name / snapshot.name
-    if (target / CONFIG_NAME).is_file():
-        return target  # a commit's files never change; the copy is verified on every load anyway
-    files = [snapshot / name for name in _listed_files(spec, snapshot)]
-    for p in files:
-        real = p.resolve()
-        if not p.is_file() or not any(real.is_relative_to(r) for r in roots):
-            raise ValueError(f"{spec}: the cached {p} is not a file of the repository ({real}); "
+    names = _listed_files(spec, snapshot)
+    for name in names:
+        real = (snapshot / name).resolve()
+        if not (snapshot / name).is_file() or not any(real.is_relative_to(r) for r in roots):
+            raise ValueError(f"{spec}: the cached {snapshot / name} is not a file of the repository ({real}); "
                              "delete the cache entry and fetch it again")
+    target = cache_dir() / "hub" / repo.name / snapshot.name
+    if target.is_dir() and sorted(p.name for p in target.iterdir()) == sorted(names) and all(
+            file_digest(target / n) == file_digest(snapshot / n) for n in names):
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{snapshot.name}.", dir=target.parent))
     try:
-        for p in files:
-            shutil.copyfile(p, tmp / p.name)
-        try:
-            os.replace(tmp, target)  # atomic; another process may have made the same copy first
-        except OSError:
-            if not (target / CONFIG_NAME).is_file():
-                raise
+        for name in names:
+            shutil.copyfile(snapshot / name, tmp / name)
+        shutil.rmtree(target, ignore_errors=True)  # an older or partial copy of this commit
+        os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("%s: commit %s of %s, copied to %s", spec, snapshot.name, repo, target)
@@ -146,7 +146,7 @@ def _materialize(spec: HubSpec, snapshot: Path) -> Path:
 
 
 def _listed_files(spec: HubSpec, snapshot: Path) -> list[str]:
-    """The checkpoint's own files and the sidecars its ``petl.json`` lists (plain names only), present or not."""
+    """The checkpoint's own files and the sidecars its ``petl.json`` lists (plain names), those present."""
     try:
         meta = json.loads((snapshot / CONFIG_NAME).read_text(encoding="utf-8"))
     except FileNotFoundError:
