@@ -237,6 +237,7 @@ def test_push_without_network_is_one_error_line(tmp_path, monkeypatch, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1
     assert errors[0].startswith("error: could not push to the Hugging Face Hub repository org/upp (")
+    assert "Connect" in errors[0] or "onnection" in errors[0]  # it got as far as the (unreachable) Hub
     assert not out.exists()  # a refused push leaves nothing behind
     assert main(["push", str(EMBEDDED_DIR / "upperson"), "--repo", "not a repo", "--dry-run"]) == 2
     assert "--repo 'not a repo': give ORG/NAME" in capsys.readouterr().err
@@ -256,3 +257,13 @@ def test_the_shipped_and_format_2_checkpoints_load_with_from_pretrained(tmp_path
     lines = [r.getMessage() for r in caplog.records if r.name == "upperson.model.checkpoint"]
     assert len(lines) == 1 and "format-2" in lines[0] and "not bound" in lines[0]
     assert _same_features(loaded, model)
+
+
+def test_push_refuses_a_run_without_its_selected_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    save_petl(perturbed_tiny_model(), run / "last")  # an unfinished run: only its resumable state
+    (run / "config.yaml").write_text("model: {}\n")
+    assert main(["push", str(run), "--repo", "org/upp", "--dry-run", "--out", str(tmp_path / "out")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "a run folder without a selected checkpoint" in errors[0]
+    assert not (tmp_path / "out").exists()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
+from huggingface_hub import HfApi
 
 from upperson import stats
 from upperson.data import build_tokenizer
@@ -27,9 +28,8 @@ from upperson.hub import (CARD_NAME, HubCard, MetricResult, check_repo_id, from_
                           save_pretrained)
 from upperson.hub.card import METRIC_TYPES, UNKNOWN_LICENSE
 from upperson.io import file_digest
-from upperson.model.checkpoint import load_model, read_checkpoint_config
+from upperson.model.checkpoint import CONFIG_NAME, load_model, read_checkpoint_config
 from upperson.model.upperson import UPPerson
-from upperson.sources import find_run_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,6 @@ class PushResult:
 
 def hf_upload(folder: Path, repo_id: str, *, revision: Optional[str], private: bool, commit_message: str) -> str:
     """Upload ``folder`` with huggingface_hub: the repository (and branch) are created when missing."""
-    # imported here: huggingface_hub's HTTP client is needed only by an actual upload
-    from huggingface_hub import HfApi
-
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision:
@@ -65,10 +62,20 @@ def hf_upload(folder: Path, repo_id: str, *, revision: Optional[str], private: b
 
 
 def source_checkpoint(source: Path) -> tuple[Path, Optional[Path]]:
-    """(the checkpoint folder, the run folder or None) of a run folder or a checkpoint folder."""
+    """(the checkpoint folder, the run folder or None) of a run folder (its selected ``best/``) or a
+    checkpoint folder. A run without ``best/`` is refused: pushing ``last/`` would publish another model."""
     source = Path(source)
-    if (source / "config.yaml").is_file() or (source / "best").is_dir():
-        return find_run_checkpoint(source), source
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such run or checkpoint folder")
+    if (source / "config.yaml").is_file() or (source / "best").is_dir() or (source / "best.old").is_dir():
+        best = source / "best"
+        if not (best / CONFIG_NAME).is_file() and (source / "best.old" / CONFIG_NAME).is_file():
+            log.warning("%s is missing: using %s (the next `train --resume` restores it)", best, source / "best.old")
+            best = source / "best.old"
+        if not (best / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{source} is a run folder without a selected checkpoint ({best} is missing): "
+                                    "let the run finish (train --resume), or push a checkpoint folder")
+        return best, source
     read_checkpoint_config(source)  # a clear error when it is neither
     return source, None
 
