@@ -15,13 +15,16 @@ from huggingface_hub import ModelCard
 from huggingface_hub import constants as hf_constants
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import perturbed_tiny_model
+from tests.conftest import perturbed_tiny_model, tiny_model_config
 from upperson import stats
 from upperson.cli import main
+from upperson.config import ModelConfig
 from upperson.embedded import EMBEDDED_DIR, load_embedded_model
 from upperson.hub import HubCard, MetricResult, base_model_id, from_pretrained, save_pretrained
 from upperson.hub.card import read_card_metadata
 from upperson.hub.push import push
+from upperson.model import build_model
+from upperson.model.backbone import create_clip
 from upperson.model.checkpoint import CheckpointCorruptError, load_model, save_petl
 from upperson.sources import resolve_checkpoint
 
@@ -115,8 +118,6 @@ def test_card_front_matter_carries_metric_values_and_intervals(tmp_path):
         MetricResult("R1", 70.0, "ToyPEDES", low=59.1, high=61.2)
     with pytest.raises(ValueError, match="say how they were made"):
         HubCard(metrics=(MetricResult("R1", 60.0, "ToyPEDES", low=59.0, high=61.0),))
-    from upperson.config import ModelConfig
-
     assert base_model_id(ModelConfig(name="ViT-B-16", pretrained="openai")) == "timm/vit_base_patch16_clip_224.openai"
 
 
@@ -267,3 +268,18 @@ def test_push_refuses_a_run_without_its_selected_checkpoint(tmp_path, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "a run folder without a selected checkpoint" in errors[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_local_backbone_file_is_recorded_by_name_and_needs_pretrained(tmp_path, caplog):
+    backbone = tmp_path / "elsewhere" / "my-backbone.safetensors"
+    backbone.parent.mkdir()
+    clip = create_clip(tiny_model_config())
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(backbone))
+    model = build_model(tiny_model_config(pretrained=str(backbone))).eval()
+    with caplog.at_level("WARNING", logger="upperson.hub"):
+        out = save_pretrained(model, tmp_path / "hub")
+    assert any("records its name only" in r.getMessage() for r in caplog.records)
+    assert json.loads((out / "petl.json").read_text())["model"]["pretrained"] == "my-backbone.safetensors"
+    with pytest.raises(FileNotFoundError, match="pass --pretrained FILE"):
+        from_pretrained(out)
+    assert _same_features(from_pretrained(out, pretrained=str(backbone)), model)

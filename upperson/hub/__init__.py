@@ -100,8 +100,8 @@ def resolve_hub(spec: HubSpec) -> Path:
     fetch = f"hf download {spec.repo_id}" + (f" --revision {spec.revision}" if spec.revision else "")
     allowed = os.environ.get(ALLOW_DOWNLOAD_ENV, "") == "1"
     try:
-        snapshot = Path(snapshot_download(spec.repo_id, revision=spec.revision, cache_dir=str(cache),
-                                          local_files_only=not allowed))
+        snapshot = _download(spec, cache) if allowed else Path(
+            snapshot_download(spec.repo_id, revision=spec.revision, cache_dir=str(cache), local_files_only=True))
     except Exception as exc:  # network and Hub errors come in many types
         if not allowed and isinstance(exc, FileNotFoundError):  # huggingface_hub's LocalEntryNotFoundError
             raise FileNotFoundError(
@@ -110,6 +110,15 @@ def resolve_hub(spec: HubSpec) -> Path:
         raise RuntimeError(f"could not download {spec} ({type(exc).__name__}: {_first_line(exc)}); "
                            f"check the name and the network, or fetch it with `{fetch}`") from exc
     return _materialize(spec, snapshot)
+
+
+def _download(spec: HubSpec, cache: Path) -> Path:
+    """Fetch ``petl.json`` first, then only the files it names (the weights, the sidecars): nothing else
+    a repository may hold is downloaded."""
+    first = Path(snapshot_download(spec.repo_id, revision=spec.revision, cache_dir=str(cache),
+                                   allow_patterns=[CONFIG_NAME]))
+    names = _checkpoint_files(spec, first / CONFIG_NAME)
+    return Path(snapshot_download(spec.repo_id, revision=spec.revision, cache_dir=str(cache), allow_patterns=names))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -146,17 +155,22 @@ def _materialize(spec: HubSpec, snapshot: Path) -> Path:
 
 
 def _listed_files(spec: HubSpec, snapshot: Path) -> list[str]:
-    """The checkpoint's own files and the sidecars its ``petl.json`` lists (plain names), those present."""
+    """The checkpoint files of a snapshot that are there (see :func:`_checkpoint_files`)."""
+    return [n for n in _checkpoint_files(spec, snapshot / CONFIG_NAME) if (snapshot / n).exists()]
+
+
+def _checkpoint_files(spec: HubSpec, config: Path) -> list[str]:
+    """The weights, ``petl.json`` and the sidecars that ``config`` (a ``petl.json``) lists, by plain name."""
     try:
-        meta = json.loads((snapshot / CONFIG_NAME).read_text(encoding="utf-8"))
+        meta = json.loads(config.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{spec} (cached at {snapshot}) is not an UP-Person checkpoint: it has no "
+        raise FileNotFoundError(f"{spec} (cached at {config.parent}) is not an UP-Person checkpoint: it has no "
                                 f"{CONFIG_NAME}") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{spec}: the cached {snapshot / CONFIG_NAME} is not valid JSON ({exc})") from None
+        raise ValueError(f"{spec}: the cached {config} is not valid JSON ({exc})") from None
     sidecars = (meta.get("files") or {}) if isinstance(meta, dict) else {}
     names = [WEIGHTS_NAME, CONFIG_NAME, *(n for n in sidecars if isinstance(n, str) and Path(n).name == n)]
-    return [n for n in dict.fromkeys(names) if n not in (".", "..") and (snapshot / n).exists()]
+    return [n for n in dict.fromkeys(names) if n not in (".", "..")]
 
 
 def portable_backbone(cfg: ModelConfig) -> tuple[str, bool]:
