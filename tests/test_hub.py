@@ -210,6 +210,9 @@ def test_push_dry_run_builds_a_folder_that_validates(tmp_path, capsys):
     assert results["mAP"].metric_args["interval"] == [round(low, 4), round(high, 4)]
     assert results["mAP"].metric_args["resamples"] == ci["resamples"]
     assert json.loads((out / "petl.json").read_text())["extra"]["source"] == {"checkpoint": "best", "run": "run"}
+    # RUN/best named directly is described by its run's results too
+    card = push(run / "best", "org/upp", dry_run=True, out=tmp_path / "out-best", license="mit").card
+    assert {m.metric: (m.value, m.split, m.low) for m in card.metrics}["mAP"] == (test["mAP"], "test", low)
 
 
 def test_push_hands_the_validated_folder_to_the_uploader(tmp_path, hub_env):

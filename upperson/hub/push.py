@@ -77,6 +77,8 @@ def source_checkpoint(source: Path) -> tuple[Path, Optional[Path]]:
                                     "let the run finish (train --resume), or push a checkpoint folder")
         return best, source
     read_checkpoint_config(source)  # a clear error when it is neither
+    if source.name in ("best", "best.old") and (source.parent / "config.yaml").is_file():
+        return source, source.parent  # RUN/best: the run's results describe it
     return source, None
 
 
@@ -85,43 +87,53 @@ def card_for(checkpoint: Path, run: Optional[Path], *, repo_id: str, license: st
     """A card from what the source records: a run's ``results.json`` (test metrics, else the
     selection split's), with bootstrap intervals from its ``per_query_test.csv`` when it has one;
     the shipped model's card; else the metrics saved with the checkpoint."""
-    metrics: list[MetricResult] = []
-    interval: dict = {}
-    dataset = None
     if run is not None and (run / RESULTS_NAME).is_file():
-        results = _read_json(run / RESULTS_NAME)
-        dataset = str(results.get("dataset") or "unknown")
-        splits = results.get("metrics") or {}
-        split = "test" if "test" in splits else results.get("selected_on")
-        values = splits.get(split) or {}
-        cis, interval = _run_intervals(run, values) if split == "test" else ({}, {})
-        metrics = [_metric(k, values[k], dataset, split, ci=cis.get(k))
-                   for k in METRIC_TYPES if _is_number(values.get(k))]
+        dataset, metrics, interval = _run_metrics(run)
     elif checkpoint.resolve() == (EMBEDDED_DIR / "upperson").resolve() and read_card():
-        shipped = read_card()
-        dataset = "ToyPEDES"
-        values = shipped.get("metrics", {}).get("upperson", {})
-        ci_meta = shipped.get("intervals", {})
-        cis = ci_meta.get("models", {}).get("upperson", {})
-        interval = {k: ci_meta[k] for k in ("method", "level", "resamples", "seed") if k in ci_meta}
-        interval["queries"] = values.get("queries")
-        preset = shipped.get("evaluation", {}).get("toypedes", {}).get("preset")
-        metrics = [_metric(k, values[k], dataset, "test", config=preset, ci=cis.get(k))
-                   for k in METRIC_TYPES if _is_number(values.get(k))]
+        dataset, metrics, interval = _shipped_metrics(read_card())
     else:
-        extra = read_checkpoint_config(checkpoint).get("extra") or {}
-        values = extra.get("metrics") or {}
-        dataset = str(extra.get("dataset") or "unknown")
-        metrics = [_metric(k, values[k], dataset, str(extra.get("split") or "val"))
-                   for k in METRIC_TYPES if _is_number(values.get(k))]
+        dataset, metrics, interval = _saved_metrics(checkpoint)
     if license == UNKNOWN_LICENSE:
         log.warning("the card says license: %s; pass --license (e.g. apache-2.0, mit) to state it", license)
     if not metrics:
         log.warning("%s records no metrics: the card has no results", run or checkpoint)
+    has_intervals = any(m.low is not None for m in metrics)
     return HubCard(name=name or repo_id.split("/")[1], repo_id=repo_id, license=license,
-                   datasets=(dataset,) if dataset and dataset != "unknown" else (), metrics=tuple(metrics),
-                   interval={k: v for k, v in interval.items() if v is not None} if any(
-                       m.low is not None for m in metrics) else {})
+                   datasets=(dataset,) if dataset != "unknown" else (), metrics=tuple(metrics),
+                   interval={k: v for k, v in interval.items() if v is not None} if has_intervals else {})
+
+
+Measured = tuple[str, list[MetricResult], dict]  # dataset, metrics, how the intervals were made
+
+
+def _run_metrics(run: Path) -> Measured:
+    results = _read_json(run / RESULTS_NAME)
+    dataset = str(results.get("dataset") or "unknown")
+    splits = results.get("metrics") or {}
+    split = "test" if "test" in splits else str(results.get("selected_on"))
+    values = splits.get(split) or {}
+    cis, interval = _run_intervals(run, values) if split == "test" else ({}, {})
+    return dataset, [_metric(k, values[k], dataset, split, ci=cis.get(k))
+                     for k in METRIC_TYPES if _is_number(values.get(k))], interval
+
+
+def _shipped_metrics(shipped: dict) -> Measured:
+    values = shipped.get("metrics", {}).get("upperson", {})
+    ci_meta = shipped.get("intervals", {})
+    cis = ci_meta.get("models", {}).get("upperson", {})
+    interval = {k: ci_meta[k] for k in ("method", "level", "resamples", "seed") if k in ci_meta}
+    interval["queries"] = values.get("queries")
+    preset = shipped.get("evaluation", {}).get("toypedes", {}).get("preset")
+    return "ToyPEDES", [_metric(k, values[k], "ToyPEDES", "test", config=preset, ci=cis.get(k))
+                        for k in METRIC_TYPES if _is_number(values.get(k))], interval
+
+
+def _saved_metrics(checkpoint: Path) -> Measured:
+    extra = read_checkpoint_config(checkpoint).get("extra") or {}
+    values = extra.get("metrics") or {}
+    dataset = str(extra.get("dataset") or "unknown")
+    return dataset, [_metric(k, values[k], dataset, str(extra.get("split") or "val"))
+                     for k in METRIC_TYPES if _is_number(values.get(k))], {}
 
 
 def _metric(key: str, value: float, dataset: str, split: str, *, config: Optional[str] = None,
