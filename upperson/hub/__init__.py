@@ -59,7 +59,8 @@ class HubSpec:
 
 def check_repo_id(repo_id: str, what: str = "repository") -> str:
     """``repo_id`` if it is ``ORG/NAME`` as the Hub spells it; else ValueError."""
-    if not _REPO_ID.match(repo_id or "") or ".." in repo_id:
+    if not _REPO_ID.match(repo_id or "") or ".." in repo_id or "--" in repo_id \
+            or any(part[-1] in ".-" for part in repo_id.split("/")):
         raise ValueError(f"{what} {repo_id!r}: give ORG/NAME (letters, digits, '.', '_', '-'), e.g. my-org/upperson-tiny")
     return repo_id
 
