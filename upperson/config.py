@@ -19,6 +19,7 @@ from typing import Any, Optional, Type, TypeVar, Union, get_args, get_origin, ge
 import yaml
 
 from upperson.petl.adapter.config import AdapterConfig
+from upperson.petl.config import ComponentConfigError
 from upperson.petl.lora.config import LoraConfig
 from upperson.petl.prefix.config import PrefixConfig
 
@@ -165,7 +166,10 @@ def from_dict(cls: Type[T], data: dict, where: str = "config") -> T:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ComponentConfigError as exc:  # a component config validates itself in __post_init__
+        raise ConfigError(f"{where}.{exc}") from None
 
 
 def to_dict(cfg: Any) -> dict:
@@ -368,14 +372,11 @@ def validate(cfg: ExperimentConfig) -> None:
             "or write 'random' to train on a randomly initialised backbone on purpose"
         )
     _validate_numbers(cfg)
-    if m.adapter.placement not in ("parallel", "sequential"):
-        raise ConfigError(f"model.adapter.placement must be 'parallel' or 'sequential', got {m.adapter.placement!r}")
-    if m.prefix.length < 1 and m.prefix.enabled:
-        raise ConfigError("model.prefix.length must be >= 1")
-    if m.lora.rank < 1 and m.lora.enabled:
-        raise ConfigError("model.lora.rank must be >= 1")
-    if not 0 < m.adapter.ratio <= 4:
-        raise ConfigError("model.adapter.ratio must be in (0, 4]")
+    for name in ("prefix", "lora", "adapter"):
+        try:  # checked again here: a field may have been changed after the config was built
+            getattr(m, name).validate()
+        except ComponentConfigError as exc:
+            raise ConfigError(f"model.{name}.{exc}") from None
     if any(s <= 0 for s in m.image_size):
         raise ConfigError("model.image_size must be positive")
     if cfg.loss.name not in ("sdm", "itc"):
