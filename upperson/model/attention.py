@@ -27,7 +27,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from upperson.petl.lora import LoRA
+from upperson.petl.lora.layer import fold_lora  # noqa: F401 (its old import path)
 from upperson.petl.prefix import Prefix
+from upperson.petl.prefix.layer import fold_prefix  # noqa: F401 (its old import path)
 
 
 @dataclass
@@ -120,32 +122,6 @@ def petl_attention(
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias), probs
 
 
-def fold_prefix(prefix: Prefix, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefix keys and lambda-scaled values split across heads, (1, heads, P, head_dim) each, detached.
-
-    ``lambda * A_pre Pv = A_pre (lambda Pv)`` (docs/method.md), so the folded values give S-Prefix exactly.
-    """
-    with torch.no_grad():
-        pk = _split_heads(prefix.keys().float().unsqueeze(0), heads)
-        pv = _split_heads((prefix.values() * prefix.lam).float().unsqueeze(0), heads)
-    return pk.contiguous(), pv.contiguous()
-
-
-def fold_lora(attn: nn.Module, lora_k: Optional[LoRA], lora_v: Optional[LoRA]) -> torch.Tensor:
-    """A new in-projection weight with ``W_k += s_k B_k A_k`` and ``W_v += s_v B_v A_v`` (docs/method.md).
-
-    Computed in float32 and stored in the frozen weight's dtype; the input weight is not touched.
-    """
-    weight = attn.in_proj_weight
-    with torch.no_grad():
-        merged = weight.detach().float().clone()
-        d = merged.shape[1]
-        for lora, rows in ((lora_k, slice(d, 2 * d)), (lora_v, slice(2 * d, 3 * d))):
-            if lora is not None:
-                merged[rows] += lora.scale.float() * (lora.B.float() @ lora.A.float())
-    return merged.to(weight.dtype)
-
-
 def merged_attention(
     x: torch.Tensor,
     attn: nn.Module,
@@ -154,7 +130,7 @@ def merged_attention(
     attn_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Inference-only attention of a merged block: LoRA already in ``attn.in_proj_weight``,
-    prefix keys/values precomputed by :func:`fold_prefix` (``None`` without a prefix)."""
+    prefix keys/values precomputed by :func:`upperson.petl.prefix.layer.fold_prefix` (``None`` without a prefix)."""
     heads = attn.num_heads
     q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     q, k, v = (_split_heads(t, heads) for t in (q, k, v))

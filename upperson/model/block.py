@@ -19,29 +19,14 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from upperson.model.attention import AttentionProbs, fold_lora, fold_prefix, merged_attention, petl_attention
+from upperson.model.attention import AttentionProbs, merged_attention, petl_attention
 from upperson.petl import Adapter, LoRA, Prefix
+from upperson.petl.adapter.layer import FoldedAdapter
+from upperson.petl.lora.layer import fold_lora
+from upperson.petl.prefix.layer import fold_prefix
 
 Recorder = Callable[[str, int, AttentionProbs], None]
-
-
-class FoldedAdapter(nn.Module):
-    """An adapter with its output scale folded into the up-projection (inference only)."""
-
-    def __init__(self, adapter: Adapter) -> None:
-        super().__init__()
-        with torch.no_grad():
-            scale = adapter.scale.detach().float()
-            self.register_buffer("down_weight", adapter.down.weight.detach().clone())
-            self.register_buffer("down_bias", adapter.down.bias.detach().clone())
-            self.register_buffer("up_weight", (adapter.up.weight.detach().float() * scale).to(adapter.up.weight.dtype))
-            self.register_buffer("up_bias", (adapter.up.bias.detach().float() * scale).to(adapter.up.bias.dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(F.linear(x, self.down_weight.to(x.dtype), self.down_bias.to(x.dtype)))
-        return F.linear(h, self.up_weight.to(x.dtype), self.up_bias.to(x.dtype))
 
 
 class UPPersonBlock(nn.Module):
