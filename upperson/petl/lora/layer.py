@@ -41,3 +41,13 @@ def fold_lora(attn: nn.Module, lora_k: Optional[LoRA], lora_v: Optional[LoRA]) -
             if lora is not None:
                 merged[rows] += lora.scale.float() * (lora.B.float() @ lora.A.float())
     return merged.to(weight.dtype)
+
+
+def lora_kv(lora_k: Optional[LoRA], lora_v: Optional[LoRA], x: torch.Tensor, k: torch.Tensor,
+            v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values with the LoRA updates of ``x`` (the attention's input) added, in their dtype."""
+    if lora_k is not None:
+        k = k + lora_k(x).to(k.dtype)
+    if lora_v is not None:
+        v = v + lora_v(x).to(v.dtype)
+    return k, v
