@@ -22,8 +22,8 @@ from upperson.model.params import count_parameters
 from upperson.petl import AdapterConfig, LoraConfig, PrefixConfig
 from upperson.petl.config import ComponentConfig, require
 from upperson.petl.ln_tuning import LNTuningConfig
-from upperson.petl.registry import (Component, ComponentRegistryError, get_component, register_component,
-                                    unregister_component)
+from upperson.petl.registry import (Component, ComponentRegistryError, components, get_component,
+                                    register_component, unregister_component)
 from upperson.train.optim import build_optimizer
 
 
@@ -133,6 +133,14 @@ def test_ln_tuning_trains_only_copies_of_the_block_layernorms_and_is_a_noop_at_i
     report = count_parameters(model)
     assert report.by_component["ln_tuning"] == {"trainable": expected, "total": expected}
     assert report.trainable == expected
+
+
+def test_without_components_turns_every_registered_component_off():
+    cfg = tiny_model_config(ln_tuning=LNTuningConfig(enabled=True))
+    off = cfg.without_components()
+    assert not any(off.section(c.name).enabled for c in components())
+    assert off.prefix.length == cfg.prefix.length and cfg.ln_tuning.enabled  # the rest kept, the original alone
+    assert count_parameters(build_model(off)).trainable == 0
 
 
 def test_ln_tuning_trains_saves_loads_and_merges(tmp_path):

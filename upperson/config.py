@@ -74,6 +74,11 @@ class ModelConfig:
             sections[name] = get_component(name).default()
         return sections[name]
 
+    def without_components(self) -> "ModelConfig":
+        """A copy with every registered component off: the frozen backbone alone (the zero-shot counterpart)."""
+        return dataclasses.replace(self, **{c.name: dataclasses.replace(self.section(c.name), enabled=False)
+                                            for c in petl_components()})
+
     def __getattr__(self, name: str) -> Any:  # only for names that are not attributes: the sections
         if not name.startswith("__") and "components" in self.__dict__ and find_component(name) is not None:
             return self.section(name)
