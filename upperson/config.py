@@ -53,7 +53,7 @@ class ModelConfig:
     freeze_backbone: bool = True  # False = full fine-tune
     components: dict[str, Any] = field(default_factory=dict)  # component name -> its config
 
-    def __init__(self, components: Optional[dict[str, Any]] = None, **kwargs: Any) -> None:
+    def __init__(self, *, components: Optional[dict[str, Any]] = None, **kwargs: Any) -> None:
         for f in fields(self):
             if f.name != "components":
                 default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

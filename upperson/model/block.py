@@ -54,7 +54,7 @@ class UPPersonBlock(nn.Module):
         for c in components():
             for marker in c.markers:
                 setattr(self, marker, None)
-        self.petl: tuple[Component, ...] = ()  # the components attached, in registry order
+        self.attached: tuple[Component, ...] = ()  # the components attached, in registry order
         self._collect_hooks()
         self.explicit_attention = False
         self.recorder: Optional[Recorder] = None
@@ -64,10 +64,10 @@ class UPPersonBlock(nn.Module):
         """Attach ``component`` (its layers, under its markers, and its hooks) with its config ``cfg``."""
         if self.merged:
             raise RuntimeError("a merged block is for inference only: attach components to the model before merging")
-        if any(c.name == component.name for c in self.petl):
+        if any(c.name == component.name for c in self.attached):
             raise ValueError(f"{component.name!r} is already attached to block {self.tower}[{self.index}]")
         for hook in ("norm", "prefix"):  # one LayerNorm replacement, one set of extra keys per block
-            other = next((c.name for c in self.petl if getattr(c, hook) is not None), None)
+            other = next((c.name for c in self.attached if getattr(c, hook) is not None), None)
             if getattr(component, hook) is not None and other is not None:
                 raise ValueError(f"components {other!r} and {component.name!r} both give block "
                                  f"{self.tower}[{self.index}] its {hook}; enable one of them")
@@ -75,12 +75,12 @@ class UPPersonBlock(nn.Module):
             if not hasattr(self, marker):  # registered after this block was built
                 setattr(self, marker, None)
         component.attach(self, cfg)
-        self.petl = self.petl + (component,)
+        self.attached = self.attached + (component,)
         self._collect_hooks()
 
     def _collect_hooks(self) -> None:
         def of(hook: str) -> tuple[Callable, ...]:
-            return tuple(getattr(c, hook) for c in self.petl if getattr(c, hook) is not None)
+            return tuple(getattr(c, hook) for c in self.attached if getattr(c, hook) is not None)
 
         self._norm_hooks, self._before_hooks, self._after_hooks = of("norm"), of("before"), of("after")
         self._kv_hooks, self._prefix_hooks, self._merged_prefix_hooks = of("kv"), of("prefix"), of("merged_prefix")
@@ -103,7 +103,7 @@ class UPPersonBlock(nn.Module):
         """
         if self.merged:
             return
-        for c in self.petl:
+        for c in self.attached:
             if c.fold is not None:
                 c.fold(self)
         self.merged = True
