@@ -44,6 +44,13 @@ def test_a_typo_in_the_adapter_placement_does_not_become_sequential():
         ModelConfig(pretrained="random", adapter=AdapterConfig(placement="paralel"))
 
 
+def test_a_placement_changed_after_the_config_was_built_is_refused_by_the_model():
+    cfg = tiny_model_config()
+    cfg.adapter.placement = "paralel"
+    with pytest.raises(ValueError, match="placement must be 'parallel' or 'sequential', got 'paralel'"):
+        build_model(cfg)
+
+
 # ----------------------------------------------------------------------------- the registry
 
 

@@ -64,6 +64,8 @@ class UPPerson(nn.Module):
     def _wrap_blocks(self) -> None:
         """Each block becomes an ``UPPersonBlock`` with every registered component its config applies to."""
         cfg = self.config
+        for component in components():  # a field may have been changed since the config was built
+            cfg.section(component.name).validate()
         for tower, transformer in self._towers().items():
             blocks = transformer.resblocks
             for i, block in enumerate(blocks):
