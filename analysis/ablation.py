@@ -78,6 +78,8 @@ VARIANTS: tuple[Variant, ...] = (
             "UP-Person with sequential (Houlsby-style) adapters instead of L-Adapter", compare_to="upperson"),
     Variant("full-finetune", ALL_OFF + ("model.freeze_backbone=false", "train.backbone_lr=1.0e-4", "train.eps=1.0e-6"), "Full fine-tune",
             "baseline", "every backbone weight trains (lr 1e-4, eps 1e-6, as preset toypedes-full-finetune), no component"),
+    Variant("ln-tuning", ALL_OFF + ("model.ln_tuning.enabled=true",), "LN-tuning", "baseline",
+            "only the blocks' LayerNorm affine parameters train (upperson/petl/ln_tuning), no other component"),
 )
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
 

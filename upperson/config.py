@@ -8,6 +8,7 @@ Every ablation in the paper is a change here, never a change of code.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -18,9 +19,9 @@ from typing import Any, Optional, Type, TypeVar, Union, get_args, get_origin, ge
 
 import yaml
 
-from upperson.petl.adapter.config import AdapterConfig
-from upperson.petl.lora.config import LoraConfig
-from upperson.petl.prefix.config import PrefixConfig
+from upperson.petl import components as petl_components
+from upperson.petl.config import ComponentConfigError
+from upperson.petl.registry import find_component, get_component
 
 PRESET_DIR = Path(__file__).parent / "presets"
 #: the largest config file read (a config is a few hundred bytes; this bounds a hostile one)
@@ -33,9 +34,15 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be understood."""
 
 
-@dataclass
+@dataclass(init=False, eq=False)
 class ModelConfig:
-    """The backbone and the PETL components on it."""
+    """The backbone and the PETL components on it.
+
+    One section per registered component (upperson/petl/registry.py), read and set as an
+    attribute (``cfg.prefix``, ``cfg.lora``, ``cfg.adapter``, ``cfg.ln_tuning``, ...) and passed
+    by name (``ModelConfig(prefix=PrefixConfig(length=2))``); a section not given has the
+    component's defaults. ``components`` holds them, in registry order.
+    """
 
     name: str = "ViT-B-16"  # any open_clip model name
     quick_gelu: bool = True  # OpenAI weights need QuickGELU
@@ -44,9 +51,56 @@ class ModelConfig:
     pretrained: Optional[str] = "openai"
     image_size: tuple[int, int] = (384, 128)  # (H, W)
     freeze_backbone: bool = True  # False = full fine-tune
-    prefix: PrefixConfig = field(default_factory=PrefixConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    components: dict[str, Any] = field(default_factory=dict)  # component name -> its config
+
+    def __init__(self, *, components: Optional[dict[str, Any]] = None, **kwargs: Any) -> None:
+        for f in fields(self):
+            if f.name != "components":
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                object.__setattr__(self, f.name, kwargs.pop(f.name, default))
+        given = {**(components or {}), **kwargs}
+        unknown = sorted(k for k in given if find_component(k) is None)
+        if unknown:
+            raise TypeError(f"ModelConfig got unknown argument(s) {unknown}; fields: {sorted(_MODEL_FIELDS)}, "
+                            f"components: {[c.name for c in petl_components()]}")
+        object.__setattr__(self, "components", {})
+        for c in petl_components():
+            setattr(self, c.name, given[c.name] if c.name in given else c.default())
+
+    def section(self, name: str) -> Any:
+        """The config of component ``name`` (its defaults if it was registered after this config was built)."""
+        sections = self.__dict__["components"]
+        if name not in sections:
+            sections[name] = get_component(name).default()
+        return sections[name]
+
+    def without_components(self) -> "ModelConfig":
+        """A copy with every registered component off: the frozen backbone alone (the zero-shot counterpart)."""
+        return dataclasses.replace(self, **{c.name: dataclasses.replace(self.section(c.name), enabled=False)
+                                            for c in petl_components()})
+
+    def __getattr__(self, name: str) -> Any:  # only for names that are not attributes: the sections
+        if not name.startswith("__") and "components" in self.__dict__ and find_component(name) is not None:
+            return self.section(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        component = find_component(name) if name not in _MODEL_FIELDS else None
+        if component is None:
+            object.__setattr__(self, name, value)
+            return
+        if not isinstance(value, component.config):
+            raise TypeError(f"ModelConfig.{name} must be a {component.config.__name__}, got {type(value).__name__}")
+        self.__dict__["components"][name] = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ModelConfig):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in _MODEL_FIELDS if n != "components") and \
+            all(self.section(c.name) == other.section(c.name) for c in petl_components())
+
+
+_MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig))
 
 
 @dataclass
@@ -157,29 +211,54 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _schema(cls: type) -> dict[str, Any]:
+    """The keys of dataclass ``cls`` and their types; a model config's sections come from the component registry."""
+    hints = get_type_hints(cls)
+    schema = {f.name: hints[f.name] for f in fields(cls)}
+    if cls is ModelConfig:
+        del schema["components"]  # written as one section per component, never as a key of its own
+        schema.update({c.name: c.config for c in petl_components()})
+    return schema
+
+
 def from_dict(cls: Type[T], data: dict, where: str = "config") -> T:
     """Build dataclass ``cls`` from a nested dict; unknown keys are an error."""
-    hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
+    schema = _schema(cls)
+    unknown = sorted(set(data) - set(schema))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+        hint = " (a PETL component's section? import the module that registers it)" if cls is ModelConfig else ""
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(schema)}{hint}")
+    kwargs = {k: _convert(v, schema[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ComponentConfigError as exc:  # a component config validates itself in __post_init__
+        raise ConfigError(f"{where}.{exc}") from None
 
 
 def to_dict(cfg: Any) -> dict:
-    """A plain, JSON- and YAML-safe dict of a config dataclass."""
+    """A plain, JSON- and YAML-safe dict of a config dataclass.
+
+    A model config lists its backbone fields, then one section per component, in registry
+    order; a component that is off by default and left at its defaults is left out (reading
+    the dict back gives the same config), so the files of a model without it stay as they were.
+    """
     def clean(v: Any) -> Any:
-        if isinstance(v, tuple):
+        if isinstance(v, ModelConfig):
+            out = {f.name: clean(getattr(v, f.name)) for f in fields(v) if f.name != "components"}
+            for c in petl_components():
+                section = v.section(c.name)
+                if not c.is_default_off(section):
+                    out[c.name] = clean(section)
+            return out
+        if is_dataclass(v) and not isinstance(v, type):
+            return {f.name: clean(getattr(v, f.name)) for f in fields(v)}
+        if isinstance(v, (tuple, list)):
             return [clean(x) for x in v]
         if isinstance(v, dict):
             return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
+        return copy.deepcopy(v)
 
-    return clean(dataclasses.asdict(cfg))
+    return clean(cfg)
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -368,14 +447,11 @@ def validate(cfg: ExperimentConfig) -> None:
             "or write 'random' to train on a randomly initialised backbone on purpose"
         )
     _validate_numbers(cfg)
-    if m.adapter.placement not in ("parallel", "sequential"):
-        raise ConfigError(f"model.adapter.placement must be 'parallel' or 'sequential', got {m.adapter.placement!r}")
-    if m.prefix.length < 1 and m.prefix.enabled:
-        raise ConfigError("model.prefix.length must be >= 1")
-    if m.lora.rank < 1 and m.lora.enabled:
-        raise ConfigError("model.lora.rank must be >= 1")
-    if not 0 < m.adapter.ratio <= 4:
-        raise ConfigError("model.adapter.ratio must be in (0, 4]")
+    for c in petl_components():
+        try:  # checked again here: a field may have been changed after the config was built
+            m.section(c.name).validate()
+        except ComponentConfigError as exc:
+            raise ConfigError(f"model.{c.name}.{exc}") from None
     if any(s <= 0 for s in m.image_size):
         raise ConfigError("model.image_size must be positive")
     if cfg.loss.name not in ("sdm", "itc"):

@@ -1,4 +1,8 @@
-"""Multi-head attention with prefix keys/values and LoRA on K and V.
+"""Multi-head attention with the PETL components' entry points: extra (prefix) keys/values and a K/V update.
+
+A component enters the attention in one of two ways (upperson/petl/registry.py): it adds keys
+and values before the tokens' (the prefix, an object with ``length``, ``keys()``, ``values()``
+and ``lam``), or it updates the projected keys and values (``kv(x, k, v) -> (k, v)``, LoRA).
 
 Reuses a frozen attention's ``in_proj_weight``, ``in_proj_bias`` and ``out_proj`` (the
 names of ``nn.MultiheadAttention`` and of open_clip's own attention), so it works with any
@@ -18,16 +22,22 @@ left: every query sees every prefix key (docs/method.md).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from upperson.petl.lora import LoRA
+from upperson.petl.lora.layer import fold_lora, lora_kv  # noqa: F401 (fold_lora: its old import path)
 from upperson.petl.prefix import Prefix
+from upperson.petl.prefix.layer import fold_prefix  # noqa: F401 (its old import path)
+
+#: a K/V update: (attention input x, keys, values) -> (keys, values), before the heads are split
+KVUpdate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -77,17 +87,32 @@ def petl_attention(
     explicit: bool = False,
     return_probs: bool = False,
 ) -> tuple[torch.Tensor, Optional[AttentionProbs]]:
-    """Self-attention of ``x`` (B, L, D) through the frozen projections of ``attn``.
+    """:func:`component_attention` with a prefix and LoRA given directly (the first form of this API)."""
+    kv = functools.partial(lora_kv, lora_k, lora_v) if lora_k is not None or lora_v is not None else None
+    return component_attention(x, attn, prefix=prefix, kv=kv, attn_mask=attn_mask, explicit=explicit,
+                               return_probs=return_probs)
+
+
+def component_attention(
+    x: torch.Tensor,
+    attn: nn.Module,
+    *,
+    prefix: Optional[Prefix] = None,
+    kv: Optional[KVUpdate] = None,
+    attn_mask: Optional[torch.Tensor] = None,
+    explicit: bool = False,
+    return_probs: bool = False,
+) -> tuple[torch.Tensor, Optional[AttentionProbs]]:
+    """Self-attention of ``x`` (B, L, D) through the frozen projections of ``attn``, with the
+    components' prefix keys/values and K/V update.
 
     Returns the attention output (B, L, D) and, when ``return_probs`` (which implies the
     explicit path), the attention probabilities.
     """
     heads = attn.num_heads
     q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    if lora_k is not None:
-        k = k + lora_k(x).to(k.dtype)
-    if lora_v is not None:
-        v = v + lora_v(x).to(v.dtype)
+    if kv is not None:
+        k, v = kv(x, k, v)
     q, k, v = (_split_heads(t, heads) for t in (q, k, v))
     b = x.shape[0]
 
@@ -120,43 +145,21 @@ def petl_attention(
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias), probs
 
 
-def fold_prefix(prefix: Prefix, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefix keys and lambda-scaled values split across heads, (1, heads, P, head_dim) each, detached.
-
-    ``lambda * A_pre Pv = A_pre (lambda Pv)`` (docs/method.md), so the folded values give S-Prefix exactly.
-    """
-    with torch.no_grad():
-        pk = _split_heads(prefix.keys().float().unsqueeze(0), heads)
-        pv = _split_heads((prefix.values() * prefix.lam).float().unsqueeze(0), heads)
-    return pk.contiguous(), pv.contiguous()
-
-
-def fold_lora(attn: nn.Module, lora_k: Optional[LoRA], lora_v: Optional[LoRA]) -> torch.Tensor:
-    """A new in-projection weight with ``W_k += s_k B_k A_k`` and ``W_v += s_v B_v A_v`` (docs/method.md).
-
-    Computed in float32 and stored in the frozen weight's dtype; the input weight is not touched.
-    """
-    weight = attn.in_proj_weight
-    with torch.no_grad():
-        merged = weight.detach().float().clone()
-        d = merged.shape[1]
-        for lora, rows in ((lora_k, slice(d, 2 * d)), (lora_v, slice(2 * d, 3 * d))):
-            if lora is not None:
-                merged[rows] += lora.scale.float() * (lora.B.float() @ lora.A.float())
-    return merged.to(weight.dtype)
-
-
 def merged_attention(
     x: torch.Tensor,
     attn: nn.Module,
     prefix_k: Optional[torch.Tensor],
     prefix_v: Optional[torch.Tensor],
     attn_mask: Optional[torch.Tensor] = None,
+    kv: Optional[KVUpdate] = None,
 ) -> torch.Tensor:
     """Inference-only attention of a merged block: LoRA already in ``attn.in_proj_weight``,
-    prefix keys/values precomputed by :func:`fold_prefix` (``None`` without a prefix)."""
+    prefix keys/values precomputed by :func:`upperson.petl.prefix.layer.fold_prefix` (``None`` without a prefix);
+    ``kv``: the K/V update of a component that does not fold."""
     heads = attn.num_heads
     q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    if kv is not None:
+        k, v = kv(x, k, v)
     q, k, v = (_split_heads(t, heads) for t in (q, k, v))
     prefix_len = 0
     if prefix_k is not None:

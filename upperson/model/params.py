@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from upperson.model.upperson import component_of
+from upperson.petl.registry import component_of, components
 
-COMPONENTS = ("prefix", "lora", "adapter", "backbone")
 _UNUSED = ("logit_scale", "logit_bias")
 
 
@@ -49,9 +48,12 @@ class ParamReport:
 
 
 def count_parameters(model: nn.Module) -> ParamReport:
-    """Count parameters by component. CLIP's ``logit_scale``/``logit_bias`` are left out:
-    UP-Person's losses use a fixed temperature, so they are not part of the model."""
-    counts = {c: {"trainable": 0, "total": 0} for c in COMPONENTS}
+    """Count parameters by component, one row per registered component and one for the backbone. A
+    component that is off by default has a row only where the model has it (as its config section).
+    CLIP's ``logit_scale``/``logit_bias`` are left out: UP-Person's losses use a fixed temperature,
+    so they are not part of the model."""
+    counts = {c.name: {"trainable": 0, "total": 0} for c in components()}
+    counts["backbone"] = {"trainable": 0, "total": 0}
     for name, p in model.named_parameters():
         if name.split(".")[-1] in _UNUSED:
             continue
@@ -59,4 +61,5 @@ def count_parameters(model: nn.Module) -> ParamReport:
         c["total"] += p.numel()
         if p.requires_grad:
             c["trainable"] += p.numel()
-    return ParamReport(counts)
+    shown = {c.name for c in components() if c.on_by_default or counts[c.name]["total"]} | {"backbone"}
+    return ParamReport({name: n for name, n in counts.items() if name in shown})

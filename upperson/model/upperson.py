@@ -1,4 +1,4 @@
-"""UP-Person: a frozen open_clip CLIP with Prefix, LoRA and Adapter in every block."""
+"""UP-Person: a frozen open_clip CLIP with the registered PETL components (Prefix, LoRA, Adapter, ...) in its blocks."""
 
 from __future__ import annotations
 
@@ -17,15 +17,12 @@ from upperson.config import ModelConfig
 from upperson.model.attention import AttentionProbs
 from upperson.model.backbone import backbone_fingerprint, create_clip
 from upperson.model.block import UPPersonBlock
-from upperson.petl import Adapter, LoRA, Prefix
+from upperson.petl import components
+from upperson.petl.registry import component_of
 
 log = logging.getLogger(__name__)
 
 TOWERS = ("image", "text")
-
-
-def _in_depth(index: int, depth: Optional[int]) -> bool:
-    return depth is None or index < depth
 
 
 class AttentionRecording:
@@ -65,33 +62,19 @@ class UPPerson(nn.Module):
         return {"image": self.clip.visual.transformer, "text": self.clip.transformer}
 
     def _wrap_blocks(self) -> None:
+        """Each block becomes an ``UPPersonBlock`` with every registered component its config applies to."""
         cfg = self.config
+        for component in components():  # a field may have been changed since the config was built
+            cfg.section(component.name).validate()
         for tower, transformer in self._towers().items():
             blocks = transformer.resblocks
             for i, block in enumerate(blocks):
-                width = block.attn.in_proj_weight.shape[1]
-                prefix = lora_k = lora_v = ad_attn = ad_mlp = None
-                if cfg.prefix.enabled and _in_depth(i, cfg.prefix.depth):
-                    prefix = Prefix(width, cfg.prefix)
-                if cfg.lora.enabled and _in_depth(i, cfg.lora.depth):
-                    lora_k = LoRA(width, width, cfg.lora.rank)
-                    lora_v = LoRA(width, width, cfg.lora.rank)
-                if cfg.adapter.enabled and _in_depth(i, cfg.adapter.depth):
-                    bottleneck = max(1, int(round(width * cfg.adapter.ratio)))
-                    ad_attn = Adapter(width, bottleneck)
-                    ad_mlp = Adapter(width, bottleneck)
-                blocks[i] = UPPersonBlock(
-                    block,
-                    tower=tower,
-                    index=i,
-                    batch_first=getattr(transformer, "batch_first", True),
-                    prefix=prefix,
-                    lora_k=lora_k,
-                    lora_v=lora_v,
-                    adapter_attn=ad_attn,
-                    adapter_mlp=ad_mlp,
-                    adapter_placement=cfg.adapter.placement,
-                )
+                wrapped = UPPersonBlock(block, tower=tower, index=i, batch_first=getattr(transformer, "batch_first", True))
+                for component in components():
+                    section = cfg.section(component.name)
+                    if section.applies_to(i):
+                        wrapped.add_component(component, section)
+                blocks[i] = wrapped
 
     def _set_trainable(self) -> None:
         for name, p in self.named_parameters():
@@ -128,7 +111,8 @@ class UPPerson(nn.Module):
         return all(getattr(t, "grad_checkpointing", False) for t in self._towers().values())
 
     def merged(self) -> "UPPerson":
-        """An inference-only copy with LoRA folded into the K/V in-projection and the prefix precomputed.
+        """An inference-only copy in which each component is folded as its registry entry says
+        (``Component.fold``): LoRA into the K/V in-projection, the prefix precomputed, and so on.
 
         Per block, ``W_k + s_k B_k A_k`` and ``W_v + s_v B_v A_v`` become a new frozen
         in-projection weight, and the prefix keys ``key_scale * key`` and values
@@ -230,18 +214,6 @@ class UPPerson(nn.Module):
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training forward: L2-normalised image and text features."""
         return F.normalize(self.encode_image(images), dim=-1), F.normalize(self.encode_text(tokens), dim=-1)
-
-
-def component_of(name: str) -> str:
-    """The component a parameter name belongs to: prefix, lora, adapter or backbone."""
-    parts = name.split(".")
-    if "prefix" in parts:
-        return "prefix"
-    if "lora_k" in parts or "lora_v" in parts:
-        return "lora"
-    if "adapter_attn" in parts or "adapter_mlp" in parts:
-        return "adapter"
-    return "backbone"
 
 
 def build_model(cfg: ModelConfig) -> UPPerson:

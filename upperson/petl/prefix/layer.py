@@ -43,3 +43,20 @@ class Prefix(nn.Module):
 
     def extra_repr(self) -> str:
         return f"length={self.length}, width={self.key.shape[1]}, scaled={self.scaled}"
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(P, D) -> (1, heads, P, D // heads), as the attention splits its keys and values."""
+    n, d = x.shape
+    return x.unsqueeze(0).view(1, n, heads, d // heads).transpose(1, 2)
+
+
+def fold_prefix(prefix: Prefix, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefix keys and lambda-scaled values split across heads, (1, heads, P, head_dim) each, detached.
+
+    ``lambda * A_pre Pv = A_pre (lambda Pv)`` (docs/method.md), so the folded values give S-Prefix exactly.
+    """
+    with torch.no_grad():
+        pk = _heads(prefix.keys().float(), heads)
+        pv = _heads((prefix.values() * prefix.lam).float(), heads)
+    return pk.contiguous(), pv.contiguous()
