@@ -139,13 +139,10 @@ def cmd_ablation(args, command: str = ""):
         df, where = ablation_table(args)
         details = {"source": where}
     out.mkdir(parents=True, exist_ok=True)
-    ablation.write_csv(df, out / "ablation.csv")
-    ablation.copy_curves(df, out)
-    ablation.copy_per_query(df, out)
+    figs = ablation.write_study(df, out)
     if ablation.has_intervals(df):
         details["intervals"] = (f"95 % percentile bootstrap over test queries, {args.resamples} resamples, seed "
                                 f"{args.ci_seed} (rebuild: `python -m analysis ablation --csv {out / 'ablation.csv'}`)")
-    figs = ablation.ablation_figures(df, out)
     ablation.write_readme(out, df, figs, command=command or "python -m analysis ablation", details=details)
     log.info("ablation table (%d variants) and figures in %s", len(df), out)
     return figs

@@ -92,10 +92,7 @@ def build_report(args, command: str = "") -> list[style.FigureRecord]:
 
     def make_ablation():
         df, _ = ablation_table(args)
-        ablation.write_csv(df, out / "ablation.csv")
-        ablation.copy_curves(df, out)
-        ablation.copy_per_query(df, out)
-        return ablation.ablation_figures(df, out)
+        return ablation.write_study(df, out)
 
     figs += _section("Ablation", make_ablation, sections)
 

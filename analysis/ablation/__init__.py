@@ -20,8 +20,8 @@ each difference to UP-Person).
 
 Modules: :mod:`~analysis.ablation.study` (the variants), :mod:`~analysis.ablation.runs` (the
 sweep), :mod:`~analysis.ablation.table` (the table and its statistics),
-:mod:`~analysis.ablation.files` (CSV and the copied files), :mod:`~analysis.ablation.figures`
-and :mod:`~analysis.ablation.readme`. Every public name is importable from ``analysis.ablation``.
+:mod:`~analysis.ablation.files` (CSV and the copied files), :mod:`~analysis.ablation.figures`,
+:mod:`~analysis.ablation.folder` (all of them written in order) and :mod:`~analysis.ablation.readme`. Every public name is importable from ``analysis.ablation``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from analysis.ablation.figures import (BAR_METRICS, GROUP_MARKERS, ablation_figu
                                        plot_bars, plot_params, uncertainty_note)
 from analysis.ablation.files import (PER_QUERY_DIR, copy_curves, copy_per_query, per_query_in, read_csv, read_table,
                                      write_csv)
+from analysis.ablation.folder import write_study
 from analysis.ablation.readme import significance_table, write_readme
 from analysis.ablation.runs import (PER_QUERY_NAME, RESULTS_NAME, SweepPlan, TrainFn, run_complete, run_variant,
                                     seed_runs, sweep, write_run_per_query)
@@ -44,5 +45,5 @@ __all__ = [
     "Variant", "ablation_figures", "add_statistics", "bars_figure", "collect", "copy_curves", "copy_per_query",
     "get_variants", "has_intervals", "load_config", "params_figure", "per_query_in", "plot_bars", "plot_params",
     "read_csv", "read_table", "row_from_run", "run_complete", "run_variant", "seed_runs", "significance_table",
-    "sweep", "uncertainty_note", "variant_config", "write_csv", "write_readme", "write_run_per_query",
+    "sweep", "uncertainty_note", "variant_config", "write_csv", "write_readme", "write_run_per_query", "write_study",
 ]
