@@ -185,7 +185,6 @@ class SearchEngine:
         # a gallery file is never followed through a link when read (listings skip links already)
         self.limits = dataclasses.replace(limits or IndexLimits(), follow_symlinks=False)
         self.tokenizer = build_tokenizer(model.config.name)
-        self._bpe = getattr(self.tokenizer, "_tok", None)
         # cloned: for float32 CPU parameters trainable_state_dict returns views of the live weights
         self._initial_petl = {n: v.clone() for n, v in trainable_state_dict(model).items()}
         self.checkpoints: dict[str, Optional[Path]] = {default_name: None, **(checkpoints or {})}
@@ -406,13 +405,11 @@ class SearchEngine:
             notices.append(f"The description was cut to its first {MAX_QUERY_CHARS} characters.")
         tokens = self.tokenizer(text)
         limit = self.tokenizer.context_length - 2
-        if self._bpe is not None and hasattr(self._bpe, "encode"):
-            ids = self._bpe.encode(text)
-            if len(ids) > limit:
-                kept = self._bpe.decode(ids[:limit]).strip()
-                notices.append(f"The description is {len(ids)} tokens long; the model reads the first {limit} "
-                               f"(up to \"...{kept[-40:]}\").")
-                text = kept
+        kept, count = self.tokenizer.truncate(text)
+        if count is not None and count > limit:
+            notices.append(f"The description is {count} tokens long; the model reads the first {limit} "
+                           f"(up to \"...{kept[-40:]}\").")
+            text = kept
         return PreparedQuery(text, tokens, notices)
 
     @torch.no_grad()
