@@ -22,9 +22,9 @@ def records_of(args):
 
 def source_of(args):
     """The model of the parsed ``args`` (``--checkpoint``, ``--run`` or the embedded default)."""
-    from analysis.sources import load_source
+    from analysis.sources import SourceSpec, load_source
 
-    return load_source(args.checkpoint, args.run_dir, pretrained=args.pretrained)
+    return load_source(SourceSpec(checkpoint=args.checkpoint, run=args.run_dir, pretrained=args.pretrained))
 
 
 def attention_records(args, source=None, records=None):

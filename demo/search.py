@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from demo.gallery import Gallery, GalleryError, GalleryItem, normalise_caption
+from upperson.sources import zero_shot_of  # (above the other upperson imports: a merge-friendly spot)
 from upperson.evaluation import inference_model
 from upperson.index import (ImageIndex, IndexLimits, IndexResult, SkipFile, Stamp, file_stamp, load_checked_rgb,
                             model_key)
@@ -86,25 +87,6 @@ class PreparedQuery:
     text: str
     tokens: torch.Tensor  # (1, context)
     notices: list[str]
-
-
-def _build_zero_shot(model: torch.nn.Module) -> torch.nn.Module:
-    """The frozen backbone alone, sharing ``model``'s backbone weights (no file is read again)."""
-    from upperson.embedded import zero_shot_config
-    from upperson.model import build_model
-
-    cfg = zero_shot_config(model.config)
-    if not model.config.freeze_backbone:  # a full fine-tune changed the backbone: rebuild the original
-        return build_model(cfg).eval()
-    zs = build_model(dataclasses.replace(cfg, pretrained=None))
-    src, own = model.state_dict(), zs.state_dict()
-    bad = [k for k, v in own.items() if k not in src or src[k].shape != v.shape]
-    if bad:
-        log.warning("zero-shot model: %d backbone tensors do not match (e.g. %s); loading its weights", len(bad), bad[:2])
-        return build_model(cfg).eval()
-    zs.load_state_dict({k: src[k] for k in own}, strict=True)
-    zs.backbone_fingerprint = model.backbone_fingerprint  # same weights as the source model
-    return zs.eval()
 
 
 @dataclass(frozen=True, eq=False)
@@ -228,7 +210,7 @@ class SearchEngine:
     def zero_shot(self) -> torch.nn.Module:
         with self.lock:
             if self._zero_shot is None:
-                self._zero_shot = _build_zero_shot(self.model)
+                self._zero_shot = zero_shot_of(self.model)  # shares its backbone tensors
             return self._zero_shot
 
     def check_checkpoint(self, name: Optional[str]) -> str:
