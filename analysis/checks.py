@@ -7,9 +7,11 @@ import math
 import os
 import re
 import stat
+import tempfile
 from pathlib import Path
 from typing import Optional
 
+from analysis.indices import parse_indices
 from analysis.options import INDEX_OPTIONS, default_runs_dir, split_names
 
 #: the largest input table read (an ablation.csv or a per-query file; 8,000 queries are about 1 MB)
@@ -31,8 +33,6 @@ TABLE_RANGES = {
 
 def check_attention_ranges(args, model) -> None:
     """--layers/--heads inside ``model`` (image and text towers), before any attention is computed."""
-    from analysis.indices import parse_indices
-
     if not hasattr(args, "layers"):
         return
     image, text = model.blocks("image"), model.blocks("text")
@@ -49,8 +49,6 @@ def check_attention_ranges(args, model) -> None:
 
 def _writable(out: Path, flag: str = "--out") -> None:
     """Refuse an output folder that cannot be written, before any work (and without creating it)."""
-    import tempfile
-
     probe = out.expanduser().absolute()
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
@@ -155,8 +153,6 @@ def check_ablation_table(path: Path) -> None:
 
 def validate_args(args) -> None:
     """Every option checked before any model, data or figure is made: counts, names, files."""
-    from analysis.indices import parse_indices
-
     if args.command != "ablation" or not args.list:
         _writable(Path(args.out))
     if getattr(args, "cache_dir", None):
@@ -193,7 +189,7 @@ def validate_args(args) -> None:
         if dataset.strip().lower().replace("_", "-") not in DATASETS:
             raise ValueError(f"--dataset {dataset!r}: unknown; known: {', '.join(DATASETS)}")
     if args.command == "curves":
-        from analysis.curves import metrics_file
+        from analysis.curves import metrics_file  # (pandas and matplotlib: only for curves)
 
         for p in [*args.runs, *args.run_dirs]:
             if not metrics_file(Path(p)).is_file():
@@ -201,7 +197,7 @@ def validate_args(args) -> None:
                                  "or its metrics.jsonl")
             check_input_file(metrics_file(Path(p)), "training log")
     if args.command == "ablation":
-        from analysis import ablation
+        from analysis import ablation  # (pandas: only for ablation)
 
         ablation.get_variants(split_names(args.variants))  # unknown names: refused before any data or training
         if not args.run:

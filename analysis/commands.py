@@ -11,10 +11,13 @@ from analysis.options import default_runs_dir, split_names
 
 log = logging.getLogger("analysis")
 
+# Heavy imports (torch, pandas, matplotlib) stay inside the commands that need them, so that
+# `python -m analysis --help` and the option checks stay fast.
+
 
 def records_of(args):
     """The ``--split`` records of the parsed ``args``' dataset."""
-    from analysis.sources import load_data
+    from analysis.sources import load_data  # (heavy: only when the command runs)
 
     data = load_data(args.data_root, args.dataset, skip_bad_images=getattr(args, "skip_bad_images", False))
     return data.split(args.split)
@@ -22,15 +25,15 @@ def records_of(args):
 
 def source_of(args):
     """The model of the parsed ``args`` (``--checkpoint``, ``--run`` or the embedded default)."""
-    from analysis.sources import SourceSpec, load_source
+    from analysis.sources import SourceSpec, load_source  # (heavy: only when the command runs)
 
     return load_source(SourceSpec(checkpoint=args.checkpoint, run=args.run_dir, pretrained=args.pretrained))
 
 
 def attention_records(args, source=None, records=None):
     """The attention figures for the parsed ``args`` (shared by ``attention`` and ``report``)."""
-    from analysis.attention import attention_figures
-    from upperson.data import build_tokenizer
+    from analysis.attention import attention_figures  # (heavy: only when the command runs)
+    from upperson.data import build_tokenizer  # (heavy: only when the command runs)
 
     source = source or source_of(args)
     model = source.model
@@ -54,9 +57,9 @@ def attention_records(args, source=None, records=None):
 
 
 def umap_records(args, source=None, records=None):
-    from analysis.sources import zero_shot_of
-    from analysis.umap_plot import umap_figure
-    from upperson.data import build_tokenizer
+    from analysis.sources import zero_shot_of  # (heavy: only when the command runs)
+    from analysis.umap_plot import umap_figure  # (heavy: only when the command runs)
+    from upperson.data import build_tokenizer  # (heavy: only when the command runs)
 
     source = source or source_of(args)
     records = records if records is not None else records_of(args)
@@ -71,14 +74,14 @@ def umap_records(args, source=None, records=None):
 
 
 def shipped_csv() -> Path:
-    from upperson.embedded import REPO_ROOT
+    from upperson.embedded import REPO_ROOT  # (heavy: only when the command runs)
 
     return REPO_ROOT / "assets" / "ablation" / "ablation.csv"
 
 
 def ablation_table(args):
     """The table: from --csv, else from the runs folder, else the shipped one."""
-    from analysis import ablation
+    from analysis import ablation  # (heavy: only when the command runs)
 
     ci = dict(resamples=args.resamples, ci_seed=args.ci_seed)
     if getattr(args, "ablation_csv", None):
@@ -98,7 +101,7 @@ def ablation_table(args):
 
 
 def cmd_ablation(args, command: str = ""):
-    from analysis import ablation
+    from analysis import ablation  # (heavy: only when the command runs)
 
     if args.list:
         for v in ablation.VARIANTS:
@@ -107,7 +110,7 @@ def cmd_ablation(args, command: str = ""):
     out = Path(args.out)
     details = {}
     if args.run:
-        from upperson.embedded import backbone_file, embedded_available
+        from upperson.embedded import backbone_file, embedded_available  # (heavy: only when the command runs)
 
         overrides = list(args.overrides)
         base_cfg = ablation.load_config(args.config, overrides)
@@ -119,7 +122,7 @@ def cmd_ablation(args, command: str = ""):
         data_root = args.data_root
         data_note = data_root
         if data_root is None and (args.dataset or base_cfg.data.dataset) == "toypedes" and base_cfg.data.root is None:
-            from upperson.embedded import embedded_data_root
+            from upperson.embedded import embedded_data_root  # (heavy: only when the command runs)
 
             data_root = str(embedded_data_root())
             data_note = f"the embedded model's ToyPEDES (upperson.embedded.embedded_data_root(), here {data_root})"
@@ -149,7 +152,7 @@ def cmd_ablation(args, command: str = ""):
 
 
 def cmd_curves(args, command: str = ""):
-    from analysis.curves import curves_figure, default_logs, read_runs
+    from analysis.curves import curves_figure, default_logs, read_runs  # (heavy: only when the command runs)
 
     paths = [Path(p) for p in [*args.runs, *args.run_dirs]] or default_logs()
     if not paths:

@@ -8,8 +8,9 @@ import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
-from analysis import style
+from analysis import ablation, style
 from analysis.commands import ablation_table, attention_records, records_of, source_of, umap_records
+from analysis.curves import curves_figure, default_logs, read_runs
 from upperson.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,6 @@ def _section(heading: str, make: Callable[[], list], sections: list) -> list:
 
 def build_report(args, command: str = "") -> list[style.FigureRecord]:
     """Run attention, umap, ablation and curves into ``args.out`` and index them."""
-    from analysis import ablation
-    from analysis.curves import curves_figure, default_logs, read_runs
-
     out = Path(args.out)
     source = source_of(args)
     records = records_of(args)

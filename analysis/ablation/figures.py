@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import style
+from analysis.curves import curves_figure, read_runs
 from analysis.ablation.table import has_intervals
 
 #: metrics the bars can show (column -> label); the CLI draws R1 and mAP, the demo lets one choose
@@ -147,8 +148,6 @@ def ablation_figures(df: pd.DataFrame, out_dir: Path) -> list[style.FigureRecord
     figs = [plot_bars(df, out_dir), plot_params(df, out_dir)]
     curves_dir = Path(out_dir) / "curves"
     if curves_dir.is_dir() and any(curves_dir.glob("*.jsonl")):
-        from analysis.curves import curves_figure, read_runs
-
         order = {n: i for i, n in enumerate(df["variant"])}
         files = sorted(curves_dir.glob("*.jsonl"), key=lambda p: order.get(p.stem, len(order)))
         labels = dict(zip(df["variant"], df["label"]))

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from tqdm.auto import tqdm
+
 from analysis.ablation.study import Variant, variant_config
 from upperson import stats
 from upperson.config import ExperimentConfig, load_config, to_dict
@@ -35,7 +37,7 @@ def run_complete(run_dir: Path) -> bool:
 
 
 def _default_train_fn() -> TrainFn:
-    from upperson.train import train
+    from upperson.train import train  # (the trainer's imports: only when a variant trains)
 
     return train
 
@@ -43,6 +45,7 @@ def _default_train_fn() -> TrainFn:
 def write_run_per_query(cfg: ExperimentConfig, run_dir: Path, *, progress: bool = False) -> Path:
     """Evaluate a complete run's selected checkpoint (``best/``) on the test split, query by
     query, into ``run_dir/per_query_test.csv`` (as the trainer evaluates: same precision)."""
+    # (torch and open_clip: only when a run is evaluated; reading and plotting tables stays light)
     from upperson.data import build_tokenizer, load_dataset
     from upperson.evaluation import evaluate_per_query
     from upperson.model.checkpoint import load_model
@@ -124,8 +127,6 @@ def sweep(variants: Sequence[Variant], plan: SweepPlan, runs_dir: Path, *, train
           force: bool = False, progress: bool = True) -> list[Path]:
     """Train (or skip, or resume) every variant for every seed into
     ``runs_dir/<variant>/seed-<s>/``; returns the run folders in order."""
-    from tqdm.auto import tqdm
-
     if plan.seeds < 1:
         raise ValueError(f"--seeds {plan.seeds}: give at least one seed")
     base_seed = load_config(plan.base, list(plan.overrides)).train.seed
