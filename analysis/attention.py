@@ -29,6 +29,7 @@ from analysis import style
 from analysis.indices import parse_indices  # noqa: F401  (re-exported)
 from upperson.data import CLIP_MEAN, CLIP_STD, CaptionTokenizer, build_transforms
 from upperson.model import UPPerson
+from upperson.prefix_attention import record_prefix_mass
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,8 @@ QUANTITY_LABELS = {
 
 
 def prefix_scales(model: UPPerson) -> dict[str, list[float]]:
-    """lambda per layer and tower (1 for a vanilla prefix, nan where a layer has no prefix)."""
-    return {
-        tower: [float(b.prefix.lam.detach()) if b.prefix is not None else math.nan for b in model.blocks(tower)]
-        for tower in ("image", "text")
-    }
+    """lambda per layer and tower: the model's own :meth:`UPPerson.prefix_scales` (kept for callers)."""
+    return model.prefix_scales()
 
 
 @dataclass
@@ -119,45 +117,22 @@ def display_image(pixels: torch.Tensor) -> np.ndarray:
     return (pixels.detach().float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def _mass_of(records, n_layers: int) -> np.ndarray:
-    """Stack the first sample's prefix mass over layers; nan rows for layers without a prefix."""
-    if len(records) != n_layers:
-        raise RuntimeError(f"recorded {len(records)} layers, expected {n_layers}")
-    rows = []
-    for r in records:
-        m = r.prefix_mass()[0].float().cpu().numpy()  # (heads, L)
-        rows.append(m if r.prefix_len > 0 else np.full_like(m, np.nan))
-    return np.stack(rows)
-
-
 @torch.no_grad()
 def compute_prefix_attention(model: UPPerson, pixels: torch.Tensor, tokens: torch.Tensor,
                              tokenizer: CaptionTokenizer, caption: str = "") -> PrefixAttention:
     """Run the model on one image ``(3, H, W)`` and one token row ``(context,)`` and record
-    how much every query attends to the prefix, in every layer of both towers."""
+    how much every query attends to the prefix, in every layer of both towers
+    (:func:`upperson.prefix_attention.record_prefix_mass`)."""
     if not any(b.prefix is not None for b in model.blocks()):
         raise ValueError("this model has no prefix (model.prefix.enabled is false): nothing to show")
     if pixels.ndim == 3:
         pixels = pixels.unsqueeze(0)
     if tokens.ndim == 1:
         tokens = tokens.unsqueeze(0)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with model.record_attention() as rec:
-            model.encode_image(pixels[:1].to(device))
-            model.encode_text(tokens[:1].to(device))
-    finally:
-        model.train(was_training)
-    image_mass = _mass_of(rec.tower("image"), len(model.blocks("image")))
-    text_mass = _mass_of(rec.tower("text"), len(model.blocks("text")))
+    mass = record_prefix_mass(model, pixels, tokens)
     labels = token_labels(tokens[0], tokenizer)
-    text_mass = text_mass[..., : len(labels)]
-    grid = tuple(int(g) for g in model.clip.visual.grid_size)
-    if image_mass.shape[-1] != 1 + grid[0] * grid[1]:
-        raise RuntimeError(f"image tokens {image_mass.shape[-1]} do not match CLS + a {grid[0]}x{grid[1]} grid")
-    return PrefixAttention(image_mass, text_mass, prefix_scales(model), grid, labels,
+    text_mass = mass.text.numpy()[..., : len(labels)]
+    return PrefixAttention(mass.image.numpy(), text_mass, mass.scales, mass.grid, labels,
                            display_image(pixels[0]), caption)
 
 

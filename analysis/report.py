@@ -8,7 +8,9 @@ import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
-from analysis import style
+from analysis import ablation, style
+from analysis.commands import ablation_table, attention_records, records_of, source_of, umap_records
+from analysis.curves import curves_figure, default_logs, read_runs
 from upperson.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -78,13 +80,9 @@ def _section(heading: str, make: Callable[[], list], sections: list) -> list:
 
 def build_report(args, command: str = "") -> list[style.FigureRecord]:
     """Run attention, umap, ablation and curves into ``args.out`` and index them."""
-    from analysis.__main__ import _records, _source, ablation_table, attention_records, umap_records
-    from analysis import ablation
-    from analysis.curves import curves_figure, default_logs, read_runs
-
     out = Path(args.out)
-    source = _source(args)
-    records = _records(args)
+    source = source_of(args)
+    records = records_of(args)
     sections: list = []
     figs = []
     figs += _section("Attention to the prefix", lambda: attention_records(args, source, records), sections)
@@ -92,10 +90,7 @@ def build_report(args, command: str = "") -> list[style.FigureRecord]:
 
     def make_ablation():
         df, _ = ablation_table(args)
-        ablation.write_csv(df, out / "ablation.csv")
-        ablation.copy_curves(df, out)
-        ablation.copy_per_query(df, out)
-        return ablation.ablation_figures(df, out)
+        return ablation.write_study(df, out)
 
     figs += _section("Ablation", make_ablation, sections)
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Optional
 
 from upperson.data import PedesDataset, load_dataset
-from upperson.sources import ModelSource, find_run_checkpoint, load_source, resolve_checkpoint, zero_shot_of
+from upperson.sources import (ModelSource, SourceSpec, find_run_checkpoint, load_source, resolve_checkpoint,
+                              zero_shot_of)
 
-__all__ = ["ModelSource", "find_run_checkpoint", "load_data", "load_source", "resolve_checkpoint", "zero_shot_of"]
+__all__ = ["ModelSource", "SourceSpec", "find_run_checkpoint", "load_data", "load_source", "resolve_checkpoint", "zero_shot_of"]
 
 
 def load_data(data_root: Optional[str] = None, dataset: str = "toypedes", *, check_images: bool = False,

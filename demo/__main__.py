@@ -147,21 +147,18 @@ def limit_decoders(max_pixels: int) -> None:
 
 def load_model(checkpoints: Sequence[Path], pretrained: Optional[str]):
     """(model, default checkpoint name, {other name: path}) for the CLI's model options."""
+    if not checkpoints and pretrained:
+        raise ValueError("--pretrained applies to --checkpoint; give it too")
+    from upperson.sources import SourceSpec, load_source  # (imports torch: not for --help)
+
     if not checkpoints:
-        if pretrained:
-            raise ValueError("--pretrained applies to --checkpoint; give it too")
-        from upperson.embedded import load_embedded_model
-
-        return load_embedded_model("upperson"), "embedded", {}
-    from upperson.model.checkpoint import load_model as load_ckpt
-
+        return load_source(SourceSpec()).model, "embedded", {}
     names: dict[str, Path] = {}
     for c in checkpoints:
         name = c.name if c.name not in names else str(c)
         names[name] = c
     first, *rest = names.items()
-    model = load_ckpt(first[1], pretrained=pretrained)
-    return model, first[0], dict(rest)
+    return load_source(SourceSpec(checkpoint=first[1], pretrained=pretrained)).model, first[0], dict(rest)
 
 
 def seed_cache_from_index(index: Path, model, cache: Path) -> None:

@@ -1,7 +1,7 @@
 """"Why it matched": how much each image patch attends to the learned prefix, as a heatmap.
 
-One small function computes the map (:func:`prefix_attention_map`) so that it can later be
-swapped for the analysis module's; :func:`overlay` draws it over the image.
+:func:`prefix_attention_map` computes the map with :mod:`upperson.prefix_attention`, as the
+analysis figures do; :func:`overlay` draws it over the image.
 """
 
 from __future__ import annotations
@@ -12,30 +12,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from upperson.prefix_attention import patch_prefix_map, record_prefix_mass
 
-@torch.no_grad()
+
 def prefix_attention_map(model: torch.nn.Module, image: torch.Tensor,
                          layers: Literal["last", "mean"] = "mean") -> Optional[np.ndarray]:
     """Per-patch effective weight on the prefix, ``(gh, gw)`` float32, or None without a prefix.
 
     For each image token i >= 1 (the patches, row-major), the softmax mass on the prefix
     key columns, averaged over heads, times that layer's S-Prefix lambda (the weight the
-    prefix values really get); then the last layer's map or the mean over layers.
+    prefix values really get); then the last layer's map or the mean over layers
+    (:func:`upperson.prefix_attention.patch_prefix_map`, the analysis figures' computation).
     ``image`` is one preprocessed image ``(3, H, W)``.
     """
-    gh, gw = (int(s) for s in model.clip.visual.grid_size)
-    with model.record_attention() as rec:
-        model.encode_image(image.unsqueeze(0).to(next(model.parameters()).device))
-    maps = []
-    for probs in rec.tower("image"):
-        if probs.prefix_len == 0:
-            continue
-        mass = probs.prefix_mass()[0].float().mean(0)  # (L,), averaged over heads
-        maps.append(mass[1:1 + gh * gw] * probs.prefix_scale)
-    if not maps:
-        return None
-    chosen = maps[-1] if layers == "last" else torch.stack(maps).mean(0)
-    return chosen.reshape(gh, gw).cpu().numpy().astype(np.float32)
+    return patch_prefix_map(record_prefix_mass(model, image), layers)
 
 
 def overlay(image: Image.Image, heat: np.ndarray, *, alpha: float = 0.5, height: int = 384,

@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from demo.gallery import Gallery, GalleryError, GalleryItem, normalise_caption
+from upperson.sources import zero_shot_of  # (above the other upperson imports: a merge-friendly spot)
 from upperson.evaluation import inference_model
 from upperson.index import (ImageIndex, IndexLimits, IndexResult, SkipFile, Stamp, file_stamp, load_checked_rgb,
                             model_key)
@@ -86,25 +87,6 @@ class PreparedQuery:
     text: str
     tokens: torch.Tensor  # (1, context)
     notices: list[str]
-
-
-def _build_zero_shot(model: torch.nn.Module) -> torch.nn.Module:
-    """The frozen backbone alone, sharing ``model``'s backbone weights (no file is read again)."""
-    from upperson.embedded import zero_shot_config
-    from upperson.model import build_model
-
-    cfg = zero_shot_config(model.config)
-    if not model.config.freeze_backbone:  # a full fine-tune changed the backbone: rebuild the original
-        return build_model(cfg).eval()
-    zs = build_model(dataclasses.replace(cfg, pretrained=None))
-    src, own = model.state_dict(), zs.state_dict()
-    bad = [k for k, v in own.items() if k not in src or src[k].shape != v.shape]
-    if bad:
-        log.warning("zero-shot model: %d backbone tensors do not match (e.g. %s); loading its weights", len(bad), bad[:2])
-        return build_model(cfg).eval()
-    zs.load_state_dict({k: src[k] for k in own}, strict=True)
-    zs.backbone_fingerprint = model.backbone_fingerprint  # same weights as the source model
-    return zs.eval()
 
 
 @dataclass(frozen=True, eq=False)
@@ -185,7 +167,6 @@ class SearchEngine:
         # a gallery file is never followed through a link when read (listings skip links already)
         self.limits = dataclasses.replace(limits or IndexLimits(), follow_symlinks=False)
         self.tokenizer = build_tokenizer(model.config.name)
-        self._bpe = getattr(self.tokenizer, "_tok", None)
         # cloned: for float32 CPU parameters trainable_state_dict returns views of the live weights
         self._initial_petl = {n: v.clone() for n, v in trainable_state_dict(model).items()}
         self.checkpoints: dict[str, Optional[Path]] = {default_name: None, **(checkpoints or {})}
@@ -229,7 +210,7 @@ class SearchEngine:
     def zero_shot(self) -> torch.nn.Module:
         with self.lock:
             if self._zero_shot is None:
-                self._zero_shot = _build_zero_shot(self.model)
+                self._zero_shot = zero_shot_of(self.model)  # shares its backbone tensors
             return self._zero_shot
 
     def check_checkpoint(self, name: Optional[str]) -> str:
@@ -406,13 +387,11 @@ class SearchEngine:
             notices.append(f"The description was cut to its first {MAX_QUERY_CHARS} characters.")
         tokens = self.tokenizer(text)
         limit = self.tokenizer.context_length - 2
-        if self._bpe is not None and hasattr(self._bpe, "encode"):
-            ids = self._bpe.encode(text)
-            if len(ids) > limit:
-                kept = self._bpe.decode(ids[:limit]).strip()
-                notices.append(f"The description is {len(ids)} tokens long; the model reads the first {limit} "
-                               f"(up to \"...{kept[-40:]}\").")
-                text = kept
+        kept, count = self.tokenizer.truncate(text)
+        if count is not None and count > limit:
+            notices.append(f"The description is {count} tokens long; the model reads the first {limit} "
+                           f"(up to \"...{kept[-40:]}\").")
+            text = kept
         return PreparedQuery(text, tokens, notices)
 
     @torch.no_grad()

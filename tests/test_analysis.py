@@ -184,7 +184,7 @@ class StubTrain:
 
 def test_ablation_sweep_table_and_figures(toy_root, tmp_path, capsys, monkeypatch):
     stub = StubTrain()
-    monkeypatch.setattr(ablation, "_default_train_fn", lambda: stub)
+    monkeypatch.setattr(ablation.runs, "_default_train_fn", lambda: stub)
     runs, out = tmp_path / "runs", tmp_path / "out"
     argv = ["ablation", "--run", "--epochs", "2", "--seeds", "2", "--data-root", str(toy_root), "--runs-dir", str(runs),
             "--out", str(out), "--no-progress", "--resamples", "500", *TINY_SETS]
@@ -279,7 +279,7 @@ def test_ablation_sweep_table_and_figures(toy_root, tmp_path, capsys, monkeypatc
     # a run without its per-query file gets one by evaluation, not by training
     (runs / "upperson" / "seed-0" / ablation.PER_QUERY_NAME).unlink()
     evaluated = []
-    monkeypatch.setattr(ablation, "write_run_per_query", lambda cfg, d, progress=False: evaluated.append(Path(d)))
+    monkeypatch.setattr(ablation.runs, "write_run_per_query", lambda cfg, d, progress=False: evaluated.append(Path(d)))
     stub.calls.clear()
     ablation.sweep(ablation.get_variants(["upperson"]), plan, runs, train_fn=stub, progress=False)
     assert not stub.calls and evaluated == [runs / "upperson" / "seed-0"]
@@ -367,7 +367,7 @@ def test_curves_command(tmp_path, capsys):
 
 def test_report(checkpoint, toy_root, tmp_path, capsys, monkeypatch):
     stub = StubTrain()
-    monkeypatch.setattr(ablation, "_default_train_fn", lambda: stub)
+    monkeypatch.setattr(ablation.runs, "_default_train_fn", lambda: stub)
     runs = tmp_path / "runs"
     run_cli(["ablation", "--run", "--variants", "zero-shot,prefix-only,upperson", "--epochs", "2",
              "--data-root", str(toy_root), "--runs-dir", str(runs), "--out", str(tmp_path / "abl"), *TINY_SETS], capsys)

@@ -10,9 +10,11 @@ import torch
 from torch.nn import functional as F
 
 from analysis.attention import PrefixAttention, compute_prefix_attention, parse_indices, prefix_scales
+from demo.heatmap import prefix_attention_map
 from tests.conftest import tiny_model_config
 from upperson.data import build_tokenizer
 from upperson.model import build_model
+from upperson.petl import PrefixConfig
 
 CAPTION = "a woman in a red coat and blue jeans carrying a black bag"
 
@@ -179,3 +181,31 @@ def test_no_prefix_is_a_clear_error(tokenizer, inputs):
     zs = build_model(zero_shot_config(tiny_model_config())).eval()
     with pytest.raises(ValueError, match="no prefix"):
         compute_prefix_attention(zs, *inputs, tokenizer)
+
+
+@pytest.mark.parametrize("depth", [None, 2])
+def test_the_demo_heatmap_is_the_analysis_effective_map(model, inputs, tokenizer, depth):
+    """One computation (upperson.prefix_attention): the demo's map is the mean (or last) over the
+    prefixed layers of the analysis' lambda * m, averaged over heads; layers without a prefix left out."""
+    m = model
+    if depth is not None:
+        torch.manual_seed(3)
+        m = build_model(tiny_model_config(prefix=PrefixConfig(length=3, depth=depth))).eval()
+        with torch.no_grad():
+            for b in m.blocks("image")[:depth]:
+                b.prefix.key.normal_(0, 1.0)
+                b.prefix.lam.fill_(4.0)
+    pixels, tokens = inputs
+    att = compute_prefix_attention(m, pixels, tokens, tokenizer, CAPTION)
+    prefixed = [i for i, lam in enumerate(att.scales["image"]) if math.isfinite(lam)]
+    assert len(prefixed) == (depth or len(m.blocks("image")))
+    eff = att.patch_maps("effective", layers=prefixed)  # (prefixed layers, gh, gw), computed in float64
+    for layers, ref in (("mean", eff.mean(0)), ("last", eff[-1])):
+        heat = prefix_attention_map(m, pixels, layers)
+        assert heat.dtype == np.float32 and heat.shape == att.grid
+        np.testing.assert_allclose(heat, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_no_prefix_no_heatmap(inputs):
+    m = build_model(tiny_model_config(prefix=PrefixConfig(enabled=False))).eval()
+    assert prefix_attention_map(m, inputs[0]) is None

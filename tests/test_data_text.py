@@ -96,3 +96,20 @@ def test_mask_rejects_bad_arguments(tok):
         mask_caption_tokens(tokens, 1.5, torch.Generator(), vocab_size=49408, mask_token_id=MASK_TOKEN_ID)
     with pytest.raises(ValueError, match="mask token id 49407"):
         mask_caption_tokens(tokens, 0.1, torch.Generator(), vocab_size=49408, mask_token_id=49407)
+
+
+def test_truncate_is_the_text_the_model_reads(tok):
+    import open_clip
+
+    bpe = open_clip.get_tokenizer("ViT-B-16")  # the reference: open_clip's own tokenizer
+    limit = tok.context_length - 2
+    short = "a man in a red coat"
+    assert tok.truncate(short) == (short, len(bpe.encode(short)))
+    long_caption = " ".join(["a woman in a long blue coat with a black backpack"] * 12)
+    ids = bpe.encode(long_caption)
+    assert len(ids) > limit
+    kept, count = tok.truncate(long_caption)
+    assert count == len(ids)
+    assert kept == bpe.decode(ids[:limit]).strip() and long_caption.startswith(kept)
+    # the kept text is exactly what the model sees of the long one: the same token row
+    assert torch.equal(tok(kept), tok(long_caption))

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import analysis.__main__ as analysis_cli
+import analysis.checks as analysis_checks
 import upperson.config as config_module
-from analysis.__main__ import check_ablation_table
+from analysis.checks import check_ablation_table
 from analysis.__main__ import main as analysis_main
 from tests.cli_battery import assert_one_error, run_cli
 from upperson.cli import main as upperson_main
@@ -267,7 +267,7 @@ def test_a_malformed_ablation_csv_names_the_file_and_line(tmp_path, capsys):
 
 def test_an_ablation_csv_over_the_size_limit_is_refused(tmp_path, capsys, monkeypatch):
     table = _table(tmp_path)
-    monkeypatch.setattr(analysis_cli, "MAX_INPUT_BYTES", 256, raising=False)
+    monkeypatch.setattr(analysis_checks, "MAX_INPUT_BYTES", 256, raising=False)
     code, err = _analysis(_ablation_argv(table, tmp_path / "out"), capsys)
     _one_line(code, err, str(table), "256 bytes")
 
@@ -442,7 +442,7 @@ def test_an_annotation_file_over_the_limit_is_refused_unread(tmp_path):
 def test_an_attention_image_over_a_limit_is_refused(tmp_path, capsys, monkeypatch, limit, fragment):
     image = tmp_path / "big.png"
     Image.new("RGB", (64, 128), (200, 10, 10)).save(image)
-    monkeypatch.setattr(analysis_cli, limit, 100, raising=False)
+    monkeypatch.setattr(analysis_checks, limit, 100, raising=False)
     code, err = _analysis(["attention", "--image", str(image), "--caption", "a man", "--out", str(tmp_path / "f"),
                            "--no-progress"], capsys)
     _one_line(code, err, str(image), fragment)

@@ -49,18 +49,28 @@ def encode_texts(model: UPPerson, tokens: torch.Tensor, batch_size: int = 512, p
 
 
 @torch.no_grad()
+def encode_images(model: torch.nn.Module, pixels: torch.Tensor, precision: str = "bf16") -> torch.Tensor:
+    """L2-normalised features of one batch of preprocessed images ``(B, 3, H, W)``, float32 on CPU.
+
+    The one image-encoding step: on the model's device, under the evaluation's mixed precision
+    (:func:`upperson.runtime.autocast`: on GPU; on CPU only for a model with half weights), as
+    :func:`encode_texts` encodes captions.
+    """
+    device = _device_of(model)
+    with autocast(device, precision, cpu=_has_half_weights(model)):
+        f = model.encode_image(pixels.to(device, non_blocking=True))
+    return F.normalize(f.float(), dim=-1).cpu()
+
+
+@torch.no_grad()
 def embed_gallery(model: UPPerson, records: Sequence[ImageRecord], *, batch_size: int = 256, num_workers: int = 0,
                   precision: str = "bf16", progress: bool = True, cache_images: bool = False) -> torch.Tensor:
     """Normalised features of every image in ``records`` (test transform), in order."""
     dataset = GalleryDataset(records, build_transforms(model.image_size, train=False), cache_images=cache_images)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    device = _device_of(model)
-    cpu_amp = _has_half_weights(model)
     feats = []
     for batch in tqdm(loader, desc="gallery", disable=not progress, leave=False):
-        with autocast(device, precision, cpu=cpu_amp):
-            f = model.encode_image(batch["image"].to(device, non_blocking=True))
-        feats.append(F.normalize(f.float(), dim=-1).cpu())
+        feats.append(encode_images(model, batch["image"], precision))
     return torch.cat(feats)
 
 

@@ -43,10 +43,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from upperson.config import to_dict
+from upperson.evaluation import encode_images
 from upperson.io import atomic_write_bytes, atomic_write_json, file_digest
 
 log = logging.getLogger(__name__)
@@ -395,9 +395,7 @@ class ImageIndex:
     # ------------------------------------------------------------------ encoding
     @torch.no_grad()
     def _encode(self, images: list[torch.Tensor], model: torch.nn.Module) -> torch.Tensor:
-        device = next(model.parameters()).device
-        batch = torch.stack(images).to(device)
-        return F.normalize(model.encode_image(batch).float(), dim=-1).cpu()
+        return encode_images(model, torch.stack(images))  # the evaluation's step, its mixed precision
 
     def _encode_new(self, todo: dict[str, Path], encoder: Optional[Callable[[], torch.nn.Module]],
                     skipped: list[tuple[Path, str]]) -> tuple[list[str], Optional[torch.Tensor], set[str]]:

@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from upperson.io import atomic_write_json
     from upperson.metrics import format_metrics
     from upperson.model import build_model
-    from upperson.model.checkpoint import load_model
     from upperson.runtime import resolve_device, seed_everything
+    from upperson.sources import SourceSpec, load_source
 
     dataset = args.dataset
     precision = "bf16"
@@ -73,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
         if not best.exists() and (run_dir / "best.old").is_dir():  # a power cut between the swap's renames
             log.warning("%s is missing: using %s (the next `train --resume` restores it)", best, run_dir / "best.old")
             best = run_dir / "best.old"
-        model = load_model(best, pretrained=args.pretrained)
+        model = load_source(SourceSpec(checkpoint=best, pretrained=args.pretrained)).model
     elif args.checkpoint:
-        model = load_model(args.checkpoint, pretrained=args.pretrained)
+        model = load_source(SourceSpec(checkpoint=args.checkpoint, pretrained=args.pretrained)).model
         dataset = dataset or "cuhk-pedes"
     else:
         cfg = load_config(args.config, args.overrides)

@@ -66,6 +66,23 @@ class CaptionTokenizer:
         ids = [int(t) for t in tokens.tolist() if int(t) not in (0, self.sot_id, self.eot_id)]
         return self._tok.decode(ids).strip()
 
+    def truncate(self, text: str) -> tuple[str, Optional[int]]:
+        """(the part of ``text`` the model reads, the length of ``text`` in tokens).
+
+        The model reads the first ``context_length - 2`` BPE tokens (``<start>`` and ``<end>``
+        take the other two): those decoded back to text, or ``text`` itself when it fits. The
+        count excludes ``<start>``/``<end>``; it is None, and ``text`` comes back unchanged, for
+        a tokenizer without a BPE ``encode``.
+        """
+        encode = getattr(self._tok, "encode", None)
+        if encode is None:
+            return text, None
+        ids = encode(text)
+        limit = self.context_length - 2
+        if len(ids) <= limit:
+            return text, len(ids)
+        return self._tok.decode(ids[:limit]).strip(), len(ids)
+
     def __repr__(self) -> str:
         return f"CaptionTokenizer({self.model_name!r}, context_length={self.context_length})"
 

@@ -1,0 +1,143 @@
+"""The sweep: train each variant for each seed into its run folder, then evaluate it query by query.
+
+``<runs-dir>/<variant>/seed-<s>/`` is one run (``upperson.train.train``); a folder with
+``results.json`` is complete and skipped, one without is resumed. Each run's selected
+checkpoint is evaluated once more on the test split into ``per_query_test.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from tqdm.auto import tqdm
+
+from analysis.ablation.study import Variant, variant_config
+from upperson import stats
+from upperson.config import ExperimentConfig, load_config, to_dict
+
+log = logging.getLogger(__name__)
+
+RESULTS_NAME = "results.json"
+PER_QUERY_NAME = "per_query_test.csv"
+TrainFn = Callable[..., dict]
+
+
+def _plain(obj) -> object:
+    return json.loads(json.dumps(obj))
+
+
+def run_complete(run_dir: Path) -> bool:
+    return (Path(run_dir) / RESULTS_NAME).exists()
+
+
+def _default_train_fn() -> TrainFn:
+    from upperson.train import train  # (the trainer's imports: only when a variant trains)
+
+    return train
+
+
+def write_run_per_query(cfg: ExperimentConfig, run_dir: Path, *, progress: bool = False) -> Path:
+    """Evaluate a complete run's selected checkpoint (``best/``) on the test split, query by
+    query, into ``run_dir/per_query_test.csv`` (as the trainer evaluates: same precision)."""
+    # (torch and open_clip: only when a run is evaluated; reading and plotting tables stays light)
+    from upperson.data import build_tokenizer, load_dataset
+    from upperson.evaluation import evaluate_per_query
+    from upperson.model.checkpoint import load_model
+
+    run_dir = Path(run_dir)
+    model = load_model(run_dir / "best")
+    data = load_dataset(cfg.data.dataset, cfg.data.root)
+    res = evaluate_per_query(model, data.split("test"), build_tokenizer(model.config.name),
+                             batch_size=cfg.data.eval_batch_size, precision=cfg.train.precision, progress=progress)
+    path = run_dir / PER_QUERY_NAME
+    stats.write_per_query_csv(path, res.rows())
+    return path
+
+
+def _ensure_per_query(cfg: ExperimentConfig, run_dir: Path, progress: bool) -> None:
+    if not (run_dir / PER_QUERY_NAME).exists():
+        log.info("per-query test results of %s", run_dir)
+        write_run_per_query(cfg, run_dir, progress=progress)
+
+
+def run_variant(variant: Variant, cfg: ExperimentConfig, run_dir: Path, *, train_fn: Optional[TrainFn] = None,
+                force: bool = False, progress: bool = True) -> Path:
+    """Train one variant into ``run_dir``, unless a complete run of the same config is there;
+    then make sure the run has its per-query test results (an evaluation, no training)."""
+    run_dir = Path(run_dir)
+    planned = _plain(to_dict(cfg))
+    if run_complete(run_dir) and not force:
+        done = json.loads((run_dir / RESULTS_NAME).read_text())
+        if done.get("config") == planned:
+            log.info("%s: complete run in %s, skipped", variant.name, run_dir)
+            _ensure_per_query(cfg, run_dir, progress)
+            return run_dir
+        raise ValueError(f"{run_dir} holds a complete run of {variant.name!r} with a different config; "
+                         "pass --force to train it again, or choose another --runs-dir")
+    if force and run_dir.exists():
+        log.info("%s: --force, removing %s", variant.name, run_dir)
+        shutil.rmtree(run_dir)
+    resume = (run_dir / "config.yaml").exists()
+    train_fn = train_fn or _default_train_fn()
+    log.info("%s: %s %s (%s)", variant.name, "resuming" if resume else "training", run_dir, variant.description)
+    t0 = time.time()
+    train_fn(cfg, run_dir, resume=resume, progress=progress)
+    if not run_complete(run_dir):
+        raise RuntimeError(f"{variant.name}: training finished but wrote no {RESULTS_NAME} in {run_dir}")
+    _ensure_per_query(cfg, run_dir, progress)
+    log.info("%s: done in %.0f s", variant.name, time.time() - t0)
+    return run_dir
+
+
+def seed_runs(variant_dir: Path) -> list[Path]:
+    """The complete runs of one variant: ``seed-<s>/`` folders in seed order, or the folder
+    itself (older layout, one seed)."""
+    variant_dir = Path(variant_dir)
+    if run_complete(variant_dir):
+        return [variant_dir]
+    if not variant_dir.is_dir():
+        return []
+    found = []
+    for d in variant_dir.glob("seed-*"):
+        try:
+            found.append((int(d.name[len("seed-"):]), d))
+        except ValueError:
+            continue
+    return [d for _, d in sorted(found) if run_complete(d)]
+
+
+
+@dataclass
+class SweepPlan:
+    base: str = "toypedes"
+    overrides: list[str] = field(default_factory=list)
+    epochs: Optional[int] = None
+    data_root: Optional[str] = None
+    dataset: Optional[str] = None
+    seeds: int = 3  # training seeds per trained variant: the base config's train.seed, +1, ...
+
+
+def sweep(variants: Sequence[Variant], plan: SweepPlan, runs_dir: Path, *, train_fn: Optional[TrainFn] = None,
+          force: bool = False, progress: bool = True) -> list[Path]:
+    """Train (or skip, or resume) every variant for every seed into
+    ``runs_dir/<variant>/seed-<s>/``; returns the run folders in order."""
+    if plan.seeds < 1:
+        raise ValueError(f"--seeds {plan.seeds}: give at least one seed")
+    base_seed = load_config(plan.base, list(plan.overrides)).train.seed
+    # every config first, so that a bad override fails before hours of training, not after
+    jobs = []
+    for v in variants:
+        for seed in range(base_seed, base_seed + (plan.seeds if v.train else 1)):
+            cfg = variant_config(v, plan.base, overrides=plan.overrides, epochs=plan.epochs, data_root=plan.data_root,
+                                 dataset=plan.dataset, seed=seed)
+            jobs.append((v, cfg, Path(runs_dir) / v.name / f"seed-{seed}"))
+    done = []
+    for v, cfg, run_dir in tqdm(jobs, desc="ablation", unit="run", disable=not progress):
+        done.append(run_variant(v, cfg, run_dir, train_fn=train_fn, force=force, progress=progress))
+    return done
