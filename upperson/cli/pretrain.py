@@ -42,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("pretraining trains the whole backbone: model.freeze_backbone must be false")
 
     from upperson.model import build_model
-    from upperson.model.backbone import export_backbone
-    from upperson.model.checkpoint import load_petl
+    from upperson.model.checkpoint import export_backbone, load_petl
     from upperson.train import train
 
     train(cfg, args.output, resume=args.resume, device=args.device, progress=not args.no_progress)
