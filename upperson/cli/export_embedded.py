@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 # the card's content lives in upperson.assets; these names stay importable from here
 from upperson.assets import (CI_RESAMPLES, CI_SEED, FT_PER_QUERY, PAIRS, RECIPE, card_intervals,  # noqa: F401
                              card_metrics, metric_intervals, render_card, results_table, tuning_entry)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-embedded", help="package tuned runs as the embedded default model (assets/embedded)")
@@ -37,195 +37,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _load(path: Path) -> dict:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: did the run finish?")
-    return json.loads(path.read_text())
-
-
-def _toypedes_meta(root: Path, option: str) -> dict:
-    """``meta.json`` of the ToyPEDES under ``root``; a clear error naming the option otherwise."""
-    path = root / "ToyPEDES" / "meta.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{option} {root}: no generated ToyPEDES there ({path} is missing); "
-                                "make it with `python -m upperson toypedes --out DIR`")
-    return json.loads(path.read_text())
-
-
-def _val_r1(results: dict, run: Path) -> float:
-    """The run's selected checkpoint's val R@1; refuses a run that selected on test."""
-    if results.get("selected_on") != "val" or "val" not in results.get("metrics", {}):
-        raise ValueError(f"{run}: its checkpoint was not selected on val (selected_on: "
-                         f"{results.get('selected_on')!r}); the card selects on val only")
-    return float(results["metrics"]["val"]["R1"])
-
-
-def _read_history(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def run(args: argparse.Namespace) -> int:
-    """Export into a staging folder beside ``--out``, swapped in only when everything succeeded
-    (a failure leaves the shipped assets as they were)."""
-    import shutil
+    # imported here, not at the top: `python -m upperson --help` imports every command's module
+    from upperson.embedded_export import ExportRequest, export_embedded
 
-    from upperson.embedded import EMBEDDED_DIR
-    from upperson.io import replace_dir
-
-    out = Path(args.out) if args.out else EMBEDDED_DIR
-    if len(args.upperson_run) != len(args.full_finetune_run):
-        raise ValueError(f"{len(args.upperson_run)} UP-Person run(s) but {len(args.full_finetune_run)} full fine-tune "
-                         "run(s): the tuning budget must be equal (the same number of configurations for each)")
-    stage = out.with_name(out.name + ".tmp")
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
-        metrics = _export(args, out, stage)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    replace_dir(stage, out)
-    print(json.dumps(metrics, indent=2))
+    req = ExportRequest(upperson_run=[Path(r) for r in args.upperson_run],
+                        full_finetune_run=[Path(r) for r in args.full_finetune_run],
+                        data_root=Path(args.data_root), test_root=Path(args.test_root) if args.test_root else None,
+                        pretrain_run=Path(args.pretrain_run) if args.pretrain_run else None,
+                        out=Path(args.out) if args.out else None, machine=args.machine)
+    print(json.dumps(export_embedded(req), indent=2))
     return 0
-
-
-def _select(runs: list[str], method: str) -> tuple[Path, dict, list[dict]]:
-    """The run with the best val R@1 (the first one on a tie), its results, and every run's tuning entry."""
-    entries, best = [], None
-    names = [Path(r).name for r in runs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{method} runs must have different folder names (they name the tuning log's rows): {names}")
-    for r in map(Path, runs):
-        results = _load(r / "results.json")
-        score = _val_r1(results, r)
-        entries.append(tuning_entry(r, method, results, _read_history(r)))
-        if best is None or score > best[1]:
-            best = (r, score, results)
-    for e in entries:
-        e["selected"] = e["run"] == best[0].name
-    return best[0], best[2], entries
-
-
-def _export(args: argparse.Namespace, old: Path, out: Path) -> dict:
-    """Write the embedded assets into folder ``out`` (``old``: the assets being replaced); returns the card's metrics."""
-    from upperson.data import build_tokenizer, load_dataset
-    from upperson.embedded import CARD_NAME, load_embedded_model, sha256_file, verify_assets
-    from upperson.evaluation import evaluate_per_query
-    from upperson.io import atomic_copy, atomic_write_json, atomic_write_text
-    from upperson.model.checkpoint import load_model, read_verified_tensors
-    from upperson.model.params import count_parameters
-    from upperson.stats import values_of, write_per_query_csv
-
-    up, up_results, up_tuning = _select(args.upperson_run, "upperson")
-    ft, ft_results, ft_tuning = _select(args.full_finetune_run, "full-finetune")
-    toy_meta = _toypedes_meta(Path(args.data_root), "--data-root")
-    test_root = Path(args.test_root or args.data_root)
-    test_meta = _toypedes_meta(test_root, "--test-root" if args.test_root else "--data-root")
-
-    petl_meta = _load(up / "best" / "petl.json")
-    # a damaged source is refused here, not shipped under a fresh checksum
-    read_verified_tensors(up / "best" / "petl.safetensors", petl_meta.get("sha256"), recorded_in=up / "best" / "petl.json",
-                          require_checksum=petl_meta.get("version", 1) >= 2)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.pretrain_run:
-        pre = Path(args.pretrain_run)
-        pre_results = _load(pre / "results.json")
-        pretrain = {"pretrain_s": pre_results["train_time_s"], "seed": pre_results["config"]["train"]["seed"],
-                    "config": pre_results["config"]}
-        read_verified_tensors(pre / "backbone.safetensors", None, recorded_in=pre / "results.json",
-                              require_checksum=False, warn_unverified=False)
-        atomic_copy(pre / "backbone.safetensors", out / "backbone.safetensors")
-    else:  # the runs trained on the shipped backbone: keep it (checked) and its card's pretraining record
-        if not (old / "backbone.safetensors").exists() or not (old / CARD_NAME).exists():
-            raise FileNotFoundError(f"{old} holds no backbone and model card to keep: pass --pretrain-run RUN "
-                                    "(the pretraining run whose backbone the runs trained on)")
-        verify_assets(old)
-        t_old = json.loads((old / CARD_NAME).read_text())["training"]
-        pretrain = {"pretrain_s": t_old["pretrain_s"], "seed": t_old["seeds"]["pretrain"],
-                    "config": t_old["configs"]["pretrain"]}
-        atomic_copy(old / "backbone.safetensors", out / "backbone.safetensors")
-    (out / "upperson").mkdir(exist_ok=True)
-    atomic_copy(up / "best" / "petl.safetensors", out / "upperson" / "petl.safetensors")
-    petl_meta["model"]["pretrained"] = "../backbone.safetensors"  # not the path on the training machine
-    petl_meta.get("backbone", {}).pop("path", None)  # nor its absolute form
-    atomic_write_json(out / "upperson" / "petl.json", petl_meta)
-    atomic_copy(up / "metrics.jsonl", out / "upperson" / "metrics.jsonl")
-    (out / "full-finetune").mkdir(exist_ok=True)
-    atomic_copy(ft / "metrics.jsonl", out / "full-finetune" / "metrics.jsonl")
-    files = {rel: {"sha256": sha256_file(out / rel), "bytes": (out / rel).stat().st_size}
-             for rel in ("backbone.safetensors", "upperson/petl.safetensors", "upperson/petl.json")}
-    # a provisional card, so that the shipped files load (checksums verified) for evaluation
-    atomic_write_json(out / CARD_NAME, {"files": files})
-
-    tok = build_tokenizer("upp-tiny")
-    t0 = time.time()
-    # every tuning run's selected checkpoint on val, per query: the tuning log's intervals, rebuildable
-    val = load_dataset("toypedes", args.data_root).split("val")
-    for entry, run_dir in zip(up_tuning + ft_tuning, [*map(Path, args.upperson_run), *map(Path, args.full_finetune_run)]):
-        res = evaluate_per_query(load_model(run_dir / "best"), val, tok, precision="fp32", progress=False)
-        rel = f"tuning/{run_dir.name}"
-        (out / rel).mkdir(parents=True, exist_ok=True)
-        write_per_query_csv(out / rel / "per_query_val.csv", res.rows())
-        atomic_copy(run_dir / "metrics.jsonl", out / rel / "metrics.jsonl")
-        entry["val_ci"] = metric_intervals(values_of(res.per_query))
-        entry["files"] = [f"{rel}/metrics.jsonl", f"{rel}/per_query_val.csv"]
-
-    test = load_dataset("toypedes", test_root).split("test")
-    models = {
-        "zero-shot": load_embedded_model("zero-shot", assets=out),
-        "upperson": load_embedded_model("upperson", assets=out),
-        "full-finetune": load_model(ft / "best"),
-    }
-    # evaluated once: the metrics, the intervals and the full fine-tune's shipped per-query file
-    results = {name: evaluate_per_query(m, test, tok, precision="fp32", progress=False) for name, m in models.items()}
-    write_per_query_csv(out / FT_PER_QUERY, results["full-finetune"].rows())
-    metrics = {name: card_metrics(r.metrics()) for name, r in results.items()}
-    intervals = card_intervals({name: values_of(r.per_query) for name, r in results.items()})
-    params = {name: count_parameters(m).to_json() for name, m in models.items()}
-    card = {
-        "name": "UP-Person on upp-tiny, ToyPEDES (the embedded default)",
-        "backbone": {"open_clip_config": "upp-tiny", "image_size": list(up_results["config"]["model"]["image_size"]),
-                     "file": "backbone.safetensors", "dtype": "float16",
-                     "pretraining": "CLIP-style, symmetric InfoNCE with a learnable temperature, "
-                                    "on the ToyPEDES weak-caption corpus (identities disjoint from the benchmark)"},
-        "toypedes": {"preset": toy_meta["preset"], "seed": toy_meta["seed"], "counts": toy_meta.get("counts")},
-        "evaluation": {"split": "test", "protocol": "text-to-image, every test caption queries every test image",
-                       "precision": "fp32", "device": "cpu",
-                       "toypedes": {"preset": test_meta["preset"], "seed": test_meta["seed"],
-                                    "counts": test_meta.get("counts")}},
-        "metrics": metrics,
-        "intervals": intervals,
-        "parameters": params,
-        "tuning": {
-            "protocol": "The same number of configurations for each method, each trained for at most "
-                        "epochs_max epochs (cosine schedule over them) and stopped once val R@1 had not improved "
-                        "for early_stop_patience evaluations; the checkpoint of its best val epoch is kept, and "
-                        "of each method the configuration with the best val R@1 is reported. Selection reads val "
-                        "only; the card reports test for the selected configurations.",
-            "configurations_per_method": len(up_tuning),
-            "runs": up_tuning + ft_tuning,
-        },
-        "training": {
-            "machine": args.machine,
-            "pretrain_s": pretrain["pretrain_s"],
-            "upperson_s": up_results["train_time_s"],
-            "full_finetune_s": ft_results["train_time_s"],
-            "tuning_s": round(sum(e["train_time_s"] for e in up_tuning + ft_tuning), 1),
-            "upperson_best_epoch": up_results["best_epoch"],
-            "full_finetune_best_epoch": ft_results["best_epoch"],
-            "selected_on": up_results["selected_on"],
-            "seeds": {"toypedes": toy_meta["seed"], "pretrain": pretrain["seed"],
-                      "upperson": up_results["config"]["train"]["seed"],
-                      "full_finetune": ft_results["config"]["train"]["seed"]},
-            "configs": {"pretrain": pretrain["config"], "upperson": up_results["config"],
-                        "full_finetune": ft_results["config"]},
-        },
-        "recipe": RECIPE,
-        "evaluation_time_s": round(time.time() - t0, 1),
-        "files": files,
-    }
-    # the shipped results files: checked by tests/test_embedded.py, not at every model load
-    card["data_files"] = {str(p.relative_to(out)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                          for p in sorted([out / FT_PER_QUERY, *(out / "tuning").rglob("*")]) if p.is_file()}
-    atomic_write_json(out / CARD_NAME, card)
-    atomic_write_text(out / "model_card.md", render_card(card))
-    return metrics
