@@ -28,6 +28,7 @@ from upperson.io import atomic_copy, atomic_write_json, atomic_write_text, repla
 from upperson.model.checkpoint import load_model, read_verified_tensors
 from upperson.model.params import count_parameters
 from upperson.stats import values_of, write_per_query_csv
+from upperson.train.run import Run
 
 
 @dataclass
@@ -87,10 +88,6 @@ def _val_r1(results: dict, run: Path) -> float:
     return float(results["metrics"]["val"]["R1"])
 
 
-def _read_history(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def _select(runs: list[Path], method: str) -> tuple[Path, dict, list[dict]]:
     """The run with the best val R@1 (the first one on a tie), its results, and every run's tuning entry."""
     entries, best = [], None
@@ -98,9 +95,9 @@ def _select(runs: list[Path], method: str) -> tuple[Path, dict, list[dict]]:
     if len(set(names)) != len(names):
         raise ValueError(f"{method} runs must have different folder names (they name the tuning log's rows): {names}")
     for r in map(Path, runs):
-        results = _load(r / "results.json")
+        results = Run(r).results()
         score = _val_r1(results, r)
-        entries.append(tuning_entry(r, method, results, _read_history(r)))
+        entries.append(tuning_entry(r, method, results, Run(r).history()))
         if best is None or score > best[1]:
             best = (r, score, results)
     for e in entries:
@@ -116,17 +113,18 @@ def _export(req: ExportRequest, old: Path, out: Path) -> dict:
     test_root = Path(req.test_root or req.data_root)
     test_meta = _toypedes_meta(test_root, "--test-root" if req.test_root else "--data-root")
 
-    petl_meta = _load(up / "best" / "petl.json")
+    up_best = Run(up).best_dir
+    petl_meta = _load(up_best / "petl.json")
     # a damaged source is refused here, not shipped under a fresh checksum
-    read_verified_tensors(up / "best" / "petl.safetensors", petl_meta.get("sha256"), recorded_in=up / "best" / "petl.json",
+    read_verified_tensors(up_best / "petl.safetensors", petl_meta.get("sha256"), recorded_in=up_best / "petl.json",
                           require_checksum=petl_meta.get("version", 1) >= 2)
     out.mkdir(parents=True, exist_ok=True)
     if req.pretrain_run:
         pre = Path(req.pretrain_run)
-        pre_results = _load(pre / "results.json")
+        pre_results = Run(pre).results()
         pretrain = {"pretrain_s": pre_results["train_time_s"], "seed": pre_results["config"]["train"]["seed"],
                     "config": pre_results["config"]}
-        read_verified_tensors(pre / "backbone.safetensors", None, recorded_in=pre / "results.json",
+        read_verified_tensors(pre / "backbone.safetensors", None, recorded_in=Run(pre).results_file,
                               require_checksum=False, warn_unverified=False)
         atomic_copy(pre / "backbone.safetensors", out / "backbone.safetensors")
     else:  # the runs trained on the shipped backbone: keep it (checked) and its card's pretraining record
@@ -139,13 +137,13 @@ def _export(req: ExportRequest, old: Path, out: Path) -> dict:
                     "config": t_old["configs"]["pretrain"]}
         atomic_copy(old / "backbone.safetensors", out / "backbone.safetensors")
     (out / "upperson").mkdir(exist_ok=True)
-    atomic_copy(up / "best" / "petl.safetensors", out / "upperson" / "petl.safetensors")
+    atomic_copy(up_best / "petl.safetensors", out / "upperson" / "petl.safetensors")
     petl_meta["model"]["pretrained"] = "../backbone.safetensors"  # not the path on the training machine
     petl_meta.get("backbone", {}).pop("path", None)  # nor its absolute form
     atomic_write_json(out / "upperson" / "petl.json", petl_meta)
-    atomic_copy(up / "metrics.jsonl", out / "upperson" / "metrics.jsonl")
+    atomic_copy(Run(up).metrics_file, out / "upperson" / "metrics.jsonl")
     (out / "full-finetune").mkdir(exist_ok=True)
-    atomic_copy(ft / "metrics.jsonl", out / "full-finetune" / "metrics.jsonl")
+    atomic_copy(Run(ft).metrics_file, out / "full-finetune" / "metrics.jsonl")
     files = {rel: {"sha256": sha256_file(out / rel), "bytes": (out / rel).stat().st_size}
              for rel in ("backbone.safetensors", "upperson/petl.safetensors", "upperson/petl.json")}
     # a provisional card, so that the shipped files load (checksums verified) for evaluation
@@ -156,11 +154,11 @@ def _export(req: ExportRequest, old: Path, out: Path) -> dict:
     # every tuning run's selected checkpoint on val, per query: the tuning log's intervals, rebuildable
     val = load_dataset("toypedes", req.data_root).split("val")
     for entry, run_dir in zip(up_tuning + ft_tuning, [*map(Path, req.upperson_run), *map(Path, req.full_finetune_run)]):
-        res = evaluate_per_query(load_model(run_dir / "best"), val, tok, precision="fp32", progress=False)
+        res = evaluate_per_query(load_model(Run(run_dir).best_dir), val, tok, precision="fp32", progress=False)
         rel = f"tuning/{run_dir.name}"
         (out / rel).mkdir(parents=True, exist_ok=True)
         write_per_query_csv(out / rel / "per_query_val.csv", res.rows())
-        atomic_copy(run_dir / "metrics.jsonl", out / rel / "metrics.jsonl")
+        atomic_copy(Run(run_dir).metrics_file, out / rel / "metrics.jsonl")
         entry["val_ci"] = metric_intervals(values_of(res.per_query))
         entry["files"] = [f"{rel}/metrics.jsonl", f"{rel}/per_query_val.csv"]
 
@@ -168,7 +166,7 @@ def _export(req: ExportRequest, old: Path, out: Path) -> dict:
     models = {
         "zero-shot": load_embedded_model("zero-shot", assets=out),
         "upperson": load_embedded_model("upperson", assets=out),
-        "full-finetune": load_model(ft / "best"),
+        "full-finetune": load_model(Run(ft).best_dir),
     }
     # evaluated once: the metrics, the intervals and the full fine-tune's shipped per-query file
     results = {name: evaluate_per_query(m, test, tok, precision="fp32", progress=False) for name, m in models.items()}

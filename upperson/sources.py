@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from upperson.model import UPPerson, build_model
+from upperson.train.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +33,7 @@ class ModelSource:
 
 def find_run_checkpoint(run_dir: Path) -> Path:
     """The checkpoint folder of a run: ``best/``, else the newest folder holding ``petl.json``."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder not found: {run_dir}")
-    best = run_dir / "best"
-    if (best / "petl.json").exists():
-        return best
-    if (run_dir / "petl.json").exists():
-        return run_dir
-    candidates = sorted((p.parent for p in run_dir.rglob("petl.json")), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint (no best/petl.json or other petl.json) in this run folder")
-    return candidates[-1]
+    return Run(run_dir).find_checkpoint()
 
 
 def resolve_checkpoint(checkpoint: Optional[str] = None, run: Optional[str] = None) -> Optional[Path]:

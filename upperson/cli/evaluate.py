@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.per_query:
         check_writable_file(Path(args.per_query), "--per-query file")
 
-    from upperson.config import load_config, load_run_config
+    from upperson.config import load_config
     from upperson.data import build_tokenizer, load_dataset
     from upperson.evaluation import evaluate_per_query
     from upperson.stats import bootstrap_ci, format_interval, values_of, write_per_query_csv
@@ -57,23 +57,20 @@ def run(args: argparse.Namespace) -> int:
     from upperson.model import build_model
     from upperson.model.checkpoint import load_model
     from upperson.runtime import resolve_device, seed_everything
+    from upperson.train.run import Run
 
     dataset = args.dataset
     precision = "bf16"
     skip_bad_images = args.skip_bad_images or _skip_from_overrides(args)
     if args.run:
-        run_dir = Path(args.run)
-        if not (run_dir / "config.yaml").exists():
-            hint = "; it is a checkpoint folder: use --checkpoint" if (run_dir / "petl.json").exists() else ""
-            raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml){hint}")
-        cfg = load_run_config(run_dir / "config.yaml")
+        run = Run(args.run)
+        if not run.config_file.exists():
+            hint = "; it is a checkpoint folder: use --checkpoint" if (run.path / "petl.json").exists() else ""
+            raise FileNotFoundError(f"{run.path} is not a run folder (no config.yaml){hint}")
+        cfg = run.config()
         dataset = dataset or cfg.data.dataset
         precision = cfg.train.precision
-        best = run_dir / "best"
-        if not best.exists() and (run_dir / "best.old").is_dir():  # a power cut between the swap's renames
-            log.warning("%s is missing: using %s (the next `train --resume` restores it)", best, run_dir / "best.old")
-            best = run_dir / "best.old"
-        model = load_model(best, pretrained=args.pretrained)
+        model = load_model(run.best_checkpoint(log), pretrained=args.pretrained)
     elif args.checkpoint:
         model = load_model(args.checkpoint, pretrained=args.pretrained)
         dataset = dataset or "cuhk-pedes"

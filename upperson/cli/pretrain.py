@@ -44,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
     from upperson.model import build_model
     from upperson.model.checkpoint import export_backbone, load_petl
     from upperson.train import train
+    from upperson.train.run import Run
 
     train(cfg, args.output, resume=args.resume, device=args.device, progress=not args.no_progress)
     model = build_model(cfg.model)
-    load_petl(model, Path(args.output) / "best")
+    load_petl(model, Run(args.output).best_dir)
     out = export_backbone(model, Path(args.output) / "backbone.safetensors")
     print(f"backbone written to {out}")
     return 0
