@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 from upperson.assets import (BACKBONE_NAME, CARD_NAME, DEFAULT_TOYPEDES, EMBEDDED_DIR, REPO_ROOT,
                              EmbeddedAssetError, backbone_file, embedded_available, read_card, sha256_file,
                              verified_backbone_file, verify_assets)
-from upperson.config import ModelConfig
+from upperson.config import ModelConfig, load_config
 
 __all__ = [
     "BACKBONE_NAME", "CARD_NAME", "DEFAULT_TOYPEDES", "EMBEDDED_DIR", "REPO_ROOT", "VARIANTS", "EmbeddedAssetError",
@@ -40,8 +40,6 @@ def cache_dir() -> Path:
 
 def tiny_model_config(pretrained: Optional[str] = None) -> ModelConfig:
     """The ``toypedes`` preset's model: upp-tiny with all three components."""
-    from upperson.config import load_config
-
     return dataclasses.replace(load_config("toypedes").model, pretrained=pretrained)
 
 
@@ -62,6 +60,7 @@ def load_embedded_model(variant: str = "upperson", *, verify: bool = True, asset
     (a checkout from before they were trained) a randomly initialised upp-tiny model is
     returned, with a warning, so that everything still runs.
     """
+    # imported here, for start-up time: the asset names re-exported above need no open_clip (the model)
     from upperson.model import build_model
     from upperson.model.checkpoint import checkpoint_model_config, load_petl
 
@@ -90,6 +89,7 @@ def embedded_data_root(preset: Optional[str] = None, seed: Optional[int] = None,
     ``splits=["test"]`` generates only the test identities (identical to the full
     benchmark's, in a fraction of the time): enough for the demo's gallery and the figures.
     """
+    # imported here, for start-up time (as in load_embedded_model)
     from upperson.data.toypedes import generate_toypedes
 
     spec = dict(DEFAULT_TOYPEDES, **read_card().get("toypedes", {}))

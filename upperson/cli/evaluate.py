@@ -36,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `python -m upperson --help` imports every command's module
     from upperson.io import check_writable_file
 
     # the cheap checks first, before the heavy imports and long before the model runs
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.per_query:
         check_writable_file(Path(args.per_query), "--per-query file")
 
+    # the heavy imports (torch, open_clip) only after the cheap checks
     from upperson.config import load_config
     from upperson.data import build_tokenizer, load_dataset
     from upperson.evaluation import evaluate_per_query
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
 def _skip_from_overrides(args: argparse.Namespace) -> bool:
     """``--set data.skip_bad_images=...`` with --run/--checkpoint, where no other key applies
     (with --config every key goes to the config)."""
+    # imported here, not at the top: upperson.config imports the PETL layers (torch)
     from upperson.config import ConfigError, parse_override
 
     if args.config:
