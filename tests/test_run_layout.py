@@ -56,3 +56,14 @@ def test_results_history_and_state(tmp_path):
     for name in ("state.json", "state.safetensors"):
         (tmp_path / "last.old" / name).write_text("")
     assert run.state_dir() == tmp_path / "last.old"  # last/ is gone: the previous state
+
+
+def test_a_checkpoint_is_labelled_by_its_run(tmp_path):
+    run_dir = tmp_path / "runs" / "a"
+    best = _checkpoint(run_dir / "best")
+    assert Run.of_checkpoint(best) is None and Run.label_of(best) == "best"  # no config.yaml: not a run
+    (run_dir / "config.yaml").write_text("base: toypedes\n")
+    assert Run.of_checkpoint(best) == Run(run_dir) and Run.label_of(best) == "a"
+    assert Run.label_of(run_dir / "best.old") == "a"
+    loose = _checkpoint(tmp_path / "ckpt")
+    assert Run.of_checkpoint(loose) is None and Run.label_of(loose) == "ckpt"

@@ -43,6 +43,20 @@ class Run:
     def __init__(self, path: Union[str, Path]) -> None:
         object.__setattr__(self, "path", Path(path))
 
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Union[str, Path]) -> Optional["Run"]:
+        """The run whose ``best/`` (or ``best.old/``) ``checkpoint`` is; None for a checkpoint outside a run."""
+        folder = Path(checkpoint)
+        if folder.name in (BEST, BEST_OLD) and is_run(folder.parent):
+            return cls(folder.parent)
+        return None
+
+    @staticmethod
+    def label_of(checkpoint: Union[str, Path]) -> str:
+        """A short name for a checkpoint: its run's folder name (``runs/a/best`` -> ``a``), else its own."""
+        run = Run.of_checkpoint(checkpoint)
+        return run.path.name if run is not None else Path(checkpoint).name
+
     @property
     def config_file(self) -> Path:
         return self.path / CONFIG_NAME
