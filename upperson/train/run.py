@@ -93,7 +93,8 @@ class Run:
         on ``logger`` (the caller's; default this module's)."""
         old = self.path / BEST_OLD
         if not self.best_dir.exists() and old.is_dir():
-            (logger or log).warning("%s is missing: using %s (the next `train --resume` restores it)", self.best_dir, old)
+            (logger or log).warning("%s is missing: using %s (the next `train --resume` restores it)",
+                                    self.best_dir, old)
             return old
         return self.best_dir
 
