@@ -51,11 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     # the heavy imports (torch, open_clip) only after the cheap checks
     from upperson.config import load_config
-    from upperson.data import build_tokenizer, load_dataset
-    from upperson.evaluation import evaluate_per_query
-    from upperson.stats import bootstrap_ci, format_interval, values_of, write_per_query_csv
-    from upperson.io import atomic_write_json
-    from upperson.metrics import format_metrics
+    from upperson.evaluation_report import evaluate_split
     from upperson.model import build_model
     from upperson.model.checkpoint import load_model
     from upperson.runtime import resolve_device, seed_everything
@@ -86,22 +82,14 @@ def run(args: argparse.Namespace) -> int:
         seed_everything(cfg.train.seed)
         model = build_model(cfg.model)
     model = model.to(resolve_device(args.device)).eval()
-    data = load_dataset(dataset, args.data_root, skip_bad_images=skip_bad_images)
-    results = evaluate_per_query(model, data.split(args.split), build_tokenizer(model.config.name),
-                                 batch_size=args.batch_size, precision=precision)
-    metrics = results.metrics()
-    ci = bootstrap_ci(values_of(results.per_query), resamples=args.resamples, seed=args.ci_seed)
-    print(f"{data.name} {args.split}: {metrics['queries']} queries, {metrics['gallery']} images")
-    print(format_metrics(metrics))
-    print(f"95% bootstrap intervals over queries ({ci['resamples']} resamples, seed {ci['seed']}): "
-          + "; ".join(f"{k} {format_interval(v['value'], v['low'], v['high'])}" for k, v in ci["metrics"].items()))
+    report = evaluate_split(model, dataset, args.data_root, args.split, skip_bad_images=skip_bad_images,
+                            batch_size=args.batch_size, precision=precision, resamples=args.resamples,
+                            seed=args.ci_seed)
+    print("\n".join(report.lines()))
     if args.per_query:
-        write_per_query_csv(Path(args.per_query), results.rows())
+        report.write_per_query(Path(args.per_query))
     if args.json_out:
-        ci_json = {k: v for k, v in ci.items() if k != "metrics"} | {
-            k: [v["low"], v["high"]] for k, v in ci["metrics"].items()}
-        atomic_write_json(Path(args.json_out), {k: metrics[k] for k in ("R1", "R5", "R10", "mAP", "mINP", "queries", "gallery")}
-                          | {"ci": ci_json})
+        report.write_json(Path(args.json_out))
     return 0
 
 
