@@ -15,10 +15,20 @@ import argparse
 import json
 import platform
 from pathlib import Path
+from typing import Any
 
-# the card's content lives in upperson.assets; these names stay importable from here
-from upperson.assets import (CI_RESAMPLES, CI_SEED, FT_PER_QUERY, PAIRS, RECIPE, card_intervals,  # noqa: F401
-                             card_metrics, metric_intervals, render_card, results_table, tuning_entry)
+#: the card's content, moved to upperson.assets; still importable from here
+MOVED_TO_ASSETS = frozenset({"CI_RESAMPLES", "CI_SEED", "FT_PER_QUERY", "PAIRS", "RECIPE", "card_intervals",
+                             "card_metrics", "metric_intervals", "render_card", "results_table", "tuning_entry"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in MOVED_TO_ASSETS:
+        # imported here, not at the top: `python -m upperson --help` imports every command's module
+        from upperson import assets
+
+        return getattr(assets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
