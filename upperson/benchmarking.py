@@ -9,19 +9,25 @@ asserted: speed belongs in a benchmark, not in a test.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import torch
 
 from upperson.embedded import zero_shot_config
+from upperson.io import atomic_write_json
 from upperson.losses import sdm_loss
-from upperson.metrics import sorted_matches
+from upperson.metrics import retrieval_metrics, sorted_matches
 from upperson.model import build_model
+from upperson.model.backbone import create_clip
 from upperson.runtime import autocast, half_dtype, return_freed_memory_to_os
+
+log = logging.getLogger("upperson.benchmark")  # the name the benchmark command has always logged under
 
 def synthetic_batch(batch: int, image_size: tuple[int, int], caption_tokens: int, device, seed: int = 0):
 
@@ -173,4 +179,104 @@ def sort_based_metrics(similarity, query_pids, gallery_pids, ranks: Sequence[int
     out = {f"R{k}": 100.0 * hits[k] / valid for k in ranks}
     out["mAP"] = 100.0 * ap_sum / valid
     out["mINP"] = 100.0 * inp_sum / valid
+    return out
+
+
+def training_benchmark(variants: Sequence[str], base, device, precision: str, batch_size: int, *,
+                       caption_tokens: int, steps: Optional[int], warmup: int, grad_checkpointing: bool,
+                       isolate: bool = True, json_out: Optional[Path] = None) -> dict[str, Any]:
+    """Each training variant's speed and memory on synthetic batches (each in a fresh process when
+    ``isolate``); the table is printed, and with ``json_out`` the numbers so far after each variant."""
+    name = device_label(device)
+    results: dict[str, Any] = {"device": name, "model": base.name, "image_size": list(base.image_size),
+                               "batch": batch_size, "precision": precision,
+                               "grad_checkpointing": grad_checkpointing,
+                               "isolated": isolate, "variants": {}}
+    for variant in variants:
+        log.info("benchmarking %s%s ...", variant, " (checkpointing)" if grad_checkpointing else "")
+        kwargs = dict(variant=variant, base=base, device_name=str(device), precision=precision,
+                      batch_size=batch_size, caption_tokens=caption_tokens, steps=steps or 10,
+                      warmup=warmup, grad_checkpointing=grad_checkpointing)
+        results["variants"][variant] = measure_isolated(kwargs) if isolate else measure_variant(**kwargs)
+        if json_out:  # what is measured so far survives a time limit
+            atomic_write_json(Path(json_out), results)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    v = results["variants"]
+    if "up-person" in v and "naive" in v:
+        results["speedup_vs_naive"] = round(v["up-person"]["samples_per_s"] / v["naive"]["samples_per_s"], 2)
+    ckpt = ", activation checkpointing" if grad_checkpointing else ""
+    print(f"{base.name} {base.image_size[0]}x{base.image_size[1]}, batch {batch_size}, {name}, {precision}{ckpt}")
+    mem_key = "peak_mem_mb" if device.type == "cuda" else "process_peak_rss_mb"
+    print(f"{'variant':<14} {'train samples/s':>16} {'step ms':>9} {mem_key:>20} {'images/s':>10} {'texts/s':>10}")
+    for k, r in v.items():
+        print(f"{k:<14} {r['samples_per_s']:>16} {r['step_ms']:>9} {r[mem_key]:>20} {r['images_per_s']:>10} {r['texts_per_s']:>10}")
+    if "speedup_vs_naive" in results:
+        print(f"UP-Person training step vs naive: {results['speedup_vs_naive']}x")
+    return results
+
+
+def inference_benchmark(base, device, precision: str, batch_size: int, *, caption_tokens: int,
+                        repeats: Optional[int]) -> dict[str, Any]:
+    """Image encoding by plain open_clip, UP-Person and UP-Person merged, interleaved, best of N
+    (``repeats``, default 3); the table is printed."""
+    images = synthetic_batch(batch_size, tuple(base.image_size), caption_tokens, device)[0]
+    plain = create_clip(base).to(device).eval()
+    model = build_model(base).to(device).eval()
+    merged = model.merged()
+    encoders = {"open_clip": plain.encode_image, "up-person": model.encode_image, "up-person-merged": merged.encode_image}
+    best = {k: float("inf") for k in encoders}
+    with torch.inference_mode(), autocast(device, precision):
+        for f in encoders.values():  # warm-up
+            f(images)
+        for _ in range(repeats or 3):
+            for k, f in encoders.items():
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                f(images)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                best[k] = min(best[k], time.perf_counter() - t0)
+    name = device_label(device)
+    rows = {k: {"ms_per_batch": round(1000 * t, 1), "images_per_s": round(batch_size / t, 1),
+                "time_vs_open_clip": round(t / best["open_clip"], 3)} for k, t in best.items()}
+    print(f"image encoding, {base.name} {base.image_size[0]}x{base.image_size[1]}, batch {batch_size}, {name}, "
+          f"{precision}, best of {repeats or 3}")
+    print(f"{'encoder':<18} {'ms/batch':>10} {'images/s':>10} {'time vs open_clip':>18}")
+    for k, r in rows.items():
+        print(f"{k:<18} {r['ms_per_batch']:>10} {r['images_per_s']:>10} {r['time_vs_open_clip']:>17}x")
+    return {"benchmark": "inference", "device": name, "model": base.name, "image_size": list(base.image_size),
+            "batch": batch_size, "precision": precision, "encoders": rows}
+
+
+def metrics_benchmark(size: str, shape: tuple[int, int, int], repeats: Optional[int]) -> dict[str, Any]:
+    """Random similarities with a test split's ``shape`` (queries, gallery images, identities; ``size``
+    names it) and pid structure; the previous (full sort) against the current metrics, best of
+    ``repeats`` (default 3)."""
+    queries, gallery, ids = shape
+    gen = torch.Generator().manual_seed(0)
+    gallery_pids = torch.arange(gallery) * ids // gallery  # about gallery/ids images per identity
+    query_pids = gallery_pids[torch.arange(queries) * gallery // queries]  # captions spread over the images
+    sim = torch.randn(queries, gallery, generator=gen)
+    repeats = repeats or 3
+    times: dict[str, float] = {}
+    values: dict[str, dict] = {}
+    for name, fn in (("sort_based", sort_based_metrics), ("current", retrieval_metrics)):
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            values[name] = fn(sim, query_pids, gallery_pids)
+            best = min(best, time.perf_counter() - t0)
+        times[name] = best
+    same = all(abs(values["current"][k] - v) <= 1e-9 * max(1.0, abs(v)) for k, v in values["sort_based"].items())
+    out = {"benchmark": "metrics", "size": size, "queries": queries, "gallery": gallery, "identities": ids,
+           "threads": torch.get_num_threads(), "repeats": repeats,
+           "sort_based_s": round(times["sort_based"], 4), "current_s": round(times["current"], 4),
+           "speedup": round(times["sort_based"] / times["current"], 1), "same_values": same,
+           "process_peak_rss_mb": round(peak_rss_mb())}
+    print(f"metrics on a random {queries} x {gallery} similarity ({ids} identities), {torch.get_num_threads()} threads, "
+          f"best of {repeats}")
+    print(f"previous (full sort): {out['sort_based_s']:.3f} s   current: {out['current_s']:.3f} s   "
+          f"speedup {out['speedup']}x   same values: {same}   process peak RSS {out['process_peak_rss_mb']} MiB")
     return out

@@ -4,48 +4,33 @@ With no checkpoint and no data root, the demo and the analysis use these, and th
 ToyPEDES benchmark they were evaluated on, generated on first use into a cache folder
 (``$UPPERSON_CACHE``, else ``~/.cache/upperson``).
 
-Layout of ``assets/embedded/``::
-
-    backbone.safetensors               the pretrained upp-tiny CLIP (fp16)
-    upperson/petl.{safetensors,json}   UP-Person's PETL weights
-    model_card.json, model_card.md     how they were made, the metrics, the files' checksums
+The files themselves, their checksums and the model card are :mod:`upperson.assets` (below the
+model); this module (above it) loads them. The asset names it re-exports stay importable from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from upperson.config import ModelConfig
-from upperson.io import file_digest
+# re-exported: importable from upperson.embedded as before upperson.assets held them
+from upperson.assets import (BACKBONE_NAME, CARD_NAME, DEFAULT_TOYPEDES, EMBEDDED_DIR, REPO_ROOT,
+                             EmbeddedAssetError, backbone_file, embedded_available, read_card, sha256_file,
+                             verified_backbone_file, verify_assets)
+from upperson.config import ModelConfig, load_config
+
+__all__ = [
+    "BACKBONE_NAME", "CARD_NAME", "DEFAULT_TOYPEDES", "EMBEDDED_DIR", "REPO_ROOT", "VARIANTS", "EmbeddedAssetError",
+    "backbone_file", "cache_dir", "embedded_available", "embedded_data_root", "load_embedded_model", "read_card",
+    "sha256_file", "tiny_model_config", "verified_backbone_file", "verify_assets", "zero_shot_config",
+]
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED_DIR = REPO_ROOT / "assets" / "embedded"
-CARD_NAME = "model_card.json"
-BACKBONE_NAME = "backbone.safetensors"
 VARIANTS = ("upperson", "zero-shot")
-
-# what the embedded model is evaluated on, when the card does not say otherwise
-DEFAULT_TOYPEDES = {"preset": "default", "seed": 0}
-
-
-class EmbeddedAssetError(RuntimeError):
-    """The shipped model files are missing, corrupted or inconsistent."""
-
-
-def _dir(assets: Optional[Path]) -> Path:
-    return Path(assets) if assets is not None else EMBEDDED_DIR
-
-
-def backbone_file(assets: Optional[Path] = None) -> Path:
-    """The shipped backbone weights."""
-    return _dir(assets) / BACKBONE_NAME
 
 
 def cache_dir() -> Path:
@@ -53,80 +38,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("UPPERSON_CACHE", Path.home() / ".cache" / "upperson")).expanduser()
 
 
-def embedded_available(assets: Optional[Path] = None) -> bool:
-    """Whether the shipped model card and backbone are present."""
-    return (_dir(assets) / CARD_NAME).exists() and backbone_file(assets).exists()
-
-
-def read_card(assets: Optional[Path] = None) -> dict:
-    """The model card's JSON (empty when the assets are absent)."""
-    path = _dir(assets) / CARD_NAME
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise EmbeddedAssetError(f"{path}: not valid JSON ({exc})") from exc
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    return file_digest(path, "sha256")
-
-
-def verify_assets(assets: Optional[Path] = None) -> None:
-    """Check every shipped file against the checksums in the model card."""
-    folder = _dir(assets)
-    files = read_card(assets).get("files", {})
-    if not files:
-        raise EmbeddedAssetError(f"{folder / CARD_NAME}: the model card lists no files with checksums")
-    for rel, expected in files.items():
-        path = folder / rel
-        if not path.exists():
-            raise EmbeddedAssetError(f"embedded model file missing: {path}")
-        _check_digest(path, expected["sha256"], "embedded model file")
-
-
-def _check_digest(path: Path, expected: str, what: str) -> None:
-    """Raise :class:`EmbeddedAssetError` when ``path``'s SHA-256 is not the card's ``expected``."""
-    actual = sha256_file(path)
-    if actual != expected:
-        raise EmbeddedAssetError(
-            f"{what} {path} is corrupted or was changed: its sha256 is {actual[:12]}..., "
-            f"the model card says {expected[:12]}... (restore it with `git checkout -- {path}`)"
-        )
-
-
-_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256 already checked
-
-
-def verified_backbone_file(assets: Optional[Path] = None) -> Path:
-    """The shipped backbone (``model.pretrained: embedded``), checked against the model card once per process.
-
-    Resolved from the package's location, never the current directory.
-    """
-    path = backbone_file(assets)
-    if not path.exists():
-        raise EmbeddedAssetError(
-            f"model.pretrained is 'embedded' but the shipped backbone {path} is missing; restore it "
-            "(git checkout or git lfs pull), or set model.pretrained to weights of your own, or to 'random'"
-        )
-    expected = read_card(assets).get("files", {}).get(BACKBONE_NAME, {}).get("sha256")
-    if expected is None:
-        log.warning("%s: the model card records no checksum for it; not verified", path)
-        return path
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if _VERIFIED.get(key) != expected:
-        _check_digest(path, expected, "embedded backbone")
-        _VERIFIED[key] = expected
-    return path
-
-
 def tiny_model_config(pretrained: Optional[str] = None) -> ModelConfig:
     """The ``toypedes`` preset's model: upp-tiny with all three components."""
-    from upperson.config import load_config
-
     return dataclasses.replace(load_config("toypedes").model, pretrained=pretrained)
 
 
@@ -147,12 +60,13 @@ def load_embedded_model(variant: str = "upperson", *, verify: bool = True, asset
     (a checkout from before they were trained) a randomly initialised upp-tiny model is
     returned, with a warning, so that everything still runs.
     """
+    # imported here, for start-up time: the asset names re-exported above need no open_clip (the model)
     from upperson.model import build_model
     from upperson.model.checkpoint import checkpoint_model_config, load_petl
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown embedded variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    folder = _dir(assets)
+    folder = Path(assets) if assets is not None else EMBEDDED_DIR
     if not embedded_available(assets):
         log.warning("no embedded model in %s: using a RANDOMLY initialised upp-tiny model", folder)
         cfg = tiny_model_config(None)
@@ -175,6 +89,7 @@ def embedded_data_root(preset: Optional[str] = None, seed: Optional[int] = None,
     ``splits=["test"]`` generates only the test identities (identical to the full
     benchmark's, in a fraction of the time): enough for the demo's gallery and the figures.
     """
+    # imported here, for start-up time (as in load_embedded_model)
     from upperson.data.toypedes import generate_toypedes
 
     spec = dict(DEFAULT_TOYPEDES, **read_card().get("toypedes", {}))

@@ -25,6 +25,7 @@ from upperson.embedded import load_embedded_model, zero_shot_config
 from upperson.hub import checkpoint_folder
 from upperson.model import UPPerson, build_model
 from upperson.model.checkpoint import load_model
+from upperson.train.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +62,7 @@ class SourceSpec:
 
 def find_run_checkpoint(run_dir: Path) -> Path:
     """The checkpoint folder of a run: ``best/``, else the newest folder holding ``petl.json``."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder not found: {run_dir}")
-    best = run_dir / "best"
-    if (best / "petl.json").exists():
-        return best
-    if (run_dir / "petl.json").exists():
-        return run_dir
-    candidates = sorted((p.parent for p in run_dir.rglob("petl.json")), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint (no best/petl.json or other petl.json) in this run folder")
-    return candidates[-1]
+    return Run(run_dir).find_checkpoint()
 
 
 def resolve_checkpoint(checkpoint: Optional[PathLike] = None, run: Optional[PathLike] = None) -> Optional[Path]:

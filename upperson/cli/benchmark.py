@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import time
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("upperson.benchmark")
 
@@ -134,132 +134,10 @@ def check_args(args: argparse.Namespace) -> list[str]:
 
 def check_json_path(path: str) -> None:
     """A ``--json`` target must be a file in an existing folder: refused before any work is done."""
-    from pathlib import Path
-
     out = Path(path)
     if out.is_dir() or not out.parent.is_dir():
         raise ValueError(f"--json {out}: {'is a folder' if out.is_dir() else 'its folder does not exist'}; "
                          "name a file in an existing folder")
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def _training_benchmark(args: argparse.Namespace, variants: Sequence[str], base, device, precision: str,
-                        batch_size: int) -> dict[str, Any]:
-    from upperson import benchmarking as bench  # torch and the model: loaded when a benchmark runs
-    import torch
-
-    name = bench.device_label(device)
-    results: dict[str, Any] = {"device": name, "model": base.name, "image_size": list(base.image_size),
-                               "batch": batch_size, "precision": precision,
-                               "grad_checkpointing": args.grad_checkpointing,
-                               "isolated": not args.no_isolate, "variants": {}}
-    for variant in variants:
-        log.info("benchmarking %s%s ...", variant, " (checkpointing)" if args.grad_checkpointing else "")
-        kwargs = dict(variant=variant, base=base, device_name=str(device), precision=precision,
-                      batch_size=batch_size, caption_tokens=args.caption_tokens, steps=args.steps or 10,
-                      warmup=args.warmup, grad_checkpointing=args.grad_checkpointing)
-        results["variants"][variant] = bench.measure_variant(**kwargs) if args.no_isolate else bench.measure_isolated(kwargs)
-        if args.json_out:  # what is measured so far survives a time limit
-            from pathlib import Path
-
-            from upperson.io import atomic_write_json
-
-            atomic_write_json(Path(args.json_out), results)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    v = results["variants"]
-    if "up-person" in v and "naive" in v:
-        results["speedup_vs_naive"] = round(v["up-person"]["samples_per_s"] / v["naive"]["samples_per_s"], 2)
-    ckpt = ", activation checkpointing" if args.grad_checkpointing else ""
-    print(f"{base.name} {base.image_size[0]}x{base.image_size[1]}, batch {batch_size}, {name}, {precision}{ckpt}")
-    mem_key = "peak_mem_mb" if device.type == "cuda" else "process_peak_rss_mb"
-    print(f"{'variant':<14} {'train samples/s':>16} {'step ms':>9} {mem_key:>20} {'images/s':>10} {'texts/s':>10}")
-    for k, r in v.items():
-        print(f"{k:<14} {r['samples_per_s']:>16} {r['step_ms']:>9} {r[mem_key]:>20} {r['images_per_s']:>10} {r['texts_per_s']:>10}")
-    if "speedup_vs_naive" in results:
-        print(f"UP-Person training step vs naive: {results['speedup_vs_naive']}x")
-    return results
-
-
-# ----------------------------------------------------------------------------- inference
-
-def _inference_benchmark(args: argparse.Namespace, base, device, precision: str, batch_size: int) -> dict[str, Any]:
-    """Image encoding by plain open_clip, UP-Person and UP-Person merged, interleaved, best of N."""
-    from upperson import benchmarking as bench  # torch and the model: loaded when a benchmark runs
-    import torch
-
-    from upperson.model import build_model
-    from upperson.model.backbone import create_clip
-    from upperson.runtime import autocast
-
-    images = bench.synthetic_batch(batch_size, tuple(base.image_size), args.caption_tokens, device)[0]
-    plain = create_clip(base).to(device).eval()
-    model = build_model(base).to(device).eval()
-    merged = model.merged()
-    encoders = {"open_clip": plain.encode_image, "up-person": model.encode_image, "up-person-merged": merged.encode_image}
-    best = {k: float("inf") for k in encoders}
-    with torch.inference_mode(), autocast(device, precision):
-        for f in encoders.values():  # warm-up
-            f(images)
-        for _ in range(args.steps or 3):
-            for k, f in encoders.items():
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                f(images)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                best[k] = min(best[k], time.perf_counter() - t0)
-    name = bench.device_label(device)
-    rows = {k: {"ms_per_batch": round(1000 * t, 1), "images_per_s": round(batch_size / t, 1),
-                "time_vs_open_clip": round(t / best["open_clip"], 3)} for k, t in best.items()}
-    print(f"image encoding, {base.name} {base.image_size[0]}x{base.image_size[1]}, batch {batch_size}, {name}, "
-          f"{precision}, best of {args.steps or 3}")
-    print(f"{'encoder':<18} {'ms/batch':>10} {'images/s':>10} {'time vs open_clip':>18}")
-    for k, r in rows.items():
-        print(f"{k:<18} {r['ms_per_batch']:>10} {r['images_per_s']:>10} {r['time_vs_open_clip']:>17}x")
-    return {"benchmark": "inference", "device": name, "model": base.name, "image_size": list(base.image_size),
-            "batch": batch_size, "precision": precision, "encoders": rows}
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def _metrics_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Random similarities with the test split's shape and pid structure; previous vs current metrics."""
-    from upperson import benchmarking as bench  # torch and the model: loaded when a benchmark runs
-    import torch
-
-    from upperson.metrics import retrieval_metrics
-
-    queries, gallery, ids = METRIC_SIZES[args.metrics]
-    gen = torch.Generator().manual_seed(0)
-    gallery_pids = torch.arange(gallery) * ids // gallery  # about gallery/ids images per identity
-    query_pids = gallery_pids[torch.arange(queries) * gallery // queries]  # captions spread over the images
-    sim = torch.randn(queries, gallery, generator=gen)
-    repeats = args.steps or 3
-    times: dict[str, float] = {}
-    values: dict[str, dict] = {}
-    for name, fn in (("sort_based", bench.sort_based_metrics), ("current", retrieval_metrics)):
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            values[name] = fn(sim, query_pids, gallery_pids)
-            best = min(best, time.perf_counter() - t0)
-        times[name] = best
-    same = all(abs(values["current"][k] - v) <= 1e-9 * max(1.0, abs(v)) for k, v in values["sort_based"].items())
-    out = {"benchmark": "metrics", "size": args.metrics, "queries": queries, "gallery": gallery, "identities": ids,
-           "threads": torch.get_num_threads(), "repeats": repeats,
-           "sort_based_s": round(times["sort_based"], 4), "current_s": round(times["current"], 4),
-           "speedup": round(times["sort_based"] / times["current"], 1), "same_values": same,
-           "process_peak_rss_mb": round(bench.peak_rss_mb())}
-    print(f"metrics on a random {queries} x {gallery} similarity ({ids} identities), {torch.get_num_threads()} threads, "
-          f"best of {repeats}")
-    print(f"previous (full sort): {out['sort_based_s']:.3f} s   current: {out['current_s']:.3f} s   "
-          f"speedup {out['speedup']}x   same values: {same}   process peak RSS {out['process_peak_rss_mb']} MiB")
-    return out
 
 
 # ----------------------------------------------------------------------------- command
@@ -269,24 +147,30 @@ def run(args: argparse.Namespace) -> int:
     results: Any
     if args.search:
         results = _search_benchmark(args)
-    elif args.metrics:
-        results = _metrics_benchmark(args)
     else:
+        # imported here, not at the top: `python -m upperson --help` imports every command's module
+        from upperson import benchmarking as bench
         from upperson.config import load_config
         from upperson.runtime import resolve_device
 
-        cfg = load_config(args.config, args.overrides)
-        base = dataclasses.replace(cfg.model, pretrained=None) if args.random_init else cfg.model
-        device = resolve_device(args.device)
-        precision = cfg.train.precision if device.type == "cuda" else "fp32"
-        batch_size = args.batch if args.batch is not None else cfg.data.batch_size
-        if args.inference:
-            results = _inference_benchmark(args, base, device, precision, batch_size)
+        if args.metrics:
+            results = bench.metrics_benchmark(args.metrics, METRIC_SIZES[args.metrics], args.steps)
         else:
-            results = _training_benchmark(args, variants, base, device, precision, batch_size)
+            cfg = load_config(args.config, args.overrides)
+            base = dataclasses.replace(cfg.model, pretrained=None) if args.random_init else cfg.model
+            device = resolve_device(args.device)
+            precision = cfg.train.precision if device.type == "cuda" else "fp32"
+            batch_size = args.batch if args.batch is not None else cfg.data.batch_size
+            if args.inference:
+                results = bench.inference_benchmark(base, device, precision, batch_size,
+                                                    caption_tokens=args.caption_tokens, repeats=args.steps)
+            else:
+                results = bench.training_benchmark(variants, base, device, precision, batch_size,
+                                                   caption_tokens=args.caption_tokens, steps=args.steps,
+                                                   warmup=args.warmup, grad_checkpointing=args.grad_checkpointing,
+                                                   isolate=not args.no_isolate,
+                                                   json_out=Path(args.json_out) if args.json_out else None)
     if args.json_out:
-        from pathlib import Path
-
         from upperson.io import atomic_write_json
 
         atomic_write_json(Path(args.json_out), results)

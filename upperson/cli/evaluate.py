@@ -36,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `python -m upperson --help` imports every command's module
     from upperson.io import check_writable_file
 
     # the cheap checks first, before the heavy imports and long before the model runs
@@ -48,32 +49,26 @@ def run(args: argparse.Namespace) -> int:
     if args.per_query:
         check_writable_file(Path(args.per_query), "--per-query file")
 
-    from upperson.config import load_config, load_run_config
-    from upperson.data import build_tokenizer, load_dataset
-    from upperson.evaluation import evaluate_per_query
-    from upperson.stats import bootstrap_ci, format_interval, values_of, write_per_query_csv
-    from upperson.io import atomic_write_json
-    from upperson.metrics import format_metrics
+    # the heavy imports (torch, open_clip) only after the cheap checks
+    from upperson.config import load_config
+    from upperson.evaluation_report import evaluate_split
     from upperson.model import build_model
     from upperson.runtime import resolve_device, seed_everything
     from upperson.sources import SourceSpec, load_source
+    from upperson.train.run import Run
 
     dataset = args.dataset
     precision = "bf16"
     skip_bad_images = args.skip_bad_images or _skip_from_overrides(args)
     if args.run:
-        run_dir = Path(args.run)
-        if not (run_dir / "config.yaml").exists():
-            hint = "; it is a checkpoint folder: use --checkpoint" if (run_dir / "petl.json").exists() else ""
-            raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml){hint}")
-        cfg = load_run_config(run_dir / "config.yaml")
+        run = Run(args.run)
+        if not run.config_file.exists():
+            hint = "; it is a checkpoint folder: use --checkpoint" if (run.path / "petl.json").exists() else ""
+            raise FileNotFoundError(f"{run.path} is not a run folder (no config.yaml){hint}")
+        cfg = run.config()
         dataset = dataset or cfg.data.dataset
         precision = cfg.train.precision
-        best = run_dir / "best"
-        if not best.exists() and (run_dir / "best.old").is_dir():  # a power cut between the swap's renames
-            log.warning("%s is missing: using %s (the next `train --resume` restores it)", best, run_dir / "best.old")
-            best = run_dir / "best.old"
-        model = load_source(SourceSpec(checkpoint=best, pretrained=args.pretrained)).model
+        model = load_source(SourceSpec(checkpoint=run.best_checkpoint(log), pretrained=args.pretrained)).model
     elif args.checkpoint:
         model = load_source(SourceSpec(checkpoint=args.checkpoint, pretrained=args.pretrained)).model
         dataset = dataset or "cuhk-pedes"
@@ -87,28 +82,21 @@ def run(args: argparse.Namespace) -> int:
         seed_everything(cfg.train.seed)
         model = build_model(cfg.model)
     model = model.to(resolve_device(args.device)).eval()
-    data = load_dataset(dataset, args.data_root, skip_bad_images=skip_bad_images)
-    results = evaluate_per_query(model, data.split(args.split), build_tokenizer(model.config.name),
-                                 batch_size=args.batch_size, precision=precision)
-    metrics = results.metrics()
-    ci = bootstrap_ci(values_of(results.per_query), resamples=args.resamples, seed=args.ci_seed)
-    print(f"{data.name} {args.split}: {metrics['queries']} queries, {metrics['gallery']} images")
-    print(format_metrics(metrics))
-    print(f"95% bootstrap intervals over queries ({ci['resamples']} resamples, seed {ci['seed']}): "
-          + "; ".join(f"{k} {format_interval(v['value'], v['low'], v['high'])}" for k, v in ci["metrics"].items()))
+    report = evaluate_split(model, dataset, args.data_root, args.split, skip_bad_images=skip_bad_images,
+                            batch_size=args.batch_size, precision=precision, resamples=args.resamples,
+                            seed=args.ci_seed)
+    print("\n".join(report.lines()))
     if args.per_query:
-        write_per_query_csv(Path(args.per_query), results.rows())
+        report.write_per_query(Path(args.per_query))
     if args.json_out:
-        ci_json = {k: v for k, v in ci.items() if k != "metrics"} | {
-            k: [v["low"], v["high"]] for k, v in ci["metrics"].items()}
-        atomic_write_json(Path(args.json_out), {k: metrics[k] for k in ("R1", "R5", "R10", "mAP", "mINP", "queries", "gallery")}
-                          | {"ci": ci_json})
+        report.write_json(Path(args.json_out))
     return 0
 
 
 def _skip_from_overrides(args: argparse.Namespace) -> bool:
     """``--set data.skip_bad_images=...`` with --run/--checkpoint, where no other key applies
     (with --config every key goes to the config)."""
+    # imported here, not at the top: upperson.config imports the PETL layers (torch)
     from upperson.config import ConfigError, parse_override
 
     if args.config:

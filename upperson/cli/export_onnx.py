@@ -33,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `python -m upperson --help` imports every command's module
     from upperson.io import check_writable_file
 
     # the cheap checks first: the heavy imports (torch.onnx, onnxruntime) take seconds

@@ -21,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `python -m upperson --help` imports every command's module
     from upperson.model import build_model
     from upperson.model.params import count_parameters
 

@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `python -m upperson --help` imports every command's module
     from upperson.config import load_config
     from upperson.train.rundir import check_new_run, resume_config
 
@@ -42,13 +43,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("pretraining trains the whole backbone: model.freeze_backbone must be false")
 
     from upperson.model import build_model
-    from upperson.model.backbone import export_backbone
-    from upperson.model.checkpoint import load_petl
+    from upperson.model.checkpoint import export_backbone, load_petl
     from upperson.train import train
+    from upperson.train.run import Run
 
     train(cfg, args.output, resume=args.resume, device=args.device, progress=not args.no_progress)
     model = build_model(cfg.model)
-    load_petl(model, Path(args.output) / "best")
+    load_petl(model, Run(args.output).best_dir)
     out = export_backbone(model, Path(args.output) / "backbone.safetensors")
     print(f"backbone written to {out}")
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
+    # imported here, not at the top: only when this command's parser is built
     from upperson.data.toypedes.generate import CAPTION_MODES, TOYPEDES_PRESETS
 
     sizes = "; ".join(f"{name}: " + (f"test only, {p.test + p.extra_test} ids" if p.test_only
@@ -32,6 +33,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `python -m upperson --help` imports every command's module
     from upperson.data.toypedes.generate import generate_toypedes
 
     try:

@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `python -m upperson --help` imports every command's module
     from upperson.config import load_config
     from upperson.train.records import check_run_records
     from upperson.train.rundir import check_new_run, resume_config

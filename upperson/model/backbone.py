@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from upperson.assets import verified_backbone_file
 from upperson.config import ModelConfig
 from upperson.model.weights import UnsafeWeightsError, check_weights
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
-_UNUSED_KEYS = ("logit_scale", "logit_bias")
+UNUSED_KEYS = ("logit_scale", "logit_bias")  # CLIP's logit scale and bias: may be missing, not fingerprinted, not exported
 RANDOM_INIT = "random"  # model.pretrained value of an explicitly random backbone
 EMBEDDED = "embedded"  # model.pretrained value of the shipped upp-tiny backbone (assets/embedded/)
 RANDOM_INIT_SEED = 0  # backbones without pretrained weights are initialised reproducibly
@@ -136,8 +137,6 @@ def is_random_init(pretrained: Optional[str]) -> bool:
 def resolve_pretrained(pretrained: str, model_name: str) -> Path:
     """A local file path for ``pretrained``: an existing file, or an open_clip tag."""
     if pretrained == EMBEDDED:  # the shipped backbone file, checked against the model card
-        from upperson.embedded import verified_backbone_file
-
         return verified_backbone_file()
     path = Path(pretrained).expanduser()
     if path.exists():
@@ -282,7 +281,7 @@ def load_backbone_state(clip: nn.Module, state: dict[str, torch.Tensor], source:
     # buffers the model rebuilds itself (e.g. the causal attn_mask) may be saved by TorchScript
     rebuilt = {name for name, _ in clip.named_buffers()} - set(own)
     state = {k: v for k, v in state.items() if k not in rebuilt}
-    missing = [k for k in own if k not in state and k not in _UNUSED_KEYS]
+    missing = [k for k in own if k not in state and k not in UNUSED_KEYS]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in state and state[k].shape != own[k].shape]
@@ -307,7 +306,7 @@ def backbone_fingerprint(state: dict[str, torch.Tensor], samples: int = 2048) ->
     """
     h = hashlib.sha256()
     for name in sorted(state):
-        if name in _UNUSED_KEYS:
+        if name in UNUSED_KEYS:
             continue
         t = state[name]
         h.update(name.encode())
@@ -328,25 +327,3 @@ def describe_source(cfg: ModelConfig) -> Optional[str]:
         return "backbone.safetensors"
     p = Path(cfg.pretrained)
     return p.name if p.exists() else cfg.pretrained
-
-
-def export_backbone(model: nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> Path:
-    """Write the backbone's own weights (no PETL parts) as safetensors, atomically.
-
-    The keys are plain open_clip keys, so the file loads as ``model.pretrained`` for any
-    model built on the same open_clip config.
-    """
-    from safetensors.torch import save_file
-
-    from upperson.io import atomic_path
-    from upperson.model.upperson import component_of
-
-    clip = getattr(model, "clip", model)
-    state = {
-        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-        for k, v in clip.state_dict().items()
-        if component_of(k) == "backbone" and k not in _UNUSED_KEYS
-    }
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "upperson-backbone"})
-    return Path(path)

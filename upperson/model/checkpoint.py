@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Mapping, Optional, Union
 
 import torch
+from torch import nn
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
 from upperson.config import ModelConfig, from_dict, to_dict
 from upperson.io import atomic_copy, atomic_path, atomic_write_json, file_digest
-from upperson.model.backbone import EMBEDDED, describe_source, is_random_init
-from upperson.model.upperson import UPPerson, build_model
+from upperson.model.backbone import EMBEDDED, UNUSED_KEYS, describe_source, is_random_init
+from upperson.model.upperson import UPPerson, build_model, component_of
 from upperson.model.weights import UnsafeWeightsError, check_weights
 
 log = logging.getLogger(__name__)
@@ -400,3 +401,20 @@ def _write_bound(weights: Path, config: Path, state: dict[str, torch.Tensor], me
         meta["sha256"] = file_digest(tmp)
     atomic_write_json(config, meta)
     return weights.parent
+
+
+def export_backbone(model: nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the backbone's own weights (no PETL parts) as safetensors, atomically.
+
+    The keys are plain open_clip keys, so the file loads as ``model.pretrained`` for any
+    model built on the same open_clip config.
+    """
+    clip = getattr(model, "clip", model)
+    state = {
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in clip.state_dict().items()
+        if component_of(k) == "backbone" and k not in UNUSED_KEYS
+    }
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "upperson-backbone"})
+    return Path(path)
