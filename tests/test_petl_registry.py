@@ -16,8 +16,8 @@ from tests.conftest import tiny_batch, tiny_model_config
 from upperson.config import ConfigError, ModelConfig, TrainConfig, from_dict, load_config, to_dict
 from upperson.losses import sdm_loss
 from upperson.model import build_model, component_of
-from upperson.model.backbone import export_backbone
-from upperson.model.checkpoint import load_model, save_petl
+
+from upperson.model.checkpoint import export_backbone, load_model, save_petl
 from upperson.model.params import count_parameters
 from upperson.petl import AdapterConfig, LoraConfig, PrefixConfig
 from upperson.petl.config import ComponentConfig, require
@@ -258,3 +258,11 @@ def _round_trip(cfg: ModelConfig, tmp_path, name: str) -> None:
         assert (a - b).abs().max() <= 1e-5 * max(1.0, float(a.abs().max()))
     for a, b in zip(trained, _features(model)):  # merging leaves the model alone
         assert torch.equal(a, b)
+
+
+def test_the_zero_shot_counterpart_turns_every_registered_component_off():
+    from upperson.embedded import zero_shot_config
+
+    cfg = load_config("toypedes", ["model.ln_tuning.enabled=true"]).model
+    zs = zero_shot_config(cfg)
+    assert not any(zs.section(c.name).enabled for c in components())

@@ -45,12 +45,7 @@ def tiny_model_config(pretrained: Optional[str] = None) -> ModelConfig:
 
 def zero_shot_config(cfg: ModelConfig) -> ModelConfig:
     """``cfg`` with every PETL component off: the frozen backbone alone."""
-    return dataclasses.replace(
-        cfg,
-        prefix=dataclasses.replace(cfg.prefix, enabled=False),
-        lora=dataclasses.replace(cfg.lora, enabled=False),
-        adapter=dataclasses.replace(cfg.adapter, enabled=False),
-    )
+    return cfg.without_components()  # every registered component, LN-tuning and outside ones included
 
 
 def load_embedded_model(variant: str = "upperson", *, verify: bool = True, assets: Optional[Path] = None):
