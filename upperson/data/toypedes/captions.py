@@ -49,8 +49,28 @@ SUBJECTS: dict[str, tuple[str, ...]] = {
 }
 PRONOUNS = {"man": ("he", "his", "him"), "woman": ("she", "her", "her")}
 
+#: the domains' own nouns for the same garments (docs/generalization.md): domain -> type -> nouns
+DOMAIN_UPPER_NOUNS: dict[str, dict[str, tuple[str, ...]]] = {
+    "cuhk": {"t-shirt": ("t-shirt", "tee", "short-sleeved shirt"), "shirt": ("shirt", "long-sleeved shirt"),
+             "jacket": ("jacket",), "coat": ("coat",), "sweater": ("sweater",), "hoodie": ("hoodie",)},
+    "icfg": {"t-shirt": ("short-sleeved t-shirt", "short-sleeved top"), "shirt": ("long-sleeved shirt", "button-up shirt"),
+             "jacket": ("down jacket", "zip-up jacket", "windbreaker"), "coat": ("long coat", "overcoat", "trench coat"),
+             "sweater": ("knitted sweater", "pullover"), "hoodie": ("hooded sweatshirt", "hooded jacket")},
+    "rstp": {"t-shirt": ("t-shirt", "short-sleeved top"), "shirt": ("shirt", "long-sleeved top"),
+             "jacket": ("jacket", "thin jacket"), "coat": ("coat", "long coat"), "sweater": ("sweater", "jumper"),
+             "hoodie": ("hoodie", "sweatshirt")},
+}
+DOMAIN_LOWER_NOUNS: dict[str, dict[str, tuple[str, ...]]] = {
+    "cuhk": {"trousers": ("pants", "trousers"), "jeans": ("jeans",), "shorts": ("shorts",), "skirt": ("skirt",)},
+    "icfg": {"trousers": ("trousers", "casual trousers", "slacks"), "jeans": ("denim jeans", "jeans"),
+             "shorts": ("knee-length shorts", "shorts"), "skirt": ("knee-length skirt", "pleated skirt")},
+    "rstp": {"trousers": ("pants", "long pants"), "jeans": ("jeans",), "shorts": ("shorts",), "skirt": ("skirt", "dress skirt")},
+}
+
 _ALL_COLOUR_WORDS = sorted({w for ws in COLOUR_WORDS.values() for w in ws}, key=len, reverse=True)
-_ALL_UPPER_NOUNS = sorted({w for ws in UPPER_NOUNS.values() for w in ws}, key=len, reverse=True)
+_ALL_UPPER_NOUNS = sorted({w for ws in UPPER_NOUNS.values() for w in ws}
+                          | {w for nouns in DOMAIN_UPPER_NOUNS.values() for ws in nouns.values() for w in ws},
+                          key=len, reverse=True)
 _C = "|".join(re.escape(w) for w in _ALL_COLOUR_WORDS)
 #: matches the upper garment phrase; group 1 is its main colour word, group 2 the noun
 UPPER_PHRASE = re.compile(
