@@ -65,9 +65,9 @@ TOYPEDES_PRESETS: dict[str, ToyPedesPreset] = {
     "test-large": ToyPedesPreset(train=2000, val=200, test=300, images=(3, 5), weak_ids=3000, weak_images=(2, 3),
                                  extra_test=700, test_only=True),
     # the generalization study (docs/generalization.md), with --domain: a small fine-tuning set
-    # (~3,600 captions in every domain: >= 2,000 backbone weights per caption), a test split of
-    # ~6,000 queries, and with --domain world --captions weak the pretraining corpus (~90,000 pairs)
-    "regime": ToyPedesPreset(train=600, val=100, test=1000, images=(3, 3), weak_ids=15000, weak_images=(3, 3)),
+    # (~3,600 captions in every domain: >= 2,000 backbone weights per caption), val of ~1,200 and test of
+    # ~6,000 queries, and with --domain world --captions weak the pretraining corpus (96,000 pairs)
+    "regime": ToyPedesPreset(train=600, val=200, test=1000, images=(3, 3), weak_ids=16000, weak_images=(3, 3)),
 }
 #: the presets whose folders the domains leave byte for byte as they were (tests/test_toypedes_domains.py)
 ORIGINAL_PRESETS = ("tiny", "small", "default", "test-large")
