@@ -53,8 +53,10 @@ PRONOUNS = {"man": ("he", "his", "him"), "woman": ("she", "her", "her")}
 DOMAIN_UPPER_NOUNS: dict[str, dict[str, tuple[str, ...]]] = {
     "cuhk": {"t-shirt": ("t-shirt", "tee", "short-sleeved shirt"), "shirt": ("shirt", "long-sleeved shirt"),
              "jacket": ("jacket",), "coat": ("coat",), "sweater": ("sweater",), "hoodie": ("hoodie",)},
-    "icfg": {"t-shirt": ("short-sleeved t-shirt", "short-sleeved top"), "shirt": ("long-sleeved shirt", "button-up shirt"),
-             "jacket": ("down jacket", "zip-up jacket", "windbreaker"), "coat": ("long coat", "overcoat", "trench coat"),
+    "icfg": {"t-shirt": ("short-sleeved t-shirt", "short-sleeved top"),
+             "shirt": ("long-sleeved shirt", "button-up shirt"),
+             "jacket": ("down jacket", "zip-up jacket", "windbreaker"),
+             "coat": ("long coat", "overcoat", "trench coat"),
              "sweater": ("knitted sweater", "pullover"), "hoodie": ("hooded sweatshirt", "hooded jacket")},
     "rstp": {"t-shirt": ("t-shirt", "short-sleeved top"), "shirt": ("shirt", "long-sleeved top"),
              "jacket": ("jacket", "thin jacket"), "coat": ("coat", "long coat"), "sweater": ("sweater", "jumper"),
@@ -64,7 +66,8 @@ DOMAIN_LOWER_NOUNS: dict[str, dict[str, tuple[str, ...]]] = {
     "cuhk": {"trousers": ("pants", "trousers"), "jeans": ("jeans",), "shorts": ("shorts",), "skirt": ("skirt",)},
     "icfg": {"trousers": ("trousers", "casual trousers", "slacks"), "jeans": ("denim jeans", "jeans"),
              "shorts": ("knee-length shorts", "shorts"), "skirt": ("knee-length skirt", "pleated skirt")},
-    "rstp": {"trousers": ("pants", "long pants"), "jeans": ("jeans",), "shorts": ("shorts",), "skirt": ("skirt", "dress skirt")},
+    "rstp": {"trousers": ("pants", "long pants"), "jeans": ("jeans",), "shorts": ("shorts",),
+             "skirt": ("skirt", "dress skirt")},
 }
 
 _ALL_COLOUR_WORDS = sorted({w for ws in COLOUR_WORDS.values() for w in ws}, key=len, reverse=True)
@@ -239,7 +242,8 @@ def weak_caption(ident: Identity, view: str, rng: random.Random) -> str:
         f"wearing {colour_word(rng, ident.shoes_colour)} shoes",
     ]
     if ident.bag != "none":
-        options.append(f"with {with_article(colour_word(rng, ident.bag_colour) + ' ' + rng.choice(('bag', noun(BAG_NOUNS[ident.bag]))))}")
+        bag = colour_word(rng, ident.bag_colour) + " " + rng.choice(("bag", noun(BAG_NOUNS[ident.bag])))
+        options.append(f"with {with_article(bag)}")
     if ident.headwear != "none":
         options.append(f"wearing {with_article(colour_word(rng, ident.headwear_colour) + ' ' + ident.headwear)}")
     if ident.glasses and view != "back":

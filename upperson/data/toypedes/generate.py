@@ -126,7 +126,8 @@ def _render_identity(task: _Task) -> list[tuple[dict, dict]]:
     return results
 
 
-def _domain_plan(preset: ToyPedesPreset, seed: int, mode: str, domain: str) -> list[tuple[Identity, int, str, int, str]]:
+def _domain_plan(preset: ToyPedesPreset, seed: int, mode: str,
+                 domain: str) -> list[tuple[Identity, int, str, int, str]]:
     """(identity, pid, split, images, domain) for a domain's benchmark, its weak corpus or the world's."""
     plan = []
     if domain == WORLD:
@@ -135,7 +136,8 @@ def _domain_plan(preset: ToyPedesPreset, seed: int, mode: str, domain: str) -> l
         for i in range(preset.weak_ids):
             name, ident = next(stream)
             pid = WORLD_PID_OFFSET + i + 1
-            plan.append((ident, pid, "train", random.Random(f"toypedes/{seed}/{WORLD}/{pid}/count").randint(lo, hi), name))
+            n = random.Random(f"toypedes/{seed}/{WORLD}/{pid}/count").randint(lo, hi)
+            plan.append((ident, pid, "train", n, name))
         return plan
     spec = DOMAINS[domain]
     if mode == "fine":
@@ -150,7 +152,8 @@ def _domain_plan(preset: ToyPedesPreset, seed: int, mode: str, domain: str) -> l
         first = spec.pid_offset + WEAK_PID_GAP + 1
     for i, split in enumerate(splits):
         pid = first + i
-        plan.append((next(stream), pid, split, random.Random(f"toypedes/{seed}/{domain}/{pid}/count").randint(lo, hi), domain))
+        n = random.Random(f"toypedes/{seed}/{domain}/{pid}/count").randint(lo, hi)
+        plan.append((next(stream), pid, split, n, domain))
     return plan
 
 
@@ -305,9 +308,11 @@ def generate_toypedes(
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if domain is not None and domain not in DOMAINS and domain != WORLD:
-        raise ValueError(f"unknown ToyPEDES domain {domain!r}; known: {', '.join(DOMAINS)}, {WORLD} (weak captions only)")
+        raise ValueError(f"unknown ToyPEDES domain {domain!r}; known: {', '.join(DOMAINS)}, "
+                         f"{WORLD} (weak captions only)")
     if domain == WORLD and captions != "weak":
-        raise ValueError(f"domain {WORLD!r} is the pretraining corpus of every domain: it needs weak captions (--captions weak)")
+        raise ValueError(f"domain {WORLD!r} is the pretraining corpus of every domain: "
+                         "it needs weak captions (--captions weak)")
     spec = TOYPEDES_PRESETS[preset]
     if domain is not None and spec.test_only:
         raise ValueError(f"ToyPEDES {preset!r} is the original domain's larger test split; a domain's own "

@@ -49,7 +49,8 @@ class RenderStyle:
             if not 0 <= lo <= hi:
                 raise ValueError(f"RenderStyle.{name} must be an increasing non-negative range, got {(lo, hi)}")
         if len(self.backgrounds) != len(BACKGROUNDS) or min(self.backgrounds) < 0 or sum(self.backgrounds) <= 0:
-            raise ValueError(f"RenderStyle.backgrounds: {len(BACKGROUNDS)} non-negative weights, got {self.backgrounds}")
+            raise ValueError(f"RenderStyle.backgrounds: {len(BACKGROUNDS)} non-negative weights, "
+                             f"got {self.backgrounds}")
         if self.scale[1] > 1 or not all(0 <= p <= 1 for p in (self.blur, self.occlusion, self.low_res)):
             raise ValueError("RenderStyle: scale <= 1 and probabilities in [0, 1]")
 
