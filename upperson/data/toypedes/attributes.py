@@ -144,3 +144,71 @@ def identity_stream(seed: int) -> Iterator[Identity]:
         if ident.key() not in seen:
             seen.add(ident.key())
             yield ident
+
+
+@dataclass(frozen=True)
+class AttributeDist:
+    """A domain's clothing and attribute distribution (weights need not sum to one). The
+    original ToyPEDES draws with :func:`sample_identity`; a domain with :func:`sample_styled_identity`."""
+
+    woman: float  # probability of a woman
+    hair: dict[str, float]  # HAIR_PALETTE weights
+    colours: dict[str, float]  # garment colour weights (upper, lower, headwear, shoes)
+    upper: dict[str, float]  # UPPER_TYPES weights
+    lower_man: dict[str, float]  # LOWER_TYPES weights for men
+    lower_woman: dict[str, float]
+    pattern: float  # probability of a striped or checked upper garment
+    headwear: float
+    bag_man: dict[str, float]  # BAGS weights
+    bag_woman: dict[str, float]
+    glasses: float
+    umbrella: float
+
+    def __post_init__(self) -> None:
+        vocab = {"hair": HAIR_PALETTE, "colours": PALETTE, "upper": UPPER_TYPES, "lower_man": LOWER_TYPES,
+                 "lower_woman": LOWER_TYPES, "bag_man": BAGS, "bag_woman": BAGS}
+        for name, known in vocab.items():
+            weights = getattr(self, name)
+            if set(weights) - set(known) or min(weights.values()) < 0 or sum(weights.values()) <= 0:
+                raise ValueError(f"AttributeDist.{name}: non-negative weights over {sorted(known)}, got {weights}")
+        if not all(0 <= p <= 1 for p in (self.woman, self.pattern, self.headwear, self.glasses, self.umbrella)):
+            raise ValueError("AttributeDist: probabilities must lie in [0, 1]")
+
+
+def sample_styled_identity(rng: random.Random, dist: AttributeDist) -> Identity:
+    """One identity drawn from a domain's attribute distribution."""
+    gender = "woman" if rng.random() < dist.woman else "man"
+    woman = gender == "woman"
+    hair_length = "long" if rng.random() < (0.75 if woman else 0.1) else "short"
+    hair_colour = _weighted(rng, dist.hair)
+    headwear = _weighted(rng, {"cap": 0.6, "hat": 0.4}) if rng.random() < dist.headwear else "none"
+    upper_colour = _weighted(rng, dist.colours)
+    pattern = rng.choice(("striped", "checked")) if rng.random() < dist.pattern else "plain"
+    pattern_colour = ""
+    if pattern != "plain":
+        pattern_colour = _weighted(rng, {c: w for c, w in dist.colours.items() if c != upper_colour} or {"white": 1.0})
+    lower_type = _weighted(rng, dist.lower_woman if woman else dist.lower_man)
+    lower_colour = rng.choice(JEANS_COLOURS) if lower_type == "jeans" else _weighted(rng, dist.colours)
+    bag = _weighted(rng, dist.bag_woman if woman else dist.bag_man)
+    umbrella = rng.random() < dist.umbrella
+    return Identity(
+        gender=gender,
+        hair_length=hair_length,
+        hair_colour=hair_colour,
+        headwear=headwear,
+        headwear_colour=_weighted(rng, dist.colours) if headwear != "none" else "",
+        upper_type=_weighted(rng, dist.upper),
+        upper_colour=upper_colour,
+        upper_pattern=pattern,
+        pattern_colour=pattern_colour,
+        lower_type=lower_type,
+        lower_colour=lower_colour,
+        shoes_colour=_weighted(rng, dist.colours) if rng.random() < 0.3 else rng.choice(("black", "white")),
+        bag=bag,
+        bag_colour=_weighted(rng, dist.colours) if bag != "none" else "",
+        glasses=rng.random() < dist.glasses,
+        umbrella=umbrella,
+        umbrella_colour=rng.choice(COLOURS) if umbrella else "",
+        skin=rng.randrange(len(SKIN_TONES)),
+        build=round(rng.uniform(0.95, 1.1), 3),
+    )

@@ -49,8 +49,31 @@ SUBJECTS: dict[str, tuple[str, ...]] = {
 }
 PRONOUNS = {"man": ("he", "his", "him"), "woman": ("she", "her", "her")}
 
+#: the domains' own nouns for the same garments (docs/generalization.md): domain -> type -> nouns
+DOMAIN_UPPER_NOUNS: dict[str, dict[str, tuple[str, ...]]] = {
+    "cuhk": {"t-shirt": ("t-shirt", "tee", "short-sleeved shirt"), "shirt": ("shirt", "long-sleeved shirt"),
+             "jacket": ("jacket",), "coat": ("coat",), "sweater": ("sweater",), "hoodie": ("hoodie",)},
+    "icfg": {"t-shirt": ("short-sleeved t-shirt", "short-sleeved top"),
+             "shirt": ("long-sleeved shirt", "button-up shirt"),
+             "jacket": ("down jacket", "zip-up jacket", "windbreaker"),
+             "coat": ("long coat", "overcoat", "trench coat"),
+             "sweater": ("knitted sweater", "pullover"), "hoodie": ("hooded sweatshirt", "hooded jacket")},
+    "rstp": {"t-shirt": ("t-shirt", "short-sleeved top"), "shirt": ("shirt", "long-sleeved top"),
+             "jacket": ("jacket", "thin jacket"), "coat": ("coat", "long coat"), "sweater": ("sweater", "jumper"),
+             "hoodie": ("hoodie", "sweatshirt")},
+}
+DOMAIN_LOWER_NOUNS: dict[str, dict[str, tuple[str, ...]]] = {
+    "cuhk": {"trousers": ("pants", "trousers"), "jeans": ("jeans",), "shorts": ("shorts",), "skirt": ("skirt",)},
+    "icfg": {"trousers": ("trousers", "casual trousers", "slacks"), "jeans": ("denim jeans", "jeans"),
+             "shorts": ("knee-length shorts", "shorts"), "skirt": ("knee-length skirt", "pleated skirt")},
+    "rstp": {"trousers": ("pants", "long pants"), "jeans": ("jeans",), "shorts": ("shorts",),
+             "skirt": ("skirt", "dress skirt")},
+}
+
 _ALL_COLOUR_WORDS = sorted({w for ws in COLOUR_WORDS.values() for w in ws}, key=len, reverse=True)
-_ALL_UPPER_NOUNS = sorted({w for ws in UPPER_NOUNS.values() for w in ws}, key=len, reverse=True)
+_ALL_UPPER_NOUNS = sorted({w for ws in UPPER_NOUNS.values() for w in ws}
+                          | {w for nouns in DOMAIN_UPPER_NOUNS.values() for ws in nouns.values() for w in ws},
+                          key=len, reverse=True)
 _C = "|".join(re.escape(w) for w in _ALL_COLOUR_WORDS)
 #: matches the upper garment phrase; group 1 is its main colour word, group 2 the noun
 UPPER_PHRASE = re.compile(
@@ -68,35 +91,37 @@ def canonical_colour(word: str) -> str:
     raise KeyError(word)
 
 
-def _c(rng: random.Random, colour: str) -> str:
+def colour_word(rng: random.Random, colour: str) -> str:
+    """A caption word for a palette colour: the usual one 70 % of the time."""
     words = COLOUR_WORDS[colour]
     return words[0] if len(words) == 1 or rng.random() < 0.7 else rng.choice(words[1:])
 
 
-def _a(phrase: str) -> str:
+def with_article(phrase: str) -> str:
+    """``phrase`` with "a" or "an"."""
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
 def upper_phrase(ident: Identity, rng: random.Random) -> str:
     noun = rng.choice(UPPER_NOUNS[ident.upper_type])
-    c = _c(rng, ident.upper_colour)
+    c = colour_word(rng, ident.upper_colour)
     if ident.upper_pattern == "plain":
-        return _a(f"{c} {noun}")
-    c2 = _c(rng, ident.pattern_colour)
+        return with_article(f"{c} {noun}")
+    c2 = colour_word(rng, ident.pattern_colour)
     if ident.upper_pattern == "striped":
         if rng.random() < 0.5:
-            return _a(f"{c} {noun} with {c2} stripes")
-        return _a(f"{c} and {c2} striped {noun}")
+            return with_article(f"{c} {noun} with {c2} stripes")
+        return with_article(f"{c} and {c2} striped {noun}")
     if rng.random() < 0.5:
-        return _a(f"{c} {noun} with a {c2} check pattern")
-    return _a(f"{c} and {c2} {rng.choice(('checked', 'plaid'))} {noun}")
+        return with_article(f"{c} {noun} with a {c2} check pattern")
+    return with_article(f"{c} and {c2} {rng.choice(('checked', 'plaid'))} {noun}")
 
 
 def lower_phrase(ident: Identity, rng: random.Random) -> str:
     noun = rng.choice(LOWER_NOUNS[ident.lower_type])
-    c = _c(rng, ident.lower_colour)
+    c = colour_word(rng, ident.lower_colour)
     if ident.lower_type == "skirt":
-        return _a(f"{c} {noun}")
+        return with_article(f"{c} {noun}")
     return f"a pair of {c} {noun}" if rng.random() < 0.3 else f"{c} {noun}"
 
 
@@ -109,23 +134,23 @@ def hair_phrase(ident: Identity, rng: random.Random) -> str:
 
 def shoes_phrase(ident: Identity, rng: random.Random) -> str:
     noun = rng.choice(SHOE_NOUNS)
-    c = _c(rng, ident.shoes_colour)
+    c = colour_word(rng, ident.shoes_colour)
     return f"a pair of {c} {noun}" if rng.random() < 0.4 else f"{c} {noun}"
 
 
 def bag_phrase(ident: Identity, rng: random.Random) -> str:
-    return _a(f"{_c(rng, ident.bag_colour)} {rng.choice(BAG_NOUNS[ident.bag])}")
+    return with_article(f"{colour_word(rng, ident.bag_colour)} {rng.choice(BAG_NOUNS[ident.bag])}")
 
 
 def headwear_phrase(ident: Identity, rng: random.Random) -> str:
-    c = _c(rng, ident.headwear_colour)
+    c = colour_word(rng, ident.headwear_colour)
     if ident.headwear == "cap":
-        return _a(f"{c} {rng.choice(('cap', 'baseball cap'))}")
-    return _a(f"{c} {rng.choice(('hat', 'wide-brimmed hat', 'sun hat'))}")
+        return with_article(f"{c} {rng.choice(('cap', 'baseball cap'))}")
+    return with_article(f"{c} {rng.choice(('hat', 'wide-brimmed hat', 'sun hat'))}")
 
 
 def umbrella_phrase(ident: Identity, rng: random.Random) -> str:
-    return _a(f"{rng.choice(('', 'open '))}{_c(rng, ident.umbrella_colour)} umbrella".lstrip())
+    return with_article(f"{rng.choice(('', 'open '))}{colour_word(rng, ident.umbrella_colour)} umbrella".lstrip())
 
 
 def _sentence(text: str) -> str:
@@ -211,19 +236,20 @@ def weak_caption(ident: Identity, view: str, rng: random.Random) -> str:
         return options[0] if rng.random() < 0.7 else rng.choice(options)
 
     options = [
-        f"wearing {_a(_c(rng, ident.upper_colour) + ' ' + noun(UPPER_NOUNS[ident.upper_type]))}",
-        f"in {_c(rng, ident.lower_colour)} {noun(LOWER_NOUNS[ident.lower_type])}",
+        f"wearing {with_article(colour_word(rng, ident.upper_colour) + ' ' + noun(UPPER_NOUNS[ident.upper_type]))}",
+        f"in {colour_word(rng, ident.lower_colour)} {noun(LOWER_NOUNS[ident.lower_type])}",
         f"with {rng.choice((ident.hair_length, rng.choice(HAIR_WORDS[ident.hair_colour])))} hair",
-        f"wearing {_c(rng, ident.shoes_colour)} shoes",
+        f"wearing {colour_word(rng, ident.shoes_colour)} shoes",
     ]
     if ident.bag != "none":
-        options.append(f"with {_a(_c(rng, ident.bag_colour) + ' ' + rng.choice(('bag', noun(BAG_NOUNS[ident.bag]))))}")
+        bag = colour_word(rng, ident.bag_colour) + " " + rng.choice(("bag", noun(BAG_NOUNS[ident.bag])))
+        options.append(f"with {with_article(bag)}")
     if ident.headwear != "none":
-        options.append(f"wearing {_a(_c(rng, ident.headwear_colour) + ' ' + ident.headwear)}")
+        options.append(f"wearing {with_article(colour_word(rng, ident.headwear_colour) + ' ' + ident.headwear)}")
     if ident.glasses and view != "back":
         options.append("wearing glasses")
     if ident.umbrella:
-        options.append(f"holding {_a(_c(rng, ident.umbrella_colour) + ' umbrella')}")
+        options.append(f"holding {with_article(colour_word(rng, ident.umbrella_colour) + ' umbrella')}")
     chosen = rng.sample(options, rng.randint(1, min(3, len(options))))
     subject = rng.choice(("a person", "someone", "a pedestrian", f"a {ident.gender}"))
     prefix = rng.choice(("a photo of ", "an image of ", "", ""))

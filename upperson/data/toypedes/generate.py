@@ -20,6 +20,8 @@ from tqdm import tqdm
 
 from upperson.data.toypedes.attributes import Identity, identity_stream
 from upperson.data.toypedes.captions import fine_caption, weak_caption
+from upperson.data.toypedes.domain_captions import CAPTION_STYLES, noisy_caption
+from upperson.data.toypedes.domains import DOMAINS, WEAK_PID_GAP, WORLD, WORLD_PID_OFFSET, domain_stream, world_stream
 from upperson.data.toypedes.render import HEIGHT, WIDTH, render
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,13 @@ TOYPEDES_PRESETS: dict[str, ToyPedesPreset] = {
     # corpus, so none was seen in training or pretraining: about 8,000 queries (docs/statistics.md)
     "test-large": ToyPedesPreset(train=2000, val=200, test=300, images=(3, 5), weak_ids=3000, weak_images=(2, 3),
                                  extra_test=700, test_only=True),
+    # the generalization study (docs/generalization.md), with --domain: a small fine-tuning set
+    # (~3,600 captions in every domain: >= 2,000 backbone weights per caption), val of ~1,200 and test of
+    # ~6,000 queries, and with --domain world --captions weak the pretraining corpus (96,000 pairs)
+    "regime": ToyPedesPreset(train=600, val=200, test=1000, images=(3, 3), weak_ids=16000, weak_images=(3, 3)),
 }
+#: the presets whose folders the domains leave byte for byte as they were (tests/test_toypedes_domains.py)
+ORIGINAL_PRESETS = ("tiny", "small", "default", "test-large")
 
 
 def _views(n: int, rng: random.Random) -> list[str]:
@@ -71,33 +79,82 @@ def _views(n: int, rng: random.Random) -> list[str]:
     return base[:n] + [rng.choices(base, weights=(0.4, 0.3, 0.3))[0] for _ in range(n - len(base))]
 
 
-# a task: (identity, pid, split, number of images, seed, caption mode, output folder)
-_Task = tuple[Identity, int, str, int, int, str, str]
+# a task: (identity, pid, split, number of images, seed, caption mode, output folder, domain or "")
+_Task = tuple[Identity, int, str, int, int, str, str, str]
+
+
+def _caption_fn(mode: str, domain: str):
+    """The caption function (identity, view, rng) of a mode and domain ("" = the original)."""
+    if not domain:
+        return fine_caption if mode == "fine" else weak_caption
+    if mode == "fine":
+        return CAPTION_STYLES[DOMAINS[domain].caption_style]
+    return lambda ident, view, rng: noisy_caption(ident, view, rng, domain)
 
 
 def _render_identity(task: _Task) -> list[tuple[dict, dict]]:
     """Draw, caption and save every image of one identity; (annotation, image info) each."""
-    ident, pid, split, n_images, seed, mode, out = task
-    views = _views(n_images, random.Random(f"toypedes/{seed}/{pid}/views"))
-    caption = fine_caption if mode == "fine" else weak_caption
+    ident, pid, split, n_images, seed, mode, out, domain = task
+    if domain:
+        spec = DOMAINS[domain]
+        vrng = random.Random(f"toypedes/{seed}/{domain}/{pid}/views")
+        views = [vrng.choices(("front", "back", "side"), weights=spec.views)[0] for _ in range(n_images)]
+        n_captions = spec.captions_per_image if mode == "fine" else CAPTIONS_PER_IMAGE
+        style = spec.style
+    else:
+        views = _views(n_images, random.Random(f"toypedes/{seed}/{pid}/views"))
+        n_captions, style = CAPTIONS_PER_IMAGE, None
+    caption = _caption_fn(mode, domain)
+    ns = f"toypedes/{seed}/{domain}/{pid}" if domain else f"toypedes/{seed}/{pid}"
     results = []
     for k, view in enumerate(views):
         img, shown = render(
             ident, view,
-            random.Random(f"toypedes/{seed}/{pid}/{k}/image"),
+            random.Random(f"{ns}/{k}/image"),
             np.random.default_rng([seed, pid, k]),
+            style,
         )
         rel = f"{split}/{pid:05d}_{k}.png"
         path = Path(out) / "imgs" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path, format="PNG", optimize=False, compress_level=6)
-        captions = [caption(ident, view, random.Random(f"toypedes/{seed}/{pid}/{k}/caption/{j}"))
-                    for j in range(CAPTIONS_PER_IMAGE)]
+        captions = [caption(ident, view, random.Random(f"{ns}/{k}/caption/{j}")) for j in range(n_captions)]
         results.append((
             {"id": pid, "file_path": rel, "captions": captions, "split": split},
-            {"file_path": rel, "id": pid, **shown.to_dict()},
+            {"file_path": rel, "id": pid, **shown.to_dict(), **({"domain": domain} if domain else {})},
         ))
     return results
+
+
+def _domain_plan(preset: ToyPedesPreset, seed: int, mode: str,
+                 domain: str) -> list[tuple[Identity, int, str, int, str]]:
+    """(identity, pid, split, images, domain) for a domain's benchmark, its weak corpus or the world's."""
+    plan = []
+    if domain == WORLD:
+        lo, hi = preset.weak_images
+        stream = world_stream(seed)
+        for i in range(preset.weak_ids):
+            name, ident = next(stream)
+            pid = WORLD_PID_OFFSET + i + 1
+            n = random.Random(f"toypedes/{seed}/{WORLD}/{pid}/count").randint(lo, hi)
+            plan.append((ident, pid, "train", n, name))
+        return plan
+    spec = DOMAINS[domain]
+    if mode == "fine":
+        stream = domain_stream(seed, domain)
+        splits = ["train"] * preset.train + ["val"] * preset.val + ["test"] * preset.test
+        lo, hi = spec.images
+        first = spec.pid_offset + 1
+    else:
+        stream = domain_stream(seed, domain, pretraining=True)
+        splits = ["train"] * preset.weak_ids
+        lo, hi = preset.weak_images
+        first = spec.pid_offset + WEAK_PID_GAP + 1
+    for i, split in enumerate(splits):
+        pid = first + i
+        n = random.Random(f"toypedes/{seed}/{domain}/{pid}/count").randint(lo, hi)
+        plan.append((next(stream), pid, split, n, domain))
+    return plan
 
 
 def _plan(preset: ToyPedesPreset, seed: int, mode: str) -> list[tuple[Identity, int, str, int]]:
@@ -128,8 +185,11 @@ def _plan(preset: ToyPedesPreset, seed: int, mode: str) -> list[tuple[Identity, 
     return plan
 
 
-def _meta(preset_name: str, seed: int, mode: str, splits: Optional[Sequence[str]] = None) -> dict:
+def _meta(preset_name: str, seed: int, mode: str, splits: Optional[Sequence[str]] = None,
+          domain: Optional[str] = None) -> dict:
     extra = {"splits": sorted(splits)} if splits else {}
+    if domain:  # only then: the original presets' meta.json stays as it was
+        extra["domain"] = domain
     return {**extra, 
         "generator": "upperson toypedes",
         "version": GENERATOR_VERSION,
@@ -208,6 +268,7 @@ def generate_toypedes(
     overwrite: bool = False,
     splits: Optional[Sequence[str]] = None,
     repair: bool = False,
+    domain: Optional[str] = None,
 ) -> Path:
     """Write ToyPEDES under ``out_dir`` and return its folder.
 
@@ -229,6 +290,12 @@ def generate_toypedes(
     ``splits`` (e.g. ``["test"]``) draws only those splits' identities: the same pids, images
     and captions as in the full benchmark, in a fraction of the time. A ``test_only`` preset
     (``test-large``) always draws its test split alone.
+
+    ``domain`` (a key of :data:`~upperson.data.toypedes.domains.DOMAINS`) draws that domain's
+    benchmark (``fine``) or weak corpus; ``"world"`` with ``captions="weak"`` draws the
+    pretraining corpus of every domain at once (docs/generalization.md). The folder names stay
+    ``ToyPEDES`` / ``ToyPEDES-weak``: give each domain its own ``out_dir``. ``None`` is the
+    original ToyPEDES, byte for byte as before.
     """
     if splits is not None and (not splits or set(splits) - {"train", "val", "test"}):
         raise ValueError(f"splits must be a non-empty subset of train, val, test; got {splits!r}")
@@ -240,7 +307,16 @@ def generate_toypedes(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if domain is not None and domain not in DOMAINS and domain != WORLD:
+        raise ValueError(f"unknown ToyPEDES domain {domain!r}; known: {', '.join(DOMAINS)}, "
+                         f"{WORLD} (weak captions only)")
+    if domain == WORLD and captions != "weak":
+        raise ValueError(f"domain {WORLD!r} is the pretraining corpus of every domain: "
+                         "it needs weak captions (--captions weak)")
     spec = TOYPEDES_PRESETS[preset]
+    if domain is not None and spec.test_only:
+        raise ValueError(f"ToyPEDES {preset!r} is the original domain's larger test split; a domain's own "
+                         "test split is in its preset (e.g. regime)")
     if spec.test_only:
         if captions != "fine":
             raise ValueError(f"ToyPEDES {preset!r} is a test split only; it has no weak corpus "
@@ -250,7 +326,7 @@ def generate_toypedes(
         splits = ["test"]
     out_dir = Path(out_dir).expanduser().resolve()
     final = out_dir / FOLDERS[captions]
-    meta = _meta(preset, seed, captions, splits)
+    meta = _meta(preset, seed, captions, splits, domain)
     if final.exists() and _holds(final, meta) and not overwrite:
         problem = damage(final)
         if problem is None:
@@ -273,18 +349,22 @@ def generate_toypedes(
             raise ValueError(f"{final} exists and is not ToyPEDES {preset!r} with seed {seed}; "
                              "pass --overwrite (overwrite=True) to replace it")
 
-    plan = _plan(spec, seed, captions)
+    if domain is None:
+        plan = [(*entry, "") for entry in _plan(spec, seed, captions)]
+    else:
+        plan = _domain_plan(spec, seed, captions, domain)
     if splits:
         plan = [entry for entry in plan if entry[2] in splits]
-    n_images = sum(n for *_, n in plan)
+    n_images = sum(entry[3] for entry in plan)
     if workers is None:
         workers = 1 if n_images < 600 else max(1, min(os.cpu_count() or 1, 8))
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=out_dir))
-    log.info("generating ToyPEDES %s (%s captions, seed %d): %d identities, %d images, %d worker(s)",
-             preset, captions, seed, len(plan), n_images, workers)
+    log.info("generating ToyPEDES %s%s (%s captions, seed %d): %d identities, %d images, %d worker(s)",
+             preset, f" domain {domain}" if domain else "", captions, seed, len(plan), n_images, workers)
     try:
-        tasks: list[_Task] = [(ident, pid, split, n, seed, captions, str(tmp)) for ident, pid, split, n in plan]
+        tasks: list[_Task] = [(ident, pid, split, n, seed, captions, str(tmp), dom)
+                              for ident, pid, split, n, dom in plan]
         bar = tqdm(total=len(tasks), unit="id", desc=f"ToyPEDES {preset}", disable=None, leave=False)
         results: list[list[tuple[dict, dict]]] = []
         if workers == 1:
@@ -303,7 +383,8 @@ def generate_toypedes(
         annotations = [ann for res in results for ann, _ in res]
         images = {info["file_path"]: {k: v for k, v in info.items() if k != "file_path"}
                   for res in results for _, info in res}
-        identities = {str(pid): {"split": split, **ident.to_dict()} for ident, pid, split, _ in plan}
+        identities = {str(pid): {"split": split, **ident.to_dict(), **({"domain": dom} if dom else {})}
+                      for ident, pid, split, _, dom in plan}
         counts = {}
         for split in ("train", "val", "test"):
             anns = [a for a in annotations if a["split"] == split]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
@@ -21,6 +22,37 @@ HEIGHT, WIDTH = 192, 64
 SUPERSAMPLE = 2
 
 RGB = tuple[int, int, int]
+BACKGROUNDS = ("solid", "gradient", "noise", "street")
+
+
+@dataclass(frozen=True)
+class RenderStyle:
+    """A domain's camera: background, lighting, scale, occlusion and resolution. ``None`` (the
+    original ToyPEDES) draws exactly as before; a style draws its extra random numbers after."""
+
+    backgrounds: tuple[float, float, float, float]  # weights of BACKGROUNDS
+    background_level: tuple[int, int]  # grey level range of the background
+    scale: tuple[float, float]  # person height / image height
+    shift: float  # horizontal offset, fraction of the width
+    brightness: tuple[float, float]
+    contrast: tuple[float, float]
+    cast: tuple[float, float, float]  # per-channel gain of the light (RGB)
+    saturation: tuple[float, float]
+    blur: float  # probability of a blur
+    occlusion: float  # probability of an occluder
+    low_res: float  # probability the camera saw the person at half resolution
+    noise: float  # sensor noise, grey levels (std)
+
+    def __post_init__(self) -> None:
+        for name in ("scale", "brightness", "contrast", "saturation", "background_level"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"RenderStyle.{name} must be an increasing non-negative range, got {(lo, hi)}")
+        if len(self.backgrounds) != len(BACKGROUNDS) or min(self.backgrounds) < 0 or sum(self.backgrounds) <= 0:
+            raise ValueError(f"RenderStyle.backgrounds: {len(BACKGROUNDS)} non-negative weights, "
+                             f"got {self.backgrounds}")
+        if self.scale[1] > 1 or not all(0 <= p <= 1 for p in (self.blur, self.occlusion, self.low_res)):
+            raise ValueError("RenderStyle: scale <= 1 and probabilities in [0, 1]")
 
 
 @dataclass
@@ -46,28 +78,35 @@ def _muted(rng: random.Random, lo: int = 95, hi: int = 190) -> RGB:
     return tuple(int(max(0, min(255, base + rng.randint(-18, 18)))) for _ in range(3))  # type: ignore[return-value]
 
 
-def _background(rng: random.Random, nprng: np.random.Generator, w: int, h: int) -> Image.Image:
-    kind = rng.choice(("solid", "gradient", "noise", "street"))
+def _background(rng: random.Random, nprng: np.random.Generator, w: int, h: int,
+                style: Optional[RenderStyle] = None) -> Image.Image:
+    if style is None:
+        kind = rng.choice(BACKGROUNDS)
+        lo, hi = 95, 190
+    else:
+        kind = rng.choices(BACKGROUNDS, weights=style.backgrounds)[0]
+        lo, hi = style.background_level
     if kind == "solid":
-        return Image.new("RGB", (w, h), _muted(rng))
+        return Image.new("RGB", (w, h), _muted(rng, lo, hi))
     if kind == "gradient":
-        a, b = np.array(_muted(rng), float), np.array(_muted(rng), float)
+        a, b = np.array(_muted(rng, lo, hi), float), np.array(_muted(rng, lo, hi), float)
         t = np.linspace(0, 1, h)[:, None, None]
         arr = np.broadcast_to(a * (1 - t) + b * t, (h, w, 3))
         return Image.fromarray(np.ascontiguousarray(arr).round().astype(np.uint8))
     if kind == "noise":
-        base = np.array(_muted(rng), float)
+        base = np.array(_muted(rng, lo, hi), float)
         arr = base + nprng.normal(0, 12, (h, w, 1)) + nprng.normal(0, 4, (h, w, 3))
         return Image.fromarray(arr.clip(0, 255).round().astype(np.uint8))
     # street: a wall with a window or door, then pavement bands
-    img = Image.new("RGB", (w, h), _muted(rng, 110, 185))
+    dl = 0 if style is None else (lo + hi) // 2 - 142  # a darker or brighter street than the original's
+    img = Image.new("RGB", (w, h), _muted(rng, 110 + dl, 185 + dl))
     d = ImageDraw.Draw(img)
     horizon = int(h * rng.uniform(0.55, 0.7))
     if rng.random() < 0.6:
         x0 = rng.randint(-w // 4, w // 2)
-        d.rectangle([x0, int(h * 0.12), x0 + int(w * 0.45), horizon - int(h * 0.08)], fill=_muted(rng, 60, 120))
+        d.rectangle([x0, int(h * 0.12), x0 + int(w * 0.45), horizon - int(h * 0.08)], fill=_muted(rng, 60 + dl, 120 + dl))
     band = max(4, int(h * rng.uniform(0.03, 0.06)))
-    shades = (_muted(rng, 100, 150), _muted(rng, 130, 175))
+    shades = (_muted(rng, 100 + dl, 150 + dl), _muted(rng, 130 + dl, 175 + dl))
     for i, y in enumerate(range(horizon, h, band)):
         d.rectangle([0, y, w, y + band], fill=shades[i % 2])
     return img
@@ -92,17 +131,21 @@ class _Person:
         return [(self.x(a), self.y(b)) for a, b in pts]
 
 
-def render(ident: Identity, view: str, rng: random.Random, nprng: np.random.Generator) -> tuple[Image.Image, View]:
-    """Draw ``ident`` seen from ``view``; returns the 64 x 192 RGB image and what it shows."""
+def render(ident: Identity, view: str, rng: random.Random, nprng: np.random.Generator,
+           style: Optional[RenderStyle] = None) -> tuple[Image.Image, View]:
+    """Draw ``ident`` seen from ``view``; returns the 64 x 192 RGB image and what it shows.
+    ``style`` is a domain's camera (:class:`RenderStyle`); ``None`` is the original ToyPEDES."""
     S = SUPERSAMPLE
     W, H = WIDTH * S, HEIGHT * S
-    img = _background(rng, nprng, W, H)
+    img = _background(rng, nprng, W, H, style)
     d = ImageDraw.Draw(img)
 
-    ph = H * rng.uniform(0.80, 0.92) * (0.9 if ident.umbrella else 1.0)
+    scale = (0.80, 0.92) if style is None else style.scale
+    shift = 0.06 if style is None else style.shift
+    ph = H * rng.uniform(*scale) * (0.9 if ident.umbrella else 1.0)
     bottom = H * (1 - rng.uniform(0.01, 0.05))
     top = bottom - ph
-    cx = W / 2 + rng.uniform(-0.06, 0.06) * W
+    cx = W / 2 + rng.uniform(-shift, shift) * W
     b = ident.build * (0.93 if ident.gender == "woman" else 1.0)
     p = _Person(cx, top, ph, b)
 
@@ -270,7 +313,7 @@ def render(ident: Identity, view: str, rng: random.Random, nprng: np.random.Gene
 
     # --- occluder at one side, away from a bag; it never reaches the torso core
     occluder, occ_side = "none", 0
-    if rng.random() < 0.15:
+    if rng.random() < (0.15 if style is None else style.occlusion):
         occluder = rng.choice(("box", "pole"))
         occ_side = -bag_side if ident.bag in ("handbag", "shoulder bag") else rng.choice((-1, 1))
         grey = _muted(rng, 70, 170)
@@ -289,12 +332,27 @@ def render(ident: Identity, view: str, rng: random.Random, nprng: np.random.Gene
     cx0, cy0, cx1, cy1 = p.box(core_x - core_w, 0.23, core_x + core_w, 0.45)
 
     img = img.resize((WIDTH, HEIGHT), Image.LANCZOS)
-    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.87, 1.13))
-    img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.87, 1.13))
-    if rng.random() < 0.25:
+    bright = (0.87, 1.13) if style is None else style.brightness
+    contrast = (0.87, 1.13) if style is None else style.contrast
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(*bright))
+    img = ImageEnhance.Contrast(img).enhance(rng.uniform(*contrast))
+    if rng.random() < (0.25 if style is None else style.blur):
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 0.9)))
+    if style is not None:
+        img = _camera(img, style, rng, nprng)
     core = (int(cx0 / S + 1), int(cy0 / S + 1), int(cx1 / S - 1), int(cy1 / S - 1))
     return img, View(view=view, occluder=occluder, occluder_side=occ_side, torso_core=core)
+
+
+def _camera(img: Image.Image, style: RenderStyle, rng: random.Random, nprng: np.random.Generator) -> Image.Image:
+    """A domain camera's colour: saturation, the light's colour cast, half resolution, sensor noise."""
+    img = ImageEnhance.Color(img).enhance(rng.uniform(*style.saturation))
+    if rng.random() < style.low_res:
+        img = img.resize((WIDTH // 2, HEIGHT // 2), Image.BILINEAR).resize((WIDTH, HEIGHT), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.float64) * np.asarray(style.cast)
+    if style.noise > 0:
+        arr = arr + nprng.normal(0.0, style.noise, arr.shape)
+    return Image.fromarray(arr.clip(0, 255).round().astype(np.uint8))
 
 
 def sorted_box(p: _Person, x0: float, y0: float, x1: float, y1: float) -> list[float]:
