@@ -30,6 +30,8 @@ from demo.gallery import Gallery, GalleryError, GalleryItem, normalise_caption
 from upperson.evaluation import inference_model
 from upperson.index import (ImageIndex, IndexLimits, IndexResult, SkipFile, Stamp, file_stamp, load_checked_rgb,
                             model_key)
+from upperson.search.build import BuildLimits
+from upperson.search.query import encode_query
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,14 @@ class SearchResult:
     target_source: str = ""  # "caption" (the query is a gallery caption) or "user"
     rankings: list[Ranking] = field(default_factory=list)
     gallery: Optional["GalleryIndex"] = None  # the snapshot every ranking was computed on
+
+
+@dataclass(frozen=True)
+class ImageQuery:
+    """An image query: a gallery image by the name the results show, or an image file (an upload)."""
+
+    name: Optional[str] = None
+    path: Optional[Path] = None
 
 
 @dataclass
@@ -453,10 +463,19 @@ class SearchEngine:
 
     def _rank_snapshot(self, gi: GalleryIndex, q: PreparedQuery, text: str, top_k: int,
                        pid: Optional[Union[int, str, float]], variants: tuple[str, ...],
-                       checkpoint: str) -> SearchResult:
-        """Every ranking of one query on snapshot ``gi``; features of another snapshot (the files changed)
-        make the result name that one in ``result.gallery``, and the caller ranks again on it."""
-        target, source, more = self.target_pid(text, pid, gi)
+                       checkpoint: str, image: Optional[ImageQuery] = None) -> SearchResult:
+        """Every ranking of one query (text, or ``image``) on snapshot ``gi``; features of another
+        snapshot (the files changed) make the result name that one in ``result.gallery``, and the
+        caller ranks again on it."""
+        exclude: Optional[int] = None
+        if image is not None and image.name is not None:  # a gallery image: it is left out of its own ranking
+            exclude, item = self.item_by_name(image.name, gi)
+            if pid is None or str(pid).strip() == "":
+                target, source, more = (item.pid, "image", []) if item.pid is not None else (None, "", [])
+            else:
+                target, source, more = self.target_pid("", pid, gi)
+        else:
+            target, source, more = self.target_pid(text, pid, gi)
         result = SearchResult(q.text, q.notices + more, target, source, gallery=gi)
         items = gi.gallery.items
         for variant in variants:
@@ -464,14 +483,25 @@ class SearchEngine:
             if snap is not gi:
                 result.gallery = snap
                 return result
-            qv = self.encode_query(q.tokens, variant, checkpoint)
-            scores, idx = self.rank(feats, qv, top_k)
+            if exclude is not None:
+                qv = feats[exclude]
+            elif image is not None:
+                qv = self.encode_image_file(image.path, variant, checkpoint)
+            else:
+                qv = self.encode_query(q.tokens, variant, checkpoint)
+            sim = feats @ qv
+            keep = torch.ones(sim.shape[0], dtype=torch.bool)
+            if exclude is not None:
+                keep[exclude] = False
+            rows = keep.nonzero()[:, 0]
+            scores, idx = self.rank(feats[rows], qv, top_k)
+            idx = rows[idx]
             hits = [
                 Hit(r + 1, int(i), gi.gallery.relative_name(items[int(i)]), float(s), items[int(i)].pid,
                     None if target is None else items[int(i)].pid == target, items[int(i)].path)
                 for r, (s, i) in enumerate(zip(scores.tolist(), idx.tolist()))
             ]
-            metrics = self._metrics(gi, feats @ qv, target) if target is not None else None
+            metrics = self._metrics(gi, sim, target, keep) if target is not None else None
             result.rankings.append(Ranking(variant, hits, metrics))
         return result
 
@@ -484,14 +514,33 @@ class SearchEngine:
         it was indexed, the gallery is indexed again and the query ranked on the new
         snapshot, with a notice saying so.
         """
-        q = self.prepare(text)
+        return self._search(self.prepare(text), str(text), top_k, pid, variants, gallery, checkpoint, None)
+
+    def search_image(self, image: ImageQuery, top_k: int = 20, *, pid: Optional[Union[int, str, float]] = None,
+                     variants: tuple[str, ...] = (UPPERSON,), gallery: Optional[str] = None,
+                     checkpoint: Optional[str] = None) -> SearchResult:
+        """Rank gallery ``gallery`` for an image: one of its own (by the name the results show; it is left
+        out of the ranking, and its identity, when known, is the one scored) or an image file (an upload)."""
+        if image.name is None and image.path is None:
+            raise QueryError("Upload an image, or click a result and choose \"Find this person\".")
+        label = f"the image {image.name}" if image.name is not None else "the uploaded image"
+        notices = [f"{image.name} itself is left out of the ranking."] if image.name is not None else []
+        return self._search(PreparedQuery(label, torch.empty(0), notices), "", top_k, pid, variants, gallery,
+                            checkpoint, image)
+
+    def _search(self, q: PreparedQuery, text: str, top_k: int, pid: Optional[Union[int, str, float]],
+                variants: tuple[str, ...], gallery: Optional[str], checkpoint: Optional[str],
+                image: Optional[ImageQuery]) -> SearchResult:
+        """One query on one snapshot (indexed again while the files of its hits change)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise QueryError(f"Top k must be a whole number of at least 1; got {str(top_k)[:40]!r}.")
         name = self.check_checkpoint(checkpoint)
         unknown = [v for v in variants if v not in VARIANTS]
         if unknown:
             raise QueryError(f"unknown model {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
         first = gi = self.gallery_index(gallery)
         for _ in range(4):
-            result = self._rank_snapshot(gi, q, str(text), top_k, pid, variants, name)
+            result = self._rank_snapshot(gi, q, text, top_k, pid, variants, name, image)
             if result.gallery is not gi:
                 gi = result.gallery
                 continue
@@ -504,20 +553,42 @@ class SearchEngine:
             gi = self.reindex(gi, name)
         raise QueryError("The gallery keeps changing while it is searched; try again in a moment.")
 
+    @torch.no_grad()
+    def encode_image_file(self, path: Path, variant: str = UPPERSON, checkpoint: Optional[str] = None) -> torch.Tensor:
+        """(D,) normalised feature of an image file (an upload), read within this engine's limits."""
+        try:
+            size = Path(path).stat().st_size
+        except OSError as exc:
+            raise QueryError(f"The image cannot be read ({type(exc).__name__}); upload it again.") from None
+        if size > self.limits.max_file_bytes:
+            raise QueryError(f"The image is {size / 2**20:.1f} MB, over the limit of "
+                             f"{self.limits.max_file_bytes / 2**20:.0f} MB (--max-image-mb).")
+        limits = BuildLimits(max_bytes=self.limits.max_file_bytes, max_pixels=self.limits.max_pixels)
+        with self.using(checkpoint, variant) as model, self._threads(self.query_threads):
+            try:
+                feature = encode_query(model, image=Path(path), limits=limits)
+            except (FileNotFoundError, ValueError) as exc:
+                raise QueryError(f"The upload is not a readable image ({str(exc).split(': ', 1)[-1][:200]}).") from None
+        return torch.from_numpy(feature)[0].float()
+
     def query_metrics(self, similarity: torch.Tensor, pid: int, gallery: Optional[str] = None) -> dict[str, float]:
         """R@1/5/10 and AP (percent) of one query over the whole gallery, and the rank of its first match."""
         return self._metrics(self.gallery_index(gallery), similarity, pid)
 
     @staticmethod
-    def _metrics(gi: GalleryIndex, similarity: torch.Tensor, pid: int) -> dict[str, float]:
+    def _metrics(gi: GalleryIndex, similarity: torch.Tensor, pid: int,
+                 keep: Optional[torch.Tensor] = None) -> dict[str, float]:
+        """The metrics of one query over the gallery rows in ``keep`` (default: all)."""
         from upperson.metrics import retrieval_metrics, sorted_matches
 
         gp = gi.gallery_pids
+        if keep is not None:
+            gp, similarity = gp[keep], similarity[keep]
         sim = similarity.unsqueeze(0)
         m = retrieval_metrics(sim, torch.tensor([pid]), gp, ranks=(1, 5, 10))
         first = int(sorted_matches(sim, torch.tensor([pid]), gp)[0].nonzero()[0, 0]) + 1
         return {"R1": m["R1"], "R5": m["R5"], "R10": m["R10"], "AP": m["mAP"], "first_match": first,
-                "relevant": int((gp == pid).sum())}
+                "relevant": int((gp == pid).sum()), "gallery": int(gp.shape[0])}
 
     # ------------------------------------------------------------------ explanations
     def item_by_name(self, name: str, gallery: Union[None, str, GalleryIndex] = None) -> tuple[int, GalleryItem]:
