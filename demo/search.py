@@ -32,6 +32,7 @@ from upperson.index import (ImageIndex, IndexLimits, IndexResult, SkipFile, Stam
                             model_key)
 from upperson.search.build import BuildLimits
 from upperson.search.query import encode_query
+from upperson.vocab import KNOWN_THRESHOLD, Vocabulary, VocabularyError, checkpoint_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,8 @@ class SearchEngine:
                  checkpoints: Optional[dict[str, Optional[Path]]] = None, default_name: str = "embedded",
                  progress: bool = True, batch_size: int = 64, query_threads: Optional[int] = None,
                  index_threads: Optional[int] = None, limits: Optional[IndexLimits] = None,
-                 relist: Optional[Callable[[], Gallery]] = None) -> None:
+                 relist: Optional[Callable[[], Gallery]] = None,
+                 vocabularies: Optional[dict[str, Optional[Vocabulary]]] = None) -> None:
         from upperson.data import build_tokenizer
         from upperson.model.checkpoint import trainable_state_dict
 
@@ -200,6 +202,11 @@ class SearchEngine:
         self._initial_petl = {n: v.clone() for n, v in trainable_state_dict(model).items()}
         self.checkpoints: dict[str, Optional[Path]] = {default_name: None, **(checkpoints or {})}
         self.default_checkpoint = default_name
+        # each checkpoint's training vocabulary (None: it stores none, and no notice is given)
+        self.vocabularies: dict[str, Optional[Vocabulary]] = dict(vocabularies or {})
+        for name, path in self.checkpoints.items():
+            if path is not None and name not in self.vocabularies:
+                self.vocabularies[name] = stored_vocabulary(path)
         self._loaded = default_name  # the PETL weights in self.model right now
         self._petl_cache: dict[str, dict[str, torch.Tensor]] = {}
         self._zero_shot: Optional[torch.nn.Module] = None
@@ -514,7 +521,25 @@ class SearchEngine:
         it was indexed, the gallery is indexed again and the query ranked on the new
         snapshot, with a notice saying so.
         """
-        return self._search(self.prepare(text), str(text), top_k, pid, variants, gallery, checkpoint, None)
+        q = self.prepare(text)
+        q.notices.extend(self.vocabulary_notices(q.text, self.check_checkpoint(checkpoint)))
+        return self._search(q, str(text), top_k, pid, variants, gallery, checkpoint, None)
+
+    def vocabulary_notices(self, text: str, checkpoint: str) -> list[str]:
+        """A notice when under KNOWN_THRESHOLD of the words of ``text`` occur in ``checkpoint``'s training
+        captions (none when the checkpoint stores no vocabulary)."""
+        vocab = self.vocabularies.get(checkpoint)
+        if vocab is None:
+            return []
+        known, total = vocab.coverage(text)
+        if total == 0:
+            return ["The description has no words (only digits or symbols): the model was trained on English "
+                    "captions, so these results say little."]
+        if known / total >= KNOWN_THRESHOLD:
+            return []
+        return [f"Only {known} of the description's {total} words ({known / total:.0%}) occur in this model's "
+                f"{vocab.captions:,} training captions (a notice below {KNOWN_THRESHOLD:.0%}): the text may be in "
+                "another language or outside the model's vocabulary, so these results may mean little."]
 
     def search_image(self, image: ImageQuery, top_k: int = 20, *, pid: Optional[Union[int, str, float]] = None,
                      variants: tuple[str, ...] = (UPPERSON,), gallery: Optional[str] = None,
@@ -630,6 +655,18 @@ class SearchEngine:
 
 
 PID_MAX = 2**63 - 1
+
+
+def stored_vocabulary(folder: Path) -> Optional[Vocabulary]:
+    """The training vocabulary stored with the checkpoint in ``folder`` (None, with a warning, when unusable)."""
+    try:
+        vocab = checkpoint_vocabulary(folder)
+    except VocabularyError as exc:
+        log.warning("%s; the out-of-vocabulary notice is off for this checkpoint", exc)
+        return None
+    if vocab is None:
+        log.info("%s stores no training vocabulary: no out-of-vocabulary notice for it", folder)
+    return vocab
 
 
 def parse_pid(value: object) -> Optional[int]:

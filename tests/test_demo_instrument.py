@@ -7,6 +7,8 @@ checks and the person-id line. Expected rankings are computed directly with the 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -132,3 +134,77 @@ def test_examples_follow_the_gallery_and_there_is_a_way_back(served):
     assert engine.gallery.name in header and "Back on" in admin
     assert client.predict(api_name="/examples")["queries"] == captions
     assert client.predict(api_name="/info")["gallery"] == engine.gallery.name
+
+
+# ----------------------------------------------------------------------------- the training vocabulary
+def test_training_stores_the_vocabulary_of_its_captions_with_the_best_checkpoint(tmp_path, toypedes_root):
+    from upperson.config import load_config
+    from upperson.data import load_dataset
+    from upperson.model.checkpoint import load_model
+    from upperson.train import train
+    from upperson.vocab import checkpoint_vocabulary
+
+    cfg = load_config("toypedes", [f"data.root={toypedes_root}", "train.epochs=0", "model.image_size=[48, 16]",
+                                   "data.eval_batch_size=64"])
+    train(cfg, tmp_path / "run", progress=False)
+    captions = [c for r in load_dataset("toypedes", toypedes_root).split("train") for c in r.captions]
+    vocab = checkpoint_vocabulary(tmp_path / "run" / "best")
+    assert vocab is not None and vocab.captions == len(captions)
+    assert vocab.words == {w.lower() for c in captions for w in re.findall("[A-Za-z]+", c)}  # ASCII captions
+    load_model(tmp_path / "run" / "best")  # its SHA-256 is bound and checked on load
+
+
+def test_a_sidecar_added_later_keeps_the_tensors_and_a_changed_one_is_refused(tmp_path, tiny_cfg):
+    from safetensors.torch import load_file
+
+    from upperson.model import build_model
+    from upperson.model.checkpoint import add_sidecars, load_model, save_petl
+    from upperson.vocab import VocabularyError, build_vocabulary, checkpoint_vocabulary, write_vocabulary
+
+    ckpt = save_petl(build_model(tiny_cfg), tmp_path / "ckpt")
+    assert checkpoint_vocabulary(ckpt) is None  # an old checkpoint: no vocabulary, no notice
+    before = load_file(str(ckpt / "petl.safetensors"))
+    vocab = build_vocabulary(["A man in a red coat.", "A woman; blue T-shirt"])
+    add_sidecars(ckpt, {"vocab.json": write_vocabulary(vocab, tmp_path / "v.json")})
+    after = load_file(str(ckpt / "petl.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert checkpoint_vocabulary(ckpt) == vocab and vocab.words >= {"t", "shirt", "woman"}
+    load_model(ckpt, pretrained=None)
+    (ckpt / "vocab.json").write_text((ckpt / "vocab.json").read_text().replace("woman", "women"))
+    with pytest.raises(VocabularyError, match="was changed"):
+        checkpoint_vocabulary(ckpt)
+
+
+def test_a_query_of_mostly_unknown_words_gets_a_notice_with_the_fraction(served):
+    from upperson.vocab import KNOWN_THRESHOLD, build_vocabulary
+
+    engine, *_ = served
+    name = engine.default_checkpoint
+    captions = [c for it in engine.gallery.items for c in it.captions]
+    vocab = build_vocabulary(captions)
+    try:
+        engine.vocabularies[name] = vocab
+        assert not engine.search(captions[0], 3).notices
+        for query, known, total in [("一个穿红色外套的女人", 0, 1), ("zorblax quimble man", 1, 3),
+                                    ("the man in a florbish coat", 5, 6)]:
+            assert vocab.coverage(query) == (known, total)
+            notices = engine.search(query, 3).notices
+            if known / total < KNOWN_THRESHOLD:
+                assert any(f"Only {known} of the description's {total} words" in n and "50%" in n for n in notices)
+            else:
+                assert not notices
+        assert any("no words" in n for n in engine.search("1234 !!", 3).notices)
+    finally:
+        engine.vocabularies.pop(name, None)
+    assert not engine.search("一个穿红色外套的女人", 3).notices  # no stored vocabulary: no notice
+
+
+def test_the_shipped_checkpoint_has_the_vocabulary_of_its_training_captions():
+    from demo.__main__ import default_vocabulary
+    from upperson.embedded import embedded_available, read_card
+
+    if not embedded_available():
+        pytest.skip("no shipped embedded model in this checkout")
+    vocab = default_vocabulary([])
+    assert vocab is not None and vocab.captions == read_card()["toypedes"]["counts"]["train"]["captions"]
+    assert {"man", "woman", "coat", "backpack"} <= vocab.words and vocab.coverage("一个穿红色外套的女人") == (0, 1)

@@ -221,10 +221,13 @@ def _export(args: argparse.Namespace, old: Path, out: Path) -> dict:
     petl_meta.get("backbone", {}).pop("path", None)  # nor its absolute form
     atomic_write_json(out / "upperson" / "petl.json", petl_meta)
     atomic_copy(up / "metrics.jsonl", out / "upperson" / "metrics.jsonl")
+    sidecars = [f"upperson/{name}" for name in petl_meta.get("files") or {}]  # vocab.json: checked on load
+    for rel in sidecars:
+        atomic_copy(up / "best" / Path(rel).name, out / rel)
     (out / "full-finetune").mkdir(exist_ok=True)
     atomic_copy(ft / "metrics.jsonl", out / "full-finetune" / "metrics.jsonl")
     files = {rel: {"sha256": sha256_file(out / rel), "bytes": (out / rel).stat().st_size}
-             for rel in ("backbone.safetensors", "upperson/petl.safetensors", "upperson/petl.json")}
+             for rel in ("backbone.safetensors", "upperson/petl.safetensors", "upperson/petl.json", *sidecars)}
     # a provisional card, so that the shipped files load (checksums verified) for evaluation
     atomic_write_json(out / CARD_NAME, {"files": files})
 
