@@ -60,6 +60,10 @@ CSS = """
 """
 # Gradio's css= drops @container rules, so the grid's rules go into the page's <head> (launch(head=...)).
 HEAD_CSS = """<style>
+/* a phone: the four tab labels fit one row (Gradio moves what does not fit behind a "⋯" menu) */
+@media (max-width: 480px) {#tabs .tab-container button {padding: 6px 7px !important; font-size: 13px !important}
+  #tabs .tab-wrapper {padding-left: 0 !important}}
+.api-only {display: none !important}
 .results-grid {container-type: inline-size}
 .results-grid .gallery-container .grid-wrap {overflow-y: visible !important; height: auto !important; max-height: none !important}
 .results-grid .grid-wrap .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr)) !important;

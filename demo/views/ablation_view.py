@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 import gradio as gr
+from gradio.context import Context
 import pandas as pd
 
 from analysis import ablation
@@ -32,7 +33,7 @@ from demo.gallery import GalleryError
 from demo.markup import text as esc
 from demo.search import QueryError
 from demo.thumbs import OutsideRoots, open_inside, real, within
-from demo.views.common import lenient_dropdown, cache_of, figure_file, png_file, user_error
+from demo.views.common import cache_of, figure_file, hidden_api, in_page, lenient_dropdown, png_file, user_error
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,7 @@ def show(ctx: DemoContext, folder, metric):
 
 def build_ablation_tab(ctx: DemoContext, ui: SharedUI) -> None:
     """The Ablation tab's components and events (inside ``with gr.Tab(...)``)."""
+    tab = Context.block  # the tab this is built in: opening it shows the shipped study
     gr.Markdown("The per-component ablation (`python -m analysis ablation`): every variant and metric, the "
                 "figures, and the command that reproduces the study.")
     roots = ", ".join(map(str, ctx.allow_roots))
@@ -271,8 +273,22 @@ def build_ablation_tab(ctx: DemoContext, ui: SharedUI) -> None:
         except QueryError as exc:
             raise user_error(exc) from None
 
-    run.click(ablation_study, [folder, metric], [table, bar_fig, params_fig, curves_fig, command, info],
-              api_name="ablation")
-    folder.submit(ablation_study, [folder, metric], [table, bar_fig, params_fig, curves_fig, command, info],
-                  api_visibility="private")
-    metric.change(redraw, [folder, metric], bar_fig, api_visibility="private")
+    outputs = [table, bar_fig, params_fig, curves_fig, command, info]
+    page_study = in_page(ablation_study, 6, 5)
+
+    def on_open(folder_path, metric_name, shown):
+        """The tab was opened: show the shipped study (or the folder typed), once."""
+        return (gr.skip(),) * 6 if shown is not None else page_study(folder_path, metric_name)
+
+    def page_redraw(folder_path, metric_name):
+        try:
+            return redraw(folder_path, metric_name), gr.skip()
+        except gr.Error as exc:
+            return gr.skip(), f"ℹ️ {exc.message}"
+
+    run.click(page_study, [folder, metric], outputs, api_visibility="private")
+    hidden_api(ablation_study, [folder, metric], outputs, "ablation")
+    folder.submit(page_study, [folder, metric], outputs, api_visibility="private")
+    metric.change(page_redraw, [folder, metric], [bar_fig, info], api_visibility="private")
+    if isinstance(tab, gr.Tab):
+        tab.select(on_open, [folder, metric, params_fig], outputs, api_visibility="private")
