@@ -213,6 +213,7 @@ class SearchEngine:
         self._indexes: dict[str, ImageIndex] = {}
         self.galleries: dict[str, GalleryIndex] = {}
         self.default_gallery = "default"
+        self._check_checkpoints()
         self.add_gallery(gallery, key=self.default_gallery, relist=relist)
 
     # ------------------------------------------------------------------ defaults (start-up view)
@@ -256,6 +257,22 @@ class SearchEngine:
         if not isinstance(name, str) or name not in self.checkpoints:
             raise QueryError(f"unknown checkpoint {name!r}; choose from {', '.join(self.checkpoints)}")
         return name
+
+    def _check_checkpoints(self) -> None:
+        """Load every other checkpoint's PETL weights once (all checks included), then the default's again:
+        a checkpoint that cannot be used is refused at start (ValueError naming it), not in the dropdown."""
+        with self.lock:
+            for name, path in self.checkpoints.items():
+                if path is None:
+                    continue
+                try:
+                    self._activate(name)
+                except Exception as exc:  # FileNotFoundError, CheckpointMismatchError, CheckpointCorruptError, ...
+                    self._petl_cache.pop(name, None)
+                    self._activate(self.default_checkpoint)
+                    raise ValueError(f"--checkpoint {path}: cannot be switched to ({exc}); give checkpoints of the "
+                                     f"same backbone as the first, or leave it out") from None
+            self._activate(self.default_checkpoint)
 
     def _activate(self, name: str) -> None:
         """Copy checkpoint ``name``'s PETL weights into the model (caller holds the lock)."""

@@ -14,7 +14,7 @@ import torch
 
 from demo.markup import text
 from tests.test_demo_support import engine as make_engine
-from tests.test_demo_support import image_features, load_model, start, toy_root, use_session_cache
+from tests.test_demo_support import image_features, load_model, session_cache, start, toy_root, use_session_cache
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -208,3 +208,36 @@ def test_the_shipped_checkpoint_has_the_vocabulary_of_its_training_captions():
     vocab = default_vocabulary([])
     assert vocab is not None and vocab.captions == read_card()["toypedes"]["counts"]["train"]["captions"]
     assert {"man", "woman", "coat", "backpack"} <= vocab.words and vocab.coverage("一个穿红色外套的女人") == (0, 1)
+
+
+def test_a_bad_second_checkpoint_is_refused_at_start(tmp_path, served):
+    from demo.search import SearchEngine
+    from upperson.model.checkpoint import save_petl
+
+    engine, _, model, _, _ = served
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    (tmp_path / "empty").mkdir()
+    for bad in (tmp_path / "no-such", tmp_path / "empty"):
+        with pytest.raises(ValueError, match=f"--checkpoint {bad}: cannot be switched to"):
+            SearchEngine(model, engine.gallery, cache_dir=tmp_path / "cache", checkpoints={"b": bad})
+    good = save_petl(model, tmp_path / "good")
+    SearchEngine(model, engine.gallery, cache_dir=session_cache(), checkpoints={"good": good}, progress=False)
+    after = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(before[n], after[n]) for n in before)  # the default's weights are back
+
+
+def test_ablation_says_its_split_and_queries_and_shows_no_temp_paths(served):
+    from demo.views.ablation_view import portable_command, shipped_folder
+    from upperson.embedded import read_card
+
+    _, client, *_ = served
+    assert portable_command("python -m analysis ablation --run --data-root /tmp/h12/small --runs-dir=/tmp/s/runs "
+                            "--out assets/ablation") == ("python -m analysis ablation --run --data-root DATA_ROOT "
+                                                         "--runs-dir=RUNS_DIR --out assets/ablation")
+    out = client.predict("", "R1", api_name="/ablation")
+    command, info = out[4], out[5]
+    assert "/tmp/" not in command and "DATA_ROOT" in command and "python -m analysis ablation" in command
+    queries = len((shipped_folder() / "per_query" / "zero-shot" / "seed-0.csv").read_text().splitlines()) - 1
+    card = read_card()["metrics"]["zero-shot"]
+    assert "**test** split" in info and f"({queries:,} queries)" in info
+    assert f"{card['queries']:,} queries" in info and f"{card['R1']:.2f}" in info

@@ -34,6 +34,7 @@ from demo.markup import text as esc
 from demo.search import QueryError
 from demo.thumbs import OutsideRoots, open_inside, real, within
 from demo.views.common import cache_of, figure_file, hidden_api, in_page, lenient_dropdown, png_file, user_error
+from upperson.embedded import read_card
 
 log = logging.getLogger(__name__)
 
@@ -208,10 +209,44 @@ def bars(ctx: DemoContext, key: tuple, study: Study, metric: str) -> str:
     return _drawn(ctx, (key, "bars", metric), lambda: ablation.bars_figure(study.table, cols))
 
 
+def _queries(folder: Path) -> Optional[int]:
+    """The number of test queries behind the study (rows of its first per-query file), when it has one."""
+    files = sorted((folder / "per_query").glob("*/seed-*.csv"))[:1]
+    if not files or files[0].stat().st_size > 64 * 2**20:
+        return None
+    with open(files[0], "rb") as f:
+        return max(0, sum(1 for _ in f) - 1)
+
+
+def split_note(study: Study) -> str:
+    """Which split the numbers are on, with how many queries, and why they differ from the model card's."""
+    df = study.table
+    splits = sorted({str(v) for v in df["eval_split"].dropna()}) if "eval_split" in df.columns else []
+    n = _queries(study.folder)
+    on = f"the **{'/'.join(splits) or 'test'}** split of the data the study trained on" + (
+        f" ({n:,} queries)" if n else "")
+    card = read_card().get("metrics", {}).get("zero-shot", {})
+    zero = df.loc[df["variant"] == "zero-shot", "R1"] if "variant" in df.columns and "R1" in df.columns else []
+    if card.get("queries") and len(zero):
+        return (f"Scores on {on}: not the model card's evaluation (the larger test-large split, "
+                f"{card['queries']:,} queries), which is why zero-shot R@1 is {float(zero.iloc[0]):.1f} here and "
+                f"{card['R1']:.2f} in the README's results table.")
+    return f"Scores on {on}."
+
+
+_TEMP_PATH = re.compile(r"(--[\w-]+)(\s+|=)(/(?:tmp|var/tmp|home|root|Users)/\S*)")
+
+
+def portable_command(command: str) -> str:
+    """``command`` with the paths of the machine that made the study (``/tmp/...``, home folders) replaced by
+    placeholders named after their option (``--data-root DATA_ROOT``)."""
+    return _TEMP_PATH.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(1)[2:].upper().replace('-', '_')}", command)
+
+
 def notes(study: Study, folder_given: bool) -> str:
     df = study.table
     where = "the shipped study (assets/ablation)" if not folder_given else f"folder {esc(study.folder)}"
-    lines = [f"**{len(df)} variants** from {where}."]
+    lines = [f"**{len(df)} variants** from {where}.", split_note(study)]
     lines += [f"> ⚠️ {esc(why)}." for why in study.left_out]
     if ablation.has_intervals(df):
         lines.append("Uncertainty: means over seeds; 95 % bootstrap intervals over test queries; *vs UP-Person* "
@@ -228,7 +263,10 @@ def show(ctx: DemoContext, folder, metric):
     key, study = load_study(ctx, folder)
     params = _drawn(ctx, (key, "params"), lambda: ablation.params_figure(study.table))
     curves = png_file(ctx, study.curves) if study.curves else None
-    command = study.command or "(the folder has no README.md with the command that made it)"
+    command = portable_command(study.command) if study.command else \
+        "(the folder has no README.md with the command that made it)"
+    if command != study.command and study.command:
+        command += "\n# DATA_ROOT, RUNS_DIR, ...: your own folders (the study's were on the machine that made it)"
     given = isinstance(folder, str) and bool(folder.strip())
     return shown_table(study.table), bars(ctx, key, study, m), params, curves, command, notes(study, given)
 
