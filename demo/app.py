@@ -64,6 +64,7 @@ HEAD_CSS = """<style>
 @media (max-width: 480px) {#tabs .tab-container button {padding: 6px 7px !important; font-size: 13px !important}
   #tabs .tab-wrapper {padding-left: 0 !important}}
 .api-only {display: none !important}
+#embeddings-images .caption-label {font-size: 12px !important; overflow-wrap: normal !important; word-break: normal !important}
 .results-grid {container-type: inline-size}
 .results-grid .gallery-container .grid-wrap {overflow-y: visible !important; height: auto !important; max-height: none !important}
 .results-grid .grid-wrap .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr)) !important;

@@ -194,8 +194,9 @@ def build_embeddings_tab(ctx: DemoContext, ui: SharedUI) -> None:
         with gr.Column(scale=2, min_width=240):
             identity = lenient_dropdown(choices=[], value=None, allow_custom_value=True, label="Identity",
                               elem_id="embeddings-identity")
-            images = gr.Gallery(label="Its images", columns=4, height="auto", object_fit="contain",
-                                allow_preview=False, elem_id="embeddings-images")
+            # whole thumbnails with their whole names below them (the results grid's style), no label over them
+            images = gr.Gallery(label="Its images", show_label=False, columns=4, height="auto", object_fit="contain",
+                                allow_preview=False, elem_id="embeddings-images", elem_classes="results-grid")
             captions = gr.Markdown(elem_id="embeddings-captions", latex_delimiters=[])
 
     def show(identities, identity_id, state):
