@@ -485,7 +485,9 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
                                            placeholder="a woman in a red coat with a black backpack")
                     with gr.Column(scale=1, min_width=180):
                         pid = gr.Textbox(label="Person id (optional)", placeholder="to score the query", elem_id="pid")
-                        top_k = lenient(gr.Slider(1, TOP_K_MAX, value=default_top_k, step=1, label="Top k",
+                        # from 0: the page clamps a typed value to the minimum and would search 0 as 1 silently;
+                        # 0 reaches parse_top_k, which says what to type
+                        top_k = lenient(gr.Slider(0, TOP_K_MAX, value=default_top_k, step=1, label="Top k",
                                                   elem_id="topk"), f"whole number from 1 to {TOP_K_MAX}")
                         compare = lenient(gr.Checkbox(label="Compare with zero-shot CLIP", value=False,
                                                       elem_id="compare"), "true or false")

@@ -210,3 +210,16 @@ def test_an_example_searches_on_click_and_the_examples_follow_the_gallery(site):
                                timeout=30_000)
     finally:
         page.close()
+
+
+def test_a_top_k_of_0_typed_in_the_box_is_refused_not_silently_1(site):
+    page = _open(site)
+    try:
+        _set_top_k(page, 0)
+        page.locator("#query textarea").fill("a man")
+        page.locator("#search").click()
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('1 to 200')",
+                               timeout=30_000)
+        assert page.locator("#results img").count() == 0
+    finally:
+        page.close()
