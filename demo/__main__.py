@@ -161,6 +161,16 @@ def load_model(checkpoints: Sequence[Path], pretrained: Optional[str]):
     return load_source(SourceSpec(checkpoint=first[1], pretrained=pretrained)).model, first[0], dict(rest)
 
 
+def default_vocabulary(checkpoints: Sequence[Path]):
+    """The training vocabulary of the checkpoint the demo starts on (the embedded one without --checkpoint)."""
+    from demo.search import stored_vocabulary  # here, not at the top: --help stays fast
+    from upperson.embedded import EMBEDDED_DIR, embedded_available
+
+    if checkpoints:
+        return stored_vocabulary(checkpoints[0])
+    return stored_vocabulary(EMBEDDED_DIR / "upperson") if embedded_available() else None
+
+
 def seed_cache_from_index(index: Path, model, cache: Path) -> None:
     """Put an index folder's features into the demo's feature cache, so its images are not encoded
     again; refused (ValueError) when another model made the index."""
@@ -234,6 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         relist = (lambda: folder_gallery(args.gallery)) if args.gallery else None
         engine = SearchEngine(model, gallery, cache_dir=args.cache_dir or cache_dir(),
                               checkpoints=others, default_name=default_name,
+                              vocabularies={default_name: default_vocabulary(args.checkpoint)},
                               query_threads=args.threads, index_threads=index_threads, limits=limits, relist=relist)
     except (GalleryError, FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))

@@ -25,6 +25,7 @@ placeholder and a notice, not the file it points to. The check costs a ``realpat
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import math
@@ -42,7 +43,8 @@ from starlette.responses import PlainTextResponse
 from demo.context import DemoContext, SharedUI, VisitorState
 from demo.gallery import GalleryError
 from demo.markup import text as esc
-from demo.search import UPPERSON, ZERO_SHOT, QueryError, SearchEngine, SearchResult
+from demo.gallery import Gallery
+from demo.search import UPPERSON, ZERO_SHOT, ImageQuery, QueryError, SearchEngine, SearchResult
 from demo.thumbs import ImageFiles, OutsideRoots, WriteError, real, within
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,11 @@ CSS = """
 """
 # Gradio's css= drops @container rules, so the grid's rules go into the page's <head> (launch(head=...)).
 HEAD_CSS = """<style>
+/* a phone: the four tab labels fit one row (Gradio moves what does not fit behind a "⋯" menu) */
+@media (max-width: 480px) {#tabs .tab-container button {padding: 6px 7px !important; font-size: 13px !important}
+  #tabs .tab-wrapper {padding-left: 0 !important}}
+.api-only {display: none !important}
+#embeddings-images .caption-label {font-size: 12px !important; overflow-wrap: normal !important; word-break: normal !important}
 .results-grid {container-type: inline-size}
 .results-grid .gallery-container .grid-wrap {overflow-y: visible !important; height: auto !important; max-height: none !important}
 .results-grid .grid-wrap .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr)) !important;
@@ -147,19 +154,38 @@ def _gallery_value(engine: SearchEngine, gallery_key: str, ranking, files: Image
             for h in ranking.hits]
 
 
-def _status(result: SearchResult) -> str:
+def _status(result: SearchResult, gallery: str) -> str:
+    """The query, its identity's scores (each named, with its unit and what it is computed on) and notices."""
     lines = [f"**Query:** {esc(result.query)}"] if result.query else []
     if result.target_pid is not None:
-        src = "the query is one of its captions" if result.target_source == "caption" else "given by you"
+        src = {"caption": "the query is one of its captions", "image": "the identity of the query image"}.get(
+            result.target_source, "given by you")
         lines.append(f"**Identity {result.target_pid}** ({src}); ✓ marks its images.")
         for r in result.rankings:
             m = r.metrics or {}
-            lines.append(f"- {r.variant}: R@1 **{m.get('R1', 0):.0f}** · AP **{m.get('AP', 0):.1f}** · "
-                         f"first match at rank {m.get('first_match')} · "
-                         f"{m.get('relevant')} image(s) of this identity in the gallery")
+            n, rel = m.get("gallery"), m.get("relevant")
+            lines.append(f"- {r.variant}: R@1 **{m.get('R1', 0):.0f}%** (100% when the first result is this "
+                         f"identity) · AP **{m.get('AP', 0):.1f}%** (average precision: 100% when all {rel} "
+                         f"image(s) of this identity come first) · its first image at rank **{m.get('first_match')}** "
+                         f"of {n}")
+        lines.append(f"Scores of this one query on the gallery *{esc(gallery)}*, not a benchmark figure "
+                     "(those average over every query of a test split).")
     for n in result.notices:
         lines.append(f"> ⚠️ {esc(n)}")
     return "\n\n".join(lines)
+
+
+GENERIC_EXAMPLES = ("a woman in a red coat with a black backpack", "a man wearing a blue jacket and grey trousers",
+                    "a person in a white shirt and black shorts carrying a bag")
+
+
+def example_queries(gallery: Gallery, n: int = 8) -> tuple[list[str], str]:
+    """(example queries, their label): the first caption of each of the gallery's first images, or generic
+    descriptions (said so) for a gallery without captions."""
+    captions = [c for it in gallery.items for c in it.captions[:1]][:n]
+    if captions:
+        return captions, "Example queries (captions of this gallery; click one to search)"
+    return list(GENERIC_EXAMPLES), "Example queries (this gallery has no captions: generic descriptions; click to search)"
 
 
 def _results_json(result: SearchResult) -> dict:
@@ -250,9 +276,13 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
     # they are: Gradio neither hashes nor copies each result image into its cache per request
     gr.set_static_paths([files.dir])
     files.warm([it.path for it in engine.gallery.items])  # thumbnails ready before they are asked for
-    examples = examples or [
-        c for it in engine.gallery.items for c in it.captions[:1]][:8] or [
-        "a woman in a red coat with a black backpack", "a man wearing a blue jacket and grey trousers"]
+    fixed_examples = list(examples or [])
+
+    def examples_of(state: Optional[VisitorState]) -> tuple[list[str], str]:
+        """The example queries shown for the visitor's gallery (``examples`` when given)."""
+        if fixed_examples:
+            return fixed_examples, "Example queries (click one to search)"
+        return example_queries(engine.gallery_index(ctx.valid_state(state).gallery).gallery)
 
     def info(state: VisitorState) -> dict:
         s = ctx.valid_state(state)
@@ -276,19 +306,14 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
         s = ctx.valid_state(state)
         return s, header(s), gr.Dropdown(value=s.model)
 
-    def search(query: str, pid: str, top_k, compare, state: VisitorState):
-        """Rank the visitor's gallery for a description (and, with compare, by the zero-shot backbone too)."""
+    def answer(run, top_k, compare, state: VisitorState):
+        """The outputs of one search: ``run(k, variants, state)`` gives the SearchResult."""
         s = ctx.valid_state(state)
         try:
             s = ctx.check_state(state)
             k = parse_top_k(top_k)
             both = parse_flag(compare, "Compare")
-            if query is not None and not isinstance(query, str):
-                raise QueryError(f"The description must be text; got {type(query).__name__}.")
-            if pid is not None and not isinstance(pid, (str, int, float)):
-                raise QueryError(f"The person id must be a whole number or empty; got {type(pid).__name__}.")
-            variants = (UPPERSON, ZERO_SHOT) if both else (UPPERSON,)
-            result = engine.search(query, k, pid=pid, variants=variants, gallery=s.gallery, checkpoint=s.model)
+            result = run(k, (UPPERSON, ZERO_SHOT) if both else (UPPERSON,), s)
         except QueryError as exc:
             return [], gr.Gallery(value=[], visible=False), f"ℹ️ {esc(exc)}", {"error": str(exc)}, [], []
         main = result.rankings[0]
@@ -303,8 +328,56 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
             log.error("%s", exc)
             return [], gr.Gallery(value=[], visible=False), f"⚠️ {esc(exc)}", {"error": str(exc)}, [], []
         result.notices.extend(dict.fromkeys(shown))
+        gallery_name = engine.gallery_index(s.gallery).gallery.name
         return (pictures, gr.Gallery(value=zs_pictures, visible=bool(zs)),
-                _status(result), _results_json(result), names, zs_names)
+                _status(result, gallery_name), _results_json(result), names, zs_names)
+
+    def search(query: str, pid: str, top_k, compare, state: VisitorState):
+        """Rank the visitor's gallery for a description (and, with compare, by the zero-shot backbone too)."""
+        def run(k, variants, s):
+            if query is not None and not isinstance(query, str):
+                raise QueryError(f"The description must be text; got {type(query).__name__}.")
+            if pid is not None and not isinstance(pid, (str, int, float)):
+                raise QueryError(f"The person id must be a whole number or empty; got {type(pid).__name__}.")
+            return engine.search(query, k, pid=pid, variants=variants, gallery=s.gallery, checkpoint=s.model)
+
+        return answer(run, top_k, compare, state)
+
+    def search_image(image, top_k, compare, state: VisitorState):
+        """Rank the visitor's gallery for an uploaded image (the same person, by the image towers' features)."""
+        def run(k, variants, s):
+            if image is not None and not isinstance(image, str):
+                raise QueryError("Upload an image file.")
+            if not image:
+                raise QueryError("Upload an image, or click a result and choose \"Find this person\".")
+            return engine.search_image(ImageQuery(path=Path(image)), k, variants=variants, gallery=s.gallery,
+                                       checkpoint=s.model)
+
+        return answer(run, top_k, compare, state)
+
+    def find_person(name: str, top_k, compare, state: VisitorState):
+        """Rank the visitor's gallery for one of its images (by the name the results show), itself left out."""
+        def run(k, variants, s):
+            if name is not None and not isinstance(name, str):
+                raise QueryError(f"The image name must be text (as the results show it); got {type(name).__name__}.")
+            if not name or not str(name).strip():
+                raise QueryError("Click a result first (or type its name), then choose \"Find this person\".")
+            return engine.search_image(ImageQuery(name=str(name).strip()), k, variants=variants, gallery=s.gallery,
+                                       checkpoint=s.model)
+
+        return answer(run, top_k, compare, state)
+
+    def examples_api(state: VisitorState) -> dict:
+        """The example queries shown for the visitor's gallery, and their label."""
+        queries, label = examples_of(state)
+        return {"label": label, "queries": queries}
+
+    def examples_update(state: VisitorState):
+        queries, label = examples_of(state)
+        return gr.Dataset(samples=[[q] for q in queries], label=label)
+
+    def use_example(value) -> str:
+        return value[0] if isinstance(value, (list, tuple)) and value else str(value or "")
 
     def explain(name: str, state: VisitorState):
         """The UP-Person prefix-attention heatmap and the captions of one gallery image (by its name)."""
@@ -376,6 +449,12 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
             esc(p.name) for p, _ in gi.skipped[:10]) if gi.skipped else ""
         return f"Indexed {esc(gi.gallery.roots[0])}: {len(gi.gallery)} images{skipped}.", header(s), s
 
+    def reset_gallery(state: VisitorState):
+        """Back to the gallery the app started with (for this visitor only)."""
+        s = dataclasses.replace(ctx.valid_state(state), gallery=engine.default_gallery)
+        name = engine.gallery_index(s.gallery).gallery.name
+        return f"Back on the default gallery, {esc(name)}.", header(s), s
+
     with gr.Blocks(title="UP-Person demo") as app:
         state = gr.State(ctx.new_state())
         gr.Markdown(f"# {TITLE}\nDescribe a pedestrian; the gallery is ranked by a frozen CLIP with "
@@ -391,6 +470,7 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
                                                             if ctx.allow_roots else " (off: start with --allow-root DIR)"),
                                     interactive=bool(ctx.allow_roots), elem_id="folder")
                 index = gr.Button("Index folder", interactive=bool(ctx.allow_roots), elem_id="index-folder")
+                reset = gr.Button("Back to the default gallery", elem_id="reset-gallery")
             admin = gr.Markdown(elem_id="admin")
             info_btn = gr.Button("Show info", size="sm")
             info_json = gr.JSON()
@@ -405,12 +485,21 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
                                            placeholder="a woman in a red coat with a black backpack")
                     with gr.Column(scale=1, min_width=180):
                         pid = gr.Textbox(label="Person id (optional)", placeholder="to score the query", elem_id="pid")
-                        top_k = lenient(gr.Slider(1, TOP_K_MAX, value=default_top_k, step=1, label="Top k",
+                        # from 0: the page clamps a typed value to the minimum and would search 0 as 1 silently;
+                        # 0 reaches parse_top_k, which says what to type
+                        top_k = lenient(gr.Slider(0, TOP_K_MAX, value=default_top_k, step=1, label="Top k",
                                                   elem_id="topk"), f"whole number from 1 to {TOP_K_MAX}")
                         compare = lenient(gr.Checkbox(label="Compare with zero-shot CLIP", value=False,
                                                       elem_id="compare"), "true or false")
                 go = gr.Button("Search", variant="primary", elem_id="search")
-                gr.Examples(examples=[[e] for e in examples], inputs=[query], label="Example queries (gallery captions)")
+                first_examples, first_label = examples_of(None)
+                example_set = gr.Dataset(components=[query], samples=[[e] for e in first_examples], label=first_label,
+                                         elem_id="examples", samples_per_page=8)
+                with gr.Accordion("Search by image (the same person)", open=False, elem_id="by-image"):
+                    with gr.Row():
+                        upload = gr.Image(label="An image of a person", type="filepath", sources=["upload"],
+                                          height=220, elem_id="upload")
+                        go_image = gr.Button("Search by this image", elem_id="search-image")
                 status = gr.Markdown(elem_id="status", latex_delimiters=[])
                 names, zs_names = gr.State([]), gr.State([])
                 with gr.Row():
@@ -424,6 +513,7 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
                     with gr.Row():
                         selected = gr.Textbox(label="Selected image (click a result, or type its name)",
                                               elem_id="selected", scale=1)
+                        find = gr.Button("Find this person", elem_id="find-person", scale=0, min_width=160)
                     with gr.Row():
                         heat = gr.Image(label="Prefix attention", type="filepath", height=400, elem_id="heatmap")
                         about = gr.Markdown(elem_id="about", latex_delimiters=[])
@@ -448,15 +538,25 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
         for box in (query, pid):  # Enter in either box searches
             box.submit(search, [query, pid, top_k, compare, state], outs, api_visibility="private",
                        concurrency_id="engine")
+        example_set.click(use_example, [example_set], [query], api_visibility="private").then(
+            search, [query, pid, top_k, compare, state], outs, api_visibility="private", concurrency_id="engine")
+        go_image.click(search_image, [upload, top_k, compare, state], outs, api_name="search_image",
+                       concurrency_id="engine")
+        find.click(find_person, [selected, top_k, compare, state], outs, api_name="find_person",
+                   concurrency_id="engine")
+        gr.Button(visible=False).click(examples_api, [state], gr.JSON(visible=False), api_name="examples")
         selected.submit(explain, [selected, state], [heat, about], api_name="explain", concurrency_id="engine")
         for gal, names_state in ((results, names), (zs_results, zs_names)):
             gal.select(pick, [names_state], selected, api_visibility="private").then(
                 explain, [selected, state], [heat, about], api_visibility="private", concurrency_id="engine")
         load.click(set_model, [ckpt, state], [admin, head, state], api_name="set_model", concurrency_id="engine")
         index.click(set_gallery, [folder, state], [admin, head, state], api_name="set_gallery",
-                    concurrency_id="engine")
+                    concurrency_id="engine").then(examples_update, [state], [example_set], api_visibility="private")
+        reset.click(reset_gallery, [state], [admin, head, state], api_name="reset_gallery").then(
+            examples_update, [state], [example_set], api_visibility="private")
         info_btn.click(info, [state], info_json, api_name="info")
-        app.load(on_load, [state], [state, head, ckpt], api_visibility="private")
+        app.load(on_load, [state], [state, head, ckpt], api_visibility="private").then(
+            examples_update, [state], [example_set], api_visibility="private")
     _SERVED[app] = files
     return app
 

@@ -31,6 +31,9 @@ from upperson.sources import zero_shot_of  # (above the other upperson imports: 
 from upperson.evaluation import inference_model
 from upperson.index import (ImageIndex, IndexLimits, IndexResult, SkipFile, Stamp, file_stamp, load_checked_rgb,
                             model_key)
+from upperson.search.build import BuildLimits
+from upperson.search.query import encode_query
+from upperson.vocab import KNOWN_THRESHOLD, Vocabulary, VocabularyError, checkpoint_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,14 @@ class SearchResult:
     target_source: str = ""  # "caption" (the query is a gallery caption) or "user"
     rankings: list[Ranking] = field(default_factory=list)
     gallery: Optional["GalleryIndex"] = None  # the snapshot every ranking was computed on
+
+
+@dataclass(frozen=True)
+class ImageQuery:
+    """An image query: a gallery image by the name the results show, or an image file (an upload)."""
+
+    name: Optional[str] = None
+    path: Optional[Path] = None
 
 
 @dataclass
@@ -150,7 +161,8 @@ class SearchEngine:
                  checkpoints: Optional[dict[str, Optional[Path]]] = None, default_name: str = "embedded",
                  progress: bool = True, batch_size: int = 64, query_threads: Optional[int] = None,
                  index_threads: Optional[int] = None, limits: Optional[IndexLimits] = None,
-                 relist: Optional[Callable[[], Gallery]] = None) -> None:
+                 relist: Optional[Callable[[], Gallery]] = None,
+                 vocabularies: Optional[dict[str, Optional[Vocabulary]]] = None) -> None:
         from upperson.data import build_tokenizer
         from upperson.model.checkpoint import trainable_state_dict
 
@@ -171,12 +183,18 @@ class SearchEngine:
         self._initial_petl = {n: v.clone() for n, v in trainable_state_dict(model).items()}
         self.checkpoints: dict[str, Optional[Path]] = {default_name: None, **(checkpoints or {})}
         self.default_checkpoint = default_name
+        # each checkpoint's training vocabulary (None: it stores none, and no notice is given)
+        self.vocabularies: dict[str, Optional[Vocabulary]] = dict(vocabularies or {})
+        for name, path in self.checkpoints.items():
+            if path is not None and name not in self.vocabularies:
+                self.vocabularies[name] = stored_vocabulary(path)
         self._loaded = default_name  # the PETL weights in self.model right now
         self._petl_cache: dict[str, dict[str, torch.Tensor]] = {}
         self._zero_shot: Optional[torch.nn.Module] = None
         self._indexes: dict[str, ImageIndex] = {}
         self.galleries: dict[str, GalleryIndex] = {}
         self.default_gallery = "default"
+        self._check_checkpoints()
         self.add_gallery(gallery, key=self.default_gallery, relist=relist)
 
     # ------------------------------------------------------------------ defaults (start-up view)
@@ -220,6 +238,22 @@ class SearchEngine:
         if not isinstance(name, str) or name not in self.checkpoints:
             raise QueryError(f"unknown checkpoint {name!r}; choose from {', '.join(self.checkpoints)}")
         return name
+
+    def _check_checkpoints(self) -> None:
+        """Load every other checkpoint's PETL weights once (all checks included), then the default's again:
+        a checkpoint that cannot be used is refused at start (ValueError naming it), not in the dropdown."""
+        with self.lock:
+            for name, path in self.checkpoints.items():
+                if path is None:
+                    continue
+                try:
+                    self._activate(name)
+                except Exception as exc:  # FileNotFoundError, CheckpointMismatchError, CheckpointCorruptError, ...
+                    self._petl_cache.pop(name, None)
+                    self._activate(self.default_checkpoint)
+                    raise ValueError(f"--checkpoint {path}: cannot be switched to ({exc}); give checkpoints of the "
+                                     f"same backbone as the first, or leave it out") from None
+            self._activate(self.default_checkpoint)
 
     def _activate(self, name: str) -> None:
         """Copy checkpoint ``name``'s PETL weights into the model (caller holds the lock)."""
@@ -432,10 +466,19 @@ class SearchEngine:
 
     def _rank_snapshot(self, gi: GalleryIndex, q: PreparedQuery, text: str, top_k: int,
                        pid: Optional[Union[int, str, float]], variants: tuple[str, ...],
-                       checkpoint: str) -> SearchResult:
-        """Every ranking of one query on snapshot ``gi``; features of another snapshot (the files changed)
-        make the result name that one in ``result.gallery``, and the caller ranks again on it."""
-        target, source, more = self.target_pid(text, pid, gi)
+                       checkpoint: str, image: Optional[ImageQuery] = None) -> SearchResult:
+        """Every ranking of one query (text, or ``image``) on snapshot ``gi``; features of another
+        snapshot (the files changed) make the result name that one in ``result.gallery``, and the
+        caller ranks again on it."""
+        exclude: Optional[int] = None
+        if image is not None and image.name is not None:  # a gallery image: it is left out of its own ranking
+            exclude, item = self.item_by_name(image.name, gi)
+            if pid is None or str(pid).strip() == "":
+                target, source, more = (item.pid, "image", []) if item.pid is not None else (None, "", [])
+            else:
+                target, source, more = self.target_pid("", pid, gi)
+        else:
+            target, source, more = self.target_pid(text, pid, gi)
         result = SearchResult(q.text, q.notices + more, target, source, gallery=gi)
         items = gi.gallery.items
         for variant in variants:
@@ -443,14 +486,25 @@ class SearchEngine:
             if snap is not gi:
                 result.gallery = snap
                 return result
-            qv = self.encode_query(q.tokens, variant, checkpoint)
-            scores, idx = self.rank(feats, qv, top_k)
+            if exclude is not None:
+                qv = feats[exclude]
+            elif image is not None:
+                qv = self.encode_image_file(image.path, variant, checkpoint)
+            else:
+                qv = self.encode_query(q.tokens, variant, checkpoint)
+            sim = feats @ qv
+            keep = torch.ones(sim.shape[0], dtype=torch.bool)
+            if exclude is not None:
+                keep[exclude] = False
+            rows = keep.nonzero()[:, 0]
+            scores, idx = self.rank(feats[rows], qv, top_k)
+            idx = rows[idx]
             hits = [
                 Hit(r + 1, int(i), gi.gallery.relative_name(items[int(i)]), float(s), items[int(i)].pid,
                     None if target is None else items[int(i)].pid == target, items[int(i)].path)
                 for r, (s, i) in enumerate(zip(scores.tolist(), idx.tolist()))
             ]
-            metrics = self._metrics(gi, feats @ qv, target) if target is not None else None
+            metrics = self._metrics(gi, sim, target, keep) if target is not None else None
             result.rankings.append(Ranking(variant, hits, metrics))
         return result
 
@@ -464,13 +518,50 @@ class SearchEngine:
         snapshot, with a notice saying so.
         """
         q = self.prepare(text)
+        q.notices.extend(self.vocabulary_notices(q.text, self.check_checkpoint(checkpoint)))
+        return self._search(q, str(text), top_k, pid, variants, gallery, checkpoint, None)
+
+    def vocabulary_notices(self, text: str, checkpoint: str) -> list[str]:
+        """A notice when under KNOWN_THRESHOLD of the words of ``text`` occur in ``checkpoint``'s training
+        captions (none when the checkpoint stores no vocabulary)."""
+        vocab = self.vocabularies.get(checkpoint)
+        if vocab is None:
+            return []
+        known, total = vocab.coverage(text)
+        if total == 0:
+            return ["The description has no words (only digits or symbols): the model was trained on English "
+                    "captions, so these results say little."]
+        if known / total >= KNOWN_THRESHOLD:
+            return []
+        return [f"Only {known} of the description's {total} words ({known / total:.0%}) occur in this model's "
+                f"{vocab.captions:,} training captions (a notice below {KNOWN_THRESHOLD:.0%}): the text may be in "
+                "another language or outside the model's vocabulary, so these results may mean little."]
+
+    def search_image(self, image: ImageQuery, top_k: int = 20, *, pid: Optional[Union[int, str, float]] = None,
+                     variants: tuple[str, ...] = (UPPERSON,), gallery: Optional[str] = None,
+                     checkpoint: Optional[str] = None) -> SearchResult:
+        """Rank gallery ``gallery`` for an image: one of its own (by the name the results show; it is left
+        out of the ranking, and its identity, when known, is the one scored) or an image file (an upload)."""
+        if image.name is None and image.path is None:
+            raise QueryError("Upload an image, or click a result and choose \"Find this person\".")
+        label = f"the image {image.name}" if image.name is not None else "the uploaded image"
+        notices = [f"{image.name} itself is left out of the ranking."] if image.name is not None else []
+        return self._search(PreparedQuery(label, torch.empty(0), notices), "", top_k, pid, variants, gallery,
+                            checkpoint, image)
+
+    def _search(self, q: PreparedQuery, text: str, top_k: int, pid: Optional[Union[int, str, float]],
+                variants: tuple[str, ...], gallery: Optional[str], checkpoint: Optional[str],
+                image: Optional[ImageQuery]) -> SearchResult:
+        """One query on one snapshot (indexed again while the files of its hits change)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise QueryError(f"Top k must be a whole number of at least 1; got {str(top_k)[:40]!r}.")
         name = self.check_checkpoint(checkpoint)
         unknown = [v for v in variants if v not in VARIANTS]
         if unknown:
             raise QueryError(f"unknown model {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
         first = gi = self.gallery_index(gallery)
         for _ in range(4):
-            result = self._rank_snapshot(gi, q, str(text), top_k, pid, variants, name)
+            result = self._rank_snapshot(gi, q, text, top_k, pid, variants, name, image)
             if result.gallery is not gi:
                 gi = result.gallery
                 continue
@@ -483,20 +574,42 @@ class SearchEngine:
             gi = self.reindex(gi, name)
         raise QueryError("The gallery keeps changing while it is searched; try again in a moment.")
 
+    @torch.no_grad()
+    def encode_image_file(self, path: Path, variant: str = UPPERSON, checkpoint: Optional[str] = None) -> torch.Tensor:
+        """(D,) normalised feature of an image file (an upload), read within this engine's limits."""
+        try:
+            size = Path(path).stat().st_size
+        except OSError as exc:
+            raise QueryError(f"The image cannot be read ({type(exc).__name__}); upload it again.") from None
+        if size > self.limits.max_file_bytes:
+            raise QueryError(f"The image is {size / 2**20:.1f} MB, over the limit of "
+                             f"{self.limits.max_file_bytes / 2**20:.0f} MB (--max-image-mb).")
+        limits = BuildLimits(max_bytes=self.limits.max_file_bytes, max_pixels=self.limits.max_pixels)
+        with self.using(checkpoint, variant) as model, self._threads(self.query_threads):
+            try:
+                feature = encode_query(model, image=Path(path), limits=limits)
+            except (FileNotFoundError, ValueError) as exc:
+                raise QueryError(f"The upload is not a readable image ({str(exc).split(': ', 1)[-1][:200]}).") from None
+        return torch.from_numpy(feature)[0].float()
+
     def query_metrics(self, similarity: torch.Tensor, pid: int, gallery: Optional[str] = None) -> dict[str, float]:
         """R@1/5/10 and AP (percent) of one query over the whole gallery, and the rank of its first match."""
         return self._metrics(self.gallery_index(gallery), similarity, pid)
 
     @staticmethod
-    def _metrics(gi: GalleryIndex, similarity: torch.Tensor, pid: int) -> dict[str, float]:
+    def _metrics(gi: GalleryIndex, similarity: torch.Tensor, pid: int,
+                 keep: Optional[torch.Tensor] = None) -> dict[str, float]:
+        """The metrics of one query over the gallery rows in ``keep`` (default: all)."""
         from upperson.metrics import retrieval_metrics, sorted_matches
 
         gp = gi.gallery_pids
+        if keep is not None:
+            gp, similarity = gp[keep], similarity[keep]
         sim = similarity.unsqueeze(0)
         m = retrieval_metrics(sim, torch.tensor([pid]), gp, ranks=(1, 5, 10))
         first = int(sorted_matches(sim, torch.tensor([pid]), gp)[0].nonzero()[0, 0]) + 1
         return {"R1": m["R1"], "R5": m["R5"], "R10": m["R10"], "AP": m["mAP"], "first_match": first,
-                "relevant": int((gp == pid).sum())}
+                "relevant": int((gp == pid).sum()), "gallery": int(gp.shape[0])}
 
     # ------------------------------------------------------------------ explanations
     def item_by_name(self, name: str, gallery: Union[None, str, GalleryIndex] = None) -> tuple[int, GalleryItem]:
@@ -538,6 +651,18 @@ class SearchEngine:
 
 
 PID_MAX = 2**63 - 1
+
+
+def stored_vocabulary(folder: Path) -> Optional[Vocabulary]:
+    """The training vocabulary stored with the checkpoint in ``folder`` (None, with a warning, when unusable)."""
+    try:
+        vocab = checkpoint_vocabulary(folder)
+    except VocabularyError as exc:
+        log.warning("%s; the out-of-vocabulary notice is off for this checkpoint", exc)
+        return None
+    if vocab is None:
+        log.info("%s stores no training vocabulary: no out-of-vocabulary notice for it", folder)
+    return vocab
 
 
 def parse_pid(value: object) -> Optional[int]:

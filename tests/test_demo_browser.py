@@ -183,3 +183,43 @@ def test_user_text_is_rendered_as_text(site):
         assert "2 images" in page.locator("#header").inner_text()
     finally:
         page.close()
+
+
+def test_an_example_searches_on_click_and_the_examples_follow_the_gallery(site):
+    """An example query searches at once; a folder without captions gets generic examples (said so), and
+    "Back to the default gallery" brings the gallery's own captions back."""
+    engine, _, _, _ = site
+    first = engine.gallery.items[0].captions[0]
+    page = _open(site)
+    try:
+        examples = page.locator("#examples button")
+        examples.first.click()
+        page.locator("#results img").first.wait_for(state="visible", timeout=30_000)
+        assert page.locator("#query textarea").input_value() == first
+        assert f"Identity {engine.gallery.items[0].pid}" in page.locator("#status").inner_text()
+        page.get_by_text("Model and gallery").click()
+        page.locator("#folder textarea").fill(INJECT_FOLDER)
+        page.locator("#index-folder").click()
+        page.wait_for_function("() => document.querySelector('#examples').innerText.includes('no captions')",
+                               timeout=30_000)
+        assert first[:20] not in page.locator("#examples").inner_text()
+        page.locator("#reset-gallery").click()
+        page.wait_for_function("() => document.querySelector('#admin').innerText.includes('Back on')", timeout=30_000)
+        assert engine.gallery.name in page.locator("#header").inner_text()
+        page.wait_for_function(f"() => document.querySelector('#examples').innerText.includes({first[:20]!r})",
+                               timeout=30_000)
+    finally:
+        page.close()
+
+
+def test_a_top_k_of_0_typed_in_the_box_is_refused_not_silently_1(site):
+    page = _open(site)
+    try:
+        _set_top_k(page, 0)
+        page.locator("#query textarea").fill("a man")
+        page.locator("#search").click()
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('1 to 200')",
+                               timeout=30_000)
+        assert page.locator("#results img").count() == 0
+    finally:
+        page.close()

@@ -82,6 +82,39 @@ def _fits(page, width: int) -> None:
     assert overflow <= width + 1, f"the page is {overflow} px wide in a {width} px viewport"
 
 
+# Gradio's error state: a status tracker of a failed event's outputs shows an "Error" badge, and a
+# toast pops up (the app raises none: a refusal is a message in the view)
+NO_ERROR_STATE = """() => [...document.querySelectorAll('[data-testid=status-tracker]')]
+    .filter(e => /\\bError\\b/.test(e.innerText)).length
+  + document.querySelectorAll('[data-testid=toast-body], [data-testid=toast-text], .toast-body').length"""
+
+
+def test_every_view_opens_on_something_and_no_panel_shows_an_error_at_1280_and_390(site):
+    """Each tab, opened as it comes, shows a figure (Attention: the first image and caption; Ablation: the
+    shipped study) or its action's result, every tab is reachable without the "more" menu, and no
+    element is in Gradio's error state; a refusal is one message in the view."""
+    for width in (1280, 390):
+        page = _open(site, "search", width=width)
+        try:
+            assert page.locator("[role=tablist] button").count() == 4  # none behind "⋯"
+            _tab(page, "attention")
+            _src(page, "#attention-image-map")
+            assert "caption" in page.locator("#attention-info").inner_text()
+            _tab(page, "ablation")
+            _src(page, "#ablation-params")
+            page.locator("#ablation-table").get_by_text("upperson", exact=True).first.wait_for(timeout=WAIT)
+            _tab(page, "attention")
+            page.locator("#attention-caption input").fill("   ")
+            page.locator("#attention-caption input").press("Enter")
+            page.locator("#attention-run").click()
+            page.wait_for_function("() => document.querySelector('#attention-info').innerText.includes('Type a')",
+                                   timeout=WAIT)
+            assert page.evaluate(NO_ERROR_STATE) == 0
+            _fits(page, width)
+        finally:
+            page.close()
+
+
 def test_attention_from_a_search_result_and_a_layer_redraws_the_map(site):
     engine, _, _ = site
     page = _open(site, "search")
@@ -98,6 +131,8 @@ def test_attention_from_a_search_result_and_a_layer_redraws_the_map(site):
         page.wait_for_function("(v) => document.querySelector('#attention-caption input').value === v",
                                arg=item.captions[0], timeout=WAIT)  # its own first caption
         page.locator("#attention-run").click()
+        page.wait_for_function("(v) => document.querySelector('#attention-info').innerText.includes(v)", arg=selected,
+                               timeout=WAIT)
         before = _src(page, "#attention-image-map")
         text_before = _src(page, "#attention-text-map")
         _choose(page, "attention-layer", "2")
@@ -184,10 +219,12 @@ def test_html_in_an_image_name_and_a_caption_stays_text(site):
         page.locator("#attention-caption input").fill("<b id=inj8>a man</b>")
         page.locator("#attention-caption input").press("Enter")
         page.locator("#attention-run").click()
-        toast = page.locator("[data-testid=toast-text]").first
-        toast.wait_for(timeout=WAIT)
-        assert "<img src=x" in toast.inner_text() and "is not an image of the current gallery" in toast.inner_text()
+        page.wait_for_function("() => document.querySelector('#attention-info').innerText.includes('is not an image')",
+                               timeout=WAIT)  # one message in the view, not a toast and red badges
+        info = page.locator("#attention-info").inner_text()
+        assert "<img src=x" in info and "is not an image of the current gallery" in info
         assert page.locator("#inj9, #inj8").count() == 0
+        assert page.evaluate(NO_ERROR_STATE) == 0
         assert page.evaluate("() => window.__pwned") is None
     finally:
         page.close()

@@ -142,10 +142,13 @@ def _export(req: ExportRequest, old: Path, out: Path) -> dict:
     petl_meta.get("backbone", {}).pop("path", None)  # nor its absolute form
     atomic_write_json(out / "upperson" / "petl.json", petl_meta)
     atomic_copy(Run(up).metrics_file, out / "upperson" / "metrics.jsonl")
+    sidecars = [f"upperson/{name}" for name in petl_meta.get("files") or {}]  # vocab.json: checked on load
+    for rel in sidecars:
+        atomic_copy(up_best / Path(rel).name, out / rel)
     (out / "full-finetune").mkdir(exist_ok=True)
     atomic_copy(Run(ft).metrics_file, out / "full-finetune" / "metrics.jsonl")
     files = {rel: {"sha256": sha256_file(out / rel), "bytes": (out / rel).stat().st_size}
-             for rel in ("backbone.safetensors", "upperson/petl.safetensors", "upperson/petl.json")}
+             for rel in ("backbone.safetensors", "upperson/petl.safetensors", "upperson/petl.json", *sidecars)}
     # a provisional card, so that the shipped files load (checksums verified) for evaluation
     atomic_write_json(out / CARD_NAME, {"files": files})
 

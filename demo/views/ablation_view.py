@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 import gradio as gr
+from gradio.context import Context
 import pandas as pd
 
 from analysis import ablation
@@ -32,7 +33,8 @@ from demo.gallery import GalleryError
 from demo.markup import text as esc
 from demo.search import QueryError
 from demo.thumbs import OutsideRoots, open_inside, real, within
-from demo.views.common import lenient_dropdown, cache_of, figure_file, png_file, user_error
+from demo.views.common import cache_of, figure_file, hidden_api, in_page, lenient_dropdown, png_file, user_error
+from upperson.embedded import read_card
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +209,44 @@ def bars(ctx: DemoContext, key: tuple, study: Study, metric: str) -> str:
     return _drawn(ctx, (key, "bars", metric), lambda: ablation.bars_figure(study.table, cols))
 
 
+def _queries(folder: Path) -> Optional[int]:
+    """The number of test queries behind the study (rows of its first per-query file), when it has one."""
+    files = sorted((folder / "per_query").glob("*/seed-*.csv"))[:1]
+    if not files or files[0].stat().st_size > 64 * 2**20:
+        return None
+    with open(files[0], "rb") as f:
+        return max(0, sum(1 for _ in f) - 1)
+
+
+def split_note(study: Study) -> str:
+    """Which split the numbers are on, with how many queries, and why they differ from the model card's."""
+    df = study.table
+    splits = sorted({str(v) for v in df["eval_split"].dropna()}) if "eval_split" in df.columns else []
+    n = _queries(study.folder)
+    on = f"the **{'/'.join(splits) or 'test'}** split of the data the study trained on" + (
+        f" ({n:,} queries)" if n else "")
+    card = read_card().get("metrics", {}).get("zero-shot", {})
+    zero = df.loc[df["variant"] == "zero-shot", "R1"] if "variant" in df.columns and "R1" in df.columns else []
+    if card.get("queries") and len(zero):
+        return (f"Scores on {on}: not the model card's evaluation (the larger test-large split, "
+                f"{card['queries']:,} queries), which is why zero-shot R@1 is {float(zero.iloc[0]):.1f} here and "
+                f"{card['R1']:.2f} in the README's results table.")
+    return f"Scores on {on}."
+
+
+_TEMP_PATH = re.compile(r"(--[\w-]+)(\s+|=)(/(?:tmp|var/tmp|home|root|Users)/\S*)")
+
+
+def portable_command(command: str) -> str:
+    """``command`` with the paths of the machine that made the study (``/tmp/...``, home folders) replaced by
+    placeholders named after their option (``--data-root DATA_ROOT``)."""
+    return _TEMP_PATH.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(1)[2:].upper().replace('-', '_')}", command)
+
+
 def notes(study: Study, folder_given: bool) -> str:
     df = study.table
     where = "the shipped study (assets/ablation)" if not folder_given else f"folder {esc(study.folder)}"
-    lines = [f"**{len(df)} variants** from {where}."]
+    lines = [f"**{len(df)} variants** from {where}.", split_note(study)]
     lines += [f"> ⚠️ {esc(why)}." for why in study.left_out]
     if ablation.has_intervals(df):
         lines.append("Uncertainty: means over seeds; 95 % bootstrap intervals over test queries; *vs UP-Person* "
@@ -227,13 +263,17 @@ def show(ctx: DemoContext, folder, metric):
     key, study = load_study(ctx, folder)
     params = _drawn(ctx, (key, "params"), lambda: ablation.params_figure(study.table))
     curves = png_file(ctx, study.curves) if study.curves else None
-    command = study.command or "(the folder has no README.md with the command that made it)"
+    command = portable_command(study.command) if study.command else \
+        "(the folder has no README.md with the command that made it)"
+    if command != study.command and study.command:
+        command += "\n# DATA_ROOT, RUNS_DIR, ...: your own folders (the study's were on the machine that made it)"
     given = isinstance(folder, str) and bool(folder.strip())
     return shown_table(study.table), bars(ctx, key, study, m), params, curves, command, notes(study, given)
 
 
 def build_ablation_tab(ctx: DemoContext, ui: SharedUI) -> None:
     """The Ablation tab's components and events (inside ``with gr.Tab(...)``)."""
+    tab = Context.block  # the tab this is built in: opening it shows the shipped study
     gr.Markdown("The per-component ablation (`python -m analysis ablation`): every variant and metric, the "
                 "figures, and the command that reproduces the study.")
     roots = ", ".join(map(str, ctx.allow_roots))
@@ -271,8 +311,22 @@ def build_ablation_tab(ctx: DemoContext, ui: SharedUI) -> None:
         except QueryError as exc:
             raise user_error(exc) from None
 
-    run.click(ablation_study, [folder, metric], [table, bar_fig, params_fig, curves_fig, command, info],
-              api_name="ablation")
-    folder.submit(ablation_study, [folder, metric], [table, bar_fig, params_fig, curves_fig, command, info],
-                  api_visibility="private")
-    metric.change(redraw, [folder, metric], bar_fig, api_visibility="private")
+    outputs = [table, bar_fig, params_fig, curves_fig, command, info]
+    page_study = in_page(ablation_study, 6, 5)
+
+    def on_open(folder_path, metric_name, shown):
+        """The tab was opened: show the shipped study (or the folder typed), once."""
+        return (gr.skip(),) * 6 if shown is not None else page_study(folder_path, metric_name)
+
+    def page_redraw(folder_path, metric_name):
+        try:
+            return redraw(folder_path, metric_name), gr.skip()
+        except gr.Error as exc:
+            return gr.skip(), f"ℹ️ {exc.message}"
+
+    run.click(page_study, [folder, metric], outputs, api_visibility="private")
+    hidden_api(ablation_study, [folder, metric], outputs, "ablation")
+    folder.submit(page_study, [folder, metric], outputs, api_visibility="private")
+    metric.change(page_redraw, [folder, metric], [bar_fig, info], api_visibility="private")
+    if isinstance(tab, gr.Tab):
+        tab.select(on_open, [folder, metric, params_fig], outputs, api_visibility="private")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 import gradio as gr
+from gradio.context import Context
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
@@ -28,7 +29,8 @@ from analysis.attention import (QUANTITIES, QUANTITY_LABELS, PrefixAttention, co
 from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import QueryError
-from demo.views.common import lenient_dropdown, lenient_radio, cache_of, figure_file, user_error, view_key
+from demo.views.common import (cache_of, figure_file, hidden_api, in_page, lenient_dropdown, lenient_radio,
+                               user_error, view_key)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,9 @@ def record_for(ctx: DemoContext, state, image: object, upload: object,
     s = ctx.valid_state(state)
     if caption is not None and not isinstance(caption, str):
         raise QueryError(f"The caption must be text; got {type(caption).__name__}.")
-    q = ctx.engine.prepare(caption)  # cleans, checks (empty: a message), truncates with a notice
+    if caption is None or not str(caption).strip():
+        raise QueryError("Type a description of the person as the caption, or pick one of the image's captions.")
+    q = ctx.engine.prepare(caption)  # cleans, checks, truncates with a notice
     index: Optional[int] = None
     if upload not in (None, ""):
         path = Path(upload["path"] if isinstance(upload, dict) else str(upload))
@@ -212,19 +216,30 @@ def _names(ctx: DemoContext, state) -> list[str]:
     return [g.relative_name(it) for it in g.items]
 
 
+def _first(ctx: DemoContext, state=None) -> tuple[Optional[str], list[str]]:
+    """(name, captions) of the first gallery image with a caption (else the first image, no captions)."""
+    g = ctx.gallery(state)
+    item = next((it for it in g.items if it.captions), g.items[0] if g.items else None)
+    return (None, []) if item is None else (g.relative_name(item), list(item.captions))
+
+
 def build_attention_tab(ctx: DemoContext, ui: SharedUI) -> None:
     """The Attention tab's components and events (inside ``with gr.Tab(...)``)."""
+    tab = Context.block  # the tab this is built in: opening it shows the default image and caption
     model = ctx.engine.model
     n_layers = max(len(model.blocks("image")), len(model.blocks("text")))
     n_heads = max(model.blocks("image")[0].attn.num_heads, model.blocks("text")[0].attn.num_heads)
     gr.Markdown("How much each image patch and each caption token attends to UP-Person's learned prefix, per "
-                "layer and head (the figures `python -m analysis attention` writes). Pick an image (or click a "
-                "search result), a caption, then **Show attention**; the controls redraw at once.")
+                "layer and head (the figures `python -m analysis attention` writes). It opens on the gallery's "
+                "first image and caption; pick another image (or click a search result), a caption, then "
+                "**Show attention**; the controls redraw at once.")
+    first_name, first_captions = _first(ctx)
     with gr.Row():
         with gr.Column(scale=2, min_width=260):
-            image = lenient_dropdown(choices=_names(ctx, None), value=None, allow_custom_value=True, filterable=True,
+            image = lenient_dropdown(choices=_names(ctx, None), value=first_name, allow_custom_value=True, filterable=True,
                            label="Gallery image (name, or click a search result)", elem_id="attention-image")
-            caption = lenient_dropdown(choices=[], value=None, allow_custom_value=True, filterable=True,
+            caption = lenient_dropdown(choices=first_captions, value=first_captions[0] if first_captions else None,
+                                       allow_custom_value=True, filterable=True,
                              label="Caption (type one, or pick one of the image's)", elem_id="attention-caption")
             run = gr.Button("Show attention", variant="primary", elem_id="attention-run")
         with gr.Column(scale=1, min_width=200):
@@ -285,13 +300,26 @@ def build_attention_tab(ctx: DemoContext, ui: SharedUI) -> None:
         return gr.update(value=name)
 
     def new_gallery(state):
-        return gr.update(choices=_names(ctx, state), value=None), gr.update(choices=[], value=None)
+        name, caps = _first(ctx, state)
+        return (gr.update(choices=_names(ctx, state), value=name),
+                gr.update(choices=caps, value=caps[0] if caps else None), None, None, None, "")
+
+    def on_open(image_name, uploaded, caption_text, tower_, layer_, head_, quantity_, state, shown):
+        """The tab was opened: show the chosen (default) image and caption, once."""
+        if shown:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return page_redraw(image_name, uploaded, caption_text, tower_, layer_, head_, quantity_, state)
 
     inputs = [image, upload, caption, tower, layer, head, quantity, ui.state]
     outputs = [image_fig, text_fig, scale_fig, info]
-    run.click(attention, inputs, outputs, api_name="attention", concurrency_id="engine")
+    page_attention = in_page(attention, 4, 3)
+    page_redraw = in_page(redraw, 4, 3)
+    run.click(page_attention, inputs, outputs, api_visibility="private", concurrency_id="engine")
+    hidden_api(attention, inputs, outputs, "attention")
     for control in (tower, layer, head, quantity):
-        control.change(redraw, inputs, outputs, api_visibility="private", concurrency_id="engine")
+        control.change(page_redraw, inputs, outputs, api_visibility="private", concurrency_id="engine")
     image.change(captions_of, [image, caption, ui.state], caption, api_visibility="private")
     ui.selected.change(from_search, [ui.selected, ui.state], image, api_visibility="private")
-    ui.state.change(new_gallery, [ui.state], [image, caption], api_visibility="private")
+    ui.state.change(new_gallery, [ui.state], [image, caption, *outputs], api_visibility="private")
+    if isinstance(tab, gr.Tab):
+        tab.select(on_open, [*inputs, image_fig], outputs, api_visibility="private", concurrency_id="engine")

@@ -43,6 +43,28 @@ def lenient_slider(minimum: float, maximum: float, **kwargs) -> gr.Slider:
     return _lenient(gr.Slider(minimum, maximum, **kwargs), f"whole number from {minimum:g} to {maximum:g}")
 
 
+def in_page(fn: Callable[..., tuple], outputs: int, message_at: int, clear: bool = True) -> Callable[..., tuple]:
+    """``fn`` (a view's API action, which raises ``gr.Error``) for the page's own events: a refusal becomes
+    one message (escaped) in output ``message_at`` of ``outputs``, the others cleared (or left as they are,
+    ``clear=False``), never Gradio's red "Error" badges on every panel."""
+    def page(*args):
+        try:
+            return fn(*args)
+        except gr.Error as exc:
+            out = [None if clear else gr.skip()] * outputs
+            out[message_at] = f"ℹ️ {exc.message}"  # user_error escaped it already
+            return tuple(out)
+
+    page.__doc__ = fn.__doc__
+    return page
+
+
+def hidden_api(fn: Callable, inputs: list, outputs: list, api_name: str) -> None:
+    """Register ``fn`` as ``/api_name`` for ``gradio_client`` only (on a button never shown)."""
+    gr.Button(visible=False, elem_classes="api-only").click(fn, inputs, outputs, api_name=api_name,
+                                                             concurrency_id="engine")
+
+
 def user_error(message: object) -> gr.Error:
     """A ``gr.Error`` the visitor can act on; the message is escaped (it may quote their input)."""
     return gr.Error(html.escape(" ".join(str(message).split()), quote=False), print_exception=False)

@@ -25,7 +25,8 @@ from analysis.umap_plot import MapPanel, map_panel, select_identities, umap_pane
 from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import FEATURE_CACHE, UPPERSON, ZERO_SHOT, QueryError
-from demo.views.common import lenient_dropdown, lenient_slider, cache_of, figure_file, user_error, view_key
+from demo.views.common import (cache_of, figure_file, hidden_api, in_page, lenient_dropdown, lenient_slider,
+                               user_error, view_key)
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,9 @@ def build_embeddings_tab(ctx: DemoContext, ui: SharedUI) -> None:
         with gr.Column(scale=2, min_width=240):
             identity = lenient_dropdown(choices=[], value=None, allow_custom_value=True, label="Identity",
                               elem_id="embeddings-identity")
-            images = gr.Gallery(label="Its images", columns=4, height="auto", object_fit="contain",
-                                allow_preview=False, elem_id="embeddings-images")
+            # whole thumbnails with their whole names below them (the results grid's style), no label over them
+            images = gr.Gallery(label="Its images", show_label=False, columns=4, height="auto", object_fit="contain",
+                                allow_preview=False, elem_id="embeddings-images", elem_classes="results-grid")
             captions = gr.Markdown(elem_id="embeddings-captions", latex_delimiters=[])
 
     def show(identities, identity_id, state):
@@ -216,9 +218,11 @@ def build_embeddings_tab(ctx: DemoContext, ui: SharedUI) -> None:
         return show(identities, identity_id, state)
 
     outputs = [plot, identity, images, captions, info]
-    run.click(show, [n, identity, ui.state], outputs, api_name="embeddings", concurrency_id="engine")
+    run.click(in_page(show, 5, 4), [n, identity, ui.state], outputs, api_visibility="private", concurrency_id="engine")
+    hidden_api(show, [n, identity, ui.state], outputs, "embeddings")
     n.change(lambda: gr.update(value=None), None, identity, api_visibility="private")  # a new map: no stale choice
-    identity.input(select, [n, identity, ui.state], outputs, api_visibility="private", concurrency_id="engine")
+    identity.input(in_page(select, 5, 4, clear=False), [n, identity, ui.state], outputs, api_visibility="private",
+                   concurrency_id="engine")
     ui.state.change(lambda: (gr.update(choices=[], value=None), [], ""), None, [identity, images, captions],
                     api_visibility="private")
     if isinstance(tab, gr.Tab):

@@ -393,6 +393,23 @@ def upgrade_checkpoint(path: Union[str, Path]) -> Path:
     return _write_bound(weights, config, state, meta)
 
 
+def add_sidecars(path: Union[str, Path], files: Mapping[str, Union[str, Path]]) -> Path:
+    """Add sidecar files (name -> source file) to a checkpoint in place, as :func:`upgrade_checkpoint` does:
+    the same tensors, bit for bit, with the new files' SHA-256 bound into the header and ``petl.json``.
+
+    The checkpoint is verified first (an old format is upgraded to format 3 on the way); the files are
+    copied, then the weights and ``petl.json`` replaced, each atomically.
+    """
+    weights, config = _paths(path)
+    meta, state = _read_verified(path)
+    sidecars = {_sidecar_name(name, config): Path(src) for name, src in files.items()}
+    meta = dict(meta, version=FORMAT_VERSION,
+                files={**(meta.get("files") or {}), **{n: file_digest(src) for n, src in sidecars.items()}})
+    for name, src in sidecars.items():
+        atomic_copy(src, weights.parent / name)
+    return _write_bound(weights, config, state, meta)
+
+
 def _write_bound(weights: Path, config: Path, state: dict[str, torch.Tensor], meta: dict) -> Path:
     """Write the weights with ``meta``'s binding in their header, then ``petl.json`` with their sha256."""
     with atomic_path(weights) as tmp:

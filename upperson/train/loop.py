@@ -20,6 +20,7 @@ import logging
 import math
 import shutil
 import sys
+import tempfile
 import time
 from logging.handlers import MemoryHandler
 from pathlib import Path
@@ -48,6 +49,7 @@ from upperson.train.sampler import GlobalBatchSampler, SeededSamples
 from upperson.train.records import METRICS_NAME, RunRecordError, RunRecords, check_run_records, find_state_dir
 from upperson.train.rundir import CONFIG_NAME, RunFolder, RunFolderError, log_config_changes
 from upperson.train.state import load_training_state, read_state_meta, save_training_state
+from upperson.vocab import VOCAB_NAME, build_vocabulary, write_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +223,14 @@ def evaluations_since_best(history: list[dict], best_epoch: int) -> int:
     return sum(1 for row in history if "R1" in row and row["epoch"] > best_epoch)
 
 
-def _save_best(model: UPPerson, run_dir: Path, extra: dict) -> None:
+def _save_best(model: UPPerson, run_dir: Path, extra: dict, data: PedesDataset) -> None:
+    """Write ``run_dir/best``, with the training captions' vocabulary as its ``vocab.json`` sidecar."""
     tmp = run_dir / "best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_petl(model, tmp, extra=extra)
+    with tempfile.TemporaryDirectory() as scratch:
+        vocab = write_vocabulary(build_vocabulary(c for r in data.split("train") for c in r.captions),
+                                 Path(scratch) / VOCAB_NAME)
+        save_petl(model, tmp, extra=extra, files={VOCAB_NAME: vocab})
     replace_dir(tmp, run_dir / "best")
 
 
@@ -440,11 +446,11 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
                     if metrics["R1"] > best_score:
                         best_score, best_epoch = metrics["R1"], epoch + 1
                         with _disk_guard(run_dir, model, "best/"):
-                            _save_best(model, run_dir, {"epoch": epoch + 1, "split": select, "metrics": metrics})
+                            _save_best(model, run_dir, {"epoch": epoch + 1, "split": select, "metrics": metrics}, data)
                 elif select is None or t_cfg.eval_every <= 0:
                     best_epoch = epoch + 1  # no evaluation: the last epoch is the result
                     with _disk_guard(run_dir, model, "best/"):
-                        _save_best(model, run_dir, {"epoch": epoch + 1})
+                        _save_best(model, run_dir, {"epoch": epoch + 1}, data)
                 log.info("epoch %d: loss %.4f%s", epoch + 1, row["loss"],
                          f", {select} R1 {row['R1']:.2f} mAP {row['mAP']:.2f}" if "R1" in row else "")
                 history.append(row)
@@ -477,7 +483,7 @@ def _finish(cfg: ExperimentConfig, run_dir: Path, model: UPPerson, data: PedesDa
     if cfg.train.epochs > 0:
         load_petl(model, run_dir / "best")
     else:
-        _save_best(model, run_dir, {"epoch": 0})  # zero-shot: the untrained model is the result
+        _save_best(model, run_dir, {"epoch": 0}, data)  # zero-shot: the untrained model is the result
     eval_kw = dict(batch_size=cfg.data.eval_batch_size, precision=cfg.train.precision, progress=progress)
     final = {select: evaluate(model, data.split(select), tokenizer, **eval_kw)} if select else {}
     if select != "test" and data.splits.get("test"):
