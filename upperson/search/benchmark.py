@@ -26,7 +26,8 @@ import torch
 from upperson.evaluation import inference_model
 from upperson.search.approximate import AnnConfig, ApproximateSearch, build_ann
 from upperson.search.engine import ExactSearch, faiss_available
-from upperson.search.store import Entry, IndexStore, Manifest, write_manifest, write_segment
+from upperson.search.entries import EntryTable
+from upperson.search.store import IndexStore, Manifest, write_manifest, write_segment
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ class SyntheticGallery:
         for number, lo in enumerate(range(0, n, SEGMENT_ROWS)):
             ids = np.arange(lo, min(n, lo + SEGMENT_ROWS)) // self.per_identity
             records.append(write_segment(folder, number, self.images(ids, rng).astype(dtype)))
-        entries = [Entry(f"synthetic/{i}", i // SEGMENT_ROWS, i % SEGMENT_ROWS, "", 0, 0) for i in range(n)]
+        rows = np.arange(n, dtype=np.int64)
+        entries = EntryTable.from_columns([f"synthetic/{i}" for i in range(n)], rows // SEGMENT_ROWS, rows % SEGMENT_ROWS)
         write_manifest(folder, Manifest(model={"key": "synthetic"}, dim=self.dim, dtype=dtype, segments=records,
                                         entries=entries))
         return IndexStore.open(folder, verify=False)

@@ -31,6 +31,7 @@ from upperson.data.transforms import build_transforms
 from upperson.evaluation import inference_model
 from upperson.index import file_sha1, model_key
 from upperson.search.approximate import AnnConfig, build_ann
+from upperson.search.entries import ENTRIES_DIR
 from upperson.search import shards
 from upperson.search.shards import SHARDS, Shard
 from upperson.search.store import (DTYPES, SEGMENTS, Entry, IndexFolderError, IndexStore, Manifest, MANIFEST, read_manifest,
@@ -226,7 +227,7 @@ def check_out(out: Path, key: str, dtype: str) -> None:
     """Refuse, before anything is written, an ``out`` that is another kind of folder or another model's index."""
     if out.exists() and not out.is_dir():
         raise IndexFolderError(f"--out {out} is a file; give a folder")
-    if out.is_dir() and not (out / MANIFEST).exists() and any(p.name not in (".lock", SHARDS, SEGMENTS) for p in out.iterdir()):
+    if out.is_dir() and not (out / MANIFEST).exists() and any(p.name not in (".lock", SHARDS, SEGMENTS, ENTRIES_DIR) for p in out.iterdir()):
         raise IndexFolderError(f"--out {out} is a folder that is not an index (no {MANIFEST}); give a new or empty folder")
     if (out / MANIFEST).exists():
         manifest = read_manifest(out)

@@ -1,0 +1,120 @@
+"""Index folders at scale: the compact entry table, old (version 1) folders, and a large gallery with bad files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from upperson.search import build as build_module
+from upperson.search.build import build_index
+from upperson.search.entries import ENTRIES_DIR, EntryTable
+from upperson.search.store import (MANIFEST, Entry, IndexFolderError, IndexStore, Manifest, write_manifest,
+                                   write_segment)
+
+from tests.conftest import tiny_model_config
+from upperson.model import build_model
+
+
+def _store(tmp_path: Path, n: int = 300) -> list[Entry]:
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((50, 8)).astype(np.float32)
+    records = [write_segment(tmp_path, 0, feats / np.linalg.norm(feats, axis=1, keepdims=True))]
+    entries = [Entry(f"/g/{i}-é.png", 0, int(rng.integers(0, 50)), f"{i:040x}", i, 10 * i) for i in range(n)]
+    write_manifest(tmp_path, Manifest(model={"key": "k"}, dim=8, dtype="float32", segments=records, entries=entries))
+    return entries
+
+
+def test_the_manifest_lists_an_entry_table_not_one_record_per_image(tmp_path):
+    entries = _store(tmp_path, n=5000)
+    raw = json.loads((tmp_path / MANIFEST).read_text())
+    assert raw["version"] == 2 and "entries" not in raw and raw["entry_table"]["entries"] == 5000
+    assert (tmp_path / MANIFEST).stat().st_size < 2000  # a few hundred bytes, whatever the gallery's size
+    store = IndexStore.open(tmp_path)
+    assert isinstance(store.manifest.entries, EntryTable) and list(store.manifest.entries) == entries
+    assert store.manifest.entries[-1] == entries[-1] and store.manifest.entries[10:12] == entries[10:12]
+    # a rewrite leaves one table: the one the manifest lists
+    store.manifest.entries = entries[:10]
+    write_manifest(tmp_path, store.manifest)
+    assert [p.name for p in (tmp_path / ENTRIES_DIR).iterdir()] == [store.manifest.entry_table["name"]]
+    assert list(IndexStore.open(tmp_path).manifest.entries) == entries[:10]
+
+
+def test_a_tampered_or_missing_entry_table_is_refused(tmp_path):
+    _store(tmp_path)
+    table = tmp_path / ENTRIES_DIR / json.loads((tmp_path / MANIFEST).read_text())["entry_table"]["name"]
+    data = bytearray(table.read_bytes())
+    data[len(data) // 2] ^= 1
+    table.write_bytes(bytes(data))
+    with pytest.raises(IndexFolderError, match="corrupted.*build the index again"):
+        IndexStore.open(tmp_path)
+    table.unlink()
+    with pytest.raises(IndexFolderError, match="missing"):
+        IndexStore.open(tmp_path)
+
+
+def test_a_version_1_folder_still_opens_and_is_rewritten_as_version_2(tmp_path):
+    entries = _store(tmp_path)
+    raw = json.loads((tmp_path / MANIFEST).read_text())
+    table = raw.pop("entry_table")
+    (tmp_path / ENTRIES_DIR / table["name"]).unlink()
+    raw |= {"version": 1, "entries": [e.as_list() for e in entries]}  # the layout version 1 wrote
+    (tmp_path / MANIFEST).write_text(json.dumps(raw))
+    store = IndexStore.open(tmp_path)
+    assert list(store.manifest.entries) == entries and store.manifest.entry_table is None
+    np.testing.assert_array_equal(store.features_of([0, 5]),
+                                  np.load(tmp_path / "segments" / "000000.npy")[[entries[0].row, entries[5].row]])
+    write_manifest(tmp_path, store.manifest)
+    assert json.loads((tmp_path / MANIFEST).read_text())["version"] == 2
+    assert list(IndexStore.open(tmp_path).manifest.entries) == entries
+
+
+class _StubEncoder(torch.nn.Module):
+    """A feature per image from its mean pixel: no network, so thousands of files take a second."""
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean(dim=(1, 2, 3))[:, None], torch.ones(len(x), 3)], dim=1)
+
+
+def test_a_large_gallery_with_some_unreadable_files_gives_one_summary(tmp_path, monkeypatch, caplog):
+    gallery = tmp_path / "gallery"
+    # 10,000 files, not 100,000: the build is linear in the files, and 100,000 took 47 s here (2 shared cores)
+    n, bad_every = 10_000, 100
+    for d in range(20):
+        (gallery / f"{d:02d}").mkdir(parents=True)
+    pixel = Image.new("RGB", (2, 6))
+    for i in range(n):  # distinct small contents; every 100th is not an image, one is a dangling link
+        path = gallery / f"{i % 20:02d}" / f"{i:06d}.png"
+        if i == 77:
+            os.symlink(tmp_path / "gone.png", path)
+        else:
+            path.write_bytes(b"garbage %d" % i if i % bad_every == 0 else b"img %d" % i)
+
+    def decode(path: Path, limits) -> Image.Image:
+        data = path.read_bytes()
+        if not data.startswith(b"img"):
+            raise OSError(f"cannot identify image file {str(path)!r}")
+        return pixel
+
+    model = build_model(tiny_model_config(pretrained="random")).eval()
+    monkeypatch.setattr(build_module, "load_image", decode)  # the decoder and the network patched out
+    monkeypatch.setattr(build_module, "build_transforms", lambda size, train: lambda im: torch.zeros(3, 6, 2))
+    monkeypatch.setattr(build_module, "inference_model", lambda m: _StubEncoder())
+    out = tmp_path / "index"
+    with caplog.at_level(logging.WARNING):
+        report = build_index(model, gallery, out, source="test", progress=False, batch_size=4096, segment_rows=50_000)
+    unreadable = n // bad_every + 1
+    assert report.listed == n and report.indexed == n - unreadable and len(report.skipped) == unreadable
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("upperson.search")]
+    assert len(warnings) == 1 and f"skipped {unreadable} of {n} " in warnings[0].getMessage()
+    assert "and 91 more (listed in" in warnings[0].getMessage()
+    store = IndexStore.open(out)
+    assert store.manifest.complete and len(store) == n - unreadable and len(store.manifest.skipped) == unreadable
+    assert {why.split(" (")[0] for _, why in store.manifest.skipped} == {"not a readable image", "cannot read"}
+    assert sorted(p.name for p in out.iterdir()) == [".lock", ENTRIES_DIR, MANIFEST, "segments"]
