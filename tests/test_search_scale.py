@@ -118,3 +118,38 @@ def test_a_large_gallery_with_some_unreadable_files_gives_one_summary(tmp_path, 
     assert store.manifest.complete and len(store) == n - unreadable and len(store.manifest.skipped) == unreadable
     assert {why.split(" (")[0] for _, why in store.manifest.skipped} == {"not a readable image", "cannot read"}
     assert sorted(p.name for p in out.iterdir()) == [".lock", ENTRIES_DIR, MANIFEST, "segments"]
+
+
+def _clustered(tmp_path: Path, ids: int = 500, per: int = 20, dim: int = 16) -> tuple[IndexStore, np.ndarray]:
+    rng = np.random.default_rng(3)
+    x = np.repeat(rng.standard_normal((ids, dim)), per, axis=0) + 0.5 * rng.standard_normal((ids * per, dim))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    rows = np.arange(len(x))
+    write_manifest(tmp_path, Manifest(model={"key": "k"}, dim=dim, dtype="float32", segments=[write_segment(tmp_path, 0, x)],
+                                      entries=EntryTable.from_columns([f"/g/{i}" for i in rows], rows * 0, rows)))
+    return IndexStore.open(tmp_path), x
+
+
+def test_an_ivf_flat_index_probing_every_list_equals_exact_search(tmp_path):
+    from upperson.search.approximate import AnnConfig, ApproximateSearch, build_ann
+
+    store, x = _clustered(tmp_path)
+    store.manifest.ann = build_ann(store, AnnConfig(kind="ivfflat", nlist=20, nprobe=20, recall_queries=50))
+    write_manifest(tmp_path, store.manifest)
+    assert store.manifest.ann["kind"] == "ivfflat" and store.manifest.ann["recall_at_10"] == 1.0
+    search = ApproximateSearch(IndexStore.open(tmp_path))
+    q = x[:7] + 0.01
+    truth = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :10]
+    assert [[h.entry for h in hits] for hits in search.search(q, 10)] == truth.tolist()
+
+
+def test_the_features_benchmark_measures_recall_against_exact_with_the_query_left_out(tmp_path):
+    from upperson.search.approximate import AnnConfig
+    from upperson.search.benchmark import benchmark_features
+
+    store, _ = _clustered(tmp_path)
+    rows = benchmark_features(store, configs=[AnnConfig(kind="ivfflat", nlist=20)], shares=(0.05, 1.0), reranks=(11,),
+                              queries=40, repeats=5)
+    assert [r["engine"] for r in rows][:1] == ["torch"] and all(r["single_p50_ms"] > 0 for r in rows)
+    approx = {r["probed"]: r for r in rows if r["engine"] == "approximate-ivfflat"}
+    assert approx[1.0]["recall@10"] == 1.0 and approx[0.05]["nprobe"] == 1 and approx[0.05]["recall@10"] < 1.0

@@ -16,15 +16,16 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import faiss
 import numpy as np
 import torch
 
 from upperson.evaluation import inference_model
-from upperson.search.approximate import AnnConfig, ApproximateSearch, build_ann
+from upperson.search.approximate import AnnConfig, ApproximateSearch, build_ann, train_ann
 from upperson.search.engine import ExactSearch, faiss_available
 from upperson.search.entries import EntryTable
 from upperson.search.store import IndexStore, Manifest, write_manifest, write_segment
@@ -181,3 +182,67 @@ def indexing_throughput(model: torch.nn.Module, *, batch_size: int = 64, batches
         for _ in range(batches):
             encoder.encode_image(x)
     return batch_size * batches / (time.perf_counter() - t0)
+
+
+#: shares of the lists probed and re-rank depths ``benchmark --search --features`` tries with each index
+PROBE_SHARES = (0.02, 0.05, 0.10)
+RERANK_DEPTHS = (64, 256, 1024)
+
+
+def held_out_queries(store: IndexStore, n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(global rows, features) of ``n`` stored rows chosen at random: image queries whose own row is
+    left out of every ranking."""
+    rows = int(store.offsets[-1])
+    held = np.sort(np.random.default_rng(seed).choice(rows, size=min(rows, n), replace=False))
+    return held, store.rows_at(held)
+
+
+def feature_grid(dim: int) -> tuple[AnnConfig, ...]:
+    """The approximate indexes ``benchmark --search --features`` trains: IVF-PQ with dim/4 and dim/2
+    byte codes, and IVF-flat; about 4 sqrt(rows) lists each."""
+    return AnnConfig(kind="ivfpq", m=max(1, dim // 4)), AnnConfig(kind="ivfpq", m=max(1, dim // 2)), AnnConfig(kind="ivfflat")
+
+
+def benchmark_features(store: IndexStore, *, configs: Optional[Sequence[AnnConfig]] = None,
+                       shares: Sequence[float] = PROBE_SHARES, reranks: Sequence[int] = RERANK_DEPTHS,
+                       queries: int = 200, k: int = 10, repeats: int = 100) -> list[dict[str, Any]]:
+    """Exact engines and approximate settings on an index's own features: recall@k against exact
+    search (each query a stored image, its own row left out), latency and memory."""
+    held, q = held_out_queries(store, queries)
+    exact = ExactSearch(store, "torch")
+    scores = exact.row_scores(q)
+    scores[np.arange(len(held)), held] = -np.inf
+    truth = [set(np.argpartition(-s, k)[:k].tolist()) for s in scores]
+    del scores
+    rows: list[dict[str, Any]] = []
+    base = {"gallery": int(store.offsets[-1]), "dim": store.manifest.dim, "dtype": store.manifest.dtype}
+    engines = [("torch", exact)] + ([("faiss", ExactSearch(store, "faiss"))] if faiss_available() else [])
+    for name, engine in engines:
+        rows.append({**base, "engine": name, "rss_mb": round(_rss_mb(), 1), **_latency(engine, q[:64], k, repeats // 5)})
+    for config in configs or feature_grid(store.manifest.dim):
+        index, cfg, seconds = train_ann(store, config)
+        size_mb = faiss.serialize_index(index).nbytes / 2**20
+        for share in shares:
+            for depth in reranks:
+                nprobe = max(1, round(cfg.nlist * share))
+                record = {**asdict(cfg), "nprobe": nprobe, "rerank": depth}
+                engine = ApproximateSearch(store, index=index, record=record)
+                found = _approximate_rows(engine, q, held, k)
+                recall = float(np.mean([len(t & f) / k for t, f in zip(truth, found)]))
+                rows.append({**base, "engine": f"approximate-{cfg.kind}", "nlist": cfg.nlist, "nprobe": nprobe,
+                             "probed": share, "m": cfg.m if cfg.kind == "ivfpq" else None, "rerank": depth,
+                             "build_s": round(seconds, 2), "index_mb": round(size_mb, 1), f"recall@{k}": recall,
+                             "rss_mb": round(_rss_mb(), 1), **_latency(engine, q[:64], k, repeats)})
+                log.debug("%s", rows[-1])
+        del index
+    return rows
+
+
+def _approximate_rows(engine: ApproximateSearch, q: np.ndarray, held: np.ndarray, k: int) -> list[set[int]]:
+    """The top-k global rows of each query by approximate search, its own row left out."""
+    flat = engine.store.flat_rows()
+    out = []
+    for hits, own in zip(engine.search(q, k + 1), held):
+        rows = [int(flat[h.entry]) for h in hits]
+        out.append(set([r for r in rows if r != own][:k]))
+    return out
