@@ -153,3 +153,22 @@ def test_the_features_benchmark_measures_recall_against_exact_with_the_query_lef
     assert [r["engine"] for r in rows][:1] == ["torch"] and all(r["single_p50_ms"] > 0 for r in rows)
     approx = {r["probed"]: r for r in rows if r["engine"] == "approximate-ivfflat"}
     assert approx[1.0]["recall@10"] == 1.0 and approx[0.05]["nprobe"] == 1 and approx[0.05]["recall@10"] < 1.0
+
+
+def test_streamed_top_rows_equal_a_full_sort_with_ties_and_the_query_left_out(tmp_path, monkeypatch):
+    from upperson.search import engine as engine_module
+    from upperson.search.engine import ExactSearch
+
+    monkeypatch.setattr(engine_module, "CHUNK_ROWS", 7)  # many chunks, across two segments
+    rng = np.random.default_rng(1)
+    x = rng.integers(-2, 3, (90, 8)).astype(np.float32) / 8  # exact products: many exact ties
+    records = [write_segment(tmp_path, 0, x[:40]), write_segment(tmp_path, 1, x[40:])]
+    rows = np.arange(90)
+    write_manifest(tmp_path, Manifest(model={"key": "k"}, dim=8, dtype="float32", segments=records,
+                                      entries=EntryTable.from_columns([str(i) for i in rows], rows >= 40, rows - 40 * (rows >= 40))))
+    held = np.array([3, 41, 89, 0])
+    got = ExactSearch(IndexStore.open(tmp_path)).top_rows(x[held], 10, exclude=held)
+    scores = x[held].astype(np.float64) @ x.T.astype(np.float64)
+    scores[np.arange(4), held] = -np.inf
+    want = [sorted(range(90), key=lambda r: (-s[r], r))[:10] for s in scores]
+    assert got.tolist() == want
