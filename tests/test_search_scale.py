@@ -172,3 +172,22 @@ def test_streamed_top_rows_equal_a_full_sort_with_ties_and_the_query_left_out(tm
     scores[np.arange(4), held] = -np.inf
     want = [sorted(range(90), key=lambda r: (-s[r], r))[:10] for s in scores]
     assert got.tolist() == want
+
+
+def test_every_rank_indexes_rank_0s_listing_of_the_gallery(tmp_path, monkeypatch):
+    """A file that appears while the ranks start must not give two ranks different file positions."""
+    from upperson.search import shards
+    from upperson.search.build import list_gallery, shared_listing
+    from upperson.search.shards import Shard
+
+    (tmp_path / "a.png").write_bytes(b"a")
+    rank0 = list_gallery(tmp_path)
+
+    class Rank1(Shard):
+        def broadcast(self, value):  # what rank 0 sent
+            assert value == (None, None)
+            return rank0, None
+
+    (tmp_path / "b.png").write_bytes(b"b")  # appears before rank 1 would have listed the folder
+    monkeypatch.setattr(shards, "check_distributed", lambda: None)
+    assert shared_listing(Rank1(rank=1, count=2), tmp_path) == rank0

@@ -191,7 +191,7 @@ def indexing_throughput(model: torch.nn.Module, *, batch_size: int = 64, batches
 
 #: shares of the lists probed and re-rank depths ``benchmark --search --features`` tries with each index
 PROBE_SHARES = (0.02, 0.05, 0.10)
-RERANK_DEPTHS = (64, 256, 1024)
+RERANK_DEPTHS = (256, 1024)
 
 
 def held_out_queries(store: IndexStore, n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
