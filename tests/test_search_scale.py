@@ -191,3 +191,17 @@ def test_every_rank_indexes_rank_0s_listing_of_the_gallery(tmp_path, monkeypatch
     (tmp_path / "b.png").write_bytes(b"b")  # appears before rank 1 would have listed the folder
     monkeypatch.setattr(shards, "check_distributed", lambda: None)
     assert shared_listing(Rank1(rank=1, count=2), tmp_path) == rank0
+
+
+def test_the_features_benchmark_ignores_rows_no_file_uses(tmp_path):
+    """After updates an index holds rows no file uses: they are neither queries nor answers."""
+    from upperson.search.approximate import AnnConfig
+    from upperson.search.benchmark import benchmark_features
+
+    store, x = _clustered(tmp_path)
+    keep = np.arange(0, len(x), 3)  # two rows in three belong to no file (deleted since)
+    store.manifest.entries = EntryTable.from_columns([f"/g/{i}" for i in keep], keep * 0, keep)
+    write_manifest(tmp_path, store.manifest)
+    rows = benchmark_features(IndexStore.open(tmp_path), configs=[AnnConfig(kind="ivfflat", nlist=20)],
+                              shares=(1.0,), reranks=(64,), queries=40, repeats=5)
+    assert [r["recall@10"] for r in rows if "nlist" in r] == [1.0]

@@ -84,10 +84,12 @@ class ExactSearch:
                 out[:, start + lo:start + lo + len(rows)] = (q @ rows.T).numpy()
         return out
 
-    def top_rows(self, queries: np.ndarray, k: int, exclude: Optional[np.ndarray] = None) -> np.ndarray:
+    def top_rows(self, queries: np.ndarray, k: int, exclude: Optional[np.ndarray] = None,
+                 usable: Optional[np.ndarray] = None) -> np.ndarray:
         """(Q, k) global rows with the best scores for each query, best first, in one pass over the
         segments a chunk at a time (memory: one chunk of scores, not Q x rows); ``exclude`` is one
-        row per query left out (the query's own, for held-out stored images)."""
+        row per query left out (the query's own, for held-out stored images); ``usable`` (a bool
+        per row) leaves out the rows it marks False (rows no entry uses any more)."""
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
         n = len(q)
         best_s = np.full((n, k), -np.inf, dtype=np.float32)
@@ -97,6 +99,8 @@ class ExactSearch:
                 rows = torch.from_numpy(np.array(seg[lo:lo + CHUNK_ROWS], dtype=np.float32))
                 scores = (q @ rows.T).numpy()
                 first = int(start) + lo
+                if usable is not None:
+                    scores[:, ~usable[first:first + len(rows)]] = -np.inf
                 if exclude is not None:
                     inside = (exclude >= first) & (exclude < first + len(rows))
                     scores[np.nonzero(inside)[0], exclude[inside] - first] = -np.inf
