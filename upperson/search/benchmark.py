@@ -171,7 +171,7 @@ def benchmark_search(sizes: Sequence[int], *, dim: int = 512, similarity: Simila
                     row |= {"nlist": record["nlist"], "nprobe": record["nprobe"], "rerank": record["rerank"],
                             "recall@10_build": record["recall_at_10"]}
                 rows.append(row)
-                log.debug("%s", row)
+                log.info("%s", row)  # a long run shows each engine as it is measured
                 del engine
     return rows
 
