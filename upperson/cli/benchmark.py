@@ -62,6 +62,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="mean same- and different-identity cosines of the synthetic features (default: those "
                         "measured on the embedded model's ToyPEDES test features, 0.870,0.095)")
     p.add_argument("--search-dtype", choices=["float16", "float32"], default="float16", help="stored features")
+    p.add_argument("--features", metavar="INDEX", default=None,
+                   help="with --search: measure on this index folder's own features (e.g. real ToyPEDES images "
+                        "indexed by `python -m upperson index`) instead of synthetic ones: exact engines, then "
+                        "IVF-PQ and IVF-flat at several probe shares and re-rank depths, recall@10 against exact")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--json", dest="json_out", help="also write the results as JSON")
     p.set_defaults(func=run)
@@ -90,6 +94,8 @@ def _search_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     from upperson.embedded import load_embedded_model
     from upperson.search.benchmark import Similarity, benchmark_search, indexing_throughput
 
+    if args.features:
+        return _features_benchmark(args.features)
     sizes = parse_sizes(args.search_sizes)
     try:
         same, different = (float(x) for x in args.search_similarity.split(","))
@@ -108,6 +114,29 @@ def _search_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     print(f"indexing throughput, embedded model, {bench.device_label(torch.device('cpu'))}: {throughput:.0f} images/s "
           "(the image tower on random pixels; decoding not included)")
     return rows + [{"indexing_images_per_s": throughput, "model": "embedded"}]
+
+
+def _features_benchmark(folder: str) -> list[dict[str, Any]]:
+    """``--search --features INDEX``: engines and approximate settings on an index's own features."""
+    import torch  # loaded when a benchmark runs
+
+    from upperson.search.benchmark import benchmark_features
+    from upperson.search.store import IndexStore
+
+    store = IndexStore.open(folder)
+    rows = benchmark_features(store)
+    print(f"{folder}: {len(store):,} images, {store.manifest.dim}-d {store.manifest.dtype}, {torch.get_num_threads()} "
+          "threads; 200 held-out stored images as queries (own row left out), recall@10 against exact")
+    print(f"{'engine':<20} {'nlist':>6} {'probed':>7} {'m':>4} {'rerank':>6} {'build s':>8} {'index MB':>9} "
+          f"{'recall@10':>9} {'1q p50 ms':>9} {'1q p95 ms':>9} {'64q p50 ms':>10} {'RSS MB':>7}")
+    for r in rows:
+        approx = "nlist" in r
+        print(f"{r['engine']:<20} {r['nlist'] if approx else '':>6} {format(r['probed'], '.0%') if approx else '':>7} "
+              f"{(r['m'] or '') if approx else '':>4} {r['rerank'] if approx else '':>6} "
+              f"{r['build_s'] if approx else '':>8} {r['index_mb'] if approx else '':>9} "
+              f"{format(r['recall@10'], '.3f') if approx else '1':>9} {r['single_p50_ms']:>9.2f} "
+              f"{r['single_p95_ms']:>9.2f} {r['batch64_p50_ms']:>10.1f} {r['rss_mb']:>7.0f}")
+    return rows
 
 
 def check_args(args: argparse.Namespace) -> list[str]:
@@ -144,6 +173,8 @@ def check_json_path(path: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     variants = check_args(args)
+    if args.features and not args.search:
+        raise ValueError("--features INDEX measures search: pass it with --search")
     results: Any
     if args.search:
         results = _search_benchmark(args)

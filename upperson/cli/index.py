@@ -36,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="skip images with more megapixels than this, read from the header (default 50)")
     p.add_argument("--approximate", action="store_true",
                    help="also build an IVF-PQ index (opt-in; >= 10,000 images) and report its measured recall@10")
+    p.add_argument("--ann-kind", choices=["ivfpq", "ivfflat"], default="ivfpq",
+                   help="approximate index: IVF-PQ (compact codes, default) or IVF-flat (full features, 4 x dim bytes "
+                        "an image); both re-rank exactly")
     p.add_argument("--nlist", type=int, default=None, help="IVF lists (default: about 4 sqrt(images))")
     p.add_argument("--nprobe", type=int, default=None, help="lists probed per query (default: 5%% of the lists)")
     p.add_argument("--rerank", type=int, default=256, help="candidates re-scored exactly (default 256)")
@@ -53,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("max_bytes", "max_pixels"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: give a positive number")
-    if (args.nlist is not None or args.nprobe is not None) and not args.approximate:
-        raise ValueError("--nlist/--nprobe set the approximate index: add --approximate")
+    if (args.nlist is not None or args.nprobe is not None or args.ann_kind != "ivfpq") and not args.approximate:
+        raise ValueError("--nlist/--nprobe/--ann-kind set the approximate index: add --approximate")
     if not args.gallery.exists():
         raise FileNotFoundError(f"gallery {args.gallery} does not exist: give a folder of images or a list of files")
 
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from upperson.sources import load_source
     from upperson.train.distributed import cleanup, init_distributed
 
-    ann = AnnConfig(nlist=args.nlist, nprobe=args.nprobe, rerank=args.rerank) if args.approximate else None
+    ann = AnnConfig(nlist=args.nlist, nprobe=args.nprobe, rerank=args.rerank, kind=args.ann_kind) if args.approximate else None
     limits = BuildLimits(max_bytes=int(args.max_bytes * 1024 * 1024), max_pixels=int(args.max_pixels * 1_000_000))
     dist = init_distributed(args.device)  # under torchrun: one shard per process
     source = load_source(args.checkpoint, args.run, pretrained=args.pretrained)
@@ -95,8 +98,9 @@ def run(args: argparse.Namespace) -> int:
               f"with known content, {len(report.skipped)} skipped) in {report.seconds:.1f} s")
         if report.ann:
             a = report.ann
-            print(f"approximate index: IVF-PQ, {a['nlist']} lists ({a['nprobe']} probed), {a['m']} x {a['nbits']}-bit "
-                  f"codes, re-rank {a['rerank']}; built in {a['build_seconds']:.1f} s, {a['memory_bytes'] / 1e6:.1f} MB; "
+            codes = f"{a['m']} x {a['nbits']}-bit codes" if a.get("kind", "ivfpq") == "ivfpq" else "full features"
+            print(f"approximate index: {a.get('kind', 'ivfpq')}, {a['nlist']} lists ({a['nprobe']} probed), {codes}, "
+                  f"re-rank {a['rerank']}; built in {a['build_seconds']:.1f} s, {a['memory_bytes'] / 1e6:.1f} MB; "
                   f"recall@10 against exact search {a['recall_at_10']:.3f} ({a['recall_queries']} held-out image "
                   "queries)")
     return 0

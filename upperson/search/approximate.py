@@ -1,7 +1,8 @@
-"""Approximate search, opt-in: a FAISS IVF-PQ index over the rows, with an exact re-rank.
+"""Approximate search, opt-in: a FAISS IVF index over the rows, with an exact re-rank.
 
-IVF-PQ finds ``rerank`` candidate rows by probing ``nprobe`` of its ``nlist`` lists with
-product-quantised codes; the candidates are then scored exactly from the stored features and
+The inverted file finds ``rerank`` candidate rows by probing ``nprobe`` of its ``nlist`` lists,
+scoring them with product-quantised codes (``kind="ivfpq"``, the default: ``m`` bytes a row) or
+with the features themselves (``"ivfflat"``: 4 x dim bytes a row); the candidates are then scored exactly from the stored features and
 ranked with the exact engines' tie rule. Quantised scores alone spoil text queries at scale
 (clip-retrieval #76), hence the re-rank, and hence approximate search is never the default.
 
@@ -33,11 +34,12 @@ log = logging.getLogger(__name__)
 MIN_ROWS = 10_000
 #: rows used to train the coarse quantiser and the product quantiser
 MAX_TRAIN_ROWS = 100_000
+KINDS = ("ivfpq", "ivfflat")
 
 
 @dataclass(frozen=True)
 class AnnConfig:
-    """IVF-PQ settings; ``None`` means the default derived from the index's size."""
+    """IVF settings; ``None`` means the default derived from the index's size."""
 
     nlist: Optional[int] = None  # default: about 4 sqrt(rows)
     nprobe: Optional[int] = None  # default: 5 % of the lists (at most 10 % is the target)
@@ -46,8 +48,11 @@ class AnnConfig:
     rerank: int = 256  # candidates scored exactly
     recall_queries: int = 200
     seed: int = 0
+    kind: str = "ivfpq"
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"approximate index kind {self.kind!r}: choose {' or '.join(KINDS)}")
         for name in ("nlist", "nprobe", "m"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -66,15 +71,12 @@ class AnnConfig:
             raise ValueError(f"m {m} must divide the feature dimension {dim}")
         if nprobe > nlist:
             raise ValueError(f"nprobe {nprobe} is more than the {nlist} lists")
-        return AnnConfig(nlist, nprobe, m, self.nbits, self.rerank, self.recall_queries, self.seed)
+        return AnnConfig(nlist, nprobe, m, self.nbits, self.rerank, self.recall_queries, self.seed, self.kind)
 
 
-def build_ann(store: IndexStore, config: AnnConfig = AnnConfig()) -> dict[str, Any]:
-    """Train and fill an IVF-PQ index over every row of ``store``; write it into ``store.folder/ann/``.
-
-    Returns the manifest record: the file and its SHA-256, the settings, the build time, the
-    index's memory and the measured recall@10.
-    """
+def train_ann(store: IndexStore, config: AnnConfig = AnnConfig()) -> tuple[Any, AnnConfig, float]:
+    """Train and fill an IVF index over every row of ``store``, in memory: (index, the resolved
+    settings, seconds)."""
     rows = sum(len(s) for s in store.segments)
     dim = store.manifest.dim
     if rows < MIN_ROWS:
@@ -87,19 +89,32 @@ def build_ann(store: IndexStore, config: AnnConfig = AnnConfig()) -> dict[str, A
                                                 replace=False)))
     faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
     quantiser = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFPQ(quantiser, dim, cfg.nlist, cfg.m, cfg.nbits, faiss.METRIC_INNER_PRODUCT)
+    if cfg.kind == "ivfflat":
+        index = faiss.IndexIVFFlat(quantiser, dim, cfg.nlist, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFPQ(quantiser, dim, cfg.nlist, cfg.m, cfg.nbits, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = cfg.seed
     index.train(train)
     for seg in store.segments:
         for lo in range(0, len(seg), CHUNK_ROWS):
             index.add(np.array(seg[lo:lo + CHUNK_ROWS], dtype=np.float32))
-    seconds = time.perf_counter() - start
-    name = f"ivfpq-{rows}.faiss"
+    return index, cfg, time.perf_counter() - start
+
+
+def build_ann(store: IndexStore, config: AnnConfig = AnnConfig()) -> dict[str, Any]:
+    """Train and fill an IVF index over every row of ``store``; write it into ``store.folder/ann/``.
+
+    Returns the manifest record: the file and its SHA-256, the settings, the build time, the
+    index's memory and the measured recall@10.
+    """
+    index, cfg, seconds = train_ann(store, config)
+    rows = index.ntotal
+    name = f"{cfg.kind}-{rows}.faiss"
     path = store.folder / ANN_DIR / name
     with atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
         digest = file_digest(tmp)
-    record = {"kind": "ivfpq", "file": name, "sha256": digest, "rows": rows, **asdict(cfg),
+    record = {"file": name, "sha256": digest, "rows": rows, **asdict(cfg),
               "build_seconds": round(seconds, 2), "memory_bytes": path.stat().st_size}
     record["recall_at_10"] = measure_recall(store, index, cfg, rows)
     return record
@@ -123,12 +138,11 @@ def measure_recall(store: IndexStore, index, cfg: AnnConfig, rows: int, k: int =
     rng = np.random.default_rng(cfg.seed + 1)
     held_out = np.sort(rng.choice(rows, size=min(rows, cfg.recall_queries), replace=False))
     queries = store.rows_at(held_out)
-    exact = ExactSearch(store, "torch").row_scores(queries)
+    # one streamed pass: memory stays at a chunk of scores at 10 M rows; the query's own row is in neither ranking
+    exact = ExactSearch(store, "torch").top_rows(queries, k, exclude=held_out)
     hits = 0
     for qi, (q, own) in enumerate(zip(queries, held_out)):
-        scores = exact[qi].copy()
-        scores[own] = -np.inf  # the query's own row is in neither ranking
-        truth = set(np.argpartition(-scores, k)[:k].tolist())
+        truth = set(exact[qi].tolist())
         cand = _candidates(index, q[None], cfg)[0]
         cand = cand[cand != own]
         cand_rows, cand_scores = _rerank(store, q, cand)
@@ -140,7 +154,13 @@ def measure_recall(store: IndexStore, index, cfg: AnnConfig, rows: int, k: int =
 class ApproximateSearch:
     """Top-k over an index's entries from IVF-PQ candidates, re-ranked exactly, ties by entry order."""
 
-    def __init__(self, store: IndexStore, nprobe: Optional[int] = None, rerank: Optional[int] = None) -> None:
+    def __init__(self, store: IndexStore, nprobe: Optional[int] = None, rerank: Optional[int] = None,
+                 *, index: Any = None, record: Optional[dict[str, Any]] = None) -> None:
+        """The index's approximate part, or (``index`` and its ``record``, as :func:`train_ann` and
+        :func:`dataclasses.asdict` of its settings give them) one held in memory."""
+        if index is not None:
+            self._setup(store, dict(record or {}), index, nprobe, rerank)
+            return
         record = store.manifest.ann
         if not record:
             raise IndexFolderError(f"{store.folder} has no approximate index: build one with "
@@ -153,13 +173,18 @@ class ApproximateSearch:
         if not path.is_file() or file_digest(path) != record["sha256"]:
             raise IndexFolderError(f"{path} is missing or corrupted (its sha256 differs from the manifest's); "
                                    "build it again with --approximate")
+        self._setup(store, record, faiss.read_index(str(path)), nprobe, rerank)
+
+    def _setup(self, store: IndexStore, record: dict[str, Any], index: Any, nprobe: Optional[int],
+               rerank: Optional[int]) -> None:
         self.store = store
         self.record = record
         self.cfg = AnnConfig(record["nlist"], nprobe or record["nprobe"], record["m"], record["nbits"],
-                             rerank or record["rerank"], record["recall_queries"], record["seed"])
+                             rerank or record["rerank"], record["recall_queries"], record["seed"],
+                             record.get("kind", "ivfpq"))
         if self.cfg.nprobe > self.cfg.nlist:
             raise ValueError(f"--nprobe {self.cfg.nprobe} is more than the {self.cfg.nlist} lists")
-        self.index = faiss.read_index(str(path))
+        self.index = index
         self._exact = ExactSearch(store, "torch")  # its entry maps and tie rule
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:

@@ -16,21 +16,25 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import faiss
 import numpy as np
 import torch
 
 from upperson.evaluation import inference_model
-from upperson.search.approximate import AnnConfig, ApproximateSearch, build_ann
+from upperson.search.approximate import AnnConfig, ApproximateSearch, build_ann, train_ann
 from upperson.search.engine import ExactSearch, faiss_available
-from upperson.search.store import Entry, IndexStore, Manifest, write_manifest, write_segment
+from upperson.search.entries import EntryTable
+from upperson.search.store import IndexStore, Manifest, write_manifest, write_segment
 
 log = logging.getLogger(__name__)
 
 SEGMENT_ROWS = 1_000_000
+#: images generated at once while a segment is written (about 200 MB of float32 at 512-d)
+GENERATE_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -91,9 +95,15 @@ class SyntheticGallery:
         rng = np.random.default_rng((self.seed, 3))
         records = []
         for number, lo in enumerate(range(0, n, SEGMENT_ROWS)):
-            ids = np.arange(lo, min(n, lo + SEGMENT_ROWS)) // self.per_identity
-            records.append(write_segment(folder, number, self.images(ids, rng).astype(dtype)))
-        entries = [Entry(f"synthetic/{i}", i // SEGMENT_ROWS, i % SEGMENT_ROWS, "", 0, 0) for i in range(n)]
+            hi = min(n, lo + SEGMENT_ROWS)
+            segment = np.empty((hi - lo, self.dim), dtype=dtype)
+            for a in range(lo, hi, GENERATE_ROWS):  # a block at a time: a 10 M gallery never sits in RAM
+                b = min(hi, a + GENERATE_ROWS)
+                segment[a - lo:b - lo] = self.images(np.arange(a, b) // self.per_identity, rng)
+            records.append(write_segment(folder, number, segment))
+            del segment
+        rows = np.arange(n, dtype=np.int64)
+        entries = EntryTable.from_columns([f"synthetic/{i}" for i in range(n)], rows // SEGMENT_ROWS, rows % SEGMENT_ROWS)
         write_manifest(folder, Manifest(model={"key": "synthetic"}, dim=self.dim, dtype=dtype, segments=records,
                                         entries=entries))
         return IndexStore.open(folder, verify=False)
@@ -135,9 +145,8 @@ def benchmark_search(sizes: Sequence[int], *, dim: int = 512, similarity: Simila
             write_s = time.perf_counter() - t0
             q = gallery.images(np.random.default_rng(9).integers(0, n // gallery.per_identity, queries),
                                np.random.default_rng(10))
-            reference = None
-            if n <= exact_max:
-                reference = [[h.entry for h in hits] for hits in ExactSearch(store, "torch").search(q, k)]
+            # exact top-k in one streamed pass (rows are entries here), so recall is reported at 10 M too
+            reference = ExactSearch(store, "torch").top_rows(q, k).tolist()
             engines = ["torch"] + (["faiss"] if faiss_available() else []) if n <= exact_max else []
             if faiss_available() and n >= 10_000:
                 engines.append("approximate")
@@ -156,14 +165,13 @@ def benchmark_search(sizes: Sequence[int], *, dim: int = 512, similarity: Simila
                 row = {"gallery": n, "dim": dim, "dtype": dtype, "engine": name, "write_s": round(write_s, 2),
                        "build_s": round(build_s, 2), "rss_mb": round(_rss_mb(), 1),
                        "rss_added_mb": round(_rss_mb() - before, 1), **_latency(engine, q, k, repeats)}
-                if reference is not None:
-                    got = [[h.entry for h in hits] for hits in engine.search(q, k)]
-                    row[f"recall@{k}"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(reference, got)]))
+                got = [[h.entry for h in hits] for hits in engine.search(q, k)]
+                row[f"recall@{k}"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(reference, got)]))
                 if record:
                     row |= {"nlist": record["nlist"], "nprobe": record["nprobe"], "rerank": record["rerank"],
                             "recall@10_build": record["recall_at_10"]}
                 rows.append(row)
-                log.debug("%s", row)
+                log.info("%s", row)  # a long run shows each engine as it is measured
                 del engine
     return rows
 
@@ -179,3 +187,66 @@ def indexing_throughput(model: torch.nn.Module, *, batch_size: int = 64, batches
         for _ in range(batches):
             encoder.encode_image(x)
     return batch_size * batches / (time.perf_counter() - t0)
+
+
+#: shares of the lists probed and re-rank depths ``benchmark --search --features`` tries with each index
+PROBE_SHARES = (0.05, 0.10)
+RERANK_DEPTHS = (256, 1024)
+
+
+def held_out_queries(store: IndexStore, n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(global rows, features) of ``n`` rows of gallery files chosen at random: image queries whose
+    own row is left out of every ranking."""
+    used = np.unique(store.flat_rows())  # rows that no file uses any more (after updates) are not queries
+    held = np.sort(np.random.default_rng(seed).choice(used, size=min(len(used), n), replace=False))
+    return held, store.rows_at(held)
+
+
+def feature_grid(dim: int) -> tuple[AnnConfig, ...]:
+    """The approximate indexes ``benchmark --search --features`` trains: IVF-PQ with dim/4-byte codes
+    (the default) and IVF-flat; about 4 sqrt(rows) lists each."""
+    return AnnConfig(kind="ivfpq", m=max(1, dim // 4)), AnnConfig(kind="ivfflat")
+
+
+def benchmark_features(store: IndexStore, *, configs: Optional[Sequence[AnnConfig]] = None,
+                       shares: Sequence[float] = PROBE_SHARES, reranks: Sequence[int] = RERANK_DEPTHS,
+                       queries: int = 200, k: int = 10, repeats: int = 50) -> list[dict[str, Any]]:
+    """Exact engines and approximate settings on an index's own features: recall@k against exact
+    search (each query a stored image, its own row left out), latency and memory."""
+    held, q = held_out_queries(store, queries)
+    exact = ExactSearch(store, "torch")
+    usable = np.zeros(int(store.offsets[-1]), dtype=bool)
+    usable[store.flat_rows()] = True  # search returns gallery files: rows no file uses are no answer
+    truth = [set(r) for r in exact.top_rows(q, k, exclude=held, usable=usable).tolist()]
+    rows: list[dict[str, Any]] = []
+    base = {"gallery": int(store.offsets[-1]), "dim": store.manifest.dim, "dtype": store.manifest.dtype}
+    engines = [("torch", exact)] + ([("faiss", ExactSearch(store, "faiss"))] if faiss_available() else [])
+    for name, engine in engines:
+        rows.append({**base, "engine": name, "rss_mb": round(_rss_mb(), 1), **_latency(engine, q[:64], k, repeats // 5)})
+    for config in configs or feature_grid(store.manifest.dim):
+        index, cfg, seconds = train_ann(store, config)
+        size_mb = faiss.serialize_index(index).nbytes / 2**20
+        for share in shares:
+            for depth in reranks:
+                nprobe = max(1, round(cfg.nlist * share))
+                record = {**asdict(cfg), "nprobe": nprobe, "rerank": depth}
+                engine = ApproximateSearch(store, index=index, record=record)
+                found = _approximate_rows(engine, q, held, k)
+                recall = float(np.mean([len(t & f) / k for t, f in zip(truth, found)]))
+                rows.append({**base, "engine": f"approximate-{cfg.kind}", "nlist": cfg.nlist, "nprobe": nprobe,
+                             "probed": share, "m": cfg.m if cfg.kind == "ivfpq" else None, "rerank": depth,
+                             "build_s": round(seconds, 2), "index_mb": round(size_mb, 1), f"recall@{k}": recall,
+                             "rss_mb": round(_rss_mb(), 1), **_latency(engine, q[:64], k, repeats)})
+                log.debug("%s", rows[-1])
+        del index
+    return rows
+
+
+def _approximate_rows(engine: ApproximateSearch, q: np.ndarray, held: np.ndarray, k: int) -> list[set[int]]:
+    """The top-k global rows of each query by approximate search, its own row left out."""
+    flat = engine.store.flat_rows()
+    out = []
+    for hits, own in zip(engine.search(q, 2 * k + 1), held):  # files sharing a row count once
+        rows = list(dict.fromkeys(int(flat[h.entry]) for h in hits))
+        out.append(set([r for r in rows if r != own][:k]))
+    return out

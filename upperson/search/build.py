@@ -31,6 +31,7 @@ from upperson.data.transforms import build_transforms
 from upperson.evaluation import inference_model
 from upperson.index import file_sha1, model_key
 from upperson.search.approximate import AnnConfig, build_ann
+from upperson.search.entries import ENTRIES_DIR
 from upperson.search import shards
 from upperson.search.shards import SHARDS, Shard
 from upperson.search.store import (DTYPES, SEGMENTS, Entry, IndexFolderError, IndexStore, Manifest, MANIFEST, read_manifest,
@@ -129,9 +130,9 @@ def build_index(model: torch.nn.Module, gallery: PathLike, out: PathLike, *, sou
         raise ValueError(f"batch size {batch_size} and segment rows {segment_rows} must be >= 1")
     out = Path(out)
     start = time.perf_counter()
-    files, others = list_gallery(gallery)
-    key = model_key(model)
     shard = shard or Shard()
+    files, others = list_gallery(gallery) if shard.count == 1 else shared_listing(shard, gallery)
+    key = model_key(model)
     settings: dict[str, Any] = dict(model=model, out=out, key=key, source=source, dtype=dtype, batch_size=batch_size,
                     segment_rows=segment_rows, limits=limits, progress=progress and shard.rank == 0,
                     gallery=gallery, others=others)
@@ -145,6 +146,22 @@ def build_index(model: torch.nn.Module, gallery: PathLike, out: PathLike, *, sou
             _maybe_approximate(out, report, approximate)
             return report
     return _build_sharded(shard, files, start, settings, approximate)
+
+
+def shared_listing(shard: Shard, gallery: PathLike) -> tuple[list[Path], int]:
+    """Rank 0's listing of the gallery, on every rank: files added while the ranks start must not
+    give two ranks different file positions."""
+    shards.check_distributed()
+    listing, problem = None, None
+    if shard.rank == 0:
+        try:
+            listing = list_gallery(gallery)
+        except (OSError, ValueError) as exc:
+            problem = (type(exc).__name__, str(exc))
+    listing, problem = shard.broadcast((listing, problem))
+    if problem:
+        raise (FileNotFoundError if problem[0] == "FileNotFoundError" else ValueError)(problem[1])
+    return listing
 
 
 def _open_previous(out: Path, model, key: str, source: str, dtype: str) -> Optional[Manifest]:
@@ -226,7 +243,7 @@ def check_out(out: Path, key: str, dtype: str) -> None:
     """Refuse, before anything is written, an ``out`` that is another kind of folder or another model's index."""
     if out.exists() and not out.is_dir():
         raise IndexFolderError(f"--out {out} is a file; give a folder")
-    if out.is_dir() and not (out / MANIFEST).exists() and any(p.name not in (".lock", SHARDS, SEGMENTS) for p in out.iterdir()):
+    if out.is_dir() and not (out / MANIFEST).exists() and any(p.name not in (".lock", SHARDS, SEGMENTS, ENTRIES_DIR) for p in out.iterdir()):
         raise IndexFolderError(f"--out {out} is a folder that is not an index (no {MANIFEST}); give a new or empty folder")
     if (out / MANIFEST).exists():
         manifest = read_manifest(out)

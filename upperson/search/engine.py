@@ -84,6 +84,34 @@ class ExactSearch:
                 out[:, start + lo:start + lo + len(rows)] = (q @ rows.T).numpy()
         return out
 
+    def top_rows(self, queries: np.ndarray, k: int, exclude: Optional[np.ndarray] = None,
+                 usable: Optional[np.ndarray] = None) -> np.ndarray:
+        """(Q, k) global rows with the best scores for each query, best first, in one pass over the
+        segments a chunk at a time (memory: one chunk of scores, not Q x rows); ``exclude`` is one
+        row per query left out (the query's own, for held-out stored images); ``usable`` (a bool
+        per row) leaves out the rows it marks False (rows no entry uses any more)."""
+        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        n = len(q)
+        best_s = np.full((n, k), -np.inf, dtype=np.float32)
+        best_r = np.full((n, k), -1, dtype=np.int64)
+        for seg, start in zip(self.store.segments, self._offsets[:-1]):
+            for lo in range(0, len(seg), CHUNK_ROWS):
+                rows = torch.from_numpy(np.array(seg[lo:lo + CHUNK_ROWS], dtype=np.float32))
+                scores = (q @ rows.T).numpy()
+                first = int(start) + lo
+                if usable is not None:
+                    scores[:, ~usable[first:first + len(rows)]] = -np.inf
+                if exclude is not None:
+                    inside = (exclude >= first) & (exclude < first + len(rows))
+                    scores[np.nonzero(inside)[0], exclude[inside] - first] = -np.inf
+                kk = min(k, scores.shape[1])
+                top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+                cand_s = np.concatenate([best_s, np.take_along_axis(scores, top, 1)], axis=1)
+                cand_r = np.concatenate([best_r, top + first], axis=1)
+                order = np.lexsort((cand_r, -cand_s.astype(np.float64)), axis=1)[:, :k]
+                best_s, best_r = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_r, order, 1)
+        return best_r
+
     # ------------------------------------------------------------------ ranking
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """The top ``k`` entries for each query row (``(Q, D)`` or ``(D,)``)."""

@@ -78,6 +78,7 @@ def absorb_leftovers(folder: Path, manifest: Optional[Manifest], template: Manif
     if not files:
         return manifest
     base = manifest or template
+    base.entries = list(base.entries)  # an EntryTable, as read, is not appended to
     added = 0
     for path in files:
         try:

@@ -4,17 +4,22 @@ Layout of ``INDEX/``::
 
     manifest.json         what the folder holds; replaced atomically, the folder's one source of truth
     segments/000000.npy   (rows, dim) float32 or float16, L2-normalised; written once, never changed
+    entries/entries-<sha256[:16]>.npz   the gallery: one entry per file, as columns (search/entries.py)
     .lock                 held (flock) by the one process that writes the folder
 
 ``manifest.json`` records the model that made the features (its key, name and source), the
-feature dimension and dtype, every segment with its row count and SHA-256, and the gallery:
-one entry per file, ``[path, segment, row, sha1, size, mtime_ns]``. Files with the same
-content share a row; a changed file gets a new one. Segments are plain ``.npy`` arrays, read
-with ``allow_pickle=False`` and memory-mapped, so opening an index does not read its features
-into RAM. Opening checks every segment's size, header and SHA-256, and every entry's row.
+feature dimension and dtype, every segment with its row count and SHA-256, and the entry
+table's file, count and SHA-256. Each entry is ``path, segment, row, sha1, size, mtime_ns``;
+files with the same content share a row; a changed file gets a new one. The manifest stays a
+few kilobytes at any gallery size (version 1 held the entries as JSON lists, one per file;
+such folders still open, and the next update writes version 2). Segments are plain ``.npy``
+arrays, read with ``allow_pickle=False`` and memory-mapped, so opening an index does not read
+its features into RAM. Opening checks every segment's size, header and SHA-256, the entry
+table's SHA-256 and columns, and every entry's row.
 
-An update appends segments and then renames a new manifest into place: a crash leaves the
-old manifest (and, at worst, a segment no manifest lists, removed by the next writer).
+An update appends segments, writes a new entry table and then renames a new manifest into
+place: a crash leaves the old manifest (and, at worst, files no manifest lists, removed by the
+next writer).
 """
 
 from __future__ import annotations
@@ -28,17 +33,20 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from upperson.io import atomic_path, atomic_write_json, file_digest
+from upperson.search.entries import ENTRIES_DIR, Entry, EntryTable, EntryTableError
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 FORMAT = "upperson-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: versions this code opens: 1 kept the entries in the manifest as JSON
+READ_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 SEGMENTS = "segments"
 ANN_DIR = "ann"
@@ -52,21 +60,6 @@ class IndexFolderError(ValueError):
     """An index folder that cannot be used: missing, corrupted, locked, or made by another model."""
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One gallery file: where its feature is, and what its content was when it was indexed."""
-
-    path: str
-    segment: int
-    row: int
-    sha1: str
-    size: int
-    mtime_ns: int
-
-    def as_list(self) -> list:
-        return [self.path, self.segment, self.row, self.sha1, self.size, self.mtime_ns]
-
-
 @dataclass
 class Manifest:
     """The contents of ``manifest.json``."""
@@ -75,17 +68,23 @@ class Manifest:
     dim: int
     dtype: str
     segments: list[dict[str, Any]] = field(default_factory=list)  # {"name", "rows", "sha256"}
-    entries: list[Entry] = field(default_factory=list)
+    entries: Sequence[Entry] = field(default_factory=list)  # a list, or an EntryTable as read from disk
     skipped: list[list[str]] = field(default_factory=list)  # [path, reason]
     complete: bool = True
     build: dict[str, Any] = field(default_factory=dict)
     ann: Optional[dict[str, Any]] = None  # the approximate index, when one was built (search/approximate.py)
+    entry_table: Optional[dict[str, Any]] = None  # the entry table file's record, once read or written
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, entry_table: dict[str, Any]) -> dict[str, Any]:
+        """The manifest's JSON, with ``entry_table`` the record of the entries' table file."""
         return {"format": FORMAT, "version": FORMAT_VERSION, "model": self.model, "dim": self.dim,
                 "dtype": self.dtype, "complete": self.complete, "segments": self.segments,
-                "entry_fields": list(ENTRY_FIELDS), "entries": [e.as_list() for e in self.entries],
+                "entry_fields": list(ENTRY_FIELDS), "entry_table": entry_table,
                 "skipped": self.skipped, "build": self.build, "ann": self.ann}
+
+    def table(self) -> EntryTable:
+        """The entries as an :class:`EntryTable` (no copy when they already are one)."""
+        return self.entries if isinstance(self.entries, EntryTable) else EntryTable.from_entries(self.entries)
 
 
 def read_manifest(folder: Path) -> Manifest:
@@ -100,16 +99,23 @@ def read_manifest(folder: Path) -> Manifest:
         raise IndexFolderError(f"{path}: not valid JSON ({exc}); the index is corrupted: build it again") from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise IndexFolderError(f"{path}: not an UP-Person index (format {raw.get('format') if isinstance(raw, dict) else None!r})")
-    if raw.get("version") != FORMAT_VERSION:
-        raise IndexFolderError(f"{path}: index format version {raw.get('version')!r}; this code reads {FORMAT_VERSION}")
+    if raw.get("version") not in READ_VERSIONS:
+        raise IndexFolderError(f"{path}: index format version {raw.get('version')!r}; this code reads "
+                               f"{', '.join(map(str, READ_VERSIONS))}: build the index again with this version")
     try:
+        if raw["version"] == 1:
+            entries: Sequence[Entry] = [Entry(str(p), int(s), int(r), str(h), int(z), int(m))
+                                        for p, s, r, h, z, m in raw["entries"]]
+        else:
+            entries = EntryTable.read(folder, dict(raw["entry_table"]))
         manifest = Manifest(model=dict(raw["model"]), dim=int(raw["dim"]), dtype=str(raw["dtype"]),
-                            segments=[dict(s) for s in raw["segments"]],
-                            entries=[Entry(str(p), int(s), int(r), str(h), int(z), int(m))
-                                     for p, s, r, h, z, m in raw["entries"]],
+                            segments=[dict(s) for s in raw["segments"]], entries=entries,
                             skipped=[[str(a), str(b)] for a, b in raw.get("skipped", [])],
                             complete=bool(raw.get("complete", True)), build=dict(raw.get("build", {})),
-                            ann=dict(raw["ann"]) if raw.get("ann") else None)
+                            ann=dict(raw["ann"]) if raw.get("ann") else None,
+                            entry_table=dict(raw["entry_table"]) if raw["version"] > 1 else None)
+    except EntryTableError as exc:
+        raise IndexFolderError(f"{exc} (listed in {path}); build the index again") from exc
     except (KeyError, TypeError, ValueError) as exc:
         raise IndexFolderError(f"{path}: a field is missing or of the wrong type ({exc}); build the index again") from exc
     if manifest.dtype not in DTYPES or manifest.dim < 1:
@@ -118,10 +124,14 @@ def read_manifest(folder: Path) -> Manifest:
         if not (isinstance(seg.get("name"), str) and isinstance(seg.get("rows"), int) and seg["rows"] >= 0
                 and isinstance(seg.get("sha256"), str)) or "/" in seg["name"] or seg["name"].startswith("."):
             raise IndexFolderError(f"{path}: segment record {seg!r} is malformed; build the index again")
-    for e in manifest.entries:
-        if not (0 <= e.segment < len(manifest.segments) and 0 <= e.row < manifest.segments[e.segment]["rows"]):
-            raise IndexFolderError(f"{path}: entry {e.path!r} points at segment {e.segment} row {e.row}, "
-                                   "which the index does not have; build the index again")
+    table = manifest.table()
+    rows = np.array([s["rows"] for s in manifest.segments] + [0], dtype=np.int64)
+    bad = (table.segment < 0) | (table.segment >= len(manifest.segments)) | (table.row < 0)
+    bad |= table.row >= rows[np.where(bad, len(manifest.segments), table.segment)]
+    if bad.any():
+        e = table[int(np.argmax(bad))]
+        raise IndexFolderError(f"{path}: entry {e.path!r} points at segment {e.segment} row {e.row}, "
+                               "which the index does not have; build the index again")
     return manifest
 
 
@@ -167,9 +177,8 @@ class IndexStore:
 
     def entry_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """(segment, row) of every entry, as two int64 arrays in entry order."""
-        entries = self.manifest.entries
-        return (np.fromiter((e.segment for e in entries), np.int64, len(entries)),
-                np.fromiter((e.row for e in entries), np.int64, len(entries)))
+        table = self.manifest.table()
+        return table.segment, table.row
 
     @property
     def offsets(self) -> np.ndarray:
@@ -220,8 +229,15 @@ def open_segment(folder: Path, record: dict[str, Any], manifest: Manifest, *, ve
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
-    """Rename a new ``manifest.json`` into place (after its segments are on disk)."""
-    atomic_write_json(folder / MANIFEST, manifest.to_json())
+    """Write the entry table, then rename a new ``manifest.json`` into place (after its segments are
+    on disk); entry tables no manifest lists any more are then removed."""
+    table = manifest.table()
+    record = table.write(folder)
+    atomic_write_json(folder / MANIFEST, manifest.to_json(record))
+    manifest.entries, manifest.entry_table = table, record
+    for p in (folder / ENTRIES_DIR).iterdir():
+        if p.name != record["name"] and p.name.startswith("entries-"):
+            p.unlink(missing_ok=True)
 
 
 def remove_unlisted_segments(folder: Path, manifest: Optional[Manifest]) -> int:
@@ -230,8 +246,10 @@ def remove_unlisted_segments(folder: Path, manifest: Optional[Manifest]) -> int:
     listed = {s["name"] for s in manifest.segments} if manifest else set()
     if manifest and manifest.ann:
         listed.add(manifest.ann["file"])
+    if manifest and manifest.entry_table:
+        listed.add(manifest.entry_table["name"])
     removed = 0
-    for sub in (SEGMENTS, ANN_DIR):
+    for sub in (SEGMENTS, ANN_DIR, ENTRIES_DIR):
         if (folder / sub).is_dir():
             for p in (folder / sub).iterdir():
                 if p.name not in listed:
