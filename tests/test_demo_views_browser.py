@@ -77,6 +77,18 @@ def _changed(page, selector: str, before: str) -> str:
     return _src(page, selector)
 
 
+def _settled(page, selector: str, tries: int = 20) -> str:
+    """The image's src once it stays the same for a second (a redraw still on its way has landed)."""
+    last = _src(page, selector)
+    for _ in range(tries):
+        page.wait_for_timeout(1000)
+        now = _src(page, selector)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def _fits(page, width: int) -> None:
     overflow = page.evaluate("() => document.documentElement.scrollWidth")
     assert overflow <= width + 1, f"the page is {overflow} px wide in a {width} px viewport"
@@ -133,8 +145,8 @@ def test_attention_from_a_search_result_and_a_layer_redraws_the_map(site):
         page.locator("#attention-run").click()
         page.wait_for_function("(v) => document.querySelector('#attention-info').innerText.includes(v)", arg=selected,
                                timeout=WAIT)
-        before = _src(page, "#attention-image-map")
-        text_before = _src(page, "#attention-text-map")
+        before = _settled(page, "#attention-image-map")
+        text_before = _settled(page, "#attention-text-map")  # the run redraws both towers: let both land
         _choose(page, "attention-layer", "2")
         after = _changed(page, "#attention-image-map", before)
         assert after != before
