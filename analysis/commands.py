@@ -8,6 +8,7 @@ from pathlib import Path
 
 from analysis.checks import check_attention_ranges
 from analysis.options import default_runs_dir, split_names
+from upperson.train.run import Run
 
 log = logging.getLogger("analysis")
 
@@ -64,7 +65,7 @@ def umap_records(args, source=None, records=None):
     source = source or source_of(args)
     records = records if records is not None else records_of(args)
     zero = zero_shot_of(source)
-    name = "UP-Person" if source.checkpoint is None else f"UP-Person ({Path(source.label).parent.name or source.label})"
+    name = "UP-Person" if source.checkpoint is None else f"UP-Person ({Run.label_of(source.checkpoint)})"
     if not any(x is not None for b in source.model.blocks() for x in (b.prefix, b.lora_k, b.adapter_attn)):
         name = "fine-tuned" if not source.model.config.freeze_backbone else "model"
     models = [("Zero-shot backbone", zero.model), (name, source.model)]

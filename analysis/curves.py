@@ -11,10 +11,11 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from analysis import style
+from upperson.assets import EMBEDDED_DIR, REPO_ROOT
+from upperson.train.records import METRICS_NAME
 
 log = logging.getLogger(__name__)
 
-METRICS_NAME = "metrics.jsonl"
 
 
 def metrics_file(path: Path) -> Path:
@@ -101,8 +102,6 @@ def curves_figure(runs: Sequence[tuple[str, pd.DataFrame]], out_dir: Path, *, na
 def default_logs() -> list[Path]:
     """Training logs to plot when none is named: the embedded model's, else the shipped ablation's,
     else those of a local ablation sweep (``runs/ablation/*``)."""
-    from upperson.embedded import EMBEDDED_DIR, REPO_ROOT
-
     for candidate in (EMBEDDED_DIR / "upperson" / METRICS_NAME, EMBEDDED_DIR / METRICS_NAME):
         if candidate.is_file():
             extra = [p for p in (EMBEDDED_DIR / "full-finetune" / METRICS_NAME,) if p.is_file()]

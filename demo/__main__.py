@@ -21,6 +21,8 @@ import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
+from upperson.train.run import Run
+
 log = logging.getLogger("demo")
 
 LIMIT_MAX = 100_000  # the largest value of the --max-* limits (MB or megapixels)
@@ -155,7 +157,8 @@ def load_model(checkpoints: Sequence[Path], pretrained: Optional[str]):
         return load_source(SourceSpec()).model, "embedded", {}
     names: dict[str, Path] = {}
     for c in checkpoints:
-        name = c.name if c.name not in names else str(c)
+        label = Run.label_of(c)  # a run's own name (runs/a/best -> a), not "best" for every run
+        name = label if label not in names else str(c)
         names[name] = c
     first, *rest = names.items()
     return load_source(SourceSpec(checkpoint=first[1], pretrained=pretrained)).model, first[0], dict(rest)

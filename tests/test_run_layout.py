@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 
 import pytest
 
@@ -67,3 +68,18 @@ def test_a_checkpoint_is_labelled_by_its_run(tmp_path):
     assert Run.label_of(run_dir / "best.old") == "a"
     loose = _checkpoint(tmp_path / "ckpt")
     assert Run.of_checkpoint(loose) is None and Run.label_of(loose) == "ckpt"
+
+
+def test_the_demo_labels_checkpoints_by_their_run_name(tmp_path):
+    """Every run's checkpoint is `best/`: the dropdown names the runs (a, b), not "best" and a path."""
+    from demo.__main__ import load_model
+    from upperson.embedded import EMBEDDED_DIR, backbone_file
+
+    checkpoints = []
+    for name in ("a", "b"):
+        run = tmp_path / "runs" / name
+        shutil.copytree(EMBEDDED_DIR / "upperson", run / "best")
+        (run / "config.yaml").write_text("model: {}\n")
+        checkpoints.append(run / "best")
+    _, first, rest = load_model(checkpoints, str(backbone_file()))
+    assert first == "a" and list(rest) == ["b"]

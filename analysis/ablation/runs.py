@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 from analysis.ablation.study import Variant, variant_config
 from upperson import stats
 from upperson.config import ExperimentConfig, load_config, to_dict
+from upperson.train.run import RESULTS_NAME, Run
 
 log = logging.getLogger(__name__)
 
-RESULTS_NAME = "results.json"
 PER_QUERY_NAME = "per_query_test.csv"
 TrainFn = Callable[..., dict]
 
@@ -33,7 +33,7 @@ def _plain(obj) -> object:
 
 
 def run_complete(run_dir: Path) -> bool:
-    return (Path(run_dir) / RESULTS_NAME).exists()
+    return Run(run_dir).results_file.exists()
 
 
 def _default_train_fn() -> TrainFn:
@@ -73,7 +73,7 @@ def run_variant(variant: Variant, cfg: ExperimentConfig, run_dir: Path, *, train
     run_dir = Path(run_dir)
     planned = _plain(to_dict(cfg))
     if run_complete(run_dir) and not force:
-        done = json.loads((run_dir / RESULTS_NAME).read_text())
+        done = Run(run_dir).results()
         if done.get("config") == planned:
             log.info("%s: complete run in %s, skipped", variant.name, run_dir)
             _ensure_per_query(cfg, run_dir, progress)

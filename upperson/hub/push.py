@@ -30,10 +30,10 @@ from upperson.hub.card import METRIC_TYPES, UNKNOWN_LICENSE
 from upperson.io import file_digest
 from upperson.model.checkpoint import CONFIG_NAME, load_model, read_checkpoint_config
 from upperson.model.upperson import UPPerson
+from upperson.train.run import BEST_OLD, RESULTS_NAME, Run
 
 log = logging.getLogger(__name__)
 
-RESULTS_NAME = "results.json"
 PER_QUERY_NAME = "per_query_test.csv"  # what analysis' ablation writes into a run folder
 Uploader = Callable[..., str]  # (folder, repo_id, *, revision, private, commit_message) -> where it went
 
@@ -67,18 +67,17 @@ def source_checkpoint(source: Path) -> tuple[Path, Optional[Path]]:
     source = Path(source)
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: no such run or checkpoint folder")
-    if (source / "config.yaml").is_file() or (source / "best").is_dir() or (source / "best.old").is_dir():
-        best = source / "best"
-        if not (best / CONFIG_NAME).is_file() and (source / "best.old" / CONFIG_NAME).is_file():
-            log.warning("%s is missing: using %s (the next `train --resume` restores it)", best, source / "best.old")
-            best = source / "best.old"
+    run = Run(source)
+    if run.is_run() or run.best_dir.is_dir() or (source / BEST_OLD).is_dir():
+        best = run.best_checkpoint(log)  # best.old/ after a cut between the swap's renames, with a warning
         if not (best / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{source} is a run folder without a selected checkpoint ({best} is missing): "
                                     "let the run finish (train --resume), or push a checkpoint folder")
         return best, source
     read_checkpoint_config(source)  # a clear error when it is neither
-    if source.name in ("best", "best.old") and (source.parent / "config.yaml").is_file():
-        return source, source.parent  # RUN/best: the run's results describe it
+    owner = Run.of_checkpoint(source)
+    if owner is not None:
+        return source, owner.path  # RUN/best: the run's results describe it
     return source, None
 
 

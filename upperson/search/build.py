@@ -24,11 +24,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 from PIL import Image
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from upperson.data.transforms import build_transforms
-from upperson.evaluation import inference_model
+from upperson.evaluation import encode_images, inference_model
 from upperson.index import file_sha1, model_key
 from upperson.search.approximate import AnnConfig, build_ann
 from upperson.search.entries import ENTRIES_DIR
@@ -353,8 +352,8 @@ class _Builder:
                         for j in pending.pop(digest, [i]):
                             part.skipped.append((j, str(self.files[j]), reason))
                 if pixels:
-                    with torch.no_grad():
-                        feats = F.normalize(encoder.encode_image(torch.stack(pixels)).float(), dim=-1)
+                    with torch.no_grad():  # the evaluation's encoding step (normalised, its precision)
+                        feats = encode_images(encoder, torch.stack(pixels))
                     rows.append(feats.numpy().astype(DTYPES[self.dtype]))
                     waiting.extend(kept)
                     part.encoded += len(kept)
