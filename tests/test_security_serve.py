@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 from urllib.parse import quote
@@ -221,6 +222,7 @@ def test_a_full_disk_while_making_thumbnails_is_one_message_and_leaves_no_temp_f
     before = set(files.dir.iterdir())
     client.predict(str(folder), api_name="/set_gallery")
     main, _, status, table = client.predict("someone new", "", 2, False, api_name="/search")
+    status = re.sub(r"\\(.)", r"\1", status)  # the message is markdown: "_" in the folder's name is escaped
     assert main == [] and "No space left" in status and str(files.dir) in status
     assert set(files.dir.iterdir()) <= before  # no temporary file left behind
 

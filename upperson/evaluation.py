@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """The device of the model's weights (CPU for an encoder without any, e.g. a fixed function)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _has_half_weights(model: torch.nn.Module) -> bool:
