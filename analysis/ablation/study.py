@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from upperson.config import ExperimentConfig, load_config
+from upperson.petl.registry import get_component
 
-PREFIX_OFF = "model.prefix.enabled=false"
-LORA_OFF = "model.lora.enabled=false"
-ADAPTER_OFF = "model.adapter.enabled=false"
+# the switches come from the component registry ("model.prefix.enabled=false", ...)
+PREFIX_OFF, LORA_OFF, ADAPTER_OFF = (get_component(name).switch(False) for name in ("prefix", "lora", "adapter"))
+#: UP-Person's three components off: where the baselines start (the others are off by default)
 ALL_OFF = (PREFIX_OFF, LORA_OFF, ADAPTER_OFF)
 
 
