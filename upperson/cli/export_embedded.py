@@ -1,13 +1,5 @@
-"""``python -m upperson export-embedded``: package tuned runs as the embedded default.
-
-Takes every tuning run of UP-Person and of the full fine-tune (the same number of
-configurations each), ships the one of each with the best R@1 on **val** (never test), and
-writes ``assets/embedded/``: the backbone, UP-Person's PETL checkpoint, each tuning run's log
-and per-query val results, the full fine-tune's per-query test results (its weights are too
-large to ship), and the model card (JSON and markdown) with the test metrics of zero-shot,
-UP-Person and the full fine-tune, their bootstrap intervals, the paired differences, the
-tuning log and the files' SHA-256 checksums, which loading verifies.
-"""
+"""``python -m upperson export-embedded``: package tuned runs as the embedded default
+(the parser; the work and its rules are in :mod:`upperson.embedded_export`)."""
 
 from __future__ import annotations
 
