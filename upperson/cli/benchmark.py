@@ -62,6 +62,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="mean same- and different-identity cosines of the synthetic features (default: those "
                         "measured on the embedded model's ToyPEDES test features, 0.870,0.095)")
     p.add_argument("--search-dtype", choices=["float16", "float32"], default="float16", help="stored features")
+    p.add_argument("--search-nlist", type=int, default=None,
+                   help="IVF lists of the approximate index (default about 4 sqrt(N); fewer lists build faster)")
+    p.add_argument("--search-nprobe", type=int, default=None, help="lists probed per query (default 5 %% of the lists)")
+    p.add_argument("--search-m", type=int, default=None, help="PQ sub-quantisers, bytes per code (default dim / 4)")
+    p.add_argument("--search-rerank", type=int, default=256, help="candidates re-ranked exactly (default 256)")
+    p.add_argument("--search-workdir", default=None,
+                   help="folder for the synthetic galleries' temporary features (default: the system's temp "
+                        "folder; 10M x 512 float16 is 10.2 GB)")
     p.add_argument("--features", metavar="INDEX", default=None,
                    help="with --search: measure on this index folder's own features (e.g. real ToyPEDES images "
                         "indexed by `python -m upperson index`) instead of synthetic ones: exact engines, then "
@@ -92,6 +100,7 @@ def _search_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
     from upperson.embedded import load_embedded_model
+    from upperson.search.approximate import AnnConfig
     from upperson.search.benchmark import Similarity, benchmark_search, indexing_throughput
 
     if args.features:
@@ -104,7 +113,17 @@ def _search_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise ValueError(f"--search-similarity {args.search_similarity}: give SAME,DIFFERENT cosines ({exc})") from None
     if args.search_dim < 8:
         raise ValueError(f"--search-dim {args.search_dim}: give a dimension >= 8")
-    rows = benchmark_search(sizes, dim=args.search_dim, similarity=similarity, dtype=args.search_dtype)
+    for flag, value in (("--search-nlist", args.search_nlist), ("--search-nprobe", args.search_nprobe),
+                        ("--search-m", args.search_m), ("--search-rerank", args.search_rerank)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} {value}: give a number >= 1 (or leave it out for the default)")
+    ann = AnnConfig(nlist=args.search_nlist, nprobe=args.search_nprobe, m=args.search_m, rerank=args.search_rerank)
+    workdir = Path(args.search_workdir) if args.search_workdir else None
+    if workdir is not None and not workdir.is_dir():
+        raise ValueError(f"--search-workdir {workdir}: not a folder; create it or give another")
+    log.info("search benchmark: sizes %s, %d-d %s, approximate %s", sizes, args.search_dim, args.search_dtype, ann)
+    rows = benchmark_search(sizes, dim=args.search_dim, similarity=similarity, dtype=args.search_dtype, ann=ann,
+                            workdir=workdir)
     for r in rows:
         recall = r.get("recall@10")
         print(f"{r['gallery']:>10,} {r['engine']:>11}: build {r['build_s']:7.2f} s, RSS {r['rss_mb']:7.0f} MB, "
