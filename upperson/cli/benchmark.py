@@ -126,7 +126,8 @@ def _search_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
                             workdir=workdir)
     for r in rows:
         recall = r.get("recall@10")
-        print(f"{r['gallery']:>10,} {r['engine']:>11}: build {r['build_s']:7.2f} s, RSS {r['rss_mb']:7.0f} MB, "
+        print(f"{r['gallery']:>10,} {r['engine']:>11}: build {r['build_s']:7.2f} s, RSS {r['rss_mb']:7.0f} MB "
+              f"(own {r.get('rss_anon_mb', float('nan')):.0f}, mapped files {r.get('rss_file_mb', float('nan')):.0f}), "
               f"1 query p50 {r['single_p50_ms']:8.2f} ms (p95 {r['single_p95_ms']:.2f}), 64 queries p50 "
               f"{r['batch64_p50_ms']:8.1f} ms" + (f", recall@10 {recall:.3f}" if recall is not None else ""))
     throughput = indexing_throughput(load_embedded_model("upperson").eval())
