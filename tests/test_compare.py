@@ -67,3 +67,47 @@ def test_older_files_keep_working(tmp_path, caplog):
     (tmp_path / "edited.csv").write_text(edited)
     with pytest.raises(ValueError, match="caption_key .* in data row 4 is not the key of its caption"):
         stats.read_per_query_csv(tmp_path / "edited.csv")
+
+
+def test_compare_prints_paired_differences_with_intervals(tmp_path, capsys):
+    a, b, c = (write(tmp_path / f"{n}.csv", rows(seed=s)) for n, s in (("a", 0), ("b", 1), ("c", 2)))
+    js = tmp_path / "cmp.json"
+    assert main(["compare", a, b, c, "--resamples", "300", "--ci-seed", "4", "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert f"{b} - {a}:" in out and f"{c} - {a}:" in out
+    fa, fb = stats.read_per_query_csv(a), stats.read_per_query_csv(b)
+    ref = stats.paired_bootstrap(fb.values(), fa.values(), resamples=300, seed=4)["metrics"]
+    for k in ("R1", "mAP", "mINP"):  # every metric the files hold, B - A, as the project's paired bootstrap gives
+        m = ref[k]
+        assert m["diff"] == pytest.approx(fb.values()[k].mean() - fa.values()[k].mean())
+        assert f"{m['diff']:+7.2f} [{m['low']:+.2f}, {m['high']:+.2f}]" in out, k
+    import json
+
+    saved = json.loads(js.read_text())
+    assert saved["reference"] == a and [x["file"] for x in saved["comparisons"]] == [b, c]
+    assert saved["comparisons"][0]["metrics"]["R1"]["low"] == ref["R1"]["low"]
+
+
+def test_compare_refuses_bad_input_with_one_error_line(tmp_path, capsys):
+    a = write(tmp_path / "a.csv", rows())
+    other = write(tmp_path / "other.csv", rows(caption=lambda i: f"a person {i}" + ("!" if i == 5 else "")))
+    short = write(tmp_path / "short.csv", rows(39))
+    (tmp_path / "junk.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "bin.csv").write_bytes(b"query_index,pid,first_rank,ap,inp\n\x00\xff\xfe\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    cases = [([a], "at least two"),
+             ([a, other], "different queries.*query_index 5, pid 2, image_id 2, caption_key"),
+             ([a, short], "40 queries with a match.*39.*query_index 39"),
+             ([a, str(tmp_path / "missing.csv")], "missing.csv"),
+             ([a, str(tmp_path / "junk.csv")], "not a per-query file"),
+             ([a, str(tmp_path / "bin.csv")], "bin.csv"),
+             ([a, a, "--resamples", "0"], "--resamples"),
+             ([a, a, "--json", str(tmp_path / "a.csv" / "x.json")], "a.csv")]
+    import re
+
+    for argv, pattern in cases:
+        assert main(["compare", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+        assert re.search(pattern, err), (pattern, err)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written or changed
