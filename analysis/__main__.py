@@ -1,6 +1,6 @@
 """``python -m analysis <command>``: paper figures (PNG + SVG) of an UP-Person model.
 
-Commands: attention, umap, ablation, curves, report. With no options every command uses the
+Commands: attention, umap, ablation, curves, transfer, report. With no options every command uses the
 embedded default model and the ToyPEDES it was evaluated on; ``--checkpoint PATH`` or
 ``--run RUN_DIR`` with ``--data-root DIR --dataset NAME`` point it at anything else.
 """
@@ -15,8 +15,9 @@ import sys
 from typing import Optional, Sequence
 
 from analysis.checks import validate_args
-from analysis.commands import cmd_ablation, cmd_attention, cmd_curves, cmd_umap
+from analysis.commands import cmd_ablation, cmd_attention, cmd_curves, cmd_transfer, cmd_umap
 from analysis.options import DEFAULT_OUT
+from analysis.transfer.options import add_transfer_args
 from upperson.cli import OneLineParser
 
 
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", dest="run_dirs", action="append", default=[], metavar="RUN_DIR",
                    help="a run folder (repeatable; same as a positional argument)")
     p.set_defaults(func=cmd_curves)
+
+    p = add("transfer", "cross-domain transfer: train on each source (selected on its val), test on every target")
+    add_transfer_args(p)
+    p.set_defaults(func=cmd_transfer)
 
     p = add("report", "every figure in one folder, with an index.html")
     _model_args(p)
