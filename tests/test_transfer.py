@@ -225,3 +225,24 @@ def test_gaps_resample_each_target_once_for_its_cells():
     assert g["R1"]["in_domain"]["low"] < g["R1"]["in_domain"]["value"] < g["R1"]["in_domain"]["high"]
     assert transfer_cells.gaps({("cuhk", "cuhk"): {"R1": same, "mAP": same}}) is None
     assert not math.isnan(g["mAP"]["cross_domain"]["value"])
+
+
+def test_real_datasets_give_the_standard_cells_and_configs(tmp_path):
+    from analysis.transfer.domains import cells, parse_roots, resolve
+    from analysis.transfer.plan import TransferPlan, jobs
+
+    roots = parse_roots([f"{n}={tmp_path}" for n in ("cuhk-pedes", "icfg-pedes", "rstp-pedes")])
+    src, tgt = resolve(["cuhk-pedes", "icfg-pedes"], roots), resolve(["icfg-pedes", "rstpreid"], roots)
+    assert [(s.name, t.name) for s, t in cells(src, tgt)] == [
+        ("cuhk-pedes", "cuhk-pedes"), ("cuhk-pedes", "icfg-pedes"), ("cuhk-pedes", "rstpreid"),  # CUHK->ICFG, ->RSTP
+        ("icfg-pedes", "icfg-pedes"), ("icfg-pedes", "rstpreid")]  # ICFG->RSTP
+    planned = jobs(TransferPlan(sources=src, targets=tgt, config="cuhk-pedes", full_config="full-finetune", seeds=2),
+                   tmp_path / "runs")
+    by = {j.name: j.cfg for j in planned}
+    assert sorted(by) == sorted(f"{m}/{s}/seed-{k}" for s in ("cuhk-pedes", "icfg-pedes")
+                                for m, ks in (("upperson", (0, 1)), ("full-finetune", (0, 1)), ("zero-shot", (0,)))
+                                for k in ks)
+    assert by["upperson/icfg-pedes/seed-1"].data.dataset == "icfg-pedes" and by["upperson/icfg-pedes/seed-1"].train.seed == 1
+    assert not by["full-finetune/cuhk-pedes/seed-0"].model.freeze_backbone
+    zero = by["zero-shot/cuhk-pedes/seed-0"]
+    assert zero.train.epochs == 0 and not (zero.model.prefix.enabled or zero.model.lora.enabled or zero.model.adapter.enabled)

@@ -26,11 +26,6 @@ class Domain:
     dataset: str  # the reader: toypedes, cuhk-pedes, ...
     root: Path
 
-    @property
-    def label(self) -> str:
-        base = TOY_DOMAINS.get(self.name) or REAL_DATASETS[self.name]
-        return base if self.dataset != "toypedes" else f"Toy-{base}"
-
 
 def canonical(name: str) -> str:
     """The domain name ``name`` stands for; an error naming the known ones otherwise."""
