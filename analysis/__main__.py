@@ -165,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return ("interrupted; every file already written is complete (each is written atomically); "
-                "run the same command again to finish (ablation --run resumes incomplete runs)")
+                "run the same command again to finish (ablation --run and transfer resume incomplete runs)")
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror}{where}; check that this path can be written (--out, --cache-dir) and has free space"
