@@ -101,6 +101,7 @@ def test_compare_refuses_bad_input_with_one_error_line(tmp_path, capsys):
              ([a, str(tmp_path / "missing.csv")], "missing.csv"),
              ([a, str(tmp_path / "junk.csv")], "not a per-query file"),
              ([a, str(tmp_path / "bin.csv")], "bin.csv"),
+             ([a, str(tmp_path)], "not a regular file"),
              ([a, a, "--resamples", "0"], "--resamples"),
              ([a, a, "--json", str(tmp_path / "a.csv" / "x.json")], "a.csv")]
     import re

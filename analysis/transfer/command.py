@@ -49,7 +49,15 @@ def run(args, command: str = "") -> list:
     study = cells(sources, targets)
     targets_of = {s.name: [t for ss, t in study if ss.name == s.name] for s in sources}
     out = Path(args.out)
+    for d in [*sources, *targets]:  # every split read before any training: a bad data root fails now
+        if not load_dataset(d.dataset, d.root, check_images=False).split("test"):
+            raise ValueError(f"--data-root {d.name}={d.root}: the dataset has no test split")
     if given:
+        ignored = [flag for flag, used in (("--set", args.overrides), ("--epochs", args.epochs is not None),
+                                           ("--seeds", args.seeds != 1), ("--methods", args.methods),
+                                           ("--force", args.force)) if used]
+        if ignored:
+            log.warning("with --runs nothing trains: %s not used", ", ".join(ignored))
         runs = given
         if args.dry_run:
             sys.stdout.write(f"{len(given)} given run(s), nothing to train; {sum(len(targets_of[r.source]) for r in given)}"
@@ -62,18 +70,17 @@ def run(args, command: str = "") -> list:
         planned = jobs(plan, Path(args.runs_dir) if args.runs_dir else DEFAULT_RUNS_DIR)
         if args.dry_run:
             images = _train_images(sources)
-            units = {j.name: images[j.name.split("/")[1]] for j in planned}
-            lines = sweep.plan_lines(planned, units)
-            n_eval = sum(len(targets_of[j.name.split("/")[1]]) for j in planned)
+            lines = sweep.plan_lines([p.job for p in planned], {p.job.name: images[p.source] for p in planned})
+            n_eval = sum(len(targets_of[p.source]) for p in planned)
             lines.append(f"then {n_eval} evaluations (each run on the test split of each of its cells: "
                          f"{', '.join(f'{s.name}->{t.name}' for s, t in study)}) into {out}")
             sys.stdout.write("\n".join(lines) + "\n")
             return []
-        if any(j.cfg.model.pretrained is None for j in planned):
+        if any(p.job.cfg.model.pretrained is None for p in planned):
             log.warning("the study's backbone is RANDOMLY initialised (model.pretrained is null): pass "
                         "--set model.pretrained=PATH for a meaningful study")
-        sweep.run_all(planned, force=args.force, progress=not args.no_progress)
-        runs = [StudyRun(j.kind, j.name.split("/")[1], j.run_dir) for j in planned]
+        sweep.run_all([p.job for p in planned], force=args.force, progress=not args.no_progress)
+        runs = [StudyRun(p.method, p.source, p.job.run_dir) for p in planned]
         for r in runs:
             check_run(r, r.method)
     files = evaluate_cells(runs, targets_of, out, progress=not args.no_progress)

@@ -62,7 +62,17 @@ def method_config(plan: TransferPlan, method: str, source: Domain, seed: Optiona
     return load_config(plan.full_config if method == FULL else plan.config, items)
 
 
-def jobs(plan: TransferPlan, runs_dir: Path) -> list[RunJob]:
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the study's sweep: its method, source, seed and job."""
+
+    method: str
+    source: str
+    seed: int
+    job: RunJob
+
+
+def jobs(plan: TransferPlan, runs_dir: Path) -> list[PlannedRun]:
     """Every run of the study, by source then method then seed (zero-shot once: it is deterministic)."""
     out = []
     for source in plan.sources:
@@ -70,8 +80,9 @@ def jobs(plan: TransferPlan, runs_dir: Path) -> list[RunJob]:
             base = method_config(plan, method, source).train.seed
             for seed in range(base, base + (1 if method == ZERO else plan.seeds)):
                 cfg = method_config(plan, method, source, None if method == ZERO else seed)
-                out.append(RunJob(f"{method}/{source.name}/seed-{seed}", cfg,
-                                  Path(runs_dir) / method / source.name / f"seed-{seed}", kind=method))
+                job = RunJob(f"{method}/{source.name}/seed-{seed}", cfg,
+                             Path(runs_dir) / method / source.name / f"seed-{seed}", kind=method)
+                out.append(PlannedRun(method, source.name, seed, job))
     return out
 
 

@@ -35,6 +35,9 @@ def compare_files(paths: list[Path], *, resamples: int = stats.DEFAULT_RESAMPLES
         raise ValueError(f"compare needs at least two per-query files, got {len(paths)}")
     if not isinstance(resamples, int) or resamples < 1:
         raise ValueError(f"--resamples {resamples}: give a positive number of resamples")
+    for p in paths:  # a FIFO or device would block or never end: regular files only
+        if p.exists() and not p.is_file():
+            raise ValueError(f"{p}: not a regular file; give per-query CSV files")
     files = [stats.read_per_query_csv(p) for p in paths]
     for f in files:
         if len(f.first_rank) == 0:
