@@ -131,7 +131,7 @@ def measured_rates(jobs: Sequence[RunJob], units: Mapping[str, int]) -> dict[str
 def plan_lines(jobs: Sequence[RunJob], units: Mapping[str, int]) -> list[str]:
     """What the sweep would do, one line per run, then the total: the state, the epochs left,
     the work (epochs x training images) and, where a complete run of the same kind measured
-    it, the estimated time. ``units``: training images of each job (by name)."""
+    it, the estimated time. ``units``: training images per epoch of each job (by name)."""
     rates = measured_rates(jobs, units)
     out, total_work, total_s, unknown = [], 0, 0.0, 0
     for j in jobs:
@@ -139,7 +139,7 @@ def plan_lines(jobs: Sequence[RunJob], units: Mapping[str, int]) -> list[str]:
         work = left * units.get(j.name, 0)
         total_work += work
         if work == 0:
-            cost = "no training"
+            cost = "reused" if state == COMPLETE else "no training"
         elif j.kind in rates:
             seconds = work * rates[j.kind]
             total_s += seconds
@@ -150,8 +150,13 @@ def plan_lines(jobs: Sequence[RunJob], units: Mapping[str, int]) -> list[str]:
         out.append(f"{j.name:36s} {state:9s} {left:3d} epochs x {units.get(j.name, 0):6d} images = {work:8d}  {cost}"
                    f"  {j.run_dir}")
     tail = f"; {unknown} run(s) of unmeasured kinds not included" if unknown else ""
+    conflicts = sum(run_state(j) == CONFLICT for j in jobs)
+    if conflicts:
+        tail += (f"; {conflicts} conflict(s): a complete run of another config is in the way "
+                 "(the sweep refuses to start; --force trains it again)")
+    measured = f"~{_duration(total_s)} estimated from measured runs" if rates else "no measured time yet"
     out.append(f"total: {len(jobs)} runs, {sum(run_state(j) != COMPLETE for j in jobs)} to train, "
-               f"{total_work} image-epochs, ~{_duration(total_s)} measured{tail}")
+               f"{total_work} image-epochs, {measured}{tail}")
     return out
 
 

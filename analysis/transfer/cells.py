@@ -47,11 +47,12 @@ def cell_file_path(method: str, source: str, target: str, seed: int) -> Path:
 
 
 def evaluate_cells(runs: Sequence[StudyRun], targets: Mapping[str, Sequence[Domain]], out: Path, *,
-                   progress: bool = False) -> list[CellFile]:
+                   records: Optional[Mapping[str, list]] = None, progress: bool = False) -> list[CellFile]:
     """Evaluate each run's selected checkpoint on the test split of each of its source's cells,
     as its trainer evaluated (the run's precision and eval batch size), into per-query files
-    under ``out`` (no caption text: the key identifies each caption)."""
-    records: dict[str, list] = {}
+    under ``out`` (no caption text: the key identifies each caption). ``records``: each target's
+    test split, when already read (by domain name)."""
+    records = dict(records or {})
     tokenizers: dict = {}
     done = []
     for run in runs:

@@ -23,8 +23,13 @@ MATRIX_NAME = "transfer.csv"
 SUMMARY_NAME = "transfer_summary.json"
 
 
-def _train_images(domains) -> dict[str, int]:
-    return {d.name: len(load_dataset(d.dataset, d.root, check_images=False).split("train")) for d in domains}
+def _work_per_epoch(planned, datasets) -> dict[str, int]:
+    """Training images each planned run sees per epoch (fewer with ``train.max_steps_per_epoch``)."""
+    out = {}
+    for p in planned:
+        n, t = len(datasets[p.source].split("train")), p.job.cfg.train
+        out[p.job.name] = n if t.max_steps_per_epoch is None else min(n, t.max_steps_per_epoch * p.job.cfg.data.batch_size)
+    return out
 
 
 def run(args, command: str = "") -> list:
@@ -49,8 +54,10 @@ def run(args, command: str = "") -> list:
     study = cells(sources, targets)
     targets_of = {s.name: [t for ss, t in study if ss.name == s.name] for s in sources}
     out = Path(args.out)
-    for d in [*sources, *targets]:  # every split read before any training: a bad data root fails now
-        if not load_dataset(d.dataset, d.root, check_images=False).split("test"):
+    datasets = {}
+    for d in [*sources, *targets]:  # every dataset read (once) before any training: a bad data root fails now
+        datasets[d.name] = load_dataset(d.dataset, d.root)
+        if not datasets[d.name].split("test"):
             raise ValueError(f"--data-root {d.name}={d.root}: the dataset has no test split")
     if given:
         ignored = [flag for flag, used in (("--set", args.overrides), ("--epochs", args.epochs is not None),
@@ -69,8 +76,7 @@ def run(args, command: str = "") -> list:
                             overrides=list(args.overrides), epochs=args.epochs, seeds=args.seeds, methods=methods)
         planned = jobs(plan, Path(args.runs_dir) if args.runs_dir else DEFAULT_RUNS_DIR)
         if args.dry_run:
-            images = _train_images(sources)
-            lines = sweep.plan_lines([p.job for p in planned], {p.job.name: images[p.source] for p in planned})
+            lines = sweep.plan_lines([p.job for p in planned], _work_per_epoch(planned, datasets))
             n_eval = sum(len(targets_of[p.source]) for p in planned)
             lines.append(f"then {n_eval} evaluations (each run on the test split of each of its cells: "
                          f"{', '.join(f'{s.name}->{t.name}' for s, t in study)}) into {out}")
@@ -83,7 +89,8 @@ def run(args, command: str = "") -> list:
         runs = [StudyRun(p.method, p.source, p.job.run_dir) for p in planned]
         for r in runs:
             check_run(r, r.method)
-    files = evaluate_cells(runs, targets_of, out, progress=not args.no_progress)
+    test_splits = {name: data.split("test") for name, data in datasets.items()}
+    files = evaluate_cells(runs, targets_of, out, records=test_splits, progress=not args.no_progress)
     df, diffs = build_matrix(files, out, resamples=args.resamples, seed=args.ci_seed)
     bad = diagonal_mismatches(df)
     for b in bad:
