@@ -136,7 +136,10 @@ def test_transfer_matrix_diagonal_per_query_files_and_gaps(world, tmp_path, monk
     assert summary["diagonal_mismatches"] == []
     png = out / "transfer_matrix.png"
     assert png.is_file() and (out / "transfer_matrix.svg").is_file()
-    assert "[" in (out / "transfer_matrix.svg").read_text()  # the intervals are written in the cells
+    svg = (out / "transfer_matrix.svg").read_text()
+    r = up.loc["icfg"]
+    assert f"{r['R1_diff']:+.1f}" in svg and f"[{r['R1_diff_ci_low']:.1f}, {r['R1_diff_ci_high']:.1f}]" in svg  # in the cell
+    assert "in-domain gap" in svg and f"{g['cross_minus_in']['value']:+.1f}" in svg  # the gaps at its foot
 
     # --runs: the same runs, taken as they are: nothing trains, the same cells
     stub.calls.clear()

@@ -101,7 +101,7 @@ def run(args, command: str = "") -> list:
         df.to_csv(tmp, index=False)
     atomic_write_json(out / SUMMARY_NAME, {"summary": line, "gaps": summary, "diagonal_mismatches": bad,
                                            "command": command, "cells": [f"{s.name}->{t.name}" for s, t in study]})
-    fig = transfer_figure(df, out)
+    fig = transfer_figure(df, out, summary)
     sys.stdout.write(line + "\n")
     log.info("transfer matrix (%d rows) in %s", len(df), out / MATRIX_NAME)
     return [fig]

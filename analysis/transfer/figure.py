@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -59,8 +60,21 @@ def _write_cells(ax, im, values: np.ndarray, texts: list[list[str]]) -> None:
             ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=size, color=ink, linespacing=1.1)
 
 
-def transfer_figure(df: pd.DataFrame, out_dir: Path) -> style.FigureRecord:
-    """Save the heat map of a matrix (``cells.build_matrix``) as ``out_dir/transfer_matrix.{png,svg}``."""
+def gap_text(gaps: Optional[dict]) -> str:
+    """The R@1 gaps (``cells.gaps``) in one short line, for the figure's foot."""
+    if gaps is None:
+        return ""
+    r = gaps["R1"]
+
+    def fmt(m: dict) -> str:
+        return f"{m['value']:+.1f} [{m['low']:.1f}, {m['high']:.1f}]"
+    return (f"UP-Person - full fine-tune, R@1: in-domain gap {fmt(r['in_domain'])}  ·  cross-domain gap "
+            f"{fmt(r['cross_domain'])}  ·  cross - in {fmt(r['cross_minus_in'])}")
+
+
+def transfer_figure(df: pd.DataFrame, out_dir: Path, gaps: Optional[dict] = None) -> style.FigureRecord:
+    """Save the heat map of a matrix (``cells.build_matrix``) as ``out_dir/transfer_matrix.{png,svg}``,
+    with the gaps (``cells.gaps``) written at its foot when given."""
     sources = list(dict.fromkeys(df["source"]))
     targets = sources + [t for t in dict.fromkeys(df["target"]) if t not in sources]
     order = {m: i for i, m in enumerate(METHODS)}
@@ -97,11 +111,16 @@ def transfer_figure(df: pd.DataFrame, out_dir: Path) -> style.FigureRecord:
     ax2.set_ylabel("source")
     fig.colorbar(im1, ax=ax1, fraction=0.04, pad=0.02).ax.tick_params(labelsize=7)
     fig.colorbar(im2, ax=ax2, fraction=0.04, pad=0.02).ax.tick_params(labelsize=7)
-    fig.subplots_adjust(left=0.2, right=0.95, top=0.9, bottom=0.12 + 0.1 / height, wspace=0.42)
+    foot = gap_text(gaps)
+    fig.subplots_adjust(left=0.2, right=0.95, top=0.9, bottom=(0.12 + 0.1 / height) + (0.3 / height if foot else 0),
+                        wspace=0.42)
+    if foot:
+        fig.text(0.5, 0.08 / height, foot, ha="center", va="bottom", fontsize=7)
     _write_cells(ax1, im1, r1, r1_text)  # after the layout: the font fits the cells' final width
     _write_cells(ax2, im2, diff, diff_text)
     caption = ("Transfer matrix: each row a method trained on a source domain (selected on the source's val "
                "split), each column a target's test split. Left: R@1 with its 95 % percentile-bootstrap interval "
                "over the target's test queries; right: the paired difference UP-Person - full fine-tune with its "
-               "interval (positive: UP-Person ahead). n/a: a cell not in the study.")
+               "interval (positive: UP-Person ahead). n/a: a cell not in the study. Foot: the in-domain and "
+               "cross-domain gaps (docs/transfer.md) with their joint bootstrap intervals.")
     return style.save(fig, out_dir, NAME, caption)
