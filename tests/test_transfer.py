@@ -194,6 +194,13 @@ def test_bad_input_is_one_error_line(world, tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "out"
     fake = tmp_path / "fake"
     fake.mkdir()
+    broken, on_test = tmp_path / "broken", tmp_path / "on_test"
+    for d, text in ((broken, '{"metrics": 1}'), (on_test, json.dumps(
+            {"selected_on": "test", "metrics": {}, "config": {"train": {"seed": 0, "precision": "fp32"},
+                                                              "data": {"eval_batch_size": 8}}}))):
+        (d / "best").mkdir(parents=True)
+        (d / "best" / "petl.json").write_text("{}")
+        (d / "results.json").write_text(text)
     base = ["transfer", "--out", str(out), "--runs-dir", str(runs), "--dry-run"]
     roots = ["--data-root", f"cuhk={world['cuhk']}", "--data-root", f"icfg={world['icfg']}"]
     cases = [
@@ -208,6 +215,8 @@ def test_bad_input_is_one_error_line(world, tmp_path, capsys):
         (base + ["--source", "cuhk", *roots, "--methods", "lora"], "unknown method"),
         (base + ["--source", "cuhk", *roots, "--runs", "upperson:cuhk"], "METHOD:SOURCE=RUN_DIR"),
         (base + ["--source", "cuhk", *roots, "--runs", f"upperson:cuhk={fake}"], "not a complete run folder"),
+        (base + ["--source", "cuhk", *roots, "--runs", f"upperson:cuhk={broken}"], "is not a results file"),
+        (base + ["--source", "cuhk", *roots, "--runs", f"upperson:cuhk={on_test}"], "selected on 'test'"),
         (base + ["--source", "cuhk", *roots, "--resamples", "0"], "--resamples"),
         (base + ["--source", "cuhk", *roots, "--set", "model.nope=1"], "nope"),
     ]
@@ -217,6 +226,7 @@ def test_bad_input_is_one_error_line(world, tmp_path, capsys):
         assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
         assert re.search(re.escape(pattern), err), (pattern, err)
     assert not runs.exists() and not out.exists() and sorted(p.name for p in fake.iterdir()) == []
+    assert sorted(p.name for p in broken.iterdir()) == ["best", "results.json"]  # given runs: not a byte changed
 
 
 def test_gaps_resample_each_target_once_for_its_cells():

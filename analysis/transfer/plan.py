@@ -123,9 +123,15 @@ def check_run(run: StudyRun, what: str) -> None:
     if not (r.best_dir / "petl.json").is_file():
         raise ValueError(f"{what}: {run.run_dir} has no selected checkpoint (best/petl.json)")
     try:
-        selected = r.results().get("selected_on")
-    except ValueError:
-        raise ValueError(f"{what}: {r.results_file} is not readable JSON") from None
+        results = r.results()
+        cfg = results["config"]
+        selected = results.get("selected_on")
+        int(cfg["train"]["seed"]), int(cfg["data"]["eval_batch_size"]), str(cfg["train"]["precision"])
+        dict(results["metrics"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{what}: {r.results_file} is not a results file written by training (unreadable, or "
+                         "without config.train.seed, config.data.eval_batch_size, config.train.precision, "
+                         "metrics)") from None
     if selected not in ("val", None) and run.method != ZERO:
         raise ValueError(f"{what}: {run.run_dir} was selected on {selected!r}; the transfer protocol selects on the "
                          "source domain's val split only (docs/transfer.md)")
