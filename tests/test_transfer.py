@@ -194,6 +194,12 @@ def test_bad_input_is_one_error_line(world, tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "out"
     fake = tmp_path / "fake"
     fake.mkdir()
+    noval = tmp_path / "noval"  # train and test only, as ICFG-PEDES
+    (noval / "ToyPEDES").mkdir(parents=True)
+    (noval / "ToyPEDES" / "imgs").symlink_to(Path(world["cuhk"]) / "ToyPEDES" / "imgs")
+    entries = json.loads((Path(world["cuhk"]) / "ToyPEDES" / "reid_raw.json").read_text())
+    (noval / "ToyPEDES" / "reid_raw.json").write_text(json.dumps([e | {"split": e["split"].replace("val", "train")}
+                                                                  for e in entries]))
     broken, on_test = tmp_path / "broken", tmp_path / "on_test"
     for d, text in ((broken, '{"metrics": 1}'), (on_test, json.dumps(
             {"selected_on": "test", "metrics": {}, "config": {"train": {"seed": 0, "precision": "fp32"},
@@ -217,6 +223,7 @@ def test_bad_input_is_one_error_line(world, tmp_path, capsys):
         (base + ["--source", "cuhk", *roots, "--runs", f"upperson:cuhk={fake}"], "not a complete run folder"),
         (base + ["--source", "cuhk", *roots, "--runs", f"upperson:cuhk={broken}"], "is not a results file"),
         (base + ["--source", "cuhk", *roots, "--runs", f"upperson:cuhk={on_test}"], "selected on 'test'"),
+        (base + ["--source", "rstp", *roots, "--data-root", f"rstp={noval}"], "rstp (" + str(noval) + ") has no val split"),
         (base + ["--source", "cuhk", *roots, "--resamples", "0"], "--resamples"),
         (base + ["--source", "cuhk", *roots, "--set", "model.nope=1"], "nope"),
     ]

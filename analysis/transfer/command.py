@@ -57,7 +57,7 @@ def run(args, command: str = "") -> list:
     datasets = {}
     for d in [*sources, *targets]:  # every dataset read (once) before any training: a bad data root fails now
         datasets[d.name] = load_dataset(d.dataset, d.root)
-        if not datasets[d.name].split("test"):
+        if not datasets[d.name].splits.get("test"):
             raise ValueError(f"--data-root {d.name}={d.root}: the dataset has no test split")
     if given:
         ignored = [flag for flag, used in (("--set", args.overrides), ("--epochs", args.epochs is not None),
@@ -71,6 +71,11 @@ def run(args, command: str = "") -> list:
                              f" evaluations into {out}\n")
             return []
     else:
+        for d in sources:  # selection on the source's val only: never on test (the trainer's fallback)
+            if not datasets[d.name].splits.get("val"):
+                raise ValueError(f"source {d.name} ({d.root}) has no val split, and the transfer protocol selects on "
+                                 "the source's val only: give the annotation a val split (identities moved out of "
+                                 "train, split 'val'), or pass runs selected on val with --runs (docs/transfer.md)")
         methods = tuple(split_names(args.methods) or METHODS)
         plan = TransferPlan(sources=sources, targets=targets, config=args.config, full_config=args.full_finetune_config,
                             overrides=list(args.overrides), epochs=args.epochs, seeds=args.seeds, methods=methods)
