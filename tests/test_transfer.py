@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ class StubTrain:
         save_config(cfg, run_dir / "config.yaml")
         if len(self.calls) - 1 == self.interrupt_at:
             raise KeyboardInterrupt  # as a Ctrl-C mid-training: a config, no results
-        torch.manual_seed(hash(name.split("/")[0]) % 1000 + 7 * cfg.train.seed)
+        torch.manual_seed(zlib.crc32(name.split("/")[0].encode()) % 1000 + 7 * cfg.train.seed)
         model = build_model(cfg.model)
         with torch.no_grad():
             for p in model.parameters():
@@ -167,27 +168,36 @@ def test_interrupted_sweep_continues_and_dry_run_plans(world, tmp_path, monkeypa
     assert "zero-shot/cuhk/seed-1" not in plan and "5 runs, 5 to train" in plan and "evaluations" in plan
     assert not runs.exists() and not out.exists()
 
-    stub = StubTrain(interrupt_at=1)  # Ctrl-C during the second run (the full fine-tune)
+    stub = StubTrain(interrupt_at=2)  # Ctrl-C during the third run (the full fine-tune's first seed)
     monkeypatch.setattr(sweep, "_default_train_fn", lambda: stub)
-    only = ["--methods", "upperson,full-finetune"]
+    only = ["--methods", "upperson,full-finetune", "--seeds", "2"]
     in_domain = [a for a in argv(world, runs, out, *only) if a not in ("--target", "icfg")]
     assert analysis_main(in_domain) == 2
     assert "interrupted" in capsys.readouterr().err
-    assert (runs / "upperson" / "cuhk" / "seed-0" / "results.json").is_file()
+    assert (runs / "upperson" / "cuhk" / "seed-1" / "results.json").is_file()
     assert not (runs / "full-finetune" / "cuhk" / "seed-0" / "results.json").exists() and not out.exists()
-    # the dry run now sees one complete run and one to resume, with UP-Person's measured time
+    # the dry run now sees the complete runs, one to resume, one new, with UP-Person's measured time
     assert analysis_main(in_domain + ["--dry-run"]) == 0
     plan = capsys.readouterr().out
-    assert re.search(r"upperson/cuhk/seed-0\s+complete\s+0 epochs", plan)
+    assert re.search(r"upperson/cuhk/seed-1\s+complete\s+0 epochs", plan)
     assert re.search(r"full-finetune/cuhk/seed-0\s+resume\s+1 epochs.*time unknown", plan)
-    # the same command again: the finished run is reused, the interrupted one resumed
+    assert re.search(r"full-finetune/cuhk/seed-1\s+new", plan)
+    # the same command again: the finished runs are reused, the interrupted one resumed
     stub.interrupt_at = -1
     stub.calls.clear()
     assert analysis_main(in_domain) == 0
-    assert stub.calls == [("full-finetune/cuhk/seed-0", True)]
+    assert stub.calls == [("full-finetune/cuhk/seed-0", True), ("full-finetune/cuhk/seed-1", False)]
     df = pd.read_csv(out / "transfer.csv")
     assert df["method"].tolist() == ["upperson", "full-finetune"] and df["R1_diff"].notna().sum() == 1
     assert "no gap summary" in capsys.readouterr().out  # in-domain cells only: no cross-domain gap
+    # two seeds: the cell is the mean of the runs' own test metrics, its interval over seed-averaged queries
+    for _, r in df.iterrows():
+        tests = [json.loads((runs / r["method"] / "cuhk" / f"seed-{k}" / "results.json").read_text())["metrics"]["test"]
+                 for k in (0, 1)]
+        assert r["seeds"] == 2 and r["R1"] == pytest.approx(np.mean([t["R1"] for t in tests]), abs=1e-9)
+        files = [stats.read_per_query_csv(out / rel).values() for rel in r["per_query"].split(";")]
+        ci = stats.bootstrap_ci(stats.average_over_seeds(files), keys=["mAP"], resamples=300, seed=0)["metrics"]["mAP"]
+        assert (r["mAP_ci_low"], r["mAP_ci_high"]) == pytest.approx((ci["low"], ci["high"]))
 
 
 def test_bad_input_is_one_error_line(world, tmp_path, capsys):
