@@ -1,6 +1,6 @@
 """``python -m analysis <command>``: paper figures (PNG + SVG) of an UP-Person model.
 
-Commands: attention, umap, ablation, curves, report. With no options every command uses the
+Commands: attention, umap, ablation, curves, transfer, report. With no options every command uses the
 embedded default model and the ToyPEDES it was evaluated on; ``--checkpoint PATH`` or
 ``--run RUN_DIR`` with ``--data-root DIR --dataset NAME`` point it at anything else.
 """
@@ -15,8 +15,9 @@ import sys
 from typing import Optional, Sequence
 
 from analysis.checks import validate_args
-from analysis.commands import cmd_ablation, cmd_attention, cmd_curves, cmd_umap
+from analysis.commands import cmd_ablation, cmd_attention, cmd_curves, cmd_transfer, cmd_umap
 from analysis.options import DEFAULT_OUT
+from analysis.transfer.options import add_transfer_args
 from upperson.cli import OneLineParser
 
 
@@ -115,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run folder (repeatable; same as a positional argument)")
     p.set_defaults(func=cmd_curves)
 
+    p = add("transfer", "cross-domain transfer: train on each source (selected on its val), test on every target")
+    add_transfer_args(p)
+    p.set_defaults(func=cmd_transfer)
+
     p = add("report", "every figure in one folder, with an index.html")
     _model_args(p)
     _attention_args(p)
@@ -160,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return ("interrupted; every file already written is complete (each is written atomically); "
-                "run the same command again to finish (ablation --run resumes incomplete runs)")
+                "run the same command again to finish (ablation --run and transfer resume incomplete runs)")
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror}{where}; check that this path can be written (--out, --cache-dir) and has free space"

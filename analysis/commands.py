@@ -170,3 +170,9 @@ def cmd_attention(args, command: str = ""):
 
 def cmd_umap(args, command: str = ""):
     return umap_records(args)
+
+
+def cmd_transfer(args, command: str = ""):
+    from analysis.transfer.command import run  # (heavy: torch, pandas, matplotlib only when the command runs)
+
+    return run(args, command=command)
