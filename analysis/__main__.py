@@ -15,7 +15,7 @@ import sys
 from typing import Optional, Sequence
 
 from analysis.checks import validate_args
-from analysis.commands import cmd_ablation, cmd_attention, cmd_curves, cmd_umap
+from analysis.commands import cmd_ablation, cmd_attention, cmd_curves, cmd_explain, cmd_umap
 from analysis.options import DEFAULT_OUT
 from upperson.cli import OneLineParser
 
@@ -58,6 +58,19 @@ def _umap_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the identity choice and the UMAP (default 0)")
     g.add_argument("--no-links", action="store_true", help="do not link each caption to its image")
     g.add_argument("--cache-dir", help="embedding cache (default: <UPPERSON_CACHE>/index, shared with the demo)")
+
+
+def _explain_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("explain")
+    g.add_argument("--image", help="image file (default: the --index-th record of the split)")
+    g.add_argument("--caption", help="caption text (default: that record's --caption-index-th caption)")
+    g.add_argument("--index", type=int, default=0, help="record of the split to explain (default 0)")
+    g.add_argument("--caption-index", type=int, default=0, help="which of its captions (default 0)")
+    g.add_argument("--words", help="comma-separated caption words that get their own map (default: the colour words)")
+    g.add_argument("--audit", type=int, metavar="N", help="instead: the controlled ToyPEDES check on N fresh persons "
+                   "(does each colour word's map land on its garment?), hit rates with bootstrap intervals")
+    g.add_argument("--audit-seed", type=int, default=0, help="seed of the audit's persons and resampling (default 0)")
+    g.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the audit (default 2000)")
 
 
 def _ablation_args(p: argparse.ArgumentParser, *, in_report: bool = False) -> None:
@@ -103,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     _umap_args(p)
     p.set_defaults(func=cmd_umap)
+
+    p = add("explain", "why an image matched a caption: which words matched which regions (gradient x input)")
+    _model_args(p)
+    _explain_args(p)
+    p.set_defaults(func=cmd_explain)
 
     p = add("ablation", "the per-component ablation: train or collect the variants, table (CSV) and figures")
     _ablation_args(p)
