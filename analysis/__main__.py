@@ -15,7 +15,7 @@ import sys
 from typing import Optional, Sequence
 
 from analysis.checks import validate_args
-from analysis.commands import cmd_ablation, cmd_attention, cmd_curves, cmd_explain, cmd_umap
+from analysis.commands import cmd_ablation, cmd_attention, cmd_budget, cmd_curves, cmd_explain, cmd_umap
 from analysis.options import DEFAULT_OUT
 from upperson.cli import OneLineParser
 
@@ -96,6 +96,28 @@ def _ablation_args(p: argparse.ArgumentParser, *, in_report: bool = False) -> No
     g.add_argument("--ci-seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
 
 
+def _budget_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("budget")
+    g.add_argument("--grid", help="grid YAML (default: analysis/budget/grid.yaml, B1-B12 and the references)")
+    g.add_argument("--config", help="base preset or YAML (default: the grid's, toypedes-regime)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base-config field for every point, e.g. model.pretrained=FILE (repeatable)")
+    g.add_argument("--points", help="comma-separated points (default: all), e.g. B1,B2,zero-shot")
+    g.add_argument("--seeds", type=int, help="seeds per trained point (default: the grid's, 2)")
+    g.add_argument("--epochs", type=int, help="training epochs of every trained point (default: the preset's)")
+    g.add_argument("--data-root", help="the source's data folder (its val selects, its test is in-domain)")
+    g.add_argument("--dataset", help="the source's dataset name (default: the base config's)")
+    g.add_argument("--target", dest="targets", action="append", default=[], metavar="NAME=ROOT",
+                   help="a cross-domain test set (repeatable): NAME=ROOT, or NAME:DATASET=ROOT when its format "
+                        "differs from the source's")
+    g.add_argument("--runs-dir", help="folder of the sweep's runs (default runs/budget)")
+    g.add_argument("--dry-run", action="store_true", help="print the planned runs and their estimated cost; write nothing")
+    g.add_argument("--collect", action="store_true", help="train nothing: table and figure from the complete runs")
+    g.add_argument("--force", action="store_true", help="train again even where a complete run exists")
+    g.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the intervals (default 2000)")
+    g.add_argument("--ci-seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m analysis", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -125,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ablation", "the per-component ablation: train or collect the variants, table (CSV) and figures")
     _ablation_args(p)
     p.set_defaults(func=cmd_ablation)
+
+    p = add("budget", "the PETL budget sweep: R@1 and mAP against trainable parameters, in-domain and on targets")
+    _budget_args(p)
+    p.set_defaults(func=cmd_budget)
 
     p = add("curves", "training curves (loss and R@1 per epoch) of one or several runs")
     p.add_argument("runs", nargs="*", help="run folders or metrics.jsonl files (default: the embedded model's log, "
