@@ -39,7 +39,7 @@ def budget_command(args, *, train_fn=None, evaluate_fn: EvaluateFn = evaluate_ru
     if args.epochs is not None and args.epochs < 0:
         raise ValueError(f"--epochs must be at least 0, got {args.epochs}")
     source_dataset = args.dataset or None
-    targets = [Target.parse(t, args.dataset or "toypedes") for t in args.targets]
+    targets = [Target.parse(t, None) for t in args.targets]  # format: the source's unless named
     bad = [t.name for t in targets if t.name in (IN_DOMAIN, "test")]
     dup = sorted({t.name for t in targets if [u.name for u in targets].count(t.name) > 1})
     if bad or dup:
@@ -48,6 +48,7 @@ def budget_command(args, *, train_fn=None, evaluate_fn: EvaluateFn = evaluate_ru
     runs_dir = Path(args.runs_dir) if args.runs_dir else DEFAULT_RUNS_DIR
     jobs = plan(grid, runs_dir, overrides=args.overrides, epochs=args.epochs, data_root=args.data_root,
                 dataset=source_dataset, seeds=args.seeds, count=count)
+    targets = [t if t.dataset else Target(t.name, jobs[0].cfg.data.dataset, t.root) for t in targets]
     if args.dry_run:
         sys.stdout.write("\n".join(describe_plan(jobs, steps_per_epoch(jobs[0].cfg))) + "\n")
         return []

@@ -38,11 +38,11 @@ class Target:
     """A cross-domain test set: its name (the column suffix), dataset format and data root."""
 
     name: str
-    dataset: str
+    dataset: Optional[str]  # None: the source's format
     root: str
 
     @staticmethod
-    def parse(spec: str, default_dataset: str) -> "Target":
+    def parse(spec: str, default_dataset: Optional[str] = None) -> "Target":
         """``NAME=ROOT``, ``NAME:DATASET=ROOT`` or ``ROOT`` (the name is the folder's)."""
         name, _, root = spec.rpartition("=")
         if not root:
