@@ -352,14 +352,8 @@ def explain_figure(ex: Explanation):
     ax0.set_title("image", fontsize=8)
     ax0.set_xticks([])
     ax0.set_yticks([])
-    im = None
-    for k, (title, m) in enumerate(panels):
-        vmax = float(np.clip(m, 0, None).max())
-        im = _overlay(fig.add_subplot(gs[0, 1 + k]), ex.image, m, title, vmax)
-    if im is not None:
-        cb = fig.colorbar(im, ax=fig.axes[1:n], shrink=0.7, location="bottom", aspect=12)
-        cb.set_label("grad × input (own scale)", fontsize=7)
-        cb.set_ticks([])
+    for k, (title, m) in enumerate(panels):  # no colour bar: each map has its own scale (bright: most)
+        _overlay(fig.add_subplot(gs[0, 1 + k]), ex.image, m, title, float(np.clip(m, 0, None).max()))
     axw = fig.add_subplot(gs[0, n])
     w = ex.word_weights
     lim = float(np.abs(w).max()) if w.size and np.abs(w).max() > 0 else 1.0
@@ -377,7 +371,7 @@ def explain_figure(ex: Explanation):
     caption = ("Gradient × input of the image–caption cosine similarity through both towers (prefix included). "
                "Left: the image and the patches that raise the similarity for the whole caption; then, per "
                f"colour word ({named}), the patches whose evidence the word adds (the caption's map minus the "
-               "map with that word masked); each map on its own scale. Right: each word's weight (red raises "
+               "map with that word masked); each map on its own scale, brightest where it is largest. Right: each word's weight (red raises "
                "the similarity, blue lowers it).")
     return fig, caption
 
