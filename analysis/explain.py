@@ -124,11 +124,11 @@ def relevance(model: nn.Module, pixels: torch.Tensor, tokens: torch.Tensor) -> t
     tokens = tokens.unsqueeze(0) if tokens.ndim == 1 else tokens
     was_training = model.training
     model.eval()
-    try:
-        with torch.enable_grad(), _leaf_outputs([patch_module(model)]) as img_in:
-            f_img = model.encode_image(pixels.to(device))
+    try:  # gradients also when the caller (an app's request) runs under inference_mode or no_grad
+        with torch.inference_mode(False), torch.enable_grad(), _leaf_outputs([patch_module(model)]) as img_in:
+            f_img = model.encode_image(pixels.to(device).clone())
             with _leaf_outputs([token_module(model)]) as txt_in:
-                f_txt = model.encode_text(tokens.to(device))
+                f_txt = model.encode_text(tokens.to(device).clone())
             sim = F.cosine_similarity(f_img.float(), f_txt.float(), dim=-1).sum()
             g_img, g_txt = torch.autograd.grad(sim, [img_in[0], txt_in[0]])
     finally:

@@ -137,6 +137,9 @@ def test_map_changes_with_the_query(tokenizer):
     assert sorted(a.words[i] for i in a.word_maps) == ["black", "red"]
     assert not np.allclose(a.word_maps[a.words.index("black")], b.word_maps[b.words.index("black")])
     assert model.training is False and all(p.grad is None for p in model.parameters())
+    with torch.inference_mode():  # as an app request may run it
+        again = E.explain(model, tokenizer, pixels, "a woman in a red coat and black trousers")
+    np.testing.assert_allclose(again.patch_map, a.patch_map, rtol=1e-6, atol=1e-12)
 
 
 def test_cli_figure_and_json(tmp_path):
