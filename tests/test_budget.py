@@ -144,6 +144,15 @@ def test_interrupted_sweep_continues(tmp_path):
     assert stub.calls == [("B2/seed-0", True), ("B3/seed-0", False)]  # B1 reused, B2 resumed
 
 
+def test_target_forms():
+    assert budget.Target.parse("icfg=/d/icfg") == budget.Target("icfg", None, "/d/icfg")
+    assert budget.Target.parse("icfg-pedes=/d/I") == budget.Target("icfg-pedes", "icfg-pedes", "/d/I")
+    assert budget.Target.parse("rstp:rstpreid=/d/R") == budget.Target("rstp", "rstpreid", "/d/R")
+    assert budget.Target.parse("/d/toy-rstp") == budget.Target("toy-rstp", None, "/d/toy-rstp")
+    with pytest.raises(ValueError, match="unknown dataset 'nope'"):
+        budget.Target.parse("x:nope=/d")
+
+
 def test_pareto_frontier():
     assert budget.pareto([0, 10, 20, 30, 40], [5, 7, 6, 9, 9]) == [True, True, False, True, False]
 

@@ -25,6 +25,7 @@ from analysis.ablation.study import variant_config
 from analysis.budget.grid import BudgetGrid, BudgetPoint
 from upperson import stats
 from upperson.config import ExperimentConfig, to_dict
+from upperson.data import DATASETS
 from upperson.train.run import Run
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,18 @@ class Target:
 
     @staticmethod
     def parse(spec: str, default_dataset: Optional[str] = None) -> "Target":
-        """``NAME=ROOT``, ``NAME:DATASET=ROOT`` or ``ROOT`` (the name is the folder's)."""
+        """``NAME=ROOT``, ``NAME:DATASET=ROOT`` or ``ROOT`` (the name is the folder's). A NAME that
+        is a dataset name (``icfg-pedes=/data/ICFG-PEDES``) is also the target's format."""
         name, _, root = spec.rpartition("=")
         if not root:
             raise ValueError(f"--target {spec!r}: give NAME=ROOT (e.g. icfg=/data/toy-icfg)")
         dataset = default_dataset
         if ":" in name:
             name, dataset = name.split(":", 1)
+            if dataset not in DATASETS:
+                raise ValueError(f"--target {spec!r}: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+        elif name in DATASETS:
+            dataset = name
         name = name or Path(root).name
         if not name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"--target {spec!r}: the name {name!r} must be letters, digits, '-' or '_'")
