@@ -216,7 +216,7 @@ def describe_plan(jobs: Sequence[PlannedRun], steps: Optional[int] = None) -> li
     steps, when ``steps`` per epoch is known) and its time, estimated from the finished runs."""
     rate = seconds_per_epoch(jobs)
     lines = [f"{'point':<14} {'seed':>4} {'status':<7} {'trainable':>11} {'epochs':>6} {'steps':>7}  estimate"]
-    total, unknown = 0.0, 0
+    total, unknown, untimed = 0.0, 0, 0
     for j in jobs:
         epochs = int(j.cfg.train.epochs) if j.point.trains else 0
         if j.status == "done":
@@ -229,12 +229,15 @@ def describe_plan(jobs: Sequence[PlannedRun], steps: Optional[int] = None) -> li
             est = f"~{s / 60:.0f} min (measured {rate.get(j.point.kind, rate.get('petl')):.0f} s/epoch)"
         else:
             unknown += 1
+            untimed += epochs
             est = f"{epochs} epochs (no finished run to time yet)"
         n_steps = f"{epochs * steps:,}" if steps is not None else "?"
         lines.append(f"{j.point.name:<14} {j.seed:>4} {j.status:<7} {j.trainable:>11,} {epochs:>6} {n_steps:>7}  {est}")
     todo = sum(j.status != "done" for j in jobs)
-    lines.append(f"{len(jobs)} runs, {todo} to train or finish; estimated ~{total / 3600:.1f} h"
-                 + (f" plus {unknown} runs not yet timed" if unknown else ""))
+    tail = (f"; {unknown} runs not timed yet ({untimed * steps:,} training steps in all)" if unknown and steps
+            else f"; {unknown} runs not timed yet" if unknown else "")
+    lines.append(f"{len(jobs)} runs, {todo} to train or finish; estimated ~{total / 3600:.1f} h for the timed ones"
+                 + tail)
     return lines
 
 
