@@ -139,6 +139,12 @@ def test_interrupted_sweep_continues(tmp_path):
     args = _args(tmp_path, "--points", "B1,B2,B3", "--seeds", "1")
     with pytest.raises(RuntimeError, match="interrupted"):
         budget.budget_command(args, train_fn=StubTrainer(fail_on="B2"), evaluate_fn=stub_evaluate, count=_no_count)
+    # the plan now: B1 done, B2 to resume, B3 new, timed by B1's 12 s for 30 epochs
+    jobs = budget.plan(budget.load_grid().select(["B1", "B2", "B3"]), tmp_path / "runs", data_root=str(tmp_path),
+                       seeds=1, count=_no_count)
+    lines = budget.describe_plan(jobs)
+    assert [j.status for j in jobs] == ["done", "resume", "new"]
+    assert "0 (done)" in lines[1] and "measured 0.4 s/epoch" in lines[2] and "~0.0 h" in lines[-1]
     stub = StubTrainer()
     budget.budget_command(args, train_fn=stub, evaluate_fn=stub_evaluate, count=_no_count)
     assert stub.calls == [("B2/seed-0", True), ("B3/seed-0", False)]  # B1 reused, B2 resumed

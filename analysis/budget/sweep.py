@@ -226,7 +226,7 @@ def describe_plan(jobs: Sequence[PlannedRun], steps: Optional[int] = None) -> li
         elif j.point.kind in rate or "petl" in rate:
             s = epochs * rate.get(j.point.kind, rate.get("petl", math.nan))
             total += s
-            est = f"~{s / 60:.0f} min (measured {rate.get(j.point.kind, rate.get('petl')):.0f} s/epoch)"
+            est = f"~{s / 60:.0f} min (measured {rate.get(j.point.kind, rate.get('petl')):.3g} s/epoch)"
         else:
             unknown += 1
             untimed += epochs
