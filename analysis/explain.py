@@ -259,7 +259,7 @@ def garment_case(seed: int, *, upper: Optional[str] = None, lower: Optional[str]
         lower = _other_colour(upper, ())
     ident = replace(ident, upper_colour=upper, lower_colour=lower, upper_pattern="plain", pattern_colour="",
                     bag="none", bag_colour="", headwear="none", headwear_colour="", umbrella=False,
-                    umbrella_colour="", lower_type="jeans" if ident.lower_type == "jeans" else ident.lower_type)
+                    umbrella_colour="")
     base = np.asarray(_draw(ident, view, seed), dtype=np.int16)
     masks = []
     for name, colour in (("upper_colour", upper), ("lower_colour", lower)):
