@@ -80,8 +80,7 @@ class Explanation:
             "caption": self.caption, "similarity": self.similarity, "grid": list(self.grid),
             "patch_map": self.patch_map.tolist(), "tokens": self.tokens, "token_weights": self.token_weights.tolist(),
             "words": self.words, "word_weights": self.word_weights.tolist(),
-            "word_maps": {self.words[i]: m.tolist() for i, m in self.word_maps.items()},
-            "word_map_index": {self.words[i]: i for i in self.word_maps},
+            "word_maps": [{"index": i, "word": self.words[i], "map": m.tolist()} for i, m in self.word_maps.items()],
         }
 
 

@@ -149,8 +149,9 @@ def test_cli_figure_and_json(tmp_path):
                  "--words", "shirt", "--out", str(out), "--no-progress"]) == 0
     data = json.loads((out / "explain.json").read_text())
     assert (out / "explain.png").stat().st_size > 0 and (out / "explain.svg").exists()
-    assert list(data["word_maps"]) == ["shirt"] and len(data["patch_map"]) == data["grid"][0]
-    assert data["words"][data["word_map_index"]["shirt"]] == "shirt"
+    assert [m["word"] for m in data["word_maps"]] == ["shirt"] and len(data["patch_map"]) == data["grid"][0]
+    assert data["words"][data["word_maps"][0]["index"]] == "shirt"
+    assert np.array(data["word_maps"][0]["map"]).shape == tuple(data["grid"])
 
 
 @pytest.mark.parametrize("argv,needle", [
