@@ -34,21 +34,21 @@ def _store(tmp_path: Path, n: int = 300) -> list[Entry]:
 def test_the_manifest_lists_an_entry_table_not_one_record_per_image(tmp_path):
     entries = _store(tmp_path, n=5000)
     raw = json.loads((tmp_path / MANIFEST).read_text())
-    assert raw["version"] == 2 and "entries" not in raw and raw["entry_table"]["entries"] == 5000
+    assert raw["version"] == 3 and "entries" not in raw and raw["entry_tables"][0]["entries"] == 5000
     assert (tmp_path / MANIFEST).stat().st_size < 2000  # a few hundred bytes, whatever the gallery's size
     store = IndexStore.open(tmp_path)
     assert isinstance(store.manifest.entries, EntryTable) and list(store.manifest.entries) == entries
     assert store.manifest.entries[-1] == entries[-1] and store.manifest.entries[10:12] == entries[10:12]
-    # a rewrite leaves one table: the one the manifest lists
+    # a rewrite (most entries removed) leaves one table: the one the manifest lists
     store.manifest.entries = entries[:10]
     write_manifest(tmp_path, store.manifest)
-    assert [p.name for p in (tmp_path / ENTRIES_DIR).iterdir()] == [store.manifest.entry_table["name"]]
+    assert [p.name for p in (tmp_path / ENTRIES_DIR).iterdir()] == [store.manifest.entry_tables[0]["name"]]
     assert list(IndexStore.open(tmp_path).manifest.entries) == entries[:10]
 
 
 def test_a_tampered_or_missing_entry_table_is_refused(tmp_path):
     _store(tmp_path)
-    table = tmp_path / ENTRIES_DIR / json.loads((tmp_path / MANIFEST).read_text())["entry_table"]["name"]
+    table = tmp_path / ENTRIES_DIR / json.loads((tmp_path / MANIFEST).read_text())["entry_tables"][0]["name"]
     data = bytearray(table.read_bytes())
     data[len(data) // 2] ^= 1
     table.write_bytes(bytes(data))
@@ -59,20 +59,37 @@ def test_a_tampered_or_missing_entry_table_is_refused(tmp_path):
         IndexStore.open(tmp_path)
 
 
-def test_a_version_1_folder_still_opens_and_is_rewritten_as_version_2(tmp_path):
+def test_a_version_1_folder_still_opens_and_is_rewritten_as_version_3(tmp_path):
     entries = _store(tmp_path)
     raw = json.loads((tmp_path / MANIFEST).read_text())
-    table = raw.pop("entry_table")
+    table = raw.pop("entry_tables")[0]
     (tmp_path / ENTRIES_DIR / table["name"]).unlink()
     raw |= {"version": 1, "entries": [e.as_list() for e in entries]}  # the layout version 1 wrote
     (tmp_path / MANIFEST).write_text(json.dumps(raw))
     store = IndexStore.open(tmp_path)
-    assert list(store.manifest.entries) == entries and store.manifest.entry_table is None
+    assert list(store.manifest.entries) == entries and store.manifest.entry_tables is None
     np.testing.assert_array_equal(store.features_of([0, 5]),
                                   np.load(tmp_path / "segments" / "000000.npy")[[entries[0].row, entries[5].row]])
     write_manifest(tmp_path, store.manifest)
-    assert json.loads((tmp_path / MANIFEST).read_text())["version"] == 2
+    assert json.loads((tmp_path / MANIFEST).read_text())["version"] == 3
     assert list(IndexStore.open(tmp_path).manifest.entries) == entries
+
+
+def test_a_version_2_folder_still_opens_and_its_next_update_writes_version_3(tmp_path):
+    """Version 2 (one entry table without order keys, as main wrote it) opens unchanged."""
+    entries = _store(tmp_path)
+    raw = json.loads((tmp_path / MANIFEST).read_text())
+    for r in raw.pop("entry_tables"):
+        (tmp_path / ENTRIES_DIR / r["name"]).unlink()
+    raw |= {"version": 2, "entry_table": EntryTable.from_entries(entries).write(tmp_path)}  # no order column
+    (tmp_path / MANIFEST).write_text(json.dumps(raw))
+    store = IndexStore.open(tmp_path)
+    assert list(store.manifest.entries) == entries and store.manifest.entry_tables is None
+    store.manifest.entries = entries + [Entry("/g/new.png", 0, 3, "f" * 40, 1, 1)]
+    write_manifest(tmp_path, store.manifest)
+    raw = json.loads((tmp_path / MANIFEST).read_text())
+    assert raw["version"] == 3 and len(raw["entry_tables"]) == 1 and "entry_table" not in raw
+    assert list(IndexStore.open(tmp_path).manifest.entries) == entries + [Entry("/g/new.png", 0, 3, "f" * 40, 1, 1)]
 
 
 class _StubEncoder(torch.nn.Module):

@@ -115,9 +115,11 @@ def load_image(path: Path, limits: BuildLimits) -> Image.Image:
 def build_index(model: torch.nn.Module, gallery: PathLike, out: PathLike, *, source: str,
                 dtype: str = "float32", batch_size: int = 64, segment_rows: int = 4096,
                 limits: BuildLimits = BuildLimits(), progress: bool = True,
-                approximate: Optional[AnnConfig] = None, shard: Optional[Shard] = None) -> BuildReport:
+                approximate: Optional[AnnConfig] = None, shard: Optional[Shard] = None,
+                compact: bool = False) -> BuildReport:
     """Index ``gallery`` into folder ``out`` with ``model`` (``source`` names it in the manifest);
-    with ``approximate``, then (re)build the IVF-PQ index over it and measure its recall.
+    with ``approximate``, then (re)build the IVF-PQ index over it and measure its recall. An update
+    appends its entries as one more table; ``compact`` writes them as one (store.write_manifest).
 
     With ``shard`` (one process of a ``torchrun`` job), this process encodes every
     ``shard.count``-th file; rank 0 holds the folder's lock, merges the ranks' segments and
@@ -134,7 +136,7 @@ def build_index(model: torch.nn.Module, gallery: PathLike, out: PathLike, *, sou
     key = model_key(model)
     settings: dict[str, Any] = dict(model=model, out=out, key=key, source=source, dtype=dtype, batch_size=batch_size,
                     segment_rows=segment_rows, limits=limits, progress=progress and shard.rank == 0,
-                    gallery=gallery, others=others)
+                    gallery=gallery, others=others, compact=compact)
     if shard.count == 1:
         check_out(out, key, dtype)
         with write_lock(out):
@@ -272,18 +274,19 @@ class _Builder:
 
     def __init__(self, *, model, out: Path, key: str, source: str, dtype: str, old: Optional[Manifest],
                  batch_size: int, segment_rows: int, limits: BuildLimits, progress: bool,
-                 gallery: PathLike, others: int, segment_prefix: str = "",
+                 gallery: PathLike, others: int, segment_prefix: str = "", compact: bool = False,
                  save_progress: Optional[Callable[[Part, bool], None]] = None) -> None:
         self.model, self.out, self.dtype, self.limits = model, out, dtype, limits
         self.batch_size, self.segment_rows, self.progress = batch_size, segment_rows, progress
         self.manifest = Manifest(
             model={"key": key, "source": source, "name": model.config.name, "image_size": list(model.image_size)},
             dim=old.dim if old else 0, dtype=dtype, segments=list(old.segments) if old else [],
-            ann=old.ann if old else None)
+            ann=old.ann if old else None, entry_tables=old.entry_tables if old else None,
+            base=old.base if old else None)  # an update appends its entries to the old ones
         self.first_new = len(self.manifest.segments)
         self.by_path = {e.path: e for e in old.entries} if old else {}
         self.by_content = {e.sha1: (e.segment, e.row) for e in old.entries} if old else {}
-        self.gallery, self.others = gallery, others
+        self.gallery, self.others, self.compact = gallery, others, compact
         self.segment_prefix = segment_prefix
         self.save_progress = save_progress or self._save_manifest_progress
         self.stats: dict[int, os.stat_result] = {}  # position -> stat, of the files waiting for a row
@@ -403,7 +406,7 @@ class _Builder:
         self.manifest.build = build
         if not self.manifest.dim:
             self.manifest.dim = _feature_dim(self.model)
-        write_manifest(self.out, self.manifest)
+        write_manifest(self.out, self.manifest, compact=self.compact and complete)
 
     def finish(self, files: Sequence[Path], parts: Sequence[Part], start: float) -> BuildReport:
         """Write the complete manifest from every process's part; the report."""
