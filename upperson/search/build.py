@@ -89,11 +89,12 @@ def list_gallery(gallery: PathLike) -> tuple[list[Path], int]:
     files, others = [], 0
     for dirpath, dirnames, filenames in os.walk(gallery.resolve()):  # folder symlinks are not followed
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        folder = Path(dirpath)  # once per folder: making a Path is most of a listing's time
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             if name.lower().endswith(IMAGE_SUFFIXES):
-                files.append(Path(dirpath) / name)
+                files.append(folder / name)
             else:
                 others += 1
     if not files:
@@ -300,28 +301,29 @@ class _Builder:
         pending: dict[str, list[int]] = {}  # sha1 -> positions waiting for its row
         for i in tqdm(positions, desc="checking files", unit="file", disable=not self.progress, leave=False):
             path = files[i]
+            name = str(path)  # once: the listing's Paths are turned into text for each call otherwise
             try:
-                st = path.stat()
+                st = os.stat(name)
             except OSError as exc:
-                part.skipped.append((i, str(path), f"cannot read ({exc.strerror or exc})"))
+                part.skipped.append((i, name, f"cannot read ({exc.strerror or exc})"))
                 continue
             if st.st_size > self.limits.max_bytes:
-                part.skipped.append((i, str(path), f"{st.st_size:,} bytes, over the limit of "
-                                                   f"{self.limits.max_bytes:,} (--max-bytes)"))
+                part.skipped.append((i, name, f"{st.st_size:,} bytes, over the limit of "
+                                              f"{self.limits.max_bytes:,} (--max-bytes)"))
                 continue
-            prev = self.by_path.get(str(path))
+            prev = self.by_path.get(name)
             if prev is not None and prev.size == st.st_size and prev.mtime_ns == st.st_mtime_ns:
                 part.entries[i] = prev
                 part.unchanged += 1
                 continue
             try:
-                digest = file_sha1(path)
+                digest = file_sha1(name)
             except OSError as exc:
-                part.skipped.append((i, str(path), f"cannot read ({exc.strerror or exc})"))
+                part.skipped.append((i, name, f"cannot read ({exc.strerror or exc})"))
                 continue
             if digest in self.by_content:
                 seg, row = self.by_content[digest]
-                part.entries[i] = Entry(str(path), seg, row, digest, st.st_size, st.st_mtime_ns)
+                part.entries[i] = Entry(name, seg, row, digest, st.st_size, st.st_mtime_ns)
                 part.by_content += 1
             else:
                 self.stats[i] = st
