@@ -33,8 +33,8 @@ from upperson.search.approximate import AnnConfig, build_ann
 from upperson.search.entries import ENTRIES_DIR
 from upperson.search import shards
 from upperson.search.shards import SHARDS, Shard
-from upperson.search.store import (DTYPES, SEGMENTS, Entry, IndexFolderError, IndexStore, Manifest, MANIFEST, read_manifest,
-                                   remove_unlisted_segments, write_lock, write_manifest, write_segment)
+from upperson.search.store import (DTYPES, SEGMENTS, Entry, IndexFolderError, IndexStore, Manifest, MANIFEST, open_segment,
+                                   read_manifest, remove_unlisted_segments, write_lock, write_manifest, write_segment)
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +256,8 @@ def check_out(out: Path, key: str, dtype: str) -> None:
         if manifest.dtype != dtype:
             raise IndexFolderError(f"{out} stores {manifest.dtype} features; pass --dtype {manifest.dtype} "
                                    "(or build a new index)")
+        for record in manifest.segments:  # sizes and headers (not checksums: an update reads no features)
+            open_segment(out, record, manifest, verify=False)
 
 
 @dataclass
