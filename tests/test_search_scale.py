@@ -225,3 +225,15 @@ def test_the_features_benchmark_ignores_rows_no_file_uses(tmp_path):
     rows = benchmark_features(IndexStore.open(tmp_path), configs=[AnnConfig(kind="ivfflat", nlist=20)],
                               shares=(1.0,), reranks=(64,), queries=40, repeats=5)
     assert [r["recall@10"] for r in rows if "nlist" in r] == [1.0]
+
+
+def test_the_index_files_benchmark_reports_one_warning_and_a_clean_index(tmp_path):
+    """The 100,000-file case's measurement (benchmark --index-files), at 300 files with the tiny model."""
+    from upperson.search.filebench import benchmark_index_files
+
+    model = build_model(tiny_model_config(pretrained="random")).eval()
+    r = benchmark_index_files(model, 300, bad_every=50, distinct=5, workdir=tmp_path)
+    assert r["ok"] and r["unreadable"] == 7 and r["skipped"] == 7 and r["indexed"] == 293 and r["warnings"] == 1
+    assert r["encoded"] == 5 and "skipped 7 of 300" in r["warning"]
+    assert 0 < r["appended_entry_bytes"] < r["entry_bytes"] / 2
+    assert list(tmp_path.iterdir()) == []  # the gallery and the index are removed
