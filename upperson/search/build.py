@@ -287,8 +287,9 @@ class _Builder:
             ann=old.ann if old else None, entry_tables=old.entry_tables if old else None,
             base=old.base if old else None)  # an update appends its entries to the old ones
         self.first_new = len(self.manifest.segments)
-        self.by_path = {e.path: e for e in old.entries} if old else {}
-        self.by_content = {e.sha1: (e.segment, e.row) for e in old.entries} if old else {}
+        previous = list(old.entries) if old else []  # one pass: making the Entry objects is the cost
+        self.by_path = {e.path: e for e in previous}
+        self.by_content = {e.sha1: (e.segment, e.row) for e in previous}
         self.gallery, self.others, self.compact = gallery, others, compact
         self.segment_prefix = segment_prefix
         self.save_progress = save_progress or self._save_manifest_progress
