@@ -183,9 +183,11 @@ def _index_files_benchmark(n: int) -> dict[str, Any]:
 
     r = benchmark_index_files(load_source(None, None).model.eval(), n)
     print(f"index of {r['files']:,} files ({r['unreadable']:,} unreadable, {r['distinct_contents']} distinct contents): "
-          f"files written in {r['create_s']:.1f} s; built in {r['build_s']:.1f} s ({r['files_per_s']:,} files/s, "
+          f"files written in {r['create_s']:.1f} s; built in {r['build_s']:.1f} s ({r['build_cpu_s']:.1f} s CPU; "
+          f"{r['files_per_s']:,} files/s, "
           f"{r['encoded']} encoded, {r['skipped']:,} skipped, {r['warnings']} warning); unchanged update "
-          f"{r['unchanged_update_s']:.1f} s; one new file {r['one_new_file_s']:.1f} s, {r['appended_entry_bytes']:,} "
+          f"{r['unchanged_update_s']:.1f} s ({r['unchanged_update_cpu_s']:.1f} s CPU); one new file "
+          f"{r['one_new_file_s']:.1f} s ({r['one_new_file_cpu_s']:.1f} s CPU), {r['appended_entry_bytes']:,} "
           f"bytes of entries appended (of {r['entry_bytes']:,}); {'checks passed' if r['ok'] else 'CHECKS FAILED'}")
     return r
 
