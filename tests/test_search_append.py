@@ -14,7 +14,8 @@ from upperson.model import build_model
 from upperson.search import build as build_module
 from upperson.search.build import build_index
 from upperson.search.entries import ENTRIES_DIR, Entry, EntryTable, entry_delta, keyed, merged
-from upperson.search.store import MANIFEST, MAX_ENTRY_TABLES, IndexStore, Manifest, write_manifest, write_segment
+from upperson.search import store as store_module
+from upperson.search.store import MANIFEST, IndexStore
 
 from tests.conftest import tiny_model_config
 
@@ -94,23 +95,24 @@ def _same_gallery(a: Path, b: Path) -> None:
 
 def test_an_update_of_one_new_file_writes_one_small_entry_table(tmp_path, stub_build):
     gallery, out = tmp_path / "g", tmp_path / "index"
-    _gallery(gallery, [f"{d}/{i:05d}.png" for d in "ab" for i in range(0, 2000, 2)])
+    _gallery(gallery, [f"{d}/{i:05d}.png" for d in "ab" for i in range(0, 1000, 2)])
     stub_build(gallery, out)
     before = _entries_files(out)
     _gallery(gallery, ["a/00501.png"])  # sorts in the middle of the gallery
     report = stub_build(gallery, out)
-    assert report.encoded == 1 and report.reused_unchanged == 2000
+    assert report.encoded == 1 and report.reused_unchanged == 1000
     after = _entries_files(out)
     new = {n: size for n, size in after.items() if n not in before}
     assert set(before) <= set(after) and len(new) == 1  # the old table is kept, one is appended
     raw = json.loads((out / MANIFEST).read_text())
-    assert [r["entries"] for r in raw["entry_tables"]] == [2000, 1]
+    assert [r["entries"] for r in raw["entry_tables"]] == [1000, 1]
     assert sum(new.values()) < 4000 < sum(before.values()) / 10  # O(1) bytes: ~2 KB of npz headers
     stub_build(gallery, tmp_path / "fresh")
     _same_gallery(out, tmp_path / "fresh")
 
 
-def test_removed_and_changed_files_append_and_many_updates_compact(tmp_path, stub_build):
+def test_removed_and_changed_files_append_and_many_updates_compact(tmp_path, stub_build, monkeypatch):
+    monkeypatch.setattr(store_module, "MAX_ENTRY_TABLES", 4)  # the rule, at a size that takes few builds
     gallery, out = tmp_path / "g", tmp_path / "index"
     _gallery(gallery, [f"{i:05d}.png" for i in range(40)])
     stub_build(gallery, out)
@@ -118,12 +120,12 @@ def test_removed_and_changed_files_append_and_many_updates_compact(tmp_path, stu
     (gallery / "00007.png").write_bytes(b"img 999")
     stub_build(gallery, out)
     assert [r["entries"] for r in json.loads((out / MANIFEST).read_text())["entry_tables"]] == [40, 2]
-    for k in range(MAX_ENTRY_TABLES):
+    for k in range(4):
         _gallery(gallery, [f"{100 + k:05d}.png"])
         stub_build(gallery, out)
         tables = json.loads((out / MANIFEST).read_text())["entry_tables"]
-        assert len(tables) <= MAX_ENTRY_TABLES and len(_entries_files(out)) == len(tables)
-    assert len(tables) < MAX_ENTRY_TABLES  # compacted once on the way
+        assert len(tables) <= 4 and len(_entries_files(out)) == len(tables)
+    assert len(tables) < 4  # compacted once on the way
     stub_build(gallery, tmp_path / "fresh")
     _same_gallery(out, tmp_path / "fresh")
     stub_build(gallery, out, compact=True)
