@@ -183,11 +183,12 @@ def test_embeddings_map_scores_identities_and_selection(site, tmp_path):
     assert _png(plot2) != _png(plot)
 
 
-def test_embeddings_are_computed_once_per_view_and_n(site, monkeypatch):
+def test_embeddings_are_computed_once_per_view_and_n(site, monkeypatch, tmp_path):
     from demo.context import DemoContext
     from demo.views import embeddings_view
 
     engine, _, _, _ = site
+    monkeypatch.setattr(embeddings_view, "MAP_FOLDER", tmp_path)  # not a map kept by an earlier test
     ctx = DemoContext(engine)
     calls = _count_calls(monkeypatch, embeddings_view, "map_panel")
     key1, m1 = embeddings_view.compute_map(ctx, None, 2)
