@@ -141,3 +141,25 @@ def test_a_map_file_is_checked_beyond_its_checksum(tmp_path):
     link.symlink_to(path)
     with pytest.raises(store.MapFileError, match="symbolic link"):
         store.read_map(link, key)
+
+
+def test_a_gallery_or_model_switch_clears_the_shown_map_and_says_so(monkeypatch):
+    """Beyond the list (issue 21): after a switch the old gallery's map stayed on screen under a cleared
+    identity list. Every output of the view is cleared on the state change, the info line says what to do."""
+    use_session_cache()
+    from demo.app import build_app
+    from demo.gallery import dataset_gallery
+
+    app = build_app(make_engine(load_model(), dataset_gallery("toypedes", toy_root(), "test")))
+    config = app.get_config_file()
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"] if c.get("props", {}).get("elem_id")}
+    view = {ids[e] for e in ("embeddings-plot", "embeddings-identity", "embeddings-images", "embeddings-captions",
+                             "embeddings-info")}
+    state_ids = {c["id"] for c in config["components"] if c.get("type") == "state"}
+    on_switch = [d for d in config["dependencies"]
+                 if any(t[0] in state_ids and t[1] == "change" for t in d["targets"]) and set(d["outputs"]) & view]
+    assert len(on_switch) == 1 and set(on_switch[0]["outputs"]) == view
+    fn = app.fns[on_switch[0]["id"]].fn
+    out = dict(zip(on_switch[0]["outputs"], fn()))
+    assert out[ids["embeddings-plot"]] is None and out[ids["embeddings-images"]] == []
+    assert "Show the map" in out[ids["embeddings-info"]]
