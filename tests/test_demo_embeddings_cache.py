@@ -143,23 +143,51 @@ def test_a_map_file_is_checked_beyond_its_checksum(tmp_path):
         store.read_map(link, key)
 
 
-def test_a_gallery_or_model_switch_clears_the_shown_map_and_says_so(monkeypatch):
-    """Beyond the list (issue 21): after a switch the old gallery's map stayed on screen under a cleared
-    identity list. Every output of the view is cleared on the state change, the info line says what to do."""
+@pytest.fixture(scope="module")
+def built():
+    """(engine, app, its config, component id by elem_id) of one built (not launched) app."""
     use_session_cache()
     from demo.app import build_app
     from demo.gallery import dataset_gallery
 
-    app = build_app(make_engine(load_model(), dataset_gallery("toypedes", toy_root(), "test")))
+    engine = make_engine(load_model(), dataset_gallery("toypedes", toy_root(), "test"))
+    app = build_app(engine)
     config = app.get_config_file()
     ids = {c["props"].get("elem_id"): c["id"] for c in config["components"] if c.get("props", {}).get("elem_id")}
-    view = {ids[e] for e in ("embeddings-plot", "embeddings-identity", "embeddings-images", "embeddings-captions",
-                             "embeddings-info")}
+    return engine, app, config, ids
+
+
+VIEW = ("embeddings-plot", "embeddings-identity", "embeddings-images", "embeddings-captions", "embeddings-info")
+
+
+def test_a_gallery_or_model_switch_clears_the_shown_map_and_says_so(built):
+    """Beyond the list (issue 21): after a switch the old gallery's map stayed on screen under a cleared
+    identity list. Every output of the view is cleared on the state change, the info line says what to do."""
+    _, app, config, ids = built
+    view = {ids[e] for e in VIEW}
     state_ids = {c["id"] for c in config["components"] if c.get("type") == "state"}
     on_switch = [d for d in config["dependencies"]
                  if any(t[0] in state_ids and t[1] == "change" for t in d["targets"]) and set(d["outputs"]) & view]
     assert len(on_switch) == 1 and set(on_switch[0]["outputs"]) == view
-    fn = app.fns[on_switch[0]["id"]].fn
-    out = dict(zip(on_switch[0]["outputs"], fn()))
+    out = dict(zip(on_switch[0]["outputs"], app.fns[on_switch[0]["id"]].fn()))
     assert out[ids["embeddings-plot"]] is None and out[ids["embeddings-images"]] == []
     assert "Show the map" in out[ids["embeddings-info"]]
+
+
+def test_a_folder_gallery_gets_one_message_in_the_embeddings_view(built, tmp_path):
+    """The page's *Show the map* on a folder (no identities): one message in the info line, every other
+    output empty, and no exception (an exception is Gradio's red "Error" badge on every panel)."""
+    import shutil
+
+    from demo.context import VisitorState
+    from demo.gallery import folder_gallery
+
+    engine, app, config, ids = built
+    for p in sorted((toy_root() / "ToyPEDES" / "imgs").rglob("*.png"))[:3]:
+        shutil.copy(p, tmp_path / p.name)
+    key = engine.add_gallery(folder_gallery(tmp_path)).key
+    click = [d for d in config["dependencies"] if any(t == (ids["embeddings-run"], "click") for t in d["targets"])]
+    assert len(click) == 1
+    out = dict(zip(click[0]["outputs"], app.fns[click[0]["id"]].fn(20, None, VisitorState(key, engine.default_checkpoint))))
+    assert "no identities" in out[ids["embeddings-info"]] and "load a dataset gallery" in out[ids["embeddings-info"]]
+    assert all(out[ids[e]] is None for e in VIEW if e != "embeddings-info")
