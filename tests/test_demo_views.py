@@ -94,7 +94,7 @@ def test_attention_figures_are_the_clis_for_the_same_inputs(site):
     order, scores = reference_ranking(model, [it.path for it in g.items], caption)
     rank = order.index(i) + 1
     assert f"ranks **{rank}** of {len(g)}" in info
-    assert f"Similarity **{scores[rank - 1]:.3f}**" in info
+    assert f"Cosine similarity **{scores[rank - 1]:.3f}**" in info
 
 
 def test_attention_record_is_computed_once_and_controls_only_redraw(site, monkeypatch):

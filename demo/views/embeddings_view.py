@@ -177,11 +177,17 @@ def identity_view(ctx: DemoContext, state, emap: EmbeddingMap, pid: Optional[int
 
 
 def summary(emap: EmbeddingMap) -> str:
+    """The line above the map: what is behind the numbers (identities, images, captions), what the R@1
+    is computed over, each panel's scores, and how the map was made."""
+    emb = emap.panels[0].emb
+    n_img, n_txt = len(emb.image_pids), len(emb.text_pids)
     scores = " · ".join(f"{esc(p.label)}: R@1 {p.scores['R1']:.1f} %, silhouette {p.scores['silhouette']:.2f}"
                         for p in emap.panels)
     took = (f"read from the cache (computed in {emap.seconds:.1f} s by an earlier run)" if emap.from_disk
             else f"computed in {emap.seconds:.1f} s (then cached)")
-    return f"{len(emap.pids)} identities · {scores} · {took}"
+    return (f"{len(emap.pids)} identities: {n_img} images, {n_txt} captions (text-to-image R@1 over the {n_txt} "
+            f"captions, each ranking these {n_img} images; silhouette of the identity clusters, -1 to 1) · "
+            f"{scores} · {took}")
 
 
 def embeddings(ctx: DemoContext, state, n, identity):
