@@ -169,9 +169,12 @@ def test_a_gallery_or_model_switch_clears_the_shown_map_and_says_so(built):
     on_switch = [d for d in config["dependencies"]
                  if any(t[0] in state_ids and t[1] == "change" for t in d["targets"]) and set(d["outputs"]) & view]
     assert len(on_switch) == 1 and set(on_switch[0]["outputs"]) == view
-    out = dict(zip(on_switch[0]["outputs"], app.fns[on_switch[0]["id"]].fn()))
+    assert on_switch[0]["inputs"] == [ids["embeddings-plot"]]
+    out = dict(zip(on_switch[0]["outputs"], app.fns[on_switch[0]["id"]].fn("/tmp/a-map.png")))
     assert out[ids["embeddings-plot"]] is None and out[ids["embeddings-images"]] == []
     assert "Show the map" in out[ids["embeddings-info"]]
+    nothing_shown = dict(zip(on_switch[0]["outputs"], app.fns[on_switch[0]["id"]].fn(None)))
+    assert nothing_shown[ids["embeddings-info"]] == ""  # no map was shown: nothing to explain
 
 
 def test_a_folder_gallery_gets_one_message_in_the_embeddings_view(built, tmp_path):

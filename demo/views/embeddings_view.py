@@ -202,10 +202,11 @@ def embeddings(ctx: DemoContext, state, n, identity):
 SWITCHED = "The gallery or model changed: **Show the map** to map this one."
 
 
-def after_switch() -> tuple:
+def after_switch(shown: object = None) -> tuple:
     """The view's outputs once the visitor switched gallery or model: the old map, its identities and
-    its numbers cleared (they described the previous view), and a line saying what to do."""
-    return None, gr.update(choices=[], value=None), [], "", SWITCHED
+    its numbers cleared (they described the previous view), and, when a map was ``shown``, a line
+    saying what to do."""
+    return None, gr.update(choices=[], value=None), [], "", SWITCHED if shown else ""
 
 
 def prepare_in_background(ctx: DemoContext, state) -> None:
@@ -279,7 +280,7 @@ def build_embeddings_tab(ctx: DemoContext, ui: SharedUI) -> None:
     n.change(lambda: gr.update(value=None), None, identity, api_visibility="private")  # a new map: no stale choice
     identity.input(in_page(select, 5, 4, clear=False), [n, identity, ui.state], outputs, api_visibility="private",
                    concurrency_id="engine")
-    ui.state.change(after_switch, None, outputs, api_visibility="private")  # no map of the old view stays
+    ui.state.change(after_switch, [plot], outputs, api_visibility="private")  # no map of the old view stays
     if isinstance(tab, gr.Tab):
         tab.select(lambda state: prepare_in_background(ctx, ctx.valid_state(state)), [ui.state], None,
                    api_visibility="private", queue=False)
