@@ -47,6 +47,12 @@ QUERY_IDENTITY = ("query_index", "pid", "image_id", "caption_key")
 
 Values = Mapping[str, np.ndarray]
 
+log = logging.getLogger(__name__)
+
+#: below this many queries an interval over queries says little (8 queries can give [100, 100]):
+#: every result then carries a ``note`` saying so, shown next to the numbers, and a WARNING is logged
+MIN_QUERIES = 30
+
 
 def query_values(first_rank: np.ndarray, ap: np.ndarray, inp: np.ndarray,
                  ranks: Sequence[int] = (1, 5, 10)) -> dict[str, np.ndarray]:
@@ -111,9 +117,22 @@ def _percentiles(means: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarra
     return lo, hi
 
 
+def few_queries_note(queries: int) -> Optional[str]:
+    """The note shown next to an interval over ``queries`` queries when they are too few, else None."""
+    if queries >= MIN_QUERIES:
+        return None
+    return (f"n = {queries} queries: too few for a meaningful interval (fewer than {MIN_QUERIES}; "
+            "the bootstrap cannot see the variation a larger test set would show)")
+
+
 def _meta(resamples: int, seed: int, level: float, queries: int) -> dict:
-    return {"method": "percentile bootstrap over queries", "resamples": int(resamples), "seed": int(seed),
+    meta = {"method": "percentile bootstrap over queries", "resamples": int(resamples), "seed": int(seed),
             "level": float(level), "queries": int(queries)}
+    note = few_queries_note(queries)
+    if note is not None:
+        log.warning("%s", note)
+        meta["note"] = note
+    return meta
 
 
 def bootstrap_ci(values: Values, *, keys: Optional[Sequence[str]] = None, resamples: int = DEFAULT_RESAMPLES,

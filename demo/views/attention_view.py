@@ -52,6 +52,7 @@ class AttentionRecord:
     out_of: int  # gallery images ranked (plus the uploaded one)
     scaled: bool  # S-Prefix (learned lambda) rather than a vanilla prefix
     notices: tuple[str, ...] = ()
+    uploaded: bool = False  # an uploaded image (ranked among the gallery and itself), not a gallery one
 
     def heads(self, tower: str) -> int:
         return (self.att.image_mass if tower == "image" else self.att.text_mass).shape[1]
@@ -162,7 +163,8 @@ def record_for(ctx: DemoContext, state, image: object, upload: object,
         sim = float(sims[index]) if index is not None else float(img @ text)
         others = torch.cat([sims[:index], sims[index + 1:]]) if index is not None else sims
         rank = 1 + int((others > sim).sum())
-        return AttentionRecord(att, name, sim, rank, len(feats) + (index is None), scaled, tuple(q.notices))
+        return AttentionRecord(att, name, sim, rank, len(feats) + (index is None), scaled, tuple(q.notices),
+                               uploaded=index is None)
 
     return key, cache_of(ctx, RECORDS, RECORDS_SIZE).get_or_make(key, make)
 
@@ -193,8 +195,8 @@ def summary(rec: AttentionRecord, c: Controls) -> str:
     where = "all layers" if c.layer is None else f"layer {c.layer}"
     heads = "mean over heads" if c.head is None else f"head {c.head}"
     lines = [f"**{esc(rec.name)}** · caption: “{esc(rec.att.caption)}”",
-             f"Similarity **{rec.similarity:.3f}** · this image ranks **{rec.rank}** of {rec.out_of} for the caption "
-             f"(UP-Person, the gallery" + (" and the uploaded image)" if rec.name.startswith("uploaded ") else ")"),
+             f"Cosine similarity **{rec.similarity:.3f}** (UP-Person, -1 to 1) · this image ranks **{rec.rank}** of "
+             f"{rec.out_of} for the caption (the gallery" + (" and the uploaded image)" if rec.uploaded else ")"),
              f"Showing {esc(QUANTITY_LABELS[c.quantity])}; {c.tower} tower: {where}, {heads} "
              f"(the other tower: all layers, mean over heads)."]
     lines += [f"> ⚠️ {esc(n)}" for n in rec.notices]
