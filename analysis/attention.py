@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from analysis import style
+from analysis import figure_registry, style
 from analysis.indices import parse_indices  # noqa: F401  (re-exported)
 from upperson.data import CLIP_MEAN, CLIP_STD, CaptionTokenizer, build_transforms
 from upperson.model import UPPerson
@@ -155,6 +155,57 @@ def load_example(model: UPPerson, tokenizer: CaptionTokenizer, image_path: Path,
 # ----------------------------------------------------------------------------- figures
 
 
+# small representative inputs for the figure checks (tests/test_figure_text.py): the shapes of the
+# embedded upp-tiny model (the app's) and of a ViT-B/16 at 384x128 (the paper's), no model needed
+SHAPES = {"upp-tiny": (4, 2, (96, 32)), "vit-b16": (12, 12, (384, 128))}
+EXAMPLE_CAPTION = ("A woman with long black hair wearing a white short-sleeved shirt, blue jeans and white "
+                   "sneakers, carrying a red handbag on her left shoulder.")
+
+
+def example_attention(shape: str = "upp-tiny", caption: str = EXAMPLE_CAPTION, *, seed: int = 0,
+                      no_prefix: Sequence[int] = ()) -> PrefixAttention:
+    """A synthetic record of the shapes of :data:`SHAPES` (random masses; layers ``no_prefix`` without one)."""
+    layers, heads, (h, w) = SHAPES[shape]
+    rng = np.random.default_rng(seed)
+    grid = (h // 16, w // 16)
+    words = caption.replace(",", " ,").replace(".", " .").split()[:75]
+    labels = ["<start>", *words, "<end>"]
+    image_mass = rng.uniform(0, 0.6, (layers, heads, 1 + grid[0] * grid[1]))
+    text_mass = rng.uniform(0, 0.6, (layers, heads, len(labels)))
+    scales = {t: list(rng.uniform(0.5, 12.0, layers)) for t in ("image", "text")}
+    for i in no_prefix:
+        image_mass[i] = text_mass[i] = np.nan
+        scales["image"][i] = scales["text"][i] = math.nan
+    return PrefixAttention(image_mass, text_mass, scales, grid, labels, rng.uniform(0, 1, (h, w, 3)), caption)
+
+
+def _image_examples() -> list[figure_registry.Example]:
+    tiny, vit = example_attention("upp-tiny"), example_attention("vit-b16", no_prefix=(0,))
+    return [figure_registry.Example("tiny-all", (tiny,)),
+            figure_registry.Example("tiny-one-layer-head", (tiny,), {"layers": [3], "heads": [1],
+                                                                     "quantity": "share"}),
+            figure_registry.Example("vit-all", (vit,), {"quantity": "effective"}),
+            figure_registry.Example("vit-one-layer", (vit,), {"layers": [0]}),
+            figure_registry.Example("vit-heads", (vit,), {"layers": [0, 5, 11], "heads": [0, 1, 2, 3]})]
+
+
+def _text_examples() -> list[figure_registry.Example]:
+    tiny = example_attention("upp-tiny")
+    long = example_attention("vit-b16", " ".join([EXAMPLE_CAPTION] * 3))
+    return [figure_registry.Example("tiny-all", (tiny,)),
+            figure_registry.Example("tiny-one-layer-head", (tiny,), {"layers": [2], "heads": [1]}),
+            figure_registry.Example("vit-long-caption", (long,), {"quantity": "share"}),
+            figure_registry.Example("vit-two-heads", (long,), {"layers": [11], "heads": [0, 7]}),
+            figure_registry.Example("no-caption", (example_attention("upp-tiny", ""),))]
+
+
+def _scales_examples() -> list[figure_registry.Example]:
+    return [figure_registry.Example("tiny", (example_attention("upp-tiny").scales,)),
+            figure_registry.Example("vit", (example_attention("vit-b16", no_prefix=(0, 1)).scales,)),
+            figure_registry.Example("vanilla", ({"image": [1.0] * 12, "text": [1.0] * 12},), {"scaled": False}),
+            figure_registry.Example("no-prefix", ({"image": [math.nan] * 4, "text": [math.nan] * 4},))]
+
+
 def _layer_title(i: int, lam: float) -> str:
     return f"layer {i}" if math.isnan(lam) else f"layer {i}\nλ = {lam:.3g}"
 
@@ -166,7 +217,9 @@ def plot_image_prefix(att: PrefixAttention, out_dir: Path, *, quantity: str = "m
     return style.save(fig, out_dir, name, caption)
 
 
-def image_prefix_figure(att: PrefixAttention, *, quantity: str = "mass", layers=None, heads=None):
+@figure_registry.register(examples=_image_examples)
+def image_prefix_figure(att: PrefixAttention, *, quantity: str = "mass", layers=None, heads=None,
+                        layout: style.Layout = style.PAPER):
     """(figure, caption) of :func:`plot_image_prefix`, unsaved (the demo draws the same figure)."""
     layer_ids = list(range(att.layer_count("image"))) if layers is None else list(layers)
     maps = att.patch_maps(quantity, layers=layer_ids, heads=heads)
@@ -218,7 +271,9 @@ def plot_text_prefix(att: PrefixAttention, out_dir: Path, *, quantity: str = "ma
     return style.save(fig, out_dir, name, caption)
 
 
-def text_prefix_figure(att: PrefixAttention, *, quantity: str = "mass", layers=None, heads=None):
+@figure_registry.register(examples=_text_examples)
+def text_prefix_figure(att: PrefixAttention, *, quantity: str = "mass", layers=None, heads=None,
+                       layout: style.Layout = style.PAPER):
     """(figure, caption) of :func:`plot_text_prefix`, unsaved."""
     layer_ids = list(range(att.layer_count("text"))) if layers is None else list(layers)
     v = att.values("text", quantity, layers=layer_ids, heads=heads).T  # (tokens, layers)
@@ -253,7 +308,8 @@ def plot_prefix_scales(scales: dict[str, list[float]], out_dir: Path, *, name: s
     return style.save(fig, out_dir, name, caption)
 
 
-def prefix_scales_figure(scales: dict[str, list[float]], *, scaled: bool = True):
+@figure_registry.register(examples=_scales_examples)
+def prefix_scales_figure(scales: dict[str, list[float]], *, scaled: bool = True, layout: style.Layout = style.PAPER):
     """(figure, caption) of :func:`plot_prefix_scales`, unsaved."""
     fig = style.figure(4.5, 3.0, layout="constrained")
     ax = fig.subplots()

@@ -10,12 +10,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from analysis import style
+from analysis import figure_registry, style
 from upperson.assets import EMBEDDED_DIR, REPO_ROOT
 from upperson.train.records import METRICS_NAME
 
 log = logging.getLogger(__name__)
-
 
 
 def metrics_file(path: Path) -> Path:
@@ -58,7 +57,27 @@ def read_runs(paths: Sequence[Path], labels: Optional[dict[str, str]] = None) ->
 
 def curves_figure(runs: Sequence[tuple[str, pd.DataFrame]], out_dir: Path, *, name: str = "curves",
                   title: Optional[str] = None) -> style.FigureRecord:
-    """Two panels: training loss per epoch, and R@1 of the evaluated epochs."""
+    """Two panels: training loss per epoch, and R@1 of the evaluated epochs (saved)."""
+    fig, caption = training_curves_figure(runs, title=title)
+    return style.save(fig, out_dir, name, caption)
+
+
+def example_runs(n: int = 10) -> list[tuple[str, pd.DataFrame]]:
+    """The shipped ablation's training logs (the first ``n``), for the figure checks (tests/test_figure_text.py)."""
+    files = sorted((REPO_ROOT / "assets" / "ablation" / "curves").glob("*.jsonl"))[:n]
+    return read_runs(files)
+
+
+def _curves_examples() -> list[figure_registry.Example]:
+    runs = example_runs()
+    return [figure_registry.Example("one-run", (runs[:1],)),
+            figure_registry.Example("ablation", (runs,), {"title": "Ablation: training curves per variant"})]
+
+
+@figure_registry.register(examples=_curves_examples)
+def training_curves_figure(runs: Sequence[tuple[str, pd.DataFrame]], *, title: Optional[str] = None,
+                           layout: style.Layout = style.PAPER):
+    """(figure, caption) of :func:`curves_figure`, unsaved."""
     if not runs:
         raise ValueError("no training log to plot")
     colours = style.qualitative(len(runs))
@@ -96,7 +115,7 @@ def curves_figure(runs: Sequence[tuple[str, pd.DataFrame]], out_dir: Path, *, na
     caption = (f"Training loss per epoch (left) and text-to-image R@1 on the {split_txt} split at each evaluated "
                f"epoch (right; the star marks the selected checkpoint) for {len(runs)} run(s): "
                + ", ".join(label for label, _ in runs) + ".")
-    return style.save(fig, out_dir, name, caption)
+    return fig, caption
 
 
 def default_logs() -> list[Path]:

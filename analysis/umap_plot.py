@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis import style
+from analysis import figure_registry, style
 from analysis.embeddings import SplitEmbeddings, embed_records
 from upperson.data import CaptionTokenizer, ImageRecord
 from upperson.io import atomic_path
@@ -91,6 +91,30 @@ def map_panel(label: str, emb: SplitEmbeddings, seed: int) -> MapPanel:
     return MapPanel(label, emb, umap_2d(x, seed=seed), subset_scores(emb))
 
 
+def example_panels(n_ids: int = 20, *, seed: int = 0, labels: Sequence[str] = ("Zero-shot backbone", "UP-Person")
+                   ) -> list[MapPanel]:
+    """Synthetic panels (random points, 2 images and 2 captions per identity; no model, no UMAP) for the
+    figure checks (tests/test_figure_text.py)."""
+    rng = np.random.default_rng(seed)
+    pids = np.repeat(np.arange(1, n_ids + 1) * 37, 2)
+    panels = []
+    for label in labels:
+        emb = SplitEmbeddings(torch.randn(len(pids), 8), pids, torch.randn(2 * len(pids), 8), np.repeat(pids, 2),
+                              np.repeat(np.arange(len(pids)), 2), 0)
+        panels.append(MapPanel(label, emb, rng.normal(size=(3 * len(pids), 2)) * 4,
+                               {"R1": float(rng.uniform(0, 100)), "silhouette": float(rng.uniform(-1, 1))}))
+    return panels
+
+
+def _umap_examples() -> list[figure_registry.Example]:
+    return [figure_registry.Example("20-ids", (example_panels(20),)),
+            figure_registry.Example("highlight", (example_panels(20),), {"highlight": 37 * 3}),
+            figure_registry.Example("3-ids-no-links", (example_panels(3),), {"links": False}),
+            figure_registry.Example("one-checkpoint", (example_panels(12, labels=("Zero-shot backbone",
+                                                                                   "UP-Person (runs/cuhk/best)")),)),
+            figure_registry.Example("100-ids", (example_panels(100),))]
+
+
 def plot_umap(panels: Sequence[MapPanel], out_dir: Path, *, links: bool = True, name: str = "umap",
               n_ids: Optional[int] = None) -> style.FigureRecord:
     """Side-by-side panels; colour = identity, circle = image, triangle = caption (saved)."""
@@ -98,8 +122,9 @@ def plot_umap(panels: Sequence[MapPanel], out_dir: Path, *, links: bool = True, 
     return style.save(fig, out_dir, name, caption)
 
 
+@figure_registry.register(examples=_umap_examples)
 def umap_panels_figure(panels: Sequence[MapPanel], *, links: bool = True, n_ids: Optional[int] = None,
-                       highlight: Optional[int] = None):
+                       highlight: Optional[int] = None, layout: style.Layout = style.PAPER):
     """(figure, caption) of :func:`plot_umap`, unsaved. ``highlight``: an identity drawn on top,
     larger and outlined, every other point faded (the demo's selection; the CLI passes None)."""
     all_pids = sorted(set(np.concatenate([p.emb.image_pids for p in panels]).tolist()))

@@ -9,12 +9,31 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis import style
+from analysis import figure_registry, style
 from analysis.curves import curves_figure, read_runs
+from upperson.assets import REPO_ROOT
 from analysis.ablation.table import has_intervals
 
 #: metrics the bars can show (column -> label); the CLI draws R1 and mAP, the demo lets one choose
 BAR_METRICS = {"R1": "R@1", "R5": "R@5", "R10": "R@10", "mAP": "mAP", "mINP": "mINP"}
+
+
+def example_tables() -> dict[str, pd.DataFrame]:
+    """Tables for the figure checks (tests/test_figure_text.py): the shipped study's, the same without its
+    uncertainty columns (a sweep of one seed), and three variants."""
+    shipped = pd.read_csv(REPO_ROOT / "assets" / "ablation" / "ablation.csv")
+    plain = shipped.drop(columns=[c for c in shipped.columns if "_ci_" in c or c.endswith("_std")])
+    return {"shipped": shipped, "one-seed": plain, "three": shipped.iloc[[0, 1, 7]].reset_index(drop=True)}
+
+
+def _bars_examples() -> list[figure_registry.Example]:
+    tables = example_tables()
+    return [figure_registry.Example(f"{name}", (df,)) for name, df in tables.items()] + [
+        figure_registry.Example("shipped-all-metrics", (tables["shipped"], tuple(BAR_METRICS)))]
+
+
+def _params_examples() -> list[figure_registry.Example]:
+    return [figure_registry.Example(name, (df,)) for name, df in example_tables().items()]
 
 
 def plot_bars(df: pd.DataFrame, out_dir: Path, *, name: str = "ablation_bars") -> style.FigureRecord:
@@ -23,7 +42,8 @@ def plot_bars(df: pd.DataFrame, out_dir: Path, *, name: str = "ablation_bars") -
     return style.save(fig, out_dir, name, caption)
 
 
-def bars_figure(df: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP")):
+@figure_registry.register(examples=_bars_examples)
+def bars_figure(df: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP"), *, layout: style.Layout = style.PAPER):
     """(figure, caption) of :func:`plot_bars`, unsaved, for any of :data:`BAR_METRICS`; error bars
     where the table has that metric's interval columns."""
     unknown = [m for m in metrics if m not in BAR_METRICS or m not in df.columns]
@@ -102,7 +122,8 @@ def plot_params(df: pd.DataFrame, out_dir: Path, *, name: str = "ablation_params
     return style.save(fig, out_dir, name, caption)
 
 
-def params_figure(df: pd.DataFrame):
+@figure_registry.register(examples=_params_examples)
+def params_figure(df: pd.DataFrame, *, layout: style.Layout = style.PAPER):
     """(figure, caption) of :func:`plot_params`, unsaved."""
     fig = style.figure(5.6, 4.0, layout="constrained")
     ax = fig.subplots()
