@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -69,9 +70,7 @@ def example_runs(n: int = 10) -> list[tuple[str, pd.DataFrame]]:
 
 
 def _curves_examples() -> list[figure_registry.Example]:
-    runs = example_runs()
-    return [figure_registry.Example("one-run", (runs[:1],)),
-            figure_registry.Example("ablation", (runs,), {"title": "Ablation: training curves per variant"})]
+    return [figure_registry.Example("ablation", (example_runs(),), {"title": "Ablation: training curves per variant"})]
 
 
 @figure_registry.register(examples=_curves_examples)
@@ -81,8 +80,13 @@ def training_curves_figure(runs: Sequence[tuple[str, pd.DataFrame]], *, title: O
     if not runs:
         raise ValueError("no training log to plot")
     colours = style.qualitative(len(runs))
-    fig = style.figure(8.0, 3.4, layout="constrained")
-    ax_loss, ax_r1 = fig.subplots(1, 2)
+    if layout.narrow:  # a phone: loss above R@1, the legend below both
+        fig = style.figure(layout.width, 5.6 + (0.17 * math.ceil(len(runs) / 2) if len(runs) > 1 else 0),
+                           layout="constrained")
+        ax_loss, ax_r1 = fig.subplots(2, 1)
+    else:
+        fig = style.figure(8.0, 3.4, layout="constrained")
+        ax_loss, ax_r1 = fig.subplots(1, 2)
     splits = set()
     for (label, df), colour in zip(runs, colours):
         if "loss" in df.columns:
@@ -110,8 +114,12 @@ def training_curves_figure(runs: Sequence[tuple[str, pd.DataFrame]], *, title: O
     if not handles:
         handles, labels = ax_r1.get_legend_handles_labels()
     if len(runs) > 1:
-        fig.legend(handles, labels, loc="outside right center", frameon=False)
-    fig.suptitle(title or (f"Training curves: {runs[0][0]}" if len(runs) == 1 else "Training curves"))
+        if layout.narrow:
+            fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
+        else:
+            fig.legend(handles, labels, loc="outside right center", frameon=False)
+    heading = title or (f"Training curves: {runs[0][0]}" if len(runs) == 1 else "Training curves")
+    fig.suptitle(style.wrap(heading, fig.get_size_inches()[0] - 0.2, 11))
     caption = (f"Training loss per epoch (left) and text-to-image R@1 on the {split_txt} split at each evaluated "
                f"epoch (right; the star marks the selected checkpoint) for {len(runs)} run(s): "
                + ", ".join(label for label, _ in runs) + ".")

@@ -8,6 +8,7 @@ backend. Every figure is saved as PNG (``DPI`` dots per inch, so a ``figsize`` o
 from __future__ import annotations
 
 import logging
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -139,6 +140,13 @@ PHONE = Layout("phone", 3.6, shown_px=326.0)
 LAYOUTS = {layout.name: layout for layout in (PAPER, PHONE)}
 #: the smallest text a reader should have to read, in screen pixels
 MIN_SCREEN_PX = 9.0
+
+
+def wrap(text: str, width: float, fontsize: float) -> str:
+    """``text`` broken into lines that fit ``width`` inches at ``fontsize`` points (DejaVu Sans averages
+    about 0.6 em a character; existing line breaks are kept)."""
+    chars = max(8, int(width * 72 / (0.62 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in text.split("\n"))
 
 
 @dataclass
