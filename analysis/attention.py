@@ -207,7 +207,7 @@ def _layer_title(i: int, lam: float) -> str:
 def heads_text(heads: Optional[Sequence[int]], n_heads: int) -> str:
     """What the figure averages over, in words: "mean over all 12 heads", "head 3", "mean over heads 0, 1"."""
     if heads is None:
-        return f"mean over all {n_heads} heads" if n_heads > 1 else "its one head"
+        return {1: "its one head", 2: "mean over both heads"}.get(n_heads, f"mean over all {n_heads} heads")
     heads = list(heads)
     if len(heads) == 1:
         return f"head {heads[0]}"
