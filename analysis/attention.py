@@ -184,7 +184,7 @@ def _image_examples() -> list[figure_registry.Example]:
     return [figure_registry.Example("tiny-all", (tiny,)),
             figure_registry.Example("tiny-one-layer-head", (tiny,), {"layers": [3], "heads": [1],
                                                                      "quantity": "share"}),
-            figure_registry.Example("vit-8-layers-4-heads", (vit,), {"layers": list(range(8)), "heads": [0, 1, 2, 3],
+            figure_registry.Example("vit-3-layers-4-heads", (vit,), {"layers": [0, 5, 11], "heads": [0, 1, 2, 3],
                                                                       "quantity": "effective"})]
 
 

@@ -107,7 +107,7 @@ def bars_figure(df: pd.DataFrame, metrics: Sequence[str] = ("R1", "mAP"), *, lay
     title = "Ablation: retrieval per variant (test split)"
     if across:
         fig.legend(frameon=False, ncol=min(len(metrics), 3), loc="outside lower center")
-        fig.suptitle(style.wrap(title, layout.width - 0.2, 10), fontsize=10)  # over the figure: the labels take the left
+        fig.suptitle(style.wrap(title, layout.width - 0.2, 10), fontsize=10)  # centred on the figure, not the axes
     else:
         ax.legend(frameon=False, ncol=len(metrics), loc="upper left")
         ax.set_title(title)
