@@ -16,6 +16,7 @@ in the notes. The curves figure is shown only if it is a PNG of at most :data:`M
 from __future__ import annotations
 
 import html
+import io
 import logging
 import math
 import os
@@ -28,7 +29,8 @@ import gradio as gr
 from gradio.context import Context
 import pandas as pd
 
-from analysis import ablation
+from analysis import ablation, style
+from analysis.curves import training_curves_figure
 from demo.context import DemoContext, SharedUI
 from demo.gallery import GalleryError
 from demo.markup import text as esc
@@ -50,6 +52,8 @@ SIGNIFICANCE = "vs UP-Person"  # the mark column added to the shown table
 STUDIES, STUDIES_SIZE = "ablation-studies", 8  # (csv path, mtime, size) -> Study
 DRAWINGS, DRAWINGS_SIZE = "ablation-drawings", 64
 CURVES_NAME, README_NAME = "ablation_curves.png", "README.md"
+CURVE_LOGS = "curves"  # the study's training logs (<variant>.jsonl): a phone gets the curves drawn from them
+MAX_CURVE_LOGS, MAX_LOG_BYTES = 64, 4 * 2**20
 MAX_FIGURE_BYTES = 20 * 2**20  # a larger ablation_curves.png is not shown (the CLI writes ~100 kB)
 MAX_README_BYTES = 2**20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -71,6 +75,7 @@ class Study:
     command: str  # the commands from its README ("" when unknown)
     curves: Optional[bytes]  # ablation_curves.png, when the folder has it
     left_out: tuple[str, ...] = ()  # why a file of the folder is not shown
+    logs: tuple[tuple[str, bytes], ...] = ()  # (variant, curves/<variant>.jsonl): the curves drawn for a phone
 
 
 def read_inside(path: Path, roots: list[Path], limit: int) -> tuple[Optional[bytes], str]:
@@ -131,7 +136,7 @@ def load_study(ctx: DemoContext, folder: object) -> tuple[tuple, Study]:
     if not within(real(csv), roots):
         raise QueryError(f"{CSV_NAME} in {path.name or path} resolves outside the allowed folders; copy the "
                          "table into the folder instead of linking it.")
-    key = tuple(_stat_key(path / n) for n in (CSV_NAME, CURVES_NAME, README_NAME))
+    key = tuple(_stat_key(path / n) for n in (CSV_NAME, CURVES_NAME, README_NAME, CURVE_LOGS))
 
     def make() -> Study:
         try:
@@ -145,10 +150,17 @@ def load_study(ctx: DemoContext, folder: object) -> tuple[tuple, Study]:
             curves, why_curves = None, f"{CURVES_NAME} is not shown: it is not a PNG file"
         readme, why_readme = read_inside(path / README_NAME, roots, MAX_README_BYTES)
         command = readme_command(readme.decode("utf-8", errors="replace")) if readme else ""
-        left_out = tuple(w for w in (why_curves, why_readme) if w)
+        logs, why_logs = [], []
+        for f in sorted((path / CURVE_LOGS).glob("*.jsonl"))[:MAX_CURVE_LOGS] if (path / CURVE_LOGS).is_dir() else []:
+            data, why = read_inside(f, roots, MAX_LOG_BYTES)
+            if data is not None:
+                logs.append((f.stem, data))
+            elif why:
+                why_logs.append(f"{CURVE_LOGS}/{why}")
+        left_out = tuple(w for w in (why_curves, why_readme, *why_logs) if w)
         for why in left_out:
             log.warning("ablation folder %s: %s", path, why)
-        return Study(path, table, command, curves, left_out)
+        return Study(path, table, command, curves, left_out, tuple(logs))
 
     return key, cache_of(ctx, STUDIES, STUDIES_SIZE).get_or_make(key, make)
 
@@ -261,6 +273,19 @@ def notes(study: Study, folder_given: bool) -> str:
     return "\n\n".join(lines)
 
 
+def phone_curves(study: Study):
+    """(figure, caption) of the study's training curves drawn for a phone (``ablation_curves.png`` is a
+    desktop figure, unreadable 326 px wide), from its ``curves/*.jsonl``; ValueError when none is usable."""
+    labels = dict(zip(study.table["variant"], study.table["label"])) if "label" in study.table.columns else {}
+    order = {v: i for i, v in enumerate(study.table["variant"])}
+    runs = []
+    for variant, data in sorted(study.logs, key=lambda x: order.get(x[0], len(order))):
+        df = pd.read_json(io.StringIO(data.decode("utf-8", errors="replace")), lines=True)
+        if not df.empty and "epoch" in df.columns:
+            runs.append((str(labels.get(variant, variant)), df.sort_values("epoch").reset_index(drop=True)))
+    return training_curves_figure(runs, title="Ablation: training curves per variant", layout=style.PHONE)
+
+
 def show(ctx: DemoContext, folder, metric):
     """(table, bars, params figure, curves figure, command, notes) -- the ``/ablation`` action."""
     m = parse_metric(metric)
@@ -268,6 +293,11 @@ def show(ctx: DemoContext, folder, metric):
     layout = screen_layout()
     params = _drawn(ctx, (key, "params", layout.name), lambda: ablation.params_figure(study.table, layout=layout))
     curves = png_file(ctx, study.curves) if study.curves else None
+    if layout.narrow and study.logs:
+        try:
+            curves = _drawn(ctx, (key, "curves", layout.name), lambda: phone_curves(study))
+        except QueryError as exc:  # logs the figure code cannot read: the folder's own PNG, as on a desktop
+            log.warning("ablation folder %s: curves not drawn for a phone (%s)", study.folder, exc)
     command = portable_command(study.command) if study.command else \
         "(the folder has no README.md with the command that made it)"
     if command != study.command and study.command:
