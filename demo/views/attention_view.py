@@ -30,7 +30,7 @@ from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import QueryError
 from demo.views.common import (cache_of, figure_file, hidden_api, in_page, lenient_dropdown, lenient_radio,
-                               user_error, view_key)
+                               screen_layout, user_error, view_key)
 
 log = logging.getLogger(__name__)
 
@@ -181,12 +181,15 @@ def draw(ctx: DemoContext, key: tuple, rec: AttentionRecord, c: Controls) -> tup
     drawings = cache_of(ctx, DRAWINGS, DRAWINGS_SIZE)
     il, ih = sel("image")
     tl, th = sel("text")
-    image = drawings.get_or_make((key, "image", c.quantity, il and tuple(il), ih and tuple(ih)), lambda: figure_file(
-        ctx, lambda: image_prefix_figure(rec.att, quantity=c.quantity, layers=il, heads=ih)))
-    text = drawings.get_or_make((key, "text", c.quantity, tl and tuple(tl), th and tuple(th)), lambda: figure_file(
-        ctx, lambda: text_prefix_figure(rec.att, quantity=c.quantity, layers=tl, heads=th)))
-    scales = drawings.get_or_make((key, "scales"), lambda: figure_file(
-        ctx, lambda: prefix_scales_figure(rec.att.scales, scaled=rec.scaled)))
+    lay = screen_layout()  # drawn for the visitor's screen (a phone's, or the CLI's figure)
+    image = drawings.get_or_make((key, "image", c.quantity, il and tuple(il), ih and tuple(ih), lay.name),
+                                 lambda: figure_file(ctx, lambda: image_prefix_figure(
+                                     rec.att, quantity=c.quantity, layers=il, heads=ih, layout=lay)))
+    text = drawings.get_or_make((key, "text", c.quantity, tl and tuple(tl), th and tuple(th), lay.name),
+                                lambda: figure_file(ctx, lambda: text_prefix_figure(
+                                    rec.att, quantity=c.quantity, layers=tl, heads=th, layout=lay)))
+    scales = drawings.get_or_make((key, "scales", lay.name), lambda: figure_file(
+        ctx, lambda: prefix_scales_figure(rec.att.scales, scaled=rec.scaled, layout=lay)))
     return image, text, scales
 
 

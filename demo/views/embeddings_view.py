@@ -34,7 +34,7 @@ from demo.embeddings_store import StoredMap, load_map, map_key, save_map
 from demo.markup import text as esc
 from demo.search import FEATURE_CACHE, UPPERSON, ZERO_SHOT, GalleryIndex, QueryError
 from demo.views.common import (cache_of, figure_file, hidden_api, in_page, lenient_dropdown, lenient_slider,
-                               user_error, view_key)
+                               screen_layout, user_error, view_key)
 from upperson.data import ImageRecord
 from upperson.index import model_key
 
@@ -154,8 +154,9 @@ def parse_identity(value: object, emap: EmbeddingMap) -> Optional[int]:
 
 def draw(ctx: DemoContext, key: tuple, emap: EmbeddingMap, pid: Optional[int]) -> str:
     """The map's figure file (the CLI's figure; ``pid`` highlighted when given)."""
-    return cache_of(ctx, DRAWINGS, DRAWINGS_SIZE).get_or_make((key, pid), lambda: figure_file(
-        ctx, lambda: umap_panels_figure(emap.panels, n_ids=len(emap.pids), highlight=pid)))
+    lay = screen_layout()  # drawn for the visitor's screen (a phone's, or the CLI's figure)
+    return cache_of(ctx, DRAWINGS, DRAWINGS_SIZE).get_or_make((key, pid, lay.name), lambda: figure_file(
+        ctx, lambda: umap_panels_figure(emap.panels, n_ids=len(emap.pids), highlight=pid, layout=lay)))
 
 
 def _choices(emap: EmbeddingMap) -> list[tuple[str, str]]:
