@@ -247,11 +247,19 @@ def test_ablation_sweep_table_and_figures(toy_root, tmp_path, capsys, monkeypatc
     shipped = tmp_path / "shipped"
     import shutil
     shutil.copytree(out, shipped)
-    run_cli(["ablation", "--csv", str(shipped / "ablation.csv"), "--out", str(tmp_path / "replot"),
-             "--resamples", "500"], capsys)
+    table = pd.read_csv(shipped / "ablation.csv")  # as shipped: the run folders named in it are gone
+    table["run_dir"] = [str(tmp_path / "gone" / v) for v in table["variant"]]
+    table.to_csv(shipped / "ablation.csv", index=False)
+    files = run_cli(["ablation", "--csv", str(shipped / "ablation.csv"), "--out", str(tmp_path / "replot"),
+                     "--resamples", "500"], capsys)
     again = pd.read_csv(tmp_path / "replot" / "ablation.csv")
     for col in ablation.STAT_COLUMNS:
         pd.testing.assert_series_equal(again[col], df[col], check_names=False)
+    # the shipped curves travel with the table: the re-plot draws them and its README lists them
+    assert "ablation_curves" in {p.stem for p in files if p.suffix == ".png"}
+    assert sorted(p.name for p in (tmp_path / "replot" / "curves").glob("*.jsonl")) == \
+        sorted(p.name for p in (out / "curves").glob("*.jsonl"))
+    assert "ablation_curves.png" in (tmp_path / "replot" / "README.md").read_text()
 
     # an older table (no interval columns, no per-query files) is plotted as it is, nothing made up
     old = df.drop(columns=ablation.STAT_COLUMNS)

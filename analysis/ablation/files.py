@@ -12,6 +12,7 @@ from upperson import stats
 from upperson.io import atomic_path
 
 PER_QUERY_DIR = "per_query"
+CURVES_DIR = "curves"
 
 
 def copy_per_query(df: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -61,17 +62,26 @@ def read_table(path: Path, *, resamples: int = stats.DEFAULT_RESAMPLES, ci_seed:
     files = per_query_in(Path(path).parent / PER_QUERY_DIR)
     if files:
         df = add_statistics(df, files, resamples=resamples, seed=ci_seed)
+    curves = Path(path).parent / CURVES_DIR  # a shipped study's curves travel with its table
+    df.attrs["curves"] = {p.stem: p for p in sorted(curves.glob("*.jsonl"))} if curves.is_dir() else {}
     return df
 
 
 def copy_curves(df: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Copy each run's ``metrics.jsonl`` to ``out_dir/curves/<variant>.jsonl`` (small, shippable)."""
+    """Copy each run's ``metrics.jsonl`` to ``out_dir/curves/<variant>.jsonl`` (small, shippable);
+    a variant whose run folder is gone keeps the curve its table's folder shipped, if any."""
     copied = []
+    shipped = df.attrs.get("curves", {})
     for _, row in df.iterrows():
         src = Path(str(row.get("run_dir", ""))) / "metrics.jsonl"
-        if src.is_file() and src.stat().st_size > 0:
-            dst = Path(out_dir) / "curves" / f"{row['variant']}.jsonl"
-            with atomic_path(dst) as tmp:
-                shutil.copyfile(src, tmp)
-            copied.append(dst)
+        if not (src.is_file() and src.stat().st_size > 0):
+            src = shipped.get(str(row["variant"]))
+            if src is None or not src.is_file():
+                continue
+        dst = Path(out_dir) / CURVES_DIR / f"{row['variant']}.jsonl"
+        if src.resolve() == dst.resolve():
+            continue
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+        copied.append(dst)
     return copied
