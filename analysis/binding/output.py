@@ -1,0 +1,152 @@
+"""The binding probe's files: ``binding.csv``, ``binding_attributes.csv``, ``README.md`` and the figure."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from analysis import style
+from analysis.binding.pairs import PROBES
+from analysis.binding.scoring import Accuracy
+from upperson.io import atomic_write_text
+from upperson.stats import format_interval
+
+PAIRS_CSV = "binding.csv"
+ATTRIBUTES_CSV = "binding_attributes.csv"
+README = "README.md"
+FIGURE = "binding"
+PAIR_COLUMNS = ("model", "probe", "side", "pairs", "accuracy", "ci_low", "ci_high", "chance", "ties", "captions",
+                "seed")
+ATTRIBUTE_COLUMNS = ("model", "attribute", "queries", "accuracy", "ci_low", "ci_high", "chance")
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One model's accuracy on one probe, image side (captions rank images) or text side."""
+
+    model: str
+    probe: str
+    side: str
+    accuracy: Accuracy
+
+    @property
+    def name(self) -> str:
+        return self.probe if self.side == "image" else f"{self.probe} (text)"
+
+
+def _csv(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_tables(out: Path, results: Sequence[ProbeResult], attributes: Mapping[str, Mapping[str, Accuracy]], *,
+                 captions: str, seed: int) -> list[Path]:
+    """The two CSV tables (atomically); the attribute table only when there are attribute results."""
+    rows = [(r.model, r.probe, r.side, r.accuracy.n, f"{r.accuracy.value:.4f}", f"{r.accuracy.low:.4f}",
+             f"{r.accuracy.high:.4f}", f"{r.accuracy.chance:.4f}", r.accuracy.ties,
+             captions if r.side == "image" else "template", seed) for r in results]
+    paths = [Path(out) / PAIRS_CSV]
+    atomic_write_text(paths[0], _csv(PAIR_COLUMNS, rows))
+    if attributes:
+        arows = [(m, f, a.n, f"{a.value:.4f}", f"{a.low:.4f}", f"{a.high:.4f}", f"{a.chance:.4f}")
+                 for m, per in attributes.items() for f, a in per.items()]
+        paths.append(Path(out) / ATTRIBUTES_CSV)
+        atomic_write_text(paths[1], _csv(ATTRIBUTE_COLUMNS, arows))
+    return paths
+
+
+def pair_table(results: Sequence[ProbeResult]) -> str:
+    """Markdown: one row per probe and side, one column per model (accuracy [95 % CI])."""
+    models = list(dict.fromkeys(r.model for r in results))
+    names = list(dict.fromkeys(r.name for r in results))
+    cell = {(r.name, r.model): r.accuracy for r in results}
+    lines = ["| probe | pairs | chance | " + " | ".join(models) + " |", "|---|---|---|" + "---|" * len(models)]
+    for name in names:
+        first = next(cell[(name, m)] for m in models if (name, m) in cell)
+        cells = [format_interval(a.value, a.low, a.high, 1) if (a := cell.get((name, m))) else "-" for m in models]
+        lines.append(f"| {name} | {first.n} | {first.chance:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def attribute_table(attributes: Mapping[str, Mapping[str, Accuracy]]) -> str:
+    """Markdown: one row per attribute, its chance level, one column per model."""
+    models = list(attributes)
+    fields = list(dict.fromkeys(f for per in attributes.values() for f in per))
+    lines = ["| attribute | chance | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
+    for f in fields:
+        first = next(attributes[m][f] for m in models if f in attributes[m])
+        cells = [format_interval(a.value, a.low, a.high, 1) if (a := attributes[m].get(f)) else "-" for m in models]
+        lines.append(f"| {f} | {first.chance:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def binding_figure(results: Sequence[ProbeResult], attributes: Mapping[str, Mapping[str, Accuracy]],
+                   out: Path) -> style.FigureRecord:
+    """Accuracy per probe (and per attribute, when given) per model, with 95 % intervals and chance."""
+    models = list(dict.fromkeys(r.model for r in results))
+    colours = style.qualitative(len(models))
+    panels = 2 if attributes else 1
+    fig = style.figure(7.0, 3.0 * panels, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(panels, 1))
+    width = 0.8 / max(1, len(models))
+
+    def bars(ax, names, get, chance_of):
+        x = np.arange(len(names))
+        for j, (m, c) in enumerate(zip(models, colours)):
+            vals = [get(n, m) for n in names]
+            xs = x - 0.4 + width * (j + 0.5)
+            have = [(xi, a) for xi, a in zip(xs, vals) if a is not None]
+            if not have:
+                continue
+            ax.bar([h[0] for h in have], [h[1].value for h in have], width, color=c, label=m)
+            ax.errorbar([h[0] for h in have], [h[1].value for h in have],
+                        yerr=[[h[1].value - h[1].low for h in have], [h[1].high - h[1].value for h in have]],
+                        fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+        for xi, n in zip(x, names):
+            ax.hlines(chance_of(n), xi - 0.45, xi + 0.45, colors="black", linestyles="dashed", linewidth=0.8)
+        ax.set_xticks(x, names)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("accuracy (%)")
+
+    cell = {(r.name, r.model): r.accuracy for r in results}
+    names = list(dict.fromkeys(r.name for r in results))
+    bars(axes[0], names, lambda n, m: cell.get((n, m)), lambda n: 50.0)
+    n_pairs = max(r.accuracy.n for r in results)
+    axes[0].set_title(f"Minimal pairs: the right image (text) outranks its twin ({n_pairs} pairs per probe)")
+    if attributes:
+        fields = list(dict.fromkeys(f for per in attributes.values() for f in per))
+        chance = {f: next(per[f].chance for per in attributes.values() if f in per) for f in fields}
+        bars(axes[1], fields, lambda f, m: attributes.get(m, {}).get(f), chance.get)
+        axes[1].set_title("Top-1 other identity shares the query's attribute")
+        axes[1].tick_params(axis="x", labelrotation=30)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(models), frameon=False)
+    caption = ("Attribute-binding probe. Top: share of minimal pairs (" + "; ".join(f"{k}: {v}" for k, v in PROBES.items())
+               + ") in which the caption ranks the right image above its twin (text: the image ranks its caption "
+               "above the twin's caption); dashed: chance (50 %). "
+               + ("Bottom: share of queries whose top-1 image of another identity has the query's attribute value; "
+                  "dashed: chance (a random ranking). " if attributes else "")
+               + "Error bars: 95 % percentile bootstrap intervals.")
+    return style.save(fig, out, FIGURE, caption)
+
+
+def write_readme(out: Path, results: Sequence[ProbeResult], attributes: Mapping[str, Mapping[str, Accuracy]], *,
+                 command: str, details: Mapping[str, str], figure: style.FigureRecord) -> Path:
+    """``README.md``: the command, the setting, both tables and the figure."""
+    lines = ["# Attribute-binding probe", "", f"`{command}`", ""]
+    lines += [f"- {k}: {v}" for k, v in details.items()]
+    lines += ["", "## Minimal pairs (accuracy %, 95 % CI; chance 50)", "", pair_table(results), ""]
+    if attributes:
+        lines += ["## Per attribute (top-1 other identity shares the value, %, 95 % CI)", "",
+                  attribute_table(attributes), ""]
+    lines += [f"![{figure.name}]({figure.png.name})", "", figure.caption, ""]
+    path = Path(out) / README
+    atomic_write_text(path, "\n".join(lines))
+    return path
