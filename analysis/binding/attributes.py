@@ -5,7 +5,9 @@ identities is taken, and for each attribute field we count whether that identity
 query identity's value. Leaving the query's own identity out keeps the measure from repeating
 R@1: it asks whether the nearest wrong person at least shares the attribute. The chance level of
 a field is, per query, the share of other identities' gallery images with the same value,
-averaged over queries (what a random ranking scores).
+averaged over queries (what a random ranking scores). For a field with an "absent" value
+(:data:`ABSENT`) a second row, e.g. ``umbrella (present)``, counts only the queries whose identity
+has one: does the nearest other person hold an umbrella too?
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ ATTRIBUTES_NAME = "attributes.json"
 #: the described attributes (the generator's captions name them), in table order
 FIELDS = ("gender", "hair_length", "hair_colour", "headwear", "upper_type", "upper_colour", "upper_pattern",
           "lower_type", "lower_colour", "shoes_colour", "bag", "glasses", "umbrella")
+#: fields with an "absent" value: also scored over the queries whose identity has the thing
+#: ("umbrella (present)"), where the majority "none" cannot hide a model that ignores it
+ABSENT = {"headwear": "none", "bag": "none", "glasses": False, "umbrella": False}
 
 
 def attributes_file(dataset_root: Path) -> Path:
@@ -68,7 +73,8 @@ def top1_other(similarity: np.ndarray, query_pids: np.ndarray, gallery_pids: np.
 
 def attribute_scores(similarity: np.ndarray, query_pids: Sequence[int], gallery_pids: Sequence[int],
                      attrs: dict[int, dict]) -> dict[str, tuple[np.ndarray, float]]:
-    """Per field: (1/0 per query: the top-1 other identity shares the value, the chance level in percent)."""
+    """Per field (and ``"<field> (present)"`` for :data:`ABSENT`'s fields): (1/0 per query: the top-1
+    other identity shares the value, the chance level in percent)."""
     q, g = np.asarray(query_pids), np.asarray(gallery_pids)
     if not np.isfinite(similarity).all():
         raise ValueError("the query-gallery similarities are not all finite")
@@ -83,8 +89,12 @@ def attribute_scores(similarity: np.ndarray, query_pids: Sequence[int], gallery_
         hit = (gv[top] == qv).astype(np.float64)
         with_value = np.bincount(gv, minlength=len(codes))[qv]  # gallery images sharing the query's value
         # the own identity shares every value: take its images out of both counts
-        chance = float(np.mean((with_value - own_n) / (len(g) - own_n))) * 100.0
-        out[f] = (hit, chance)
+        chance = (with_value - own_n) / (len(g) - own_n)
+        out[f] = (hit, float(np.mean(chance)) * 100.0)
+        if f in ABSENT and ABSENT[f] in codes:
+            has = qv != codes[ABSENT[f]]
+            if has.any():
+                out[f"{f} (present)"] = (hit[has], float(np.mean(chance[has])) * 100.0)
     return out
 
 
