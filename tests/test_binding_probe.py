@@ -51,6 +51,19 @@ def test_twin_differs_in_the_probed_attribute_only(pairs):
     assert (swap.twin.upper_colour, swap.twin.lower_colour) == (swap.identity.lower_colour, swap.identity.upper_colour)
 
 
+def test_text_twins_are_minimal_pairs(pairs):
+    """The text side compares two captions that differ in the probed words only (with fine queries too)."""
+    for probe in ("swap", "hair"):
+        for p in pairs[probe]:
+            mine, twin = p.text_caption.split(), p.twin_caption.split()
+            assert len(mine) == len(twin)
+            changed = [(a, b) for a, b in zip(mine, twin) if a != b and {a, b} != {"a", "an"}]  # (articles follow)
+            if probe == "swap":  # the two colour words exchange places
+                assert changed == [changed[0], changed[0][::-1]], (p.text_caption, p.twin_caption)
+            else:
+                assert len(changed) == 1, (p.text_caption, p.twin_caption)
+
+
 def test_pairs_are_deterministic(pairs):
     again = draw_pairs("hair", 2, seed=3, captions="fine")  # pair i is the same for any n > i
     for p, q in zip(pairs["hair"], again):
@@ -95,7 +108,8 @@ def reference_scores(ps, stub: UpperColourStub, side: str) -> list[float]:
             right, wrong = stub.by_image[p.image.tobytes()] == cap, stub.by_image[p.twin_image.tobytes()] == cap
         else:
             img = stub.by_image[p.image.tobytes()]
-            right, wrong = img == cap, img == canonical_colour(UPPER_PHRASE.search(p.twin_caption).group(1))
+            text = canonical_colour(UPPER_PHRASE.search(p.text_caption).group(1))
+            right, wrong = img == text, img == canonical_colour(UPPER_PHRASE.search(p.twin_caption).group(1))
         out.append(1.0 if right > wrong else 0.5 if right == wrong else 0.0)
     return out
 

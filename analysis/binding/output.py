@@ -88,9 +88,9 @@ def attribute_table(attributes: Mapping[str, Mapping[str, Accuracy]]) -> str:
     return "\n".join(lines)
 
 
-def binding_figure(results: Sequence[ProbeResult], attributes: Mapping[str, Mapping[str, Accuracy]],
-                   out: Path) -> style.FigureRecord:
-    """Accuracy per probe (and per attribute, when given) per model, with 95 % intervals and chance."""
+def draw_binding_figure(results: Sequence[ProbeResult], attributes: Mapping[str, Mapping[str, Accuracy]]) -> tuple:
+    """``(figure, caption)``, unsaved: accuracy per probe (and per attribute, when given) per model,
+    with 95 % intervals and chance."""
     models = list(dict.fromkeys(r.model for r in results))
     colours = style.qualitative(len(models))
     panels = 2 if attributes else 1
@@ -134,6 +134,13 @@ def binding_figure(results: Sequence[ProbeResult], attributes: Mapping[str, Mapp
                + ("Bottom: share of queries whose top-1 image of another identity has the query's attribute value; "
                   "dashed: chance (a random ranking). " if attributes else "")
                + "Error bars: 95 % percentile bootstrap intervals.")
+    return fig, caption
+
+
+def binding_figure(results: Sequence[ProbeResult], attributes: Mapping[str, Mapping[str, Accuracy]],
+                   out: Path) -> style.FigureRecord:
+    """:func:`draw_binding_figure`, saved as ``out/binding.{png,svg}``."""
+    fig, caption = draw_binding_figure(results, attributes)
     return style.save(fig, out, FIGURE, caption)
 
 

@@ -100,7 +100,8 @@ class Pair:
     image: Image.Image
     twin_image: Image.Image
     caption: str  # names the identity's probed attribute
-    twin_caption: Optional[str]  # the twin's template caption (TEXT_PROBES), else None
+    text_caption: Optional[str]  # the text side (TEXT_PROBES): the identity's template caption...
+    twin_caption: Optional[str]  # ... against the twin's, which differs in the probed words only; else None
     skipped: int = 0  # identities drawn for this pair and skipped: both images came out the same
 
 
@@ -146,6 +147,6 @@ def draw_pairs(probe: str, n: int, seed: int = 0, captions: str = "fine") -> lis
         else:
             raise RuntimeError(f"{ns}: the probed attribute was invisible in {MAX_DRAWS} identities")
         caption = probe_caption(ident, view, probe, captions, f"{ns}/caption")
-        twin_caption = template_caption(twin, probe) if probe in TEXT_PROBES else None
-        out.append(Pair(probe, i, ident, twin, view, k, image, twin_image, caption, twin_caption, skipped))
+        texts = (template_caption(ident, probe), template_caption(twin, probe)) if probe in TEXT_PROBES else (None, None)
+        out.append(Pair(probe, i, ident, twin, view, k, image, twin_image, caption, *texts, skipped))
     return out

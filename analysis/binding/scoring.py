@@ -1,7 +1,8 @@
 """Scoring binding pairs: how often the right image (or caption) outranks its twin, with intervals.
 
 A pair counts 1 when ``sim(caption, image) > sim(caption, twin image)`` (image side) or
-``sim(image, caption) > sim(image, twin caption)`` (text side), 0 when it is lower and 0.5 on an
+``sim(image, caption) > sim(image, twin caption)`` (text side: both captions from the fixed
+template, so they differ in the probed words only, whatever the image side's queries are), 0 when it is lower and 0.5 on an
 exact tie, so a model that cannot tell the two apart scores the chance level, 50 %. Accuracy is
 the mean over pairs in percent, with a percentile-bootstrap interval over pairs
 (:func:`upperson.stats.bootstrap_ci`).
@@ -53,8 +54,9 @@ def score_pairs(pairs: Sequence[Pair], encoder: Encoder) -> dict[str, np.ndarray
     out = {"image": pair_scores(_rowdot(caps, imgs), _rowdot(caps, twins))}
     texted = [i for i, p in enumerate(pairs) if p.twin_caption is not None]
     if texted:
+        mine = encoder.texts([pairs[i].text_caption for i in texted])
         twin_caps = encoder.texts([pairs[i].twin_caption for i in texted])
-        out["text"] = pair_scores(_rowdot(imgs[texted], caps[texted]), _rowdot(imgs[texted], twin_caps))
+        out["text"] = pair_scores(_rowdot(imgs[texted], mine), _rowdot(imgs[texted], twin_caps))
     return out
 
 
