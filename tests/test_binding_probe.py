@@ -14,10 +14,10 @@ from safetensors.torch import save_file
 
 from analysis.__main__ import main
 from analysis.binding.attributes import FIELDS, attribute_scores, read_attributes
-from analysis.binding.output import (ATTRIBUTES_CSV, PAIRS_CSV, ProbeResult, attribute_table, pair_table,
-                                     write_tables)
+from analysis.binding.output import (ATTRIBUTES_CSV, PAIRS_CSV, PER_PAIR_CSV, ProbeResult, attribute_table,
+                                     difference_table, pair_table, write_tables)
 from analysis.binding.pairs import CHANGED, PROBES, applies, draw_pairs
-from analysis.binding.scoring import accuracy, pair_scores, score_pairs
+from analysis.binding.scoring import accuracy, difference, pair_scores, score_pairs
 from analysis.binding.texts import names_probe
 from tests.conftest import tiny_model_config
 from upperson.data.toypedes.attributes import COLOURS
@@ -177,20 +177,29 @@ def test_read_attributes_checks_the_file(tmp_path):
         read_attributes(path, [7])
 
 
-def test_tables(tmp_path):
-    results = [ProbeResult(m, probe, side, accuracy(np.array(s), resamples=100))
-               for m, s in (("zero-shot backbone", [1, 0, 0.5]), ("UP-Person", [1, 1, 0]))
-               for probe, side in (("swap", "image"), ("swap", "text"))]
+def test_tables_and_paired_differences(tmp_path):
+    zs, up = np.array([1, 0, 0.5, 0]), np.array([1, 1, 1, 0])
+    results = []
+    for probe, side in (("swap", "image"), ("swap", "text")):
+        results.append(ProbeResult("zero-shot backbone", probe, side, accuracy(zs, resamples=100), zs))
+        results.append(ProbeResult("UP-Person", probe, side, accuracy(up, resamples=100), up, "zero-shot backbone",
+                                   difference(up, zs, resamples=100)))
+    d = results[1].diff
+    assert d.value == pytest.approx(100 * np.mean(up - zs)) and d.low <= d.value <= d.high
     attrs = {"UP-Person": {"bag": accuracy(np.array([1.0, 0.0]), chance=30.0, resamples=100)}}
     paths = write_tables(tmp_path, results, attrs, captions="fine", seed=0)
-    assert [p.name for p in paths] == [PAIRS_CSV, ATTRIBUTES_CSV]
+    assert [p.name for p in paths] == [PAIRS_CSV, PER_PAIR_CSV, ATTRIBUTES_CSV]
     rows = list(csv.DictReader(open(paths[0])))
     assert [(r["model"], r["side"], float(r["accuracy"])) for r in rows][:2] == [
-        ("zero-shot backbone", "image", 50.0), ("zero-shot backbone", "text", 50.0)]
-    assert rows[1]["captions"] == "template" and rows[0]["ties"] == "1"
+        ("zero-shot backbone", "image", 37.5), ("UP-Person", "image", 75.0)]
+    assert rows[0]["ties"] == "1" and rows[0]["diff"] == "" and rows[2]["captions"] == "template"
+    assert (rows[1]["diff_vs"], float(rows[1]["diff"])) == ("zero-shot backbone", pytest.approx(37.5))
+    per_pair = list(csv.DictReader(open(paths[1])))
+    assert [float(r["score"]) for r in per_pair[:4]] == zs.tolist() and len(per_pair) == 16
+    assert difference_table(results).splitlines()[2].startswith("| UP-Person | zero-shot backbone | swap | +37.5 |")
     table = attribute_table({**attrs, "zero-shot backbone": {}})  # (the figure: test_command_end_to_end)
     assert table.splitlines()[2] == "| bag | 30.0 | 50.0 [0.0, 100.0] | - |"
-    assert pair_table(results).splitlines()[3].startswith("| swap (text) | 3 | 50 | 50.0 [")
+    assert pair_table(results).splitlines()[3].startswith("| swap (text) | 4 | 50 | 37.5 [")
 
 
 @pytest.fixture(scope="module")
@@ -219,8 +228,9 @@ def test_command_end_to_end(checkpoint, tmp_path, capsys, monkeypatch):
         *((p, "image") for p in PROBES), ("swap", "text"), ("hair", "text")}
     assert all(r["n"] == 2 and r["chance"] == 50.0 for r in payload["pairs"])
     assert set(FIELDS) <= set(payload["attributes"]["UP-Person (upperson)"])
-    assert {p.name for p in out.iterdir()} == {"binding.csv", "binding_attributes.csv", "README.md", "binding.png",
-                                               "binding.svg"}
+    assert all(("diff" in r) == (r["model"] != "zero-shot backbone") for r in payload["pairs"])
+    assert {p.name for p in out.iterdir()} == {"binding.csv", "binding_per_pair.csv", "binding_attributes.csv",
+                                               "README.md", "binding.png", "binding.svg"}
 
 
 @pytest.mark.parametrize("args, message", [

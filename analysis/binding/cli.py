@@ -89,7 +89,7 @@ def cmd_binding(args, command: str = ""):
     from analysis.binding.encoder import ModelEncoder
     from analysis.binding.output import ProbeResult, binding_figure, write_readme, write_tables
     from analysis.binding.pairs import PROBES, draw_pairs
-    from analysis.binding.scoring import accuracy, score_pairs
+    from analysis.binding.scoring import accuracy, difference, score_pairs
     from analysis.sources import load_data
 
     check_binding_args(args)
@@ -108,12 +108,15 @@ def cmd_binding(args, command: str = ""):
         log.warning("skipped identities whose probed attribute did not show (both images the same): %s",
                     ", ".join(f"{probe} {n}" for probe, n in skipped.items() if n))
     ci = dict(resamples=args.resamples, seed=args.ci_seed)
-    results, per_attribute = [], {}
+    results, per_attribute, first = [], {}, {}
     for label, model in models:
         encoder = ModelEncoder(model)
         for probe, ps in pairs.items():
             for side, scores in score_pairs(ps, encoder).items():
-                results.append(ProbeResult(label, probe, side, accuracy(scores, **ci)))
+                base = first.setdefault((probe, side), (label, scores))  # the first model: the reference
+                diff = difference(scores, base[1], **ci) if base[0] != label else None
+                results.append(ProbeResult(label, probe, side, accuracy(scores, **ci), scores,
+                                           base[0] if diff else "", diff))
         if records:
             per_attribute[label] = attribute_accuracy(records, attrs, encoder, **ci)
         log.info("%s: %s", label, ", ".join(f"{r.name} {r.accuracy.value:.1f}" for r in results if r.model == label))
@@ -127,12 +130,13 @@ def cmd_binding(args, command: str = ""):
                           + ", ".join(f"{probe} {n}" for probe, n in skipped.items()),
                "per-attribute data": data_note,
                "intervals": f"95 % percentile bootstrap over pairs (queries), {args.resamples} resamples, "
-                            f"seed {args.ci_seed}"}
+                            f"seed {args.ci_seed}; differences: paired bootstrap on the same pairs "
+                            f"(rebuild from binding_per_pair.csv)"}
     write_readme(out, results, per_attribute, command=command or "python -m analysis binding", details=details,
                  figure=fig)
     if args.json:
-        payload = {"pairs": [{"model": r.model, "probe": r.probe, "side": r.side, **vars(r.accuracy)}
-                             for r in results],
+        payload = {"pairs": [{"model": r.model, "probe": r.probe, "side": r.side, **vars(r.accuracy),
+                              **({"versus": r.versus, "diff": vars(r.diff)} if r.diff else {})} for r in results],
                    "attributes": {m: {f: vars(a) for f, a in per.items()} for m, per in per_attribute.items()},
                    "details": details}
         sys.stdout.write(json.dumps(payload, indent=1) + "\n")

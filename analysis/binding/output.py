@@ -6,22 +6,23 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from analysis import style
 from analysis.binding.pairs import PROBES
-from analysis.binding.scoring import Accuracy
+from analysis.binding.scoring import Accuracy, Difference
 from upperson.io import atomic_write_text
 from upperson.stats import format_interval
 
 PAIRS_CSV = "binding.csv"
+PER_PAIR_CSV = "binding_per_pair.csv"
 ATTRIBUTES_CSV = "binding_attributes.csv"
 README = "README.md"
 FIGURE = "binding"
 PAIR_COLUMNS = ("model", "probe", "side", "pairs", "accuracy", "ci_low", "ci_high", "chance", "ties", "captions",
-                "seed")
+                "seed", "diff_vs", "diff", "diff_ci_low", "diff_ci_high", "diff_significant")
 ATTRIBUTE_COLUMNS = ("model", "attribute", "queries", "accuracy", "ci_low", "ci_high", "chance")
 
 
@@ -33,6 +34,9 @@ class ProbeResult:
     probe: str
     side: str
     accuracy: Accuracy
+    scores: Optional[np.ndarray] = None  # per pair: 1, 0.5 or 0
+    versus: str = ""  # the model the difference is to (the first one), "" for the first itself
+    diff: Optional[Difference] = None
 
     @property
     def name(self) -> str:
@@ -50,16 +54,27 @@ def _csv(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
 def write_tables(out: Path, results: Sequence[ProbeResult], attributes: Mapping[str, Mapping[str, Accuracy]], *,
                  captions: str, seed: int) -> list[Path]:
     """The two CSV tables (atomically); the attribute table only when there are attribute results."""
+    def diff_cells(r: ProbeResult) -> tuple:
+        if r.diff is None:
+            return ("", "", "", "", "")
+        d = r.diff
+        return (r.versus, f"{d.value:.4f}", f"{d.low:.4f}", f"{d.high:.4f}", str(d.significant).lower())
+
     rows = [(r.model, r.probe, r.side, r.accuracy.n, f"{r.accuracy.value:.4f}", f"{r.accuracy.low:.4f}",
              f"{r.accuracy.high:.4f}", f"{r.accuracy.chance:.4f}", r.accuracy.ties,
-             captions if r.side == "image" else "template", seed) for r in results]
+             captions if r.side == "image" else "template", seed, *diff_cells(r)) for r in results]
     paths = [Path(out) / PAIRS_CSV]
     atomic_write_text(paths[0], _csv(PAIR_COLUMNS, rows))
+    per_pair = [(r.model, r.probe, r.side, i, f"{s:g}") for r in results if r.scores is not None
+                for i, s in enumerate(r.scores)]
+    if per_pair:  # every statistic can be rebuilt from it
+        paths.append(Path(out) / PER_PAIR_CSV)
+        atomic_write_text(paths[-1], _csv(("model", "probe", "side", "pair", "score"), per_pair))
     if attributes:
         arows = [(m, f, a.n, f"{a.value:.4f}", f"{a.low:.4f}", f"{a.high:.4f}", f"{a.chance:.4f}")
                  for m, per in attributes.items() for f, a in per.items()]
         paths.append(Path(out) / ATTRIBUTES_CSV)
-        atomic_write_text(paths[1], _csv(ATTRIBUTE_COLUMNS, arows))
+        atomic_write_text(paths[-1], _csv(ATTRIBUTE_COLUMNS, arows))
     return paths
 
 
@@ -73,6 +88,19 @@ def pair_table(results: Sequence[ProbeResult]) -> str:
         first = next(cell[(name, m)] for m in models if (name, m) in cell)
         cells = [format_interval(a.value, a.low, a.high, 1) if (a := cell.get((name, m))) else "-" for m in models]
         lines.append(f"| {name} | {first.n} | {first.chance:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def difference_table(results: Sequence[ProbeResult]) -> str:
+    """Markdown: each later model minus the first, per probe, with the paired interval; "" with one model."""
+    rows = [r for r in results if r.diff is not None]
+    if not rows:
+        return ""
+    lines = ["| model | versus | probe | difference (points) | 95 % CI | significant |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r.diff
+        lines.append(f"| {r.model} | {r.versus} | {r.name} | {d.value:+.1f} | [{d.low:+.1f}, {d.high:+.1f}] "
+                     f"| {'**yes**' if d.significant else 'no'} |")
     return "\n".join(lines)
 
 
@@ -150,6 +178,9 @@ def write_readme(out: Path, results: Sequence[ProbeResult], attributes: Mapping[
     lines = ["# Attribute-binding probe", "", f"`{command}`", ""]
     lines += [f"- {k}: {v}" for k, v in details.items()]
     lines += ["", "## Minimal pairs (accuracy %, 95 % CI; chance 50)", "", pair_table(results), ""]
+    diffs = difference_table(results)
+    if diffs:
+        lines += ["## Differences on the same pairs (paired bootstrap)", "", diffs, ""]
     if attributes:
         lines += ["## Per attribute (top-1 other identity shares the value, %, 95 % CI)", "",
                   attribute_table(attributes), ""]

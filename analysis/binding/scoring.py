@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from analysis.binding.pairs import Pair
-from upperson.stats import bootstrap_ci
+from upperson.stats import bootstrap_ci, paired_bootstrap
 
 #: the accuracy a model that cannot tell a pair apart has, in percent
 CHANCE = 50.0
@@ -77,3 +77,20 @@ def accuracy(scores: np.ndarray, *, chance: float = CHANCE, resamples: int = 200
     scores = np.asarray(scores, dtype=np.float64)
     ci = bootstrap_ci({"acc": 100.0 * scores}, keys=["acc"], resamples=resamples, seed=seed)["metrics"]["acc"]
     return Accuracy(ci["value"], ci["low"], ci["high"], chance, int(len(scores)), int(np.sum(scores == 0.5)))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``a - b`` of two models' accuracies on the same pairs, in points, with its paired 95 % interval."""
+
+    value: float
+    low: float
+    high: float
+    significant: bool  # the interval excludes zero
+
+
+def difference(a: np.ndarray, b: np.ndarray, *, resamples: int = 2000, seed: int = 0) -> Difference:
+    """The paired bootstrap (:func:`upperson.stats.paired_bootstrap`) of two models' per-pair scores."""
+    r = paired_bootstrap({"acc": 100.0 * np.asarray(a, dtype=np.float64)}, {"acc": 100.0 * np.asarray(b, dtype=np.float64)},
+                         keys=["acc"], resamples=resamples, seed=seed)["metrics"]["acc"]
+    return Difference(r["diff"], r["low"], r["high"], r["significant"])
