@@ -1,6 +1,6 @@
 """``python -m analysis <command>``: paper figures (PNG + SVG) of an UP-Person model.
 
-Commands: attention, umap, ablation, curves, binding, report. With no options every command uses the
+Commands: attention, umap, ablation, curves, transfer, binding, report. With no options every command uses the
 embedded default model and the ToyPEDES it was evaluated on; ``--checkpoint PATH`` or
 ``--run RUN_DIR`` with ``--data-root DIR --dataset NAME`` point it at anything else.
 """
@@ -16,8 +16,10 @@ from typing import Optional, Sequence
 
 from analysis.binding.cli import binding_args, cmd_binding
 from analysis.checks import validate_args
-from analysis.commands import cmd_ablation, cmd_attention, cmd_curves, cmd_umap
+from analysis.commands import (cmd_ablation, cmd_attention, cmd_budget, cmd_curves, cmd_explain, cmd_transfer,
+                               cmd_umap)
 from analysis.options import DEFAULT_OUT
+from analysis.transfer.options import add_transfer_args
 from upperson.cli import OneLineParser
 
 
@@ -61,6 +63,19 @@ def _umap_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", help="embedding cache (default: <UPPERSON_CACHE>/index, shared with the demo)")
 
 
+def _explain_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("explain")
+    g.add_argument("--image", help="image file (default: the --index-th record of the split)")
+    g.add_argument("--caption", help="caption text (default: that record's --caption-index-th caption)")
+    g.add_argument("--index", type=int, default=0, help="record of the split to explain (default 0)")
+    g.add_argument("--caption-index", type=int, default=0, help="which of its captions (default 0)")
+    g.add_argument("--words", help="comma-separated caption words that get their own map (default: the colour words)")
+    g.add_argument("--audit", type=int, metavar="N", help="instead: the controlled ToyPEDES check on N fresh persons "
+                   "(does each colour word's map land on its garment?), hit rates with bootstrap intervals")
+    g.add_argument("--audit-seed", type=int, default=0, help="seed of the audit's persons and resampling (default 0)")
+    g.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the audit (default 2000)")
+
+
 def _ablation_args(p: argparse.ArgumentParser, *, in_report: bool = False) -> None:
     g = p.add_argument_group("ablation")
     if not in_report:
@@ -80,6 +95,28 @@ def _ablation_args(p: argparse.ArgumentParser, *, in_report: bool = False) -> No
     g.add_argument("--runs-dir", default=None, help="folder of the variants' run folders (default runs/ablation)")
     g.add_argument("--csv", dest="ablation_csv", help="plot an existing ablation.csv instead of run folders "
                    "(its statistics are rebuilt from the per_query/ folder beside it, when there is one)")
+    g.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the intervals (default 2000)")
+    g.add_argument("--ci-seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
+
+
+def _budget_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("budget")
+    g.add_argument("--grid", help="grid YAML (default: analysis/budget/grid.yaml, B1-B12 and the references)")
+    g.add_argument("--config", help="base preset or YAML (default: the grid's, toypedes-regime)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base-config field for every point, e.g. model.pretrained=FILE (repeatable)")
+    g.add_argument("--points", help="comma-separated points (default: all), e.g. B1,B2,zero-shot")
+    g.add_argument("--seeds", type=int, help="seeds per trained point (default: the grid's, 2)")
+    g.add_argument("--epochs", type=int, help="training epochs of every trained point (default: the preset's)")
+    g.add_argument("--data-root", help="the source's data folder (its val selects, its test is in-domain)")
+    g.add_argument("--dataset", help="the source's dataset name (default: the base config's)")
+    g.add_argument("--target", dest="targets", action="append", default=[], metavar="NAME=ROOT",
+                   help="a cross-domain test set (repeatable): NAME=ROOT, or NAME:DATASET=ROOT when its format "
+                        "differs from the source's")
+    g.add_argument("--runs-dir", help="folder of the sweep's runs (default runs/budget)")
+    g.add_argument("--dry-run", action="store_true", help="print the planned runs and their estimated cost; write nothing")
+    g.add_argument("--collect", action="store_true", help="train nothing: table and figure from the complete runs")
+    g.add_argument("--force", action="store_true", help="train again even where a complete run exists")
     g.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the intervals (default 2000)")
     g.add_argument("--ci-seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
 
@@ -105,9 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     _umap_args(p)
     p.set_defaults(func=cmd_umap)
 
+    p = add("explain", "why an image matched a caption: which words matched which regions (gradient x input)")
+    _model_args(p)
+    _explain_args(p)
+    p.set_defaults(func=cmd_explain)
+
     p = add("ablation", "the per-component ablation: train or collect the variants, table (CSV) and figures")
     _ablation_args(p)
     p.set_defaults(func=cmd_ablation)
+
+    p = add("budget", "the PETL budget sweep: R@1 and mAP against trainable parameters, in-domain and on targets")
+    _budget_args(p)
+    p.set_defaults(func=cmd_budget)
 
     p = add("curves", "training curves (loss and R@1 per epoch) of one or several runs")
     p.add_argument("runs", nargs="*", help="run folders or metrics.jsonl files (default: the embedded model's log, "
@@ -115,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", dest="run_dirs", action="append", default=[], metavar="RUN_DIR",
                    help="a run folder (repeatable; same as a positional argument)")
     p.set_defaults(func=cmd_curves)
+
+    p = add("transfer", "cross-domain transfer: train on each source (selected on its val), test on every target")
+    add_transfer_args(p)
+    p.set_defaults(func=cmd_transfer)
 
     p = add("binding", "attribute-binding probe: minimal pairs (colour swap, bag, umbrella, hair), per-attribute accuracy")
     binding_args(p)
@@ -165,7 +215,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return ("interrupted; every file already written is complete (each is written atomically); "
-                "run the same command again to finish (ablation --run resumes incomplete runs)")
+                "run the same command again to finish (ablation --run and transfer resume incomplete runs)")
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror}{where}; check that this path can be written (--out, --cache-dir) and has free space"

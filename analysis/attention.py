@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from analysis import style
+from analysis import figure_registry, style
 from analysis.indices import parse_indices  # noqa: F401  (re-exported)
 from upperson.data import CLIP_MEAN, CLIP_STD, CaptionTokenizer, build_transforms
 from upperson.model import UPPerson
@@ -155,8 +155,63 @@ def load_example(model: UPPerson, tokenizer: CaptionTokenizer, image_path: Path,
 # ----------------------------------------------------------------------------- figures
 
 
+# small representative inputs for the figure checks (tests/test_figure_text.py): the shapes of the
+# embedded upp-tiny model (the app's) and of a ViT-B/16 at 384x128 (the paper's), no model needed
+SHAPES = {"upp-tiny": (4, 2, (96, 32)), "vit-b16": (12, 12, (384, 128))}
+EXAMPLE_CAPTION = ("A woman with long black hair wearing a white short-sleeved shirt, blue jeans and white "
+                   "sneakers, carrying a red handbag on her left shoulder.")
+
+
+def example_attention(shape: str = "upp-tiny", caption: str = EXAMPLE_CAPTION, *, seed: int = 0,
+                      no_prefix: Sequence[int] = ()) -> PrefixAttention:
+    """A synthetic record of the shapes of :data:`SHAPES` (random masses; layers ``no_prefix`` without one)."""
+    layers, heads, (h, w) = SHAPES[shape]
+    rng = np.random.default_rng(seed)
+    grid = (h // 16, w // 16)
+    words = caption.replace(",", " ,").replace(".", " .").split()[:75]
+    labels = ["<start>", *words, "<end>"]
+    image_mass = rng.uniform(0, 0.6, (layers, heads, 1 + grid[0] * grid[1]))
+    text_mass = rng.uniform(0, 0.6, (layers, heads, len(labels)))
+    scales = {t: list(rng.uniform(0.5, 12.0, layers)) for t in ("image", "text")}
+    for i in no_prefix:
+        image_mass[i] = text_mass[i] = np.nan
+        scales["image"][i] = scales["text"][i] = math.nan
+    return PrefixAttention(image_mass, text_mass, scales, grid, labels, rng.uniform(0, 1, (h, w, 3)), caption)
+
+
+def _image_examples() -> list[figure_registry.Example]:
+    tiny, vit = example_attention("upp-tiny"), example_attention("vit-b16", no_prefix=(0,))
+    return [figure_registry.Example("tiny-all", (tiny,)),
+            figure_registry.Example("tiny-one-layer-head", (tiny,), {"layers": [3], "heads": [1],
+                                                                     "quantity": "share"}),
+            figure_registry.Example("vit-3-layers-4-heads", (vit,), {"layers": [0, 5, 11], "heads": [0, 1, 2, 3],
+                                                                      "quantity": "effective"})]
+
+
+def _text_examples() -> list[figure_registry.Example]:
+    long = example_attention("vit-b16", " ".join([EXAMPLE_CAPTION] * 2))
+    return [figure_registry.Example("tiny-one-layer-head", (example_attention("upp-tiny"),), {"layers": [2],
+                                                                                              "heads": [1]}),
+            figure_registry.Example("vit-long-caption", (long,), {"quantity": "share"})]
+
+
+def _scales_examples() -> list[figure_registry.Example]:
+    return [figure_registry.Example("vit-two-without", (example_attention("vit-b16", no_prefix=(0, 1)).scales,)),
+            figure_registry.Example("vanilla", ({"image": [1.0] * 12, "text": [1.0] * 12},), {"scaled": False})]
+
+
 def _layer_title(i: int, lam: float) -> str:
     return f"layer {i}" if math.isnan(lam) else f"layer {i}\nλ = {lam:.3g}"
+
+
+def heads_text(heads: Optional[Sequence[int]], n_heads: int) -> str:
+    """What the figure averages over, in words: "mean over all 12 heads", "head 3", "mean over heads 0, 1"."""
+    if heads is None:
+        return {1: "its one head", 2: "mean over both heads"}.get(n_heads, f"mean over all {n_heads} heads")
+    heads = list(heads)
+    if len(heads) == 1:
+        return f"head {heads[0]}"
+    return f"mean over heads {', '.join(map(str, heads))}"
 
 
 def plot_image_prefix(att: PrefixAttention, out_dir: Path, *, quantity: str = "mass", layers=None, heads=None,
@@ -166,25 +221,36 @@ def plot_image_prefix(att: PrefixAttention, out_dir: Path, *, quantity: str = "m
     return style.save(fig, out_dir, name, caption)
 
 
-def image_prefix_figure(att: PrefixAttention, *, quantity: str = "mass", layers=None, heads=None):
-    """(figure, caption) of :func:`plot_image_prefix`, unsaved (the demo draws the same figure)."""
+@figure_registry.register(examples=_image_examples)
+def image_prefix_figure(att: PrefixAttention, *, quantity: str = "mass", layers=None, heads=None,
+                        layout: style.Layout = style.PAPER):
+    """(figure, caption) of :func:`plot_image_prefix`, unsaved (the demo draws the same figure).
+    On a narrow layout: at most 4 panels a row and the colour bar below them."""
     layer_ids = list(range(att.layer_count("image"))) if layers is None else list(layers)
     maps = att.patch_maps(quantity, layers=layer_ids, heads=heads)
     cls = att.values("image", quantity, layers=layer_ids, heads=heads)[:, 0]
     n = len(layer_ids) + 1
-    ncols = min(n, 7)
+    ncols = min(n, 5 if layout.narrow else 7)
     nrows = math.ceil(n / ncols)
     h, w = att.image.shape[:2]
-    panel_w = 1.0
-    panel_h = min(3.2, panel_w * h / w) + 0.55
-    fig = style.figure(panel_w * ncols + 0.9, panel_h * nrows + 0.7, layout="constrained")
+    has_bar = bool(np.isfinite(maps).all(axis=(1, 2)).any())
+    bar_w = 0.9 if has_bar and not layout.narrow else 0.0  # the colour bar: beside the panels, or below them
+    width = layout.width if layout.narrow else max(1.0 * ncols + bar_w, 3.4)
+    panel_w = (width - bar_w) / ncols - 0.08
+    panel_h = min(3.2, panel_w * h / w) + 0.6
+    title_size = 9 if layout.narrow else 10
+    head_txt = heads_text(heads, att.image_mass.shape[1])
+    title = style.wrap(f"Image tower: attention of each patch to the prefix ({head_txt})", width - 0.15, title_size)
+    below = 0.75 if has_bar and layout.narrow else 0.1
+    fig = style.figure(width, panel_h * nrows + 0.2 + 0.2 * (title.count("\n") + 1) + below, layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     finite = maps[np.isfinite(maps)]
     vmax = float(finite.max()) if finite.size else 1.0
     vmin = 0.0
     extent = (0, w, h, 0)
+    small = 8 if layout.narrow else 7  # >= 9 px on a phone's screen
     axes[0].imshow(att.image, extent=extent)
-    axes[0].set_title("input")
+    axes[0].set_title("input", fontsize=small + 1)
     im = None
     cmap = style.overlay_cmap()
     for ax, li, grid, c in zip(axes[1:], layer_ids, maps, cls):
@@ -192,19 +258,22 @@ def image_prefix_figure(att: PrefixAttention, *, quantity: str = "mass", layers=
         if np.isfinite(grid).all():
             im = ax.imshow(grid, extent=extent, cmap=cmap, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6,
                            interpolation="nearest", alpha=0.8)
-            ax.set_xlabel(f"CLS {c:.2f}", fontsize=7)
+            ax.set_xlabel(f"CLS {c:.2f}", fontsize=small)
         else:
-            ax.set_xlabel("no prefix", fontsize=7)
-        ax.set_title(_layer_title(li, att.scales["image"][li]), fontsize=8)
+            ax.set_xlabel("no prefix", fontsize=small)
+        ax.set_title(_layer_title(li, att.scales["image"][li]), fontsize=small + 1)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in axes[n:]:
         ax.set_visible(False)
     if im is not None:
-        fig.colorbar(im, ax=axes[:n].tolist(), shrink=0.8, label=QUANTITY_LABELS[quantity])
-    head_txt = "mean over heads" if heads is None else f"heads {','.join(map(str, heads))}"
-    fig.suptitle(f"Image tower: attention of each patch to the prefix ({head_txt})")
+        label = style.wrap(QUANTITY_LABELS[quantity], (width if layout.narrow else panel_h * nrows) * 0.8, 9)
+        if layout.narrow:
+            fig.colorbar(im, ax=axes[:n].tolist(), location="bottom", shrink=0.8, aspect=30, label=label)
+        else:
+            fig.colorbar(im, ax=axes[:n].tolist(), shrink=0.8, label=label)
+    fig.suptitle(title, fontsize=title_size)
     caption = (f"Image tower. For each layer, the {QUANTITY_LABELS[quantity]} of every image patch "
                f"({att.grid[0]}x{att.grid[1]} grid), {head_txt}, overlaid on the input; the CLS token's value "
                f"is under each panel and the S-Prefix scale λ above it.")
@@ -218,28 +287,43 @@ def plot_text_prefix(att: PrefixAttention, out_dir: Path, *, quantity: str = "ma
     return style.save(fig, out_dir, name, caption)
 
 
-def text_prefix_figure(att: PrefixAttention, *, quantity: str = "mass", layers=None, heads=None):
-    """(figure, caption) of :func:`plot_text_prefix`, unsaved."""
+@figure_registry.register(examples=_text_examples)
+def text_prefix_figure(att: PrefixAttention, *, quantity: str = "mass", layers=None, heads=None,
+                       layout: style.Layout = style.PAPER):
+    """(figure, caption) of :func:`plot_text_prefix`, unsaved. On a narrow layout the colour bar is
+    below the map and every token keeps a readable row."""
     layer_ids = list(range(att.layer_count("text"))) if layers is None else list(layers)
     v = att.values("text", quantity, layers=layer_ids, heads=heads).T  # (tokens, layers)
     n_tok, n_lay = v.shape
-    width = 2.4 + 0.42 * n_lay
-    height = 1.5 + 0.19 * n_tok
-    fig_w = max(width, 5.0)
-    fig = style.figure(fig_w, min(max(height, 3.0), 14.0), layout="constrained")
-    ax = fig.subplots()
+    if layout.narrow:
+        fig_w = layout.width
+        tick_size = 8
+        height = 2.2 + 0.15 * n_tok
+    else:
+        fig_w = max(2.4 + 0.42 * n_lay, 5.0)
+        tick_size = 7 if n_tok < 40 else 5
+        height = min(max(1.5 + 0.19 * n_tok, 3.0), 14.0)
+    head_txt = heads_text(heads, att.text_mass.shape[1])
+    title = style.wrap(f"Text tower: attention of each token to the prefix ({head_txt})", fig_w - 0.2, 9)
+    if att.caption:
+        short = textwrap.shorten(att.caption, 200, placeholder=" …")
+        title += "\n" + style.wrap(f"“{short}”", fig_w - 0.2, 9)
+    height += 0.19 * title.count("\n")
+    fig = style.figure(fig_w, max(height, 3.0), layout="constrained")
+    if layout.narrow:  # the colour bar in its own row below (a colorbar's default share of a tall map is too much)
+        ax, cax = fig.subplots(2, 1, height_ratios=[max(height - 2.2, 1.0), 0.1])
+    else:
+        ax, cax = fig.subplots(), None
     im = ax.imshow(np.ma.masked_invalid(v), aspect="auto", cmap=style.SEQUENTIAL, vmin=0, interpolation="nearest")
     ax.set_xticks(range(n_lay), [str(i) for i in layer_ids])
-    ax.set_yticks(range(n_tok), att.token_labels, fontsize=7 if n_tok < 40 else 5)
+    ax.set_yticks(range(n_tok), att.token_labels, fontsize=tick_size)
     ax.set_xlabel("layer")
     ax.set_ylabel("token")
     ax.spines[:].set_visible(False)
-    fig.colorbar(im, ax=ax, label=QUANTITY_LABELS[quantity], shrink=0.9)
-    head_txt = "mean over heads" if heads is None else f"heads {','.join(map(str, heads))}"
-    title = f"Text tower: attention of each token to the prefix ({head_txt})"
-    if att.caption:
-        short = textwrap.shorten(att.caption, 200, placeholder=" …")
-        title += "\n" + textwrap.fill(f"“{short}”", width=int(fig_w * 11))
+    if layout.narrow:
+        fig.colorbar(im, cax=cax, orientation="horizontal", label=style.wrap(QUANTITY_LABELS[quantity], fig_w * 0.8, 9))
+    else:
+        fig.colorbar(im, ax=ax, label=style.wrap(QUANTITY_LABELS[quantity], height * 0.75, 9), shrink=0.9)
     fig.suptitle(title, fontsize=9)
     caption = (f"Text tower. The {QUANTITY_LABELS[quantity]} of every token of the caption (rows) in every "
                f"layer (columns), {head_txt}. Causal attention: each token sees the prefix and earlier tokens.")
@@ -253,9 +337,10 @@ def plot_prefix_scales(scales: dict[str, list[float]], out_dir: Path, *, name: s
     return style.save(fig, out_dir, name, caption)
 
 
-def prefix_scales_figure(scales: dict[str, list[float]], *, scaled: bool = True):
+@figure_registry.register(examples=_scales_examples)
+def prefix_scales_figure(scales: dict[str, list[float]], *, scaled: bool = True, layout: style.Layout = style.PAPER):
     """(figure, caption) of :func:`plot_prefix_scales`, unsaved."""
-    fig = style.figure(4.5, 3.0, layout="constrained")
+    fig = style.figure(layout.fit(4.5), 3.0, layout="constrained")
     ax = fig.subplots()
     drawn = False
     for tower, values in scales.items():

@@ -168,5 +168,23 @@ def cmd_attention(args, command: str = ""):
     return attention_records(args)
 
 
+def cmd_budget(args, command: str = ""):
+    from analysis.budget import budget_command  # (heavy: only when the command runs)
+
+    return budget_command(args)
+
+
+def cmd_explain(args, command: str = ""):
+    from analysis.explain import explain_command  # (heavy: only when the command runs)
+
+    return explain_command(args, source_of, records_of)
+
+
 def cmd_umap(args, command: str = ""):
     return umap_records(args)
+
+
+def cmd_transfer(args, command: str = ""):
+    from analysis.transfer.command import run  # (heavy: torch, pandas, matplotlib only when the command runs)
+
+    return run(args, command=command)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -10,12 +11,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from analysis import style
+from analysis import figure_registry, style
 from upperson.assets import EMBEDDED_DIR, REPO_ROOT
 from upperson.train.records import METRICS_NAME
 
 log = logging.getLogger(__name__)
-
 
 
 def metrics_file(path: Path) -> Path:
@@ -58,12 +58,35 @@ def read_runs(paths: Sequence[Path], labels: Optional[dict[str, str]] = None) ->
 
 def curves_figure(runs: Sequence[tuple[str, pd.DataFrame]], out_dir: Path, *, name: str = "curves",
                   title: Optional[str] = None) -> style.FigureRecord:
-    """Two panels: training loss per epoch, and R@1 of the evaluated epochs."""
+    """Two panels: training loss per epoch, and R@1 of the evaluated epochs (saved)."""
+    fig, caption = training_curves_figure(runs, title=title)
+    return style.save(fig, out_dir, name, caption)
+
+
+def example_runs(n: int = 10) -> list[tuple[str, pd.DataFrame]]:
+    """The shipped ablation's training logs (the first ``n``), for the figure checks (tests/test_figure_text.py)."""
+    files = sorted((REPO_ROOT / "assets" / "ablation" / "curves").glob("*.jsonl"))[:n]
+    return read_runs(files)
+
+
+def _curves_examples() -> list[figure_registry.Example]:
+    return [figure_registry.Example("ablation", (example_runs(),), {"title": "Ablation: training curves per variant"})]
+
+
+@figure_registry.register(examples=_curves_examples)
+def training_curves_figure(runs: Sequence[tuple[str, pd.DataFrame]], *, title: Optional[str] = None,
+                           layout: style.Layout = style.PAPER):
+    """(figure, caption) of :func:`curves_figure`, unsaved."""
     if not runs:
         raise ValueError("no training log to plot")
     colours = style.qualitative(len(runs))
-    fig = style.figure(8.0, 3.4, layout="constrained")
-    ax_loss, ax_r1 = fig.subplots(1, 2)
+    if layout.narrow:  # a phone: loss above R@1, the legend below both
+        fig = style.figure(layout.width, 5.6 + (0.17 * math.ceil(len(runs) / 2) if len(runs) > 1 else 0),
+                           layout="constrained")
+        ax_loss, ax_r1 = fig.subplots(2, 1)
+    else:
+        fig = style.figure(8.0, 3.4, layout="constrained")
+        ax_loss, ax_r1 = fig.subplots(1, 2)
     splits = set()
     for (label, df), colour in zip(runs, colours):
         if "loss" in df.columns:
@@ -91,12 +114,16 @@ def curves_figure(runs: Sequence[tuple[str, pd.DataFrame]], out_dir: Path, *, na
     if not handles:
         handles, labels = ax_r1.get_legend_handles_labels()
     if len(runs) > 1:
-        fig.legend(handles, labels, loc="outside right center", frameon=False)
-    fig.suptitle(title or (f"Training curves: {runs[0][0]}" if len(runs) == 1 else "Training curves"))
+        if layout.narrow:
+            fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
+        else:
+            fig.legend(handles, labels, loc="outside right center", frameon=False)
+    heading = title or (f"Training curves: {runs[0][0]}" if len(runs) == 1 else "Training curves")
+    fig.suptitle(style.wrap(heading, fig.get_size_inches()[0] - 0.2, 11))
     caption = (f"Training loss per epoch (left) and text-to-image R@1 on the {split_txt} split at each evaluated "
                f"epoch (right; the star marks the selected checkpoint) for {len(runs)} run(s): "
                + ", ".join(label for label, _ in runs) + ".")
-    return style.save(fig, out_dir, name, caption)
+    return fig, caption
 
 
 def default_logs() -> list[Path]:

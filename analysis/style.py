@@ -8,9 +8,10 @@ backend. Every figure is saved as PNG (``DPI`` dots per inch, so a ``figsize`` o
 from __future__ import annotations
 
 import logging
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import matplotlib
 
@@ -90,6 +91,62 @@ def overlay_cmap() -> LinearSegmentedColormap:
     colours = base(range(256))
     colours[:, 3] = [min(1.0, 0.25 + 0.75 * i / 255) for i in range(256)]
     return LinearSegmentedColormap.from_list("viridis_overlay", colours)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a figure is shown, so that it is drawn for that width.
+
+    ``width`` caps the figure's width (inches; the PNG is ``width * DPI`` pixels wide); ``shown_px`` is
+    the width (CSS pixels) the app shows it at on that screen, None for a file (the paper, the CLI):
+    there the figure is read at its own size. :func:`on_screen_px` turns a font size into the pixels
+    a reader sees.
+    """
+
+    name: str
+    width: float
+    shown_px: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if not self.width > 0:
+            raise ValueError(f"layout {self.name!r}: width must be > 0 inches, got {self.width}")
+        if self.shown_px is not None and not self.shown_px > 0:
+            raise ValueError(f"layout {self.name!r}: shown_px must be > 0, got {self.shown_px}")
+
+    @property
+    def narrow(self) -> bool:
+        """True for a phone: stack panels, wrap titles, fewer columns."""
+        return self.width < NARROW_BELOW
+
+    def fit(self, width: float) -> float:
+        """``width`` (inches) capped at this layout's width."""
+        return min(width, self.width)
+
+    def on_screen_px(self, points: float, figure_width: float) -> float:
+        """The height in screen pixels of ``points``-point text of a ``figure_width``-inch figure shown at
+        ``shown_px`` (never scaled up: an image narrower than its place is shown at its own size)."""
+        px = points * DPI / 72
+        if self.shown_px is None:
+            return px
+        return px * min(1.0, self.shown_px / (figure_width * DPI))
+
+
+NARROW_BELOW = 5.0  # inches: a layout narrower than this is a phone's
+#: a figure file (the CLI, a paper): each figure's own size, at most 12 inches (1,800 px) wide
+PAPER = Layout("paper", 12.0)
+#: a 390 px phone, where the app shows a figure 326 px wide (the page's padding takes the rest):
+#: figures at most 3.6 inches (540 px) wide, so 8-point text stays >= 9 px on the screen
+PHONE = Layout("phone", 3.6, shown_px=326.0)
+LAYOUTS = {layout.name: layout for layout in (PAPER, PHONE)}
+#: the smallest text a reader should have to read, in screen pixels
+MIN_SCREEN_PX = 9.0
+
+
+def wrap(text: str, width: float, fontsize: float) -> str:
+    """``text`` broken into lines that fit ``width`` inches at ``fontsize`` points (DejaVu Sans averages
+    about 0.6 em a character; existing line breaks are kept)."""
+    chars = max(8, int(width * 72 / (0.62 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in text.split("\n"))
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis import style
+from analysis import figure_registry, style
 from analysis.embeddings import SplitEmbeddings, embed_records
 from upperson.data import CaptionTokenizer, ImageRecord
 from upperson.io import atomic_path
@@ -91,6 +91,28 @@ def map_panel(label: str, emb: SplitEmbeddings, seed: int) -> MapPanel:
     return MapPanel(label, emb, umap_2d(x, seed=seed), subset_scores(emb))
 
 
+def example_panels(n_ids: int = 20, *, seed: int = 0, labels: Sequence[str] = ("Zero-shot backbone", "UP-Person")
+                   ) -> list[MapPanel]:
+    """Synthetic panels (random points, 2 images and 2 captions per identity; no model, no UMAP) for the
+    figure checks (tests/test_figure_text.py)."""
+    rng = np.random.default_rng(seed)
+    pids = np.repeat(np.arange(1, n_ids + 1) * 37, 2)
+    panels = []
+    for label in labels:
+        emb = SplitEmbeddings(torch.randn(len(pids), 8), pids, torch.randn(2 * len(pids), 8), np.repeat(pids, 2),
+                              np.repeat(np.arange(len(pids)), 2), 0)
+        panels.append(MapPanel(label, emb, rng.normal(size=(3 * len(pids), 2)) * 4,
+                               {"R1": float(rng.uniform(0, 100)), "silhouette": float(rng.uniform(-1, 1))}))
+    return panels
+
+
+def _umap_examples() -> list[figure_registry.Example]:
+    return [figure_registry.Example("highlight", (example_panels(8, labels=("Zero-shot backbone",
+                                                                             "UP-Person (runs/cuhk/best)")),),
+                                    {"highlight": 37 * 3}),
+            figure_registry.Example("3-ids-no-links", (example_panels(3),), {"links": False})]
+
+
 def plot_umap(panels: Sequence[MapPanel], out_dir: Path, *, links: bool = True, name: str = "umap",
               n_ids: Optional[int] = None) -> style.FigureRecord:
     """Side-by-side panels; colour = identity, circle = image, triangle = caption (saved)."""
@@ -98,15 +120,26 @@ def plot_umap(panels: Sequence[MapPanel], out_dir: Path, *, links: bool = True, 
     return style.save(fig, out_dir, name, caption)
 
 
+@figure_registry.register(examples=_umap_examples)
 def umap_panels_figure(panels: Sequence[MapPanel], *, links: bool = True, n_ids: Optional[int] = None,
-                       highlight: Optional[int] = None):
+                       highlight: Optional[int] = None, layout: style.Layout = style.PAPER):
     """(figure, caption) of :func:`plot_umap`, unsaved. ``highlight``: an identity drawn on top,
     larger and outlined, every other point faded (the demo's selection; the CLI passes None)."""
     all_pids = sorted(set(np.concatenate([p.emb.image_pids for p in panels]).tolist()))
     colours = style.qualitative(len(all_pids))
     colour_of = {pid: colours[i] for i, pid in enumerate(all_pids)}
-    fig = style.figure(4.2 * len(panels) + 0.4, 4.6, layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    ids = n_ids if n_ids is not None else len(all_pids)
+    title = (f"Test embeddings of {ids} identities (colour = identity)"
+             + ("" if highlight is None else f"; identity {highlight} highlighted"))
+    if layout.narrow:  # a phone: the panels one above the other, the full width each
+        width = layout.width
+        title = style.wrap(title, width - 0.2, 10)
+        fig = style.figure(width, 3.6 * len(panels) + 0.6 + 0.2 * title.count("\n"), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(len(panels), 1))
+    else:
+        width = 4.2 * len(panels) + 0.4
+        fig = style.figure(width, 4.6, layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, len(panels)))
     fade = 1.0 if highlight is None else 0.18
     for ax, panel in zip(axes, panels):
         emb = panel.emb
@@ -133,7 +166,8 @@ def umap_panels_figure(panels: Sequence[MapPanel], *, links: bool = True, n_ids:
             ax.scatter(img_xy[im_sel, 0], img_xy[im_sel, 1], c=colour, marker="o", s=80, edgecolors="black",
                        linewidths=1.2, zorder=6)
         s = panel.scores
-        ax.set_title(f"{panel.label}\nR@1 {s['R1']:.1f} %  ·  identity silhouette {s['silhouette']:.2f}")
+        ax.set_title(style.wrap(f"{panel.label}\nR@1 {s['R1']:.1f} %  ·  identity silhouette {s['silhouette']:.2f}",
+                                width / (1 if layout.narrow else len(panels)) - 0.3, 10))
         ax.set_xlabel("UMAP 1")
         ax.set_ylabel("UMAP 2")
         ax.set_xticks([])
@@ -144,10 +178,8 @@ def umap_panels_figure(panels: Sequence[MapPanel], *, links: bool = True, n_ids:
                Line2D([], [], marker="^", ls="", color="0.4", label="caption")]
     if links:
         handles.append(Line2D([], [], color="0.4", lw=0.8, label="caption → its image"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
-    ids = n_ids if n_ids is not None else len(all_pids)
-    fig.suptitle(f"Test embeddings of {ids} identities (colour = identity)"
-                 + ("" if highlight is None else f"; identity {highlight} highlighted"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=2 if layout.narrow else len(handles), frameon=False)
+    fig.suptitle(title)
     caption = (f"UMAP of the test images (circles) and captions (triangles) of {ids} identities, one colour per "
                "identity" + (", each caption linked to its own image" if links else "") + ". Each model is mapped "
                "on its own (cosine metric). Titles: text-to-image R@1 among these identities and the identity "

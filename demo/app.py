@@ -46,6 +46,7 @@ from demo.markup import text as esc
 from demo.gallery import Gallery
 from demo.search import UPPERSON, ZERO_SHOT, ImageQuery, QueryError, SearchEngine, SearchResult
 from demo.thumbs import ImageFiles, OutsideRoots, WriteError, real, within
+from demo.views.common import WIDTH_COOKIE
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,14 @@ HEAD_CSS = """<style>
 @media (max-width: 480px) {#tabs .tab-container button {padding: 6px 7px !important; font-size: 13px !important}
   #tabs .tab-wrapper {padding-left: 0 !important}}
 .api-only {display: none !important}
+/* the ablation table: every column on a wide screen; on a phone one card per variant (no sideways scrolling) */
+@media (max-width: 480px) {#ablation-table {display: none !important}}
+@media (min-width: 481px) {#ablation-cards {display: none !important}}
+#ablation-cards .ablation-card {border-bottom: 1px solid var(--border-color-primary); padding: 6px 0; overflow-wrap: anywhere}
+#ablation-cards .ablation-card dl {display: flex; flex-wrap: wrap; gap: 2px 14px; margin: 2px 0 0 0}
+#ablation-cards .ablation-card dl div {display: flex}
+#ablation-cards .ablation-card dt {font-weight: 600}
+#ablation-cards .ablation-card dd {margin: 0 0 0 4px; font-variant-numeric: tabular-nums}
 #embeddings-images .caption-label {font-size: 12px !important; overflow-wrap: normal !important; word-break: normal !important}
 .results-grid {container-type: inline-size}
 .results-grid .gallery-container .grid-wrap {overflow-y: visible !important; height: auto !important; max-height: none !important}
@@ -82,6 +91,12 @@ HEAD_CSS = """<style>
   font-variant-numeric: tabular-nums; overflow-wrap: anywhere; opacity: 1 !important}
 </style>
 """
+# The window's width in a cookie, so that figures are drawn for it (demo.views.common.screen_layout).
+HEAD_SCRIPT = """<script>
+(() => { const put = () => { document.cookie = "%s=" + Math.round(window.innerWidth) + "; path=/; SameSite=Strict"; };
+  put(); window.addEventListener("resize", put); })();
+</script>
+""" % WIDTH_COOKIE
 
 
 def _caption(h) -> str:
@@ -577,5 +592,6 @@ def launch(app: gr.Blocks, *, roots: Sequence[Path] = (), host: str = "127.0.0.1
     return app.launch(server_name=host, server_port=port, share=share, allowed_paths=[],
                       app_kwargs={"middleware": [guard]},
                       prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False,
-                      ssr_mode=False, theme=gr.themes.Soft(), css=CSS, head=HEAD_CSS, footer_links=["api"],
+                      ssr_mode=False, theme=gr.themes.Soft(), css=CSS, head=HEAD_CSS + HEAD_SCRIPT,
+                      footer_links=["api"],
                       max_file_size=max_file_size)  # uploads over it are refused by Gradio (--max-upload-mb)

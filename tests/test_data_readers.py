@@ -512,3 +512,24 @@ def test_data_root_mistakes_are_named(tmp_path):
     msg = str(info.value)
     assert f"{tmp_path / 'CUHK-PEDES' / 'reid_raw.json'}: annotation file not found" in msg
     assert "ICFG-PEDES/ (--dataset icfg-pedes)" in msg
+
+
+@pytest.mark.parametrize("suffix,text", [
+    (".jsonl", '{"image": "imgs/a.png", "pid": 1, "caption": "A man.", "split": "test"}\n'),
+    (".csv", "image,pid,captions,split\nimgs/a.png,1,A man.,test\n"),
+    (".json", '[{"file_path": "imgs/a.png", "id": 1, "captions": ["A man."], "split": "test"}]'),
+], ids=["jsonl", "csv", "json"])
+def test_a_generic_annotation_file_given_to_another_dataset_points_to_the_generic_one(tmp_path, suffix, text):
+    """Issue 21: leaving out data.dataset=generic said "give the folder that holds ToyPEDES/", the wrong way."""
+    ann = tmp_path / f"mine{suffix}"
+    ann.write_text(text)
+    with pytest.raises(DatasetError) as info:
+        load_dataset("toypedes", ann)
+    msg = str(info.value)
+    assert msg.startswith(f"{ann}: ") and "looks like an annotation file of the generic format" in msg
+    assert "--set data.dataset=generic" in msg and "--dataset generic" in msg and "\n" not in msg
+    # a file that is no generic annotation file keeps the old advice
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    with pytest.raises(DatasetError, match=r"the data root is a file; give the folder that holds ToyPEDES/"):
+        load_dataset("toypedes", other)

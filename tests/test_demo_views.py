@@ -94,7 +94,7 @@ def test_attention_figures_are_the_clis_for_the_same_inputs(site):
     order, scores = reference_ranking(model, [it.path for it in g.items], caption)
     rank = order.index(i) + 1
     assert f"ranks **{rank}** of {len(g)}" in info
-    assert f"Similarity **{scores[rank - 1]:.3f}**" in info
+    assert f"Cosine similarity **{scores[rank - 1]:.3f}**" in info
 
 
 def test_attention_record_is_computed_once_and_controls_only_redraw(site, monkeypatch):
@@ -183,11 +183,12 @@ def test_embeddings_map_scores_identities_and_selection(site, tmp_path):
     assert _png(plot2) != _png(plot)
 
 
-def test_embeddings_are_computed_once_per_view_and_n(site, monkeypatch):
+def test_embeddings_are_computed_once_per_view_and_n(site, monkeypatch, tmp_path):
     from demo.context import DemoContext
     from demo.views import embeddings_view
 
     engine, _, _, _ = site
+    monkeypatch.setattr(embeddings_view, "MAP_FOLDER", tmp_path)  # not a map kept by an earlier test
     ctx = DemoContext(engine)
     calls = _count_calls(monkeypatch, embeddings_view, "map_panel")
     key1, m1 = embeddings_view.compute_map(ctx, None, 2)

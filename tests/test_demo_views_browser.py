@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from demo.views.ablation_view import shipped_folder
 from tests.test_demo_support import engine as make_engine
 from tests.test_demo_support import load_model, start, toy_root, use_session_cache
 
@@ -67,6 +69,8 @@ def _choose(page, elem_id: str, option: str) -> None:
 
 def _src(page, selector: str) -> str:
     img = page.locator(f"{selector} img").first
+    img.wait_for(state="attached", timeout=WAIT)
+    img.scroll_into_view_if_needed(timeout=WAIT)  # the page's images load lazily, once near the screen
     img.wait_for(timeout=WAIT)
     return img.get_attribute("src")
 
@@ -114,7 +118,8 @@ def test_every_view_opens_on_something_and_no_panel_shows_an_error_at_1280_and_3
             assert "caption" in page.locator("#attention-info").inner_text()
             _tab(page, "ablation")
             _src(page, "#ablation-params")
-            page.locator("#ablation-table").get_by_text("upperson", exact=True).first.wait_for(timeout=WAIT)
+            shown = "#ablation-table" if width > 480 else "#ablation-cards"  # a phone: one card per variant
+            page.locator(shown).get_by_text("upperson", exact=True).first.wait_for(timeout=WAIT)
             _tab(page, "attention")
             page.locator("#attention-caption input").fill("   ")
             page.locator("#attention-caption input").press("Enter")
@@ -184,11 +189,31 @@ def test_embeddings_plot_and_an_identity_shows_its_images(site):
         page.close()
 
 
+# (id, CSS width, natural width) of every figure the page shows, once it has loaded
+FIGURE_SIZES = """() => [...document.querySelectorAll('[id^=attention-] img, [id^=embeddings-plot] img, [id^=ablation-] img')]
+    .filter(i => i.offsetParent && i.complete && i.naturalWidth)
+    .map(i => [i.closest('[id]').id, i.getBoundingClientRect().width, i.naturalWidth])"""
+
+
+def _figures_fit(page, width: int, drawn_px: int) -> None:
+    """Every figure shown is at most as wide as the screen and was drawn at most ``drawn_px`` wide: for
+    the screen's width, not scaled down from a desktop drawing (the ablation's curves included: on a
+    phone they are drawn from the study's logs instead of its desktop ablation_curves.png)."""
+    sizes = page.evaluate(FIGURE_SIZES)
+    assert sizes, "no figure shown"
+    for elem_id, shown, natural in sizes:
+        assert shown <= width, f"{elem_id} is {shown} px wide in a {width} px viewport"
+        assert natural <= drawn_px, f"{elem_id} was drawn {natural} px wide, not for a {width} px screen"
+
+
 def test_ablation_table_figure_and_metric_selector(site):
     page = _open(site, "ablation")
     try:
         page.locator("#ablation-run").click()
         before = _src(page, "#ablation-bars")
+        params = page.locator("#ablation-params img").first
+        page.wait_for_function("(i) => i.complete && i.naturalWidth > 0", arg=params.element_handle(), timeout=WAIT)
+        assert params.evaluate("i => i.naturalWidth") == round(5.6 * 150)  # the CLI's figure on a desktop
         page.locator("#ablation-table").get_by_text("upperson", exact=True).first.wait_for(timeout=WAIT)
         assert "python -m analysis ablation" in page.locator("#ablation-command").inner_text()
         _choose(page, "ablation-metric", "mINP")
@@ -201,23 +226,39 @@ def test_views_fit_a_phone_screen(site):
     """At 390 px no view makes the page scroll sideways (each tab shown after its action ran)."""
     engine, _, _ = site
     page = _open(site, "ablation", width=390)
+    phone_px = round(3.6 * 150)  # analysis.style.PHONE
     try:
         page.locator("#ablation-run").click()
         _src(page, "#ablation-bars")
+        _src(page, "#ablation-params")
+        _src(page, "#ablation-curves")
         _fits(page, 390)
+        _figures_fit(page, 390, phone_px)
+        # the table collapses into one card per variant: nothing to scroll sideways
+        assert not page.locator("#ablation-table").is_visible()
+        cards = page.locator("#ablation-cards")
+        cards.get_by_text("UP-Person", exact=True).first.wait_for(timeout=WAIT)
+        assert cards.locator(".ablation-card").count() == len(pd.read_csv(shipped_folder() / "ablation.csv"))
+        overflow = cards.evaluate("""c => [c, ...c.querySelectorAll('*')].filter(e => e.scrollWidth > e.clientWidth + 1
+                                     && getComputedStyle(e).overflowX !== 'visible').length""")
+        assert overflow == 0 and cards.evaluate("c => c.scrollWidth <= c.clientWidth")
         _tab(page, "attention")
         page.locator("#attention-image input").fill(engine.gallery.relative_name(engine.gallery.items[0]))
         page.locator("#attention-image input").press("Enter")
         page.wait_for_function("() => document.querySelector('#attention-caption input').value !== ''", timeout=WAIT)
         page.locator("#attention-run").click()
         _src(page, "#attention-image-map")
+        _src(page, "#attention-text-map")
+        _src(page, "#attention-scales")
         _fits(page, 390)
+        _figures_fit(page, 390, phone_px)
         _tab(page, "embeddings")
         page.locator("#embeddings-n input[type=number]").fill("3")
         page.locator("#embeddings-n input[type=number]").press("Enter")
         page.locator("#embeddings-run").click()
         _src(page, "#embeddings-plot")
         _fits(page, 390)
+        _figures_fit(page, 390, phone_px)
     finally:
         page.close()
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -13,6 +16,7 @@ from tests.conftest import perturbed_tiny_model, random_image, tiny_model_config
 from upperson.data import build_transforms
 from upperson.index import ImageIndex, embed_image_files, model_key
 from upperson.model import build_model
+from upperson.search.store import IndexStore
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +136,49 @@ def test_corrupt_cache_is_rebuilt(model, tmp_path):
     again = ImageIndex(model, tmp_path / "cache", progress=False).embed([img])
     assert again.encoded == 1
     torch.testing.assert_close(again.features, _reference(model, [img]), atol=1e-5, rtol=1e-4)
+
+
+OLD_CACHE = Path(__file__).parent / "data" / "feature_cache_v2"  # written by ImageIndex before index folders
+
+
+def test_an_old_format_cache_is_rebuilt_not_misread(model, tmp_path, caplog, monkeypatch):
+    """A cache folder in the safetensors format (the fixture: three rows, written by the code before
+    the cache became an index folder) is rebuilt with one warning, then read as an index folder."""
+    folder = tmp_path / "g"
+    folder.mkdir()
+    paths = [_image(folder / f"img{i:02d}.png", i) for i in range(3)]  # the fixture's three images
+    old = tmp_path / "cache" / model_key(model)
+    shutil.copytree(OLD_CACHE, old)
+    counter = _Counter(model, monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="upperson.index"):
+        res = ImageIndex(model, tmp_path / "cache", progress=False).embed(paths)
+    assert counter.n == 3 and res.encoded == 3
+    assert caplog.text.count("rebuilding the feature cache: old format") == 1
+    torch.testing.assert_close(res.features, _reference(model, paths), atol=1e-5, rtol=1e-4)
+    assert not (old / "images.safetensors").exists() and (old / "manifest.json").is_file()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="upperson.index"):
+        again = ImageIndex(model, tmp_path / "cache", progress=False).embed(paths)
+    assert again.encoded == 0 and counter.n == 3 and "old format" not in caplog.text
+    torch.testing.assert_close(again.features, res.features, atol=0, rtol=0)
+
+
+def test_the_cache_is_an_index_folder_and_an_update_appends(model, tmp_path):
+    """The cache folder opens as an index; adding a file appends a segment and an entry table and
+    leaves every file already written as it was."""
+    folder = tmp_path / "g"
+    folder.mkdir()
+    paths = [_image(folder / f"{i}.png", i) for i in range(4)]
+    index = ImageIndex(model, tmp_path / "cache", progress=False)
+    index.embed(paths[:3])
+    written = {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
+               for sub in ("segments", "entries") for p in (index.dir / sub).iterdir()}
+    res = index.embed(paths)
+    assert res.encoded == 1
+    store = IndexStore.open(index.dir)
+    assert [s["rows"] for s in store.manifest.segments] == [3, 1] and len(store.manifest.entry_tables) == 2
+    assert all((p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) == was for p, was in written.items())
+    row = {e.sha1: i for i, e in enumerate(store.manifest.entries)}
+    got = store.features_of([row[d] for d in res.digests])
+    np.testing.assert_array_equal(got, res.features.numpy())  # bit for bit what embed returned
+    torch.testing.assert_close(res.features, _reference(model, paths), atol=1e-5, rtol=1e-4)

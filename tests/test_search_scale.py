@@ -34,21 +34,21 @@ def _store(tmp_path: Path, n: int = 300) -> list[Entry]:
 def test_the_manifest_lists_an_entry_table_not_one_record_per_image(tmp_path):
     entries = _store(tmp_path, n=5000)
     raw = json.loads((tmp_path / MANIFEST).read_text())
-    assert raw["version"] == 2 and "entries" not in raw and raw["entry_table"]["entries"] == 5000
+    assert raw["version"] == 3 and "entries" not in raw and raw["entry_tables"][0]["entries"] == 5000
     assert (tmp_path / MANIFEST).stat().st_size < 2000  # a few hundred bytes, whatever the gallery's size
     store = IndexStore.open(tmp_path)
     assert isinstance(store.manifest.entries, EntryTable) and list(store.manifest.entries) == entries
     assert store.manifest.entries[-1] == entries[-1] and store.manifest.entries[10:12] == entries[10:12]
-    # a rewrite leaves one table: the one the manifest lists
+    # a rewrite (most entries removed) leaves one table: the one the manifest lists
     store.manifest.entries = entries[:10]
     write_manifest(tmp_path, store.manifest)
-    assert [p.name for p in (tmp_path / ENTRIES_DIR).iterdir()] == [store.manifest.entry_table["name"]]
+    assert [p.name for p in (tmp_path / ENTRIES_DIR).iterdir()] == [store.manifest.entry_tables[0]["name"]]
     assert list(IndexStore.open(tmp_path).manifest.entries) == entries[:10]
 
 
 def test_a_tampered_or_missing_entry_table_is_refused(tmp_path):
     _store(tmp_path)
-    table = tmp_path / ENTRIES_DIR / json.loads((tmp_path / MANIFEST).read_text())["entry_table"]["name"]
+    table = tmp_path / ENTRIES_DIR / json.loads((tmp_path / MANIFEST).read_text())["entry_tables"][0]["name"]
     data = bytearray(table.read_bytes())
     data[len(data) // 2] ^= 1
     table.write_bytes(bytes(data))
@@ -59,20 +59,37 @@ def test_a_tampered_or_missing_entry_table_is_refused(tmp_path):
         IndexStore.open(tmp_path)
 
 
-def test_a_version_1_folder_still_opens_and_is_rewritten_as_version_2(tmp_path):
+def test_a_version_1_folder_still_opens_and_is_rewritten_as_version_3(tmp_path):
     entries = _store(tmp_path)
     raw = json.loads((tmp_path / MANIFEST).read_text())
-    table = raw.pop("entry_table")
+    table = raw.pop("entry_tables")[0]
     (tmp_path / ENTRIES_DIR / table["name"]).unlink()
     raw |= {"version": 1, "entries": [e.as_list() for e in entries]}  # the layout version 1 wrote
     (tmp_path / MANIFEST).write_text(json.dumps(raw))
     store = IndexStore.open(tmp_path)
-    assert list(store.manifest.entries) == entries and store.manifest.entry_table is None
+    assert list(store.manifest.entries) == entries and store.manifest.entry_tables is None
     np.testing.assert_array_equal(store.features_of([0, 5]),
                                   np.load(tmp_path / "segments" / "000000.npy")[[entries[0].row, entries[5].row]])
     write_manifest(tmp_path, store.manifest)
-    assert json.loads((tmp_path / MANIFEST).read_text())["version"] == 2
+    assert json.loads((tmp_path / MANIFEST).read_text())["version"] == 3
     assert list(IndexStore.open(tmp_path).manifest.entries) == entries
+
+
+def test_a_version_2_folder_still_opens_and_its_next_update_writes_version_3(tmp_path):
+    """Version 2 (one entry table without order keys, as main wrote it) opens unchanged."""
+    entries = _store(tmp_path)
+    raw = json.loads((tmp_path / MANIFEST).read_text())
+    for r in raw.pop("entry_tables"):
+        (tmp_path / ENTRIES_DIR / r["name"]).unlink()
+    raw |= {"version": 2, "entry_table": EntryTable.from_entries(entries).write(tmp_path)}  # no order column
+    (tmp_path / MANIFEST).write_text(json.dumps(raw))
+    store = IndexStore.open(tmp_path)
+    assert list(store.manifest.entries) == entries and store.manifest.entry_tables is None
+    store.manifest.entries = entries + [Entry("/g/new.png", 0, 3, "f" * 40, 1, 1)]
+    write_manifest(tmp_path, store.manifest)
+    raw = json.loads((tmp_path / MANIFEST).read_text())
+    assert raw["version"] == 3 and len(raw["entry_tables"]) == 1 and "entry_table" not in raw
+    assert list(IndexStore.open(tmp_path).manifest.entries) == entries + [Entry("/g/new.png", 0, 3, "f" * 40, 1, 1)]
 
 
 class _StubEncoder(torch.nn.Module):
@@ -84,17 +101,20 @@ class _StubEncoder(torch.nn.Module):
 
 def test_a_large_gallery_with_some_unreadable_files_gives_one_summary(tmp_path, monkeypatch, caplog):
     gallery = tmp_path / "gallery"
-    # 10,000 files, not 100,000: the build is linear in the files, and 100,000 took 47 s here (2 shared cores)
+    # 10,000 files, not 100,000: creating 100,000 files alone takes 14 s here (2 shared cores); the
+    # 100,000-file case is `python -m upperson benchmark --index-files 100000` (docs/performance.md)
     n, bad_every = 10_000, 100
     for d in range(20):
         (gallery / f"{d:02d}").mkdir(parents=True)
     pixel = Image.new("RGB", (2, 6))
     for i in range(n):  # distinct small contents; every 100th is not an image, one is a dangling link
-        path = gallery / f"{i % 20:02d}" / f"{i:06d}.png"
+        path = f"{gallery}/{i % 20:02d}/{i:06d}.png"  # plain os calls: a third of pathlib's time
         if i == 77:
             os.symlink(tmp_path / "gone.png", path)
         else:
-            path.write_bytes(b"garbage %d" % i if i % bad_every == 0 else b"img %d" % i)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            os.write(fd, b"garbage %d" % i if i % bad_every == 0 else b"img %d" % i)
+            os.close(fd)
 
     def decode(path: Path, limits) -> Image.Image:
         data = path.read_bytes()
@@ -205,3 +225,15 @@ def test_the_features_benchmark_ignores_rows_no_file_uses(tmp_path):
     rows = benchmark_features(IndexStore.open(tmp_path), configs=[AnnConfig(kind="ivfflat", nlist=20)],
                               shares=(1.0,), reranks=(64,), queries=40, repeats=5)
     assert [r["recall@10"] for r in rows if "nlist" in r] == [1.0]
+
+
+def test_the_index_files_benchmark_reports_one_warning_and_a_clean_index(tmp_path):
+    """The 100,000-file case's measurement (benchmark --index-files), at 300 files with the tiny model."""
+    from upperson.search.filebench import benchmark_index_files
+
+    model = build_model(tiny_model_config(pretrained="random")).eval()
+    r = benchmark_index_files(model, 300, bad_every=50, distinct=5, workdir=tmp_path)
+    assert r["ok"] and r["unreadable"] == 7 and r["skipped"] == 7 and r["indexed"] == 293 and r["warnings"] == 1
+    assert r["encoded"] == 5 and "skipped 7 of 300" in r["warning"]
+    assert 0 < r["appended_entry_bytes"] < r["entry_bytes"] / 2
+    assert list(tmp_path.iterdir()) == []  # the gallery and the index are removed

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 
 import pytest
 import torch
@@ -59,6 +60,22 @@ def test_finiteness_is_checked_after_the_cast_to_the_models_dtype(tiny_cfg):
     check_weights(state, "f.safetensors", torch.float32)
     with pytest.raises(UnsafeWeightsError, match="w.*float16"):
         check_weights(state, "f.safetensors", torch.float16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_bad_value_anywhere_is_refused_and_a_sum_that_overflows_is_not(dtype):
+    """check_weights sums a tensor first: NaN and inf are still found anywhere, and finite values whose
+    sum overflows (to inf) are still accepted."""
+    from upperson.model.weights import UnsafeWeightsError, check_weights
+
+    big = torch.finfo(dtype).max
+    check_weights({"w": torch.full((64,), big, dtype=dtype)}, "f.safetensors", dtype)  # sum inf, values finite
+    for bad in (math.nan, math.inf, -math.inf):
+        for at in (0, 37, 63):
+            w = torch.randn(64).to(dtype)
+            w[at] = bad
+            with pytest.raises(UnsafeWeightsError, match="non-finite values.*'w'"):
+                check_weights({"ok": torch.ones(3, dtype=dtype), "w": w}, "f.safetensors", dtype)
 
 
 def test_evaluate_refuses_a_float64_overflow_before_any_metric(tmp_path, tiny_cfg, toypedes_root, capsys):

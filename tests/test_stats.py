@@ -198,3 +198,30 @@ def test_evaluate_per_query_csv_reproduces_the_aggregate_metrics_exactly(toypede
     assert main(["evaluate", "--checkpoint", str(tmp_path / "ckpt"), "--data-root", str(toypedes_root),
                  "--resamples", "0", "--per-query", str(tmp_path / "none.csv")]) == 2
     assert "--resamples" in capsys.readouterr().err and not (tmp_path / "none.csv").exists()
+
+
+def test_an_interval_over_too_few_queries_is_flagged_and_warned(caplog):
+    """Issue 21: 8 queries gave intervals like [100, 100] without saying that so few queries say little."""
+    import logging
+
+    from upperson.evaluation_report import EvaluationReport
+
+    few = {"R1": np.full(8, 100.0), "mAP": binary(8, 5)}
+    with caplog.at_level(logging.WARNING, logger="upperson.stats"):
+        ci = stats.bootstrap_ci(few, resamples=50)
+    assert ci["metrics"]["R1"]["low"] == ci["metrics"]["R1"]["high"] == 100.0  # the degenerate interval
+    note = "n = 8 queries: too few for a meaningful interval"
+    assert ci["note"].startswith(note) and note in caplog.text and "WARNING" in caplog.text.upper()
+    paired = stats.paired_bootstrap(few, few, resamples=50)
+    assert paired["note"].startswith(note)
+    assert stats.combine_seeds([few, few], resamples=50)["note"].startswith(note)
+    # what `evaluate` prints and writes carries the note next to the numbers
+    report = EvaluationReport("mine", "test", None, {"queries": 8, "gallery": 4, "R1": 100.0, "R5": 100.0,
+                                                   "R10": 100.0, "mAP": 80.0, "mINP": 70.0}, ci)
+    assert any(note in line for line in report.lines()) and report.to_json()["ci"]["note"].startswith(note)
+    # enough queries: no note, no warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="upperson.stats"):
+        enough = stats.bootstrap_ci({"R1": binary(stats.MIN_QUERIES, 10)}, resamples=50)
+    assert "note" not in enough and caplog.text == ""
+    assert not any("too few" in line for line in EvaluationReport("m", "test", None, report.metrics, enough).lines())

@@ -30,14 +30,18 @@ class EvaluationReport:
     def lines(self) -> list[str]:
         """What ``evaluate`` prints."""
         m, ci = self.metrics, self.ci
-        return [f"{self.dataset} {self.split}: {m['queries']} queries, {m['gallery']} images",
-                format_metrics(m),
-                f"95% bootstrap intervals over queries ({ci['resamples']} resamples, seed {ci['seed']}): "
-                + "; ".join(f"{k} {format_interval(v['value'], v['low'], v['high'])}"
-                            for k, v in ci["metrics"].items())]
+        lines = [f"{self.dataset} {self.split}: {m['queries']} queries, {m['gallery']} images",
+                 format_metrics(m),
+                 f"95% bootstrap intervals over queries ({ci['resamples']} resamples, seed {ci['seed']}): "
+                 + "; ".join(f"{k} {format_interval(v['value'], v['low'], v['high'])}"
+                             for k, v in ci["metrics"].items())]
+        if ci.get("note"):  # too few queries (stats.MIN_QUERIES): said next to the numbers, not only logged
+            lines.append(f"note: {ci['note']}")
+        return lines
 
     def to_json(self) -> dict[str, Any]:
-        """The ``--json`` file: the metrics and, under ``ci``, the intervals ``[low, high]``."""
+        """The ``--json`` file: the metrics and, under ``ci``, the intervals ``[low, high]`` (and the
+        ``note`` of a test set too small for them, when it is)."""
         ci_json = {k: v for k, v in self.ci.items() if k != "metrics"} | {
             k: [v["low"], v["high"]] for k, v in self.ci["metrics"].items()}
         return {k: self.metrics[k] for k in JSON_METRICS} | {"ci": ci_json}

@@ -7,14 +7,14 @@ Features are keyed twice:
 - by each **file's content** (SHA-1 of its bytes), so renaming or moving an image reuses its
   row, while a changed file is encoded again.
 
-Layout: ``<cache_dir>/<model_key>/images.safetensors`` holds two tensors, ``features``
-(N, D) float32, L2-normalised, and ``sha1`` (N, 20) uint8, row i the digest of the file
-that gave feature i, and a sha256 of both in its metadata. Keeping both in one file makes every
-update a single atomic rename: a reader never sees features and their map out of step. A file
-is read whole, links refused, and checked (format, dtypes, shapes, checksum, finite unit rows,
-no digest twice) before use; one that fails is rebuilt with one warning. ``meta.json`` beside
-it says which model the folder belongs to (for people; the code does not need it). Nothing is
-unpickled.
+Layout: ``<cache_dir>/<model_key>/`` is an index folder (:mod:`upperson.search.store`: a
+manifest renamed atomically, checksummed float32 segments, memory-mapped, and entry tables),
+with one entry per file content, named by its SHA-1. An update appends one segment and one
+entry table, so a reader never sees features and their map out of step, and nothing already
+written is rewritten. The folder is checked (links refused, checksums, sizes, dtype, finite
+unit rows, no digest twice) before use; one that fails is rebuilt with one warning, and so is
+a cache in the older single-file format (``images.safetensors``), which is never read. Nothing
+is unpickled.
 
 Indexing a list of files encodes only the files whose content is not in the cache yet
 (incremental re-indexing); unreadable files (not an image, truncated, missing, over the
@@ -41,22 +41,25 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
 from tqdm.auto import tqdm
 
 from upperson.config import to_dict
 from upperson.evaluation import encode_images
-from upperson.io import atomic_write_bytes, atomic_write_json, file_digest
+from upperson.io import file_digest
+from upperson.search.entries import ENTRIES_DIR, Entry, EntryTable
+from upperson.search.store import (LOCK, MANIFEST, SEGMENTS, IndexStore, Manifest, remove_unlisted_segments,
+                                   write_manifest, write_segment)
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
-FEATURES_NAME = "images.safetensors"
-META_NAME = "meta.json"
-LOCK_NAME = ".lock"
-FORMAT = "upperson-image-index"
-FORMAT_VERSION = 2  # 2: a sha256 of the tensors in the metadata (1 had none; still read, values checked)
+LOCK_NAME = LOCK
+#: the files of the cache format before index folders (a safetensors file and its notes): rebuilt, never read
+OLD_FILES = ("images.safetensors", "meta.json")
+#: the cache folders whose old format this process has reported (once each)
+_OLD_WARNED: set[Path] = set()
+#: the manifest's ``source`` and ``build.kind`` of a feature cache
+CACHE_SOURCE = "feature cache"
 _DIGEST_BYTES = 20  # SHA-1
 
 
@@ -204,144 +207,140 @@ class IndexResult:
 
 
 class CacheFileError(ValueError):
-    """A feature cache file that is not what this module writes (the message says what is wrong)."""
+    """A feature cache folder that is not what this module writes (the message says what is wrong)."""
 
 
-def _payload_sha256(features: torch.Tensor, digests: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    h.update(features.contiguous().numpy().tobytes())
-    h.update(digests.contiguous().numpy().tobytes())
-    return h.hexdigest()
+def _no_links(folder: Path) -> None:
+    """Refuse a cache whose manifest, sub-folders or listed files are symbolic links (never read through one)."""
+    for p in (folder / MANIFEST, folder / SEGMENTS, folder / ENTRIES_DIR):
+        if p.is_symlink():
+            raise CacheFileError(f"{p.name} is a symbolic link")
 
 
-def _header_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file's bytes (its header is 8 bytes of length, then JSON)."""
-    if len(data) < 8:
-        raise CacheFileError("shorter than a safetensors header")
-    n = int.from_bytes(data[:8], "little")
-    if n > min(len(data) - 8, 1 << 20):
-        raise CacheFileError("header longer than the file")
-    header = json.loads(data[8:8 + n])
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise CacheFileError("metadata is not a mapping")
-    return meta
-
-
-def read_cache_file(path: Path, max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, sha1) of a cache file, checked: no link, size, format, dtypes, shapes, checksum, values.
-
-    The bytes are read once (through one fd, links refused) and parsed from memory: what is
-    checked is what is used, whatever happens to the file meanwhile.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        raise CacheFileError("a symbolic link" if exc.errno == errno.ELOOP else str(exc)) from None
-    with os.fdopen(fd, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size > max_bytes:
-            raise CacheFileError(f"{_megabytes(size)}, over the limit of {_megabytes(max_bytes)}")
-        data = fh.read(max_bytes + 1)
-    meta = _header_metadata(data)
-    if meta.get("format") != FORMAT or meta.get("version") not in ("1", str(FORMAT_VERSION)):
-        raise CacheFileError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
-    state = safetensors_load(data)
-    if set(state) != {"features", "sha1"}:
-        raise CacheFileError(f"tensors {sorted(state)}, expected features and sha1")
-    feats, digests = state["features"], state["sha1"]
-    if feats.dtype != torch.float32 or digests.dtype != torch.uint8:
-        raise CacheFileError(f"dtypes features {feats.dtype}, sha1 {digests.dtype} (expected float32, uint8)")
-    if feats.ndim != 2 or digests.shape != (feats.shape[0], _DIGEST_BYTES):
-        raise CacheFileError(f"shapes features {tuple(feats.shape)}, sha1 {tuple(digests.shape)}")
-    if meta.get("version") == str(FORMAT_VERSION):
-        if meta.get("sha256") != _payload_sha256(feats, digests):
-            raise CacheFileError("checksum mismatch (changed outside this program)")
-    else:
-        log.info("embedding cache %s was written before checksums; checking its values only", path)
-    if not bool(torch.isfinite(feats).all()):
-        raise CacheFileError("non-finite features")
-    if feats.shape[0] and not bool(((feats.norm(dim=1) - 1).abs() < 1e-3).all()):
-        raise CacheFileError("features are not unit vectors")
-    if len({bytes(d) for d in digests.numpy()}) != digests.shape[0]:
+def read_cache(folder: Path, key: str) -> IndexStore:
+    """The cache folder of model ``key``, checked: no links, the index folder's checks (checksums,
+    sizes, headers), float32, finite unit rows, and one entry per content, named by its SHA-1."""
+    _no_links(folder)
+    store = IndexStore.open(folder, verify=True)
+    manifest = store.manifest
+    for record in manifest.segments:
+        if (folder / SEGMENTS / record["name"]).is_symlink():
+            raise CacheFileError(f"segment {record['name']} is a symbolic link")
+    if manifest.model.get("key") != key:
+        raise CacheFileError(f"made by model {manifest.model.get('key')!r}, not {key!r}")
+    if manifest.dtype != "float32":
+        raise CacheFileError(f"{manifest.dtype} features (the cache stores float32)")
+    for record, seg in zip(manifest.segments, store.segments):
+        if not np.isfinite(seg).all():
+            raise CacheFileError(f"non-finite features in segment {record['name']}")
+        if len(seg) and not (np.abs(np.linalg.norm(seg, axis=1) - 1) < 1e-3).all():
+            raise CacheFileError(f"features that are not unit vectors in segment {record['name']}")
+    table = manifest.table()
+    digests = [d.decode("ascii") for d in table.sha1]
+    if table.paths() != digests or any(len(d) != 2 * _DIGEST_BYTES for d in digests):
+        raise CacheFileError("an entry that is not named by its content's SHA-1")
+    if len(set(digests)) != len(digests):
         raise CacheFileError("a file digest appears twice")
-    return feats, digests
-
-
-MAX_CACHE_BYTES = 4 * 2**30  # a cache file is read whole: 4 GB is about 2 million 512-d features
+    return store
 
 
 class ImageIndex:
     """The on-disk feature cache of one model: ``embed(paths)`` returns cached or new features.
 
+    The cache is an index folder (:mod:`upperson.search.store`) with one entry per file content:
+    its path and sha1 are the content's SHA-1, its features float32 in memory-mapped segments.
+    An update appends a segment and an entry table and renames a new manifest into place; it
+    never rewrites what is there. A cache in the format before index folders (``images.safetensors``)
+    is rebuilt (one warning), never read.
+
     Thread-safe within a process: files are hashed and new ones encoded without any lock;
     a short lock guards the rows while they are looked up or merged. Across processes an
-    advisory file lock (``.lock``) serialises the writers, and each writer first merges the
-    rows another process wrote since it read the file, so no writer drops another's rows.
-    A cache file that fails its checks (see :func:`read_cache_file`) is rebuilt with one
-    warning; a cache that cannot be written (disk full, read-only) keeps the features in
-    memory with one warning, leaving no temporary file behind.
+    advisory file lock (``.lock``) serialises the writers, and each writer first takes in the
+    rows another process wrote since it read the folder, so no writer drops another's rows.
+    A cache that fails its checks (see :func:`read_cache`) is rebuilt with one warning; a cache
+    that cannot be written (disk full, read-only) keeps the features in memory with one
+    warning, leaving no temporary file behind.
     """
 
     def __init__(self, model: torch.nn.Module, cache_dir: PathLike, *, batch_size: int = 64,
-                 progress: bool = True, key: Optional[str] = None, limits: Optional[IndexLimits] = None,
-                 max_cache_bytes: int = MAX_CACHE_BYTES) -> None:
+                 progress: bool = True, key: Optional[str] = None, limits: Optional[IndexLimits] = None) -> None:
         self.model = model
         self.key = key or model_key(model)
         self.dir = Path(cache_dir) / self.key
         self.batch_size = int(batch_size)
         self.progress = progress
         self.limits = limits or IndexLimits()
-        self.max_cache_bytes = int(max_cache_bytes)
         self._lock = threading.Lock()
-        self._rows: dict[str, int] = {}
-        self._features: Optional[torch.Tensor] = None
-        self._disk: Optional[Stamp] = None  # the cache file's stamp when this object last read or wrote it
+        self._rows: dict[str, tuple[int, int]] = {}  # content SHA-1 -> (segment, row) in self._segments
+        self._segments: list[np.ndarray] = []  # the folder's (memory-mapped), then any not written yet
+        self._store: Optional[IndexStore] = None  # the folder as this object last read or wrote it
+        self._disk: Optional[Stamp] = None  # the manifest's stamp then
         self._load()
 
     # ------------------------------------------------------------------ storage
     @property
     def path(self) -> Path:
-        """The safetensors file of this model's features."""
-        return self.dir / FEATURES_NAME
+        """The manifest of this model's cache folder."""
+        return self.dir / MANIFEST
 
     def __len__(self) -> int:
         return len(self._rows)
 
-    def _read_disk(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-        """The cache file's (features, sha1) if it passes its checks; None (with one warning) otherwise."""
+    def _read_disk(self) -> Optional[IndexStore]:
+        """The cache folder if it passes its checks; None (with one warning) otherwise."""
         self._disk = file_stamp(self.path)
         if self._disk is None:
+            if any(os.path.lexists(self.dir / name) for name in OLD_FILES) and self.dir not in _OLD_WARNED:
+                _OLD_WARNED.add(self.dir)
+                log.warning("rebuilding the feature cache: old format (%s, from before caches were index "
+                            "folders); its images are encoded again", self.dir / OLD_FILES[0])
             return None
         try:
-            return read_cache_file(self.path, self.max_cache_bytes)
+            return read_cache(self.dir, self.key)
         except Exception as exc:  # whatever is wrong with it, the cache is rebuilt, never misread
-            log.warning("ignoring the embedding cache %s (%s); it will be rebuilt", self.path, exc)
+            log.warning("ignoring the embedding cache %s (%s); it will be rebuilt", self.dir, exc)
             return None
 
+    def _adopt(self, store: Optional[IndexStore]) -> None:
+        """Take the folder's rows as this object's, keeping rows it has that the folder lacks."""
+        unsaved = self._unsaved()
+        kept = self._features_of([self._rows[d] for d in unsaved])
+        self._store, self._segments, self._rows = store, [], {}
+        if store is not None:
+            self._segments = list(store.segments)
+            table = store.manifest.table()
+            self._rows = dict(zip((d.decode("ascii") for d in table.sha1),
+                                  zip(table.segment.tolist(), table.row.tolist())))
+        missing = [i for i, d in enumerate(unsaved) if d not in self._rows]
+        if missing:
+            self._add([unsaved[i] for i in missing], kept[missing])
+
     def _load(self) -> None:
-        state = self._read_disk()
-        if state is not None:
-            self._features, digests = state
-            self._rows = {bytes(d).hex(): i for i, d in enumerate(digests.numpy())}
+        self._adopt(self._read_disk())
 
-    def _merge_disk(self) -> None:
-        """Add the rows another process wrote since this object read the file (caller holds the locks)."""
-        if file_stamp(self.path) == self._disk:
-            return
-        state = self._read_disk()
-        if state is None:
-            return
-        feats, digests = state
-        new = [i for i, d in enumerate(digests.numpy()) if bytes(d).hex() not in self._rows]
-        if new:
-            self._add([bytes(digests[i].numpy()).hex() for i in new], feats[torch.tensor(new)])
+    def _unsaved(self) -> list[str]:
+        """The contents whose rows are not in the folder this object last read or wrote."""
+        on_disk = len(self._store.segments) if self._store is not None else 0
+        return [d for d, (seg, _) in self._rows.items() if seg >= on_disk]
 
-    def _add(self, digests: Sequence[str], feats: torch.Tensor) -> None:
-        base = 0 if self._features is None else self._features.shape[0]
-        self._features = feats if self._features is None else torch.cat([self._features, feats])
+    def _add(self, digests: Sequence[str], feats: Union[np.ndarray, torch.Tensor]) -> None:
+        """Rows for new contents, held in memory until :meth:`_save` writes them."""
+        feats = feats.numpy() if isinstance(feats, torch.Tensor) else feats
+        self._segments.append(np.ascontiguousarray(feats, dtype=np.float32))
+        number = len(self._segments) - 1
         for i, digest in enumerate(digests):
-            self._rows[digest] = base + i
+            self._rows[digest] = (number, i)
+
+    def _features_of(self, where: Sequence[tuple[int, int]]) -> np.ndarray:
+        """float32 features at (segment, row) pairs, in order."""
+        dim = self._segments[0].shape[1] if self._segments else 0
+        out = np.empty((len(where), dim), dtype=np.float32)
+        segs = np.fromiter((s for s, _ in where), np.int64, len(where))
+        rows = np.fromiter((r for _, r in where), np.int64, len(where))
+        for k in np.unique(segs):
+            sel = segs == k
+            out[sel] = self._segments[int(k)][rows[sel]]
+        return out
 
     def add_known(self, digests: Sequence[str], feats: torch.Tensor) -> int:
         """Add features computed elsewhere (an index folder made by the same model, see
@@ -360,33 +359,46 @@ class ImageIndex:
                 self._save()
             return len(keep)
 
-    def _serialise(self) -> bytes:
-        assert self._features is not None
-        digests = np.zeros((len(self._rows), _DIGEST_BYTES), dtype=np.uint8)
-        for hexdigest, row in self._rows.items():
-            digests[row] = np.frombuffer(bytes.fromhex(hexdigest), dtype=np.uint8)
-        feats, sha = self._features.contiguous(), torch.from_numpy(digests)
-        return safetensors_save({"features": feats, "sha1": sha}, metadata={
-            "format": FORMAT, "version": str(FORMAT_VERSION), "sha256": _payload_sha256(feats, sha)})
+    def _manifest(self, dim: int) -> Manifest:
+        """A manifest for a new cache folder."""
+        return Manifest(model={"key": self.key, "source": CACHE_SOURCE, "name": self.model.config.name,
+                               "image_size": list(self.model.image_size)}, dim=dim, dtype="float32",
+                        build={"kind": CACHE_SOURCE, "model": to_dict(self.model.config),
+                               "backbone_fingerprint": str(getattr(self.model, "backbone_fingerprint", ""))})
 
     def _save(self) -> None:
-        """Merge what other processes wrote, then write atomically; a failed write is one warning."""
+        """Take in what other processes wrote, then append this object's new rows (a segment, an
+        entry table, the manifest renamed into place); a failed write is one warning."""
         size = 0
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             with open(self.dir / LOCK_NAME, "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                self._merge_disk()
-                data = self._serialise()
-                size = len(data)
-                atomic_write_bytes(self.path, data)
+                if file_stamp(self.path) != self._disk:
+                    self._adopt(self._read_disk())
+                new = self._unsaved()
+                if not new:
+                    return
+                feats = self._features_of([self._rows[d] for d in new])
+                size = feats.nbytes
+                for p in (self.dir / MANIFEST, self.dir / SEGMENTS, self.dir / ENTRIES_DIR):
+                    if p.is_symlink():  # never written through (read_cache refused it)
+                        p.unlink()
+                old = self._store.manifest if self._store is not None else self._manifest(feats.shape[1])
+                number = len(old.segments)
+                record = write_segment(self.dir, number, feats)
+                entries = EntryTable.from_entries([Entry(d, number, i, d, 0, 0) for i, d in enumerate(new)])
+                manifest = dataclasses.replace(old, segments=[*old.segments, record],
+                                               entries=EntryTable.concat([old.table(), entries]))
+                write_manifest(self.dir, manifest)  # appends one entry table (store.write_manifest)
                 self._disk = file_stamp(self.path)
-            atomic_write_json(self.dir / META_NAME, {
-                "format": FORMAT, "version": FORMAT_VERSION, "model_key": self.key,
-                "model": to_dict(self.model.config),
-                "backbone_fingerprint": str(getattr(self.model, "backbone_fingerprint", "")),
-                "images": len(self._rows), "dim": int(self._features.shape[1]),
-            })
+                remove_unlisted_segments(self.dir, manifest)
+                for name in OLD_FILES:  # the format before index folders, now rebuilt
+                    (self.dir / name).unlink(missing_ok=True)
+                segments = list(self._store.segments) if self._store is not None else []
+                segments.append(np.load(self.dir / SEGMENTS / record["name"], mmap_mode="r", allow_pickle=False))
+                self._store = IndexStore(self.dir, manifest, segments)
+                self._adopt(self._store)
         except OSError as exc:
             need = f"; it needs about {_megabytes(size)} free" if size else ""
             log.warning("cannot write the embedding cache in %s (%s)%s: the features are kept in memory "
@@ -477,13 +489,7 @@ class ImageIndex:
             names = ", ".join(f"{p.name} ({why})" for p, why in skipped[:20])
             more = f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
             log.warning("skipped %d of %d file(s): %s%s", len(skipped), len(paths), names, more)
-        if kept:
-            assert self._features is not None
-            rows = torch.tensor([self._rows[d] for _, d, _ in kept], dtype=torch.long)
-            feats = self._features[rows].clone()
-        else:
-            dim = 0 if self._features is None else int(self._features.shape[1])
-            feats = torch.zeros(0, dim)
+        feats = torch.from_numpy(self._features_of([self._rows[d] for _, d, _ in kept]))
         return IndexResult(feats, [p for p, _, _ in kept], skipped, encoded,
                            [d for _, d, _ in kept], [s for _, _, s in kept])
 

@@ -22,12 +22,16 @@ them without evaluating or training again.
 from __future__ import annotations
 
 import csv
+import hashlib
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 #: the metrics of ``retrieval_metrics`` and their order in tables
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
@@ -37,9 +41,17 @@ DEFAULT_LEVEL = 0.95
 #: resamples drawn per block; part of the definition of the resampling stream (do not change)
 _BLOCK = 250
 
-PER_QUERY_COLUMNS = ("query_index", "pid", "image_id", "caption", "images", "first_rank", "ap", "inp")
+PER_QUERY_COLUMNS = ("query_index", "pid", "image_id", "caption", "caption_key", "images", "first_rank", "ap", "inp")
+#: what identifies a query across per-query files (:func:`aligned`)
+QUERY_IDENTITY = ("query_index", "pid", "image_id", "caption_key")
 
 Values = Mapping[str, np.ndarray]
+
+log = logging.getLogger(__name__)
+
+#: below this many queries an interval over queries says little (8 queries can give [100, 100]):
+#: every result then carries a ``note`` saying so, shown next to the numbers, and a WARNING is logged
+MIN_QUERIES = 30
 
 
 def query_values(first_rank: np.ndarray, ap: np.ndarray, inp: np.ndarray,
@@ -105,9 +117,22 @@ def _percentiles(means: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarra
     return lo, hi
 
 
+def few_queries_note(queries: int) -> Optional[str]:
+    """The note shown next to an interval over ``queries`` queries when they are too few, else None."""
+    if queries >= MIN_QUERIES:
+        return None
+    return (f"n = {queries} queries: too few for a meaningful interval (fewer than {MIN_QUERIES}; "
+            "the bootstrap cannot see the variation a larger test set would show)")
+
+
 def _meta(resamples: int, seed: int, level: float, queries: int) -> dict:
-    return {"method": "percentile bootstrap over queries", "resamples": int(resamples), "seed": int(seed),
+    meta = {"method": "percentile bootstrap over queries", "resamples": int(resamples), "seed": int(seed),
             "level": float(level), "queries": int(queries)}
+    note = few_queries_note(queries)
+    if note is not None:
+        log.warning("%s", note)
+        meta["note"] = note
+    return meta
 
 
 def bootstrap_ci(values: Values, *, keys: Optional[Sequence[str]] = None, resamples: int = DEFAULT_RESAMPLES,
@@ -202,10 +227,17 @@ def half_width_needed(discordance: float, half_width: float = 1.0, z: float = 1.
 # ----------------------------------------------------------------------------- per-query files
 
 
-def write_per_query_csv(path: Union[str, Path], rows: Sequence[Mapping]) -> None:
+def caption_key(text: str) -> str:
+    """A caption's identity without its text: the first 16 hex digits of the SHA-256 of its UTF-8."""
+    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()[:16]
+
+
+def write_per_query_csv(path: Union[str, Path], rows: Sequence[Mapping], *, caption_text: bool = True) -> None:
     """Write per-query rows (:data:`PER_QUERY_COLUMNS`) atomically, full float precision.
 
     A query with no match in the gallery has ``images`` 0 and empty rank, AP and INP.
+    ``caption_key`` is computed from ``caption`` when a row has none; with ``caption_text``
+    False the caption column is left empty (the key still identifies the caption).
     """
     from upperson.io import atomic_path
 
@@ -214,6 +246,11 @@ def write_per_query_csv(path: Union[str, Path], rows: Sequence[Mapping]) -> None
             w = csv.DictWriter(fh, fieldnames=PER_QUERY_COLUMNS, extrasaction="raise")
             w.writeheader()
             for r in rows:
+                r = dict(r)
+                if r.get("caption_key") is None and r.get("caption") is not None:
+                    r["caption_key"] = caption_key(r["caption"])
+                if not caption_text:
+                    r["caption"] = None
                 w.writerow({k: ("" if r.get(k) is None else (repr(float(r[k])) if k in ("ap", "inp") else r[k]))
                             for k in PER_QUERY_COLUMNS})
 
@@ -229,6 +266,10 @@ class PerQueryFile:
     inp: np.ndarray
     images: np.ndarray
     num_queries: int  # every row, with or without a match
+    image_id: Optional[np.ndarray] = None  # None: an older file without the column
+    caption_key: Optional[np.ndarray] = None  # None: a file with neither caption_key nor caption text
+    row: Optional[np.ndarray] = None  # 1-based data row of each kept query
+    path: Optional[str] = None
 
     def values(self, ranks: Sequence[int] = (1, 5, 10)) -> dict[str, np.ndarray]:
         return query_values(self.first_rank, self.ap, self.inp, ranks)
@@ -247,14 +288,21 @@ class PerQueryFile:
 
 
 def read_per_query_csv(path: Union[str, Path]) -> PerQueryFile:
-    """Read a file written by :func:`write_per_query_csv`; a clear error if it is not one."""
+    """Read a file written by :func:`write_per_query_csv`; a clear error if it is not one.
+
+    Older files have no ``caption_key`` column: the key is computed from their caption text
+    (the same key a new file holds). A file with neither has ``caption_key`` None.
+    """
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in ("query_index", "pid", "first_rank", "ap", "inp") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: not a per-query file (missing columns {missing})")
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in ("query_index", "pid", "first_rank", "ap", "inp") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: not a per-query file (missing columns {missing})")
+            rows = list(reader)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a per-query file (unreadable CSV: {exc})") from None
     numbers = [n for n, r in enumerate(rows, start=1) if r["first_rank"] not in ("", None)]
     keep = [rows[n - 1] for n in numbers]
     try:
@@ -266,11 +314,33 @@ def read_per_query_csv(path: Union[str, Path]) -> PerQueryFile:
             inp=np.array([float(r["inp"]) for r in keep], dtype=np.float64),
             images=np.array([int(r.get("images") or 0) for r in keep], dtype=np.int64),
             num_queries=len(rows),
+            image_id=(np.array([int(r["image_id"]) for r in keep], dtype=np.int64)
+                      if keep and all(r.get("image_id") not in ("", None) for r in keep) else None),
+            caption_key=_caption_keys(path, keep, numbers),
+            row=np.array(numbers, dtype=np.int64),
+            path=str(path),
         )
     except (ValueError, OverflowError) as exc:
+        if str(exc).startswith(str(path)):
+            raise
         raise ValueError(f"{path}: unreadable per-query value ({exc})") from None
     _check_per_query_ranges(path, out, numbers)
     return out
+
+
+def _caption_keys(path: Path, rows: Sequence[Mapping], numbers: Sequence[int]) -> Optional[np.ndarray]:
+    """Each row's caption key (from the column, else from the caption text); None if a row has neither."""
+    keys = []
+    for n, r in zip(numbers, rows):
+        key, text = r.get("caption_key") or None, r.get("caption")
+        if key is not None and text and caption_key(text) != key:
+            raise ValueError(f"{path}: caption_key {key} in data row {n} is not the key of its caption text; "
+                             "the file was edited or damaged: rewrite it with evaluate --per-query")
+        key = key if key is not None else (caption_key(text) if text else None)
+        if key is None:
+            return None
+        keys.append(key)
+    return np.array(keys, dtype=object) if keys else None
 
 
 def _check_per_query_ranges(path: Path, f: PerQueryFile, row_numbers: Sequence[int]) -> None:
@@ -286,14 +356,53 @@ def _check_per_query_ranges(path: Path, f: PerQueryFile, row_numbers: Sequence[i
                              "the file was edited or damaged: rewrite it with evaluate --per-query")
 
 
+def _identity(f: PerQueryFile, n: int) -> str:
+    parts = [f"query_index {f.query_index[n]}", f"pid {f.pid[n]}"]
+    if f.image_id is not None:
+        parts.append(f"image_id {f.image_id[n]}")
+    if f.caption_key is not None:
+        parts.append(f"caption_key {f.caption_key[n]}")
+    row = f" (data row {f.row[n]})" if f.row is not None else ""
+    return ", ".join(parts) + row
+
+
+def first_difference(a: PerQueryFile, b: PerQueryFile) -> Optional[str]:
+    """Where ``b``'s queries first differ from ``a``'s (index, pid, image id, caption key, in file
+    order), as a phrase naming that query in both files; None when they agree."""
+    name_a, name_b = a.path or "the first file", b.path or "the second file"
+    checks = [(a.query_index, b.query_index), (a.pid, b.pid)]
+    checks += [(x, y) for x, y in ((a.image_id, b.image_id), (a.caption_key, b.caption_key))
+               if x is not None and y is not None]
+    n = min(len(a.query_index), len(b.query_index))
+    bad = [int(np.flatnonzero(x[:n] != y[:n])[0]) for x, y in checks if not np.array_equal(x[:n], y[:n])]
+    if bad:
+        i = min(bad)
+        return f"first difference: {_identity(a, i)} in {name_a} against {_identity(b, i)} in {name_b}"
+    if len(a.query_index) != len(b.query_index):
+        longer, name = (a, name_a) if len(a.query_index) > n else (b, name_b)
+        return (f"{name_a} has {len(a.query_index)} queries with a match, {name_b} {len(b.query_index)}; "
+                f"first difference: {_identity(longer, n)} only in {name}")
+    return None
+
+
 def aligned(files: Sequence[PerQueryFile]) -> None:
-    """Raise unless every file lists the same queries (index and pid) in the same order."""
+    """Raise unless every file lists the same queries in the same order: the same query index,
+    pid, image id and caption key (:data:`QUERY_IDENTITY`). A file without image ids or caption
+    keys (an older one) is matched on what it has, with a WARNING naming what was not checked."""
     if not files:
         return
     first = files[0]
     for f in files[1:]:
-        if not (np.array_equal(f.query_index, first.query_index) and np.array_equal(f.pid, first.pid)):
-            raise ValueError("the per-query files list different queries: they were not evaluated on the same split")
+        unchecked = [name for name, x, y in (("image_id", first.image_id, f.image_id),
+                                             ("caption identity", first.caption_key, f.caption_key))
+                     if x is None or y is None]
+        if unchecked:
+            log.warning("per-query files %s and %s: %s not checked (a file without them)",
+                        first.path or "1", f.path or "2", " and ".join(unchecked))
+        where = first_difference(first, f)
+        if where is not None:
+            raise ValueError("the per-query files list different queries: they were not evaluated on the same "
+                             f"split ({where})")
 
 
 def format_interval(value: float, low: float, high: float, digits: int = 2) -> str:

@@ -15,6 +15,8 @@ in the notes. The curves figure is shown only if it is a PNG of at most :data:`M
 
 from __future__ import annotations
 
+import html
+import io
 import logging
 import math
 import os
@@ -27,13 +29,15 @@ import gradio as gr
 from gradio.context import Context
 import pandas as pd
 
-from analysis import ablation
+from analysis import ablation, style
+from analysis.curves import training_curves_figure
 from demo.context import DemoContext, SharedUI
 from demo.gallery import GalleryError
 from demo.markup import text as esc
 from demo.search import QueryError
 from demo.thumbs import OutsideRoots, open_inside, real, within
-from demo.views.common import cache_of, figure_file, hidden_api, in_page, lenient_dropdown, png_file, user_error
+from demo.views.common import (cache_of, figure_file, hidden_api, in_page, lenient_dropdown, png_file, screen_layout,
+                               user_error)
 from upperson.embedded import read_card
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,8 @@ SIGNIFICANCE = "vs UP-Person"  # the mark column added to the shown table
 STUDIES, STUDIES_SIZE = "ablation-studies", 8  # (csv path, mtime, size) -> Study
 DRAWINGS, DRAWINGS_SIZE = "ablation-drawings", 64
 CURVES_NAME, README_NAME = "ablation_curves.png", "README.md"
+CURVE_LOGS = "curves"  # the study's training logs (<variant>.jsonl): a phone gets the curves drawn from them
+MAX_CURVE_LOGS, MAX_LOG_BYTES = 64, 4 * 2**20
 MAX_FIGURE_BYTES = 20 * 2**20  # a larger ablation_curves.png is not shown (the CLI writes ~100 kB)
 MAX_README_BYTES = 2**20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -69,6 +75,7 @@ class Study:
     command: str  # the commands from its README ("" when unknown)
     curves: Optional[bytes]  # ablation_curves.png, when the folder has it
     left_out: tuple[str, ...] = ()  # why a file of the folder is not shown
+    logs: tuple[tuple[str, bytes], ...] = ()  # (variant, curves/<variant>.jsonl): the curves drawn for a phone
 
 
 def read_inside(path: Path, roots: list[Path], limit: int) -> tuple[Optional[bytes], str]:
@@ -129,7 +136,7 @@ def load_study(ctx: DemoContext, folder: object) -> tuple[tuple, Study]:
     if not within(real(csv), roots):
         raise QueryError(f"{CSV_NAME} in {path.name or path} resolves outside the allowed folders; copy the "
                          "table into the folder instead of linking it.")
-    key = tuple(_stat_key(path / n) for n in (CSV_NAME, CURVES_NAME, README_NAME))
+    key = tuple(_stat_key(path / n) for n in (CSV_NAME, CURVES_NAME, README_NAME, CURVE_LOGS))
 
     def make() -> Study:
         try:
@@ -143,10 +150,17 @@ def load_study(ctx: DemoContext, folder: object) -> tuple[tuple, Study]:
             curves, why_curves = None, f"{CURVES_NAME} is not shown: it is not a PNG file"
         readme, why_readme = read_inside(path / README_NAME, roots, MAX_README_BYTES)
         command = readme_command(readme.decode("utf-8", errors="replace")) if readme else ""
-        left_out = tuple(w for w in (why_curves, why_readme) if w)
+        logs, why_logs = [], []
+        for f in sorted((path / CURVE_LOGS).glob("*.jsonl"))[:MAX_CURVE_LOGS] if (path / CURVE_LOGS).is_dir() else []:
+            data, why = read_inside(f, roots, MAX_LOG_BYTES)
+            if data is not None:
+                logs.append((f.stem, data))
+            elif why:
+                why_logs.append(f"{CURVE_LOGS}/{why}")
+        left_out = tuple(w for w in (why_curves, why_readme, *why_logs) if w)
         for why in left_out:
             log.warning("ablation folder %s: %s", path, why)
-        return Study(path, table, command, curves, left_out)
+        return Study(path, table, command, curves, left_out, tuple(logs))
 
     return key, cache_of(ctx, STUDIES, STUDIES_SIZE).get_or_make(key, make)
 
@@ -206,7 +220,9 @@ def bars(ctx: DemoContext, key: tuple, study: Study, metric: str) -> str:
     cols = [m for m in METRICS[metric] if m in study.table.columns]
     if not cols:
         raise QueryError(f"This table has no {metric} column; choose another metric.")
-    return _drawn(ctx, (key, "bars", metric), lambda: ablation.bars_figure(study.table, cols))
+    layout = screen_layout()
+    return _drawn(ctx, (key, "bars", metric, layout.name),
+                  lambda: ablation.bars_figure(study.table, cols, layout=layout))
 
 
 def _queries(folder: Path) -> Optional[int]:
@@ -257,18 +273,76 @@ def notes(study: Study, folder_given: bool) -> str:
     return "\n\n".join(lines)
 
 
+def phone_curves(study: Study):
+    """(figure, caption) of the study's training curves drawn for a phone (``ablation_curves.png`` is a
+    desktop figure, unreadable 326 px wide), from its ``curves/*.jsonl``; ValueError when none is usable."""
+    labels = dict(zip(study.table["variant"], study.table["label"])) if "label" in study.table.columns else {}
+    order = {v: i for i, v in enumerate(study.table["variant"])}
+    runs = []
+    for variant, data in sorted(study.logs, key=lambda x: order.get(x[0], len(order))):
+        df = pd.read_json(io.StringIO(data.decode("utf-8", errors="replace")), lines=True)
+        if not df.empty and "epoch" in df.columns:
+            runs.append((str(labels.get(variant, variant)), df.sort_values("epoch").reset_index(drop=True)))
+    return training_curves_figure(runs, title="Ablation: training curves per variant", layout=style.PHONE)
+
+
 def show(ctx: DemoContext, folder, metric):
     """(table, bars, params figure, curves figure, command, notes) -- the ``/ablation`` action."""
     m = parse_metric(metric)
     key, study = load_study(ctx, folder)
-    params = _drawn(ctx, (key, "params"), lambda: ablation.params_figure(study.table))
+    layout = screen_layout()
+    params = _drawn(ctx, (key, "params", layout.name), lambda: ablation.params_figure(study.table, layout=layout))
     curves = png_file(ctx, study.curves) if study.curves else None
+    if layout.narrow and study.logs:
+        try:
+            curves = _drawn(ctx, (key, "curves", layout.name), lambda: phone_curves(study))
+        except QueryError as exc:  # logs the figure code cannot read: the folder's own PNG, as on a desktop
+            log.warning("ablation folder %s: curves not drawn for a phone (%s)", study.folder, exc)
     command = portable_command(study.command) if study.command else \
         "(the folder has no README.md with the command that made it)"
     if command != study.command and study.command:
         command += "\n# DATA_ROOT, RUNS_DIR, ...: your own folders (the study's were on the machine that made it)"
     given = isinstance(folder, str) and bool(folder.strip())
     return shown_table(study.table), bars(ctx, key, study, m), params, curves, command, notes(study, given)
+
+
+#: the columns a phone's card shows per variant (column -> label); the interval columns go with their metric
+CARD_METRICS = {"R1": "R@1", "mAP": "mAP", "R5": "R@5", "R10": "R@10", "mINP": "mINP"}
+
+
+def _number(value: object, digits: int = 1) -> str:
+    v = _num(value)
+    return "-" if not math.isfinite(v) else f"{v:,.{digits}f}"
+
+
+def table_cards(df: pd.DataFrame) -> str:
+    """The shown table as one card per variant (HTML, every value escaped): how a phone shows it, with the
+    main metrics and their 95 % intervals, the parameters and the seeds; every column is in the table."""
+    cards = []
+    for _, row in df.iterrows():
+        items = []
+        for col, name in CARD_METRICS.items():
+            if col not in df.columns:
+                continue
+            text = _number(row[col])
+            lo, hi = row.get(f"{col}_ci_low"), row.get(f"{col}_ci_high")
+            if math.isfinite(_num(lo)) and math.isfinite(_num(hi)):
+                text += f" [{_number(lo)}, {_number(hi)}]"
+            items.append((name, text))
+        if "trainable_params" in df.columns:
+            items.append(("trainable", _number(row["trainable_params"], 0)))
+        if "seeds" in df.columns and math.isfinite(_num(row.get("seeds"))):
+            items.append(("seeds", _number(row["seeds"], 0)))
+        mark = row.get(SIGNIFICANCE)
+        label, variant = html.escape(str(row.get("label", ""))), html.escape(str(row.get("variant", "")))
+        head = f"<b>{label}</b> <code>{variant}</code>"
+        if isinstance(mark, str) and mark not in ("", "-", "reference"):
+            head += f" · {html.escape(mark)} vs UP-Person"
+        body = "".join(f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd></div>" for k, v in items)
+        cards.append(f'<div class="ablation-card">{head}<dl>{body}</dl></div>')
+    note = ("<p><i>One card per variant (R@1 and mAP with their 95 % intervals in brackets); every column of "
+            "ablation.csv is in the table on a wider screen.</i></p>")
+    return note + "".join(cards)
 
 
 def build_ablation_tab(ctx: DemoContext, ui: SharedUI) -> None:
@@ -286,6 +360,7 @@ def build_ablation_tab(ctx: DemoContext, ui: SharedUI) -> None:
         run = gr.Button("Show the study", variant="primary", elem_id="ablation-run", scale=1)
     info = gr.Markdown(elem_id="ablation-info", latex_delimiters=[])
     table = gr.Dataframe(label="ablation.csv", interactive=False, wrap=True, elem_id="ablation-table")
+    cards = gr.HTML(elem_id="ablation-cards")  # the table on a phone (demo.app's CSS shows one or the other)
     with gr.Row():
         bar_fig = gr.Image(label="Retrieval per variant", type="filepath", interactive=False,
                            show_label=False, elem_id="ablation-bars", buttons=["download"])
@@ -312,11 +387,16 @@ def build_ablation_tab(ctx: DemoContext, ui: SharedUI) -> None:
             raise user_error(exc) from None
 
     outputs = [table, bar_fig, params_fig, curves_fig, command, info]
-    page_study = in_page(ablation_study, 6, 5)
+    in_view = in_page(ablation_study, 6, 5)
+
+    def page_study(folder_path, metric_name):
+        """The study in the page: the API's outputs, and the table as cards for a phone."""
+        out = in_view(folder_path, metric_name)
+        return (*out, table_cards(out[0]) if isinstance(out[0], pd.DataFrame) else "")
 
     def on_open(folder_path, metric_name, shown):
         """The tab was opened: show the shipped study (or the folder typed), once."""
-        return (gr.skip(),) * 6 if shown is not None else page_study(folder_path, metric_name)
+        return (gr.skip(),) * 7 if shown is not None else page_study(folder_path, metric_name)
 
     def page_redraw(folder_path, metric_name):
         try:
@@ -324,9 +404,9 @@ def build_ablation_tab(ctx: DemoContext, ui: SharedUI) -> None:
         except gr.Error as exc:
             return gr.skip(), f"ℹ️ {exc.message}"
 
-    run.click(page_study, [folder, metric], outputs, api_visibility="private")
+    run.click(page_study, [folder, metric], outputs + [cards], api_visibility="private")
     hidden_api(ablation_study, [folder, metric], outputs, "ablation")
-    folder.submit(page_study, [folder, metric], outputs, api_visibility="private")
+    folder.submit(page_study, [folder, metric], outputs + [cards], api_visibility="private")
     metric.change(page_redraw, [folder, metric], [bar_fig, info], api_visibility="private")
     if isinstance(tab, gr.Tab):
-        tab.select(on_open, [folder, metric, params_fig], outputs, api_visibility="private")
+        tab.select(on_open, [folder, metric, params_fig], outputs + [cards], api_visibility="private")

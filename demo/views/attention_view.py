@@ -30,7 +30,7 @@ from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import QueryError
 from demo.views.common import (cache_of, figure_file, hidden_api, in_page, lenient_dropdown, lenient_radio,
-                               user_error, view_key)
+                               screen_layout, user_error, view_key)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class AttentionRecord:
     out_of: int  # gallery images ranked (plus the uploaded one)
     scaled: bool  # S-Prefix (learned lambda) rather than a vanilla prefix
     notices: tuple[str, ...] = ()
+    uploaded: bool = False  # an uploaded image (ranked among the gallery and itself), not a gallery one
 
     def heads(self, tower: str) -> int:
         return (self.att.image_mass if tower == "image" else self.att.text_mass).shape[1]
@@ -162,7 +163,8 @@ def record_for(ctx: DemoContext, state, image: object, upload: object,
         sim = float(sims[index]) if index is not None else float(img @ text)
         others = torch.cat([sims[:index], sims[index + 1:]]) if index is not None else sims
         rank = 1 + int((others > sim).sum())
-        return AttentionRecord(att, name, sim, rank, len(feats) + (index is None), scaled, tuple(q.notices))
+        return AttentionRecord(att, name, sim, rank, len(feats) + (index is None), scaled, tuple(q.notices),
+                               uploaded=index is None)
 
     return key, cache_of(ctx, RECORDS, RECORDS_SIZE).get_or_make(key, make)
 
@@ -179,12 +181,15 @@ def draw(ctx: DemoContext, key: tuple, rec: AttentionRecord, c: Controls) -> tup
     drawings = cache_of(ctx, DRAWINGS, DRAWINGS_SIZE)
     il, ih = sel("image")
     tl, th = sel("text")
-    image = drawings.get_or_make((key, "image", c.quantity, il and tuple(il), ih and tuple(ih)), lambda: figure_file(
-        ctx, lambda: image_prefix_figure(rec.att, quantity=c.quantity, layers=il, heads=ih)))
-    text = drawings.get_or_make((key, "text", c.quantity, tl and tuple(tl), th and tuple(th)), lambda: figure_file(
-        ctx, lambda: text_prefix_figure(rec.att, quantity=c.quantity, layers=tl, heads=th)))
-    scales = drawings.get_or_make((key, "scales"), lambda: figure_file(
-        ctx, lambda: prefix_scales_figure(rec.att.scales, scaled=rec.scaled)))
+    lay = screen_layout()  # drawn for the visitor's screen (a phone's, or the CLI's figure)
+    image = drawings.get_or_make((key, "image", c.quantity, il and tuple(il), ih and tuple(ih), lay.name),
+                                 lambda: figure_file(ctx, lambda: image_prefix_figure(
+                                     rec.att, quantity=c.quantity, layers=il, heads=ih, layout=lay)))
+    text = drawings.get_or_make((key, "text", c.quantity, tl and tuple(tl), th and tuple(th), lay.name),
+                                lambda: figure_file(ctx, lambda: text_prefix_figure(
+                                    rec.att, quantity=c.quantity, layers=tl, heads=th, layout=lay)))
+    scales = drawings.get_or_make((key, "scales", lay.name), lambda: figure_file(
+        ctx, lambda: prefix_scales_figure(rec.att.scales, scaled=rec.scaled, layout=lay)))
     return image, text, scales
 
 
@@ -193,8 +198,8 @@ def summary(rec: AttentionRecord, c: Controls) -> str:
     where = "all layers" if c.layer is None else f"layer {c.layer}"
     heads = "mean over heads" if c.head is None else f"head {c.head}"
     lines = [f"**{esc(rec.name)}** · caption: “{esc(rec.att.caption)}”",
-             f"Similarity **{rec.similarity:.3f}** · this image ranks **{rec.rank}** of {rec.out_of} for the caption "
-             f"(UP-Person, the gallery" + (" and the uploaded image)" if rec.name.startswith("uploaded ") else ")"),
+             f"Cosine similarity **{rec.similarity:.3f}** (UP-Person, -1 to 1) · this image ranks **{rec.rank}** of "
+             f"{rec.out_of} for the caption (the gallery" + (" and the uploaded image)" if rec.uploaded else ")"),
              f"Showing {esc(QUANTITY_LABELS[c.quantity])}; {c.tower} tower: {where}, {heads} "
              f"(the other tower: all layers, mean over heads)."]
     lines += [f"> ⚠️ {esc(n)}" for n in rec.notices]

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from typing import Callable, Generic, Hashable, Optional, TypeVar
 
 import gradio as gr
+from gradio.context import LocalContext
 
 V = TypeVar("V")
 
@@ -117,6 +118,25 @@ class LRU(Generic[V]):
 
 
 _DRAW_LOCK = threading.Lock()  # pyplot's figure registry is global: one drawing at a time
+
+#: the cookie the page sets to the browser window's width (CSS pixels; demo.app.HEAD_SCRIPT)
+WIDTH_COOKIE = "upperson_width"
+PHONE_MAX_PX = 480  # a window this narrow gets figures drawn for a phone (analysis.style.PHONE)
+
+
+def screen_layout():
+    """The figure layout for the visitor of the current event: ``analysis.style.PHONE`` when the page
+    said (cookie :data:`WIDTH_COOKIE`) that its window is at most :data:`PHONE_MAX_PX` wide, else
+    ``analysis.style.PAPER`` (the CLI's figure; also for an API client, which sets no cookie)."""
+    from analysis import style  # (matplotlib: only once a figure is drawn, not at start-up)
+
+    request = LocalContext.request.get(None)
+    cookies = getattr(request, "cookies", None) or {}
+    try:
+        width = int(str(cookies.get(WIDTH_COOKIE, ""))[:6])
+    except ValueError:
+        return style.PAPER
+    return style.PHONE if 0 < width <= PHONE_MAX_PX else style.PAPER
 
 
 def figure_file(ctx, make: Callable[[], object]) -> str:

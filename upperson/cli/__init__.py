@@ -19,6 +19,7 @@ COMMANDS: list[str] = [
     "toypedes",
     "train",
     "evaluate",
+    "compare",
     "index",
     "search",
     "pretrain",

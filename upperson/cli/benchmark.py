@@ -74,6 +74,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --search: measure on this index folder's own features (e.g. real ToyPEDES images "
                         "indexed by `python -m upperson index`) instead of synthetic ones: exact engines, then "
                         "IVF-PQ and IVF-flat at several probe shares and re-rank depths, recall@10 against exact")
+    p.add_argument("--index-files", type=int, default=None, metavar="N",
+                   help="index a synthetic gallery of N files (1 in 100 not an image, one dangling link) with the "
+                        "embedded model: build time, the one warning, an unchanged update and one new file "
+                        "(docs/performance.md)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--json", dest="json_out", help="also write the results as JSON")
     p.set_defaults(func=run)
@@ -126,7 +130,8 @@ def _search_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
                             workdir=workdir)
     for r in rows:
         recall = r.get("recall@10")
-        print(f"{r['gallery']:>10,} {r['engine']:>11}: build {r['build_s']:7.2f} s, RSS {r['rss_mb']:7.0f} MB, "
+        print(f"{r['gallery']:>10,} {r['engine']:>11}: build {r['build_s']:7.2f} s, RSS {r['rss_mb']:7.0f} MB "
+              f"(own {r.get('rss_anon_mb', float('nan')):.0f}, mapped files {r.get('rss_file_mb', float('nan')):.0f}), "
               f"1 query p50 {r['single_p50_ms']:8.2f} ms (p95 {r['single_p95_ms']:.2f}), 64 queries p50 "
               f"{r['batch64_p50_ms']:8.1f} ms" + (f", recall@10 {recall:.3f}" if recall is not None else ""))
     throughput = indexing_throughput(load_embedded_model("upperson").eval())
@@ -188,6 +193,25 @@ def check_json_path(path: str) -> None:
                          "name a file in an existing folder")
 
 
+def _index_files_benchmark(n: int) -> dict[str, Any]:
+    """``--index-files N``: the bad-input gallery of issue 22 (upperson/search/filebench.py)."""
+    if n < 2:
+        raise ValueError(f"--index-files {n}: give a number of files >= 2")
+    # imported here, not at the top: `python -m upperson --help` imports every command's module
+    from upperson.search.filebench import benchmark_index_files
+    from upperson.sources import load_source
+
+    r = benchmark_index_files(load_source(None, None).model.eval(), n)
+    print(f"index of {r['files']:,} files ({r['unreadable']:,} unreadable, {r['distinct_contents']} distinct contents): "
+          f"files written in {r['create_s']:.1f} s; built in {r['build_s']:.1f} s ({r['build_cpu_s']:.1f} s CPU; "
+          f"{r['files_per_s']:,} files/s, "
+          f"{r['encoded']} encoded, {r['skipped']:,} skipped, {r['warnings']} warning); unchanged update "
+          f"{r['unchanged_update_s']:.1f} s ({r['unchanged_update_cpu_s']:.1f} s CPU); one new file "
+          f"{r['one_new_file_s']:.1f} s ({r['one_new_file_cpu_s']:.1f} s CPU), {r['appended_entry_bytes']:,} "
+          f"bytes of entries appended (of {r['entry_bytes']:,}); {'checks passed' if r['ok'] else 'CHECKS FAILED'}")
+    return r
+
+
 # ----------------------------------------------------------------------------- command
 
 def run(args: argparse.Namespace) -> int:
@@ -195,7 +219,9 @@ def run(args: argparse.Namespace) -> int:
     if args.features and not args.search:
         raise ValueError("--features INDEX measures search: pass it with --search")
     results: Any
-    if args.search:
+    if args.index_files is not None:
+        results = _index_files_benchmark(args.index_files)
+    elif args.search:
         results = _search_benchmark(args)
     else:
         # imported here, not at the top: `python -m upperson --help` imports every command's module

@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nlist", type=int, default=None, help="IVF lists (default: about 4 sqrt(images))")
     p.add_argument("--nprobe", type=int, default=None, help="lists probed per query (default: 5%% of the lists)")
     p.add_argument("--rerank", type=int, default=256, help="candidates re-scored exactly (default 256)")
+    p.add_argument("--compact", action="store_true",
+                   help="write the gallery's entries as one table (an update otherwise appends a table of what "
+                        "changed; past 16 tables they are compacted anyway)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         report = build_index(model, args.gallery, args.out, source=label, dtype=args.dtype,
                              batch_size=args.batch_size, segment_rows=args.segment_rows, limits=limits,
                              progress=not args.no_progress, approximate=ann,
-                             shard=Shard(dist.rank, dist.world_size))
+                             shard=Shard(dist.rank, dist.world_size), compact=args.compact)
     except KeyboardInterrupt:
         raise RuntimeError(f"interrupted: the images encoded so far are kept in {args.out}; run the same command "
                            "again to continue") from None

@@ -375,6 +375,19 @@ def _found_here(root: Path) -> str:
     return f"; {root} holds {', '.join(have)}" if have else ""
 
 
+def _looks_generic(path: Path) -> bool:
+    """Whether ``path`` looks like a generic annotation file (for an error's advice only): a .jsonl,
+    .json or .csv whose first 64 KB name an image field and an identity field."""
+    if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(k in head for k in _GENERIC_PATH_KEYS) and any(k in head for k in _GENERIC_ID_KEYS)
+
+
 def _dataset_dir(root: Path, folder: str, ann_name: str) -> Path:
     """``root/folder`` -- or ``root`` itself when it already is that folder, or the folder of
     ``root`` when it is the annotation file itself."""
@@ -383,6 +396,10 @@ def _dataset_dir(root: Path, folder: str, ann_name: str) -> Path:
     if root.is_file():
         if root.name == ann_name:
             return root.parent
+        if _looks_generic(root):
+            raise DatasetError(f"{root}: looks like an annotation file of the generic format; choose that dataset "
+                               "(--set data.dataset=generic for train, --dataset generic for evaluate), or give "
+                               f"the folder that holds {folder}/")
         raise DatasetError(f"{root}: the data root is a file; give the folder that holds {folder}/ "
                            f"(or {folder}/ itself)")
     if (root / folder / ann_name).is_file():

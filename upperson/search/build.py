@@ -33,8 +33,8 @@ from upperson.search.approximate import AnnConfig, build_ann
 from upperson.search.entries import ENTRIES_DIR
 from upperson.search import shards
 from upperson.search.shards import SHARDS, Shard
-from upperson.search.store import (DTYPES, SEGMENTS, Entry, IndexFolderError, IndexStore, Manifest, MANIFEST, read_manifest,
-                                   remove_unlisted_segments, write_lock, write_manifest, write_segment)
+from upperson.search.store import (DTYPES, SEGMENTS, Entry, IndexFolderError, IndexStore, Manifest, MANIFEST, open_segment,
+                                   read_manifest, remove_unlisted_segments, write_lock, write_manifest, write_segment)
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,12 @@ def list_gallery(gallery: PathLike) -> tuple[list[Path], int]:
     files, others = [], 0
     for dirpath, dirnames, filenames in os.walk(gallery.resolve()):  # folder symlinks are not followed
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        folder = Path(dirpath)  # once per folder: making a Path is most of a listing's time
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             if name.lower().endswith(IMAGE_SUFFIXES):
-                files.append(Path(dirpath) / name)
+                files.append(folder / name)
             else:
                 others += 1
     if not files:
@@ -115,9 +116,11 @@ def load_image(path: Path, limits: BuildLimits) -> Image.Image:
 def build_index(model: torch.nn.Module, gallery: PathLike, out: PathLike, *, source: str,
                 dtype: str = "float32", batch_size: int = 64, segment_rows: int = 4096,
                 limits: BuildLimits = BuildLimits(), progress: bool = True,
-                approximate: Optional[AnnConfig] = None, shard: Optional[Shard] = None) -> BuildReport:
+                approximate: Optional[AnnConfig] = None, shard: Optional[Shard] = None,
+                compact: bool = False) -> BuildReport:
     """Index ``gallery`` into folder ``out`` with ``model`` (``source`` names it in the manifest);
-    with ``approximate``, then (re)build the IVF-PQ index over it and measure its recall.
+    with ``approximate``, then (re)build the IVF-PQ index over it and measure its recall. An update
+    appends its entries as one more table; ``compact`` writes them as one (store.write_manifest).
 
     With ``shard`` (one process of a ``torchrun`` job), this process encodes every
     ``shard.count``-th file; rank 0 holds the folder's lock, merges the ranks' segments and
@@ -134,7 +137,7 @@ def build_index(model: torch.nn.Module, gallery: PathLike, out: PathLike, *, sou
     key = model_key(model)
     settings: dict[str, Any] = dict(model=model, out=out, key=key, source=source, dtype=dtype, batch_size=batch_size,
                     segment_rows=segment_rows, limits=limits, progress=progress and shard.rank == 0,
-                    gallery=gallery, others=others)
+                    gallery=gallery, others=others, compact=compact)
     if shard.count == 1:
         check_out(out, key, dtype)
         with write_lock(out):
@@ -253,6 +256,8 @@ def check_out(out: Path, key: str, dtype: str) -> None:
         if manifest.dtype != dtype:
             raise IndexFolderError(f"{out} stores {manifest.dtype} features; pass --dtype {manifest.dtype} "
                                    "(or build a new index)")
+        for record in manifest.segments:  # sizes and headers (not checksums: an update reads no features)
+            open_segment(out, record, manifest, verify=False)
 
 
 @dataclass
@@ -272,18 +277,20 @@ class _Builder:
 
     def __init__(self, *, model, out: Path, key: str, source: str, dtype: str, old: Optional[Manifest],
                  batch_size: int, segment_rows: int, limits: BuildLimits, progress: bool,
-                 gallery: PathLike, others: int, segment_prefix: str = "",
+                 gallery: PathLike, others: int, segment_prefix: str = "", compact: bool = False,
                  save_progress: Optional[Callable[[Part, bool], None]] = None) -> None:
         self.model, self.out, self.dtype, self.limits = model, out, dtype, limits
         self.batch_size, self.segment_rows, self.progress = batch_size, segment_rows, progress
         self.manifest = Manifest(
             model={"key": key, "source": source, "name": model.config.name, "image_size": list(model.image_size)},
             dim=old.dim if old else 0, dtype=dtype, segments=list(old.segments) if old else [],
-            ann=old.ann if old else None)
+            ann=old.ann if old else None, entry_tables=old.entry_tables if old else None,
+            base=old.base if old else None)  # an update appends its entries to the old ones
         self.first_new = len(self.manifest.segments)
-        self.by_path = {e.path: e for e in old.entries} if old else {}
-        self.by_content = {e.sha1: (e.segment, e.row) for e in old.entries} if old else {}
-        self.gallery, self.others = gallery, others
+        previous = list(old.entries) if old else []  # one pass: making the Entry objects is the cost
+        self.by_path = {e.path: e for e in previous}
+        self.by_content = {e.sha1: (e.segment, e.row) for e in previous}
+        self.gallery, self.others, self.compact = gallery, others, compact
         self.segment_prefix = segment_prefix
         self.save_progress = save_progress or self._save_manifest_progress
         self.stats: dict[int, os.stat_result] = {}  # position -> stat, of the files waiting for a row
@@ -297,28 +304,29 @@ class _Builder:
         pending: dict[str, list[int]] = {}  # sha1 -> positions waiting for its row
         for i in tqdm(positions, desc="checking files", unit="file", disable=not self.progress, leave=False):
             path = files[i]
+            name = str(path)  # once: the listing's Paths are turned into text for each call otherwise
             try:
-                st = path.stat()
+                st = os.stat(name)
             except OSError as exc:
-                part.skipped.append((i, str(path), f"cannot read ({exc.strerror or exc})"))
+                part.skipped.append((i, name, f"cannot read ({exc.strerror or exc})"))
                 continue
             if st.st_size > self.limits.max_bytes:
-                part.skipped.append((i, str(path), f"{st.st_size:,} bytes, over the limit of "
-                                                   f"{self.limits.max_bytes:,} (--max-bytes)"))
+                part.skipped.append((i, name, f"{st.st_size:,} bytes, over the limit of "
+                                              f"{self.limits.max_bytes:,} (--max-bytes)"))
                 continue
-            prev = self.by_path.get(str(path))
+            prev = self.by_path.get(name)
             if prev is not None and prev.size == st.st_size and prev.mtime_ns == st.st_mtime_ns:
                 part.entries[i] = prev
                 part.unchanged += 1
                 continue
             try:
-                digest = file_sha1(path)
+                digest = file_sha1(name)
             except OSError as exc:
-                part.skipped.append((i, str(path), f"cannot read ({exc.strerror or exc})"))
+                part.skipped.append((i, name, f"cannot read ({exc.strerror or exc})"))
                 continue
             if digest in self.by_content:
                 seg, row = self.by_content[digest]
-                part.entries[i] = Entry(str(path), seg, row, digest, st.st_size, st.st_mtime_ns)
+                part.entries[i] = Entry(name, seg, row, digest, st.st_size, st.st_mtime_ns)
                 part.by_content += 1
             else:
                 self.stats[i] = st
@@ -403,7 +411,7 @@ class _Builder:
         self.manifest.build = build
         if not self.manifest.dim:
             self.manifest.dim = _feature_dim(self.model)
-        write_manifest(self.out, self.manifest)
+        write_manifest(self.out, self.manifest, compact=self.compact and complete)
 
     def finish(self, files: Sequence[Path], parts: Sequence[Part], start: float) -> BuildReport:
         """Write the complete manifest from every process's part; the report."""

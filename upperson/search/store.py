@@ -4,20 +4,23 @@ Layout of ``INDEX/``::
 
     manifest.json         what the folder holds; replaced atomically, the folder's one source of truth
     segments/000000.npy   (rows, dim) float32 or float16, L2-normalised; written once, never changed
-    entries/entries-<sha256[:16]>.npz   the gallery: one entry per file, as columns (search/entries.py)
+    entries/entries-<sha256[:16]>.npz   the gallery: one entry per file, as columns, in one or more
+                          tables (search/entries.py): an update appends one
     .lock                 held (flock) by the one process that writes the folder
 
 ``manifest.json`` records the model that made the features (its key, name and source), the
 feature dimension and dtype, every segment with its row count and SHA-256, and the entry
-table's file, count and SHA-256. Each entry is ``path, segment, row, sha1, size, mtime_ns``;
+tables' files, counts and SHA-256s. Each entry is ``path, segment, row, sha1, size, mtime_ns``;
 files with the same content share a row; a changed file gets a new one. The manifest stays a
-few kilobytes at any gallery size (version 1 held the entries as JSON lists, one per file;
-such folders still open, and the next update writes version 2). Segments are plain ``.npy``
+few kilobytes at any gallery size. Version 3 lists the entry tables an index's updates appended
+(each update writes only what changed; past ``MAX_ENTRY_TABLES`` tables, or when asked, they are
+compacted into one); version 2 had one table, version 1 the entries as JSON lists in the
+manifest: both still open, and the next update writes version 3. Segments are plain ``.npy``
 arrays, read with ``allow_pickle=False`` and memory-mapped, so opening an index does not read
 its features into RAM. Opening checks every segment's size, header and SHA-256, the entry
 table's SHA-256 and columns, and every entry's row.
 
-An update appends segments, writes a new entry table and then renames a new manifest into
+An update appends segments, appends an entry table and then renames a new manifest into
 place: a crash leaves the old manifest (and, at worst, files no manifest lists, removed by the
 next writer).
 """
@@ -38,15 +41,17 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from upperson.io import atomic_path, atomic_write_json, file_digest
-from upperson.search.entries import ENTRIES_DIR, Entry, EntryTable, EntryTableError
+from upperson.search.entries import ENTRIES_DIR, Entry, EntryTable, EntryTableError, entry_delta, keyed, merged
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 FORMAT = "upperson-index"
-FORMAT_VERSION = 2
-#: versions this code opens: 1 kept the entries in the manifest as JSON
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+#: versions this code opens: 1 kept the entries in the manifest as JSON, 2 in one table
+READ_VERSIONS = (1, 2, 3)
+#: entry tables an index may list before an update compacts them into one
+MAX_ENTRY_TABLES = 16
 MANIFEST = "manifest.json"
 SEGMENTS = "segments"
 ANN_DIR = "ann"
@@ -73,13 +78,16 @@ class Manifest:
     complete: bool = True
     build: dict[str, Any] = field(default_factory=dict)
     ann: Optional[dict[str, Any]] = None  # the approximate index, when one was built (search/approximate.py)
-    entry_table: Optional[dict[str, Any]] = None  # the entry table file's record, once read or written
+    #: the records of the entry tables on disk (format 3), once read or written; None: none yet
+    entry_tables: Optional[list[dict[str, Any]]] = None
+    #: the gallery those tables give (keyed), against which the next write appends its changes
+    base: Optional[EntryTable] = None
 
-    def to_json(self, entry_table: dict[str, Any]) -> dict[str, Any]:
-        """The manifest's JSON, with ``entry_table`` the record of the entries' table file."""
+    def to_json(self, entry_tables: list[dict[str, Any]]) -> dict[str, Any]:
+        """The manifest's JSON, with ``entry_tables`` the records of the entries' table files."""
         return {"format": FORMAT, "version": FORMAT_VERSION, "model": self.model, "dim": self.dim,
                 "dtype": self.dtype, "complete": self.complete, "segments": self.segments,
-                "entry_fields": list(ENTRY_FIELDS), "entry_table": entry_table,
+                "entry_fields": list(ENTRY_FIELDS), "entry_tables": entry_tables,
                 "skipped": self.skipped, "build": self.build, "ann": self.ann}
 
     def table(self) -> EntryTable:
@@ -103,17 +111,23 @@ def read_manifest(folder: Path) -> Manifest:
         raise IndexFolderError(f"{path}: index format version {raw.get('version')!r}; this code reads "
                                f"{', '.join(map(str, READ_VERSIONS))}: build the index again with this version")
     try:
+        records: Optional[list[dict[str, Any]]] = None
         if raw["version"] == 1:
             entries: Sequence[Entry] = [Entry(str(p), int(s), int(r), str(h), int(z), int(m))
                                         for p, s, r, h, z, m in raw["entries"]]
-        else:
+        elif raw["version"] == 2:
             entries = EntryTable.read(folder, dict(raw["entry_table"]))
+        else:
+            records = [dict(r) for r in raw["entry_tables"]]
+            if not records:
+                raise ValueError("no entry table")
+            entries = merged([EntryTable.read(folder, r, keyed=True) for r in records])
         manifest = Manifest(model=dict(raw["model"]), dim=int(raw["dim"]), dtype=str(raw["dtype"]),
                             segments=[dict(s) for s in raw["segments"]], entries=entries,
                             skipped=[[str(a), str(b)] for a, b in raw.get("skipped", [])],
                             complete=bool(raw.get("complete", True)), build=dict(raw.get("build", {})),
                             ann=dict(raw["ann"]) if raw.get("ann") else None,
-                            entry_table=dict(raw["entry_table"]) if raw["version"] > 1 else None)
+                            entry_tables=records, base=entries if records else None)
     except EntryTableError as exc:
         raise IndexFolderError(f"{exc} (listed in {path}); build the index again") from exc
     except (KeyError, TypeError, ValueError) as exc:
@@ -228,15 +242,30 @@ def open_segment(folder: Path, record: dict[str, Any], manifest: Manifest, *, ve
     return array
 
 
-def write_manifest(folder: Path, manifest: Manifest) -> None:
-    """Write the entry table, then rename a new ``manifest.json`` into place (after its segments are
-    on disk); entry tables no manifest lists any more are then removed."""
+def write_manifest(folder: Path, manifest: Manifest, *, compact: bool = False) -> None:
+    """Write the entries, then rename a new ``manifest.json`` into place (after its segments are on
+    disk); entry tables no manifest lists any more are then removed.
+
+    The entries are appended as one table of what changed since ``manifest.base`` (see
+    :func:`~upperson.search.entries.entry_delta`); they are written whole (one table) for a new
+    index, a version 1 or 2 one, past ``MAX_ENTRY_TABLES`` tables, when most entries changed, or
+    with ``compact``.
+    """
     table = manifest.table()
-    record = table.write(folder)
-    atomic_write_json(folder / MANIFEST, manifest.to_json(record))
-    manifest.entries, manifest.entry_table = table, record
+    records, base = manifest.entry_tables, manifest.base
+    if compact or not records or base is None or len(records) >= MAX_ENTRY_TABLES:
+        records = [keyed(table).write(folder)]
+    elif table is not base:
+        delta = entry_delta(base, table)
+        if delta is None:
+            records = [keyed(table).write(folder)]
+        elif len(delta):
+            records = records + [delta.write(folder)]
+    atomic_write_json(folder / MANIFEST, manifest.to_json(records))
+    manifest.entries, manifest.entry_tables, manifest.base = table, records, table
+    listed = {r["name"] for r in records}
     for p in (folder / ENTRIES_DIR).iterdir():
-        if p.name != record["name"] and p.name.startswith("entries-"):
+        if p.name not in listed and p.name.startswith("entries-"):
             p.unlink(missing_ok=True)
 
 
@@ -246,8 +275,8 @@ def remove_unlisted_segments(folder: Path, manifest: Optional[Manifest]) -> int:
     listed = {s["name"] for s in manifest.segments} if manifest else set()
     if manifest and manifest.ann:
         listed.add(manifest.ann["file"])
-    if manifest and manifest.entry_table:
-        listed.add(manifest.entry_table["name"])
+    if manifest and manifest.entry_tables:
+        listed.update(r["name"] for r in manifest.entry_tables)
     removed = 0
     for sub in (SEGMENTS, ANN_DIR, ENTRIES_DIR):
         if (folder / sub).is_dir():

@@ -1,0 +1,70 @@
+"""The budget figure: trainable parameters (log) against R@1 with intervals, per domain; the
+Pareto frontier marked, the paper's default highlighted, zero-shot as a reference line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analysis import style
+from analysis.budget.table import IN_DOMAIN, pareto
+
+DEFAULT_COLOUR = style.OKABE_ITO[1]
+POINT_COLOUR = style.OKABE_ITO[0]
+FULL_COLOUR = style.OKABE_ITO[3]
+
+
+def _panel(ax, df: pd.DataFrame, domain: str) -> None:
+    col = f"R1_{domain}"
+    for _, r in df[df["kind"] == "zero-shot"].iterrows():
+        ax.axhspan(r[f"{col}_low"], r[f"{col}_high"], color="0.88", lw=0)
+        ax.axhline(r[col], color="0.4", ls="--", lw=0.9, label="zero-shot (0 trained)")
+    front = pareto(df["trainable_params"].tolist(), df[col].tolist())
+    pts = df.assign(front=front)[df["kind"] != "zero-shot"].sort_values("trainable_params")
+    for _, r in pts.iterrows():
+        x, y = float(r["trainable_params"]), float(r[col])
+        err = np.array([[y - r[f"{col}_low"]], [r[f"{col}_high"] - y]])
+        if r["kind"] == "full":
+            kw = dict(marker="s", color=FULL_COLOUR, ms=5, label="full fine-tune")
+        elif r["default"]:
+            kw = dict(marker="*", color=DEFAULT_COLOUR, ms=11, label="paper's default", zorder=4)
+        else:
+            kw = dict(marker="o", color=POINT_COLOUR, ms=4, label="PETL configuration")
+        ax.errorbar([x], [y], yerr=err, ls="none", capsize=2, elinewidth=0.8, **kw)
+        if r["front"] or r["default"]:  # the others: budget.csv and the app's point view
+            ax.annotate(str(r["point"]), (x, y), xytext=(-4, 4), textcoords="offset points", fontsize=6,
+                        color="0.2", ha="right")
+    line = pts[pts["front"]]
+    if len(line):
+        ax.plot(line["trainable_params"], line[col], color="0.15", lw=0.9, zorder=3, label="Pareto frontier")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_title("in-domain" if domain == IN_DOMAIN else f"target {domain}", fontsize=9)
+
+
+def budget_figure(df: pd.DataFrame, domains: list[str]):
+    """(figure, caption) of the sweep's table (the CLI saves it; the app can show it)."""
+    n = len(domains)
+    fig = style.figure(3.2 * n + 0.4, 3.4, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, n, sharey=True))
+    for ax, d in zip(axes, domains):
+        _panel(ax, df, d)
+    axes[0].set_ylabel("R@1 (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    fig.legend(seen.values(), seen.keys(), loc="outside lower center", ncols=min(4, len(seen)), frameon=False,
+               fontsize=7)
+    fig.suptitle("R@1 against the PETL budget", fontsize=10)
+    seeds = sorted(set(int(s) for s in df["seeds"])) if len(df) else []
+    caption = ("R@1 against the number of trainable parameters (log scale), one panel per test domain; bars: 95 % "
+               "bootstrap intervals over test queries of the seed-averaged model "
+               f"({'/'.join(map(str, seeds)) or '0'} seeds per point). The line joins each panel's Pareto frontier "
+               "(no other point has at most as many parameters and a higher R@1), whose points are named; the star "
+               "is the paper's default configuration; the dashed line and grey band are zero-shot.")
+    return fig, caption
+
+
+def save_budget_figure(df: pd.DataFrame, domains: list[str], out_dir) -> style.FigureRecord:
+    fig, caption = budget_figure(df, domains)
+    return style.save(fig, out_dir, "budget", caption)

@@ -1,0 +1,246 @@
+"""The budget sweep: a folder of resumable runs, ``<runs-dir>/<point>/seed-<s>/``.
+
+Training goes through the ablation's machinery (:func:`analysis.ablation.runs.run_variant`'s
+rules: a complete run of the same config is reused, an incomplete one resumed, a complete one
+of another config refused). After training, each run's selected checkpoint is evaluated query
+by query on its own test split (``per_query_test.csv``, as the ablation) and on every target's
+test split (``per_query_target-<name>.csv``); a file already there is kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from tqdm.auto import tqdm
+
+from analysis.ablation.runs import PER_QUERY_NAME, TrainFn, run_complete, seed_runs
+from analysis.ablation.study import variant_config
+from analysis.budget.grid import BudgetGrid, BudgetPoint
+from upperson import stats
+from upperson.config import ExperimentConfig, to_dict
+from upperson.data import DATASETS
+from upperson.train.run import Run
+
+log = logging.getLogger(__name__)
+
+#: (cfg, run_dir, dataset, root) -> per-query rows of the run's selected checkpoint on that test split
+EvaluateFn = Callable[[ExperimentConfig, Path, str, str], list]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A cross-domain test set: its name (the column suffix), dataset format and data root."""
+
+    name: str
+    dataset: Optional[str]  # None: the source's format
+    root: str
+
+    @staticmethod
+    def parse(spec: str, default_dataset: Optional[str] = None) -> "Target":
+        """``NAME=ROOT``, ``NAME:DATASET=ROOT`` or ``ROOT`` (the name is the folder's). A NAME that
+        is a dataset name (``icfg-pedes=/data/ICFG-PEDES``) is also the target's format."""
+        name, _, root = spec.rpartition("=")
+        if not root:
+            raise ValueError(f"--target {spec!r}: give NAME=ROOT (e.g. icfg=/data/toy-icfg)")
+        dataset = default_dataset
+        if ":" in name:
+            name, dataset = name.split(":", 1)
+            if dataset not in DATASETS:
+                raise ValueError(f"--target {spec!r}: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+        elif name in DATASETS:
+            dataset = name
+        name = name or Path(root).name
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"--target {spec!r}: the name {name!r} must be letters, digits, '-' or '_'")
+        return Target(name, dataset, root)
+
+
+def per_query_name(domain: str) -> str:
+    """The per-query file of a run on ``domain`` ("test": the source's own test split)."""
+    return PER_QUERY_NAME if domain == "test" else f"per_query_target-{domain}.csv"
+
+
+@dataclass
+class PlannedRun:
+    point: BudgetPoint
+    seed: int
+    cfg: ExperimentConfig
+    run_dir: Path
+    trainable: int
+    total: int
+
+    @property
+    def status(self) -> str:
+        if run_complete(self.run_dir):
+            return "done"
+        return "resume" if (self.run_dir / "config.yaml").exists() else "new"
+
+
+def parameter_counts(cfg: ExperimentConfig) -> tuple[int, int]:
+    """(trainable, total) of the model ``cfg`` builds, as ``python -m upperson params --random-init``."""
+    from upperson.model import build_model  # (torch and open_clip: only when a grid is planned)
+    from upperson.model.params import count_parameters
+
+    model_cfg = dataclasses.replace(cfg.model, pretrained="random")  # the counts do not depend on the weights
+    backbone_log, quiet = logging.getLogger("upperson.model.backbone"), _CountingOnly()
+    backbone_log.addFilter(quiet)  # its random-init warning is about training; these weights count, never run
+    try:
+        report = count_parameters(build_model(model_cfg))
+    finally:
+        backbone_log.removeFilter(quiet)
+    return report.trainable, report.total
+
+
+class _CountingOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "RANDOMLY initialised" not in record.getMessage()
+
+
+def plan(grid: BudgetGrid, runs_dir: Path, *, overrides: Sequence[str] = (), epochs: Optional[int] = None,
+         data_root: Optional[str] = None, dataset: Optional[str] = None, seeds: Optional[int] = None,
+         count: Callable[[ExperimentConfig], tuple[int, int]] = parameter_counts) -> list[PlannedRun]:
+    """Every run of the grid, configs built (so a bad override fails before any training)."""
+    seeds = grid.seeds if seeds is None else seeds
+    if seeds < 1:
+        raise ValueError(f"--seeds {seeds}: give at least one seed")
+    out = []
+    counted: dict[str, tuple[int, int]] = {}
+    for p in grid.points:
+        v = p.variant()
+        base_seed = variant_config(v, grid.base, overrides=overrides).train.seed
+        for seed in range(base_seed, base_seed + (seeds if p.trains else 1)):
+            cfg = variant_config(v, grid.base, overrides=overrides, epochs=epochs, data_root=data_root,
+                                 dataset=dataset, seed=seed)
+            if p.name not in counted:
+                counted[p.name] = count(cfg)
+            out.append(PlannedRun(p, seed, cfg, Path(runs_dir) / p.name / f"seed-{seed}", *counted[p.name]))
+    return out
+
+
+def _default_train_fn() -> TrainFn:
+    from upperson.train import train  # (the trainer's imports: only when a point trains)
+
+    return train
+
+
+def evaluate_run(cfg: ExperimentConfig, run_dir: Path, dataset: str, root: str) -> list:
+    """The run's selected checkpoint (``best/``) on ``dataset``'s test split at ``root``, query by query."""
+    # (torch and open_clip: only when a run is evaluated)
+    from upperson.data import build_tokenizer, load_dataset
+    from upperson.evaluation import evaluate_per_query
+    from upperson.model.checkpoint import load_model
+
+    model = load_model(Path(run_dir) / "best")
+    data = load_dataset(dataset, root)
+    res = evaluate_per_query(model, data.split("test"), build_tokenizer(model.config.name),
+                             batch_size=cfg.data.eval_batch_size, precision=cfg.train.precision, progress=False)
+    return res.rows()
+
+
+def _write_per_query(path: Path, rows: list) -> None:
+    stats.write_per_query_csv(path, [{**r, "caption": ""} for r in rows])  # no caption text: small files
+
+
+def run_planned(job: PlannedRun, targets: Sequence[Target], *, train_fn: Optional[TrainFn] = None,
+                evaluate_fn: EvaluateFn = evaluate_run, force: bool = False, progress: bool = True) -> Path:
+    """Train (or reuse, or resume) one run, then write its missing per-query files."""
+    run_dir = job.run_dir
+    planned = json.loads(json.dumps(to_dict(job.cfg)))
+    if run_complete(run_dir) and not force:
+        if Run(run_dir).results().get("config") != planned:
+            raise ValueError(f"{run_dir} holds a complete run of {job.point.name!r} with a different config; "
+                             "pass --force to train it again, or choose another --runs-dir")
+        log.info("%s seed %d: complete run in %s, reused", job.point.name, job.seed, run_dir)
+    else:
+        if force and run_dir.exists():
+            log.info("%s: --force, removing %s", job.point.name, run_dir)
+            shutil.rmtree(run_dir)
+        resume = (run_dir / "config.yaml").exists()
+        log.info("%s seed %d: %s %s", job.point.name, job.seed, "resuming" if resume else "training", run_dir)
+        (train_fn or _default_train_fn())(job.cfg, run_dir, resume=resume, progress=progress)
+        if not run_complete(run_dir):
+            raise RuntimeError(f"{job.point.name}: training finished but wrote no results in {run_dir}")
+    domains = [("test", job.cfg.data.dataset, job.cfg.data.root)] + [(t.name, t.dataset, t.root) for t in targets]
+    for name, dataset, root in domains:
+        path = run_dir / per_query_name(name)
+        if not path.exists():
+            log.info("%s seed %d: per-query results on %s", job.point.name, job.seed, name)
+            _write_per_query(path, evaluate_fn(job.cfg, run_dir, dataset, str(root)))
+    return run_dir
+
+
+def run_sweep(jobs: Sequence[PlannedRun], targets: Sequence[Target], *, train_fn: Optional[TrainFn] = None,
+              evaluate_fn: EvaluateFn = evaluate_run, force: bool = False, progress: bool = True) -> list[Path]:
+    """Every planned run, in order (an interrupted sweep continues where it stopped)."""
+    return [run_planned(j, targets, train_fn=train_fn, evaluate_fn=evaluate_fn, force=force, progress=progress)
+            for j in tqdm(jobs, desc="budget", unit="run", disable=not progress)]
+
+
+def seconds_per_epoch(jobs: Sequence[PlannedRun]) -> dict[str, float]:
+    """Measured training seconds per epoch of each kind, from the finished runs among ``jobs``."""
+    seen: dict[str, list[float]] = {}
+    for j in jobs:
+        if j.status != "done" or not j.point.trains:
+            continue
+        res = Run(j.run_dir).results()
+        epochs = int(res.get("config", {}).get("train", {}).get("epochs", 0) or 0)
+        t = float(res.get("train_time_s", 0.0) or 0.0)
+        if epochs > 0 and t > 0:
+            seen.setdefault(j.point.kind, []).append(t / epochs)
+    return {k: sum(v) / len(v) for k, v in seen.items()}
+
+
+def steps_per_epoch(cfg: ExperimentConfig) -> Optional[int]:
+    """Training steps per epoch (train captions / batch size), when the source's annotations can be read."""
+    if cfg.data.root is None or not Path(cfg.data.root).exists():
+        return None
+    from upperson.data import load_dataset  # (the readers: only for a dry run's estimate)
+
+    try:
+        records = load_dataset(cfg.data.dataset, cfg.data.root).split("train")
+    except (ValueError, OSError) as exc:
+        log.warning("cannot read the source's train split for the estimate (%s)", exc)
+        return None
+    return math.ceil(sum(len(r.captions) for r in records) / cfg.data.batch_size)
+
+
+def describe_plan(jobs: Sequence[PlannedRun], steps: Optional[int] = None) -> list[str]:
+    """The ``--dry-run`` lines: each run, its status, trainable parameters, epochs (and training
+    steps, when ``steps`` per epoch is known) and its time, estimated from the finished runs."""
+    rate = seconds_per_epoch(jobs)
+    lines = [f"{'point':<14} {'seed':>4} {'status':<7} {'trainable':>11} {'epochs':>6} {'steps':>7}  estimate"]
+    total, unknown, untimed = 0.0, 0, 0
+    for j in jobs:
+        epochs = int(j.cfg.train.epochs) if j.point.trains else 0
+        if j.status == "done":
+            est = "0 (done)"
+        elif not j.point.trains or epochs == 0:
+            est = "evaluation only"
+        elif j.point.kind in rate or "petl" in rate:
+            s = epochs * rate.get(j.point.kind, rate.get("petl", math.nan))
+            total += s
+            est = f"~{s / 60:.0f} min (measured {rate.get(j.point.kind, rate.get('petl')):.3g} s/epoch)"
+        else:
+            unknown += 1
+            untimed += epochs
+            est = f"{epochs} epochs (no finished run to time yet)"
+        n_steps = f"{epochs * steps:,}" if steps is not None else "?"
+        lines.append(f"{j.point.name:<14} {j.seed:>4} {j.status:<7} {j.trainable:>11,} {epochs:>6} {n_steps:>7}  {est}")
+    todo = sum(j.status != "done" for j in jobs)
+    tail = (f"; {unknown} runs not timed yet ({untimed * steps:,} training steps in all)" if unknown and steps
+            else f"; {unknown} runs not timed yet" if unknown else "")
+    lines.append(f"{len(jobs)} runs, {todo} to train or finish; estimated ~{total / 3600:.1f} h for the timed ones"
+                 + tail)
+    return lines
+
+
+def complete_runs(runs_dir: Path, point: BudgetPoint) -> list[Path]:
+    """A point's complete runs (seed order)."""
+    return seed_runs(Path(runs_dir) / point.name)
