@@ -10,9 +10,10 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from analysis import style
+from analysis import figure_registry, style
 from analysis.binding.pairs import PROBES
-from analysis.binding.scoring import Accuracy, Difference
+from analysis.binding.attributes import ABSENT, FIELDS
+from analysis.binding.scoring import Accuracy, Difference, accuracy
 from upperson.io import atomic_write_text
 from upperson.stats import format_interval
 
@@ -116,46 +117,67 @@ def attribute_table(attributes: Mapping[str, Mapping[str, Accuracy]]) -> str:
     return "\n".join(lines)
 
 
-def draw_binding_figure(results: Sequence[ProbeResult], attributes: Mapping[str, Mapping[str, Accuracy]]) -> tuple:
+def _examples() -> list[figure_registry.Example]:
+    """Three models on every probe and attribute (synthetic scores), and one model without attributes."""
+    rng = np.random.default_rng(0)
+    models = ("zero-shot backbone", "UP-Person", "full fine-tune (ft_lr3e-4)")
+    names = [(p, "image") for p in PROBES] + [("swap", "text"), ("hair", "text")]
+    results = [ProbeResult(m, p, side, accuracy(rng.integers(0, 2, 50).astype(float), resamples=50))
+               for m in models for p, side in names]
+    fields = [*FIELDS, *(f"{f} (present)" for f in ABSENT)]
+    attrs = {m: {f: accuracy(rng.integers(0, 2, 50).astype(float), chance=30.0, resamples=50) for f in fields}
+             for m in models}
+    return [figure_registry.Example("three models", (results, attrs)),
+            figure_registry.Example("pairs only", (results[:len(names)], {}))]
+
+
+@figure_registry.register(examples=_examples)
+def draw_binding_figure(results: Sequence[ProbeResult], attributes: Mapping[str, Mapping[str, Accuracy]], *,
+                        layout: style.Layout = style.PAPER) -> tuple:
     """``(figure, caption)``, unsaved: accuracy per probe (and per attribute, when given) per model,
     with 95 % intervals and chance."""
     models = list(dict.fromkeys(r.model for r in results))
     colours = style.qualitative(len(models))
     panels = 2 if attributes else 1
-    fig = style.figure(7.0, 3.0 * panels, layout="constrained")
+    width = layout.fit(7.0)
+    fig = style.figure(width, (3.0 if not layout.narrow else 3.4) * panels + 0.25 * len(models) * layout.narrow,
+                       layout="constrained")
     axes = np.atleast_1d(fig.subplots(panels, 1))
-    width = 0.8 / max(1, len(models))
+    bar_w = 0.8 / max(1, len(models))
 
-    def bars(ax, names, get, chance_of):
+    def bars(ax, names, get, chance_of, rotation):
         x = np.arange(len(names))
         for j, (m, c) in enumerate(zip(models, colours)):
             vals = [get(n, m) for n in names]
-            xs = x - 0.4 + width * (j + 0.5)
+            xs = x - 0.4 + bar_w * (j + 0.5)
             have = [(xi, a) for xi, a in zip(xs, vals) if a is not None]
             if not have:
                 continue
-            ax.bar([h[0] for h in have], [h[1].value for h in have], width, color=c, label=m)
+            ax.bar([h[0] for h in have], [h[1].value for h in have], bar_w, color=c, label=m)
             ax.errorbar([h[0] for h in have], [h[1].value for h in have],
                         yerr=[[h[1].value - h[1].low for h in have], [h[1].high - h[1].value for h in have]],
                         fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
         for xi, n in zip(x, names):
             ax.hlines(chance_of(n), xi - 0.45, xi + 0.45, colors="black", linestyles="dashed", linewidth=0.8)
-        ax.set_xticks(x, names)
+        ax.set_xticks(x, names, rotation=rotation, ha="right" if rotation else "center",
+                      rotation_mode="anchor" if rotation else "default")
         ax.set_ylim(0, 100)
         ax.set_ylabel("accuracy (%)")
 
     cell = {(r.name, r.model): r.accuracy for r in results}
     names = list(dict.fromkeys(r.name for r in results))
-    bars(axes[0], names, lambda n, m: cell.get((n, m)), lambda n: 50.0)
+    bars(axes[0], names, lambda n, m: cell.get((n, m)), lambda n: 50.0, 45 if layout.narrow else 0)
     n_pairs = max(r.accuracy.n for r in results)
-    axes[0].set_title(f"Minimal pairs: the right image (text) outranks its twin ({n_pairs} pairs per probe)")
+    title_size = style.RC["axes.titlesize"]
+    axes[0].set_title(style.wrap(f"Minimal pairs: the right image (text) outranks its twin ({n_pairs} pairs per probe)",
+                                 width, title_size))
     if attributes:
         fields = list(dict.fromkeys(f for per in attributes.values() for f in per))
         chance = {f: next(per[f].chance for per in attributes.values() if f in per) for f in fields}
-        bars(axes[1], fields, lambda f, m: attributes.get(m, {}).get(f), chance.get)
-        axes[1].set_title("Top-1 other identity shares the query's attribute")
-        axes[1].tick_params(axis="x", labelrotation=30)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(models), frameon=False)
+        bars(axes[1], fields, lambda f, m: attributes.get(m, {}).get(f), chance.get, 90 if layout.narrow else 30)
+        axes[1].set_title(style.wrap("Top-1 other identity shares the query's attribute", width, title_size))
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
+               ncols=1 if layout.narrow else len(models), frameon=False)
     caption = ("Attribute-binding probe. Top: share of minimal pairs (" + "; ".join(f"{k}: {v}" for k, v in PROBES.items())
                + ") in which the caption ranks the right image above its twin (text: the image ranks its caption "
                "above the twin's caption); dashed: chance (50 %). "
