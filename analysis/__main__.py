@@ -1,6 +1,6 @@
 """``python -m analysis <command>``: paper figures (PNG + SVG) of an UP-Person model.
 
-Commands: attention, umap, ablation, curves, transfer, report. With no options every command uses the
+Commands: attention, umap, ablation, curves, transfer, binding, report. With no options every command uses the
 embedded default model and the ToyPEDES it was evaluated on; ``--checkpoint PATH`` or
 ``--run RUN_DIR`` with ``--data-root DIR --dataset NAME`` point it at anything else.
 """
@@ -14,6 +14,7 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
+from analysis.binding.cli import binding_args, cmd_binding
 from analysis.checks import validate_args
 from analysis.commands import (cmd_ablation, cmd_attention, cmd_budget, cmd_curves, cmd_explain, cmd_transfer,
                                cmd_umap)
@@ -164,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("transfer", "cross-domain transfer: train on each source (selected on its val), test on every target")
     add_transfer_args(p)
     p.set_defaults(func=cmd_transfer)
+
+    p = add("binding", "attribute-binding probe: minimal pairs (colour swap, bag, umbrella, hair), per-attribute accuracy")
+    binding_args(p)
+    p.set_defaults(func=cmd_binding)
 
     p = add("report", "every figure in one folder, with an index.html")
     _model_args(p)

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 #: the modules whose figure functions are registered (importing them fills the registry)
-MODULES = ("analysis.attention", "analysis.umap_plot", "analysis.curves", "analysis.ablation.figures")
+MODULES = ("analysis.attention", "analysis.umap_plot", "analysis.curves", "analysis.ablation.figures",
+           "analysis.binding.output")
 
 
 @dataclass(frozen=True)
