@@ -41,12 +41,13 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 
 from demo.context import DemoContext, SharedUI, VisitorState
-from demo.gallery import GalleryError
+from demo.gallery import DEFAULT_CHOICE, GalleryError, domain_label, domain_ready
 from demo.markup import text as esc
 from demo.gallery import Gallery
 from demo.search import UPPERSON, ZERO_SHOT, ImageQuery, QueryError, SearchEngine, SearchResult
 from demo.thumbs import ImageFiles, OutsideRoots, WriteError, real, within
 from demo.views.common import WIDTH_COOKIE
+from upperson.data.toypedes.domains import DOMAINS
 
 log = logging.getLogger(__name__)
 
@@ -464,6 +465,31 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
             esc(p.name) for p, _ in gi.skipped[:10]) if gi.skipped else ""
         return f"Indexed {esc(gi.gallery.roots[0])}: {len(gi.gallery)} images{skipped}.", header(s), s
 
+    def pick_gallery(choice: str, state: VisitorState):
+        """Make the chosen gallery of the picker this visitor's: the default, or a ToyPEDES domain's test
+        split (generated into the cache on its first pick, with a notice)."""
+        s = ctx.valid_state(state)
+        if choice == DEFAULT_CHOICE:
+            return reset_gallery(s)
+        try:
+            if not isinstance(choice, str) or choice not in DOMAINS:
+                raise GalleryError(f"choose a gallery: {', '.join([DEFAULT_CHOICE, *DOMAINS])}")
+            if ctx.domain_key(choice) not in engine.galleries and not domain_ready(choice):
+                gr.Info(f"Generating the {domain_label(choice)} gallery once (a few seconds); later picks reuse it.")
+            s = ctx.with_domain(s, choice)
+        except (GalleryError, QueryError) as exc:
+            log.warning("gallery %r: %s", choice, exc)
+            return f"⚠️ {esc(exc)}", header(s), s
+        gi = engine.gallery_index(s.gallery)
+        return (f"On the gallery {esc(gi.gallery.name)}: {len(gi.gallery)} images, {gi.gallery.num_ids} identities.",
+                header(s), s)
+
+    def picked(state: VisitorState) -> str:
+        """The picker's value for the visitor's gallery (a domain's, else the default: a folder is named in
+        the header)."""
+        key = ctx.valid_state(state).gallery
+        return next((d for d in DOMAINS if key == ctx.domain_key(d)), DEFAULT_CHOICE)
+
     def reset_gallery(state: VisitorState):
         """Back to the gallery the app started with (for this visitor only)."""
         s = dataclasses.replace(ctx.valid_state(state), gallery=engine.default_gallery)
@@ -480,6 +506,10 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
                 ckpt = gr.Dropdown(list(engine.checkpoints), value=engine.default_checkpoint, label="PETL checkpoint",
                                    elem_id="checkpoint")
                 load = gr.Button("Load weights", elem_id="load-weights")
+            gallery_pick = gr.Dropdown(
+                [(f"Default: {engine.gallery.name}", DEFAULT_CHOICE)] + [(domain_label(d), d) for d in DOMAINS],
+                value=DEFAULT_CHOICE, label="Gallery (a ToyPEDES domain's test split is generated on its first pick)",
+                elem_id="gallery-pick")
             with gr.Row():
                 folder = gr.Textbox(label="Image folder" + (f" (under {', '.join(map(str, ctx.allow_roots))})"
                                                             if ctx.allow_roots else " (off: start with --allow-root DIR)"),
@@ -566,9 +596,14 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
                 explain, [selected, state], [heat, about], api_visibility="private", concurrency_id="engine")
         load.click(set_model, [ckpt, state], [admin, head, state], api_name="set_model", concurrency_id="engine")
         index.click(set_gallery, [folder, state], [admin, head, state], api_name="set_gallery",
-                    concurrency_id="engine").then(examples_update, [state], [example_set], api_visibility="private")
+                    concurrency_id="engine").then(examples_update, [state], [example_set], api_visibility="private"
+                                                  ).then(picked, [state], gallery_pick, api_visibility="private")
+        gallery_pick.input(pick_gallery, [gallery_pick, state], [admin, head, state], api_name="pick_gallery",
+                           concurrency_id="engine").then(examples_update, [state], [example_set],
+                                                         api_visibility="private")
         reset.click(reset_gallery, [state], [admin, head, state], api_name="reset_gallery").then(
-            examples_update, [state], [example_set], api_visibility="private")
+            examples_update, [state], [example_set], api_visibility="private").then(
+            picked, [state], gallery_pick, api_visibility="private")
         info_btn.click(info, [state], info_json, api_name="info")
         app.load(on_load, [state], [state, head, ckpt], api_visibility="private").then(
             examples_update, [state], [example_set], api_visibility="private")

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Sequence
 
 import torch
 
-from demo.gallery import Gallery, GalleryError, GalleryItem, resolve_under
+from demo.gallery import Gallery, GalleryError, GalleryItem, domain_gallery, resolve_under
 from demo.search import UPPERSON, GalleryIndex, QueryError, SearchEngine
 from demo.thumbs import ImageFiles
 
@@ -46,6 +47,7 @@ class DemoContext:
         self.allow_roots = [Path(r).resolve() for r in allow_roots]
         self.default_top_k = default_top_k
         self.files = files or ImageFiles()
+        self._domain_lock = threading.Lock()  # one generation of a domain's gallery at a time
 
     # ------------------------------------------------------------------ state
     def new_state(self) -> VisitorState:
@@ -115,6 +117,24 @@ class DemoContext:
         gi = self.engine.add_gallery(folder_gallery(path), checkpoint=s.model, relist=lambda: folder_gallery(path))
         self.files.warm([it.path for it in gi.gallery.items])
         return dataclasses.replace(s, gallery=gi.key)
+
+    @staticmethod
+    def domain_key(domain: str) -> str:
+        """The ``engine.galleries`` key of a ToyPEDES domain's test split."""
+        return f"domain:{domain}"
+
+    def with_domain(self, state: Optional[VisitorState], domain: str) -> VisitorState:
+        """A new state on ToyPEDES ``domain``'s test split: generated into the cache on its first pick
+        (``demo.gallery.domain_gallery``), then indexed once per process; GalleryError otherwise."""
+        s = self.valid_state(state)
+        key = self.domain_key(domain)
+        with self._domain_lock:
+            if key not in self.engine.galleries:
+                gallery = domain_gallery(domain)
+                self.files.allow_sources(gallery.source_roots)
+                self.engine.add_gallery(gallery, key=key, checkpoint=s.model)
+                self.files.warm([it.path for it in gallery.items])
+        return dataclasses.replace(s, gallery=key)
 
     def resolve(self, folder: str) -> Path:
         """``folder`` resolved inside the allowed roots (relative to the first), else GalleryError."""

@@ -18,7 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from upperson.data.toypedes.domains import DOMAINS
+
 log = logging.getLogger(__name__)
+
+#: THE default gallery of the demo: ``None`` is the original ToyPEDES test split (the embedded model
+#: was trained on it); a key of :data:`DOMAINS` makes that domain's test split the default (one line,
+#: when a model trained on that domain ships). docs/demo.md says so.
+DEFAULT_DOMAIN: Optional[str] = None
+#: the gallery picker's value for the start-up gallery (its other values: the keys of DOMAINS)
+DEFAULT_CHOICE = "default"
+#: size preset of the domain galleries generated on first pick (test split only; docs/demo.md has the timings)
+DOMAIN_PRESET = "small"
+#: the picker's short words for each domain's scene (the domains themselves: upperson/data/toypedes/domains.py)
+DOMAIN_SCENES = {"cuhk": "campus, daylight", "icfg": "indoor, winter", "rstp": "street, night"}
 
 PathLike = Union[str, Path]
 
@@ -161,11 +174,66 @@ def index_gallery(folder: PathLike, allow_roots: Sequence[PathLike] = ()) -> Gal
 
 
 def embedded_gallery() -> Gallery:
-    """The default: the ToyPEDES test split the embedded model was evaluated on."""
+    """The default gallery: the ToyPEDES test split the embedded model was evaluated on, or the test
+    split of :data:`DEFAULT_DOMAIN` when that is set."""
     from upperson.embedded import embedded_data_root
 
+    if DEFAULT_DOMAIN is not None:
+        return domain_gallery(DEFAULT_DOMAIN)
     g = dataset_gallery("toypedes", embedded_data_root(splits=["test"]), "test")
     g.name = "embedded " + g.name
+    return g
+
+
+def domain_label(domain: str) -> str:
+    """The picker's label of a domain: ``"ToyPEDES cuhk (campus, daylight)"``."""
+    return f"ToyPEDES {domain} ({DOMAIN_SCENES[domain]})"
+
+
+def domain_data_root(domain: str, preset: Optional[str] = None, seed: Optional[int] = None) -> Path:
+    """The data root of ``domain``'s ToyPEDES test split, generated once into the cache (atomic, seeded,
+    verified against its manifest when reused), beside the embedded gallery's (``embedded_data_root``)."""
+    # imported here, for start-up time (as in upperson.embedded): the generator is needed on a pick only
+    from upperson.data.toypedes import generate_toypedes
+
+    preset, seed = preset or DOMAIN_PRESET, card_seed(seed)
+    root = domain_root(domain, preset, seed)
+    if not (root / "ToyPEDES" / "reid_raw.json").exists():
+        log.info("generating ToyPEDES domain %s (%s, seed %d, test only) into %s, once", domain, preset, seed, root)
+    try:
+        generate_toypedes(root, preset=preset, seed=seed, splits=["test"], repair=True, domain=domain)
+    except Exception as exc:  # disk full, unwritable cache, a bug: one message; the traceback goes to the log
+        log.error("generating %s into %s failed", domain_label(domain), root, exc_info=True)
+        raise GalleryError(f"{domain_label(domain)}: the gallery could not be generated into {root} ({exc}); "
+                           "free disk space or set UPPERSON_CACHE to a writable folder, then pick it again") from None
+    return root
+
+
+def domain_ready(domain: str, preset: Optional[str] = None, seed: Optional[int] = None) -> bool:
+    """Whether ``domain``'s gallery is already in the cache (picking it generates nothing)."""
+    return (domain_root(domain, preset, seed) / "ToyPEDES" / "reid_raw.json").exists()
+
+
+def domain_root(domain: str, preset: Optional[str] = None, seed: Optional[int] = None) -> Path:
+    """Where ``domain``'s test split is cached: beside the embedded gallery's, with the model card's seed."""
+    from upperson.embedded import cache_dir  # start-up time, as in upperson.embedded
+
+    if domain not in DOMAINS:
+        raise GalleryError(f"unknown ToyPEDES domain {domain!r}; known: {', '.join(DOMAINS)}")
+    return cache_dir() / "toypedes" / f"{domain}-{preset or DOMAIN_PRESET}-seed{card_seed(seed)}-test"
+
+
+def card_seed(seed: Optional[int] = None) -> int:
+    """``seed``, or the model card's ToyPEDES seed (what ``embedded_data_root`` uses)."""
+    from upperson.assets import DEFAULT_TOYPEDES, read_card  # start-up time, as in upperson.embedded
+
+    return int(dict(DEFAULT_TOYPEDES, **read_card().get("toypedes", {}))["seed"] if seed is None else seed)
+
+
+def domain_gallery(domain: str, preset: Optional[str] = None) -> Gallery:
+    """The test split of a ToyPEDES domain (a key of :data:`DOMAINS`), generated on first use."""
+    g = dataset_gallery("toypedes", domain_data_root(domain, preset), "test")
+    g.name = f"{domain_label(domain)} test"
     return g
 
 
