@@ -54,8 +54,9 @@ def _panel(ax, df: pd.DataFrame, domain: str, small: float) -> None:
             kw = dict(marker="o", color=POINT_COLOUR, ms=4, label="PETL configuration")
         ax.errorbar([x], [y], yerr=err, ls="none", capsize=2, elinewidth=0.8, **kw)
         if r["front"] or r["default"]:  # the others: budget.csv and the app's point view
-            ax.annotate(str(r["point"]), (x, y), xytext=(-4, 4), textcoords="offset points", fontsize=small,
-                        color="0.2", ha="right")
+            # the frontier's names above left of their points, the default's below right (off the frontier's)
+            where = dict(xytext=(5, -5), ha="left", va="top") if r["default"] else dict(xytext=(-4, 4), ha="right")
+            ax.annotate(str(r["point"]), (x, y), textcoords="offset points", fontsize=small, color="0.2", **where)
     line = pts[pts["front"]]
     if len(line):
         ax.plot(line["trainable_params"], line[col], color="0.15", lw=0.9, zorder=3, label="Pareto frontier")
