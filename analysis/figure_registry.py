@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator
 
 #: the modules whose figure functions are registered (importing them fills the registry)
 MODULES = ("analysis.attention", "analysis.umap_plot", "analysis.curves", "analysis.ablation.figures",
-           "analysis.binding.output")
+           "analysis.binding.output", "analysis.budget.figure",
+           "analysis.transfer.figure")
 
 
 @dataclass(frozen=True)

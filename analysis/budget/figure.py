@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis import style
+from analysis import figure_registry, style
 from analysis.budget.table import IN_DOMAIN, pareto
 
 DEFAULT_COLOUR = style.OKABE_ITO[1]
@@ -14,7 +14,29 @@ POINT_COLOUR = style.OKABE_ITO[0]
 FULL_COLOUR = style.OKABE_ITO[3]
 
 
-def _panel(ax, df: pd.DataFrame, domain: str) -> None:
+def example_table(points: int = 14, domains: tuple[str, ...] = (IN_DOMAIN, "cuhk"), seed: int = 0) -> pd.DataFrame:
+    """A synthetic sweep table (the grid's points: PETL, one full fine-tune, zero-shot) for the figure checks."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(points):
+        kind = "zero-shot" if i == points - 1 else "full" if i == points - 2 else "petl"
+        params = 0 if kind == "zero-shot" else 1.5e8 if kind == "full" else float(rng.integers(2e4, 3e6))
+        row = {"point": "zero-shot" if kind == "zero-shot" else "full-finetune" if kind == "full" else f"B{i + 1}",
+               "kind": kind, "default": i == 1, "trainable_params": params, "seeds": 1 if kind == "zero-shot" else 2}
+        for d in domains:
+            v = 20.0 if kind == "zero-shot" else float(30 + 8 * np.log10(max(params, 1)) / 8 + rng.normal(0, 3))
+            row.update({f"R1_{d}": v, f"R1_{d}_low": v - 2.5, f"R1_{d}_high": v + 2.5})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _examples() -> list[figure_registry.Example]:
+    three = (IN_DOMAIN, "cuhk", "icfg")
+    return [figure_registry.Example("three domains", (example_table(domains=three), list(three))),
+            figure_registry.Example("in-domain only", (example_table(6, (IN_DOMAIN,)), [IN_DOMAIN]))]
+
+
+def _panel(ax, df: pd.DataFrame, domain: str, small: float) -> None:
     col = f"R1_{domain}"
     for _, r in df[df["kind"] == "zero-shot"].iterrows():
         ax.axhspan(r[f"{col}_low"], r[f"{col}_high"], color="0.88", lw=0)
@@ -32,8 +54,9 @@ def _panel(ax, df: pd.DataFrame, domain: str) -> None:
             kw = dict(marker="o", color=POINT_COLOUR, ms=4, label="PETL configuration")
         ax.errorbar([x], [y], yerr=err, ls="none", capsize=2, elinewidth=0.8, **kw)
         if r["front"] or r["default"]:  # the others: budget.csv and the app's point view
-            ax.annotate(str(r["point"]), (x, y), xytext=(-4, 4), textcoords="offset points", fontsize=6,
-                        color="0.2", ha="right")
+            # the frontier's names above left of their points, the default's below right (off the frontier's)
+            where = dict(xytext=(5, -5), ha="left", va="top") if r["default"] else dict(xytext=(-4, 4), ha="right")
+            ax.annotate(str(r["point"]), (x, y), textcoords="offset points", fontsize=small, color="0.2", **where)
     line = pts[pts["front"]]
     if len(line):
         ax.plot(line["trainable_params"], line[col], color="0.15", lw=0.9, zorder=3, label="Pareto frontier")
@@ -43,18 +66,32 @@ def _panel(ax, df: pd.DataFrame, domain: str) -> None:
     ax.set_title("in-domain" if domain == IN_DOMAIN else f"target {domain}", fontsize=9)
 
 
-def budget_figure(df: pd.DataFrame, domains: list[str]):
-    """(figure, caption) of the sweep's table (the CLI saves it; the app can show it)."""
+@figure_registry.register(examples=_examples)
+def budget_figure(df: pd.DataFrame, domains: list[str], *, layout: style.Layout = style.PAPER):
+    """(figure, caption) of the sweep's table (the CLI saves it; the app can show it). On a narrow
+    layout the panels are stacked, one a row, and the small text is >= 9 px on the screen."""
     n = len(domains)
-    fig = style.figure(3.2 * n + 0.4, 3.4, layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, n, sharey=True))
+    narrow = layout.narrow
+    small = 7.5 if narrow else 6  # the point names and the legend
+    if narrow:
+        fig = style.figure(layout.width, 2.6 * n + 1.1, layout="constrained")
+        axes = np.atleast_1d(fig.subplots(n, 1, sharex=True))
+    else:
+        fig = style.figure(layout.fit(3.2 * n + 0.4), 3.4, layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, n, sharey=True))
     for ax, d in zip(axes, domains):
-        _panel(ax, df, d)
-    axes[0].set_ylabel("R@1 (%)")
+        _panel(ax, df, d, small)
+        if narrow:
+            ax.set_ylabel("R@1 (%)")
+    if narrow:
+        for ax in axes[:-1]:
+            ax.set_xlabel("")
+    else:
+        axes[0].set_ylabel("R@1 (%)")
     handles, labels = axes[0].get_legend_handles_labels()
     seen = dict(zip(labels, handles))
-    fig.legend(seen.values(), seen.keys(), loc="outside lower center", ncols=min(4, len(seen)), frameon=False,
-               fontsize=7)
+    fig.legend(seen.values(), seen.keys(), loc="outside lower center", ncols=2 if fig.get_size_inches()[0] < 5 else min(4, len(seen)),
+               frameon=False, fontsize=7.5 if narrow else 7)
     fig.suptitle("R@1 against the PETL budget", fontsize=10)
     seeds = sorted(set(int(s) for s in df["seeds"])) if len(df) else []
     caption = ("R@1 against the number of trainable parameters (log scale), one panel per test domain; bars: 95 % "
