@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from PIL import Image
 
-from analysis import style
+from analysis import figure_registry, style
 from analysis.attention import display_image, load_example
 from upperson import stats
 from upperson.data import CaptionTokenizer, build_transforms
@@ -336,35 +336,72 @@ def _overlay(ax, image: Optional[np.ndarray], grid_map: np.ndarray, title: str, 
     return im
 
 
-def explain_figure(ex: Explanation):
+def _examples() -> list[figure_registry.Example]:
+    """Synthetic explanations (no model): a short caption with two colour words, and a long one."""
+    rng = np.random.default_rng(0)
+
+    def one(caption: str, n_colours: int) -> Explanation:
+        words = caption.split()
+        colour_words = [i for i, w in enumerate(words) if w.strip(".") in ("red", "blue", "black", "grey", "white")]
+        colour_words = colour_words[:n_colours]
+        grid = (12, 4)
+        return Explanation(caption=caption, similarity=0.412, grid=grid, patch_map=rng.normal(size=grid),
+                           tokens=words, token_weights=rng.normal(size=len(words)), words=words,
+                           word_weights=rng.normal(size=len(words)),
+                           word_maps={i: rng.normal(size=grid) for i in colour_words},
+                           image=rng.random((96, 32, 3)))
+
+    short = "a woman in a red coat and blue jeans with a black backpack"
+    long = ("The man is wearing a grey hooded sweatshirt with a check pattern and a pair of white trousers. He has "
+            "short grey hair and carries a red messenger bag over his shoulder. On his feet are black shoes.")
+    return [figure_registry.Example("two colour words", (one(short, 2),)),
+            figure_registry.Example("long caption, four colour words", (one(long, 4),))]
+
+
+@figure_registry.register(examples=_examples)
+def explain_figure(ex: Explanation, *, layout: style.Layout = style.PAPER):
     """(figure, caption): the image, the caption's map, one map per chosen word, and the words'
-    weights as coloured bars (the same figure in the CLI and the app)."""
-    panels = [("whole caption", ex.patch_map)] + [(f"“{ex.words[i]}”", m) for i, m in ex.word_maps.items()]
+    weights as coloured bars (the same figure in the CLI and the app). On a phone the word bars go
+    under the maps and the text stays >= 9 px on the screen."""
+    panels = [("whole caption", ex.patch_map)] + [(f"“{textwrap.shorten(ex.words[i], 12, placeholder='…')}”", m)
+                                                  for i, m in ex.word_maps.items()]
     n = 1 + len(panels)
     n_words = len(ex.words)
-    bar_h = 0.6 + 0.16 * n_words
-    fig = style.figure(max(4.2, 0.95 * n + 2.4), max(3.4, bar_h), layout="constrained")
-    gs = fig.add_gridspec(1, n + 1, width_ratios=[1] * n + [2.4])
-    ax0 = fig.add_subplot(gs[0, 0])
+    if layout.narrow:
+        small = 7.5
+        per_row = min(n, 4)
+        map_rows = -(-n // per_row)
+        bar_h = 0.5 + 0.15 * n_words
+        fig = style.figure(layout.width, 1.9 * map_rows + bar_h + 0.4, layout="constrained")
+        gs = fig.add_gridspec(map_rows + 1, per_row, height_ratios=[1.9] * map_rows + [bar_h])
+        map_axes = [fig.add_subplot(gs[k // per_row, k % per_row]) for k in range(n)]
+        axw = fig.add_subplot(gs[map_rows, :])
+    else:
+        small = 7 if n_words < 30 else 5
+        fig = style.figure(layout.fit(max(4.2, 0.95 * n + 2.4)), max(3.4, 0.6 + 0.16 * n_words), layout="constrained")
+        gs = fig.add_gridspec(1, n + 1, width_ratios=[1] * n + [2.4])
+        map_axes = [fig.add_subplot(gs[0, k]) for k in range(n)]
+        axw = fig.add_subplot(gs[0, n])
+    title_size = max(small, 8) if not layout.narrow else small
+    ax0 = map_axes[0]
     if ex.image is not None:
         ax0.imshow(ex.image)
-    ax0.set_title("image", fontsize=8)
+    ax0.set_title("image", fontsize=title_size)
     ax0.set_xticks([])
     ax0.set_yticks([])
-    for k, (title, m) in enumerate(panels):  # no colour bar: each map has its own scale (bright: most)
-        _overlay(fig.add_subplot(gs[0, 1 + k]), ex.image, m, title, float(np.clip(m, 0, None).max()))
-    axw = fig.add_subplot(gs[0, n])
+    for ax, (title, m) in zip(map_axes[1:], panels):  # no colour bar: each map has its own scale (bright: most)
+        _overlay(ax, ex.image, m, title, float(np.clip(m, 0, None).max()))
+        ax.title.set_fontsize(title_size)
     w = ex.word_weights
     lim = float(np.abs(w).max()) if w.size and np.abs(w).max() > 0 else 1.0
     cmap = plt.get_cmap("RdBu_r")
     axw.barh(range(n_words), w, color=[cmap(0.5 + 0.5 * v / lim) for v in w], edgecolor="0.3", linewidth=0.4)
-    axw.set_yticks(range(n_words), [textwrap.shorten(x, 14, placeholder="…") for x in ex.words],
-                   fontsize=7 if n_words < 30 else 5)
-    axw.invert_yaxis()
+    axw.set_yticks(range(n_words), [textwrap.shorten(x, 14, placeholder="…") for x in ex.words], fontsize=small)
+    axw.set_ylim(n_words - 0.5, -0.5)
     axw.axvline(0, color="0.4", lw=0.6)
     axw.set_xlim(-1.05 * lim, 1.05 * lim)
-    axw.set_xlabel("word weight", fontsize=7)
-    axw.tick_params(axis="x", labelsize=6)
+    axw.set_xlabel("word weight", fontsize=max(small, 7))
+    axw.tick_params(axis="x", labelsize=max(small, 6))
     fig.suptitle(f"Why it matched (similarity {ex.similarity:.3f})", fontsize=9)
     named = ", ".join(f"“{ex.words[i]}”" for i in ex.word_maps) or "none"
     caption = ("Gradient × input of the image–caption cosine similarity through both towers (prefix included). "

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 #: the modules whose figure functions are registered (importing them fills the registry)
 MODULES = ("analysis.attention", "analysis.umap_plot", "analysis.curves", "analysis.ablation.figures",
            "analysis.binding.output", "analysis.budget.figure",
-           "analysis.transfer.figure")
+           "analysis.transfer.figure", "analysis.explain")
 
 
 @dataclass(frozen=True)
