@@ -38,7 +38,8 @@ def render_index(sections: Sequence[tuple[str, list[style.FigureRecord], str]], 
                  notes: Sequence[str] = ()) -> Path:
     """Write ``out_dir/index.html``: one section per command, one numbered figure per record.
 
-    ``sections`` holds (heading, figures, why-skipped); a section with no figures shows the reason.
+    ``sections`` holds (heading, figures, note): a section with no figures shows the note as the
+    reason it was skipped, one with figures as what its numbers are on.
     """
     out_dir = Path(out_dir)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -52,6 +53,8 @@ def render_index(sections: Sequence[tuple[str, list[style.FigureRecord], str]], 
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         if not figures:
             parts.append(f'<p class="skipped">Not included: {html.escape(skipped)}</p>')
+        elif skipped:  # a section with figures: the note says what its numbers are on
+            parts.append(f"<p>{html.escape(skipped)}</p>")
         for f in figures:
             n += 1
             png, svg = link(f.png, out_dir), link(f.svg, out_dir)
@@ -89,10 +92,16 @@ def build_report(args, command: str = "") -> list[style.FigureRecord]:
     figs += _section("Embeddings (UMAP)", lambda: umap_records(args, source, records), sections)
 
     def make_ablation():
-        df, _ = ablation_table(args)
+        df, where = ablation_table(args)
+        splits = sorted({str(x) for x in df["eval_split"].dropna()}) if "eval_split" in df.columns else []
+        on = f"its own {' and '.join(splits)} split" if splits else "the split its runs were evaluated on"
+        notes["Ablation"] = (f"From {where}: scored on {on} of the study's data, not on the data of the "
+                             "attention and embeddings sections.")
         return ablation.write_study(df, out)
 
+    notes: dict[str, str] = {}
     figs += _section("Ablation", make_ablation, sections)
+    sections[-1] = (*sections[-1][:2], sections[-1][2] or notes.get("Ablation", ""))
 
     def make_curves():
         paths = [Path(p) for p in args.curve_runs]
@@ -105,9 +114,10 @@ def build_report(args, command: str = "") -> list[style.FigureRecord]:
         return [curves_figure(runs, out)]
 
     figs += _section("Training curves", make_curves, sections)
-    notes = [f"Model: <code>{html.escape(source.label)}</code>; data: <code>{html.escape(str(records[0].path.parent) if records else '')}</code> "
-             f"({html.escape(args.split)} split, {len(records)} images)."]
+    header = [f"Model: <code>{html.escape(source.label)}</code>. Attention and embeddings: data <code>"
+              f"{html.escape(str(records[0].path.parent) if records else '')}</code> "
+              f"({html.escape(args.split)} split, {len(records)} images)."]
     if command:
-        notes.append(f"Command: <code>{html.escape(command)}</code>")
-    render_index(sections, out, title="UP-Person analysis report", notes=notes)
+        header.append(f"Command: <code>{html.escape(command)}</code>")
+    render_index(sections, out, title="UP-Person analysis report", notes=header)
     return figs

@@ -397,6 +397,10 @@ def test_report(checkpoint, toy_root, tmp_path, capsys, monkeypatch):
         with Image.open(out / f"{name}.png") as im:
             assert np.asarray(im.convert("L"), dtype=np.float32).std() > 0
     assert html.count("<figcaption>") == len(names) and "Not included" not in html
+    # the header's data is the attention and embeddings sections'; the ablation names its own runs and split
+    ablation_part = html[html.index("<h2>Ablation</h2>"):html.index("<h2>Training curves</h2>")]
+    assert f"run folders in {runs}" in ablation_part and "test split" in ablation_part
+    assert "Attention and embeddings" in html[:html.index("<h2>")]
 
 
 def test_run_folder_resolves_to_its_best_checkpoint(checkpoint, tmp_path):
