@@ -16,6 +16,23 @@ log = logging.getLogger("analysis")
 # `python -m analysis --help` and the option checks stay fast.
 
 
+def example_of(args, records=None) -> tuple:
+    """``--image`` and ``--caption``, each defaulting to the ``--index``-th record of the split and
+    its ``--caption-index``-th caption (the records are read only when one of the two is missing)."""
+    image, caption = args.image, args.caption
+    if image is None or caption is None:
+        records = records if records is not None else records_of(args)
+        if not 0 <= args.index < len(records):
+            raise ValueError(f"--index {args.index}: the {args.split} split has {len(records)} records")
+        rec = records[args.index]
+        image = image or rec.path
+        if caption is None:
+            if not 0 <= args.caption_index < len(rec.captions):
+                raise ValueError(f"--caption-index {args.caption_index}: record {args.index} has {len(rec.captions)} captions")
+            caption = rec.captions[args.caption_index]
+    return image, caption
+
+
 def records_of(args):
     """The ``--split`` records of the parsed ``args``' dataset."""
     from analysis.sources import load_data  # (heavy: only when the command runs)
@@ -40,17 +57,7 @@ def attention_records(args, source=None, records=None):
     model = source.model
     check_attention_ranges(args, model)
     tokenizer = build_tokenizer(model.config.name)
-    image, caption = args.image, args.caption
-    if image is None or caption is None:
-        records = records if records is not None else records_of(args)
-        if not 0 <= args.index < len(records):
-            raise ValueError(f"--index {args.index}: the {args.split} split has {len(records)} records")
-        rec = records[args.index]
-        image = image or rec.path
-        if caption is None:
-            if not 0 <= args.caption_index < len(rec.captions):
-                raise ValueError(f"--caption-index {args.caption_index}: record {args.index} has {len(rec.captions)} captions")
-            caption = rec.captions[args.caption_index]
+    image, caption = example_of(args, records)
     log.info("attention of %s on %s / %r", source.label, image, caption)
     return attention_figures(model, tokenizer, Path(image), caption, Path(args.out), quantity=args.quantity,
                              image_layers=args.layers, text_layers=args.text_layers, heads=args.heads,
@@ -177,7 +184,7 @@ def cmd_budget(args, command: str = ""):
 def cmd_explain(args, command: str = ""):
     from analysis.explain import explain_command  # (heavy: only when the command runs)
 
-    return explain_command(args, source_of, records_of)
+    return explain_command(args, source_of, example_of)
 
 
 def cmd_umap(args, command: str = ""):

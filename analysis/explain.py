@@ -469,9 +469,9 @@ def audit_files(model: nn.Module, tokenizer: CaptionTokenizer, cases: int, out_d
     return path
 
 
-def explain_command(args, source_of, records_of) -> list[style.FigureRecord]:
+def explain_command(args, source_of, example_of) -> list[style.FigureRecord]:
     """The body of ``python -m analysis explain``: ``source_of(args)`` is the model (loaded once the
-    options are checked), ``records_of(args)`` the split's records (for the default image and caption)."""
+    options are checked), ``example_of(args)`` the image and caption (defaults: a record of the split and its caption)."""
     from upperson.data import build_tokenizer  # (the tokenizer's BPE files: only when the command runs)
 
     if args.audit is not None and args.audit < 2:
@@ -487,18 +487,7 @@ def explain_command(args, source_of, records_of) -> list[style.FigureRecord]:
         audit_files(model, tokenizer, args.audit, Path(args.out), seed=args.audit_seed, resamples=args.resamples,
                     label=source.label)
         return []
-    image, caption = args.image, args.caption
-    if image is None or caption is None:
-        records = records_of(args)
-        if not 0 <= args.index < len(records):
-            raise ValueError(f"--index {args.index}: the {args.split} split has {len(records)} records")
-        rec = records[args.index]
-        image = image or rec.path
-        if caption is None:
-            if not 0 <= args.caption_index < len(rec.captions):
-                raise ValueError(f"--caption-index {args.caption_index}: record {args.index} has "
-                                 f"{len(rec.captions)} captions")
-            caption = rec.captions[args.caption_index]
+    image, caption = example_of(args)
     log.info("explaining %s on %s / %r", source.label, image, caption)
     rec, _ = explain_files(model, tokenizer, Path(image), caption, Path(args.out), words=args.words)
     return [rec]
