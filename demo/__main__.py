@@ -259,11 +259,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                          max_file_size=args.max_upload_mb * 2**20)
     except OSError as exc:  # the port was taken meanwhile, or the host cannot be listened on
         return _fail(f"cannot listen on {args.host}:{args.port or 'a free port'}: {exc}")
-    print(f"UP-Person demo running at {local_url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
     # SIGTERM (docker stop, systemd, kill) ends the demo as Ctrl+C does: the server closes and the
-    # exit handlers run (they remove the temp folder of generated images).
+    # exit handlers run (they remove the temp folder of generated images). Installed before the
+    # "running at" line, so a caller that stops the demo on that line never kills it outright.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"UP-Person demo running at {local_url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
     try:
         while not stop.wait(0.2) and app.is_running:
             pass
