@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from demo.gallery import Gallery, GalleryError, GalleryItem, normalise_caption
@@ -627,6 +628,19 @@ class SearchEngine:
             raise QueryError(f"{shown!r} is not an image of the current gallery.")
         return i, gi.gallery.items[i]
 
+    def checked_image(self, name: str, gallery: Optional[str] = None) -> tuple[Image.Image, GalleryItem]:
+        """(image, item): one gallery image by the name the results show, decoded as it was indexed.
+
+        Its bytes must still hash to the snapshot's digest and fit the limits (a file swapped
+        for a bomb is refused, not decoded); QueryError otherwise.
+        """
+        gi = self.gallery_index(gallery)
+        i, item = self.item_by_name(name, gi)
+        try:
+            return load_checked_rgb(item.path, gi.digests[i], self.limits), item
+        except SkipFile as exc:
+            raise QueryError(f"{gi.gallery.relative_name(item)} cannot be shown ({exc}); search again.") from None
+
     @torch.no_grad()
     def explain(self, name: str, variant: str = UPPERSON, gallery: Optional[str] = None,
                 checkpoint: Optional[str] = None):
@@ -637,12 +651,7 @@ class SearchEngine:
         """
         from demo.heatmap import prefix_attention_map
         from upperson.data import build_transforms
-        gi = self.gallery_index(gallery)
-        i, item = self.item_by_name(name, gi)
-        try:
-            image = load_checked_rgb(item.path, gi.digests[i], self.limits)
-        except SkipFile as exc:
-            raise QueryError(f"{gi.gallery.relative_name(item)} cannot be shown ({exc}); search again.") from None
+        image, item = self.checked_image(name, gallery)
         with self.using(checkpoint, variant) as model:
             x = build_transforms(model.image_size, train=False)(image)
             with self._threads(self.query_threads):
