@@ -19,9 +19,10 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from PIL import Image
@@ -36,12 +37,16 @@ from upperson.search.build import BuildLimits
 from upperson.search.query import encode_query
 from upperson.vocab import KNOWN_THRESHOLD, Vocabulary, VocabularyError, checkpoint_vocabulary
 
+if TYPE_CHECKING:  # (annotations only: analysis.explain imports matplotlib)
+    from analysis.explain import Explanation
+
 log = logging.getLogger(__name__)
 
 UPPERSON = "UP-Person"
 ZERO_SHOT = "zero-shot CLIP"
 VARIANTS = (UPPERSON, ZERO_SHOT)
 MAX_QUERY_CHARS = 2000  # longer input is cut before tokenising (the model reads ~75 tokens anyway)
+EXPLAIN_WORD_MAPS = 4  # colour words that get their own map in "Why it matched" (one pass each, under the lock)
 
 
 #: the feature cache's folder under the demo's cache dir
@@ -92,6 +97,18 @@ class ImageQuery:
 
     name: Optional[str] = None
     path: Optional[Path] = None
+
+
+@dataclass
+class QueryExplanation:
+    """One gallery image explained against a text query (:meth:`SearchEngine.explain_query`)."""
+
+    image: Image.Image  # the gallery image as indexed
+    item: GalleryItem
+    query: str  # the text explained (cleaned and truncated as the search does)
+    explanation: "Explanation"  # analysis.explain.Explanation: the numbers
+    notices: list[str]
+    seconds: float  # the model's time (forward and backward passes, under the lock)
 
 
 @dataclass
@@ -657,6 +674,40 @@ class SearchEngine:
             with self._threads(self.query_threads):
                 heat = prefix_attention_map(model, x)
         return image, heat, item
+
+
+    def explain_query(self, name: str, text: Optional[str], gallery: Optional[str] = None,
+                      checkpoint: Optional[str] = None, max_words: int = EXPLAIN_WORD_MAPS) -> QueryExplanation:
+        """Which words of ``text`` matched which regions of one gallery image, for UP-Person on ``checkpoint``.
+
+        :func:`analysis.explain.explain` (gradient x input of the similarity through both towers,
+        the computation of ``python -m analysis explain``) on the query as the search cleans and
+        truncates it; the words mapped are the CLI's default (the colour words), at most
+        ``max_words`` of them (each costs a forward and backward pass under the lock; the rest
+        are named in a notice). QueryError for a name outside the gallery or an empty query.
+        """
+        # (analysis.explain imports matplotlib: only once a query is explained, not at start-up)
+        from analysis.attention import display_image
+        from analysis.explain import caption_words, colour_word_indices, explain
+        from upperson.data import build_transforms
+
+        image, item = self.checked_image(name, gallery)
+        q = self.prepare(text)
+        words, _ = caption_words(q.text, self.tokenizer)
+        chosen = colour_word_indices(words)
+        notices = list(q.notices)
+        if len(chosen) > max_words:
+            left = [words[i] for i in chosen[max_words:]]
+            log.warning("explain: %d colour words in the query; mapping the first %d (%d left out)", len(chosen),
+                        max_words, len(left))
+            notices.append(f"The query has {len(chosen)} colour words; the first {max_words} get a map (each "
+                           f"costs one more pass), not: {', '.join(left)}.")
+            chosen = chosen[:max_words]
+        started = time.perf_counter()
+        with self.using(checkpoint, UPPERSON) as model, self._threads(self.query_threads):
+            x = build_transforms(model.image_size, train=False)(image)
+            ex = explain(model, self.tokenizer, x, q.text, word_indices=chosen, display=display_image(x))
+        return QueryExplanation(image, item, q.text, ex, notices, time.perf_counter() - started)
 
 
 PID_MAX = 2**63 - 1
