@@ -1,7 +1,7 @@
 """The Gradio app: four tabs (Search, Attention, Embeddings, Ablation) over one shared engine.
 
 Every event has an ``api_name``, so everything the page does can be done with
-``gradio_client``: ``/search``, ``/explain``, ``/set_model``, ``/set_gallery``, ``/info``
+``gradio_client``: ``/search``, ``/explain``, ``/explain_query``, ``/set_model``, ``/set_gallery``, ``/info``
 (and the views' ``/attention``, ``/embeddings``, ``/ablation``).
 
 Each visitor (browser session, or ``gradio_client.Client``) has its own gallery and model
