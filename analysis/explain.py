@@ -15,7 +15,8 @@ included, since they are part of the forward pass):
 
 One forward and one backward pass per map (``1 + words`` in all). docs/explain.md says why
 this method and not attention rollout. :func:`explain_figure` is the (figure, caption) pair
-the CLI saves and the demo's "Why it matched" can show.
+the CLI saves; the demo's "Why it matched" draws the same numbers as a lighter image panel
+(``demo/query_explain.py``).
 """
 
 from __future__ import annotations

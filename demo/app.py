@@ -1,7 +1,7 @@
 """The Gradio app: four tabs (Search, Attention, Embeddings, Ablation) over one shared engine.
 
 Every event has an ``api_name``, so everything the page does can be done with
-``gradio_client``: ``/search``, ``/explain``, ``/set_model``, ``/set_gallery``, ``/info``
+``gradio_client``: ``/search``, ``/explain``, ``/explain_query``, ``/set_model``, ``/set_gallery``, ``/info``
 (and the views' ``/attention``, ``/embeddings``, ``/ablation``).
 
 Each visitor (browser session, or ``gradio_client.Client``) has its own gallery and model
@@ -26,14 +26,16 @@ placeholder and a notice, not the file it points to. The check costs a ``realpat
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
+import json
 import logging
 import math
 import os
 import re
 import weakref
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TypedDict
 
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
@@ -43,6 +45,7 @@ from starlette.responses import PlainTextResponse
 from demo.context import DemoContext, SharedUI, VisitorState
 from demo.gallery import DEFAULT_CHOICE, GalleryError, domain_label, domain_ready
 from demo.markup import text as esc
+from demo.query_explain import draw_panel, explanation_json, explanation_markdown, no_query_text
 from demo.gallery import Gallery
 from demo.search import UPPERSON, ZERO_SHOT, ImageQuery, QueryError, SearchEngine, SearchResult
 from demo.thumbs import ImageFiles, OutsideRoots, WriteError, real, within
@@ -50,6 +53,13 @@ from demo.views.common import WIDTH_COOKIE
 from upperson.data.toypedes.domains import DOMAINS
 
 log = logging.getLogger(__name__)
+
+
+class LastQuery(TypedDict):
+    """A visitor's last search, as "Why it matched" explains it (kept in a ``gr.State``)."""
+
+    kind: str  # "text" or "image"
+    text: str  # the text searched (cleaned and truncated); "" after an image search
 
 TITLE = "UP-Person: text-based person retrieval"
 TOP_K_MAX = 200
@@ -322,8 +332,9 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
         s = ctx.valid_state(state)
         return s, header(s), gr.Dropdown(value=s.model)
 
-    def answer(run, top_k, compare, state: VisitorState):
-        """The outputs of one search: ``run(k, variants, state)`` gives the SearchResult."""
+    def answer(run, top_k, compare, state: VisitorState, kind: str = "text"):
+        """The outputs of one search: ``run(k, variants, state)`` gives the SearchResult; the last one is
+        the query "Why it matched" explains (:data:`LastQuery`: the text searched, or an image search)."""
         s = ctx.valid_state(state)
         try:
             s = ctx.check_state(state)
@@ -331,7 +342,7 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
             both = parse_flag(compare, "Compare")
             result = run(k, (UPPERSON, ZERO_SHOT) if both else (UPPERSON,), s)
         except QueryError as exc:
-            return [], gr.Gallery(value=[], visible=False), f"ℹ️ {esc(exc)}", {"error": str(exc)}, [], []
+            return [], gr.Gallery(value=[], visible=False), f"ℹ️ {esc(exc)}", {"error": str(exc)}, [], [], None
         main = result.rankings[0]
         zs = result.rankings[1] if both else None
         names = [h.file for h in main.hits]
@@ -342,11 +353,12 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
             zs_pictures = _gallery_value(engine, s.gallery, zs, files, shown) if zs else []
         except WriteError as exc:
             log.error("%s", exc)
-            return [], gr.Gallery(value=[], visible=False), f"⚠️ {esc(exc)}", {"error": str(exc)}, [], []
+            return [], gr.Gallery(value=[], visible=False), f"⚠️ {esc(exc)}", {"error": str(exc)}, [], [], None
         result.notices.extend(dict.fromkeys(shown))
         gallery_name = engine.gallery_index(s.gallery).gallery.name
         return (pictures, gr.Gallery(value=zs_pictures, visible=bool(zs)),
-                _status(result, gallery_name), _results_json(result), names, zs_names)
+                _status(result, gallery_name), _results_json(result), names, zs_names,
+                {"kind": kind, "text": result.query if kind == "text" else ""})
 
     def search(query: str, pid: str, top_k, compare, state: VisitorState):
         """Rank the visitor's gallery for a description (and, with compare, by the zero-shot backbone too)."""
@@ -369,7 +381,7 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
             return engine.search_image(ImageQuery(path=Path(image)), k, variants=variants, gallery=s.gallery,
                                        checkpoint=s.model)
 
-        return answer(run, top_k, compare, state)
+        return answer(run, top_k, compare, state, "image")
 
     def find_person(name: str, top_k, compare, state: VisitorState):
         """Rank the visitor's gallery for one of its images (by the name the results show), itself left out."""
@@ -381,7 +393,7 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
             return engine.search_image(ImageQuery(name=str(name).strip()), k, variants=variants, gallery=s.gallery,
                                        checkpoint=s.model)
 
-        return answer(run, top_k, compare, state)
+        return answer(run, top_k, compare, state, "image")
 
     def examples_api(state: VisitorState) -> dict:
         """The example queries shown for the visitor's gallery, and their label."""
@@ -435,6 +447,55 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
         except WriteError as exc:
             log.error("%s", exc)
             return None, f"⚠️ {esc(exc)}"
+
+    def explain_query(name: str, query: str, state: VisitorState):
+        """Which words of ``query`` matched which regions of one gallery image (UP-Person, the visitor's
+        checkpoint): the panel, its Markdown and its numbers (JSON)."""
+        return explain_tied(name, query, state)
+
+    def explain_tied(name: str, query: str, state: VisitorState, from_zero_shot: bool = False,
+                     no_text: Optional[str] = None):
+        """:func:`explain_query`; ``from_zero_shot``: picked from the zero-shot grid (said so); ``no_text``:
+        why there is no query ("image": an image search)."""
+        s = ctx.valid_state(state)
+        try:
+            s = ctx.check_state(state)
+            if name is not None and not isinstance(name, str):
+                raise QueryError(f"The image name must be text (as the results show it); got {type(name).__name__}.")
+            if query is not None and not isinstance(query, str):
+                raise QueryError(f"The query must be text; got {type(query).__name__}.")
+            files.check_source(ctx.item(s, name)[1].path)  # a name outside the gallery is refused first
+            if not (query or "").strip():
+                return None, no_query_text(no_text), {}
+            qe = engine.explain_query(name, query, gallery=s.gallery, checkpoint=s.model)
+        except QueryError as exc:
+            return None, f"ℹ️ {esc(exc)}", {"error": str(exc)}
+        except OutsideRoots:
+            return None, f"⚠️ {esc(name)}: not shown, it resolves outside the allowed folders now.", {}
+        except OSError as exc:  # removed or unreadable since it was indexed
+            log.warning("explain_query %s: %s", name, exc)
+            return None, f"⚠️ {esc(name)}: cannot be read now ({esc(type(exc).__name__)}); search again.", {}
+        numbers = explanation_json(qe, name, s.model)
+        key = "query-explain:" + hashlib.sha1(json.dumps([str(qe.item.path), numbers["similarity"],
+                                                          numbers["patch_map"], numbers["word_maps"]]).encode()
+                                              ).hexdigest()
+        try:
+            path = files.save(draw_panel(qe), key)
+        except WriteError as exc:
+            log.error("%s", exc)
+            return None, f"⚠️ {esc(exc)}", numbers
+        return path, explanation_markdown(qe, s.model, from_zero_shot=from_zero_shot), numbers
+
+    def tied_to_last(name: str, last: Optional[LastQuery], state: VisitorState, from_zero_shot: bool):
+        """:func:`explain_query` on the visitor's last search: its text, or nothing after an image search."""
+        last = last if isinstance(last, dict) else {}
+        return explain_tied(name, last.get("text") or "", state, from_zero_shot, last.get("kind"))
+
+    def explain_last(name: str, last: Optional[LastQuery], state: VisitorState):
+        return tied_to_last(name, last, state, False)
+
+    def explain_last_zero_shot(name: str, last: Optional[LastQuery], state: VisitorState):
+        return tied_to_last(name, last, state, True)
 
     def pick(names: list[str], evt: gr.SelectData) -> str:
         return names[evt.index] if names and 0 <= evt.index < len(names) else ""
@@ -547,6 +608,7 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
                         go_image = gr.Button("Search by this image", elem_id="search-image")
                 status = gr.Markdown(elem_id="status", latex_delimiters=[])
                 names, zs_names = gr.State([]), gr.State([])
+                last_query = gr.State(None)  # LastQuery of this visitor's last search (None before any)
                 with gr.Row():
                     results = gr.Gallery(label=f"{UPPERSON}", columns=8, height="auto", object_fit="contain",
                                          elem_id="results", elem_classes="results-grid", allow_preview=False,
@@ -560,8 +622,15 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
                                               elem_id="selected", scale=1)
                         find = gr.Button("Find this person", elem_id="find-person", scale=0, min_width=160)
                     with gr.Row():
-                        heat = gr.Image(label="Prefix attention", type="filepath", height=400, elem_id="heatmap")
+                        heat = gr.Image(label="Prefix attention (the same for every query)", type="filepath",
+                                        height=400, elem_id="heatmap", scale=1)
+                        query_heat = gr.Image(label="Tied to the query: which words matched which regions",
+                                              type="filepath", height=400, elem_id="query-heatmap", scale=2)
+                    with gr.Row():
                         about = gr.Markdown(elem_id="about", latex_delimiters=[])
+                        query_about = gr.Markdown(elem_id="query-about", latex_delimiters=[])
+                    with gr.Accordion("The query-tied explanation as JSON", open=False):
+                        query_numbers = gr.JSON(elem_id="query-json")
                 with gr.Accordion("Results as JSON", open=False):
                     table = gr.JSON()
 
@@ -578,7 +647,8 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
                     else:
                         getattr(module, f"build_{key}_tab")(ctx, ui)
 
-        outs = [results, zs_results, status, table, names, zs_names]
+        outs = [results, zs_results, status, table, names, zs_names, last_query]
+        query_outs = [query_heat, query_about, query_numbers]
         go.click(search, [query, pid, top_k, compare, state], outs, api_name="search", concurrency_id="engine")
         for box in (query, pid):  # Enter in either box searches
             box.submit(search, [query, pid, top_k, compare, state], outs, api_visibility="private",
@@ -590,10 +660,15 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
         find.click(find_person, [selected, top_k, compare, state], outs, api_name="find_person",
                    concurrency_id="engine")
         gr.Button(visible=False).click(examples_api, [state], gr.JSON(visible=False), api_name="examples")
-        selected.submit(explain, [selected, state], [heat, about], api_name="explain", concurrency_id="engine")
-        for gal, names_state in ((results, names), (zs_results, zs_names)):
+        selected.submit(explain, [selected, state], [heat, about], api_name="explain", concurrency_id="engine").then(
+            explain_last, [selected, last_query, state], query_outs, api_visibility="private", concurrency_id="engine")
+        for gal, names_state, tied in ((results, names, explain_last), (zs_results, zs_names, explain_last_zero_shot)):
             gal.select(pick, [names_state], selected, api_visibility="private").then(
-                explain, [selected, state], [heat, about], api_visibility="private", concurrency_id="engine")
+                explain, [selected, state], [heat, about], api_visibility="private", concurrency_id="engine").then(
+                tied, [selected, last_query, state], query_outs, api_visibility="private", concurrency_id="engine")
+        # the API's own inputs (a name, the query text); the page runs explain_query on the selection above
+        gr.Button(visible=False).click(explain_query, [selected, query, state], query_outs, api_name="explain_query",
+                                       concurrency_id="engine")
         load.click(set_model, [ckpt, state], [admin, head, state], api_name="set_model", concurrency_id="engine")
         index.click(set_gallery, [folder, state], [admin, head, state], api_name="set_gallery",
                     concurrency_id="engine").then(examples_update, [state], [example_set], api_visibility="private"

@@ -19,11 +19,13 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Union
 
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from demo.gallery import Gallery, GalleryError, GalleryItem, normalise_caption
@@ -35,12 +37,16 @@ from upperson.search.build import BuildLimits
 from upperson.search.query import encode_query
 from upperson.vocab import KNOWN_THRESHOLD, Vocabulary, VocabularyError, checkpoint_vocabulary
 
+if TYPE_CHECKING:  # (annotations only: analysis.explain imports matplotlib)
+    from analysis.explain import Explanation
+
 log = logging.getLogger(__name__)
 
 UPPERSON = "UP-Person"
 ZERO_SHOT = "zero-shot CLIP"
 VARIANTS = (UPPERSON, ZERO_SHOT)
 MAX_QUERY_CHARS = 2000  # longer input is cut before tokenising (the model reads ~75 tokens anyway)
+EXPLAIN_WORD_MAPS = 4  # colour words that get their own map in "Why it matched" (one pass each, under the lock)
 
 
 #: the feature cache's folder under the demo's cache dir
@@ -91,6 +97,18 @@ class ImageQuery:
 
     name: Optional[str] = None
     path: Optional[Path] = None
+
+
+@dataclass
+class QueryExplanation:
+    """One gallery image explained against a text query (:meth:`SearchEngine.explain_query`)."""
+
+    image: Image.Image  # the gallery image as indexed
+    item: GalleryItem
+    query: str  # the text explained (cleaned and truncated as the search does)
+    explanation: "Explanation"  # analysis.explain.Explanation: the numbers
+    notices: list[str]
+    seconds: float  # the model's time (forward and backward passes, under the lock)
 
 
 @dataclass
@@ -627,6 +645,19 @@ class SearchEngine:
             raise QueryError(f"{shown!r} is not an image of the current gallery.")
         return i, gi.gallery.items[i]
 
+    def checked_image(self, name: str, gallery: Optional[str] = None) -> tuple[Image.Image, GalleryItem]:
+        """(image, item): one gallery image by the name the results show, decoded as it was indexed.
+
+        Its bytes must still hash to the snapshot's digest and fit the limits (a file swapped
+        for a bomb is refused, not decoded); QueryError otherwise.
+        """
+        gi = self.gallery_index(gallery)
+        i, item = self.item_by_name(name, gi)
+        try:
+            return load_checked_rgb(item.path, gi.digests[i], self.limits), item
+        except SkipFile as exc:
+            raise QueryError(f"{gi.gallery.relative_name(item)} cannot be shown ({exc}); search again.") from None
+
     @torch.no_grad()
     def explain(self, name: str, variant: str = UPPERSON, gallery: Optional[str] = None,
                 checkpoint: Optional[str] = None):
@@ -637,17 +668,46 @@ class SearchEngine:
         """
         from demo.heatmap import prefix_attention_map
         from upperson.data import build_transforms
-        gi = self.gallery_index(gallery)
-        i, item = self.item_by_name(name, gi)
-        try:
-            image = load_checked_rgb(item.path, gi.digests[i], self.limits)
-        except SkipFile as exc:
-            raise QueryError(f"{gi.gallery.relative_name(item)} cannot be shown ({exc}); search again.") from None
+        image, item = self.checked_image(name, gallery)
         with self.using(checkpoint, variant) as model:
             x = build_transforms(model.image_size, train=False)(image)
             with self._threads(self.query_threads):
                 heat = prefix_attention_map(model, x)
         return image, heat, item
+
+
+    def explain_query(self, name: str, text: Optional[str], gallery: Optional[str] = None,
+                      checkpoint: Optional[str] = None, max_words: int = EXPLAIN_WORD_MAPS) -> QueryExplanation:
+        """Which words of ``text`` matched which regions of one gallery image, for UP-Person on ``checkpoint``.
+
+        :func:`analysis.explain.explain` (gradient x input of the similarity through both towers,
+        the computation of ``python -m analysis explain``) on the query as the search cleans and
+        truncates it; the words mapped are the CLI's default (the colour words), at most
+        ``max_words`` of them (each costs a forward and backward pass under the lock; the rest
+        are named in a notice). QueryError for a name outside the gallery or an empty query.
+        """
+        # (analysis.explain imports matplotlib: only once a query is explained, not at start-up)
+        from analysis.attention import display_image
+        from analysis.explain import caption_words, colour_word_indices, explain
+        from upperson.data import build_transforms
+
+        image, item = self.checked_image(name, gallery)
+        q = self.prepare(text)
+        words, _ = caption_words(q.text, self.tokenizer)
+        chosen = colour_word_indices(words)
+        notices = list(q.notices)
+        if len(chosen) > max_words:
+            left = [words[i] for i in chosen[max_words:]]
+            log.warning("explain: %d colour words in the query; mapping the first %d (%d left out)", len(chosen),
+                        max_words, len(left))
+            notices.append(f"The query has {len(chosen)} colour words; the first {max_words} get a map (each "
+                           f"costs one more pass), not: {', '.join(left)}.")
+            chosen = chosen[:max_words]
+        started = time.perf_counter()
+        with self.using(checkpoint, UPPERSON) as model, self._threads(self.query_threads):
+            x = build_transforms(model.image_size, train=False)(image)
+            ex = explain(model, self.tokenizer, x, q.text, word_indices=chosen, display=display_image(x))
+        return QueryExplanation(image, item, q.text, ex, notices, time.perf_counter() - started)
 
 
 PID_MAX = 2**63 - 1

@@ -96,6 +96,16 @@ def test_enter_searches_and_shift_enter_adds_a_line(site):
             timeout=30_000)
         assert page.locator("#selected textarea").input_value() == first
         page.locator("#heatmap img").wait_for(state="visible", timeout=30_000)
+        page.locator("#query-heatmap img").wait_for(state="visible", timeout=30_000)  # tied to the query
+        assert "Tied to the query" in page.locator("#query-about").inner_text()
+        # after an image search there is no query text to explain, and the page says so
+        page.locator("#find-person").click()
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('left out')",
+                               timeout=30_000)
+        images.first.click()
+        page.wait_for_function("() => document.querySelector('#query-about').innerText.includes('image search')",
+                               timeout=30_000)
+        assert page.locator("#query-heatmap img").count() == 0
         # Enter in the person-id box searches too, scoring the query against that identity
         other = next(it.pid for it in engine.gallery.items if it.pid != item.pid)
         page.locator("#pid textarea").fill(str(other))
