@@ -185,3 +185,26 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, argv, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_budget_sweep_runs_on_the_one_sweep_engine(tmp_path, monkeypatch):
+    """analysis/sweep.py trains the budget's runs (its default trainer), and its rule holds: a complete
+    run of another config stops the sweep before anything trains, and --dry-run names it."""
+    from analysis import sweep
+
+    stub = StubTrainer()
+    monkeypatch.setattr(sweep, "_default_train_fn", lambda: stub)
+    args = _args(tmp_path, "--points", "B1,B2", "--seeds", "1")
+    budget.budget_command(args, evaluate_fn=stub_evaluate, count=_no_count)
+    assert stub.calls == [("B1/seed-0", False), ("B2/seed-0", False)]
+    other = tmp_path / "runs" / "B2" / "seed-0" / "results.json"
+    other.write_text(json.dumps({"config": {"train": {"epochs": 1}}, "train_time_s": 1.0}))
+    (tmp_path / "runs" / "B1" / "seed-0" / "results.json").unlink()  # B1 would train first
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    stub.calls.clear()
+    with pytest.raises(ValueError, match="holds a complete run of B2/seed-0 with a different config"):
+        budget.budget_command(args, evaluate_fn=stub_evaluate, count=_no_count)
+    assert stub.calls == [] and {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+    lines = budget.describe_plan(budget.plan(budget.load_grid().select(["B1", "B2"]), tmp_path / "runs",
+                                             data_root=str(tmp_path), seeds=1, count=_no_count))
+    assert " resume " in lines[1] and " conflict " in lines[2] and "--force trains it again" in lines[2]
