@@ -146,20 +146,36 @@ def evaluate_run(cfg: ExperimentConfig, run_dir: Path, dataset: str, root: str) 
 
 
 def _write_per_query(path: Path, rows: list) -> None:
-    stats.write_per_query_csv(path, [{**r, "caption": ""} for r in rows])  # no caption text: small files
+    # no caption text (small files; the key still identifies each caption: it is computed from the text)
+    stats.write_per_query_csv(path, rows, caption_text=False)
+
+
+#: the caption key every row of a budget per-query file held before the key was computed from the
+#: caption (the text was blanked first): that of empty text
+_BLANK_KEY = stats.caption_key("")
+
+
+def _keyless(path: Path) -> bool:
+    """Whether ``path`` is such an older file: every caption key is that of empty text."""
+    keys = stats.read_per_query_csv(path).caption_key
+    return keys is not None and len(keys) > 0 and all(k == _BLANK_KEY for k in keys)
 
 
 def run_planned(job: PlannedRun, targets: Sequence[Target], *, train_fn: Optional[TrainFn] = None,
                 evaluate_fn: EvaluateFn = evaluate_run, force: bool = False, progress: bool = True) -> Path:
     """Train (or reuse, or resume) one run (:func:`analysis.sweep.ensure_run`), then write its missing
-    per-query files."""
+    per-query files (and again an older one without caption keys)."""
     run_dir = ensure_run(job.job, train_fn=train_fn, force=force, progress=progress)
     domains = [("test", job.cfg.data.dataset, job.cfg.data.root)] + [(t.name, t.dataset, t.root) for t in targets]
     for name, dataset, root in domains:
         path = run_dir / per_query_name(name)
-        if not path.exists():
-            log.info("%s seed %d: per-query results on %s", job.point.name, job.seed, name)
-            _write_per_query(path, evaluate_fn(job.cfg, run_dir, dataset, str(root)))
+        if path.exists() and _keyless(path):
+            log.warning("%s: an older per-query file whose caption keys are all that of empty text (it could not be "
+                        "matched with files of other runs): evaluated again", path)
+        elif path.exists():
+            continue
+        log.info("%s seed %d: per-query results on %s", job.point.name, job.seed, name)
+        _write_per_query(path, evaluate_fn(job.cfg, run_dir, dataset, str(root)))
     return run_dir
 
 
