@@ -6,7 +6,7 @@ results was interrupted and is resumed; an empty place is trained. A complete ru
 config is an error (``force`` trains it again). :func:`plan_lines` says what a sweep would do
 and roughly what it costs, without touching anything (``--dry-run``).
 
-Used by ``analysis transfer``; meant for any study that trains a grid of runs.
+Used by ``analysis transfer`` and ``analysis budget``; meant for any study that trains a grid of runs.
 """
 
 from __future__ import annotations
@@ -87,14 +87,20 @@ def ensure_run(job: RunJob, *, train_fn: Optional[TrainFn] = None, force: bool =
     return job.run_dir
 
 
-def run_all(jobs: Sequence[RunJob], *, train_fn: Optional[TrainFn] = None, force: bool = False,
-            progress: bool = True) -> list[Path]:
-    """:func:`ensure_run` for every job in order (a conflict stops the sweep before any training)."""
+def check_conflicts(jobs: Sequence[RunJob], force: bool = False) -> None:
+    """Refuse the sweep, before any training, when a complete run of another config is in the way
+    (``force``: it is trained again instead)."""
     if not force:
         conflicts = [j for j in jobs if run_state(j) == CONFLICT]
         if conflicts:
             raise ValueError(f"{conflicts[0].run_dir} holds a complete run of {conflicts[0].name} with a different "
                              "config; pass --force to train it again, or choose another --runs-dir")
+
+
+def run_all(jobs: Sequence[RunJob], *, train_fn: Optional[TrainFn] = None, force: bool = False,
+            progress: bool = True) -> list[Path]:
+    """:func:`ensure_run` for every job in order (a conflict stops the sweep before any training)."""
+    check_conflicts(jobs, force)
     return [ensure_run(j, train_fn=train_fn, force=force, progress=progress) for j in jobs]
 
 
@@ -123,7 +129,7 @@ def measured_rates(jobs: Sequence[RunJob], units: Mapping[str, int]) -> dict[str
             continue
         res = Run(j.run_dir).results()
         seconds, work = res.get("train_time_s"), j.cfg.train.epochs * units.get(j.name, 0)
-        if isinstance(seconds, (int, float)) and work > 0:
+        if isinstance(seconds, (int, float)) and seconds > 0 and work > 0:  # 0 s: not a measurement
             spent.setdefault(j.kind, []).append(float(seconds) / work)
     return {k: sum(v) / len(v) for k, v in spent.items()}
 

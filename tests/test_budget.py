@@ -4,6 +4,7 @@ trainer, exact parameter counts against docs/method.md's closed form, --dry-run,
 from __future__ import annotations
 
 import json
+import logging
 import zlib
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from analysis import budget
 from analysis.__main__ import build_parser, main
+from upperson import stats
 from upperson.config import load_config, to_dict
 
 TARGETS = ("icfg",)  # one target: each per-query file is an fsync'd write
@@ -185,3 +187,55 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, argv, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_per_query_files_key_each_caption_without_its_text(tmp_path, caplog):
+    """No caption text in a budget run's per-query files, and each query's caption_key is its own
+    caption's (the key identifies the caption across files)."""
+    texts = [f"a woman in a {c} coat" for c in ("red", "blue", "green", "grey")]
+
+    def evaluate(cfg, run_dir, dataset, root):
+        return [{"query_index": q, "pid": q, "image_id": q, "caption": t, "images": 1, "first_rank": 1 + q,
+                 "ap": 1.0 / (1 + q), "inp": 1.0} for q, t in enumerate(texts)]
+
+    jobs = budget.plan(budget.load_grid().select(["B2"]), tmp_path / "runs", data_root=str(tmp_path), seeds=1,
+                       count=_no_count)
+    budget.run_sweep(jobs, [budget.Target("icfg", "toypedes", str(tmp_path))], train_fn=StubTrainer(),
+                     evaluate_fn=evaluate, progress=False)
+    for name in ("per_query_test.csv", "per_query_target-icfg.csv"):
+        path = tmp_path / "runs" / "B2" / "seed-0" / name
+        df = pd.read_csv(path, keep_default_na=False)
+        assert "coat" not in path.read_text() and (df["caption"] == "").all()
+        assert df["caption_key"].tolist() == [stats.caption_key(t) for t in texts]
+    # a file written before the keys were kept (every key that of empty text) is written again, said out loud
+    old = tmp_path / "runs" / "B2" / "seed-0" / "per_query_target-icfg.csv"
+    stats.write_per_query_csv(old, [{**r, "caption": ""} for r in evaluate(None, None, None, None)])
+    with caplog.at_level(logging.WARNING, logger="analysis.budget"):
+        budget.run_sweep(jobs, [budget.Target("icfg", "toypedes", str(tmp_path))], train_fn=StubTrainer(),
+                         evaluate_fn=evaluate, progress=False)
+    assert pd.read_csv(old)["caption_key"].tolist() == [stats.caption_key(t) for t in texts]
+    assert [r.getMessage().split(": ", 1)[1][:40] for r in caplog.records if r.levelno == logging.WARNING] == [
+        "an older per-query file whose caption ke"]
+
+
+def test_the_budget_sweep_runs_on_the_one_sweep_engine(tmp_path, monkeypatch):
+    """analysis/sweep.py trains the budget's runs (its default trainer), and its rule holds: a complete
+    run of another config stops the sweep before anything trains, and --dry-run names it."""
+    from analysis import sweep
+
+    stub = StubTrainer()
+    monkeypatch.setattr(sweep, "_default_train_fn", lambda: stub)
+    args = _args(tmp_path, "--points", "B1,B2", "--seeds", "1")
+    budget.budget_command(args, evaluate_fn=stub_evaluate, count=_no_count)
+    assert stub.calls == [("B1/seed-0", False), ("B2/seed-0", False)]
+    other = tmp_path / "runs" / "B2" / "seed-0" / "results.json"
+    other.write_text(json.dumps({"config": {"train": {"epochs": 1}}, "train_time_s": 1.0}))
+    (tmp_path / "runs" / "B1" / "seed-0" / "results.json").unlink()  # B1 would train first
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    stub.calls.clear()
+    with pytest.raises(ValueError, match="holds a complete run of B2/seed-0 with a different config"):
+        budget.budget_command(args, evaluate_fn=stub_evaluate, count=_no_count)
+    assert stub.calls == [] and {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+    lines = budget.describe_plan(budget.plan(budget.load_grid().select(["B1", "B2"]), tmp_path / "runs",
+                                             data_root=str(tmp_path), seeds=1, count=_no_count))
+    assert " resume " in lines[1] and " conflict " in lines[2] and "--force trains it again" in lines[2]

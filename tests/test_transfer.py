@@ -113,6 +113,8 @@ def test_transfer_matrix_diagonal_per_query_files_and_gaps(world, tmp_path, monk
         ci = stats.bootstrap_ci(f.values(), keys=["R1", "mAP"], resamples=300, seed=0)["metrics"]
         assert (r["R1_ci_low"], r["R1_ci_high"]) == pytest.approx((ci["R1"]["low"], ci["R1"]["high"]))
         assert "person" not in (out / rel).read_text().lower()  # keys, no caption text
+        texts = [c for rec in load_dataset("toypedes", world[r["target"]]).split("test") for c in rec.captions]
+        assert f.caption_key.tolist() == [stats.caption_key(t) for t in texts]  # each query's own caption's key
     by_target = {t: stats.read_per_query_csv(out / df[df["target"] == t]["per_query"].iloc[0]) for t in ("cuhk", "icfg")}
     assert stats.first_difference(by_target["cuhk"], by_target["icfg"]) is not None  # the target's own queries
     # the paired difference per cell, on the UP-Person rows, from the two methods' files

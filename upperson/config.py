@@ -116,6 +116,10 @@ class DataConfig:
     skip_bad_images: bool = False
     augment: bool = True
     cache_images: bool = False  # keep decoded training images in memory (small datasets)
+    # a dataset without a val split (ICFG-PEDES): hold out this many whole train identities as
+    # val (upperson/data/holdout.py); null = none. Refused for a dataset that has a val split.
+    val_from_train: Optional[int] = field(default=None, metadata={"omit_default": True})
+    val_from_train_seed: int = field(default=0, metadata={"omit_default": True})  # which identities
 
 
 @dataclass
@@ -241,6 +245,8 @@ def to_dict(cfg: Any) -> dict:
     A model config lists its backbone fields, then one section per component, in registry
     order; a component that is off by default and left at its defaults is left out (reading
     the dict back gives the same config), so the files of a model without it stay as they were.
+    So is a field marked ``omit_default`` left at its default (``data.val_from_train``): the
+    configs and results of runs that do not use it stay byte for byte as before it existed.
     """
     def clean(v: Any) -> Any:
         if isinstance(v, ModelConfig):
@@ -251,7 +257,8 @@ def to_dict(cfg: Any) -> dict:
                     out[c.name] = clean(section)
             return out
         if is_dataclass(v) and not isinstance(v, type):
-            return {f.name: clean(getattr(v, f.name)) for f in fields(v)}
+            return {f.name: clean(getattr(v, f.name)) for f in fields(v)
+                    if not (f.metadata.get("omit_default") and getattr(v, f.name) == f.default)}
         if isinstance(v, (tuple, list)):
             return [clean(x) for x in v]
         if isinstance(v, dict):
@@ -419,6 +426,9 @@ def _validate_numbers(cfg: ExperimentConfig) -> None:
     _check(d.eval_batch_size >= 1, "data.eval_batch_size", ">= 1", d.eval_batch_size)
     _check(d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers)
     _check(0.0 <= d.caption_mask_prob < 1.0, "data.caption_mask_prob", "in [0, 1)", d.caption_mask_prob)
+    if d.val_from_train is not None:
+        _check(d.val_from_train >= 1, "data.val_from_train", ">= 1 identities (or null for no hold-out)",
+               d.val_from_train)
     _check(loss.temperature > 0 and math.isfinite(loss.temperature), "loss.temperature", "> 0", loss.temperature)
     _check(t.epochs >= 0, "train.epochs", ">= 0", t.epochs)
     for key in ("lr", "prefix_lr", "backbone_lr"):

@@ -1,35 +1,29 @@
 """The sweep: train each variant for each seed into its run folder, then evaluate it query by query.
 
-``<runs-dir>/<variant>/seed-<s>/`` is one run (``upperson.train.train``); a folder with
-``results.json`` is complete and skipped, one without is resumed. Each run's selected
+``<runs-dir>/<variant>/seed-<s>/`` is one run (``upperson.train.train``), run by the sweep engine
+(:mod:`analysis.sweep`): a folder with ``results.json`` of the same config is complete and skipped,
+one without is resumed, one of another config refused before anything trains. Each run's selected
 checkpoint is evaluated once more on the test split into ``per_query_test.csv``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from tqdm.auto import tqdm
 
 from analysis.ablation.study import Variant, variant_config
+from analysis.sweep import RunJob, TrainFn, check_conflicts, ensure_run
 from upperson import stats
-from upperson.config import ExperimentConfig, load_config, to_dict
-from upperson.train.run import RESULTS_NAME, Run
+from upperson.config import ExperimentConfig, load_config
+from upperson.train.run import RESULTS_NAME, Run  # noqa: F401 (RESULTS_NAME: re-exported, table.py)
 
 log = logging.getLogger(__name__)
 
 PER_QUERY_NAME = "per_query_test.csv"
-TrainFn = Callable[..., dict]
-
-
-def _plain(obj) -> object:
-    return json.loads(json.dumps(obj))
 
 
 def run_complete(run_dir: Path) -> bool:
@@ -68,30 +62,14 @@ def _ensure_per_query(cfg: ExperimentConfig, run_dir: Path, progress: bool) -> N
 
 def run_variant(variant: Variant, cfg: ExperimentConfig, run_dir: Path, *, train_fn: Optional[TrainFn] = None,
                 force: bool = False, progress: bool = True) -> Path:
-    """Train one variant into ``run_dir``, unless a complete run of the same config is there;
-    then make sure the run has its per-query test results (an evaluation, no training)."""
-    run_dir = Path(run_dir)
-    planned = _plain(to_dict(cfg))
-    if run_complete(run_dir) and not force:
-        done = Run(run_dir).results()
-        if done.get("config") == planned:
-            log.info("%s: complete run in %s, skipped", variant.name, run_dir)
-            _ensure_per_query(cfg, run_dir, progress)
-            return run_dir
-        raise ValueError(f"{run_dir} holds a complete run of {variant.name!r} with a different config; "
-                         "pass --force to train it again, or choose another --runs-dir")
-    if force and run_dir.exists():
-        log.info("%s: --force, removing %s", variant.name, run_dir)
-        shutil.rmtree(run_dir)
-    resume = (run_dir / "config.yaml").exists()
-    train_fn = train_fn or _default_train_fn()
-    log.info("%s: %s %s (%s)", variant.name, "resuming" if resume else "training", run_dir, variant.description)
-    t0 = time.time()
-    train_fn(cfg, run_dir, resume=resume, progress=progress)
-    if not run_complete(run_dir):
-        raise RuntimeError(f"{variant.name}: training finished but wrote no {RESULTS_NAME} in {run_dir}")
+    """Train one variant into ``run_dir`` (:func:`analysis.sweep.ensure_run`: a complete run of the
+    same config is reused, an incomplete one resumed, one of another config refused); then make
+    sure the run has its per-query test results (an evaluation, no training)."""
+    def trainer(*args, **kwargs) -> dict:  # this module's default, looked up only when a run trains
+        return (train_fn or _default_train_fn())(*args, **kwargs)
+
+    run_dir = ensure_run(RunJob(variant.name, cfg, Path(run_dir)), train_fn=trainer, force=force, progress=progress)
     _ensure_per_query(cfg, run_dir, progress)
-    log.info("%s: done in %.0f s", variant.name, time.time() - t0)
     return run_dir
 
 
@@ -137,6 +115,7 @@ def sweep(variants: Sequence[Variant], plan: SweepPlan, runs_dir: Path, *, train
             cfg = variant_config(v, plan.base, overrides=plan.overrides, epochs=plan.epochs, data_root=plan.data_root,
                                  dataset=plan.dataset, seed=seed)
             jobs.append((v, cfg, Path(runs_dir) / v.name / f"seed-{seed}"))
+    check_conflicts([RunJob(v.name, cfg, run_dir) for v, cfg, run_dir in jobs], force)
     done = []
     for v, cfg, run_dir in tqdm(jobs, desc="ablation", unit="run", disable=not progress):
         done.append(run_variant(v, cfg, run_dir, train_fn=train_fn, force=force, progress=progress))

@@ -1,32 +1,31 @@
 """The budget sweep: a folder of resumable runs, ``<runs-dir>/<point>/seed-<s>/``.
 
-Training goes through the ablation's machinery (:func:`analysis.ablation.runs.run_variant`'s
-rules: a complete run of the same config is reused, an incomplete one resumed, a complete one
-of another config refused). After training, each run's selected checkpoint is evaluated query
-by query on its own test split (``per_query_test.csv``, as the ablation) and on every target's
-test split (``per_query_target-<name>.csv``); a file already there is kept.
+Training goes through the one sweep engine, :mod:`analysis.sweep` (a complete run of the same
+config is reused, an incomplete one resumed, a complete one of another config refused before
+anything trains). After training, each run's selected checkpoint is evaluated query by query
+on its own test split (``per_query_test.csv``, as the ablation) and on every target's test
+split (``per_query_target-<name>.csv``); a file already there is kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from analysis.ablation.runs import PER_QUERY_NAME, TrainFn, run_complete, seed_runs
+from analysis.ablation.runs import PER_QUERY_NAME, seed_runs
 from analysis.ablation.study import variant_config
 from analysis.budget.grid import BudgetGrid, BudgetPoint
+from analysis.sweep import (COMPLETE, CONFLICT, NEW, RESUME, RunJob, TrainFn, check_conflicts, ensure_run,
+                            measured_rates, run_state)
 from upperson import stats
-from upperson.config import ExperimentConfig, to_dict
+from upperson.config import ExperimentConfig
 from upperson.data import DATASETS
-from upperson.train.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +76,18 @@ class PlannedRun:
     total: int
 
     @property
+    def job(self) -> RunJob:
+        """The run as the sweep engine (:mod:`analysis.sweep`) knows it."""
+        return RunJob(f"{self.point.name}/seed-{self.seed}", self.cfg, self.run_dir, kind=self.point.kind)
+
+    @property
     def status(self) -> str:
-        if run_complete(self.run_dir):
-            return "done"
-        return "resume" if (self.run_dir / "config.yaml").exists() else "new"
+        """``done``, ``conflict`` (complete, another config), ``resume`` or ``new``."""
+        return _STATUS[run_state(self.job)]
+
+
+#: the engine's run state -> the word the budget's --dry-run table uses
+_STATUS = {COMPLETE: "done", CONFLICT: "conflict", RESUME: "resume", NEW: "new"}
 
 
 def parameter_counts(cfg: ExperimentConfig) -> tuple[int, int]:
@@ -124,12 +131,6 @@ def plan(grid: BudgetGrid, runs_dir: Path, *, overrides: Sequence[str] = (), epo
     return out
 
 
-def _default_train_fn() -> TrainFn:
-    from upperson.train import train  # (the trainer's imports: only when a point trains)
-
-    return train
-
-
 def evaluate_run(cfg: ExperimentConfig, run_dir: Path, dataset: str, root: str) -> list:
     """The run's selected checkpoint (``best/``) on ``dataset``'s test split at ``root``, query by query."""
     # (torch and open_clip: only when a run is evaluated)
@@ -145,56 +146,53 @@ def evaluate_run(cfg: ExperimentConfig, run_dir: Path, dataset: str, root: str) 
 
 
 def _write_per_query(path: Path, rows: list) -> None:
-    stats.write_per_query_csv(path, [{**r, "caption": ""} for r in rows])  # no caption text: small files
+    # no caption text (small files; the key still identifies each caption: it is computed from the text)
+    stats.write_per_query_csv(path, rows, caption_text=False)
+
+
+#: the caption key every row of a budget per-query file held before the key was computed from the
+#: caption (the text was blanked first): that of empty text
+_BLANK_KEY = stats.caption_key("")
+
+
+def _keyless(path: Path) -> bool:
+    """Whether ``path`` is such an older file: every caption key is that of empty text."""
+    keys = stats.read_per_query_csv(path).caption_key
+    return keys is not None and len(keys) > 0 and all(k == _BLANK_KEY for k in keys)
 
 
 def run_planned(job: PlannedRun, targets: Sequence[Target], *, train_fn: Optional[TrainFn] = None,
                 evaluate_fn: EvaluateFn = evaluate_run, force: bool = False, progress: bool = True) -> Path:
-    """Train (or reuse, or resume) one run, then write its missing per-query files."""
-    run_dir = job.run_dir
-    planned = json.loads(json.dumps(to_dict(job.cfg)))
-    if run_complete(run_dir) and not force:
-        if Run(run_dir).results().get("config") != planned:
-            raise ValueError(f"{run_dir} holds a complete run of {job.point.name!r} with a different config; "
-                             "pass --force to train it again, or choose another --runs-dir")
-        log.info("%s seed %d: complete run in %s, reused", job.point.name, job.seed, run_dir)
-    else:
-        if force and run_dir.exists():
-            log.info("%s: --force, removing %s", job.point.name, run_dir)
-            shutil.rmtree(run_dir)
-        resume = (run_dir / "config.yaml").exists()
-        log.info("%s seed %d: %s %s", job.point.name, job.seed, "resuming" if resume else "training", run_dir)
-        (train_fn or _default_train_fn())(job.cfg, run_dir, resume=resume, progress=progress)
-        if not run_complete(run_dir):
-            raise RuntimeError(f"{job.point.name}: training finished but wrote no results in {run_dir}")
+    """Train (or reuse, or resume) one run (:func:`analysis.sweep.ensure_run`), then write its missing
+    per-query files (and again an older one without caption keys)."""
+    run_dir = ensure_run(job.job, train_fn=train_fn, force=force, progress=progress)
     domains = [("test", job.cfg.data.dataset, job.cfg.data.root)] + [(t.name, t.dataset, t.root) for t in targets]
     for name, dataset, root in domains:
         path = run_dir / per_query_name(name)
-        if not path.exists():
-            log.info("%s seed %d: per-query results on %s", job.point.name, job.seed, name)
-            _write_per_query(path, evaluate_fn(job.cfg, run_dir, dataset, str(root)))
+        if path.exists() and _keyless(path):
+            log.warning("%s: an older per-query file whose caption keys are all that of empty text (it could not be "
+                        "matched with files of other runs): evaluated again", path)
+        elif path.exists():
+            continue
+        log.info("%s seed %d: per-query results on %s", job.point.name, job.seed, name)
+        _write_per_query(path, evaluate_fn(job.cfg, run_dir, dataset, str(root)))
     return run_dir
 
 
 def run_sweep(jobs: Sequence[PlannedRun], targets: Sequence[Target], *, train_fn: Optional[TrainFn] = None,
               evaluate_fn: EvaluateFn = evaluate_run, force: bool = False, progress: bool = True) -> list[Path]:
-    """Every planned run, in order (an interrupted sweep continues where it stopped)."""
+    """Every planned run, in order (an interrupted sweep continues where it stopped; a conflict stops
+    it before anything trains)."""
+    check_conflicts([j.job for j in jobs], force)
     return [run_planned(j, targets, train_fn=train_fn, evaluate_fn=evaluate_fn, force=force, progress=progress)
             for j in tqdm(jobs, desc="budget", unit="run", disable=not progress)]
 
 
 def seconds_per_epoch(jobs: Sequence[PlannedRun]) -> dict[str, float]:
-    """Measured training seconds per epoch of each kind, from the finished runs among ``jobs``."""
-    seen: dict[str, list[float]] = {}
-    for j in jobs:
-        if j.status != "done" or not j.point.trains:
-            continue
-        res = Run(j.run_dir).results()
-        epochs = int(res.get("config", {}).get("train", {}).get("epochs", 0) or 0)
-        t = float(res.get("train_time_s", 0.0) or 0.0)
-        if epochs > 0 and t > 0:
-            seen.setdefault(j.point.kind, []).append(t / epochs)
-    return {k: sum(v) / len(v) for k, v in seen.items()}
+    """Measured training seconds per epoch of each kind, from the complete runs among ``jobs``
+    (:func:`analysis.sweep.measured_rates` with one unit of work per epoch)."""
+    trained = [j.job for j in jobs if j.point.trains]
+    return measured_rates(trained, {j.name: 1 for j in trained})
 
 
 def steps_per_epoch(cfg: ExperimentConfig) -> Optional[int]:
@@ -221,6 +219,8 @@ def describe_plan(jobs: Sequence[PlannedRun], steps: Optional[int] = None) -> li
         epochs = int(j.cfg.train.epochs) if j.point.trains else 0
         if j.status == "done":
             est = "0 (done)"
+        elif j.status == "conflict":
+            est = "a complete run of another config is in the way (--force trains it again)"
         elif not j.point.trains or epochs == 0:
             est = "evaluation only"
         elif j.point.kind in rate or "petl" in rate:

@@ -13,7 +13,7 @@ from analysis.transfer.cells import (build_matrix, diagonal_mismatches, evaluate
 from analysis.transfer.domains import cells, parse_roots, resolve
 from analysis.transfer.figure import transfer_figure
 from analysis.transfer.options import DEFAULT_RUNS_DIR
-from analysis.transfer.plan import METHODS, StudyRun, TransferPlan, check_run, jobs, parse_given
+from analysis.transfer.plan import METHODS, StudyRun, TransferPlan, check_run, held_out_sources, jobs, parse_given
 from upperson.data import load_dataset
 from upperson.io import atomic_path, atomic_write_json
 
@@ -62,7 +62,8 @@ def run(args, command: str = "") -> list:
     if given:
         ignored = [flag for flag, used in (("--set", args.overrides), ("--epochs", args.epochs is not None),
                                            ("--seeds", args.seeds != 1), ("--methods", args.methods),
-                                           ("--force", args.force)) if used]
+                                           ("--force", args.force),
+                                           ("--val-from-train", args.val_from_train is not None)) if used]
         if ignored:
             log.warning("with --runs nothing trains: %s not used", ", ".join(ignored))
         runs = given
@@ -71,14 +72,13 @@ def run(args, command: str = "") -> list:
                              f" evaluations into {out}\n")
             return []
     else:
-        for d in sources:  # selection on the source's val only: never on test (the trainer's fallback)
-            if not datasets[d.name].splits.get("val"):
-                raise ValueError(f"source {d.name} ({d.root}) has no val split, and the transfer protocol selects on "
-                                 "the source's val only: give the annotation a val split (identities moved out of "
-                                 "train, split 'val'), or pass runs selected on val with --runs (docs/transfer.md)")
+        # selection on the source's val only, never on test (the trainer's fallback): a held-out val where none
+        held = held_out_sources(sources, {d.name: bool(datasets[d.name].splits.get("val")) for d in sources},
+                                args.val_from_train)
         methods = tuple(split_names(args.methods) or METHODS)
         plan = TransferPlan(sources=sources, targets=targets, config=args.config, full_config=args.full_finetune_config,
-                            overrides=list(args.overrides), epochs=args.epochs, seeds=args.seeds, methods=methods)
+                            overrides=list(args.overrides), epochs=args.epochs, seeds=args.seeds, methods=methods,
+                            val_from_train=held)
         planned = jobs(plan, Path(args.runs_dir) if args.runs_dir else DEFAULT_RUNS_DIR)
         if args.dry_run:
             lines = sweep.plan_lines([p.job for p in planned], _work_per_epoch(planned, datasets))

@@ -32,6 +32,10 @@ def add_transfer_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seeds", type=int, default=1, help="training seeds per trained method (default 1): train.seed "
                    "= the config's, +1, ...")
     g.add_argument("--methods", default=None, help="comma-separated subset of upperson,full-finetune,zero-shot")
+    g.add_argument("--val-from-train", type=int, default=None, metavar="N",
+                   help="for a source without a val split (ICFG-PEDES): hold out N whole train identities as its "
+                        "val, to select on (data.val_from_train; seed: --set data.val_from_train_seed=S). "
+                        "Sources with a val split keep theirs")
     g.add_argument("--dry-run", action="store_true", help="print the planned runs and their estimated cost; "
                    "train, evaluate and write nothing")
     g.add_argument("--force", action="store_true", help="train again even where a complete run exists")

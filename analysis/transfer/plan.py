@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from analysis.ablation.study import ALL_OFF
 from analysis.sweep import RunJob
@@ -35,6 +35,8 @@ class TransferPlan:
     epochs: Optional[int] = None
     seeds: int = 1
     methods: tuple[str, ...] = METHODS
+    #: source name -> train identities held out as its val (``--val-from-train``; sources without val only)
+    val_from_train: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -46,6 +48,9 @@ class TransferPlan:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+        stray = sorted(set(self.val_from_train) - {s.name for s in self.sources})
+        if stray:
+            raise ValueError(f"--val-from-train: {stray[0]} is not a source of the study")
 
 
 def method_config(plan: TransferPlan, method: str, source: Domain, seed: Optional[int] = None) -> ExperimentConfig:
@@ -59,6 +64,8 @@ def method_config(plan: TransferPlan, method: str, source: Domain, seed: Optiona
     else:
         items += [*ALL_OFF, "train.epochs=0"]
     items += [f"data.root={json.dumps(str(source.root))}", f"data.dataset={source.dataset}"]
+    if source.name in plan.val_from_train:  # a source without val: its val is held out of train (every method)
+        items.append(f"data.val_from_train={int(plan.val_from_train[source.name])}")
     return load_config(plan.full_config if method == FULL else plan.config, items)
 
 
@@ -70,6 +77,26 @@ class PlannedRun:
     source: str
     seed: int
     job: RunJob
+
+
+def held_out_sources(sources: Sequence[Domain], has_val: Mapping[str, bool], identities: Optional[int]) -> dict[str, int]:
+    """``--val-from-train``: the sources that get a held-out val (those without a val split), or
+    the refusal: a source without val needs the flag, and the flag needs such a source."""
+    missing = [s for s in sources if not has_val[s.name]]
+    if identities is None:
+        if missing:
+            s = missing[0]
+            raise ValueError(f"source {s.name} ({s.root}) has no val split, and the transfer protocol selects on the "
+                             "source's val only: pass --val-from-train N to hold out N whole train identities as its "
+                             "val (data.val_from_train), give the annotation a val split, or pass runs selected on "
+                             "val with --runs (docs/transfer.md)")
+        return {}
+    if identities < 1:
+        raise ValueError(f"--val-from-train {identities}: give a number of identities >= 1")
+    if not missing:
+        raise ValueError(f"--val-from-train {identities}: every source ({', '.join(s.name for s in sources)}) has a "
+                         "val split, which is never replaced; leave --val-from-train out")
+    return {s.name: int(identities) for s in missing}
 
 
 def jobs(plan: TransferPlan, runs_dir: Path) -> list[PlannedRun]:

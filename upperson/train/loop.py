@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 
 from upperson.config import ExperimentConfig, save_config, to_dict
 from upperson.data import PedesDataset, TrainCaptionDataset, build_tokenizer, build_transforms, load_dataset
+from upperson.data.holdout import OPTION as VAL_OPTION
+from upperson.data.holdout import held_out_record, hold_out_val
 from upperson.evaluation import evaluate
 from upperson.io import (atomic_write_json, atomic_write_text, disk_full_reported, file_digest, is_disk_full,
                          recover_dir, replace_dir)
@@ -137,7 +139,8 @@ def selection_split(cfg: ExperimentConfig, data: PedesDataset) -> Optional[str]:
     if "val" in has:
         return "val"
     if "test" in has:
-        log.warning("dataset %s has no val split: selecting the checkpoint on the TEST split", data.name)
+        log.warning("dataset %s has no val split: selecting the checkpoint on the TEST split (to select on val, "
+                    "hold out train identities with %s=N)", data.name, VAL_OPTION)
         return "test"
     log.warning("dataset %s has no val or test split: no evaluation, the last epoch is kept", data.name)
     return None
@@ -310,6 +313,8 @@ def _train_in(cfg: ExperimentConfig, run_dir: Path, resume: bool, info: DistInfo
     device = info.device
 
     data = load_dataset(cfg.data.dataset, cfg.data.root, skip_bad_images=cfg.data.skip_bad_images)  # logs a summary
+    if cfg.data.val_from_train is not None:  # a dataset without val: whole train identities as val, said out loud
+        data = hold_out_val(data, cfg.data.val_from_train, cfg.data.val_from_train_seed)
     select = selection_split(cfg, data)
     tokenizer = build_tokenizer(cfg.model.name)
 
@@ -497,6 +502,8 @@ def _finish(cfg: ExperimentConfig, run_dir: Path, model: UPPerson, data: PedesDa
         "train_time_s": round(train_time, 1),
         "config": to_dict(cfg),
     }
+    if cfg.data.val_from_train is not None:  # only then: the results of other runs stay as they were
+        results["val_held_out"] = held_out_record(data, cfg.data.val_from_train, cfg.data.val_from_train_seed)
     with disk_full_reported(run_dir, 1 << 20, "results.json", "run the same command with --resume"):
         atomic_write_json(run_dir / "results.json", results)
     for split, m in final.items():
