@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The stand-in world's long CPU pipeline (docs/generalization.md, sections 5-7), resumable:
+# the world corpus, pretraining (pretrain-world), the three domains, then the zero-shot gate.
+# Each step is skipped when its output exists; rerunning the script continues where it stopped.
+#   bash scripts/world_pipeline.sh [W]        (W: a folder outside the repository; default /work/world)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=${1:-/work/world}
+PY=${PYTHON:-.venv/bin/python}
+mkdir -p "$W"
+log() { echo "$(date -u +%FT%TZ) $*"; }
+
+if [ ! -f "$W/world/ToyPEDES-weak/reid_raw.json" ]; then
+  log "world corpus"
+  nice -n 19 $PY -m upperson toypedes --out "$W/world" --preset regime --domain world --captions weak --workers 2
+fi
+if [ ! -f "$W/pretrain/backbone.safetensors" ]; then
+  if [ -d "$W/pretrain" ]; then
+    log "pretraining (resume)"
+    nice -n 19 $PY -m upperson pretrain --data-root "$W/world" --output "$W/pretrain" --resume --no-progress
+  else
+    log "pretraining"
+    nice -n 19 $PY -m upperson pretrain --config pretrain-world --data-root "$W/world" --output "$W/pretrain" --no-progress
+  fi
+fi
+sha256sum "$W/pretrain/backbone.safetensors"
+for d in cuhk icfg rstp; do
+  if [ ! -f "$W/data/$d/ToyPEDES/reid_raw.json" ]; then
+    log "domain $d"
+    nice -n 19 $PY -m upperson toypedes --out "$W/data/$d" --preset regime --domain "$d" --workers 2
+  fi
+done
+for d in cuhk icfg rstp; do
+  if [ ! -f "$W/gate-$d.json" ]; then
+    log "gate $d"
+    nice -n 19 $PY -m upperson evaluate --config toypedes-regime --set model.pretrained="$W/pretrain/backbone.safetensors" \
+      --set model.prefix.enabled=false --set model.lora.enabled=false --set model.adapter.enabled=false \
+      --set train.epochs=0 --data-root "$W/data/$d" --dataset toypedes --split test --json "$W/gate-$d.json"
+  fi
+done
+log "done"
