@@ -32,7 +32,7 @@ from analysis.ablation.files import (PER_QUERY_DIR, copy_curves, copy_per_query,
                                      write_csv)
 from analysis.ablation.folder import write_study
 from analysis.ablation.readme import significance_table, write_readme
-from analysis.ablation.runs import (PER_QUERY_NAME, RESULTS_NAME, SweepPlan, TrainFn, run_complete, run_variant,
+from analysis.ablation.runs import (PER_QUERY_NAME, SweepPlan, TrainFn, run_complete, run_variant,
                                     seed_runs, sweep, write_run_per_query)
 from analysis.ablation.study import (ADAPTER_OFF, ALL_OFF, LORA_OFF, PREFIX_OFF, VARIANT_NAMES, VARIANTS, Variant,
                                      get_variants, variant_config)
@@ -41,7 +41,7 @@ from upperson.config import load_config  # noqa: F401  (re-exported: the sweep's
 
 __all__ = [
     "ADAPTER_OFF", "ALL_OFF", "BAR_METRICS", "COLUMNS", "GROUP_MARKERS", "LORA_OFF", "PER_QUERY_DIR", "PER_QUERY_NAME",
-    "PREFIX_OFF", "REFERENCE", "RESULTS_NAME", "STAT_COLUMNS", "SweepPlan", "TrainFn", "VARIANTS", "VARIANT_NAMES",
+    "PREFIX_OFF", "REFERENCE", "STAT_COLUMNS", "SweepPlan", "TrainFn", "VARIANTS", "VARIANT_NAMES",
     "Variant", "ablation_figures", "add_statistics", "bars_figure", "collect", "copy_curves", "copy_per_query",
     "get_variants", "has_intervals", "load_config", "params_figure", "per_query_in", "plot_bars", "plot_params",
     "read_csv", "read_table", "row_from_run", "run_complete", "run_variant", "seed_runs", "significance_table",

@@ -19,7 +19,7 @@ from analysis.ablation.study import Variant, variant_config
 from analysis.sweep import RunJob, TrainFn, check_conflicts, ensure_run
 from upperson import stats
 from upperson.config import ExperimentConfig, load_config
-from upperson.train.run import RESULTS_NAME, Run  # noqa: F401 (RESULTS_NAME: re-exported, table.py)
+from upperson.train.run import Run
 
 log = logging.getLogger(__name__)
 

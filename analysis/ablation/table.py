@@ -11,9 +11,10 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.ablation.runs import PER_QUERY_NAME, RESULTS_NAME, seed_runs
+from analysis.ablation.runs import PER_QUERY_NAME, seed_runs
 from analysis.ablation.study import VARIANT_NAMES, VARIANTS, Variant
 from upperson import stats
+from upperson.train.run import RESULTS_NAME
 
 log = logging.getLogger(__name__)
 
