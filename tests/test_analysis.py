@@ -346,6 +346,10 @@ def test_ablation_real_training(toy_root, tmp_path, capsys):
     logged = json.loads((run / "results.json").read_text())["metrics"]["test"]
     per_query = stats.read_per_query_csv(run / ablation.PER_QUERY_NAME).metrics()
     assert per_query == pytest.approx({k: logged[k] for k in per_query}, abs=1e-9)
+    # per-query files carry caption keys, not caption text (as the budget and transfer files)
+    for path in (run / ablation.PER_QUERY_NAME, out / "per_query" / "upperson" / "seed-0.csv"):
+        table = pd.read_csv(path, keep_default_na=False)
+        assert (table["caption"] == "").all() and table["caption_key"].str.len().eq(16).all(), path
     assert df["seeds"][0] == 1 and df["R1_diff_vs_upperson"][0] == 0 and df["R1_ci_low"][0] <= df["R1"][0]
 
 

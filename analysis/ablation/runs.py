@@ -50,7 +50,7 @@ def write_run_per_query(cfg: ExperimentConfig, run_dir: Path, *, progress: bool 
     res = evaluate_per_query(model, data.split("test"), build_tokenizer(model.config.name),
                              batch_size=cfg.data.eval_batch_size, precision=cfg.train.precision, progress=progress)
     path = run_dir / PER_QUERY_NAME
-    stats.write_per_query_csv(path, res.rows())
+    stats.write_per_query_csv(path, res.rows(), caption_text=False)
     return path
 
 
