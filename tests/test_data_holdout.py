@@ -16,10 +16,11 @@ from PIL import Image
 
 from analysis.__main__ import main as analysis_main
 from upperson.cli import main as upperson_main
-from upperson.config import ConfigError, load_config, to_dict
+from upperson.config import ConfigError, load_config, save_config, to_dict
 from upperson.data import DatasetError, load_dataset
 from upperson.data.holdout import hold_out_val
 from upperson.train import train
+from upperson.train.rundir import RunFolderError, resume_config
 
 TRAIN_PIDS = [3, 8, 11, 14, 20, 21, 33, 40, 41, 57, 60, 99]
 TEST_PIDS = [1000, 1001, 1002]
@@ -149,3 +150,16 @@ def test_transfer_passes_the_hold_out_to_sources_without_val(tmp_path):
     by = {(p.method, p.source): p.job.cfg.data.val_from_train for p in planned}
     assert by == {(m, s): (50 if s == "icfg-pedes" else None)
                   for m in ("upperson", "full-finetune", "zero-shot") for s in ("cuhk-pedes", "icfg-pedes")}
+
+
+def test_a_hold_out_records_its_seed_even_the_default_and_resume_names_it(tmp_path):
+    """data.md: config.yaml and results.json record both keys. The default seed (0) too, since it
+    decides which identities are held out; a seed without a hold-out decides nothing and is left out."""
+    held = to_dict(load_config("toypedes", ["data.val_from_train=5"]))["data"]
+    assert (held["val_from_train"], held["val_from_train_seed"]) == (5, 0)
+    unused = to_dict(load_config("toypedes", ["data.val_from_train_seed=3"]))["data"]
+    assert "val_from_train" not in unused and "val_from_train_seed" not in unused
+    save_config(load_config("toypedes", ["data.val_from_train=3"]), tmp_path / "config.yaml")
+    assert "val_from_train_seed: 0" in (tmp_path / "config.yaml").read_text()
+    with pytest.raises(RunFolderError, match=r"data.val_from_train_seed: run 0, now 1"):
+        resume_config(tmp_path, ["data.val_from_train_seed=1"])

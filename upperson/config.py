@@ -119,7 +119,8 @@ class DataConfig:
     # a dataset without a val split (ICFG-PEDES): hold out this many whole train identities as
     # val (upperson/data/holdout.py); null = none. Refused for a dataset that has a val split.
     val_from_train: Optional[int] = field(default=None, metadata={"omit_default": True})
-    val_from_train_seed: int = field(default=0, metadata={"omit_default": True})  # which identities
+    # which identities: recorded whenever val_from_train is set (the default 0 too), left out otherwise
+    val_from_train_seed: int = field(default=0, metadata={"omit_with": "val_from_train"})
 
 
 @dataclass
@@ -245,9 +246,17 @@ def to_dict(cfg: Any) -> dict:
     A model config lists its backbone fields, then one section per component, in registry
     order; a component that is off by default and left at its defaults is left out (reading
     the dict back gives the same config), so the files of a model without it stay as they were.
-    So is a field marked ``omit_default`` left at its default (``data.val_from_train``): the
-    configs and results of runs that do not use it stay byte for byte as before it existed.
+    So is a field marked ``omit_default`` left at its default (``data.val_from_train``), and one
+    marked ``omit_with`` while the field it names is left out (``data.val_from_train_seed``: the
+    seed, even the default, is recorded whenever a hold-out uses it): the configs and results of
+    runs that do not use them stay byte for byte as before they existed.
     """
+    def omitted(v: Any, f: Any) -> bool:
+        if f.metadata.get("omit_default"):
+            return getattr(v, f.name) == f.default
+        other = f.metadata.get("omit_with")
+        return bool(other) and getattr(v, other) == next(g.default for g in fields(v) if g.name == other)
+
     def clean(v: Any) -> Any:
         if isinstance(v, ModelConfig):
             out = {f.name: clean(getattr(v, f.name)) for f in fields(v) if f.name != "components"}
@@ -257,8 +266,7 @@ def to_dict(cfg: Any) -> dict:
                     out[c.name] = clean(section)
             return out
         if is_dataclass(v) and not isinstance(v, type):
-            return {f.name: clean(getattr(v, f.name)) for f in fields(v)
-                    if not (f.metadata.get("omit_default") and getattr(v, f.name) == f.default)}
+            return {f.name: clean(getattr(v, f.name)) for f in fields(v) if not omitted(v, f)}
         if isinstance(v, (tuple, list)):
             return [clean(x) for x in v]
         if isinstance(v, dict):
