@@ -163,3 +163,17 @@ def test_a_hold_out_records_its_seed_even_the_default_and_resume_names_it(tmp_pa
     assert "val_from_train_seed: 0" in (tmp_path / "config.yaml").read_text()
     with pytest.raises(RunFolderError, match=r"data.val_from_train_seed: run 0, now 1"):
         resume_config(tmp_path, ["data.val_from_train_seed=1"])
+
+
+@pytest.mark.parametrize("identities", [12, 13])
+def test_transfer_refuses_a_hold_out_that_leaves_no_train_identity_before_anything_trains(icfg, tmp_path, capsys,
+                                                                                           identities):
+    """The trainer would refuse it only when that source's first run starts (after the other sources'
+    runs, and never in --dry-run): the command refuses it at once, as one error line, writing nothing."""
+    argv = ["transfer", "--dataset", "icfg-pedes", "--data-root", f"icfg-pedes={icfg}", "--dry-run",
+            "--val-from-train", str(identities), "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    assert analysis_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert f"--val-from-train {identities}" in err and "has 12 train identities" in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -74,7 +74,9 @@ def run(args, command: str = "") -> list:
     else:
         # selection on the source's val only, never on test (the trainer's fallback): a held-out val where none
         held = held_out_sources(sources, {d.name: bool(datasets[d.name].splits.get("val")) for d in sources},
-                                args.val_from_train)
+                                args.val_from_train,
+                                {d.name: len({r.pid for r in datasets[d.name].splits.get("train") or []})
+                                 for d in sources})
         methods = tuple(split_names(args.methods) or METHODS)
         plan = TransferPlan(sources=sources, targets=targets, config=args.config, full_config=args.full_finetune_config,
                             overrides=list(args.overrides), epochs=args.epochs, seeds=args.seeds, methods=methods,

@@ -79,9 +79,12 @@ class PlannedRun:
     job: RunJob
 
 
-def held_out_sources(sources: Sequence[Domain], has_val: Mapping[str, bool], identities: Optional[int]) -> dict[str, int]:
+def held_out_sources(sources: Sequence[Domain], has_val: Mapping[str, bool], identities: Optional[int],
+                     train_identities: Optional[Mapping[str, int]] = None) -> dict[str, int]:
     """``--val-from-train``: the sources that get a held-out val (those without a val split), or
-    the refusal: a source without val needs the flag, and the flag needs such a source."""
+    the refusal: a source without val needs the flag, and the flag needs such a source, whose
+    ``train_identities`` (by name, when given) must leave at least one identity to train on (the
+    trainer's refusal, said here before anything trains)."""
     missing = [s for s in sources if not has_val[s.name]]
     if identities is None:
         if missing:
@@ -96,6 +99,11 @@ def held_out_sources(sources: Sequence[Domain], has_val: Mapping[str, bool], ide
     if not missing:
         raise ValueError(f"--val-from-train {identities}: every source ({', '.join(s.name for s in sources)}) has a "
                          "val split, which is never replaced; leave --val-from-train out")
+    for s in missing:
+        have = (train_identities or {}).get(s.name)
+        if have is not None and identities >= have:
+            raise ValueError(f"--val-from-train {identities}: source {s.name} ({s.root}) has {have} train identities; "
+                             f"hold out fewer than {have} so that some remain to train on")
     return {s.name: int(identities) for s in missing}
 
 
