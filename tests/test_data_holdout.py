@@ -6,6 +6,7 @@ two images each (two and one captions), 3 test identities.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -90,6 +91,9 @@ def test_a_dataset_with_val_or_too_few_identities_is_refused(icfg, tmp_path):
     with_val = load_dataset("icfg-pedes", _write_icfg(tmp_path, _entries(lambda p: "val" if p == 3 else "train")))
     with pytest.raises(DatasetError, match=r"has a val split \(1 identities\): data.val_from_train would replace it"):
         hold_out_val(with_val, 2)
+    test_only = dataclasses.replace(data, splits={"test": data.split("test")})
+    with pytest.raises(DatasetError, match=r"has no train split to hold identities out of; remove data.val_from_train"):
+        hold_out_val(test_only, 1)
     with pytest.raises(ConfigError, match="data.val_from_train must be >= 1"):
         load_config("toypedes", ["data.val_from_train=0"])
 

@@ -50,6 +50,9 @@ def hold_out_val(data: PedesDataset, identities: int, seed: int = 0) -> PedesDat
         raise DatasetError(f"{data.name} at {data.root} has a val split ({n} identities): {OPTION} would replace it; "
                            f"remove {OPTION} (or set it to null) to select on the dataset's own val")
     train = data.splits.get("train") or []
+    if not train:
+        raise DatasetError(f"{OPTION}={identities}: {data.name} at {data.root} has no train split to hold identities "
+                           f"out of; remove {OPTION} (or set it to null)")
     pids = {r.pid for r in train}
     if identities >= len(pids):
         raise DatasetError(f"{OPTION}={identities}: {data.name} at {data.root} has {len(pids)} train identities; "
