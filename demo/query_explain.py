@@ -30,6 +30,18 @@ def _font(size: int = 12) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+#: what the bitmap font (latin-1 only) draws for the typographic marks of the titles
+_PLAIN = str.maketrans({"“": '"', "”": '"', "…": "..."})
+
+
+def _drawable(title: str, font: ImageFont.ImageFont) -> str:
+    """``title`` as ``font`` can draw it: the bitmap font (Pillow < 10.1, or no FreeType) encodes
+    latin-1 only, so other characters become ``?`` there instead of raising."""
+    if isinstance(font, ImageFont.FreeTypeFont):
+        return title
+    return title.translate(_PLAIN).encode("latin-1", "replace").decode("latin-1")
+
+
 def panel_titles(qe: QueryExplanation) -> list[str]:
     """The titles of the panel's tiles, left to right."""
     ex = qe.explanation
@@ -52,7 +64,8 @@ def draw_panel(qe: QueryExplanation, height: int = 384) -> Image.Image:
     for k, (tile, title) in enumerate(zip(tiles, titles)):
         x = k * (tile_w + GAP)
         out.paste(tile, (x + (tile_w - tile.width) // 2, TITLE_HEIGHT))
-        draw.text((x + tile_w // 2, TITLE_HEIGHT // 2), title, fill=(20, 20, 20), font=font, anchor="mm")
+        draw.text((x + tile_w // 2, TITLE_HEIGHT // 2), _drawable(title, font), fill=(20, 20, 20), font=font,
+                  anchor="mm")
     return out
 
 

@@ -114,3 +114,33 @@ def test_names_outside_the_gallery_are_refused_as_explain_refuses_them(served, n
     image, text, _ = _explain(client, name, RED)
     assert image is None and "not an image of the current gallery" in text
     assert "<img" not in text and client.predict(name, api_name="/explain")[1] == text
+
+
+def test_the_panel_draws_with_pillows_bitmap_font_too(monkeypatch):
+    """requirements.txt allows Pillow 10.0, whose load_default() takes no size and gives the latin-1
+    bitmap font (as does any Pillow built without FreeType): the panel's titles (“word”) must still
+    draw, not raise UnicodeEncodeError."""
+    from analysis.explain import Explanation
+    from demo.query_explain import draw_panel, panel_titles
+    from demo.search import QueryExplanation
+    from PIL import ImageFont
+
+    words = ["a", "red", "coat", "blue"]
+    grid = np.arange(12, dtype=np.float64).reshape(3, 4) - 4
+    ex = Explanation("a red coat blue", 0.25, (3, 4), grid, ["<start>", *words, "<end>"], np.zeros(6), words,
+                     np.array([0.1, 0.4, -0.2, 0.3]), {1: grid, 3: -grid})
+    qe = QueryExplanation(Image.new("RGB", (16, 48), (200, 30, 30)), None, ex.caption, ex, [], 0.0)
+    assert panel_titles(qe) == ["image", "whole query", "“red”", "“blue”"]
+    panels = [draw_panel(qe, height=96)]
+    bitmap = ImageFont.load_default_imagefont()
+
+    def old_load_default(*args, **kwargs):  # Pillow 10.0's: no size argument, the bitmap font
+        if args or kwargs:
+            raise TypeError("load_default() got an unexpected keyword argument 'size'")
+        return bitmap
+
+    monkeypatch.setattr(ImageFont, "load_default", old_load_default)
+    panels.append(draw_panel(qe, height=96))
+    for panel in panels:
+        assert panel.size[1] == 96 + 18 and panel.size[0] > 4 * 72
+        assert (np.asarray(panel.convert("L"))[:18] < 128).sum() > 0  # the titles are drawn
