@@ -181,3 +181,15 @@ def test_transfer_refuses_a_hold_out_that_leaves_no_train_identity_before_anythi
     assert err.count("\n") == 1 and err.startswith("error: ")
     assert f"--val-from-train {identities}" in err and "has 12 train identities" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_transfer_refuses_the_hold_out_given_through_set(tmp_path, capsys):
+    """--set data.val_from_train=N would reach every source, those with a val split too (whose trainer
+    refuses it, only when their first run starts): refused at once, naming --val-from-train."""
+    with_val = _write_icfg(tmp_path / "with-val", _entries(lambda p: "val" if p in (3, 8) else "train"))
+    argv = ["transfer", "--dataset", "icfg-pedes", "--data-root", f"icfg-pedes={with_val}", "--dry-run",
+            "--set", "data.val_from_train=2", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    assert analysis_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --set data.val_from_train=2") and "--val-from-train N" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["with-val"]

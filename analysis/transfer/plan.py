@@ -51,6 +51,10 @@ class TransferPlan:
         stray = sorted(set(self.val_from_train) - {s.name for s in self.sources})
         if stray:
             raise ValueError(f"--val-from-train: {stray[0]} is not a source of the study")
+        for item in self.overrides:  # it would reach the sources with a val split too, refused only as they train
+            if item.split("=", 1)[0].strip() == "data.val_from_train":
+                raise ValueError(f"--set {item}: give the hold-out as --val-from-train N, which holds out identities "
+                                 "of the sources without a val split only")
 
 
 def method_config(plan: TransferPlan, method: str, source: Domain, seed: Optional[int] = None) -> ExperimentConfig:
