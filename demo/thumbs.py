@@ -13,6 +13,10 @@ is read only through :func:`open_inside`: it must resolve inside :attr:`ImageFil
 before and after it is opened, so a symlink swapped into a gallery after indexing is refused
 (:class:`OutsideRoots`), never thumbnailed. A failed write (a full disk) is a :class:`WriteError`
 naming the folder; the temporary file is removed.
+
+**Size.** A long-running demo makes a new picture for every (query, image) explanation, so the
+folder keeps at most ``max_bytes`` (default :data:`MAX_BYTES`, 512 MiB) of pictures: past it the
+least recently used are removed and forgotten (no longer servable; made again when asked for).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import shutil
 import stat
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO, Iterable, Optional, Sequence, Union
 
@@ -36,6 +41,7 @@ THUMB_HEIGHT = 160
 MATCH = (46, 160, 67)  # frame of a result of the query's identity
 MISMATCH = (200, 50, 50)
 PLACEHOLDER = (200, 200, 200)  # the picture of a result that cannot be shown
+MAX_BYTES = 512 * 2**20  # the folder's default size budget
 
 PathLike = Union[str, Path]
 
@@ -111,15 +117,21 @@ class ImageFiles:
     """A private folder of generated images, content-addressed; thread-safe.
 
     ``source_roots``: the folders source images may resolve inside (None: any file, for use
-    outside the app; the app always sets them, see :meth:`allow_sources`).
+    outside the app; the app always sets them, see :meth:`allow_sources`). ``max_bytes``: the
+    folder's size budget (least recently used pictures removed past it; the newest always kept).
     """
 
-    def __init__(self, prefix: str = "upperson-demo-", source_roots: Optional[Sequence[PathLike]] = None) -> None:
+    def __init__(self, prefix: str = "upperson-demo-", source_roots: Optional[Sequence[PathLike]] = None,
+                 max_bytes: int = MAX_BYTES) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self.max_bytes = max_bytes
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
         self._real_dir = real(self.dir)
         self._lock = threading.Lock()
         self._made: dict[str, str] = {}  # source key -> file
         self._served: set[str] = set()  # every file written (resolved): what may be served
+        self._used: OrderedDict[str, int] = OrderedDict()  # served file -> bytes, least recently used first
         self.source_roots: Optional[list[Path]] = None if source_roots is None else []
         if source_roots is not None:
             self.allow_sources(source_roots)
@@ -173,8 +185,46 @@ class ImageFiles:
                                  f"({exc.strerror or exc}; {free} bytes free, {len(data)} needed): free space "
                                  "there, or set TMPDIR to another disk") from exc
         with self._lock:
-            self._served.add(str(real(path)))
+            name = str(real(path))
+            self._served.add(name)
+            self._used[name] = len(data)
+            self._used.move_to_end(name)
+            self._evict(keep=name)
         return str(path)
+
+    def bytes_used(self) -> int:
+        """The bytes of the pictures this object keeps now."""
+        with self._lock:
+            return sum(self._used.values())
+
+    def _evict(self, keep: str) -> None:
+        """Remove the least recently used files past :attr:`max_bytes` (never ``keep``); under the lock."""
+        total = sum(self._used.values())
+        while total > self.max_bytes and len(self._used) > 1:
+            name, size = next(iter(self._used.items()))
+            if name == keep:
+                self._used.move_to_end(name)
+                continue
+            del self._used[name]
+            total -= size
+            self._served.discard(name)
+            for key in [k for k, v in self._made.items() if str(real(v)) == name]:
+                del self._made[key]
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+
+    def _hit(self, key: str) -> Optional[str]:
+        """The file made before for ``key`` if it is still there (and now the most recently used)."""
+        with self._lock:
+            hit = self._made.get(key)
+            if hit is not None and _intact(hit):
+                name = str(real(hit))
+                if name in self._used:
+                    self._used.move_to_end(name)
+                return hit
+        return None
 
     def placeholder(self, height: int = THUMB_HEIGHT) -> str:
         """A plain grey picture for a result that cannot be shown (the caption or status says why)."""
@@ -183,9 +233,8 @@ class ImageFiles:
 
     def save(self, image: Image.Image, key: str, fmt: str = "PNG") -> str:
         """``image`` written once for ``key`` (a description of what it shows); its file path."""
-        with self._lock:
-            hit = self._made.get(key)
-        if hit is not None and _intact(hit):
+        hit = self._hit(key)
+        if hit is not None:
             return hit
         buf = io.BytesIO()
         if fmt.upper() == "JPEG":
@@ -207,9 +256,8 @@ class ImageFiles:
         """
         st = src.stat()
         key = f"thumb:{src}:{st.st_mtime_ns}:{st.st_size}:{relevant}:{height}"
-        with self._lock:
-            hit = self._made.get(key)
-        if hit is not None and _intact(hit):
+        hit = self._hit(key)
+        if hit is not None:
             return hit
         if relevant is None:
             with self.open_source(src) as fh, Image.open(fh) as im:
@@ -227,7 +275,8 @@ class ImageFiles:
         """Make the unframed thumbnails of ``paths`` in a background thread at the lowest CPU priority.
 
         Requests never wait for it (a thumbnail not made yet is made on demand); a file that
-        cannot be read is skipped. Returns the (daemon) thread.
+        cannot be read is skipped. It stops once half the folder's budget is used (a gallery too
+        big to warm whole would only push out what was shown). Returns the (daemon) thread.
         """
         def run() -> None:
             try:
@@ -235,7 +284,7 @@ class ImageFiles:
             except (AttributeError, OSError):
                 pass
             for p in list(paths):
-                if self._closed.is_set():
+                if self._closed.is_set() or self.bytes_used() >= self.max_bytes // 2:
                     return
                 try:
                     self.thumbnail(Path(p), None, height)

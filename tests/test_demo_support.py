@@ -202,3 +202,53 @@ def test_thumbnails_warm_in_the_background_and_framed_ones_derive_from_them(tmp_
     finally:
         files.cleanup()
     assert not files.dir.exists()
+
+
+def test_image_files_stay_under_their_byte_budget(tmp_path):
+    """A long-running demo makes a new picture per (query, image) pair: the folder keeps the most
+    recently used ones within ``max_bytes`` and forgets the rest (no longer servable, made again on demand)."""
+    import numpy as np
+    from PIL import Image
+
+    from demo.thumbs import ImageFiles
+
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(12)]
+    files = ImageFiles(max_bytes=20_000)
+    try:
+        paths = [files.save(p, f"pic:{i}") for i, p in enumerate(pictures)]
+        sizes = [Path(p).stat().st_size for p in paths[-3:]]
+        assert min(sizes) > 4_000  # noise does not compress: each picture is a few kB
+        on_disk = sum(f.stat().st_size for f in files.dir.iterdir())
+        assert on_disk <= 20_000
+        kept = [p for p in paths if Path(p).exists()]
+        assert kept == paths[len(paths) - len(kept):] and 2 <= len(kept) < len(paths)  # the newest ones
+        assert not files.may_serve(paths[0]) and all(files.may_serve(p) for p in kept)
+        again = files.save(pictures[0], "pic:0")  # forgotten, so made again
+        assert again == paths[0] and Path(again).exists() and files.may_serve(again)
+        assert sum(f.stat().st_size for f in files.dir.iterdir()) <= 20_000
+        files.save(pictures[-1], f"pic:{len(pictures) - 1}")  # a hit refreshes its place
+    finally:
+        files.cleanup()
+
+
+def test_warming_stops_at_half_the_byte_budget(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from demo.thumbs import ImageFiles
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(20):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (120, 40, 3), dtype=np.uint8)).save(paths[-1])
+    files = ImageFiles(max_bytes=40_000)
+    try:
+        files.warm(paths).join(timeout=30)
+        made = list(files.dir.glob("*.jpg"))
+        assert 1 <= len(made) < len(paths) and files.bytes_used() < 40_000
+        assert files.bytes_used() - max(f.stat().st_size for f in made) < 20_000  # stopped once past half
+        assert len(made) == len(list(files.dir.iterdir()))  # nothing evicted by the warming itself
+    finally:
+        files.cleanup()
