@@ -118,6 +118,13 @@ def test_a_run_selects_on_the_held_out_val_and_records_it(icfg, tmp_path):
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "val_from_train: 3" in saved and "val_from_train_seed: 2" in saved
     assert "held out 3 of 12 train identities" in (tmp_path / "run" / "train.log").read_text()
+    # `evaluate --run` on val is the run's own held-out val (the dataset has none), as the trainer scored it
+    out = tmp_path / "val.json"
+    assert upperson_main(["evaluate", "--run", str(tmp_path / "run"), "--data-root", str(icfg), "--split", "val",
+                          "--json", str(out), "--device", "cpu"]) == 0
+    val = json.loads(out.read_text())
+    assert val["queries"] == expected[2]
+    assert val["R1"] == pytest.approx(results["metrics"]["val"]["R1"], abs=1e-9)
 
 
 def test_the_refusals_are_one_error_line_and_write_nothing(icfg, tmp_path, capsys):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from upperson.data import build_tokenizer, load_dataset
+from upperson.data.holdout import hold_out_val
 from upperson.evaluation import QueryResults, evaluate_per_query
 from upperson.io import atomic_write_json
 from upperson.metrics import format_metrics
@@ -56,9 +57,16 @@ class EvaluationReport:
 
 def evaluate_split(model: UPPerson, dataset: str, data_root: Union[str, Path], split: str, *,
                    skip_bad_images: bool = False, batch_size: int = 256, precision: str = "bf16",
-                   resamples: int = 2000, seed: int = 0) -> EvaluationReport:
-    """Evaluate ``model`` (on its device, in eval mode) on ``split`` of ``dataset`` under ``data_root``."""
+                   resamples: int = 2000, seed: int = 0, val_from_train: Optional[int] = None,
+                   val_from_train_seed: int = 0) -> EvaluationReport:
+    """Evaluate ``model`` (on its device, in eval mode) on ``split`` of ``dataset`` under ``data_root``.
+
+    ``val_from_train``: the run's held-out val (``data.val_from_train``), applied to a val split
+    only, so a run trained on a dataset without val is scored on the val it selected on.
+    """
     data = load_dataset(dataset, data_root, skip_bad_images=skip_bad_images)
+    if split == "val" and val_from_train is not None:
+        data = hold_out_val(data, val_from_train, val_from_train_seed)
     results = evaluate_per_query(model, data.split(split), build_tokenizer(model.config.name),
                                  batch_size=batch_size, precision=precision)
     ci = bootstrap_ci(values_of(results.per_query), resamples=resamples, seed=seed)

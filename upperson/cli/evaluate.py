@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     dataset = args.dataset
     precision = "bf16"
+    held_out = (None, 0)  # a run's or config's data.val_from_train (and its seed): its val split
     skip_bad_images = args.skip_bad_images or _skip_from_overrides(args)
     if args.run:
         run = Run(args.run)
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = run.config()
         dataset = dataset or cfg.data.dataset
         precision = cfg.train.precision
+        held_out = (cfg.data.val_from_train, cfg.data.val_from_train_seed)
         model = load_source(SourceSpec(checkpoint=run.best_checkpoint(log), pretrained=args.pretrained)).model
     elif args.checkpoint:
         model = load_source(SourceSpec(checkpoint=args.checkpoint, pretrained=args.pretrained)).model
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = dataset or cfg.data.dataset
         precision = cfg.train.precision
         skip_bad_images = skip_bad_images or cfg.data.skip_bad_images
+        held_out = (cfg.data.val_from_train, cfg.data.val_from_train_seed)
         # untrained PETL parts (the prefix's uniform init is not a no-op) are drawn from the
         # config's seed, so evaluating the same config twice gives the same numbers
         seed_everything(cfg.train.seed)
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     model = model.to(resolve_device(args.device)).eval()
     report = evaluate_split(model, dataset, args.data_root, args.split, skip_bad_images=skip_bad_images,
                             batch_size=args.batch_size, precision=precision, resamples=args.resamples,
-                            seed=args.ci_seed)
+                            seed=args.ci_seed, val_from_train=held_out[0], val_from_train_seed=held_out[1])
     print("\n".join(report.lines()))
     if args.per_query:
         report.write_per_query(Path(args.per_query))
