@@ -200,3 +200,13 @@ def test_transfer_refuses_the_hold_out_given_through_set(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: --set data.val_from_train=2") and "--val-from-train N" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["with-val"]
+
+
+def test_transfer_dry_run_says_which_sources_get_a_held_out_val(icfg, tmp_path, capsys):
+    argv = ["transfer", "--dataset", "icfg-pedes", "--data-root", f"icfg-pedes={icfg}", "--dry-run",
+            "--val-from-train", "4", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    assert analysis_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "icfg-pedes: val held out of train: 4 of 12 identities (data.val_from_train=4, seed 0)" in out, out
+    assert "x     16 images" in out  # the 8 train images of the held-out identities are not trained on
+    assert list(tmp_path.iterdir()) == []

@@ -15,12 +15,23 @@ from analysis.transfer.figure import transfer_figure
 from analysis.transfer.options import DEFAULT_RUNS_DIR
 from analysis.transfer.plan import METHODS, StudyRun, TransferPlan, check_run, held_out_sources, jobs, parse_given
 from upperson.data import load_dataset
+from upperson.data.holdout import hold_out_val
 from upperson.io import atomic_path, atomic_write_json
 
 log = logging.getLogger("analysis")
 
 MATRIX_NAME = "transfer.csv"
 SUMMARY_NAME = "transfer_summary.json"
+
+
+def _held_out(planned, datasets) -> dict[str, object]:
+    """Each source's dataset as its runs train on it: with the held-out val of ``--val-from-train``."""
+    out = dict(datasets)
+    for p in planned:
+        d = p.job.cfg.data
+        if d.val_from_train is not None and p.source in datasets:
+            out[p.source] = hold_out_val(datasets[p.source], d.val_from_train, d.val_from_train_seed)
+    return out
 
 
 def _work_per_epoch(planned, datasets) -> dict[str, int]:
@@ -30,6 +41,21 @@ def _work_per_epoch(planned, datasets) -> dict[str, int]:
         n, t = len(datasets[p.source].split("train")), p.job.cfg.train
         out[p.job.name] = n if t.max_steps_per_epoch is None else min(n, t.max_steps_per_epoch * p.job.cfg.data.batch_size)
     return out
+
+
+def _held_out_lines(planned, datasets, held) -> list[str]:
+    """One line per source that gets a held-out val: how many identities, of how many, with which seed."""
+    lines, seen = [], set()
+    for p in planned:
+        d = p.job.cfg.data
+        if d.val_from_train is None or p.source in seen:
+            continue
+        seen.add(p.source)
+        total = len({r.pid for r in datasets[p.source].splits.get("train") or []})
+        ids, images, captions = held[p.source].counts("val")
+        lines.append(f"{p.source}: val held out of train: {ids} of {total} identities (data.val_from_train="
+                     f"{d.val_from_train}, seed {d.val_from_train_seed}): {images} images, {captions} captions")
+    return lines
 
 
 def run(args, command: str = "") -> list:
@@ -83,7 +109,9 @@ def run(args, command: str = "") -> list:
                             val_from_train=held)
         planned = jobs(plan, Path(args.runs_dir) if args.runs_dir else DEFAULT_RUNS_DIR)
         if args.dry_run:
-            lines = sweep.plan_lines([p.job for p in planned], _work_per_epoch(planned, datasets))
+            trained_on = _held_out(planned, datasets)
+            lines = _held_out_lines(planned, datasets, trained_on)
+            lines += sweep.plan_lines([p.job for p in planned], _work_per_epoch(planned, trained_on))
             n_eval = sum(len(targets_of[p.source]) for p in planned)
             lines.append(f"then {n_eval} evaluations (each run on the test split of each of its cells: "
                          f"{', '.join(f'{s.name}->{t.name}' for s, t in study)}) into {out}")
