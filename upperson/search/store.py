@@ -42,6 +42,7 @@ import numpy as np
 
 from upperson.io import atomic_path, atomic_write_json, file_digest
 from upperson.search.entries import ENTRIES_DIR, Entry, EntryTable, EntryTableError, entry_delta, keyed, merged
+from upperson.search.rows import DTYPES, IndexFolderError, SegmentFile
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,13 @@ READ_VERSIONS = (1, 2, 3)
 #: entry tables an index may list before an update compacts them into one
 MAX_ENTRY_TABLES = 16
 MANIFEST = "manifest.json"
+#: rows an exact scan reads at once (:meth:`IndexStore.chunks`): 32 MB of float32 at 512-d
+CHUNK_ROWS = 1 << 14
 SEGMENTS = "segments"
 ANN_DIR = "ann"
 LOCK = ".lock"
-DTYPES = {"float32": np.float32, "float16": np.float16}
 #: entry fields, in the order the manifest stores them
 ENTRY_FIELDS = ("path", "segment", "row", "sha1", "size", "mtime_ns")
-
-
-class IndexFolderError(ValueError):
-    """An index folder that cannot be used: missing, corrupted, locked, or made by another model."""
 
 
 @dataclass
@@ -176,7 +174,14 @@ class IndexStore:
 
     folder: Path
     manifest: Manifest
-    segments: list[np.ndarray]  # memory-mapped, (rows, dim)
+    segments: list[np.ndarray]  # memory-mapped, (rows, dim): for whole-array users (the demo's cache)
+    #: the same segments open for positional reads (search/rows.py), which searching uses
+    files: list[SegmentFile] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.files and self.segments:
+            self.files = [SegmentFile(self.folder / SEGMENTS / s["name"], s["rows"], self.manifest.dim,
+                                      self.manifest.dtype) for s in self.manifest.segments]
 
     @classmethod
     def open(cls, folder: PathLike, *, verify: bool = True) -> "IndexStore":
@@ -197,7 +202,7 @@ class IndexStore:
     @property
     def offsets(self) -> np.ndarray:
         """The first global row of each segment, then the total number of rows."""
-        return np.cumsum([0] + [len(seg) for seg in self.segments])
+        return np.cumsum([0] + [s["rows"] for s in self.manifest.segments])
 
     def flat_rows(self) -> np.ndarray:
         """The global row (segments laid end to end) of every entry, in entry order."""
@@ -205,15 +210,27 @@ class IndexStore:
         return self.offsets[segment] + row
 
     def rows_at(self, rows: np.ndarray) -> np.ndarray:
-        """float32 features of global rows (in the order given), gathered from the memory-mapped segments."""
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.manifest.dim), dtype=np.float32)
+        """float32 features of global rows (in the order given, repeats allowed), read with positional
+        reads (no memory map: the re-rank's scattered rows leave no pages in this process) and
+        checked finite."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         offsets = self.offsets
+        if len(rows) and (rows.min() < 0 or rows.max() >= offsets[-1]):
+            raise IndexError(f"{self.folder}: rows outside 0..{int(offsets[-1]) - 1}")
+        out = np.empty((len(rows), self.manifest.dim), dtype=np.float32)
         which = np.searchsorted(offsets, rows, side="right") - 1
         for k in np.unique(which):
             sel = which == k
-            out[sel] = self.segments[int(k)][rows[sel] - offsets[k]]
+            out[sel] = self.files[int(k)].read_rows(rows[sel] - offsets[k])
         return out
+
+    def chunks(self, rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+        """(first global row, float32 features) of every stored row in order, ``rows`` at a time and
+        never across a segment's end, read with positional reads and checked finite: an exact scan
+        holds one chunk, not the mapped file."""
+        for file, start in zip(self.files, self.offsets[:-1]):
+            for lo in range(0, len(file), rows):
+                yield int(start) + lo, file.read_range(lo, lo + rows)
 
     def features_of(self, entries: list[int]) -> np.ndarray:
         """float32 features of the given entry numbers (read from the segments)."""
