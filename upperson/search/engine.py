@@ -25,12 +25,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from upperson.search.store import IndexStore
+from upperson.search.store import CHUNK_ROWS, IndexStore
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("torch", "faiss")
-CHUNK_ROWS = 1 << 14  # 32 MB of float32 at 512-d
 #: rows asked of FAISS beyond k (more are asked for while the last one ties with the k-th)
 FAISS_MARGIN = 32
 

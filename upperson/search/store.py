@@ -16,8 +16,9 @@ few kilobytes at any gallery size. Version 3 lists the entry tables an index's u
 (each update writes only what changed; past ``MAX_ENTRY_TABLES`` tables, or when asked, they are
 compacted into one); version 2 had one table, version 1 the entries as JSON lists in the
 manifest: both still open, and the next update writes version 3. Segments are plain ``.npy``
-arrays, read with ``allow_pickle=False`` and memory-mapped, so opening an index does not read
-its features into RAM. Opening checks every segment's size, header and SHA-256, the entry
+arrays, opened with ``allow_pickle=False``: opening an index does not read its features into
+RAM, and searching reads their rows with positional reads (search/rows.py), not through a
+memory map, so the rows it touches leave no file pages in the process. Opening checks every segment's size, header and SHA-256, the entry
 table's SHA-256 and columns, and every entry's row.
 
 An update appends segments, appends an entry table and then renames a new manifest into
@@ -170,7 +171,8 @@ def write_segment(folder: Path, name: Union[int, str], features: np.ndarray) -> 
 
 @dataclass
 class IndexStore:
-    """An opened, verified index folder: its manifest and its memory-mapped segments."""
+    """An opened, verified index folder: its manifest and its segments (memory maps for whole-array
+    readers, :class:`SegmentFile` for the rows searching reads)."""
 
     folder: Path
     manifest: Manifest
@@ -179,7 +181,7 @@ class IndexStore:
     files: list[SegmentFile] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not self.files and self.segments:
+        if not self.files:
             self.files = [SegmentFile(self.folder / SEGMENTS / s["name"], s["rows"], self.manifest.dim,
                                       self.manifest.dtype) for s in self.manifest.segments]
 
