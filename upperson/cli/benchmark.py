@@ -70,6 +70,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--search-workdir", default=None,
                    help="folder for the synthetic galleries' temporary features (default: the system's temp "
                         "folder; 10M x 512 float16 is 10.2 GB)")
+    p.add_argument("--search-reuse", action="store_true",
+                   help="with --search-workdir: keep each synthetic gallery and its approximate index in "
+                        "WORKDIR/synthetic-N-DIMd-DTYPE, and reuse them when a later run asks for the same "
+                        "settings (a 10M rerun skips writing the features and building the index)")
     p.add_argument("--features", metavar="INDEX", default=None,
                    help="with --search: measure on this index folder's own features (e.g. real ToyPEDES images "
                         "indexed by `python -m upperson index`) instead of synthetic ones: exact engines, then "
@@ -125,9 +129,11 @@ def _search_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     workdir = Path(args.search_workdir) if args.search_workdir else None
     if workdir is not None and not workdir.is_dir():
         raise ValueError(f"--search-workdir {workdir}: not a folder; create it or give another")
+    if args.search_reuse and workdir is None:
+        raise ValueError("--search-reuse: give --search-workdir DIR, the folder the galleries are kept in")
     log.info("search benchmark: sizes %s, %d-d %s, approximate %s", sizes, args.search_dim, args.search_dtype, ann)
     rows = benchmark_search(sizes, dim=args.search_dim, similarity=similarity, dtype=args.search_dtype, ann=ann,
-                            workdir=workdir)
+                            workdir=workdir, reuse=args.search_reuse)
     for r in rows:
         recall = r.get("recall@10")
         print(f"{r['gallery']:>10,} {r['engine']:>11}: build {r['build_s']:7.2f} s, RSS {r['rss_mb']:7.0f} MB "

@@ -77,7 +77,7 @@ class AnnConfig:
 def train_ann(store: IndexStore, config: AnnConfig = AnnConfig()) -> tuple[Any, AnnConfig, float]:
     """Train and fill an IVF index over every row of ``store``, in memory: (index, the resolved
     settings, seconds)."""
-    rows = sum(len(s) for s in store.segments)
+    rows = int(store.offsets[-1])
     dim = store.manifest.dim
     if rows < MIN_ROWS:
         raise IndexFolderError(f"{store.folder} holds {rows:,} images: approximate search needs at least "
@@ -95,9 +95,8 @@ def train_ann(store: IndexStore, config: AnnConfig = AnnConfig()) -> tuple[Any, 
         index = faiss.IndexIVFPQ(quantiser, dim, cfg.nlist, cfg.m, cfg.nbits, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = cfg.seed
     index.train(train)
-    for seg in store.segments:
-        for lo in range(0, len(seg), CHUNK_ROWS):
-            index.add(np.array(seg[lo:lo + CHUNK_ROWS], dtype=np.float32))
+    for _, chunk in store.chunks(CHUNK_ROWS):
+        index.add(chunk)
     return index, cfg, time.perf_counter() - start
 
 
@@ -165,7 +164,7 @@ class ApproximateSearch:
         if not record:
             raise IndexFolderError(f"{store.folder} has no approximate index: build one with "
                                    "`python -m upperson index ... --approximate`")
-        rows = sum(len(s) for s in store.segments)
+        rows = int(store.offsets[-1])
         if record["rows"] != rows:
             raise IndexFolderError(f"{store.folder}: the approximate index covers {record['rows']:,} of {rows:,} rows "
                                    "(the index was updated since); build it again with --approximate")

@@ -6,15 +6,18 @@ features (:func:`calibrate`): ``x = sqrt(d) m + sqrt(s - d) c_id + sqrt(1 - s) e
 direction ``m``, an identity centre ``c_id`` and per-image noise ``e`` (random unit vectors, in
 high dimension nearly orthogonal), gives cosines of about ``s`` within an identity and ``d``
 between identities. Queries are new images of known identities. Features are written to a
-temporary index folder (float16 by default, memory-mapped) a segment at a time, so a 10 M
-gallery never sits in RAM.
+temporary index folder (float16 by default) a segment at a time, so a 10 M gallery never sits
+in RAM; with ``reuse`` they are kept in the work folder, with their approximate index, and a
+later run with the same settings reuses them instead of writing and building again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -29,11 +32,16 @@ from upperson.evaluation import inference_model
 from upperson.search.approximate import AnnConfig, ApproximateSearch, build_ann, train_ann
 from upperson.search.engine import ExactSearch, faiss_available
 from upperson.search.entries import EntryTable
-from upperson.search.store import IndexStore, Manifest, write_manifest, write_segment
+from upperson.search.store import (MANIFEST, IndexFolderError, IndexStore, Manifest, remove_unlisted_segments,
+                                   write_manifest, write_segment)
 
 log = logging.getLogger(__name__)
 
 SEGMENT_ROWS = 1_000_000
+#: the synthetic features' generator: a kept gallery (``reuse``) made by another one is written again
+GENERATOR = 2
+#: the settings an approximate index is built with: a kept one is reused when they match
+ANN_BUILD_KEYS = ("kind", "nlist", "m", "nbits", "seed")
 #: images generated at once while a segment is written (about 200 MB of float32 at 512-d)
 GENERATE_ROWS = 100_000
 
@@ -59,9 +67,15 @@ def calibrate(features: np.ndarray, pids: np.ndarray) -> Similarity:
     return Similarity(float(sims[same].mean()), float(sims[different].mean()))
 
 
+def _normalise(x: np.ndarray) -> np.ndarray:
+    """``x`` with its rows scaled to unit length, in place."""
+    x /= np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+    return x
+
+
 def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
-    x = rng.standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    # float32 from the start and in place: generating the gallery is most of a benchmark's write phase
+    return _normalise(rng.standard_normal((n, dim), dtype=np.float32))
 
 
 class SyntheticGallery:
@@ -78,8 +92,13 @@ class SyntheticGallery:
     def images(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One new image's feature for each identity in ``ids``, L2-normalised."""
         a, b, c = self.weights
-        x = a * self.shared + b * self._centres_fast(ids) + c * _unit(rng, len(ids), self.dim)
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+        x = _unit(rng, len(ids), self.dim)
+        x *= np.float32(c)
+        centres = self._centres_fast(ids)
+        centres *= np.float32(b)
+        x += centres
+        x += np.float32(a) * self.shared
+        return _normalise(x)
 
     def _centres_fast(self, ids: np.ndarray) -> np.ndarray:
         # centres of a block of consecutive identities from one generator per block of 4,096
@@ -90,6 +109,12 @@ class SyntheticGallery:
             sel = blocks == block
             out[sel] = table[ids[sel] % 4096]
         return out
+
+    def settings(self, n: int, dtype: str) -> dict[str, Any]:
+        """What makes a gallery of ``n`` images: recorded in its manifest's ``build``, compared before one is reused."""
+        return {"kind": "synthetic-benchmark", "generator": GENERATOR, "rows": n, "dim": self.dim, "dtype": dtype,
+                "same": self.sim.same, "different": self.sim.different, "per_identity": self.per_identity,
+                "seed": self.seed}
 
     def write(self, folder: Path, n: int, dtype: str = "float16") -> IndexStore:
         """An index folder of ``n`` images (identity ``i // per_identity``), written a segment at a time."""
@@ -106,8 +131,24 @@ class SyntheticGallery:
         rows = np.arange(n, dtype=np.int64)
         entries = EntryTable.from_columns([f"synthetic/{i}" for i in range(n)], rows // SEGMENT_ROWS, rows % SEGMENT_ROWS)
         write_manifest(folder, Manifest(model={"key": "synthetic"}, dim=self.dim, dtype=dtype, segments=records,
-                                        entries=entries))
+                                        entries=entries, build=self.settings(n, dtype)))
         return IndexStore.open(folder, verify=False)
+
+    def kept(self, folder: Path, n: int, dtype: str = "float16") -> tuple[IndexStore, bool]:
+        """(the gallery of ``n`` images in ``folder``, whether it was reused): reused when its manifest
+        records exactly these settings, else ``folder`` is emptied and written again."""
+        if (folder / MANIFEST).is_file():
+            try:
+                store = IndexStore.open(folder, verify=False)  # sizes and headers checked, not 10 GB of checksums
+                if store.manifest.build == self.settings(n, dtype) and store.manifest.complete:
+                    log.info("reusing the synthetic gallery in %s", folder)
+                    return store, True
+            except IndexFolderError as exc:
+                log.info("%s cannot be reused (%s)", folder, exc)
+            log.info("writing the synthetic gallery in %s again: its settings differ", folder)
+        if folder.exists():
+            shutil.rmtree(folder)
+        return self.write(folder, n, dtype), False
 
 
 def _rss_mb() -> float:
@@ -147,15 +188,25 @@ def _latency(engine, queries: np.ndarray, k: int, repeats: int) -> dict[str, flo
 def benchmark_search(sizes: Sequence[int], *, dim: int = 512, similarity: Similarity = Similarity(0.75, 0.35),
                      queries: int = 64, k: int = 10, repeats: int = 50, exact_max: int = 2_000_000,
                      dtype: str = "float16", ann: AnnConfig = AnnConfig(),
-                     workdir: Optional[Path] = None) -> list[dict[str, Any]]:
-    """One row per (size, engine): build seconds, resident memory, latency and recall@k."""
+                     workdir: Optional[Path] = None, reuse: bool = False) -> list[dict[str, Any]]:
+    """One row per (size, engine): build seconds, resident memory, latency and recall@k.
+
+    With ``reuse``, each gallery and its approximate index are kept in ``workdir/synthetic-N-DIMd-DTYPE``
+    and reused by a later run with the same settings (a 10 M rerun skips the write and the build);
+    otherwise they are written into a temporary folder and removed."""
+    if reuse and workdir is None:
+        raise ValueError("reuse needs a workdir to keep the galleries in")
     rows = []
     gallery = SyntheticGallery(dim, similarity)
     for n in sizes:
-        with tempfile.TemporaryDirectory(dir=workdir, prefix="upperson-search-bench-") as tmp:
+        with contextlib.ExitStack() as stack:
             t0 = time.perf_counter()
-            store = gallery.write(Path(tmp), n, dtype)
-            write_s = time.perf_counter() - t0
+            if reuse:
+                store, reused = gallery.kept(Path(workdir) / f"synthetic-{n}-{dim}d-{dtype}", n, dtype)
+            else:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=workdir, prefix="upperson-search-bench-"))
+                store, reused = gallery.write(Path(tmp), n, dtype), False
+            write_s = 0.0 if reused else time.perf_counter() - t0
             q = gallery.images(np.random.default_rng(9).integers(0, n // gallery.per_identity, queries),
                                np.random.default_rng(10))
             # exact top-k in one streamed pass (rows are entries here), so recall is reported at 10 M too
@@ -167,25 +218,35 @@ def benchmark_search(sizes: Sequence[int], *, dim: int = 512, similarity: Simila
                 before = _rss_mb()
                 t0 = time.perf_counter()
                 record = None
-                if name == "approximate":  # the last engine: the store's own mappings are dropped after the
-                    record = build_ann(store, ann)  # build, so the search process maps only the rows it re-ranks
-                    store.manifest.ann = record
-                    write_manifest(store.folder, store.manifest)
+                ann_reused = False
+                if name == "approximate":  # the last engine: the search opens the folder again after the build
+                    cfg = ann.resolved(n, dim)
+                    record = store.manifest.ann if reuse else None
+                    ann_reused = bool(record) and record.get("rows") == n and all(
+                        record.get(key) == getattr(cfg, key) for key in ANN_BUILD_KEYS)
+                    if not ann_reused:
+                        record = build_ann(store, ann)
+                        store.manifest.ann = record
+                        write_manifest(store.folder, store.manifest)
+                        remove_unlisted_segments(store.folder, store.manifest)  # a kept folder's older index
                     folder, store = store.folder, None
                     gc.collect()
-                    engine = ApproximateSearch(IndexStore.open(folder, verify=False))
+                    engine = ApproximateSearch(IndexStore.open(folder, verify=False), nprobe=cfg.nprobe,
+                                               rerank=cfg.rerank)
                 else:
                     engine = ExactSearch(store, name)
-                build_s = time.perf_counter() - t0
+                # a reused index: its recorded build (training and filling; the recall measurement not included)
+                build_s = record["build_seconds"] if ann_reused else time.perf_counter() - t0
                 row = {"gallery": n, "dim": dim, "dtype": dtype, "engine": name, "write_s": round(write_s, 2),
-                       "build_s": round(build_s, 2), "rss_mb": round(_rss_mb(), 1),
+                       "build_s": round(build_s, 2), "gallery_reused": reused, "rss_mb": round(_rss_mb(), 1),
                        "rss_added_mb": round(_rss_mb() - before, 1), **_latency(engine, q, k, repeats)}
                 row |= _rss_parts_mb()  # after the queries: what searching keeps resident
                 got = [[h.entry for h in hits] for hits in engine.search(q, k)]
                 row[f"recall@{k}"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(reference, got)]))
                 if record:
-                    row |= {"nlist": record["nlist"], "nprobe": record["nprobe"], "rerank": record["rerank"],
-                            "recall@10_build": record["recall_at_10"]}
+                    row |= {"ann_reused": ann_reused, "nlist": record["nlist"], "nprobe": engine.cfg.nprobe, "rerank": engine.cfg.rerank}
+                    if (record["nprobe"], record["rerank"]) == (engine.cfg.nprobe, engine.cfg.rerank):
+                        row["recall@10_build"] = record["recall_at_10"]  # measured at the build's settings
                 rows.append(row)
                 log.info("%s", row)  # a long run shows each engine as it is measured
                 del engine

@@ -4,9 +4,9 @@ Both rank the gallery's entries by score, highest first, and break ties by entry
 order of the index's manifest), so they return the same ranking. Features and queries are
 L2-normalised, so the score is the cosine similarity.
 
-- ``torch``: the segments' rows times the query, a chunk of rows at a time straight from the
-  memory-mapped files (float16 segments are converted a chunk at a time), so memory stays at
-  one chunk plus one score per row.
+- ``torch``: the segments' rows times the query, a chunk of rows at a time read from the
+  segment files with positional reads (:meth:`IndexStore.chunks`; float16 segments are converted
+  a chunk at a time), so memory stays at one chunk plus one score per row: no mapped file pages.
 - ``faiss``: ``faiss.IndexFlatIP`` over the rows (held in RAM as float32). FAISS returns the best
   rows, enough of them that every row tied with the k-th is among them, and they are ranked
   with the same tie rule. The two engines sum the products in different orders, so scores can
@@ -25,12 +25,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from upperson.search.store import IndexStore
+from upperson.search.store import CHUNK_ROWS, IndexStore
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("torch", "faiss")
-CHUNK_ROWS = 1 << 14  # 32 MB of float32 at 512-d
 #: rows asked of FAISS beyond k (more are asked for while the last one ties with the k-th)
 FAISS_MARGIN = 32
 
@@ -59,7 +58,7 @@ class ExactSearch:
     def __init__(self, store: IndexStore, engine: str = "torch") -> None:
         if engine not in ENGINES:
             raise ValueError(f"unknown search engine {engine!r}; choose from {', '.join(ENGINES)}")
-        if any(s.shape[1] != store.manifest.dim for s in store.segments):
+        if any(f.dim != store.manifest.dim for f in store.files):
             raise ValueError(f"{store.folder}: a segment's width differs from the manifest's dim")
         self.store = store
         self.engine = engine
@@ -78,10 +77,9 @@ class ExactSearch:
         """(Q, rows) float32 scores of every stored row, a chunk at a time."""
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
         out = np.empty((q.shape[0], int(self._offsets[-1])), dtype=np.float32)
-        for seg, start in zip(self.store.segments, self._offsets[:-1]):
-            for lo in range(0, len(seg), CHUNK_ROWS):
-                rows = torch.from_numpy(np.array(seg[lo:lo + CHUNK_ROWS], dtype=np.float32))  # a copy: memmaps are read-only
-                out[:, start + lo:start + lo + len(rows)] = (q @ rows.T).numpy()
+        for first, chunk in self.store.chunks(CHUNK_ROWS):
+            rows = torch.from_numpy(chunk)
+            out[:, first:first + len(rows)] = (q @ rows.T).numpy()
         return out
 
     def top_rows(self, queries: np.ndarray, k: int, exclude: Optional[np.ndarray] = None,
@@ -94,22 +92,20 @@ class ExactSearch:
         n = len(q)
         best_s = np.full((n, k), -np.inf, dtype=np.float32)
         best_r = np.full((n, k), -1, dtype=np.int64)
-        for seg, start in zip(self.store.segments, self._offsets[:-1]):
-            for lo in range(0, len(seg), CHUNK_ROWS):
-                rows = torch.from_numpy(np.array(seg[lo:lo + CHUNK_ROWS], dtype=np.float32))
-                scores = (q @ rows.T).numpy()
-                first = int(start) + lo
-                if usable is not None:
-                    scores[:, ~usable[first:first + len(rows)]] = -np.inf
-                if exclude is not None:
-                    inside = (exclude >= first) & (exclude < first + len(rows))
-                    scores[np.nonzero(inside)[0], exclude[inside] - first] = -np.inf
-                kk = min(k, scores.shape[1])
-                top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-                cand_s = np.concatenate([best_s, np.take_along_axis(scores, top, 1)], axis=1)
-                cand_r = np.concatenate([best_r, top + first], axis=1)
-                order = np.lexsort((cand_r, -cand_s.astype(np.float64)), axis=1)[:, :k]
-                best_s, best_r = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_r, order, 1)
+        for first, chunk in self.store.chunks(CHUNK_ROWS):
+            rows = torch.from_numpy(chunk)
+            scores = (q @ rows.T).numpy()
+            if usable is not None:
+                scores[:, ~usable[first:first + len(rows)]] = -np.inf
+            if exclude is not None:
+                inside = (exclude >= first) & (exclude < first + len(rows))
+                scores[np.nonzero(inside)[0], exclude[inside] - first] = -np.inf
+            kk = min(k, scores.shape[1])
+            top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+            cand_s = np.concatenate([best_s, np.take_along_axis(scores, top, 1)], axis=1)
+            cand_r = np.concatenate([best_r, top + first], axis=1)
+            order = np.lexsort((cand_r, -cand_s.astype(np.float64)), axis=1)[:, :k]
+            best_s, best_r = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_r, order, 1)
         return best_r
 
     # ------------------------------------------------------------------ ranking
@@ -143,9 +139,8 @@ class ExactSearch:
         import faiss  # optional dependency: only when the faiss engine is asked for
 
         index = faiss.IndexFlatIP(self.store.manifest.dim)
-        for seg in self.store.segments:
-            for lo in range(0, len(seg), CHUNK_ROWS):
-                index.add(np.ascontiguousarray(seg[lo:lo + CHUNK_ROWS], dtype=np.float32))
+        for _, chunk in self.store.chunks(CHUNK_ROWS):
+            index.add(chunk)
         return index
 
     def _expand(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

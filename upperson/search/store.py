@@ -16,8 +16,9 @@ few kilobytes at any gallery size. Version 3 lists the entry tables an index's u
 (each update writes only what changed; past ``MAX_ENTRY_TABLES`` tables, or when asked, they are
 compacted into one); version 2 had one table, version 1 the entries as JSON lists in the
 manifest: both still open, and the next update writes version 3. Segments are plain ``.npy``
-arrays, read with ``allow_pickle=False`` and memory-mapped, so opening an index does not read
-its features into RAM. Opening checks every segment's size, header and SHA-256, the entry
+arrays, opened with ``allow_pickle=False``: opening an index does not read its features into
+RAM, and searching reads their rows with positional reads (search/rows.py), not through a
+memory map, so the rows it touches leave no file pages in the process. Opening checks every segment's size, header and SHA-256, the entry
 table's SHA-256 and columns, and every entry's row.
 
 An update appends segments, appends an entry table and then renames a new manifest into
@@ -42,6 +43,7 @@ import numpy as np
 
 from upperson.io import atomic_path, atomic_write_json, file_digest
 from upperson.search.entries import ENTRIES_DIR, Entry, EntryTable, EntryTableError, entry_delta, keyed, merged
+from upperson.search.rows import DTYPES, IndexFolderError, SegmentFile
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +55,13 @@ READ_VERSIONS = (1, 2, 3)
 #: entry tables an index may list before an update compacts them into one
 MAX_ENTRY_TABLES = 16
 MANIFEST = "manifest.json"
+#: rows an exact scan reads at once (:meth:`IndexStore.chunks`): 32 MB of float32 at 512-d
+CHUNK_ROWS = 1 << 14
 SEGMENTS = "segments"
 ANN_DIR = "ann"
 LOCK = ".lock"
-DTYPES = {"float32": np.float32, "float16": np.float16}
 #: entry fields, in the order the manifest stores them
 ENTRY_FIELDS = ("path", "segment", "row", "sha1", "size", "mtime_ns")
-
-
-class IndexFolderError(ValueError):
-    """An index folder that cannot be used: missing, corrupted, locked, or made by another model."""
 
 
 @dataclass
@@ -172,11 +171,19 @@ def write_segment(folder: Path, name: Union[int, str], features: np.ndarray) -> 
 
 @dataclass
 class IndexStore:
-    """An opened, verified index folder: its manifest and its memory-mapped segments."""
+    """An opened, verified index folder: its manifest and its segments (memory maps for whole-array
+    readers, :class:`SegmentFile` for the rows searching reads)."""
 
     folder: Path
     manifest: Manifest
-    segments: list[np.ndarray]  # memory-mapped, (rows, dim)
+    segments: list[np.ndarray]  # memory-mapped, (rows, dim): for whole-array users (the demo's cache)
+    #: the same segments open for positional reads (search/rows.py), which searching uses
+    files: list[SegmentFile] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.files:
+            self.files = [SegmentFile(self.folder / SEGMENTS / s["name"], s["rows"], self.manifest.dim,
+                                      self.manifest.dtype) for s in self.manifest.segments]
 
     @classmethod
     def open(cls, folder: PathLike, *, verify: bool = True) -> "IndexStore":
@@ -197,7 +204,7 @@ class IndexStore:
     @property
     def offsets(self) -> np.ndarray:
         """The first global row of each segment, then the total number of rows."""
-        return np.cumsum([0] + [len(seg) for seg in self.segments])
+        return np.cumsum([0] + [s["rows"] for s in self.manifest.segments])
 
     def flat_rows(self) -> np.ndarray:
         """The global row (segments laid end to end) of every entry, in entry order."""
@@ -205,15 +212,27 @@ class IndexStore:
         return self.offsets[segment] + row
 
     def rows_at(self, rows: np.ndarray) -> np.ndarray:
-        """float32 features of global rows (in the order given), gathered from the memory-mapped segments."""
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.manifest.dim), dtype=np.float32)
+        """float32 features of global rows (in the order given, repeats allowed), read with positional
+        reads (no memory map: the re-rank's scattered rows leave no pages in this process) and
+        checked finite."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         offsets = self.offsets
+        if len(rows) and (rows.min() < 0 or rows.max() >= offsets[-1]):
+            raise IndexError(f"{self.folder}: rows outside 0..{int(offsets[-1]) - 1}")
+        out = np.empty((len(rows), self.manifest.dim), dtype=np.float32)
         which = np.searchsorted(offsets, rows, side="right") - 1
         for k in np.unique(which):
             sel = which == k
-            out[sel] = self.segments[int(k)][rows[sel] - offsets[k]]
+            out[sel] = self.files[int(k)].read_rows(rows[sel] - offsets[k])
         return out
+
+    def chunks(self, rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+        """(first global row, float32 features) of every stored row in order, ``rows`` at a time and
+        never across a segment's end, read with positional reads and checked finite: an exact scan
+        holds one chunk, not the mapped file."""
+        for file, start in zip(self.files, self.offsets[:-1]):
+            for lo in range(0, len(file), rows):
+                yield int(start) + lo, file.read_range(lo, lo + rows)
 
     def features_of(self, entries: list[int]) -> np.ndarray:
         """float32 features of the given entry numbers (read from the segments)."""
