@@ -223,6 +223,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         print(f"error: --log-level: {exc}", file=sys.stderr)
         return 2
+    missing = [str(r) for r in args.studies if not r.is_dir()]
+    if missing:
+        return _fail(f"--studies: not a folder: {', '.join(missing)}; give the --out folder of "
+                     "`python -m analysis transfer|budget|binding`")
     index_threads = args.index_threads or max(1, min(4, os.cpu_count() or 1))
     if args.benchmark:
         from demo.benchmark import main as bench
@@ -240,10 +244,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     missing = [str(r) for r in args.allow_root if not r.is_dir()]
     if missing:
         return _fail(f"--allow-root: not a folder: {', '.join(missing)}")
-    missing = [str(r) for r in args.studies if not r.is_dir()]
-    if missing:
-        return _fail(f"--studies: not a folder: {', '.join(missing)}; give the --out folder of "
-                     "`python -m analysis transfer|budget|binding`")
     try:
         gallery = load_gallery(args)
         model, default_name, others = load_model(args.checkpoint, args.pretrained)
