@@ -208,6 +208,9 @@ def test_budget_frontier_and_a_point_with_its_configuration_and_numbers(site):
                 (row[f"R1_{d}"], row[f"R1_{d}_low"], row[f"R1_{d}_high"]))
             assert f"R@1 {row[f'R1_{d}']:.1f} [{row[f'R1_{d}_low']:.1f}, {row[f'R1_{d}_high']:.1f}]" in text
     assert "the paper's default" in client.predict("", "B2", api_name="/budget_point")[0]
+    text, numbers = client.predict("", "zero-shot", api_name="/budget_point")  # one seed: no std (null)
+    assert numbers["trainable_params"] == 0 and numbers["domains"]["in"]["R1"]["seed_std"] is None
+    assert "seed std" not in text
     _error(client, "Point must be one of B2, B5", "", "B99", api_name="/budget_point")
 
 

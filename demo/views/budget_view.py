@@ -24,8 +24,8 @@ from analysis.budget.table import IN_DOMAIN, METRICS
 from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import QueryError
-from demo.views.common import cache_of, figure_file, hidden_api, in_page, lenient_dropdown, opened_by, screen_layout, \
-    user_error
+from demo.views.common import (cache_of, figure_with_caption, hidden_api, in_page, lenient_dropdown, opened_by,
+                               screen_layout, user_error)
 from demo.views.study_files import StudyFiles, StudyMissing
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,11 @@ def _num(v: object) -> float:
         return math.nan
 
 
+def _json_number(v: float):
+    """``v`` for a JSON answer: None where it is not a finite number (an undefined std of one seed)."""
+    return v if math.isfinite(v) else None
+
+
 def _domain_label(d: str) -> str:
     return "in-domain (the source's test split)" if d == IN_DOMAIN else f"target {d}"
 
@@ -86,7 +91,7 @@ def points(study: BudgetStudy) -> list[dict]:
         p = {"point": r["point"], "label": str(r.get("label", "")), "kind": str(r["kind"]), "default": bool(r["default"]),
              "trainable_params": int(_num(r["trainable_params"])), "seeds": int(_num(r["seeds"]))}
         for d in study.domains:
-            p[f"R1_{d}"] = [_num(r[f"R1_{d}"]), _num(r[f"R1_{d}_low"]), _num(r[f"R1_{d}_high"])]
+            p[f"R1_{d}"] = [_json_number(_num(r[f"R1_{d}{s}"])) for s in ("", "_low", "_high")]
         out.append(p)
     return out
 
@@ -109,12 +114,13 @@ def notes(study: BudgetStudy, given: bool) -> str:
     return "\n\n".join(lines)
 
 
-def _drawn(ctx: DemoContext, key: tuple, study: BudgetStudy) -> str:
+def _drawn(ctx: DemoContext, key: tuple, study: BudgetStudy) -> tuple[str, str]:
+    """(figure file, caption) for the visitor's screen (cached per study and layout)."""
     layout = screen_layout()
 
-    def draw() -> str:
+    def draw() -> tuple[str, str]:
         try:
-            return figure_file(ctx, lambda: budget_figure(study.table, list(study.domains), layout=layout))
+            return figure_with_caption(ctx, lambda: budget_figure(study.table, list(study.domains), layout=layout))
         except (KeyError, ValueError, TypeError) as exc:
             raise QueryError(f"{TABLE} cannot be drawn ({type(exc).__name__}: {exc}).") from None
 
@@ -128,7 +134,8 @@ def show(ctx: DemoContext, folder: object):
     except StudyMissing as exc:
         return None, f"ℹ️ {esc(exc)}", []
     given = isinstance(folder, str) and bool(folder.strip())
-    return _drawn(ctx, key, study), notes(study, given), points(study)
+    fig, caption = _drawn(ctx, key, study)
+    return fig, notes(study, given) + f"\n\n**Figure:** {esc(caption)}", points(study)
 
 
 def _fmt(v: float, lo: float, hi: float) -> str:
@@ -177,6 +184,9 @@ def show_point(ctx: DemoContext, folder: object, name: object):
             parts.append(f"{'R@1' if k == 'R1' else k} {_fmt(b['value'], b['low'], b['high'])}{std}")
         lines.append(f"- {esc(_domain_label(d))}{n}: " + " · ".join(parts))
     lines.append("Intervals: 95 % percentile bootstrap over test queries of the seed-averaged per-query values.")
+    for block in p["domains"].values():
+        for k in METRICS:
+            block[k] = {name: _json_number(v) for name, v in block[k].items()}
     return "\n\n".join(lines), p
 
 

@@ -172,6 +172,18 @@ def figure_file(ctx, make: Callable[[], object]) -> str:
     return png_file(ctx, data)
 
 
+def figure_with_caption(ctx, make: Callable[[], tuple]) -> tuple[str, str]:
+    """:func:`figure_file` of an analysis ``(figure, caption)`` function, and its caption (shown under it)."""
+    made: list[str] = []
+
+    def draw():
+        fig, caption = make()
+        made.append(str(caption))
+        return fig, caption
+
+    return figure_file(ctx, draw), made[0]
+
+
 def png_file(ctx, data: bytes) -> str:
     """PNG bytes into the app's served, content-addressed image folder (``demo.thumbs.ImageFiles``)."""
     return ctx.files.write(data, ".png")  # the content-addressed writer behind ImageFiles.save

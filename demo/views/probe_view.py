@@ -23,7 +23,7 @@ from analysis.binding.scoring import Accuracy
 from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import QueryError
-from demo.views.common import cache_of, figure_file, hidden_api, in_page, opened_by, screen_layout, user_error
+from demo.views.common import cache_of, figure_with_caption, hidden_api, in_page, opened_by, screen_layout, user_error
 from demo.views.study_files import StudyFiles, StudyMissing
 
 log = logging.getLogger(__name__)
@@ -111,14 +111,16 @@ def show(ctx: DemoContext, folder: object):
         return None, f"ℹ️ {esc(exc)}", {}
     layout = screen_layout()
 
-    def draw() -> str:
+    def draw() -> tuple[str, str]:
         try:
-            return figure_file(ctx, lambda: draw_binding_figure(list(study.results), study.attributes, layout=layout))
+            return figure_with_caption(ctx, lambda: draw_binding_figure(list(study.results), study.attributes,
+                                                                        layout=layout))
         except (KeyError, ValueError, TypeError) as exc:
             raise QueryError(f"{PAIRS_CSV} cannot be drawn ({type(exc).__name__}: {exc}).") from None
 
-    fig = cache_of(ctx, DRAWINGS, 16).get_or_make((key, layout.name), draw)
-    return fig, notes(study, isinstance(folder, str) and bool(folder.strip())), as_json(study)
+    fig, caption = cache_of(ctx, DRAWINGS, 16).get_or_make((key, layout.name), draw)
+    given = isinstance(folder, str) and bool(folder.strip())
+    return fig, notes(study, given) + f"\n\n**Figure:** {esc(caption)}", as_json(study)
 
 
 def build_probe_tab(ctx: DemoContext, ui: SharedUI) -> None:

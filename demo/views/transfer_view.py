@@ -32,8 +32,8 @@ from analysis.transfer.plan import FULL, LABELS, METHODS, UPPERSON
 from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import QueryError
-from demo.views.common import cache_of, figure_file, hidden_api, in_page, lenient_dropdown, opened_by, screen_layout, \
-    user_error
+from demo.views.common import (cache_of, figure_with_caption, hidden_api, in_page, lenient_dropdown, opened_by,
+                               screen_layout, user_error)
 from demo.views.study_files import MAX_PER_QUERY_BYTES, StudyFiles, StudyMissing
 from upperson import stats
 
@@ -136,12 +136,13 @@ def notes(study: TransferStudy, given: bool) -> str:
     return "\n\n".join(lines)
 
 
-def _drawn(ctx: DemoContext, key: tuple, study: TransferStudy) -> str:
+def _drawn(ctx: DemoContext, key: tuple, study: TransferStudy) -> tuple[str, str]:
+    """(figure file, caption) for the visitor's screen (cached per study and layout)."""
     layout = screen_layout()
 
-    def draw() -> str:
+    def draw() -> tuple[str, str]:
         try:
-            return figure_file(ctx, lambda: transfer_matrix_figure(study.table, _gaps(study), layout=layout))
+            return figure_with_caption(ctx, lambda: transfer_matrix_figure(study.table, _gaps(study), layout=layout))
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise QueryError(f"{TABLE} cannot be drawn ({type(exc).__name__}: {exc}).") from None
 
@@ -155,7 +156,8 @@ def show(ctx: DemoContext, folder: object):
     except StudyMissing as exc:
         return None, f"ℹ️ {esc(exc)}", []
     given = isinstance(folder, str) and bool(folder.strip())
-    return _drawn(ctx, key, study), notes(study, given), cells(study)
+    fig, caption = _drawn(ctx, key, study)
+    return fig, notes(study, given) + f"\n\n**Figure:** {esc(caption)}", cells(study)
 
 
 def _row(study: TransferStudy, method: str, source: str, target: str) -> Optional[pd.Series]:
@@ -173,7 +175,10 @@ def _per_query(ctx: DemoContext, study: TransferStudy, row: pd.Series) -> list[p
     out = []
     for n in names:
         data = files.read_bytes(KIND, study.folder, n, MAX_PER_QUERY_BYTES)
-        df = pd.read_csv(io.BytesIO(data), dtype={"caption_key": str})
+        try:
+            df = pd.read_csv(io.BytesIO(data), dtype={"caption_key": str})
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise QueryError(f"{n}: cannot be read as a per-query file ({exc}).") from None
         missing = [c for c in ("query_index", "pid", "image_id", "caption_key", "first_rank") if c not in df.columns]
         if missing:
             raise QueryError(f"{n}: not a per-query file (no column {missing[0]!r}).")
