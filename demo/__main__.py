@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--split", default=None, help="with --data-root: the split to search (default test)")
     src.add_argument("--allow-root", type=Path, action="append", default=[],
                      help="a folder under which the UI may index sub-folders (repeatable; --gallery is always allowed)")
+    src.add_argument("--studies", type=Path, action="append", default=[], metavar="DIR",
+                     help="a study folder (or a folder of them) the Studies views may show: the --out of `python -m "
+                          "analysis transfer|budget|binding` (repeatable; default: the shipped assets/ studies)")
     mod = p.add_argument_group("model (default: the embedded UP-Person model)")
     mod.add_argument("--checkpoint", type=Path, action="append", default=[],
                      help="a PETL checkpoint folder (repeatable: the first is loaded, the others of the same "
@@ -220,6 +223,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         print(f"error: --log-level: {exc}", file=sys.stderr)
         return 2
+    missing = [str(r) for r in args.studies if not r.is_dir()]
+    if missing:
+        return _fail(f"--studies: not a folder: {', '.join(missing)}; give the --out folder of "
+                     "`python -m analysis transfer|budget|binding`")
     index_threads = args.index_threads or max(1, min(4, os.cpu_count() or 1))
     if args.benchmark:
         from demo.benchmark import main as bench
@@ -252,7 +259,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (GalleryError, FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))
     allow = list(args.allow_root) + ([args.gallery] if args.gallery else [])
-    app = build_app(engine, allow_roots=allow, default_top_k=args.top_k)
+    app = build_app(engine, allow_roots=allow, default_top_k=args.top_k, studies=args.studies)
     try:
         _, local_url, share_url = launch(app, host=args.host, port=args.port, share=args.share,
                                          prevent_thread_lock=True, concurrency=args.concurrency, quiet=True,

@@ -1,8 +1,10 @@
-"""The Gradio app: four tabs (Search, Attention, Embeddings, Ablation) over one shared engine.
+"""The Gradio app: seven views in three tabs (Search; Explore: Attention, Embeddings; Studies: Ablation,
+Transfer, Budget, Probe; :mod:`demo.tabs`) over one shared engine.
 
 Every event has an ``api_name``, so everything the page does can be done with
 ``gradio_client``: ``/search``, ``/explain``, ``/explain_query``, ``/set_model``, ``/set_gallery``, ``/info``
-(and the views' ``/attention``, ``/embeddings``, ``/ablation``).
+(and the views' ``/attention``, ``/embeddings``, ``/ablation``, ``/transfer``, ``/transfer_cell``,
+``/budget``, ``/budget_point``, ``/probe``).
 
 Each visitor (browser session, or ``gradio_client.Client``) has its own gallery and model
 choice in a ``gr.State`` (:class:`demo.context.VisitorState`); the engine, its indexed
@@ -48,6 +50,7 @@ from demo.markup import text as esc
 from demo.query_explain import draw_panel, explanation_json, explanation_markdown, no_query_text
 from demo.gallery import Gallery
 from demo.search import UPPERSON, ZERO_SHOT, ImageQuery, QueryError, SearchEngine, SearchResult
+from demo.tabs import TAB_GROUPS, view_keys, view_label
 from demo.thumbs import ImageFiles, OutsideRoots, WriteError, real, within
 from demo.views.common import WIDTH_COOKIE
 from upperson.data.toypedes.domains import DOMAINS
@@ -63,7 +66,7 @@ class LastQuery(TypedDict):
 
 TITLE = "UP-Person: text-based person retrieval"
 TOP_K_MAX = 200
-TAB_LABELS = ("Search", "Attention", "Embeddings", "Ablation")
+TAB_LABELS = tuple(view_label(k) for k in view_keys())  # the seven views (grouped in three tabs: demo.tabs)
 # The result grids adapt to their own width (CSS container queries): 8 columns on a desktop,
 # fewer on a tablet or beside the zero-shot grid, 3 on a phone; each caption sits below its image
 # and wraps instead of being cut (Gradio's default overlays it on the image, one line, ellipsis).
@@ -72,7 +75,8 @@ CSS = """
 """
 # Gradio's css= drops @container rules, so the grid's rules go into the page's <head> (launch(head=...)).
 HEAD_CSS = """<style>
-/* a phone: the four tab labels fit one row (Gradio moves what does not fit behind a "⋯" menu) */
+/* a phone: each tab bar's labels (three groups; at most four views in a group) fit one row (Gradio moves
+   what does not fit behind a "⋯" menu) */
 @media (max-width: 480px) {#tabs .tab-container button {padding: 6px 7px !important; font-size: 13px !important}
   #tabs .tab-wrapper {padding-left: 0 !important}}
 .api-only {display: none !important}
@@ -291,9 +295,12 @@ class FileRouteGuard:
 
 
 def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default_top_k: int = 20,
-              examples: Optional[list[str]] = None) -> gr.Blocks:
-    """The Blocks app around ``engine`` (shared by every visitor; each keeps its own view state)."""
-    ctx = DemoContext(engine, allow_roots=allow_roots, default_top_k=default_top_k)
+              examples: Optional[list[str]] = None, studies: Sequence[Path] = ()) -> gr.Blocks:
+    """The Blocks app around ``engine`` (shared by every visitor; each keeps its own view state).
+
+    ``studies``: folders the Studies views may read besides the shipped ones (``--studies``;
+    :mod:`demo.views.study_files`)."""
+    ctx = DemoContext(engine, allow_roots=allow_roots, default_top_k=default_top_k, study_roots=studies)
     files = ctx.files
     # images are read (to be thumbnailed) only inside these: the start-up gallery's own folders
     # (a dataset's data root folder, or the --gallery folder) and the --allow-root folders
@@ -635,17 +642,17 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
                     table = gr.JSON()
 
             ui = SharedUI(state=state, selected=selected, header=head, tabs=tabs)
-            for label in TAB_LABELS[1:]:
-                key = label.lower()
-                module = _view_module(key)
-                with gr.Tab(label, id=key, elem_id=f"tab-{key}"):
-                    # --- attention tab (demo/views/attention_view.py: build_attention_tab(ctx, ui)) ---
-                    # --- embeddings tab (demo/views/embeddings_view.py: build_embeddings_tab(ctx, ui)) ---
-                    # --- ablation tab (demo/views/ablation_view.py: build_ablation_tab(ctx, ui)) ---
-                    if module is None:
-                        _placeholder(label)
-                    else:
-                        getattr(module, f"build_{key}_tab")(ctx, ui)
+            for group in TAB_GROUPS[1:]:  # Explore, Studies: a tab each, holding its views' tabs (demo.tabs)
+                with gr.Tab(group.label, id=group.key, elem_id=f"tab-{group.key}"):
+                    with gr.Tabs(elem_id=f"tabs-{group.key}"):
+                        for key, label in group.views:
+                            module = _view_module(key)
+                            with gr.Tab(label, id=key, elem_id=f"tab-{key}"):
+                                # demo/views/<key>_view.py: build_<key>_tab(ctx, ui)
+                                if module is None:
+                                    _placeholder(label)
+                                else:
+                                    getattr(module, f"build_{key}_tab")(ctx, ui)
 
         outs = [results, zs_results, status, table, names, zs_names, last_query]
         query_outs = [query_heat, query_about, query_numbers]

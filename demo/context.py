@@ -42,9 +42,11 @@ class DemoContext:
     """The shared part of the app, handed to every view builder."""
 
     def __init__(self, engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default_top_k: int = 20,
-                 files: Optional[ImageFiles] = None) -> None:
+                 files: Optional[ImageFiles] = None, study_roots: Sequence[Path] = ()) -> None:
         self.engine = engine
         self.allow_roots = [Path(r).resolve() for r in allow_roots]
+        #: the ``--studies`` folders the Studies views may read (besides the shipped ones: demo.views.study_files)
+        self.study_roots = [Path(r).resolve() for r in study_roots]
         self.default_top_k = default_top_k
         self.files = files or ImageFiles()
         self._domain_lock = threading.Lock()  # one generation of a domain's gallery at a time

@@ -5,8 +5,10 @@ Launches the demo on the embedded default (or ``--data-root`` ToyPEDES) and save
 
 - ``search.png``: an example query with compare mode on and the first result's heatmap (1280 px wide page);
 - ``search-390.png``: the same search on a 390 px wide (phone) page;
-- ``attention.png``, ``embeddings.png``, ``ablation.png``: each other tab at 1280 px, after clicking its
-  ``#<tab>-run`` button when it has one and waiting for its first image.
+- ``attention.png``, ``embeddings.png``, ``ablation.png`` (and, with ``--views``, ``transfer.png``,
+  ``budget.png``, ``probe.png``): each other view at 1280 px, reached through its group's tab
+  (``demo.tabs.tab_path``), after clicking its ``#<view>-run`` button when it has one and waiting
+  for its first image. ``--studies DIR`` gives the Studies views a study folder, as ``python -m demo`` does.
 """
 
 from __future__ import annotations
@@ -100,20 +102,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--data-root", type=Path, help="a ToyPEDES data root (default: the embedded one)")
     p.add_argument("--width", type=int, default=1000, help="width of the saved desktop images (default 1000)")
     p.add_argument("--top-k", type=int, default=12)
-    p.add_argument("--views", default="search,attention,embeddings,ablation", help="comma-separated tabs to capture")
+    p.add_argument("--views", default="search,attention,embeddings,ablation",
+                   help="comma-separated views to capture (of demo.tabs: also transfer, budget, probe)")
+    p.add_argument("--studies", type=Path, action="append", default=[], metavar="DIR",
+                   help="a study folder for the Studies views (as python -m demo --studies)")
     args = p.parse_args(argv)
     setup_logging("INFO", packages=("upperson", "demo"))
     from playwright.sync_api import sync_playwright
 
-    from demo.app import TAB_LABELS, build_app, launch
+    from demo.app import build_app, launch
+    from demo.tabs import tab_path, view_keys, view_label
     from demo.gallery import dataset_gallery, embedded_gallery
     from demo.search import SearchEngine
     from upperson.embedded import cache_dir, load_embedded_model
 
     views = [v.strip().lower() for v in args.views.split(",") if v.strip()]
+    unknown = [v for v in views if v not in view_keys()]
+    if unknown:
+        p.error(f"--views: unknown view {unknown[0]!r}; views: {', '.join(view_keys())}")
     gallery = dataset_gallery("toypedes", args.data_root, "test") if args.data_root else embedded_gallery()
     engine = SearchEngine(load_embedded_model("upperson"), gallery, cache_dir=cache_dir(), query_threads=1)
-    app = build_app(engine, default_top_k=args.top_k)
+    app = build_app(engine, default_top_k=args.top_k, studies=args.studies)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -127,11 +136,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _search(page, caption, url)
             if "search" in views:
                 written.append(save_small(page.screenshot(full_page=True), args.out / "search.png", args.width, 1900))
-            for label in TAB_LABELS[1:]:
-                key = label.lower()
+            for key in view_keys()[1:]:
+                label = view_label(key)
                 if key not in views:
                     continue
-                page.get_by_role("tab", name=label).click()
+                for step in tab_path(key):  # its group's tab, then its own
+                    page.locator(f"#tab-{step}-button").click()
                 run = page.locator(f"#{key}-run")
                 if run.count():
                     run.first.click()

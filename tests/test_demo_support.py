@@ -61,11 +61,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(engine, allow_roots=(), roots=None):
+def start(engine, allow_roots=(), roots=None, studies=()):
     """Launch the app in-process on a free localhost port; returns (app, url)."""
     from demo.app import build_app, launch
 
-    app = build_app(engine, allow_roots=list(allow_roots))
+    app = build_app(engine, allow_roots=list(allow_roots), studies=list(studies))
     roots = list(roots if roots is not None else engine.gallery.roots) + list(allow_roots)
     _, url, _ = launch(app, roots=roots, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
     return app, url.rstrip("/")

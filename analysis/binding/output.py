@@ -79,6 +79,56 @@ def write_tables(out: Path, results: Sequence[ProbeResult], attributes: Mapping[
     return paths
 
 
+def _flt(row: Mapping[str, str], key: str, where: str) -> float:
+    try:
+        return float(row[key])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{where}: column {key!r} is missing or not a number ({row.get(key)!r})") from None
+
+
+def parse_tables(pairs_csv: str, attributes_csv: Optional[str] = None
+                 ) -> tuple[list[ProbeResult], dict[str, dict[str, Accuracy]]]:
+    """The probe's results and per-attribute accuracies from the text of ``binding.csv`` (and of
+    ``binding_attributes.csv``, when there is one) as :func:`write_tables` wrote them: what
+    :func:`draw_binding_figure` and the tables take (no per-pair scores). ValueError when a file is not one."""
+    reader = csv.DictReader(io.StringIO(pairs_csv))
+    missing = [c for c in PAIR_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"{PAIRS_CSV}: not the probe's table (no column {missing[0]!r})")
+    results = []
+    for i, row in enumerate(reader, start=2):
+        where = f"{PAIRS_CSV} line {i}"
+        acc = Accuracy(_flt(row, "accuracy", where), _flt(row, "ci_low", where), _flt(row, "ci_high", where),
+                       _flt(row, "chance", where), int(_flt(row, "pairs", where)), int(_flt(row, "ties", where)))
+        diff = None
+        if (row.get("diff") or "").strip():
+            diff = Difference(_flt(row, "diff", where), _flt(row, "diff_ci_low", where), _flt(row, "diff_ci_high", where),
+                              str(row.get("diff_significant", "")).strip().lower() == "true")
+        results.append(ProbeResult(str(row["model"]), str(row["probe"]), str(row["side"]), acc,
+                                   versus=str(row.get("diff_vs") or "") if diff else "", diff=diff))
+    if not results:
+        raise ValueError(f"{PAIRS_CSV}: no rows")
+    attributes: dict[str, dict[str, Accuracy]] = {}
+    if attributes_csv is not None:
+        reader = csv.DictReader(io.StringIO(attributes_csv))
+        missing = [c for c in ATTRIBUTE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{ATTRIBUTES_CSV}: not the probe's attribute table (no column {missing[0]!r})")
+        for i, row in enumerate(reader, start=2):
+            where = f"{ATTRIBUTES_CSV} line {i}"
+            attributes.setdefault(str(row["model"]), {})[str(row["attribute"])] = Accuracy(
+                _flt(row, "accuracy", where), _flt(row, "ci_low", where), _flt(row, "ci_high", where),
+                _flt(row, "chance", where), int(_flt(row, "queries", where)))
+    return results, attributes
+
+
+def read_tables(out: Path) -> tuple[list[ProbeResult], dict[str, dict[str, Accuracy]]]:
+    """:func:`parse_tables` of the folder ``out`` written by ``python -m analysis binding``."""
+    attrs = Path(out) / ATTRIBUTES_CSV
+    return parse_tables((Path(out) / PAIRS_CSV).read_text(encoding="utf-8"),
+                        attrs.read_text(encoding="utf-8") if attrs.is_file() else None)
+
+
 def pair_table(results: Sequence[ProbeResult]) -> str:
     """Markdown: one row per probe and side, one column per model (accuracy [95 % CI])."""
     models = list(dict.fromkeys(r.model for r in results))

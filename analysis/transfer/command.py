@@ -131,13 +131,20 @@ def run(args, command: str = "") -> list:
     for b in bad:
         log.warning("in-domain cell differs from its run's results.json (another data root or precision?): %s", b)
     summary = gaps(diffs, resamples=args.resamples, seed=args.ci_seed)
-    line = summary_line(summary)
-    with atomic_path(out / MATRIX_NAME) as tmp:
-        df.to_csv(tmp, index=False)
-    atomic_write_json(out / SUMMARY_NAME, {"summary": line, "gaps": summary, "diagonal_mismatches": bad,
-                                           "command": command, "cells": [f"{s.name}->{t.name}" for s, t in study]})
-    fig = transfer_figure(df, out, summary)
+    fig, line = write_study(out, df, summary, bad, command=command, cells=[f"{s.name}->{t.name}" for s, t in study])
     sys.stdout.write(line + "\n")
     log.info("transfer matrix (%d rows) in %s", len(df), out / MATRIX_NAME)
     return [fig]
+
+
+def write_study(out: Path, df, summary, bad: list, *, command: str, cells: list[str]):
+    """The study's files: the matrix (``transfer.csv``), the summary (``transfer_summary.json``) and the
+    heat map; returns (figure record, summary line). The per-query files are written before, by
+    ``cells.evaluate_cells``."""
+    line = summary_line(summary)
+    with atomic_path(Path(out) / MATRIX_NAME) as tmp:
+        df.to_csv(tmp, index=False)
+    atomic_write_json(Path(out) / SUMMARY_NAME, {"summary": line, "gaps": summary, "diagonal_mismatches": bad,
+                                                 "command": command, "cells": list(cells)})
+    return transfer_figure(df, Path(out), summary), line
 

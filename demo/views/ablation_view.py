@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Optional
 
 import gradio as gr
-from gradio.context import Context
 import pandas as pd
 
 from analysis import ablation, style
@@ -36,8 +35,8 @@ from demo.gallery import GalleryError
 from demo.markup import text as esc
 from demo.search import QueryError
 from demo.thumbs import OutsideRoots, open_inside, real, within
-from demo.views.common import (cache_of, figure_file, hidden_api, in_page, lenient_dropdown, png_file, screen_layout,
-                               user_error)
+from demo.views.common import (cache_of, figure_file, hidden_api, in_page, lenient_dropdown, opened_by, png_file,
+                               screen_layout, user_error)
 from upperson.embedded import read_card
 
 log = logging.getLogger(__name__)
@@ -347,7 +346,7 @@ def table_cards(df: pd.DataFrame) -> str:
 
 def build_ablation_tab(ctx: DemoContext, ui: SharedUI) -> None:
     """The Ablation tab's components and events (inside ``with gr.Tab(...)``)."""
-    tab = Context.block  # the tab this is built in: opening it shows the shipped study
+    tabs = opened_by()  # the tabs whose opening shows this view: it opens on the shipped study
     gr.Markdown("The per-component ablation (`python -m analysis ablation`): every variant and metric, the "
                 "figures, and the command that reproduces the study.")
     roots = ", ".join(map(str, ctx.allow_roots))
@@ -408,5 +407,5 @@ def build_ablation_tab(ctx: DemoContext, ui: SharedUI) -> None:
     hidden_api(ablation_study, [folder, metric], outputs, "ablation")
     folder.submit(page_study, [folder, metric], outputs + [cards], api_visibility="private")
     metric.change(page_redraw, [folder, metric], [bar_fig, info], api_visibility="private")
-    if isinstance(tab, gr.Tab):
+    for tab in tabs:
         tab.select(on_open, [folder, metric, params_fig], outputs + [cards], api_visibility="private")

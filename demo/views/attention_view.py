@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Optional
 
 import gradio as gr
-from gradio.context import Context
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
@@ -30,7 +29,7 @@ from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import QueryError
 from demo.views.common import (cache_of, figure_file, hidden_api, in_page, lenient_dropdown, lenient_radio,
-                               screen_layout, user_error, view_key)
+                               opened_by, screen_layout, user_error, view_key)
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +229,7 @@ def _first(ctx: DemoContext, state=None) -> tuple[Optional[str], list[str]]:
 
 def build_attention_tab(ctx: DemoContext, ui: SharedUI) -> None:
     """The Attention tab's components and events (inside ``with gr.Tab(...)``)."""
-    tab = Context.block  # the tab this is built in: opening it shows the default image and caption
+    tabs = opened_by()  # the tabs whose opening shows this view: it opens on the default image and caption
     model = ctx.engine.model
     n_layers = max(len(model.blocks("image")), len(model.blocks("text")))
     n_heads = max(model.blocks("image")[0].attn.num_heads, model.blocks("text")[0].attn.num_heads)
@@ -326,5 +325,5 @@ def build_attention_tab(ctx: DemoContext, ui: SharedUI) -> None:
     image.change(captions_of, [image, caption, ui.state], caption, api_visibility="private")
     ui.selected.change(from_search, [ui.selected, ui.state], image, api_visibility="private")
     ui.state.change(new_gallery, [ui.state], [image, caption, *outputs], api_visibility="private")
-    if isinstance(tab, gr.Tab):
+    for tab in tabs:
         tab.select(on_open, [*inputs, image_fig], outputs, api_visibility="private", concurrency_id="engine")

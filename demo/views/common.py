@@ -15,7 +15,7 @@ from collections import OrderedDict
 from typing import Callable, Generic, Hashable, Optional, TypeVar
 
 import gradio as gr
-from gradio.context import LocalContext
+from gradio.context import Context, LocalContext
 
 V = TypeVar("V")
 
@@ -64,6 +64,21 @@ def hidden_api(fn: Callable, inputs: list, outputs: list, api_name: str) -> None
     """Register ``fn`` as ``/api_name`` for ``gradio_client`` only (on a button never shown)."""
     gr.Button(visible=False, elem_classes="api-only").click(fn, inputs, outputs, api_name=api_name,
                                                              concurrency_id="engine")
+
+
+def opened_by() -> list:
+    """The tabs whose selection shows the view being built (call inside its ``with gr.Tab(...)``): its own
+    tab, and its group's tab when the view is the group's first (``demo.tabs``: opening *Studies* shows
+    *Ablation* without a click on it, and Gradio fires no ``select`` for a tab shown that way)."""
+    tab = Context.block
+    if not isinstance(tab, gr.Tab):
+        return []
+    out = [tab]
+    bar = getattr(tab, "parent", None)
+    group = getattr(bar, "parent", None)
+    if isinstance(bar, gr.Tabs) and isinstance(group, gr.Tab) and bar.children and bar.children[0] is tab:
+        out.append(group)
+    return out
 
 
 def user_error(message: object) -> gr.Error:
@@ -155,6 +170,18 @@ def figure_file(ctx, make: Callable[[], object]) -> str:
             raise
         data = style.png_bytes(made[0] if isinstance(made, tuple) else made)
     return png_file(ctx, data)
+
+
+def figure_with_caption(ctx, make: Callable[[], tuple]) -> tuple[str, str]:
+    """:func:`figure_file` of an analysis ``(figure, caption)`` function, and its caption (shown under it)."""
+    made: list[str] = []
+
+    def draw():
+        fig, caption = make()
+        made.append(str(caption))
+        return fig, caption
+
+    return figure_file(ctx, draw), made[0]
 
 
 def png_file(ctx, data: bytes) -> str:

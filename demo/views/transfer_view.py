@@ -1,0 +1,326 @@
+"""The Transfer view: the transfer matrix of ``python -m analysis transfer``, and one cell at a time.
+
+Reads a study folder through :mod:`demo.views.study_files` (the shipped ``assets/transfer``, or a
+``--studies`` folder): ``transfer.csv`` and ``transfer_summary.json`` as the CLI wrote them. The
+matrix is drawn by the CLI's own function (:func:`analysis.transfer.figure.transfer_matrix_figure`,
+for the visitor's screen). Choosing a cell shows its paired difference UP-Person - full fine-tune
+with its interval (the CSV's), and example queries where the two methods disagree: one ranks the
+true person first, the other does not (over the seeds: every seed of one at rank 1, none of the
+other's). The examples are computed here from the cell's per-query files (those the matrix row
+names); the files carry no caption text, so a caption is shown only if one of the app's galleries
+holds a caption with the same key, else its key.
+
+``/transfer`` (folder) -> (figure, notes, cells); ``/transfer_cell`` (folder, cell) -> (notes, examples).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from analysis.transfer.figure import transfer_matrix_figure
+from analysis.transfer.plan import FULL, LABELS, METHODS, UPPERSON
+from demo.context import DemoContext, SharedUI
+from demo.markup import text as esc
+from demo.search import QueryError
+from demo.views.common import (cache_of, figure_with_caption, hidden_api, in_page, lenient_dropdown, opened_by,
+                               screen_layout, user_error)
+from demo.views.study_files import MAX_PER_QUERY_BYTES, StudyFiles, StudyMissing
+from upperson import stats
+
+log = logging.getLogger(__name__)
+
+KIND = "transfer"
+TABLE, SUMMARY = "transfer.csv", "transfer_summary.json"
+NEEDED = ("method", "source", "target", "R1", "R1_ci_low", "R1_ci_high", "R1_diff", "R1_diff_ci_low",
+          "R1_diff_ci_high", "per_query")
+MAX_EXAMPLES = 4  # per side: UP-Person right, full fine-tune right
+STUDIES, DRAWINGS = "transfer-studies", "transfer-drawings"
+
+
+@dataclass(frozen=True)
+class TransferStudy:
+    folder: Path
+    table: pd.DataFrame
+    summary: dict  # transfer_summary.json ({} when the folder has none)
+
+
+def cell_name(source: str, target: str) -> str:
+    return f"{source}->{target}"
+
+
+def load(ctx: DemoContext, folder: object) -> tuple[tuple, TransferStudy]:
+    """(cache key, study) of a transfer folder; QueryError (StudyMissing for the default) otherwise."""
+    files = StudyFiles(ctx.study_roots)
+    path = files.folder(KIND, folder)
+    key = files.stamp(path, (TABLE, SUMMARY))
+
+    def make() -> TransferStudy:
+        df = files.read_csv(KIND, path, TABLE)
+        missing = [c for c in NEEDED if c not in df.columns]
+        if missing or df.empty:
+            raise QueryError(f"{TABLE} is not a transfer matrix written by `python -m analysis transfer` "
+                             f"({'no column ' + repr(missing[0]) if missing else 'no rows'}).")
+        bad = sorted(set(df["method"].astype(str)) - set(METHODS))
+        if bad:
+            raise QueryError(f"{TABLE}: unknown method {bad[0][:40]!r}; known: {', '.join(METHODS)}.")
+        summary: dict = {}
+        if (path / SUMMARY).is_file():
+            try:
+                summary = json.loads(files.read_bytes(KIND, path, SUMMARY, 2**20).decode("utf-8"))
+            except (QueryError, ValueError) as exc:
+                log.warning("transfer folder %s: %s not read (%s)", path, SUMMARY, exc)
+        return TransferStudy(path, df, summary if isinstance(summary, dict) else {})
+
+    return key, cache_of(ctx, STUDIES, 8).get_or_make(key, make)
+
+
+def _gaps(study: TransferStudy) -> Optional[dict]:
+    g = study.summary.get("gaps")
+    return g if isinstance(g, dict) and "R1" in g else None
+
+
+def _num(v: object) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _interval(v: object, lo: object, hi: object, signed: bool = False) -> str:
+    if not math.isfinite(_num(v)):
+        return "n/a"
+    f = "+.1f" if signed else ".1f"
+    return f"{_num(v):{f}} [{_num(lo):.1f}, {_num(hi):.1f}]"
+
+
+def cells(study: TransferStudy) -> list[dict]:
+    """Every cell with both methods (a paired difference): its name and numbers, in the matrix's order."""
+    out = []
+    for r in study.table[study.table["method"] == UPPERSON].itertuples():
+        if not math.isfinite(_num(r.R1_diff)):
+            continue
+        out.append({"cell": cell_name(str(r.source), str(r.target)), "source": str(r.source),
+                    "target": str(r.target), "in_domain": str(r.source) == str(r.target),
+                    "R1_diff": _num(r.R1_diff), "R1_diff_ci_low": _num(r.R1_diff_ci_low),
+                    "R1_diff_ci_high": _num(r.R1_diff_ci_high),
+                    "significant": str(getattr(r, "R1_diff_significant", "")).strip().lower() == "true"})
+    return out
+
+
+def notes(study: TransferStudy, given: bool) -> str:
+    df = study.table
+    where = f"folder {esc(study.folder)}" if given else f"{esc(study.folder.parent.name)}/{esc(study.folder.name)}"
+    sources, targets = list(dict.fromkeys(df["source"].astype(str))), list(dict.fromkeys(df["target"].astype(str)))
+    lines = [f"**Transfer matrix** from {where}: {len(sources)} source(s) ({esc(', '.join(sources))}) × "
+             f"{len(targets)} target(s) ({esc(', '.join(targets))}), {len(df)} rows.",
+             "Each cell: R@1 with its 95 % bootstrap interval over the target's test queries; right: the paired "
+             "difference UP-Person − full fine-tune. Choose a cell below for its queries."]
+    line = study.summary.get("summary")
+    if isinstance(line, str) and line:
+        lines.append(f"**Summary:** {esc(line)}")
+    for bad in study.summary.get("diagonal_mismatches") or []:
+        lines.append(f"> ⚠️ in-domain cell differs from its run's results: {esc(bad)}")
+    command = study.summary.get("command")
+    if isinstance(command, str) and command:
+        lines.append(f"**Made by:** {esc(command)}")
+    return "\n\n".join(lines)
+
+
+def _drawn(ctx: DemoContext, key: tuple, study: TransferStudy) -> tuple[str, str]:
+    """(figure file, caption) for the visitor's screen (cached per study and layout)."""
+    layout = screen_layout()
+
+    def draw() -> tuple[str, str]:
+        try:
+            return figure_with_caption(ctx, lambda: transfer_matrix_figure(study.table, _gaps(study), layout=layout))
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise QueryError(f"{TABLE} cannot be drawn ({type(exc).__name__}: {exc}).") from None
+
+    return cache_of(ctx, DRAWINGS, 16).get_or_make((key, layout.name), draw)
+
+
+def show(ctx: DemoContext, folder: object):
+    """(figure, notes, cells) -- the ``/transfer`` action; the default study missing is a note, not an error."""
+    try:
+        key, study = load(ctx, folder)
+    except StudyMissing as exc:
+        return None, f"ℹ️ {esc(exc)}", []
+    given = isinstance(folder, str) and bool(folder.strip())
+    fig, caption = _drawn(ctx, key, study)
+    return fig, notes(study, given) + f"\n\n**Figure:** {esc(caption)}", cells(study)
+
+
+def _row(study: TransferStudy, method: str, source: str, target: str) -> Optional[pd.Series]:
+    df = study.table
+    m = df[(df["method"] == method) & (df["source"].astype(str) == source) & (df["target"].astype(str) == target)]
+    return None if m.empty else m.iloc[0]
+
+
+def _per_query(ctx: DemoContext, study: TransferStudy, row: pd.Series) -> list[pd.DataFrame]:
+    """The row's per-query files (one per seed), read through the allow-list, in the CSV's order."""
+    files = StudyFiles(ctx.study_roots)
+    names = [n for n in str(row["per_query"]).split(";") if n.strip()]
+    if not names:
+        raise QueryError("this cell names no per-query files; run `python -m analysis transfer` again.")
+    out = []
+    for n in names:
+        data = files.read_bytes(KIND, study.folder, n, MAX_PER_QUERY_BYTES)
+        try:
+            df = pd.read_csv(io.BytesIO(data), dtype={"caption_key": str})
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise QueryError(f"{n}: cannot be read as a per-query file ({exc}).") from None
+        missing = [c for c in ("query_index", "pid", "image_id", "caption_key", "first_rank") if c not in df.columns]
+        if missing:
+            raise QueryError(f"{n}: not a per-query file (no column {missing[0]!r}).")
+        out.append(df[df["first_rank"].notna()].reset_index(drop=True))
+    return out
+
+
+IDENTITY = ["query_index", "pid", "image_id", "caption_key"]
+
+
+def disagreements(up: list[pd.DataFrame], full: list[pd.DataFrame], limit: int = MAX_EXAMPLES) -> list[dict]:
+    """Queries where one method ranks the true person first on every seed and the other on none, up to
+    ``limit`` of each side, in query order; QueryError when the files are over different queries."""
+    base = up[0][IDENTITY].astype(str)
+    for f in [*up[1:], *full]:
+        if len(f) != len(base) or not (f[IDENTITY].astype(str).values == base.values).all():
+            raise QueryError("the cell's per-query files are not over the same queries; run the study again.")
+    up_r1 = np.mean([f["first_rank"].to_numpy() <= 1 for f in up], axis=0)
+    full_r1 = np.mean([f["first_rank"].to_numpy() <= 1 for f in full], axis=0)
+    out: list[dict] = []
+    for right, mask in ((LABELS[UPPERSON], (up_r1 == 1) & (full_r1 == 0)), (LABELS[FULL], (up_r1 == 0) & (full_r1 == 1))):
+        for i in np.flatnonzero(mask)[:limit]:
+            row = up[0].iloc[int(i)]
+            out.append({"query_index": int(row["query_index"]), "pid": str(row["pid"]), "image_id": str(row["image_id"]),
+                        "caption_key": str(row["caption_key"]), "right": right,
+                        "upperson_ranks": [int(f["first_rank"].iloc[int(i)]) for f in up],
+                        "full_finetune_ranks": [int(f["first_rank"].iloc[int(i)]) for f in full]})
+    return out
+
+
+def caption_texts(ctx: DemoContext, keys: set[str]) -> dict[str, str]:
+    """Caption text by key, from the galleries the app holds now (a target's captions only if it is one)."""
+    found: dict[str, str] = {}
+    for gi in list(ctx.engine.galleries.values()):
+        for item in gi.gallery.items:
+            for c in item.captions:
+                k = stats.caption_key(c)
+                if k in keys:
+                    found[k] = c
+    return found
+
+
+def parse_cell(study: TransferStudy, cell: object) -> dict:
+    known = cells(study)
+    for c in known:
+        if c["cell"] == cell:
+            return c
+    names = ", ".join(c["cell"] for c in known) or "none (no cell has both methods)"
+    raise QueryError(f"Cell must be one of {names}; got {str(cell)[:40]!r}.")
+
+
+def show_cell(ctx: DemoContext, folder: object, cell: object):
+    """(notes, examples) of one cell -- the ``/transfer_cell`` action."""
+    try:
+        _, study = load(ctx, folder)
+    except StudyMissing as exc:
+        return f"ℹ️ {esc(exc)}", []
+    c = parse_cell(study, cell)
+    s, t = c["source"], c["target"]
+    up, full = _row(study, UPPERSON, s, t), _row(study, FULL, s, t)
+    sig = "its interval excludes 0" if c["significant"] else "its interval includes 0: no difference shown"
+    lines = [f"**{esc(s)} → {esc(t)}** ({'in-domain' if c['in_domain'] else 'cross-domain'}; "
+             f"{int(_num(up.get('queries'))) if math.isfinite(_num(up.get('queries'))) else '?'} test queries)",
+             f"UP-Person − full fine-tune, R@1: **{_interval(c['R1_diff'], c['R1_diff_ci_low'], c['R1_diff_ci_high'], True)}**"
+             f" points (95 % paired bootstrap; {sig})" + (
+                 f"; mAP {_interval(up.get('mAP_diff'), up.get('mAP_diff_ci_low'), up.get('mAP_diff_ci_high'), True)}"
+                 if "mAP_diff" in up else "") + "."]
+    for m in METHODS:
+        r = _row(study, m, s, t)
+        if r is not None:
+            seeds = _num(r.get("seeds"))
+            lines.append(f"- {LABELS[m]}: R@1 {_interval(r['R1'], r['R1_ci_low'], r['R1_ci_high'])}"
+                         + (f" · {int(seeds)} seed(s)" if math.isfinite(seeds) else ""))
+    examples = disagreements(_per_query(ctx, study, up), _per_query(ctx, study, full))
+    texts = caption_texts(ctx, {e["caption_key"] for e in examples})
+    for e in examples:
+        e["caption"] = texts.get(e["caption_key"])
+    if not examples:
+        lines.append("No query where one method ranks the true person first (on every seed) and the other does not.")
+    else:
+        lines.append(f"**Queries where they disagree** (at most {MAX_EXAMPLES} each way; rank of the true person, "
+                     "per seed):")
+        for e in examples:
+            what = f"“{esc(e['caption'])}”" if e["caption"] else f"caption key {esc(e['caption_key'])}"
+            lines.append(f"- {esc(e['right'])} right: query {e['query_index']} · id {esc(e['pid'])} · image "
+                         f"{esc(e['image_id'])} · {what} · UP-Person rank {'/'.join(map(str, e['upperson_ranks']))}, "
+                         f"full fine-tune rank {'/'.join(map(str, e['full_finetune_ranks']))}")
+        if any(not e["caption"] for e in examples):
+            lines.append("The per-query files carry no caption text; a caption shows as text when the app holds "
+                         "the target's gallery (pick it under *Model and gallery*), else by its key.")
+    return "\n\n".join(lines), examples
+
+
+def build_transfer_tab(ctx: DemoContext, ui: SharedUI) -> None:
+    """The Transfer tab's components and events (inside ``with gr.Tab(...)``)."""
+    tabs = opened_by()
+    gr.Markdown("The cross-domain transfer study (`python -m analysis transfer`): each method trained on a source "
+                "domain and tested on every target. Choose a cell for its paired difference and its queries.")
+    with gr.Row():
+        folder = gr.Textbox(label="Transfer folder (empty: the default study)", elem_id="transfer-folder", scale=3)
+        run = gr.Button("Show the study", variant="primary", elem_id="transfer-run", scale=1)
+    info = gr.Markdown(elem_id="transfer-info", latex_delimiters=[])
+    figure = gr.Image(label="Transfer matrix", type="filepath", interactive=False, show_label=False,
+                      elem_id="transfer-matrix", buttons=["download"])
+    cell = lenient_dropdown([], label="Cell (source -> target)", elem_id="transfer-cell")
+    cell_info = gr.Markdown(elem_id="transfer-cell-info", latex_delimiters=[])
+    with gr.Accordion("The cells and examples as JSON", open=False):
+        cells_json = gr.JSON(elem_id="transfer-json")
+        examples_json = gr.JSON(elem_id="transfer-examples-json")
+
+    def transfer(folder_path):
+        """The transfer matrix (figure), notes and the cells with a paired difference."""
+        try:
+            return show(ctx, folder_path)
+        except QueryError as exc:
+            raise user_error(exc) from None
+
+    def transfer_cell(folder_path, cell_name_):
+        """One cell: its paired difference with its interval, and queries where the two methods disagree."""
+        try:
+            return show_cell(ctx, folder_path, cell_name_)
+        except QueryError as exc:
+            raise user_error(exc) from None
+
+    in_view = in_page(transfer, 3, 1)
+    cell_in_view = in_page(transfer_cell, 2, 0)
+
+    def page(folder_path):
+        fig, text, known = in_view(folder_path)
+        names = [c["cell"] for c in known or []]
+        first = names[0] if names else None
+        detail, examples = cell_in_view(folder_path, first) if first else ("", None)
+        return fig, text, known, gr.Dropdown(choices=names, value=first), detail, examples
+
+    def on_open(folder_path, shown):
+        return (gr.skip(),) * 6 if shown is not None else page(folder_path)
+
+    outs = [figure, info, cells_json, cell, cell_info, examples_json]
+    run.click(page, [folder], outs, api_visibility="private")
+    folder.submit(page, [folder], outs, api_visibility="private")
+    hidden_api(transfer, [folder], [figure, info, cells_json], "transfer")
+    cell.input(cell_in_view, [folder, cell], [cell_info, examples_json], api_visibility="private")
+    hidden_api(transfer_cell, [folder, cell], [cell_info, examples_json], "transfer_cell")
+    for tab in tabs:
+        tab.select(on_open, [folder, cells_json], outs, api_visibility="private")
