@@ -151,9 +151,8 @@ def limit_decoders(max_pixels: int) -> None:
 
 
 def load_model(checkpoints: Sequence[Path], pretrained: Optional[str]):
-    """(model, default checkpoint name, {other name: path}) for the CLI's model options."""
-    if not checkpoints and pretrained:
-        raise ValueError("--pretrained applies to --checkpoint; give it too")
+    """(model, default checkpoint name, {other name: path}) for the CLI's model options
+    (already checked by :func:`option_problem`)."""
     from upperson.sources import SourceSpec, load_source  # (imports torch: not for --help)
 
     if not checkpoints:
@@ -197,15 +196,31 @@ def seed_cache_from_index(index: Path, model, cache: Path) -> None:
     log.info("--index %s: %d image(s), %d feature(s) added to the cache", index, len(entries), added)
 
 
+def option_problem(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with options that the others make meaningless or that name no folder, if
+    anything: checked before the heavy imports, so such a mistake is one line at once."""
+    missing = [str(r) for r in args.studies if not r.is_dir()]
+    if missing:
+        return (f"--studies: not a folder: {', '.join(missing)}; give the --out folder of "
+                "`python -m analysis transfer|budget|binding`")
+    missing = [str(r) for r in args.allow_root if not r.is_dir()]
+    if missing:
+        return f"--allow-root: not a folder: {', '.join(missing)}"
+    if sum(x is not None for x in (args.gallery, args.data_root, args.index)) > 1:
+        return "give one of --gallery, --data-root and --index"
+    if not args.data_root and (args.dataset or args.split):
+        return "--dataset and --split apply to --data-root; give it too"
+    if not args.checkpoint and args.pretrained:
+        return "--pretrained applies to --checkpoint; give it too"
+    return None
+
+
 def load_gallery(args: argparse.Namespace):
+    """The gallery the options name (already checked by :func:`option_problem`)."""
     from demo.gallery import dataset_gallery, embedded_gallery, folder_gallery, index_gallery
 
-    if sum(x is not None for x in (args.gallery, args.data_root, args.index)) > 1:
-        raise ValueError("give one of --gallery, --data-root and --index")
     if args.index:
         return index_gallery(args.index, allow_roots=args.allow_root)
-    if not args.data_root and (args.dataset or args.split):
-        raise ValueError("--dataset and --split apply to --data-root; give it too")
     if args.gallery:
         return folder_gallery(args.gallery)
     if args.data_root:
@@ -223,10 +238,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         print(f"error: --log-level: {exc}", file=sys.stderr)
         return 2
-    missing = [str(r) for r in args.studies if not r.is_dir()]
-    if missing:
-        return _fail(f"--studies: not a folder: {', '.join(missing)}; give the --out folder of "
-                     "`python -m analysis transfer|budget|binding`")
+    problem = option_problem(args)
+    if problem:
+        return _fail(problem)
     index_threads = args.index_threads or max(1, min(4, os.cpu_count() or 1))
     if args.benchmark:
         from demo.benchmark import main as bench
@@ -241,9 +255,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from demo.search import SearchEngine
     from upperson.embedded import cache_dir
 
-    missing = [str(r) for r in args.allow_root if not r.is_dir()]
-    if missing:
-        return _fail(f"--allow-root: not a folder: {', '.join(missing)}")
     try:
         gallery = load_gallery(args)
         model, default_name, others = load_model(args.checkpoint, args.pretrained)

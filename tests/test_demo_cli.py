@@ -27,6 +27,7 @@ def test_bad_port_is_one_error_line(port):
     (["--pretrained", "w.pt"], ["--pretrained", "--checkpoint"]),
     (["--allow-root", "/no/such/folder"], ["--allow-root", "not a folder"]),
     (["--studies", "/no/such/folder"], ["--studies", "not a folder", "python -m analysis transfer"]),
+    (["--gallery", "/tmp", "--index", "/tmp"], ["give one of --gallery, --data-root and --index"]),
 ])
 def test_bad_option_is_one_error_line(args, must):
     """A number out of range, or an option that the others make meaningless, is one error line."""
