@@ -656,16 +656,24 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
 
         outs = [results, zs_results, status, table, names, zs_names, last_query]
         query_outs = [query_heat, query_about, query_numbers]
-        go.click(search, [query, pid, top_k, compare, state], outs, api_name="search", concurrency_id="engine")
+
+        def clear_tied():
+            """A new search: the panel tied to the previous query goes (it reappears on the next click)."""
+            return None, "", None
+
+        searches = [go.click(search, [query, pid, top_k, compare, state], outs, api_name="search",
+                             concurrency_id="engine")]
         for box in (query, pid):  # Enter in either box searches
-            box.submit(search, [query, pid, top_k, compare, state], outs, api_visibility="private",
-                       concurrency_id="engine")
-        example_set.click(use_example, [example_set], [query], api_visibility="private").then(
-            search, [query, pid, top_k, compare, state], outs, api_visibility="private", concurrency_id="engine")
-        go_image.click(search_image, [upload, top_k, compare, state], outs, api_name="search_image",
-                       concurrency_id="engine")
-        find.click(find_person, [selected, top_k, compare, state], outs, api_name="find_person",
-                   concurrency_id="engine")
+            searches.append(box.submit(search, [query, pid, top_k, compare, state], outs, api_visibility="private",
+                                       concurrency_id="engine"))
+        searches.append(example_set.click(use_example, [example_set], [query], api_visibility="private").then(
+            search, [query, pid, top_k, compare, state], outs, api_visibility="private", concurrency_id="engine"))
+        searches.append(go_image.click(search_image, [upload, top_k, compare, state], outs, api_name="search_image",
+                                       concurrency_id="engine"))
+        searches.append(find.click(find_person, [selected, top_k, compare, state], outs, api_name="find_person",
+                                   concurrency_id="engine"))
+        for event in searches:
+            event.then(clear_tied, None, query_outs, api_visibility="private")
         gr.Button(visible=False).click(examples_api, [state], gr.JSON(visible=False), api_name="examples")
         selected.submit(explain, [selected, state], [heat, about], api_name="explain", concurrency_id="engine").then(
             explain_last, [selected, last_query, state], query_outs, api_visibility="private", concurrency_id="engine")

@@ -102,6 +102,10 @@ def test_enter_searches_and_shift_enter_adds_a_line(site):
         page.locator("#find-person").click()
         page.wait_for_function("() => document.querySelector('#status').innerText.includes('left out')",
                                timeout=30_000)
+        # a new search clears the panel tied to the previous query (it named a query no longer shown)
+        page.wait_for_function("() => !document.querySelector('#query-about').innerText.includes('Tied to the query')",
+                               timeout=10_000)
+        assert page.locator("#query-heatmap img").count() == 0
         images.first.click()
         page.wait_for_function("() => document.querySelector('#query-about').innerText.includes('image search')",
                                timeout=30_000)
