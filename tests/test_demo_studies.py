@@ -327,3 +327,50 @@ def test_the_studies_views_render_and_fit_a_phone_screen(site):
             assert page.evaluate("() => window.__pwned") is None
         finally:
             browser.close()
+
+
+def _cut(src: Path, dst: Path, table: str, keep: float = 0.5) -> None:
+    """A copy of the study folder ``src`` whose ``table`` stops in the middle of a line (an interrupted write)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    data = (dst / table).read_bytes()
+    cut = int(len(data) * keep)
+    assert data[cut - 1:cut] != b"\n"  # mid-line, as a cut-short file ends
+    (dst / table).write_bytes(data[:cut])
+
+
+def test_a_table_cut_short_is_one_message_naming_its_line(site):
+    """A transfer.csv or budget.csv that ends mid-row (an interrupted or edited run) is refused with the line and
+    the command to run again, not drawn with holes (transfer) nor failing inside the figure (budget)."""
+    _, client, _, studies, _ = site
+    for kind, table in (("transfer", "transfer.csv"), ("budget", "budget.csv")):
+        name = f"cut-{kind}"
+        if not (studies / name).exists():
+            _cut(studies / kind, studies / name, table, keep=0.6)
+        lines = (studies / name / table).read_bytes().decode().split("\n")
+        _error(client, rf"{table} ends in the middle of line {len(lines)}: .*python -m analysis {kind}", name,
+               api_name=f"/{kind}")
+
+
+def test_a_table_missing_rows_or_numbers_is_refused(site):
+    """transfer.csv cut at a line end (whole rows lost) no longer matches its summary's cells, and a row with a
+    number emptied (an edited budget.csv) names its line: one message each."""
+    import shutil
+
+    _, client, _, studies, _ = site
+    name = "short-transfer"
+    if not (studies / name).exists():
+        shutil.copytree(studies / "transfer", studies / name)
+        lines = (studies / name / "transfer.csv").read_text().splitlines(keepends=True)
+        (studies / name / "transfer.csv").write_text("".join(lines[:-1]))
+    _error(client, r"transfer.csv has no row of .* for the cell .*python -m analysis transfer", name,
+           api_name="/transfer")
+    name = "emptied-budget"
+    if not (studies / name).exists():
+        shutil.copytree(studies / "budget", studies / name)
+        df = pd.read_csv(studies / name / "budget.csv")
+        df.loc[2, "R1_in_high"] = None
+        df.to_csv(studies / name / "budget.csv", index=False)
+    _error(client, r"budget.csv line 4: column 'R1_in_high' is empty or not a number.*python -m analysis budget", name,
+           api_name="/budget")

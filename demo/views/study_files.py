@@ -20,6 +20,7 @@ shipped folder. When that has no table either, :class:`StudyMissing` says how to
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,9 +145,15 @@ class StudyFiles:
             raise QueryError(f"{rel[:80]}: larger than {limit // 2**20} MB; not read.")
         return data
 
-    def read_csv(self, key: str, folder: Path, relative: str, limit: int = MAX_TABLE_BYTES) -> pd.DataFrame:
-        """A CSV file of the study, read with pandas; QueryError when it is not a table."""
+    def read_csv(self, key: str, folder: Path, relative: str, limit: int = MAX_TABLE_BYTES,
+                 remade_by: Optional[str] = None) -> pd.DataFrame:
+        """A CSV file of the study, read with pandas; QueryError when it is not a table, or (``remade_by``: the
+        command that writes it, always with a final line break) when it ends in the middle of a line."""
         data = self.read_bytes(key, folder, relative, limit)
+        if remade_by and data and not data.endswith(b"\n"):
+            line = data.count(b"\n") + 1
+            raise QueryError(f"{relative} ends in the middle of line {line}: the table was cut short "
+                             f"(an interrupted run or copy?): run `{remade_by}` again, or give another folder.")
         try:
             return pd.read_csv(io.BytesIO(data))
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -162,3 +169,27 @@ class StudyFiles:
             except OSError:
                 out.append((n, None))
         return tuple(out)
+
+
+def require_filled(df: pd.DataFrame, table: str, command: str, numbers: Sequence[str],
+                   texts: Sequence[str] = ()) -> None:
+    """QueryError naming the first line of ``table`` where a column of ``numbers`` is not a finite number or one of
+    ``texts`` is empty: what a table cut short (an interrupted or edited run) looks like; ``command`` remakes it.
+
+    Line numbers count the header as line 1 (one line per row: the CLI's tables hold no line breaks)."""
+    bad: list[tuple[int, str, object]] = []
+    for col in numbers:
+        vals = pd.to_numeric(df[col], errors="coerce").astype(float)
+        where = (~vals.map(math.isfinite)).to_numpy().nonzero()[0]
+        if len(where):
+            value = df[col].iloc[where[0]]
+            shown = "" if pd.isna(value) else f" ({str(value)[:40]!r})"
+            bad.append((int(where[0]), col, f"is empty or not a number{shown}"))
+    for col in texts:
+        where = df[col].isna().to_numpy().nonzero()[0]
+        if len(where):
+            bad.append((int(where[0]), col, "is empty"))
+    if bad:
+        row, col, what = min(bad, key=lambda b: (b[0], list(df.columns).index(b[1])))
+        raise QueryError(f"{table} line {row + 2}: column {col!r} {what}; the table looks "
+                         f"cut short or edited (an interrupted run?): run `{command}` again, or give another folder.")
