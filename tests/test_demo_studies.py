@@ -374,3 +374,12 @@ def test_a_table_missing_rows_or_numbers_is_refused(site):
         df.to_csv(studies / name / "budget.csv", index=False)
     _error(client, r"budget.csv line 4: column 'R1_in_high' is empty or not a number.*python -m analysis budget", name,
            api_name="/budget")
+
+
+def test_a_folder_that_is_not_there_names_the_real_command_and_where_relative_folders_are_read(site):
+    """The Probe view's study is made by `python -m analysis binding` (there is no `analysis probe`), and a
+    relative folder is read below the first --studies folder: the message says both."""
+    _, client, _, studies, _ = site
+    for api, command in (("/probe", "binding"), ("/transfer", "transfer"), ("/budget", "budget")):
+        _error(client, rf"no-such-study: not a folder \(a relative folder is read below {studies}\); give the --out "
+                       rf"folder of `python -m analysis {command}`", "no-such-study", api_name=api)

@@ -116,11 +116,13 @@ class StudyFiles:
         except GalleryError as exc:
             raise QueryError(f"{exc}. Studies are read only from the shipped folder and the --studies folders; "
                              "leave the folder empty for the default.") from None
+        command = KINDS[key].command.split(" --")[0]  # `python -m analysis binding` for the probe
         if not path.is_dir():
-            raise QueryError(f"{value}: not a folder; give the --out folder of `python -m analysis {key}`.")
+            where = f" (a relative folder is read below {roots[0]})" if not os.path.isabs(value.strip()) else ""
+            raise QueryError(f"{value}: not a folder{where}; give the --out folder of `{command}`.")
         if not (path / KINDS[key].table).is_file():
             raise QueryError(f"{value}: no {KINDS[key].table} in this folder; give the --out folder of "
-                             f"`{KINDS[key].command.split(' --')[0]}` (or leave it empty for the default).")
+                             f"`{command}` (or leave it empty for the default).")
         return path
 
     def read_bytes(self, key: str, folder: Path, relative: str, limit: int) -> bytes:
