@@ -383,3 +383,22 @@ def test_a_folder_that_is_not_there_names_the_real_command_and_where_relative_fo
     for api, command in (("/probe", "binding"), ("/transfer", "transfer"), ("/budget", "budget")):
         _error(client, rf"no-such-study: not a folder \(a relative folder is read below {studies}\); give the --out "
                        rf"folder of `python -m analysis {command}`", "no-such-study", api_name=api)
+
+
+def test_a_per_query_or_probe_file_cut_short_is_named_as_such(site):
+    """A per-query file of a cell, or binding.csv, that ends mid-line: the message names the file and says it was
+    cut short (it said the cell's files "are not over the same queries", and the probe's "missing ... (None)")."""
+    _, client, _, studies, _ = site
+    name = "cut-per-query"
+    rel = "per_query/upperson/cuhk-to-icfg/seed-1.csv"
+    if not (studies / name).exists():
+        _cut(studies / "transfer", studies / name, rel, keep=0.5)
+    lines = (studies / name / rel).read_bytes().decode().split("\n")
+    _error(client, rf"{rel} ends in the middle of line {len(lines)}: .*cut short.*python -m analysis transfer",
+           name, "cuhk->icfg", api_name="/transfer_cell")
+    name = "cut-probe"
+    if not (studies / name).exists():
+        _cut(studies / PROBE_FOLDER, studies / name, "binding.csv", keep=0.5)
+    lines = (studies / name / "binding.csv").read_bytes().decode().split("\n")
+    _error(client, rf"binding.csv ends in the middle of line {len(lines)}: .*cut short.*python -m analysis binding",
+           name, api_name="/probe")

@@ -152,10 +152,8 @@ class StudyFiles:
         """A CSV file of the study, read with pandas; QueryError when it is not a table, or (``remade_by``: the
         command that writes it, always with a final line break) when it ends in the middle of a line."""
         data = self.read_bytes(key, folder, relative, limit)
-        if remade_by and data and not data.endswith(b"\n"):
-            line = data.count(b"\n") + 1
-            raise QueryError(f"{relative} ends in the middle of line {line}: the table was cut short "
-                             f"(an interrupted run or copy?): run `{remade_by}` again, or give another folder.")
+        if remade_by:
+            refuse_cut_short(data, relative, remade_by)
         try:
             return pd.read_csv(io.BytesIO(data))
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -171,6 +169,15 @@ class StudyFiles:
             except OSError:
                 out.append((n, None))
         return tuple(out)
+
+
+def refuse_cut_short(data: bytes, relative: str, command: str) -> None:
+    """QueryError when ``data`` (a file the CLI writes, always ending in a line break) ends in the middle of a line:
+    an interrupted run or copy; ``command`` makes it again."""
+    if data and not data.endswith(b"\n"):
+        line = data.count(b"\n") + 1
+        raise QueryError(f"{str(relative)[:80]} ends in the middle of line {line}: the file was cut short (an "
+                         f"interrupted run or copy?): run `{command}` again, or give another folder.")
 
 
 def require_filled(df: pd.DataFrame, table: str, command: str, numbers: Sequence[str],

@@ -34,7 +34,8 @@ from demo.markup import text as esc
 from demo.search import QueryError
 from demo.views.common import (cache_of, figure_with_caption, hidden_api, in_page, lenient_dropdown, opened_by,
                                screen_layout, user_error)
-from demo.views.study_files import MAX_PER_QUERY_BYTES, StudyFiles, StudyMissing, require_filled
+from demo.views.study_files import (MAX_PER_QUERY_BYTES, StudyFiles, StudyMissing, refuse_cut_short,
+                                    require_filled)
 from upperson import stats
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ def _per_query(ctx: DemoContext, study: TransferStudy, row: pd.Series) -> list[p
     out = []
     for n in names:
         data = files.read_bytes(KIND, study.folder, n, MAX_PER_QUERY_BYTES)
+        refuse_cut_short(data, n, COMMAND)
         try:
             df = pd.read_csv(io.BytesIO(data), dtype={"caption_key": str})
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
