@@ -180,6 +180,8 @@ def test_dry_run_writes_nothing(tmp_path, capsys):
     (["--target", "in=/tmp"], "reserved"),
     (["--seeds", "0"], "--seeds 0"),
     (["--grid", "missing.yaml"], "missing.yaml"),
+    (["--target", "icfg=/nonexistent/icfg"], "--target icfg: no such data root /nonexistent/icfg"),  # --dry-run too
+    (["--data-root", "/nonexistent/cuhk"], "--data-root /nonexistent/cuhk: no such path"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, capsys, argv, needle):
     assert main(["budget", "--dry-run", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
