@@ -402,3 +402,14 @@ def test_a_per_query_or_probe_file_cut_short_is_named_as_such(site):
     lines = (studies / name / "binding.csv").read_bytes().decode().split("\n")
     _error(client, rf"binding.csv ends in the middle of line {len(lines)}: .*cut short.*python -m analysis binding",
            name, api_name="/probe")
+
+
+def test_a_study_of_another_kind_says_which_view_shows_it(site):
+    """The budget folder typed in the Transfer view (and the like): the message says which view it belongs to."""
+    _, client, _, _, _ = site
+    _error(client, r"budget: no transfer.csv in this folder; it holds budget.csv: a study of the Budget view",
+           "budget", api_name="/transfer")
+    _error(client, rf"{PROBE_FOLDER}: no budget.csv in this folder; it holds binding.csv: a study of the Probe view",
+           PROBE_FOLDER, api_name="/budget")
+    _error(client, r"transfer: no binding.csv in this folder; it holds transfer.csv: a study of the Transfer view",
+           "transfer", api_name="/probe")

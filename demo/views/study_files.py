@@ -30,6 +30,7 @@ import pandas as pd
 
 from demo.gallery import GalleryError, resolve_under
 from demo.search import QueryError
+from demo.tabs import view_label
 from demo.thumbs import OutsideRoots, open_inside, real, within
 
 MAX_TABLE_BYTES = 16 * 2**20
@@ -121,7 +122,9 @@ class StudyFiles:
             where = f" (a relative folder is read below {roots[0]})" if not os.path.isabs(value.strip()) else ""
             raise QueryError(f"{value}: not a folder{where}; give the --out folder of `{command}`.")
         if not (path / KINDS[key].table).is_file():
-            raise QueryError(f"{value}: no {KINDS[key].table} in this folder; give the --out folder of "
+            other = next((k for k in KINDS.values() if k.key != key and (path / k.table).is_file()), None)
+            hint = f" it holds {other.table}: a study of the {view_label(other.key)} view;" if other else ""
+            raise QueryError(f"{value}: no {KINDS[key].table} in this folder;{hint} give the --out folder of "
                              f"`{command}` (or leave it empty for the default).")
         return path
 
