@@ -180,6 +180,8 @@ def test_dry_run_writes_nothing(tmp_path, capsys):
     (["--target", "in=/tmp"], "reserved"),
     (["--seeds", "0"], "--seeds 0"),
     (["--grid", "missing.yaml"], "missing.yaml"),
+    (["--target", "icfg=/nonexistent/icfg"], "--target icfg: no such data root /nonexistent/icfg"),  # --dry-run too
+    (["--data-root", "/nonexistent/cuhk"], "--data-root /nonexistent/cuhk: no such path"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, capsys, argv, needle):
     assert main(["budget", "--dry-run", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
@@ -239,3 +241,33 @@ def test_the_budget_sweep_runs_on_the_one_sweep_engine(tmp_path, monkeypatch):
     lines = budget.describe_plan(budget.plan(budget.load_grid().select(["B1", "B2"]), tmp_path / "runs",
                                              data_root=str(tmp_path), seeds=1, count=_no_count))
     assert " resume " in lines[1] and " conflict " in lines[2] and "--force trains it again" in lines[2]
+
+
+@pytest.mark.parametrize("layout", ["paper", "phone"])
+def test_the_parameter_axis_labels_never_overlap_when_the_points_span_less_than_a_decade(layout):
+    """Two PETL points 6 % apart (B1, B2) and zero-shot: the log axis still has readable labels (at least two, none
+    overlapping); matplotlib labelled every minor tick of so short a range, one on top of the other."""
+    from analysis import style
+    from analysis.budget.figure import budget_figure, example_table
+
+    short = example_table(4, ("in", "icfg"))
+    short = short[short["kind"] != "full"].reset_index(drop=True)
+    short.loc[short["kind"] == "petl", "trainable_params"] = [102_712.0, 108_856.0]
+    for df in (short, example_table(14, ("in", "icfg"))):  # and the grid's span: 2e4 to 1.5e8
+        fig, _ = budget_figure(df, ["in", "icfg"], layout=style.PHONE if layout == "phone" else style.PAPER)
+        _no_overlapping_x_labels(fig)
+
+
+def _no_overlapping_x_labels(fig) -> None:
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        if not ax.get_xlabel():
+            continue  # a stacked panel above the last: its labels are the shared axis's
+        lo, hi = ax.get_xlim()
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels(minor=False) + ax.get_xticklabels(minor=True)
+                 if t.get_visible() and t.get_text() and lo <= t.get_position()[0] <= hi]
+        assert len(boxes) >= 2, [t.get_text() for t in ax.get_xticklabels()]
+        boxes.sort(key=lambda b: b.x0)
+        for a, b in zip(boxes, boxes[1:]):
+            assert a.x1 <= b.x0, (a, b)

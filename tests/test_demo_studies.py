@@ -327,3 +327,89 @@ def test_the_studies_views_render_and_fit_a_phone_screen(site):
             assert page.evaluate("() => window.__pwned") is None
         finally:
             browser.close()
+
+
+def _cut(src: Path, dst: Path, table: str, keep: float = 0.5) -> None:
+    """A copy of the study folder ``src`` whose ``table`` stops in the middle of a line (an interrupted write)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    data = (dst / table).read_bytes()
+    cut = int(len(data) * keep)
+    assert data[cut - 1:cut] != b"\n"  # mid-line, as a cut-short file ends
+    (dst / table).write_bytes(data[:cut])
+
+
+def test_a_table_cut_short_is_one_message_naming_its_line(site):
+    """A transfer.csv or budget.csv that ends mid-row (an interrupted or edited run) is refused with the line and
+    the command to run again, not drawn with holes (transfer) nor failing inside the figure (budget)."""
+    _, client, _, studies, _ = site
+    for kind, table in (("transfer", "transfer.csv"), ("budget", "budget.csv")):
+        name = f"cut-{kind}"
+        if not (studies / name).exists():
+            _cut(studies / kind, studies / name, table, keep=0.6)
+        lines = (studies / name / table).read_bytes().decode().split("\n")
+        _error(client, rf"{table} ends in the middle of line {len(lines)}: .*python -m analysis {kind}", name,
+               api_name=f"/{kind}")
+
+
+def test_a_table_missing_rows_or_numbers_is_refused(site):
+    """transfer.csv cut at a line end (whole rows lost) no longer matches its summary's cells, and a row with a
+    number emptied (an edited budget.csv) names its line: one message each."""
+    import shutil
+
+    _, client, _, studies, _ = site
+    name = "short-transfer"
+    if not (studies / name).exists():
+        shutil.copytree(studies / "transfer", studies / name)
+        lines = (studies / name / "transfer.csv").read_text().splitlines(keepends=True)
+        (studies / name / "transfer.csv").write_text("".join(lines[:-1]))
+    _error(client, r"transfer.csv has no row of .* for the cell .*python -m analysis transfer", name,
+           api_name="/transfer")
+    name = "emptied-budget"
+    if not (studies / name).exists():
+        shutil.copytree(studies / "budget", studies / name)
+        df = pd.read_csv(studies / name / "budget.csv")
+        df.loc[2, "R1_in_high"] = None
+        df.to_csv(studies / name / "budget.csv", index=False)
+    _error(client, r"budget.csv line 4: column 'R1_in_high' is empty or not a number.*python -m analysis budget", name,
+           api_name="/budget")
+
+
+def test_a_folder_that_is_not_there_names_the_real_command_and_where_relative_folders_are_read(site):
+    """The Probe view's study is made by `python -m analysis binding` (there is no `analysis probe`), and a
+    relative folder is read below the first --studies folder: the message says both."""
+    _, client, _, studies, _ = site
+    for api, command in (("/probe", "binding"), ("/transfer", "transfer"), ("/budget", "budget")):
+        _error(client, rf"no-such-study: not a folder \(a relative folder is read below {studies}\); give the --out "
+                       rf"folder of `python -m analysis {command}`", "no-such-study", api_name=api)
+
+
+def test_a_per_query_or_probe_file_cut_short_is_named_as_such(site):
+    """A per-query file of a cell, or binding.csv, that ends mid-line: the message names the file and says it was
+    cut short (it said the cell's files "are not over the same queries", and the probe's "missing ... (None)")."""
+    _, client, _, studies, _ = site
+    name = "cut-per-query"
+    rel = "per_query/upperson/cuhk-to-icfg/seed-1.csv"
+    if not (studies / name).exists():
+        _cut(studies / "transfer", studies / name, rel, keep=0.5)
+    lines = (studies / name / rel).read_bytes().decode().split("\n")
+    _error(client, rf"{rel} ends in the middle of line {len(lines)}: .*cut short.*python -m analysis transfer",
+           name, "cuhk->icfg", api_name="/transfer_cell")
+    name = "cut-probe"
+    if not (studies / name).exists():
+        _cut(studies / PROBE_FOLDER, studies / name, "binding.csv", keep=0.5)
+    lines = (studies / name / "binding.csv").read_bytes().decode().split("\n")
+    _error(client, rf"binding.csv ends in the middle of line {len(lines)}: .*cut short.*python -m analysis binding",
+           name, api_name="/probe")
+
+
+def test_a_study_of_another_kind_says_which_view_shows_it(site):
+    """The budget folder typed in the Transfer view (and the like): the message says which view it belongs to."""
+    _, client, _, _, _ = site
+    _error(client, r"budget: no transfer.csv in this folder; it holds budget.csv: a study of the Budget view",
+           "budget", api_name="/transfer")
+    _error(client, rf"{PROBE_FOLDER}: no budget.csv in this folder; it holds binding.csv: a study of the Probe view",
+           PROBE_FOLDER, api_name="/budget")
+    _error(client, r"transfer: no binding.csv in this folder; it holds transfer.csv: a study of the Transfer view",
+           "transfer", api_name="/probe")

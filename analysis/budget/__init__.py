@@ -49,12 +49,12 @@ def budget_command(args, *, train_fn=None, evaluate_fn: EvaluateFn = evaluate_ru
     jobs = plan(grid, runs_dir, overrides=args.overrides, epochs=args.epochs, data_root=args.data_root,
                 dataset=source_dataset, seeds=args.seeds, count=count)
     targets = [t if t.dataset else Target(t.name, jobs[0].cfg.data.dataset, t.root) for t in targets]
+    missing = [t for t in targets if not Path(t.root).exists()]  # before --dry-run too, as --data-root is
+    if missing:
+        raise ValueError(f"--target {missing[0].name}: no such data root {missing[0].root}")
     if args.dry_run:
         sys.stdout.write("\n".join(describe_plan(jobs, steps_per_epoch(jobs[0].cfg))) + "\n")
         return []
-    missing = [str(t.root) for t in targets if not Path(t.root).exists()]
-    if missing:
-        raise ValueError(f"--target: no such data root {missing[0]}")
     if not args.collect:
         if jobs[0].cfg.data.root is None:
             raise ValueError("the sweep's source data has no root: give --data-root DIR (e.g. the source domain's "

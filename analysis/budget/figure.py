@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import LogLocator, NullFormatter
 
 from analysis import figure_registry, style
 from analysis.budget.table import IN_DOMAIN, pareto
@@ -61,6 +62,12 @@ def _panel(ax, df: pd.DataFrame, domain: str, small: float) -> None:
     if len(line):
         ax.plot(line["trainable_params"], line[col], color="0.15", lw=0.9, zorder=3, label="Pareto frontier")
     ax.set_xscale("log")
+    xs = pts.loc[pts["trainable_params"] > 0, "trainable_params"].astype(float)
+    if len(xs):  # whole decades, labelled at the powers of ten only: a shorter range labelled every minor tick
+        lo, hi = np.floor(np.log10(xs.min()) - 0.05), np.ceil(np.log10(xs.max()) + 0.05)
+        ax.set_xlim(10**lo, 10**hi)
+    ax.xaxis.set_major_locator(LogLocator(base=10, numticks=12))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("trainable parameters")
     ax.grid(True, which="major", alpha=0.3)
     ax.set_title("in-domain" if domain == IN_DOMAIN else f"target {domain}", fontsize=9)

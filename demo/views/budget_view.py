@@ -26,7 +26,7 @@ from demo.markup import text as esc
 from demo.search import QueryError
 from demo.views.common import (cache_of, figure_with_caption, hidden_api, in_page, lenient_dropdown, opened_by,
                                screen_layout, user_error)
-from demo.views.study_files import StudyFiles, StudyMissing
+from demo.views.study_files import StudyFiles, StudyMissing, require_filled
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,16 @@ def load(ctx: DemoContext, folder: object) -> tuple[tuple, BudgetStudy]:
     key = files.stamp(path, (TABLE,))
 
     def make() -> BudgetStudy:
-        df = files.read_csv(KIND, path, TABLE)
+        df = files.read_csv(KIND, path, TABLE, remade_by="python -m analysis budget")
         domains = domains_in(df)
         need = [*NEEDED, *(f"{m}_{d}{s}" for d in domains for m in METRICS for s in ("", "_low", "_high"))]
         missing = [c for c in need if c not in df.columns]
         if missing or df.empty or not domains:
             why = f"no column {missing[0]!r}" if missing else "no rows" if df.empty else "no domain columns"
             raise QueryError(f"{TABLE} is not a budget table written by `python -m analysis budget` ({why}).")
+        numbers = ["trainable_params", "total_params", "seeds", *(f"queries_{d}" for d in domains),
+                   *(c for c in need[len(NEEDED):])]
+        require_filled(df, TABLE, "python -m analysis budget", numbers, [c for c in ("pareto",) if c in df.columns])
         df["default"] = df["default"].astype(str).str.strip().str.lower() == "true"
         df["point"] = df["point"].astype(str)
         return BudgetStudy(path, df, tuple(domains))

@@ -24,7 +24,7 @@ from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import QueryError
 from demo.views.common import cache_of, figure_with_caption, hidden_api, in_page, opened_by, screen_layout, user_error
-from demo.views.study_files import StudyFiles, StudyMissing
+from demo.views.study_files import StudyFiles, StudyMissing, refuse_cut_short
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,10 @@ def load(ctx: DemoContext, folder: object) -> tuple[tuple, ProbeStudy]:
 
     def make() -> ProbeStudy:
         def text(name: str) -> str:
-            return files.read_bytes(KIND, path, name, MAX_BYTES).decode("utf-8", errors="replace")
+            data = files.read_bytes(KIND, path, name, MAX_BYTES)
+            if name != README:
+                refuse_cut_short(data, name, "python -m analysis binding")
+            return data.decode("utf-8", errors="replace")
 
         attrs = text(ATTRIBUTES_CSV) if (path / ATTRIBUTES_CSV).is_file() else None
         try:

@@ -20,6 +20,7 @@ shipped folder. When that has no table either, :class:`StudyMissing` says how to
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import pandas as pd
 
 from demo.gallery import GalleryError, resolve_under
 from demo.search import QueryError
+from demo.tabs import view_label
 from demo.thumbs import OutsideRoots, open_inside, real, within
 
 MAX_TABLE_BYTES = 16 * 2**20
@@ -115,11 +117,15 @@ class StudyFiles:
         except GalleryError as exc:
             raise QueryError(f"{exc}. Studies are read only from the shipped folder and the --studies folders; "
                              "leave the folder empty for the default.") from None
+        command = KINDS[key].command.split(" --")[0]  # `python -m analysis binding` for the probe
         if not path.is_dir():
-            raise QueryError(f"{value}: not a folder; give the --out folder of `python -m analysis {key}`.")
+            where = f" (a relative folder is read below {roots[0]})" if not os.path.isabs(value.strip()) else ""
+            raise QueryError(f"{value}: not a folder{where}; give the --out folder of `{command}`.")
         if not (path / KINDS[key].table).is_file():
-            raise QueryError(f"{value}: no {KINDS[key].table} in this folder; give the --out folder of "
-                             f"`{KINDS[key].command.split(' --')[0]}` (or leave it empty for the default).")
+            other = next((k for k in KINDS.values() if k.key != key and (path / k.table).is_file()), None)
+            hint = f" it holds {other.table}: a study of the {view_label(other.key)} view;" if other else ""
+            raise QueryError(f"{value}: no {KINDS[key].table} in this folder;{hint} give the --out folder of "
+                             f"`{command}` (or leave it empty for the default).")
         return path
 
     def read_bytes(self, key: str, folder: Path, relative: str, limit: int) -> bytes:
@@ -144,9 +150,13 @@ class StudyFiles:
             raise QueryError(f"{rel[:80]}: larger than {limit // 2**20} MB; not read.")
         return data
 
-    def read_csv(self, key: str, folder: Path, relative: str, limit: int = MAX_TABLE_BYTES) -> pd.DataFrame:
-        """A CSV file of the study, read with pandas; QueryError when it is not a table."""
+    def read_csv(self, key: str, folder: Path, relative: str, limit: int = MAX_TABLE_BYTES,
+                 remade_by: Optional[str] = None) -> pd.DataFrame:
+        """A CSV file of the study, read with pandas; QueryError when it is not a table, or (``remade_by``: the
+        command that writes it, always with a final line break) when it ends in the middle of a line."""
         data = self.read_bytes(key, folder, relative, limit)
+        if remade_by:
+            refuse_cut_short(data, relative, remade_by)
         try:
             return pd.read_csv(io.BytesIO(data))
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -162,3 +172,36 @@ class StudyFiles:
             except OSError:
                 out.append((n, None))
         return tuple(out)
+
+
+def refuse_cut_short(data: bytes, relative: str, command: str) -> None:
+    """QueryError when ``data`` (a file the CLI writes, always ending in a line break) ends in the middle of a line:
+    an interrupted run or copy; ``command`` makes it again."""
+    if data and not data.endswith(b"\n"):
+        line = data.count(b"\n") + 1
+        raise QueryError(f"{str(relative)[:80]} ends in the middle of line {line}: the file was cut short (an "
+                         f"interrupted run or copy?): run `{command}` again, or give another folder.")
+
+
+def require_filled(df: pd.DataFrame, table: str, command: str, numbers: Sequence[str],
+                   texts: Sequence[str] = ()) -> None:
+    """QueryError naming the first line of ``table`` where a column of ``numbers`` is not a finite number or one of
+    ``texts`` is empty: what a table cut short (an interrupted or edited run) looks like; ``command`` remakes it.
+
+    Line numbers count the header as line 1 (one line per row: the CLI's tables hold no line breaks)."""
+    bad: list[tuple[int, str, object]] = []
+    for col in numbers:
+        vals = pd.to_numeric(df[col], errors="coerce").astype(float)
+        where = (~vals.map(math.isfinite)).to_numpy().nonzero()[0]
+        if len(where):
+            value = df[col].iloc[where[0]]
+            shown = "" if pd.isna(value) else f" ({str(value)[:40]!r})"
+            bad.append((int(where[0]), col, f"is empty or not a number{shown}"))
+    for col in texts:
+        where = df[col].isna().to_numpy().nonzero()[0]
+        if len(where):
+            bad.append((int(where[0]), col, "is empty"))
+    if bad:
+        row, col, what = min(bad, key=lambda b: (b[0], list(df.columns).index(b[1])))
+        raise QueryError(f"{table} line {row + 2}: column {col!r} {what}; the table looks "
+                         f"cut short or edited (an interrupted run?): run `{command}` again, or give another folder.")

@@ -34,13 +34,16 @@ from demo.markup import text as esc
 from demo.search import QueryError
 from demo.views.common import (cache_of, figure_with_caption, hidden_api, in_page, lenient_dropdown, opened_by,
                                screen_layout, user_error)
-from demo.views.study_files import MAX_PER_QUERY_BYTES, StudyFiles, StudyMissing
+from demo.views.study_files import (MAX_PER_QUERY_BYTES, StudyFiles, StudyMissing, refuse_cut_short,
+                                    require_filled)
 from upperson import stats
 
 log = logging.getLogger(__name__)
 
 KIND = "transfer"
 TABLE, SUMMARY = "transfer.csv", "transfer_summary.json"
+COMMAND = "python -m analysis transfer"
+NUMBERS = ("seeds", "queries", "R1", "R1_ci_low", "R1_ci_high")  # on every row (R1_diff: UP-Person's only)
 NEEDED = ("method", "source", "target", "R1", "R1_ci_low", "R1_ci_high", "R1_diff", "R1_diff_ci_low",
           "R1_diff_ci_high", "per_query")
 MAX_EXAMPLES = 4  # per side: UP-Person right, full fine-tune right
@@ -65,7 +68,7 @@ def load(ctx: DemoContext, folder: object) -> tuple[tuple, TransferStudy]:
     key = files.stamp(path, (TABLE, SUMMARY))
 
     def make() -> TransferStudy:
-        df = files.read_csv(KIND, path, TABLE)
+        df = files.read_csv(KIND, path, TABLE, remade_by=COMMAND)
         missing = [c for c in NEEDED if c not in df.columns]
         if missing or df.empty:
             raise QueryError(f"{TABLE} is not a transfer matrix written by `python -m analysis transfer` "
@@ -73,15 +76,34 @@ def load(ctx: DemoContext, folder: object) -> tuple[tuple, TransferStudy]:
         bad = sorted(set(df["method"].astype(str)) - set(METHODS))
         if bad:
             raise QueryError(f"{TABLE}: unknown method {bad[0][:40]!r}; known: {', '.join(METHODS)}.")
+        require_filled(df, TABLE, COMMAND, [c for c in NUMBERS if c in df.columns],
+                       [c for c in ("per_query", "runs") if c in df.columns])  # runs: the last column
         summary: dict = {}
         if (path / SUMMARY).is_file():
             try:
                 summary = json.loads(files.read_bytes(KIND, path, SUMMARY, 2**20).decode("utf-8"))
             except (QueryError, ValueError) as exc:
                 log.warning("transfer folder %s: %s not read (%s)", path, SUMMARY, exc)
-        return TransferStudy(path, df, summary if isinstance(summary, dict) else {})
+        summary = summary if isinstance(summary, dict) else {}
+        _every_cell_has_rows(df, summary)
+        return TransferStudy(path, df, summary)
 
     return key, cache_of(ctx, STUDIES, 8).get_or_make(key, make)
+
+
+def _every_cell_has_rows(df: pd.DataFrame, summary: dict) -> None:
+    """QueryError when a method of the table lacks a row of a cell that the summary lists (whole rows lost)."""
+    listed = summary.get("cells")
+    if not isinstance(listed, list):
+        return
+    have = set(zip(df["method"].astype(str), df["source"].astype(str), df["target"].astype(str)))
+    for method in dict.fromkeys(df["method"].astype(str)):
+        for cell in listed:
+            source, _, target = str(cell).partition("->")
+            if (method, source, target) not in have:
+                raise QueryError(f"{TABLE} has no row of {LABELS.get(method, method)} for the cell {str(cell)[:60]} "
+                                 f"that {SUMMARY} lists; the table looks cut short (an interrupted run?): run "
+                                 f"`{COMMAND}` again, or give another folder.")
 
 
 def _gaps(study: TransferStudy) -> Optional[dict]:
@@ -175,6 +197,7 @@ def _per_query(ctx: DemoContext, study: TransferStudy, row: pd.Series) -> list[p
     out = []
     for n in names:
         data = files.read_bytes(KIND, study.folder, n, MAX_PER_QUERY_BYTES)
+        refuse_cut_short(data, n, COMMAND)
         try:
             df = pd.read_csv(io.BytesIO(data), dtype={"caption_key": str})
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
