@@ -105,7 +105,9 @@ def _count_above(rows: np.ndarray, rel_idx: np.ndarray, valid: np.ndarray) -> np
     safe = np.where(valid, rel_idx, 0)
     t = np.take_along_axis(rows, safe, axis=1)
     t = np.where(valid, t, np.inf).astype(rows.dtype)
-    both = np.concatenate([t, np.nextafter(t, -np.inf).astype(rows.dtype)], axis=1)  # (B, 2K)
+    with np.errstate(over="ignore"):  # the lowest finite score steps down to -inf: handled as a tie below
+        below = np.nextafter(t, -np.inf).astype(rows.dtype)
+    both = np.concatenate([t, below], axis=1)  # (B, 2K)
     counts = np.count_nonzero(rows[:, None, :] > both[:, :, None], axis=2)
     k = t.shape[1]
     above, at_or_above = counts[:, :k], counts[:, k:]
