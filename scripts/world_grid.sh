@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 S=${1:?source domain: cuhk or icfg}
 W=${2:-/work/world}
 PY=${PYTHON:-.venv/bin/python}
-B="$W/pretrain/backbone.safetensors"
-[ -f "$B" ] || { echo "error: $B is missing: run scripts/world_pipeline.sh first" >&2; exit 2; }
+B="$W/pretrain/backbone.safetensors"   # world_pipeline.sh puts it there (from assets/world/ when committed)
+[ -f "$B" ] || { echo "error: $B is missing: run scripts/world_pipeline.sh $W first" >&2; exit 2; }
+[ -d "$W/data/$S/ToyPEDES" ] || { echo "error: $W/data/$S is missing: run scripts/world_pipeline.sh $W first" >&2; exit 2; }
 R="$W/runs/$S"
 mkdir -p "$R"
 

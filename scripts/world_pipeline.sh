@@ -14,6 +14,12 @@ if [ ! -f "$W/world/ToyPEDES-weak/reid_raw.json" ]; then
   log "world corpus"
   nice -n 19 $PY -m upperson toypedes --out "$W/world" --preset regime --domain world --captions weak --workers 2
 fi
+SHIPPED=assets/world/backbone.safetensors  # the backbone this pipeline made, committed (assets/world/README.md)
+if [ ! -f "$W/pretrain/backbone.safetensors" ] && [ -f "$SHIPPED" ] && [ -z "${PRETRAIN_AGAIN:-}" ]; then
+  log "pretraining: the committed backbone, checked against assets/world/SHA256SUMS (PRETRAIN_AGAIN=1 redoes it)"
+  (cd assets/world && sha256sum --check --quiet SHA256SUMS) || { echo "error: $SHIPPED fails its checksum" >&2; exit 2; }
+  mkdir -p "$W/pretrain" && cp "$SHIPPED" "$W/pretrain/backbone.safetensors"
+fi
 if [ ! -f "$W/pretrain/backbone.safetensors" ]; then
   if [ -d "$W/pretrain" ]; then
     log "pretraining (resume)"
