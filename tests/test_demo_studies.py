@@ -288,7 +288,7 @@ def test_the_studies_views_render_and_fit_a_phone_screen(site):
         pytest.skip("chromium not installed at /usr/bin/chromium; .ci/run installs it")
     sync_api = pytest.importorskip("playwright.sync_api")
     from demo.tabs import TAB_GROUPS, tab_path
-    from tests.test_demo_views_browser import ARGS, _fits, _src
+    from tests.test_demo_views_browser import ARGS, fits_the_width, image_src
 
     _, _, url, _, _ = site
     phone_px = round(3.6 * 150)  # analysis.style.PHONE
@@ -311,7 +311,7 @@ def test_the_studies_views_render_and_fit_a_phone_screen(site):
                 if key == "probe":
                     page.locator("#probe-folder textarea, #probe-folder input").first.fill(PROBE_FOLDER)
                     page.locator("#probe-run").click()
-                _src(page, figure)
+                image_src(page, figure)
                 img = page.locator(f"{figure} img").first
                 page.wait_for_function("(i) => i.complete && i.naturalWidth > 0", arg=img.element_handle(), timeout=WAIT)
                 assert img.evaluate("i => i.naturalWidth") <= phone_px  # drawn for the phone
@@ -321,7 +321,7 @@ def test_the_studies_views_render_and_fit_a_phone_screen(site):
                 if key == "budget":
                     page.locator("#budget-point-info").get_by_text("Trainable parameters").wait_for(timeout=WAIT)
                 page.wait_for_timeout(300)
-                _fits(page, 390)
+                fits_the_width(page, 390)
                 if shots:
                     page.screenshot(path=str(Path(shots) / f"{key}-390.png"), full_page=True)
             assert page.evaluate("() => window.__pwned") is None

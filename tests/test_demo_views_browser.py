@@ -70,7 +70,7 @@ def _choose(page, elem_id: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
-def _src(page, selector: str) -> str:
+def image_src(page, selector: str) -> str:
     img = page.locator(f"{selector} img").first
     img.wait_for(state="attached", timeout=WAIT)
     img.scroll_into_view_if_needed(timeout=WAIT)  # the page's images load lazily, once near the screen
@@ -81,22 +81,22 @@ def _src(page, selector: str) -> str:
 def _changed(page, selector: str, before: str) -> str:
     page.wait_for_function("([sel, s]) => { const i = document.querySelector(sel + ' img'); return i && i.src !== s; }",
                            arg=[selector, before], timeout=WAIT)
-    return _src(page, selector)
+    return image_src(page, selector)
 
 
 def _settled(page, selector: str, tries: int = 20) -> str:
     """The image's src once it stays the same for a second (a redraw still on its way has landed)."""
-    last = _src(page, selector)
+    last = image_src(page, selector)
     for _ in range(tries):
         page.wait_for_timeout(1000)
-        now = _src(page, selector)
+        now = image_src(page, selector)
         if now == last:
             return now
         last = now
     return last
 
 
-def _fits(page, width: int) -> None:
+def fits_the_width(page, width: int) -> None:
     overflow = page.evaluate("() => document.documentElement.scrollWidth")
     assert overflow <= width + 1, f"the page is {overflow} px wide in a {width} px viewport"
 
@@ -119,10 +119,10 @@ def test_every_view_opens_on_something_and_no_panel_shows_an_error_at_1280_and_3
             assert page.locator("[role=tablist]").first.locator("button").count() == len(TAB_GROUPS)
             assert all(page.locator(f"#tab-{g.key}-button").is_visible() for g in TAB_GROUPS)
             _tab(page, "attention")
-            _src(page, "#attention-image-map")
+            image_src(page, "#attention-image-map")
             assert "caption" in page.locator("#attention-info").inner_text()
             _tab(page, "ablation")
-            _src(page, "#ablation-params")
+            image_src(page, "#ablation-params")
             shown = "#ablation-table" if width > 480 else "#ablation-cards"  # a phone: one card per variant
             page.locator(shown).get_by_text("upperson", exact=True).first.wait_for(timeout=WAIT)
             _tab(page, "attention")
@@ -132,7 +132,7 @@ def test_every_view_opens_on_something_and_no_panel_shows_an_error_at_1280_and_3
             page.wait_for_function("() => document.querySelector('#attention-info').innerText.includes('Type a')",
                                    timeout=WAIT)
             assert page.evaluate(NO_ERROR_STATE) == 0
-            _fits(page, width)
+            fits_the_width(page, width)
         finally:
             page.close()
 
@@ -161,7 +161,7 @@ def test_attention_from_a_search_result_and_a_layer_redraws_the_map(site):
         after = _changed(page, "#attention-image-map", before)
         assert after != before
         assert "image tower: layer 2" in page.locator("#attention-info").inner_text()
-        assert _src(page, "#attention-text-map") == text_before  # the other tower is not redrawn
+        assert image_src(page, "#attention-text-map") == text_before  # the other tower is not redrawn
         _choose(page, "attention-head", "1")
         _changed(page, "#attention-image-map", after)
         assert "layer 2, head 1" in page.locator("#attention-info").inner_text()
@@ -177,7 +177,7 @@ def test_embeddings_plot_and_an_identity_shows_its_images(site):
         box.fill("3")
         box.press("Enter")
         page.locator("#embeddings-run").click()
-        before = _src(page, "#embeddings-plot")
+        before = image_src(page, "#embeddings-plot")
         assert "3 identities" in page.locator("#embeddings-info").inner_text()
         page.locator("#embeddings-identity input").click()
         options = page.get_by_role("option")
@@ -215,7 +215,7 @@ def test_ablation_table_figure_and_metric_selector(site):
     page = _open(site, "ablation")
     try:
         page.locator("#ablation-run").click()
-        before = _src(page, "#ablation-bars")
+        before = image_src(page, "#ablation-bars")
         params = page.locator("#ablation-params img").first
         page.wait_for_function("(i) => i.complete && i.naturalWidth > 0", arg=params.element_handle(), timeout=WAIT)
         assert params.evaluate("i => i.naturalWidth") == round(5.6 * 150)  # the CLI's figure on a desktop
@@ -234,10 +234,10 @@ def test_views_fit_a_phone_screen(site):
     phone_px = round(3.6 * 150)  # analysis.style.PHONE
     try:
         page.locator("#ablation-run").click()
-        _src(page, "#ablation-bars")
-        _src(page, "#ablation-params")
-        _src(page, "#ablation-curves")
-        _fits(page, 390)
+        image_src(page, "#ablation-bars")
+        image_src(page, "#ablation-params")
+        image_src(page, "#ablation-curves")
+        fits_the_width(page, 390)
         _figures_fit(page, 390, phone_px)
         # the table collapses into one card per variant: nothing to scroll sideways
         assert not page.locator("#ablation-table").is_visible()
@@ -252,17 +252,17 @@ def test_views_fit_a_phone_screen(site):
         page.locator("#attention-image input").press("Enter")
         page.wait_for_function("() => document.querySelector('#attention-caption input').value !== ''", timeout=WAIT)
         page.locator("#attention-run").click()
-        _src(page, "#attention-image-map")
-        _src(page, "#attention-text-map")
-        _src(page, "#attention-scales")
-        _fits(page, 390)
+        image_src(page, "#attention-image-map")
+        image_src(page, "#attention-text-map")
+        image_src(page, "#attention-scales")
+        fits_the_width(page, 390)
         _figures_fit(page, 390, phone_px)
         _tab(page, "embeddings")
         page.locator("#embeddings-n input[type=number]").fill("3")
         page.locator("#embeddings-n input[type=number]").press("Enter")
         page.locator("#embeddings-run").click()
-        _src(page, "#embeddings-plot")
-        _fits(page, 390)
+        image_src(page, "#embeddings-plot")
+        fits_the_width(page, 390)
         _figures_fit(page, 390, phone_px)
     finally:
         page.close()
