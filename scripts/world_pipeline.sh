@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The stand-in world's long CPU pipeline (docs/generalization.md, sections 5-7), resumable:
-# the world corpus, pretraining (pretrain-world), the three domains, then the zero-shot gate.
+# pretraining (the committed backbone, or the world corpus and pretrain-world), the three domains,
+# then the zero-shot gate.
 # Each step is skipped when its output exists; rerunning the script continues where it stopped.
 #   bash scripts/world_pipeline.sh [W]        (W: a folder outside the repository; default /work/world)
+#   DOMAINS=cuhk bash scripts/world_pipeline.sh W   (only those domains)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/work/world}
@@ -10,10 +12,6 @@ PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$W"
 log() { echo "$(date -u +%FT%TZ) $*"; }
 
-if [ ! -f "$W/world/ToyPEDES-weak/reid_raw.json" ]; then
-  log "world corpus"
-  nice -n 19 $PY -m upperson toypedes --out "$W/world" --preset regime --domain world --captions weak --workers 2
-fi
 SHIPPED=assets/world/backbone.safetensors  # the backbone this pipeline made, committed (assets/world/README.md)
 if [ ! -f "$W/pretrain/backbone.safetensors" ] && [ -f "$SHIPPED" ] && [ -z "${PRETRAIN_AGAIN:-}" ]; then
   log "pretraining: the committed backbone, checked against assets/world/SHA256SUMS (PRETRAIN_AGAIN=1 redoes it)"
@@ -21,6 +19,10 @@ if [ ! -f "$W/pretrain/backbone.safetensors" ] && [ -f "$SHIPPED" ] && [ -z "${P
   mkdir -p "$W/pretrain" && cp "$SHIPPED" "$W/pretrain/backbone.safetensors"
 fi
 if [ ! -f "$W/pretrain/backbone.safetensors" ]; then
+  if [ ! -f "$W/world/ToyPEDES-weak/reid_raw.json" ]; then  # the world corpus: only pretraining reads it
+    log "world corpus"
+    nice -n 19 $PY -m upperson toypedes --out "$W/world" --preset regime --domain world --captions weak --workers 2
+  fi
   if [ -d "$W/pretrain" ]; then
     log "pretraining (resume)"
     nice -n 19 $PY -m upperson pretrain --data-root "$W/world" --output "$W/pretrain" --resume --no-progress
@@ -30,13 +32,13 @@ if [ ! -f "$W/pretrain/backbone.safetensors" ]; then
   fi
 fi
 sha256sum "$W/pretrain/backbone.safetensors"
-for d in cuhk icfg rstp; do
+for d in ${DOMAINS:-cuhk icfg rstp}; do
   if [ ! -f "$W/data/$d/ToyPEDES/reid_raw.json" ]; then
     log "domain $d"
     nice -n 19 $PY -m upperson toypedes --out "$W/data/$d" --preset regime --domain "$d" --workers 2
   fi
 done
-for d in cuhk icfg rstp; do
+for d in ${DOMAINS:-cuhk icfg rstp}; do
   if [ ! -f "$W/gate-$d.json" ]; then
     log "gate $d"
     nice -n 19 $PY -m upperson evaluate --config toypedes-regime --set model.pretrained="$W/pretrain/backbone.safetensors" \
