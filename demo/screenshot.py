@@ -22,13 +22,19 @@ from typing import Optional, Sequence
 
 from PIL import Image
 
+from upperson.logs import setup_logging
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 MAX_BYTES = 300_000
-from upperson.logs import setup_logging
 
 log = logging.getLogger("demo.screenshot")
+
+#: true once no Gradio output is waiting for an event (its status tracker shows pending, a progress
+#: text or an ETA bar; a pending output is drawn faded), so a shot never catches a panel mid-update
+_NOTHING_PENDING = """() => !document.querySelector(
+  '.pending, .generating, .eta-bar, .progress-text, .wrap.translucent')"""
 
 _ALL_IMAGES_LOADED = """async () => {
   for (const img of document.querySelectorAll('img')) { img.loading = 'eager'; img.scrollIntoView(); }
@@ -79,6 +85,16 @@ def _search(page, caption: str, url: str) -> None:
     page.locator("#heatmap img").wait_for(state="attached", timeout=60_000)
     page.locator("#heatmap").scroll_into_view_if_needed()
     page.locator("#heatmap img").wait_for(state="visible", timeout=60_000)
+    page.locator("#query-heatmap img").wait_for(state="visible", timeout=60_000)  # the query-tied panel
+    settle(page)
+
+
+def settle(page, timeout_ms: int = 60_000) -> None:
+    """Wait until no output is pending and every visible image has loaded, then a moment more."""
+    try:
+        page.wait_for_function(_NOTHING_PENDING, timeout=timeout_ms, polling=100)
+    except Exception:  # still busy: capture it as it is, and say so
+        log.warning("an output was still pending after %d s", timeout_ms // 1000)
     page.evaluate(_ALL_IMAGES_LOADED)
     page.wait_for_timeout(500)
 
@@ -151,8 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     log.warning("%s: no image appeared within 90 s", label)
                 if key == "embeddings":
                     _pick_identity(page)
-                page.evaluate(_ALL_IMAGES_LOADED)
-                page.wait_for_timeout(800)
+                settle(page)
                 written.append(save_small(page.screenshot(full_page=True), args.out / f"{key}.png", args.width, 1900))
             if "search" in views:
                 phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=1)
