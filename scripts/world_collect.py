@@ -1,0 +1,100 @@
+"""Keep a source's tuning-grid runs in the repository and select on the source's val split.
+
+docs/generalization.md, section 4: the configuration of each method is the grid run with the best
+val R@1 of the source domain (the epoch was already selected on val by training). This copies each
+complete run's small files (results, metrics, config, log; the selected checkpoint of PETL runs,
+which is small) under ``assets/world/runs/SOURCE/NAME/`` and writes ``selection.json`` beside
+them. Test numbers are never read for the selection.
+
+    python scripts/world_collect.py SOURCE [W]      (W: the study folder; default /work/world)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
+from upperson.io import atomic_copy, atomic_write_json  # noqa: E402
+from upperson.logs import setup_logging  # noqa: E402
+
+log = logging.getLogger("world_collect")
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_FILES = ("results.json", "metrics.jsonl", "config.yaml", "train.log")
+#: each grid run's method, by its name's prefix (scripts/world_grid.sh)
+METHODS = {"up": "upperson", "ft": "full-finetune"}
+#: the largest checkpoint kept in the repository (a PETL one is under 1 MB; a full one is 31 MB)
+MAX_CHECKPOINT_BYTES = 2_000_000
+
+
+def val_r1(results: dict) -> float:
+    """The run's selected-checkpoint val R@1 (it must have been selected on val)."""
+    if results.get("selected_on") != "val":
+        raise ValueError(f"selected on {results.get('selected_on')!r}, not on the source's val split")
+    return float(results["metrics"]["val"]["R1"])
+
+
+def select(runs: dict[str, dict]) -> dict[str, dict]:
+    """Per method, the grid run (seed 0; not a ``-seedN`` rerun) with the best val R@1 (the first in
+    name order on a tie)."""
+    out: dict[str, dict] = {}
+    for name in sorted(n for n in runs if "-seed" not in n):
+        method = METHODS[name.split("_")[0]]
+        r1 = val_r1(runs[name])
+        if method not in out or r1 > out[method]["val_R1"]:
+            out[method] = {"run": name, "val_R1": r1, "lr": runs[name]["config"]["train"]["lr"],
+                           "seed": runs[name]["config"]["train"]["seed"]}
+    return out
+
+
+def collect(source: str, study: Path, dest: Path) -> dict:
+    """Copy the complete grid runs of ``source`` into ``dest`` and write its selection."""
+    grid = study / "runs" / source
+    runs = {}
+    for run in sorted(p for p in grid.iterdir() if p.is_dir() and p.name.split("_")[0] in METHODS):
+        if not (run / "results.json").is_file():
+            log.warning("%s: not finished (no results.json); left out", run)
+            continue
+        runs[run.name] = json.loads((run / "results.json").read_text())
+        for name in SMALL_FILES:
+            atomic_copy(run / name, dest / run.name / name)
+        best = run / "best"
+        size = sum(p.stat().st_size for p in best.iterdir())
+        if size <= MAX_CHECKPOINT_BYTES:
+            for p in sorted(best.iterdir()):
+                atomic_copy(p, dest / run.name / "best" / p.name)
+        else:
+            log.info("%s: its checkpoint (%.0f MB) stays outside the repository", run.name, size / 1e6)
+    if not runs:
+        raise ValueError(f"{grid}: no complete grid run")
+    chosen = select(runs)
+    selection = {"source": source, "rule": "best val R@1 of the source domain (docs/generalization.md section 4)",
+                 "val_R1": {name: val_r1(r) for name, r in runs.items()}, "selected": chosen,
+                 "seeds": {m: sorted(n for n in runs if n.split("-seed")[0] == c["run"]) for m, c in chosen.items()}}
+    atomic_write_json(dest / "selection.json", selection)
+    return selection
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("source", choices=("cuhk", "icfg", "rstp"))
+    p.add_argument("study", nargs="?", default="/work/world", type=Path)
+    args = p.parse_args(argv)
+    setup_logging(packages=("upperson", "world_collect"))
+    try:
+        selection = collect(args.source, args.study, REPO / "assets" / "world" / "runs" / args.source)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for method, s in selection["selected"].items():
+        log.info("%s on %s: %s (val R@1 %.2f, lr %g)", method, args.source, s["run"], s["val_R1"], s["lr"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
