@@ -281,3 +281,48 @@ def test_real_datasets_give_the_standard_cells_and_configs(tmp_path):
     assert not by["full-finetune/cuhk-pedes/seed-0"].model.freeze_backbone
     zero = by["zero-shot/cuhk-pedes/seed-0"]
     assert zero.train.epochs == 0 and not (zero.model.prefix.enabled or zero.model.lora.enabled or zero.model.adapter.enabled)
+
+
+def test_a_rerun_reuses_only_the_cells_that_still_match(world, tmp_path, monkeypatch, caplog):
+    """Per-query files already in ``--out`` are reused when the run's checkpoint, the target's test
+    split, the eval batch size, the precision and the file itself are unchanged; otherwise evaluated again."""
+    stub = StubTrain()
+    monkeypatch.setattr(sweep, "_default_train_fn", lambda: stub)
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    args = argv(world, runs, out, "--methods", "upperson,zero-shot")
+    assert analysis_main(args) == 0
+    first = (out / "transfer.csv").read_text()
+    evaluated: list[str] = []
+    real = transfer_cells.evaluate_per_query
+
+    def counting(model, records, *a, **k):
+        evaluated.append(str(records[0].path))
+        return real(model, records, *a, **k)
+
+    monkeypatch.setattr(transfer_cells, "evaluate_per_query", counting)
+    caplog.set_level("INFO")
+    assert analysis_main(args) == 0
+    assert evaluated == [] and (out / "transfer.csv").read_text() == first
+    assert "reused" in caplog.text
+    # a per-query file changed after it was written: its cell (only) is evaluated again, and restored
+    rel = Path(transfer_cells.cell_file_path("upperson", "cuhk", "icfg", 0))
+    good = (out / rel).read_text()
+    lines = good.splitlines()
+    (out / rel).write_text("\n".join([lines[0], *lines[2:]]) + "\n")
+    assert analysis_main(args) == 0
+    assert len(evaluated) == 1 and (out / rel).read_text() == good and (out / "transfer.csv").read_text() == first
+    # the same runs given with --runs: reused; then one run's eval batch size changed: its cells only
+    given = [*args, *(a for m in ("upperson", "zero-shot") for a in ("--runs", f"{m}:cuhk={runs / m / 'cuhk' / 'seed-0'}"))]
+    evaluated.clear()
+    assert analysis_main(given) == 0 and evaluated == []
+    res = runs / "upperson" / "cuhk" / "seed-0" / "results.json"
+    r = json.loads(res.read_text())
+    r["config"]["data"]["eval_batch_size"] = 32
+    res.write_text(json.dumps(r))
+    assert analysis_main(given) == 0
+    assert len(evaluated) == 2  # upperson on cuhk and on icfg; zero-shot's cells reused
+    # an unreadable record of what was evaluated: everything is evaluated again, said once
+    evaluated.clear()
+    (out / transfer_cells.CELLS_MANIFEST).write_text("{not json")
+    assert analysis_main(given) == 0
+    assert len(evaluated) == 4 and "unreadable" in caplog.text

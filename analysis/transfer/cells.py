@@ -4,6 +4,8 @@ cell, and the in-domain against cross-domain gap (docs/transfer.md defines each)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +19,16 @@ from analysis.transfer.plan import FULL, LABELS, METHODS, UPPERSON, StudyRun
 from upperson import stats
 from upperson.data import build_tokenizer, load_dataset
 from upperson.evaluation import evaluate_per_query
+from upperson.io import atomic_write_json, file_digest
 from upperson.model.checkpoint import load_model
 from upperson.train.run import Run
 
 log = logging.getLogger(__name__)
 
 PER_QUERY_DIR = "per_query"
+#: what each per-query file was evaluated from (its cell's key) and its SHA-256: a rerun reuses a file
+#: only while both still match
+CELLS_MANIFEST = Path(PER_QUERY_DIR) / "cells.json"
 CELL_METRICS = ("R1", "mAP")
 COLUMNS = ["method", "label", "source", "target", "in_domain", "seeds", "queries",
            "R1", "R1_ci_low", "R1_ci_high", "mAP", "mAP_ci_low", "mAP_ci_high",
@@ -46,32 +52,88 @@ def cell_file_path(method: str, source: str, target: str, seed: int) -> Path:
     return Path(PER_QUERY_DIR) / method / f"{source}-to-{target}" / f"seed-{seed}.csv"
 
 
+def records_digest(records: Sequence) -> str:
+    """SHA-256 of a split's queries and gallery as evaluated: each image's path and identity and its
+    captions, in order (a changed annotation or data root changes it)."""
+    h = hashlib.sha256()
+    for rec in records:
+        h.update(json.dumps([str(rec.path), int(rec.pid), list(rec.captions)]).encode())
+    return h.hexdigest()
+
+
+def cell_key(checkpoint: Path, target: Domain, test_digest: str, eval_batch_size: int, precision: str) -> dict:
+    """What a cell's per-query file depends on: the selected checkpoint (its ``petl.json``, which
+    records its weights' SHA-256), the target's test split, the eval batch size and the precision."""
+    return {"checkpoint": file_digest(Path(checkpoint) / "petl.json"), "target": target.name,
+            "test": test_digest, "eval_batch_size": int(eval_batch_size), "precision": str(precision)}
+
+
+def read_cells_manifest(out: Path) -> dict[str, dict]:
+    """The record of the per-query files already in ``out`` (empty when none, or unreadable: then
+    every cell is evaluated again, as logged)."""
+    path = Path(out) / CELLS_MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        cells = json.loads(path.read_text())["cells"]
+        if not isinstance(cells, dict):
+            raise TypeError
+        return {str(k): v for k, v in cells.items() if isinstance(v, dict)}
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s is unreadable: every cell is evaluated again", path)
+        return {}
+
+
+def _reusable(out: Path, rel: Path, entry: Optional[dict], key: dict) -> bool:
+    """Whether the per-query file ``rel`` was evaluated from ``key`` and is unchanged since."""
+    path = Path(out) / rel
+    return bool(entry) and entry.get("key") == key and path.is_file() and entry.get("sha256") == file_digest(path)
+
+
 def evaluate_cells(runs: Sequence[StudyRun], targets: Mapping[str, Sequence[Domain]], out: Path, *,
                    records: Optional[Mapping[str, list]] = None, progress: bool = False) -> list[CellFile]:
     """Evaluate each run's selected checkpoint on the test split of each of its source's cells,
     as its trainer evaluated (the run's precision and eval batch size), into per-query files
-    under ``out`` (no caption text: the key identifies each caption). ``records``: each target's
-    test split, when already read (by domain name)."""
+    under ``out`` (no caption text: the key identifies each caption). A file already there from
+    the same checkpoint, test split, batch size and precision, unchanged since (``CELLS_MANIFEST``),
+    is reused, as logged. ``records``: each target's test split, when already read (by domain name)."""
     records = dict(records or {})
     tokenizers: dict = {}
-    done = []
+    manifest = read_cells_manifest(out)
+    digests: dict[str, str] = {}
+    done, reused = [], 0
     for run in runs:
         r = Run(run.run_dir)
         cfg = r.results()["config"]
-        model = load_model(r.best_checkpoint(log))
-        if model.config.name not in tokenizers:
-            tokenizers[model.config.name] = build_tokenizer(model.config.name)
-        tok = tokenizers[model.config.name]
+        batch, precision = int(cfg["data"]["eval_batch_size"]), str(cfg["train"]["precision"])
+        checkpoint = r.best_checkpoint(log)
+        model = None
         for target in targets[run.source]:
             if target.name not in records:
                 records[target.name] = load_dataset(target.dataset, target.root).split("test")
-            res = evaluate_per_query(model, records[target.name], tok, batch_size=int(cfg["data"]["eval_batch_size"]),
-                                     precision=str(cfg["train"]["precision"]), progress=progress)
+            if target.name not in digests:
+                digests[target.name] = records_digest(records[target.name])
             rel = cell_file_path(run.method, run.source, target.name, run.seed)
-            stats.write_per_query_csv(Path(out) / rel, res.rows(), caption_text=False)
-            log.info("%s on %s test: R1 %.2f", run.run_dir, target.name, res.metrics()["R1"])
+            key = cell_key(checkpoint, target, digests[target.name], batch, precision)
             done.append(CellFile(run.method, run.source, target.name, run.seed, rel, run.run_dir))
+            if _reusable(out, rel, manifest.get(rel.as_posix()), key):
+                reused += 1
+                log.info("%s on %s test: reused %s (same checkpoint, test split, batch size, precision)",
+                         run.run_dir, target.name, rel)
+                continue
+            if model is None:
+                model = load_model(checkpoint)
+                if model.config.name not in tokenizers:
+                    tokenizers[model.config.name] = build_tokenizer(model.config.name)
+            res = evaluate_per_query(model, records[target.name], tokenizers[model.config.name], batch_size=batch,
+                                     precision=precision, progress=progress)
+            stats.write_per_query_csv(Path(out) / rel, res.rows(), caption_text=False)
+            manifest[rel.as_posix()] = {"key": key, "sha256": file_digest(Path(out) / rel)}
+            atomic_write_json(Path(out) / CELLS_MANIFEST, {"cells": manifest})  # after each cell: a kill loses none
+            log.info("%s on %s test: R1 %.2f", run.run_dir, target.name, res.metrics()["R1"])
         del model
+    if reused:
+        log.info("%d of %d cell evaluations reused from %s", reused, len(done), Path(out) / CELLS_MANIFEST)
     return done
 
 
