@@ -3,8 +3,9 @@
 docs/generalization.md, section 4: the configuration of each method is the grid run with the best
 val R@1 of the source domain (the epoch was already selected on val by training). This copies each
 complete run's small files (results, metrics, config, log; the selected checkpoint of PETL runs,
-which is small) under ``assets/world/runs/SOURCE/NAME/`` and writes ``selection.json`` beside
-them. Test numbers are never read for the selection.
+which is small; of a full fine-tune, its checkpoint without its 31 MB weights) under
+``assets/world/runs/SOURCE/NAME/`` and writes ``selection.json`` beside them. Test numbers are
+never read for the selection.
 
     python scripts/world_collect.py SOURCE [W]      (W: the study folder; default /work/world)
 """
@@ -30,6 +31,9 @@ SMALL_FILES = ("results.json", "metrics.jsonl", "config.yaml", "train.log")
 METHODS = {"up": "upperson", "ft": "full-finetune"}
 #: the largest checkpoint kept in the repository (a PETL one is under 1 MB; a full one is 31 MB)
 MAX_CHECKPOINT_BYTES = 2_000_000
+#: a checkpoint's weights file; a larger checkpoint keeps only its other files (petl.json records the
+#: weights' SHA-256, which identifies the transfer cells evaluated from them: analysis/transfer/cells.py)
+WEIGHTS = "petl.safetensors"
 
 
 def val_r1(results: dict) -> float:
@@ -65,11 +69,13 @@ def collect(source: str, study: Path, dest: Path) -> dict:
             atomic_copy(run / name, dest / run.name / name)
         best = run / "best"
         size = sum(p.stat().st_size for p in best.iterdir())
-        if size <= MAX_CHECKPOINT_BYTES:
-            for p in sorted(best.iterdir()):
+        large = size > MAX_CHECKPOINT_BYTES
+        for p in sorted(best.iterdir()):
+            if not (large and p.name == WEIGHTS):
                 atomic_copy(p, dest / run.name / "best" / p.name)
-        else:
-            log.info("%s: its checkpoint (%.0f MB) stays outside the repository", run.name, size / 1e6)
+        if large:
+            log.info("%s: its weights (%.0f MB) stay outside the repository; best/petl.json (their SHA-256) is "
+                     "kept", run.name, size / 1e6)
     if not runs:
         raise ValueError(f"{grid}: no complete grid run")
     chosen = select(runs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -52,12 +53,13 @@ def cell_file_path(method: str, source: str, target: str, seed: int) -> Path:
     return Path(PER_QUERY_DIR) / method / f"{source}-to-{target}" / f"seed-{seed}.csv"
 
 
-def records_digest(records: Sequence) -> str:
-    """SHA-256 of a split's queries and gallery as evaluated: each image's path and identity and its
-    captions, in order (a changed annotation or data root changes it)."""
+def records_digest(records: Sequence, root: Path) -> str:
+    """SHA-256 of a split's queries and gallery as evaluated: each image's path (relative to the data
+    ``root``, so that the same data elsewhere gives the same digest), identity and captions, in order."""
     h = hashlib.sha256()
     for rec in records:
-        h.update(json.dumps([str(rec.path), int(rec.pid), list(rec.captions)]).encode())
+        path = os.path.relpath(rec.path, root) if Path(rec.path).is_absolute() else str(rec.path)
+        h.update(json.dumps([Path(path).as_posix(), int(rec.pid), list(rec.captions)]).encode())
     return h.hexdigest()
 
 
@@ -112,7 +114,7 @@ def evaluate_cells(runs: Sequence[StudyRun], targets: Mapping[str, Sequence[Doma
             if target.name not in records:
                 records[target.name] = load_dataset(target.dataset, target.root).split("test")
             if target.name not in digests:
-                digests[target.name] = records_digest(records[target.name])
+                digests[target.name] = records_digest(records[target.name], Path(target.root))
             rel = cell_file_path(run.method, run.source, target.name, run.seed)
             key = cell_key(checkpoint, target, digests[target.name], batch, precision)
             done.append(CellFile(run.method, run.source, target.name, run.seed, rel, run.run_dir))
