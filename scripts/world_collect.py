@@ -28,7 +28,7 @@ log = logging.getLogger("world_collect")
 REPO = Path(__file__).resolve().parents[1]
 SMALL_FILES = ("results.json", "metrics.jsonl", "config.yaml", "train.log")
 #: each grid run's method, by its name's prefix (scripts/world_grid.sh)
-METHODS = {"up": "upperson", "ft": "full-finetune"}
+METHODS = {"up": "upperson", "ft": "full-finetune", "zs": "zero-shot"}  # zs: no training (train.epochs=0)
 #: the largest checkpoint kept in the repository (a PETL one is under 1 MB; a full one is 31 MB)
 MAX_CHECKPOINT_BYTES = 2_000_000
 #: a checkpoint's weights file; a larger checkpoint keeps only its other files (petl.json records the
@@ -66,7 +66,8 @@ def collect(source: str, study: Path, dest: Path) -> dict:
             continue
         runs[run.name] = json.loads((run / "results.json").read_text())
         for name in SMALL_FILES:
-            atomic_copy(run / name, dest / run.name / name)
+            if (run / name).is_file() or name != "metrics.jsonl":  # zero-shot trains no epoch: no metrics.jsonl
+                atomic_copy(run / name, dest / run.name / name)
         best = run / "best"
         size = sum(p.stat().st_size for p in best.iterdir())
         large = size > MAX_CHECKPOINT_BYTES
