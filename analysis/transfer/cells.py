@@ -58,15 +58,16 @@ def records_digest(records: Sequence, root: Path) -> str:
     ``root``, so that the same data elsewhere gives the same digest), identity and captions, in order."""
     h = hashlib.sha256()
     for rec in records:
-        path = os.path.relpath(rec.path, root) if Path(rec.path).is_absolute() else str(rec.path)
-        h.update(json.dumps([Path(path).as_posix(), int(rec.pid), list(rec.captions)]).encode())
+        path = Path(os.path.relpath(rec.path, root)).as_posix()  # records hold absolute paths
+        h.update(json.dumps([path, int(rec.pid), list(rec.captions)]).encode())
     return h.hexdigest()
 
 
-def cell_key(checkpoint: Path, target: Domain, test_digest: str, eval_batch_size: int, precision: str) -> dict:
-    """What a cell's per-query file depends on: the selected checkpoint (its ``petl.json``, which
-    records its weights' SHA-256), the target's test split, the eval batch size and the precision."""
-    return {"checkpoint": file_digest(Path(checkpoint) / "petl.json"), "target": target.name,
+def cell_key(checkpoint_digest: str, target: Domain, test_digest: str, eval_batch_size: int, precision: str) -> dict:
+    """What a cell's per-query file depends on: the selected checkpoint (the SHA-256 of its
+    ``petl.json``, which records its weights' SHA-256), the target's test split, the eval batch
+    size and the precision."""
+    return {"checkpoint": checkpoint_digest, "target": target.name,
             "test": test_digest, "eval_batch_size": int(eval_batch_size), "precision": str(precision)}
 
 
@@ -109,6 +110,7 @@ def evaluate_cells(runs: Sequence[StudyRun], targets: Mapping[str, Sequence[Doma
         cfg = r.results()["config"]
         batch, precision = int(cfg["data"]["eval_batch_size"]), str(cfg["train"]["precision"])
         checkpoint = r.best_checkpoint(log)
+        checkpoint_digest = file_digest(checkpoint / "petl.json")
         model = None
         for target in targets[run.source]:
             if target.name not in records:
@@ -116,7 +118,7 @@ def evaluate_cells(runs: Sequence[StudyRun], targets: Mapping[str, Sequence[Doma
             if target.name not in digests:
                 digests[target.name] = records_digest(records[target.name], Path(target.root))
             rel = cell_file_path(run.method, run.source, target.name, run.seed)
-            key = cell_key(checkpoint, target, digests[target.name], batch, precision)
+            key = cell_key(checkpoint_digest, target, digests[target.name], batch, precision)
             done.append(CellFile(run.method, run.source, target.name, run.seed, rel, run.run_dir))
             if _reusable(out, rel, manifest.get(rel.as_posix()), key):
                 reused += 1
