@@ -4,6 +4,7 @@ start, Ctrl-C, the lock, the training state's checksums, paths resolved against 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -209,16 +210,24 @@ def test_library_resume_refuses_an_unsafe_config_too(tmp_path, toypedes_root):
     assert folder_digest(run) == before
 
 
-def test_a_real_sigint_during_training_is_one_line(tmp_path, toypedes_root):
-    import signal
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default, so Python turns it into KeyboardInterrupt.
 
+    A shell without job control starts background commands (``cmd &``, ``nohup``) with SIGINT
+    ignored, and Python keeps an inherited ignore, so the test would see no interrupt at all.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_a_real_sigint_during_training_is_one_line(tmp_path, toypedes_root):
     from tests.cli_battery import REPO, cli_env
 
     run = tmp_path / "run"
     sets = [x for s in [*FAST[:-1], "train.epochs=50", "train.log_every=1", "train.eval_every=0"] for x in ("--set", s)]
     proc = subprocess.Popen([sys.executable, "-m", "upperson", "train", "--config", "toypedes", "--data-root",
                              str(toypedes_root), "--output", str(run), "--no-progress", "--device", "cpu", *sets],
-                            cwd=REPO, env=cli_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                            cwd=REPO, env=cli_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     seen = []
     try:
         for line in proc.stderr:
