@@ -27,6 +27,8 @@ log = logging.getLogger("world_collect")
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_FILES = ("results.json", "metrics.jsonl", "config.yaml", "train.log")
+#: of those, the ones a run may lack (a zero-shot run trains no epoch: no metrics.jsonl)
+OPTIONAL_FILES = ("metrics.jsonl",)
 #: each grid run's method, by its name's prefix (scripts/world_grid.sh)
 METHODS = {"up": "upperson", "ft": "full-finetune", "zs": "zero-shot"}  # zs: no training (train.epochs=0)
 #: the largest checkpoint kept in the repository (a PETL one is under 1 MB; a full one is 31 MB)
@@ -66,7 +68,7 @@ def collect(source: str, study: Path, dest: Path) -> dict:
             continue
         runs[run.name] = json.loads((run / "results.json").read_text())
         for name in SMALL_FILES:
-            if (run / name).is_file() or name != "metrics.jsonl":  # zero-shot trains no epoch: no metrics.jsonl
+            if name not in OPTIONAL_FILES or (run / name).is_file():
                 atomic_copy(run / name, dest / run.name / name)
         best = run / "best"
         size = sum(p.stat().st_size for p in best.iterdir())
