@@ -72,6 +72,9 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--words", help="comma-separated caption words that get their own map (default: the colour words)")
     g.add_argument("--audit", type=int, metavar="N", help="instead: the controlled ToyPEDES check on N fresh persons "
                    "(does each colour word's map land on its garment?), hit rates with bootstrap intervals")
+    g.add_argument("--audit-domain", choices=("cuhk", "icfg", "rstp"),
+                   help="the audit's persons as this ToyPEDES domain draws them (its clothes and camera; "
+                        "default: the original ToyPEDES)")
     g.add_argument("--audit-seed", type=int, default=0, help="seed of the audit's persons and resampling (default 0)")
     g.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the audit (default 2000)")
 

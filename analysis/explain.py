@@ -42,7 +42,8 @@ from analysis import figure_registry, style
 from analysis.attention import display_image, load_example
 from upperson import stats
 from upperson.data import CaptionTokenizer, build_transforms
-from upperson.data.toypedes.attributes import Identity, sample_identity
+from upperson.data.toypedes.attributes import Identity
+from upperson.data.toypedes.domains import domain_render_style, sample_domain_identity
 from upperson.data.toypedes.captions import COLOUR_WORDS, LOWER_NOUNS, UPPER_NOUNS
 from upperson.data.toypedes.render import render
 from upperson.io import atomic_write_text
@@ -240,8 +241,8 @@ class GarmentCase:
         return self.lower_mask.any(axis=1)
 
 
-def _draw(ident: Identity, view: str, seed: int):
-    return render(ident, view, random.Random(seed), np.random.default_rng(seed))[0]
+def _draw(ident: Identity, view: str, seed: int, domain: Optional[str] = None):
+    return render(ident, view, random.Random(seed), np.random.default_rng(seed), domain_render_style(domain))[0]
 
 
 def _other_colour(colour: str, avoid: Sequence[str]) -> str:
@@ -249,10 +250,11 @@ def _other_colour(colour: str, avoid: Sequence[str]) -> str:
 
 
 def garment_case(seed: int, *, upper: Optional[str] = None, lower: Optional[str] = None,
-                 view: str = "front") -> GarmentCase:
-    """A plain-garment person (no bag, headwear or umbrella) with the given colours. The masks
-    are exact: the pixels that change when only that garment's colour changes (same random draws)."""
-    ident = sample_identity(random.Random(seed))
+                 view: str = "front", domain: Optional[str] = None) -> GarmentCase:
+    """A plain-garment person (no bag, headwear or umbrella) with the given colours, drawn from
+    ``domain``'s clothes and seen by its camera (``None``: the original ToyPEDES). The masks are
+    exact: the pixels that change when only that garment's colour changes (same random draws)."""
+    ident = sample_domain_identity(random.Random(seed), domain)
     upper = upper or ident.upper_colour
     lower = lower or ident.lower_colour
     if upper == lower:
@@ -260,13 +262,13 @@ def garment_case(seed: int, *, upper: Optional[str] = None, lower: Optional[str]
     ident = replace(ident, upper_colour=upper, lower_colour=lower, upper_pattern="plain", pattern_colour="",
                     bag="none", bag_colour="", headwear="none", headwear_colour="", umbrella=False,
                     umbrella_colour="")
-    base = np.asarray(_draw(ident, view, seed), dtype=np.int16)
+    base = np.asarray(_draw(ident, view, seed, domain), dtype=np.int16)
     masks = []
     for name, colour in (("upper_colour", upper), ("lower_colour", lower)):
         other = _other_colour(colour, (upper, lower, ident.shoes_colour))
-        alt = np.asarray(_draw(replace(ident, **{name: other}), view, seed), dtype=np.int16)
+        alt = np.asarray(_draw(replace(ident, **{name: other}), view, seed, domain), dtype=np.int16)
         masks.append(np.abs(alt - base).sum(axis=-1) > 24)
-    return GarmentCase(_draw(ident, view, seed), ident, masks[0], masks[1])
+    return GarmentCase(_draw(ident, view, seed, domain), ident, masks[0], masks[1])
 
 
 def garment_caption(ident: Identity) -> tuple[str, int, int]:
@@ -295,9 +297,10 @@ class AuditResult:
                 "upper_mass": self.upper_mass.tolist(), "lower_mass": self.lower_mass.tolist(), **self.intervals}
 
 
-def audit(model: nn.Module, tokenizer: CaptionTokenizer, cases: int, *, seed: int = 0, resamples: int = 2000
-          ) -> AuditResult:
-    """The controlled case on ``cases`` fresh ToyPEDES persons (seeds ``seed``, ``seed + 1``, ...):
+def audit(model: nn.Module, tokenizer: CaptionTokenizer, cases: int, *, seed: int = 0, resamples: int = 2000,
+          domain: Optional[str] = None) -> AuditResult:
+    """The controlled case on ``cases`` fresh ToyPEDES persons (seeds ``seed``, ``seed + 1``, ...;
+    ``domain``'s clothes and camera, the same caption template):
     for the upper (lower) colour word, the share of its map's mass on the upper (lower) garment
     rows; hit rates with percentile-bootstrap intervals (:func:`upperson.stats.bootstrap_ci`)."""
     if cases < 2:
@@ -305,7 +308,7 @@ def audit(model: nn.Module, tokenizer: CaptionTokenizer, cases: int, *, seed: in
     transform = build_transforms(tuple(model.config.image_size), train=False)
     up, low, chance_up, chance_low = [], [], [], []
     for i in range(cases):
-        case = garment_case(seed + i)
+        case = garment_case(seed + i, domain=domain)
         caption, iu, il = garment_caption(case.identity)
         ex = explain(model, tokenizer, transform(case.image), caption, word_indices=[iu, il])
         upper_only, lower_only = case.upper_rows & ~case.lower_rows, case.lower_rows & ~case.upper_rows
@@ -456,13 +459,14 @@ def explain_files(model: nn.Module, tokenizer: CaptionTokenizer, image_path: Pat
 
 
 def audit_files(model: nn.Module, tokenizer: CaptionTokenizer, cases: int, out_dir: Path, *, seed: int = 0,
-                resamples: int = 2000, label: str = "") -> Path:
+                resamples: int = 2000, label: str = "", domain: Optional[str] = None) -> Path:
     """``python -m analysis explain --audit N``: ``explain_audit.json`` in ``out_dir``; logs the hit rates."""
-    res = audit(model, tokenizer, cases, seed=seed, resamples=resamples)
+    res = audit(model, tokenizer, cases, seed=seed, resamples=resamples, domain=domain)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "explain_audit.json"
-    atomic_write_text(path, json.dumps({"model": label, "seed": seed, **res.to_json()}, indent=1) + "\n")
+    atomic_write_text(path, json.dumps({"model": label, "seed": seed, "domain": domain or "original",
+                                        **res.to_json()}, indent=1) + "\n")
     for key in ("upper", "lower", "both"):
         m = res.intervals["metrics"][key]
         log.info("%s colour word%s on its garment's rows: %s of %d persons", key, "s" if key == "both" else "",
@@ -477,6 +481,8 @@ def explain_command(args, source_of, example_of) -> list[style.FigureRecord]:
 
     if args.audit is not None and args.audit < 2:
         raise ValueError(f"--audit {args.audit}: give at least 2 persons (the interval needs them)")
+    if getattr(args, "audit_domain", None) and args.audit is None:
+        raise ValueError(f"--audit-domain {args.audit_domain} sets the audit's persons: give --audit N too")
     if args.audit is not None and (args.image or args.caption):
         raise ValueError("--audit draws its own persons and captions: leave out --image and --caption")
     if args.caption is not None and not args.caption.strip():
@@ -486,7 +492,7 @@ def explain_command(args, source_of, example_of) -> list[style.FigureRecord]:
     tokenizer = build_tokenizer(model.config.name)
     if args.audit is not None:
         audit_files(model, tokenizer, args.audit, Path(args.out), seed=args.audit_seed, resamples=args.resamples,
-                    label=source.label)
+                    label=source.label, domain=getattr(args, "audit_domain", None))
         return []
     image, caption = example_of(args)
     log.info("explaining %s on %s / %r", source.label, image, caption)

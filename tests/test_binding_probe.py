@@ -16,7 +16,7 @@ from analysis.__main__ import main
 from analysis.binding.attributes import FIELDS, attribute_scores, read_attributes
 from analysis.binding.output import (ATTRIBUTES_CSV, PAIRS_CSV, PER_PAIR_CSV, ProbeResult, attribute_table,
                                      difference_table, pair_table, write_tables)
-from analysis.binding.pairs import CHANGED, PROBES, applies, draw_pairs
+from analysis.binding.pairs import CHANGED, PROBES, applies, draw_pairs, probes_for
 from analysis.binding.scoring import accuracy, difference, pair_scores, score_pairs
 from analysis.binding.texts import names_probe
 from tests.conftest import tiny_model_config
@@ -73,6 +73,37 @@ def test_pairs_are_deterministic(pairs):
     other = draw_pairs("hair", 1, seed=4, captions="template")[0]
     assert other.identity != pairs["hair"][0].identity
     assert other.caption.startswith(f"a {other.identity.gender} with ")
+
+
+@pytest.mark.parametrize("domain", ["cuhk", "icfg", "rstp"])
+def test_domain_pairs_are_minimal_pairs_in_the_domains_look(domain):
+    """--domain: the domain's people, camera and annotators; the twins still differ in the probed binding only."""
+    from upperson.data.toypedes.domains import DOMAINS
+
+    probes = probes_for(domain)
+    assert probes == tuple(p for p in PROBES if p != "umbrella" or DOMAINS[domain].attributes.umbrella > 0)
+    for probe in probes:
+        ps = draw_pairs(probe, 2, seed=3, captions="fine", domain=domain)
+        for p in ps:
+            a, b = p.identity.to_dict(), p.twin.to_dict()
+            assert {k for k in a if a[k] != b[k]} == set(CHANGED[probe]), (domain, probe)
+            assert names_probe(p.caption, p.identity, probe, domain), (domain, probe, p.caption)
+            assert p.image.tobytes() != p.twin_image.tobytes()
+            if domain == "icfg":  # ICFG-like annotators write head to toe, padded to 32 words and more
+                assert len(p.caption.split()) >= 30, p.caption
+        again = draw_pairs(probe, 1, seed=3, captions="fine", domain=domain)[0]
+        assert (again.identity, again.caption, again.image.tobytes()) == (ps[0].identity, ps[0].caption,
+                                                                         ps[0].image.tobytes())
+        original = draw_pairs(probe, 1, seed=3, captions="fine")[0]  # the original stream is its own
+        assert original.image.tobytes() != ps[0].image.tobytes()
+
+
+def test_a_probe_the_domain_never_draws_is_refused():
+    assert "umbrella" not in probes_for("icfg") and probes_for(None) == tuple(PROBES)
+    with pytest.raises(ValueError, match="umbrella probe does not apply to domain icfg"):
+        draw_pairs("umbrella", 1, domain="icfg")
+    with pytest.raises(ValueError, match="unknown ToyPEDES domain 'mall'"):
+        draw_pairs("swap", 1, domain="mall")
 
 
 class UpperColourStub:
@@ -232,11 +263,29 @@ def test_command_end_to_end(checkpoint, tmp_path, capsys, monkeypatch):
     assert {p.name for p in out.iterdir()} == {"binding.csv", "binding_per_pair.csv", "binding_attributes.csv",
                                                "README.md", "binding.png", "binding.svg"}
 
+    # --domain: the original data root is refused for a domain's pairs (before any model is loaded) ...
+    other = tmp_path / "other"
+    assert main(["binding", "--checkpoint", str(checkpoint), "--data-root", str(root), "--domain", "cuhk",
+                 "--out", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --data-root") and "original" in err and err.count("\n") == 1, err
+    assert not other.exists()
+    # ... and the domain's pairs leave out, out loud, a probe the domain never draws
+    rc = main(["binding", "--checkpoint", str(checkpoint), "--domain", "icfg", "--no-attributes", "--pairs", "1",
+               "--resamples", "20", "--out", str(other), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    payload = json.loads(captured.out)
+    assert {r["probe"] for r in payload["pairs"]} == {"swap", "bag", "hair"}
+    assert "domain icfg" in payload["details"]["pairs"] and "left out: umbrella" in payload["details"]["pairs"]
+    assert "umbrella" in (other / "README.md").read_text()
+
 
 @pytest.mark.parametrize("args, message", [
     (["--pairs", "0"], "--pairs must be from 1 to"),
     (["--data-root", "/nonexistent/toy"], "--data-root /nonexistent/toy: no such path"),
     (["--compare", "/nonexistent/run"], "--compare /nonexistent/run: no such folder"),
+    (["--domain", "cuhk"], "--domain cuhk: the per-attribute part needs that domain's test split"),
 ])
 def test_errors_are_one_line_and_change_nothing(args, message, tmp_path, capsys):
     out = tmp_path / "out"

@@ -106,6 +106,17 @@ def test_colour_word_mass_lands_on_its_garment(tokenizer, upper, lower):
     assert E.mass_on_rows(ex.word_maps[iu], lower_only) < 0.5
 
 
+@pytest.mark.parametrize("domain", ["cuhk", "icfg", "rstp"])
+def test_a_domain_case_has_real_garment_masks_in_the_domains_camera(domain):
+    """--audit-domain: the person from the domain's clothes and camera; the masks are still two garments, the
+    upper one above the lower one, and the image is not the original ToyPEDES's."""
+    case = E.garment_case(7, domain=domain)
+    upper_only, lower_only = case.upper_rows & ~case.lower_rows, case.lower_rows & ~case.upper_rows
+    assert upper_only.sum() > 5 and lower_only.sum() > 5, (domain, upper_only.sum(), lower_only.sum())
+    assert np.flatnonzero(upper_only).mean() < np.flatnonzero(lower_only).mean()
+    assert np.asarray(case.image).tobytes() != np.asarray(E.garment_case(7).image).tobytes()
+
+
 def test_patch_relevance_is_gradient_times_input(tokenizer):
     """Against a reference computed here: autograd on the stub's own similarity, by the pixels' patch means."""
     model = StubBinder(tokenizer)
@@ -158,6 +169,7 @@ def test_cli_figure_and_json(tmp_path):
     (["--caption", "a red shirt", "--image", "missing.png"], "--image"),
     (["--audit", "1"], "--audit 1"),
     (["--audit", "3", "--caption", "x"], "--audit"),
+    (["--audit-domain", "icfg"], "--audit-domain icfg sets the audit's persons: give --audit N"),
 ])
 def test_cli_refusals_are_one_line(tmp_path, capsys, argv, needle):
     out = tmp_path / "out"
@@ -178,7 +190,9 @@ def test_audit_writes_rates_with_intervals(tmp_path):
     model = perturbed_tiny_model()
     path = E.audit_files(model, build_tokenizer("upp-tiny"), 2, tmp_path, resamples=50)
     data = json.loads(path.read_text())
-    assert data["cases"] == 2 and set(data["metrics"]) == {"upper", "lower", "both"}
+    assert data["cases"] == 2 and set(data["metrics"]) == {"upper", "lower", "both"} and data["domain"] == "original"
+    assert json.loads(E.audit_files(model, build_tokenizer("upp-tiny"), 2, tmp_path / "icfg", resamples=50,
+                                    domain="icfg").read_text())["domain"] == "icfg"
     for m in data["metrics"].values():
         assert 0 <= m["low"] <= m["value"] <= m["high"] <= 1
     assert 0 < data["uniform_map_mass"]["upper"] < 1

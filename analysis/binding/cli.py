@@ -31,6 +31,10 @@ def binding_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pairs", type=int, default=DEFAULT_PAIRS,
                    help=f"minimal pairs per probe (default {DEFAULT_PAIRS}, at most {MAX_PAIRS})")
     g.add_argument("--seed", type=int, default=0, help="seed of the pairs (default 0)")
+    g.add_argument("--domain", choices=("cuhk", "icfg", "rstp"),
+                   help="draw the pairs as this ToyPEDES domain's benchmark does (its clothes, camera, views and "
+                        "caption style; docs/generalization.md); default: the original ToyPEDES. Give --data-root "
+                        "that domain's data (or --no-attributes)")
     g.add_argument("--captions", default="fine", choices=("fine", "template"),
                    help="the pairs' queries: the generator's fine captions or a fixed template (default fine; the "
                         "text-side twins always use the template)")
@@ -50,6 +54,21 @@ def check_binding_args(args) -> None:
     for p in args.compare:
         if not Path(p).expanduser().is_dir():
             raise ValueError(f"--compare {p}: no such folder; give a checkpoint folder or a run folder")
+    if getattr(args, "domain", None) and not args.no_attributes and not args.data_root:
+        raise ValueError(f"--domain {args.domain}: the per-attribute part needs that domain's test split; pass "
+                         f"--data-root (a ToyPEDES made with --domain {args.domain}) or --no-attributes")
+
+
+def check_data_domain(root: Path, domain) -> None:
+    """Refuse a data root of another domain than the pairs' (its ``meta.json`` says which)."""
+    meta = Path(root) / "meta.json"
+    found = json.loads(meta.read_text()).get("domain") if meta.is_file() else None
+    if found != domain:
+        raise ValueError(f"--data-root {root}: its ToyPEDES is domain {found or 'the original'}, but the pairs are "
+                         f"drawn as {domain or 'the original'}: pass --domain {found} or that domain's data root"
+                         if found else
+                         f"--data-root {root}: its ToyPEDES is the original one, but --domain is {domain}: pass "
+                         f"that domain's data root (made with --domain {domain}) or --no-attributes")
 
 
 def _label(source, zero_shot: bool = False) -> str:
@@ -88,7 +107,7 @@ def cmd_binding(args, command: str = ""):
     from analysis.binding.attributes import attribute_accuracy, attributes_file, read_attributes
     from analysis.binding.encoder import ModelEncoder
     from analysis.binding.output import ProbeResult, binding_figure, write_readme, write_tables
-    from analysis.binding.pairs import PROBES, draw_pairs
+    from analysis.binding.pairs import PROBES, draw_pairs, probes_for
     from analysis.binding.scoring import accuracy, difference, score_pairs
     from analysis.sources import load_data
 
@@ -96,13 +115,19 @@ def cmd_binding(args, command: str = ""):
     records, attrs, data_note = [], {}, "skipped (--no-attributes)"
     if not args.no_attributes:
         data = load_data(args.data_root, "toypedes")
+        check_data_domain(data.root, args.domain)
         records = data.split("test")
         attrs = read_attributes(attributes_file(data.root), [r.pid for r in records])
         data_note = (f"{data.root}, test split: {len({r.pid for r in records})} identities, {len(records)} images, "
                      f"{sum(len(r.captions) for r in records)} queries")
     models = load_models(args)
-    log.info("drawing %d pairs per probe (%s captions, seed %d)", args.pairs, args.captions, args.seed)
-    pairs = {probe: draw_pairs(probe, args.pairs, args.seed, args.captions) for probe in PROBES}
+    probes = probes_for(args.domain)
+    left_out = [p for p in PROBES if p not in probes]
+    if left_out:  # said out loud, and in the README
+        log.warning("domain %s never draws: %s; that probe is left out", args.domain, ", ".join(left_out))
+    log.info("drawing %d pairs per probe (%s captions, seed %d, %s)", args.pairs, args.captions, args.seed,
+             f"domain {args.domain}" if args.domain else "the original ToyPEDES")
+    pairs = {probe: draw_pairs(probe, args.pairs, args.seed, args.captions, args.domain) for probe in probes}
     skipped = {probe: sum(p.skipped for p in ps) for probe, ps in pairs.items()}
     if any(skipped.values()):
         log.warning("skipped identities whose probed attribute did not show (both images the same): %s",
@@ -125,7 +150,9 @@ def cmd_binding(args, command: str = ""):
     fig = binding_figure(results, per_attribute, out)
     details = {"models": ", ".join(label for label, _ in models),
                "pairs": f"{args.pairs} per probe, seed {args.seed}, drawn with the ToyPEDES generator "
-                        f"(queries: {args.captions} captions; text-side twins: the template)",
+                        f"({'domain ' + args.domain if args.domain else 'the original ToyPEDES'}; queries: "
+                        f"{args.captions} captions; text-side twins: the template)"
+                        + (f"; left out: {', '.join(left_out)} (the domain never draws one)" if left_out else ""),
                "skipped": "identities whose two images came out the same (the attribute did not show), redrawn: "
                           + ", ".join(f"{probe} {n}" for probe, n in skipped.items()),
                "per-attribute data": data_note,

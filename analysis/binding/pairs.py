@@ -18,6 +18,13 @@ random stream depends on the bag. An identity whose two images come out the same
 attribute is not visible: a front view's backpack straps in the upper garment's colour) is
 skipped for the next identity, and counted (:attr:`Pair.skipped`). Everything is seeded by
 (``seed``, probe, pair index).
+
+With a ``domain`` (``cuhk``, ``icfg``, ``rstp``: docs/generalization.md) the identities come from
+that domain's clothing distribution, the images from its camera, the views from its weights and
+the fine captions from its annotators, in the stream ``binding/<seed>/<domain>/<probe>``; the
+original ToyPEDES (``None``) keeps its stream and its pairs byte for byte. A probe that a
+domain's distribution never draws (an umbrella indoors, ICFG-like) has no pairs there
+(:func:`probes_for`).
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ import numpy as np
 from PIL import Image
 
 from analysis.binding.texts import probe_caption, template_caption
-from upperson.data.toypedes.attributes import COLOURS, HAIR_PALETTE, JEANS_COLOURS, VIEWS, Identity, sample_identity
+from upperson.data.toypedes.attributes import HAIR_PALETTE, JEANS_COLOURS, VIEWS, Identity
+from upperson.data.toypedes.domains import (check_domain, domain_draws, domain_render_style, domain_views,
+                                            sample_domain_identity)
 from upperson.data.toypedes.render import render
 
 #: the probes, in table order, with what each changes
@@ -57,6 +66,11 @@ VIEW_WEIGHTS = (0.4, 0.3, 0.3)
 #: rarest, an umbrella, is drawn one time in ten)
 MAX_DRAWS = 10_000
 MAX_RENDERS = 100
+
+
+def probes_for(domain: Optional[str]) -> tuple[str, ...]:
+    """The probes ``domain`` can pose, in table order (an umbrella only where the domain draws one)."""
+    return tuple(p for p in PROBES if p != "umbrella" or domain_draws(domain, "umbrella"))
 
 
 def applies(ident: Identity, probe: str) -> bool:
@@ -106,12 +120,14 @@ class Pair:
 
 
 def render_pair(ident: Identity, twin: Identity, view: str, namespace: str,
-                seed: int) -> tuple[Image.Image, Image.Image, int]:
-    """Both images from the same seeds; the first render seed without an occluder."""
+                seed: int, domain: Optional[str] = None) -> tuple[Image.Image, Image.Image, int]:
+    """Both images from the same seeds (``domain``'s camera); the first render seed without an occluder."""
+    style = domain_render_style(domain)
     for k in range(MAX_RENDERS):
         images, shown = [], []
         for who in (ident, twin):
-            img, v = render(who, view, random.Random(f"{namespace}/{k}/image"), np.random.default_rng([seed, k]))
+            img, v = render(who, view, random.Random(f"{namespace}/{k}/image"), np.random.default_rng([seed, k]),
+                            style)
             images.append(img)
             shown.append(v.occluder)
         if shown == ["none", "none"]:
@@ -119,34 +135,39 @@ def render_pair(ident: Identity, twin: Identity, view: str, namespace: str,
     raise RuntimeError(f"{namespace}: every one of {MAX_RENDERS} renders drew an occluder")
 
 
-def draw_identity(probe: str, rng: random.Random) -> Identity:
-    """The next identity of ``rng``'s stream that ``probe`` applies to."""
+def draw_identity(probe: str, rng: random.Random, domain: Optional[str] = None) -> Identity:
+    """The next identity of ``rng``'s stream (``domain``'s distribution) that ``probe`` applies to."""
     for _ in range(MAX_DRAWS):
-        ident = sample_identity(rng)
+        ident = sample_domain_identity(rng, domain)
         if applies(ident, probe):
             return ident
     raise RuntimeError(f"no identity of {MAX_DRAWS} draws suits the {probe} probe")
 
 
-def draw_pairs(probe: str, n: int, seed: int = 0, captions: str = "fine") -> list[Pair]:
-    """``n`` pairs of ``probe``, deterministic given (probe, n, seed, captions); pair ``i`` is the
-    same for every ``n > i``."""
+def draw_pairs(probe: str, n: int, seed: int = 0, captions: str = "fine", domain: Optional[str] = None) -> list[Pair]:
+    """``n`` pairs of ``probe``, deterministic given (probe, n, seed, captions, domain); pair ``i``
+    is the same for every ``n > i``."""
     if probe not in PROBES:
         raise ValueError(f"unknown probe {probe!r}; choose from {', '.join(PROBES)}")
-    rng = random.Random(f"binding/{seed}/{probe}/identities")
+    if probe not in probes_for(domain):
+        raise ValueError(f"the {probe} probe does not apply to domain {domain}: its clothing distribution never "
+                         f"draws one")
+    stream = f"binding/{seed}/{probe}" if check_domain(domain) is None else f"binding/{seed}/{domain}/{probe}"
+    rng = random.Random(f"{stream}/identities")
+    weights = domain_views(domain, VIEW_WEIGHTS)
     out = []
     for i in range(n):
-        ns = f"binding/{seed}/{probe}/{i}"
-        view = random.Random(f"{ns}/view").choices(VIEWS, weights=VIEW_WEIGHTS)[0]
+        ns = f"{stream}/{i}"
+        view = random.Random(f"{ns}/view").choices(VIEWS, weights=weights)[0]
         for skipped in range(MAX_DRAWS):
-            ident = draw_identity(probe, rng)
+            ident = draw_identity(probe, rng, domain)
             twin = twin_of(ident, probe, rng)
-            image, twin_image, k = render_pair(ident, twin, view, ns, seed * 1_000_003 + i)
+            image, twin_image, k = render_pair(ident, twin, view, ns, seed * 1_000_003 + i, domain)
             if image.tobytes() != twin_image.tobytes():
                 break
         else:
             raise RuntimeError(f"{ns}: the probed attribute was invisible in {MAX_DRAWS} identities")
-        caption = probe_caption(ident, view, probe, captions, f"{ns}/caption")
+        caption = probe_caption(ident, view, probe, captions, f"{ns}/caption", domain)
         texts = (template_caption(ident, probe), template_caption(twin, probe)) if probe in TEXT_PROBES else (None, None)
         out.append(Pair(probe, i, ident, twin, view, k, image, twin_image, caption, *texts, skipped))
     return out

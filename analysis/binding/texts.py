@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import random
 import re
+from typing import Optional
 
 from upperson.data.toypedes.attributes import Identity
-from upperson.data.toypedes.captions import (BAG_NOUNS, COLOUR_WORDS, HAIR_WORDS, LOWER_NOUNS, UPPER_NOUNS,
-                                             UPPER_PHRASE, canonical_colour, fine_caption, with_article)
+from upperson.data.toypedes.captions import (BAG_NOUNS, COLOUR_WORDS, DOMAIN_LOWER_NOUNS, HAIR_WORDS, LOWER_NOUNS,
+                                             UPPER_NOUNS, UPPER_PHRASE, canonical_colour, with_article)
+from upperson.data.toypedes.domains import domain_fine_caption
 
-#: caption sources: ``fine`` = :func:`upperson.data.toypedes.captions.fine_caption`; ``template`` = :func:`template_caption`
+#: caption sources: ``fine`` = the generator's fine caption (a domain's annotators with a domain:
+#: :func:`upperson.data.toypedes.domains.domain_fine_caption`); ``template`` = :func:`template_caption`
 CAPTION_MODES = ("fine", "template")
 #: fine captions drawn for one pair until one names the probed attribute (the generator may drop a sentence)
 MAX_CAPTION_TRIES = 50
@@ -50,13 +53,15 @@ def _words(options) -> str:
     return "|".join(re.escape(w) for w in sorted(options, key=len, reverse=True))
 
 
-def names_probe(caption: str, ident: Identity, probe: str) -> bool:
+def names_probe(caption: str, ident: Identity, probe: str, domain: Optional[str] = None) -> bool:
     """Whether ``caption`` states what ``probe`` tests of ``ident`` (the generator drops sentences
-    from a long caption, so a fine caption may leave out the lower garment, the bag or the hair)."""
+    from a long caption, so a fine caption may leave out the lower garment, the bag or the hair;
+    ``domain``: its annotators' garment nouns count too)."""
     text = caption.lower()
     if probe == "swap":
         m = UPPER_PHRASE.search(caption)
-        lower = rf"\b({_words(COLOUR_WORDS[ident.lower_colour])}) ({_words(LOWER_NOUNS[ident.lower_type])})\b"
+        nouns = set(LOWER_NOUNS[ident.lower_type]) | set(DOMAIN_LOWER_NOUNS.get(domain, {}).get(ident.lower_type, ()))
+        lower = rf"\b({_words(COLOUR_WORDS[ident.lower_colour])}) ({_words(nouns)})\b"
         return (m is not None and canonical_colour(m.group(1)) == ident.upper_colour
                 and re.search(lower, text) is not None)
     if probe == "hair":
@@ -68,16 +73,18 @@ def names_probe(caption: str, ident: Identity, probe: str) -> bool:
     raise ValueError(f"unknown probe {probe!r}")
 
 
-def probe_caption(ident: Identity, view: str, probe: str, mode: str, namespace: str) -> str:
-    """The query of a pair: the generator's fine caption (the first, of seeds ``namespace/0``,
-    ``/1``, ..., that names the probed attribute) or the template."""
+def probe_caption(ident: Identity, view: str, probe: str, mode: str, namespace: str,
+                  domain: Optional[str] = None) -> str:
+    """The query of a pair: the generator's fine caption (``domain``'s style; the first, of seeds
+    ``namespace/0``, ``/1``, ..., that names the probed attribute) or the template."""
     if mode == "template":
         return template_caption(ident, probe)
     if mode != "fine":
         raise ValueError(f"unknown caption mode {mode!r}; choose from {', '.join(CAPTION_MODES)}")
+    caption_of = domain_fine_caption(domain)
     for j in range(MAX_CAPTION_TRIES):
-        caption = fine_caption(ident, view, random.Random(f"{namespace}/{j}"))
-        if names_probe(caption, ident, probe):
+        caption = caption_of(ident, view, random.Random(f"{namespace}/{j}"))
+        if names_probe(caption, ident, probe, domain):
             return caption
     raise RuntimeError(f"no fine caption of {MAX_CAPTION_TRIES} names the {probe} probe's attribute ({namespace}); "
                        "use --captions template")

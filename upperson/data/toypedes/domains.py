@@ -19,9 +19,12 @@ import hashlib
 import random
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
-from upperson.data.toypedes.attributes import AttributeDist, Identity, identity_stream, sample_styled_identity
+from upperson.data.toypedes.attributes import (AttributeDist, Identity, identity_stream, sample_identity,
+                                               sample_styled_identity)
+from upperson.data.toypedes.captions import fine_caption
+from upperson.data.toypedes.domain_captions import CAPTION_STYLES
 from upperson.data.toypedes.render import RenderStyle
 
 #: the original stream's identities kept out of every domain (default: 2,500 + 3,000 weak + 700 extra test)
@@ -164,3 +167,46 @@ def world_stream(seed: int) -> Iterator[tuple[str, Identity]]:
     while True:
         for name, stream in streams.items():
             yield name, next(stream)
+
+
+# ----------------------------------------------------------------------------- a domain's look, for probes
+# (analysis.binding and analysis.explain draw fresh persons the way a domain's benchmark does;
+# ``None`` is the original ToyPEDES everywhere)
+
+
+def check_domain(domain: Optional[str]) -> Optional[str]:
+    """``domain`` if it is ``None`` or a benchmark domain; a ValueError naming the known ones otherwise."""
+    if domain is not None and domain not in DOMAINS:
+        raise ValueError(f"unknown ToyPEDES domain {domain!r}; known: {', '.join(DOMAINS)}")
+    return domain
+
+
+def sample_domain_identity(rng: random.Random, domain: Optional[str]) -> Identity:
+    """One identity from ``domain``'s clothing distribution (no bucket or disjointness filter: the
+    probes draw new people, not a benchmark's)."""
+    if check_domain(domain) is None:
+        return sample_identity(rng)
+    return sample_styled_identity(rng, DOMAINS[domain].attributes)
+
+
+def domain_render_style(domain: Optional[str]) -> Optional[RenderStyle]:
+    """The camera of ``domain`` for :func:`~upperson.data.toypedes.render.render`."""
+    return None if check_domain(domain) is None else DOMAINS[domain].style
+
+
+def domain_fine_caption(domain: Optional[str]) -> Callable[[Identity, str, random.Random], str]:
+    """The caption function ``(identity, view, rng)`` of ``domain``'s annotators."""
+    return fine_caption if check_domain(domain) is None else CAPTION_STYLES[DOMAINS[domain].caption_style]
+
+
+def domain_views(domain: Optional[str], default: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Front, back and side weights of ``domain``'s cameras (``default`` for the original ToyPEDES)."""
+    return default if check_domain(domain) is None else DOMAINS[domain].views
+
+
+def domain_draws(domain: Optional[str], attribute: str) -> bool:
+    """Whether ``domain``'s clothing distribution ever draws ``attribute`` ("umbrella" only, today:
+    ICFG-like indoor scenes have none)."""
+    if attribute != "umbrella":
+        raise ValueError(f"domain_draws knows 'umbrella' only, not {attribute!r}")
+    return check_domain(domain) is None or DOMAINS[domain].attributes.umbrella > 0
