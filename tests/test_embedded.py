@@ -259,3 +259,43 @@ def test_the_documented_results_table_is_the_cards(doc):
     from upperson.cli.export_embedded import results_table
 
     assert results_table(read_card()) in (EMBEDDED_DIR.parent.parent / doc).read_text()
+
+
+def test_a_backbone_folder_is_a_checked_pretraining_record(tmp_path):
+    """--backbone-folder (a shipped record such as assets/world): its backbone is checked against SHA256SUMS and
+    its pretraining time is the sum of the epochs' times; a tampered, incomplete or doubled record is refused."""
+    import hashlib
+
+    import yaml
+
+    from upperson.embedded_export import BACKBONE_FOLDER_FILES, ExportRequest, backbone_record
+    from upperson.model.checkpoint import CheckpointCorruptError
+
+    folder = tmp_path / "world"
+    folder.mkdir()
+    shutil.copy(EMBEDDED_DIR / "backbone.safetensors", folder / "backbone.safetensors")
+    sha = hashlib.sha256((folder / "backbone.safetensors").read_bytes()).hexdigest()
+    (folder / "SHA256SUMS").write_text(f"{sha}  backbone.safetensors\n")
+    cfg = read_card()["training"]["configs"]["pretrain"]
+    cfg = json.loads(json.dumps(cfg))
+    cfg["train"]["seed"] = 5
+    cfg["model"]["pretrained"] = "random"  # (the old card recorded null)
+    (folder / "pretrain_config.yaml").write_text(yaml.safe_dump(cfg))
+    (folder / "pretrain_metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "loss": 1.0, "time_s": t}) + "\n"
+                                                           for e, t in ((1, 10.25), (2, 20.5))))
+    rec = backbone_record(folder)
+    assert (rec["pretrain_s"], rec["seed"], rec["sha256"]) == (30.8, 5, sha)  # round(30.75, 1)
+    assert rec["config"]["model"] == cfg["model"]
+
+    data = bytearray((folder / "backbone.safetensors").read_bytes())
+    data[-1] ^= 1
+    (folder / "backbone.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointCorruptError):
+        backbone_record(folder)
+    (folder / "SHA256SUMS").unlink()
+    with pytest.raises(FileNotFoundError, match="SHA256SUMS missing; a backbone folder holds"):
+        backbone_record(folder)
+    assert "SHA256SUMS" in BACKBONE_FOLDER_FILES
+    with pytest.raises(ValueError, match="--pretrain-run or --backbone-folder, not both"):
+        ExportRequest(upperson_run=[], full_finetune_run=[], data_root=tmp_path, pretrain_run=tmp_path,
+                      backbone_folder=folder)

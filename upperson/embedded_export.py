@@ -21,6 +21,7 @@ from typing import Optional
 
 from upperson.assets import (CARD_NAME, EMBEDDED_DIR, FT_PER_QUERY, RECIPE, card_intervals, card_metrics,
                              metric_intervals, render_card, sha256_file, tuning_entry, verify_assets)
+from upperson.config import load_run_config, to_dict
 from upperson.data import build_tokenizer, load_dataset
 from upperson.embedded import load_embedded_model
 from upperson.evaluation import evaluate_per_query
@@ -40,10 +41,14 @@ class ExportRequest:
     data_root: Path
     test_root: Optional[Path] = None  # default: data_root
     pretrain_run: Optional[Path] = None  # default: keep the backbone already in ``out``
+    backbone_folder: Optional[Path] = None  # instead of pretrain_run: a shipped backbone record (assets/world)
     out: Optional[Path] = None  # default: assets/embedded
     machine: str = field(default_factory=lambda: f"{platform.machine()}, 2 CPU cores")
 
     def __post_init__(self) -> None:
+        if self.pretrain_run and self.backbone_folder:
+            raise ValueError("give --pretrain-run or --backbone-folder, not both: each names the backbone the runs "
+                             "trained on")
         if len(self.upperson_run) != len(self.full_finetune_run):
             raise ValueError(f"{len(self.upperson_run)} UP-Person run(s) but {len(self.full_finetune_run)} full "
                              "fine-tune run(s): the tuning budget must be equal (the same number of configurations "
@@ -78,6 +83,37 @@ def _toypedes_meta(root: Path, option: str) -> dict:
         raise FileNotFoundError(f"{option} {root}: no generated ToyPEDES there ({path} is missing); "
                                 "make it with `python -m upperson toypedes --out DIR`")
     return json.loads(path.read_text())
+
+
+#: what a backbone folder (``--backbone-folder``, as ``assets/world``) holds
+BACKBONE_FOLDER_FILES = ("backbone.safetensors", "SHA256SUMS", "pretrain_config.yaml", "pretrain_metrics.jsonl")
+
+
+def backbone_record(folder: Path) -> dict:
+    """The pretraining record of a shipped backbone folder: its config, seed and time (the sum of
+    the epochs' ``time_s`` in ``pretrain_metrics.jsonl``), and the backbone's SHA-256 from
+    ``SHA256SUMS``, after the file is checked against it (checksum, finite values)."""
+    folder = Path(folder)
+    missing = [n for n in BACKBONE_FOLDER_FILES if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--backbone-folder {folder}: {', '.join(missing)} missing; a backbone folder holds "
+                                f"{', '.join(BACKBONE_FOLDER_FILES)} (as assets/world does)")
+    sums = {}
+    for line in (folder / "SHA256SUMS").read_text().splitlines():
+        if line.strip():
+            digest, _, name = line.strip().partition("  ")
+            sums[name.strip()] = digest.strip()
+    sha = sums.get("backbone.safetensors")
+    if not sha:
+        raise ValueError(f"--backbone-folder {folder}: SHA256SUMS has no line for backbone.safetensors")
+    read_verified_tensors(folder / "backbone.safetensors", sha, recorded_in=folder / "SHA256SUMS",
+                          require_checksum=True)
+    config = to_dict(load_run_config(folder / "pretrain_config.yaml"))
+    epochs = [json.loads(line) for line in (folder / "pretrain_metrics.jsonl").read_text().splitlines() if line.strip()]
+    if not epochs or any("time_s" not in e for e in epochs):
+        raise ValueError(f"--backbone-folder {folder}: pretrain_metrics.jsonl must list every epoch with its time_s")
+    return {"pretrain_s": round(sum(float(e["time_s"]) for e in epochs), 1), "seed": config["train"]["seed"],
+            "config": config, "sha256": sha}
 
 
 def _val_r1(results: dict, run: Path) -> float:
@@ -127,6 +163,12 @@ def _export(req: ExportRequest, old: Path, out: Path) -> dict:
         read_verified_tensors(pre / "backbone.safetensors", None, recorded_in=Run(pre).results_file,
                               require_checksum=False, warn_unverified=False)
         atomic_copy(pre / "backbone.safetensors", out / "backbone.safetensors")
+    elif req.backbone_folder:
+        pretrain = backbone_record(Path(req.backbone_folder))
+        atomic_copy(Path(req.backbone_folder) / "backbone.safetensors", out / "backbone.safetensors")
+        if sha256_file(out / "backbone.safetensors") != pretrain["sha256"]:  # changed between the check and the copy
+            raise ValueError(f"--backbone-folder {req.backbone_folder}: backbone.safetensors changed while it was "
+                             "copied; run the export again")
     else:  # the runs trained on the shipped backbone: keep it (checked) and its card's pretraining record
         if not (old / "backbone.safetensors").exists() or not (old / CARD_NAME).exists():
             raise FileNotFoundError(f"{old} holds no backbone and model card to keep: pass --pretrain-run RUN "

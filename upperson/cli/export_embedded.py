@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-embedded", help="package tuned runs as the embedded default model (assets/embedded)")
     p.add_argument("--pretrain-run", default=None,
                    help="run folder of `pretrain` (holds backbone.safetensors); default: keep the backbone in --out")
+    p.add_argument("--backbone-folder", default=None,
+                   help="instead of --pretrain-run: a shipped backbone folder (backbone.safetensors, SHA256SUMS, "
+                        "pretrain_config.yaml, pretrain_metrics.jsonl), e.g. assets/world")
     p.add_argument("--upperson-run", required=True, nargs="+", metavar="RUN",
                    help="UP-Person's tuning runs; the best on val is shipped")
     p.add_argument("--full-finetune-run", required=True, nargs="+", metavar="RUN",
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
                         full_finetune_run=[Path(r) for r in args.full_finetune_run],
                         data_root=Path(args.data_root), test_root=Path(args.test_root) if args.test_root else None,
                         pretrain_run=Path(args.pretrain_run) if args.pretrain_run else None,
+                        backbone_folder=Path(args.backbone_folder) if args.backbone_folder else None,
                         out=Path(args.out) if args.out else None, machine=args.machine)
     print(json.dumps(export_embedded(req), indent=2))
     return 0
