@@ -58,11 +58,22 @@ def select(runs: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def _run_folders(folder: Path) -> list[Path]:
+    """The run folders of a grid (named by METHODS' prefixes: up_a, ft_b-seed1, zs, ...)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.split("_")[0] in METHODS) \
+        if folder.is_dir() else []
+
+
 def collect(source: str, study: Path, dest: Path) -> dict:
-    """Copy the complete grid runs of ``source`` into ``dest`` and write its selection."""
+    """Copy the complete grid runs of ``source`` into ``dest`` and write its selection, over every
+    complete run: those of the study folder and those ``dest`` already keeps (a study folder that
+    holds only some of the grid, e.g. after a machine was lost, does not shrink the selection)."""
     grid = study / "runs" / source
+    if not grid.is_dir():
+        raise ValueError(f"{grid}: no such folder; give the study folder W whose runs/{source}/ holds the grid's runs "
+                         f"(bash scripts/world_grid.sh {source} W makes them)")
     runs = {}
-    for run in sorted(p for p in grid.iterdir() if p.is_dir() and p.name.split("_")[0] in METHODS):
+    for run in _run_folders(grid):
         if not (run / "results.json").is_file():
             log.warning("%s: not finished (no results.json); left out", run)
             continue
@@ -79,6 +90,9 @@ def collect(source: str, study: Path, dest: Path) -> dict:
         if large:
             log.info("%s: its weights (%.0f MB) stay outside the repository; best/petl.json (their SHA-256) is "
                      "kept", run.name, size / 1e6)
+    for kept in _run_folders(dest):  # the runs the repository keeps already, from an earlier collect
+        if kept.name not in runs and (kept / "results.json").is_file():
+            runs[kept.name] = json.loads((kept / "results.json").read_text())
     if not runs:
         raise ValueError(f"{grid}: no complete grid run")
     chosen = select(runs)
