@@ -326,3 +326,31 @@ def test_a_rerun_reuses_only_the_cells_that_still_match(world, tmp_path, monkeyp
     (out / transfer_cells.CELLS_MANIFEST).write_text("{not json")
     assert analysis_main(given) == 0
     assert len(evaluated) == 4 and "unreadable" in caplog.text
+
+
+def test_a_per_query_file_changed_between_evaluation_and_the_matrix_is_refused(world, tmp_path, monkeypatch, capsys):
+    """The matrix reads each per-query file once and checks it against the SHA-256 recorded when it was
+    evaluated or reused: a file swapped in between is refused, and nothing is written."""
+    from analysis.transfer import command as transfer_command
+
+    stub = StubTrain()
+    monkeypatch.setattr(sweep, "_default_train_fn", lambda: stub)
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    args = argv(world, runs, out, "--methods", "upperson,zero-shot")
+    assert analysis_main(args) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".csv"}
+    rel = Path(transfer_cells.cell_file_path("upperson", "cuhk", "icfg", 0))
+    real = transfer_command.evaluate_cells
+
+    def then_tamper(*a, **k):
+        files = real(*a, **k)
+        lines = (out / rel).read_text().splitlines()
+        (out / rel).write_text("\n".join([lines[0], *lines[2:]]) + "\n")  # a query gone: still a valid CSV
+        return files
+
+    monkeypatch.setattr(transfer_command, "evaluate_cells", then_tamper)
+    capsys.readouterr()
+    assert analysis_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "changed after it was evaluated" in err and str(rel) in err, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".csv"} == before

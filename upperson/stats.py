@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import math
 from dataclasses import dataclass
@@ -287,15 +288,17 @@ class PerQueryFile:
         return {k: out[k] for k in (*(f"R{k}" for k in ranks), "mAP", "mINP")}
 
 
-def read_per_query_csv(path: Union[str, Path]) -> PerQueryFile:
+def read_per_query_csv(path: Union[str, Path], data: Optional[bytes] = None) -> PerQueryFile:
     """Read a file written by :func:`write_per_query_csv`; a clear error if it is not one.
+    ``data``: the file's bytes, already read (and checked) by the caller; ``path`` then only names it.
 
     Older files have no ``caption_key`` column: the key is computed from their caption text
     (the same key a new file holds). A file with neither has ``caption_key`` None.
     """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with (open(path, newline="", encoding="utf-8") if data is None
+              else io.StringIO(data.decode("utf-8"), newline="")) as fh:
             reader = csv.DictReader(fh)
             missing = [c for c in ("query_index", "pid", "first_rank", "ap", "inp") if c not in (reader.fieldnames or [])]
             if missing:

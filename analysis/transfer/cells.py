@@ -47,6 +47,18 @@ class CellFile:
     seed: int
     path: Path
     run_dir: Path
+    sha256: Optional[str] = None  # of the file as evaluated or reused; checked again when read
+
+
+def read_cell_file(out: Path, f: CellFile) -> stats.PerQueryFile:
+    """A cell's per-query file, read once and checked against the SHA-256 recorded when it was
+    written or reused (the bytes checked are the bytes parsed)."""
+    path = Path(out) / f.path
+    data = path.read_bytes()
+    if f.sha256 is not None and hashlib.sha256(data).hexdigest() != f.sha256:
+        raise ValueError(f"{path} changed after it was evaluated (its SHA-256 is not the one {CELLS_MANIFEST} "
+                         "records); run the command again to evaluate that cell again")
+    return stats.read_per_query_csv(path, data=data)
 
 
 def cell_file_path(method: str, source: str, target: str, seed: int) -> Path:
@@ -119,8 +131,9 @@ def evaluate_cells(runs: Sequence[StudyRun], targets: Mapping[str, Sequence[Doma
                 digests[target.name] = records_digest(records[target.name], Path(target.root))
             rel = cell_file_path(run.method, run.source, target.name, run.seed)
             key = cell_key(checkpoint_digest, target, digests[target.name], batch, precision)
-            done.append(CellFile(run.method, run.source, target.name, run.seed, rel, run.run_dir))
-            if _reusable(out, rel, manifest.get(rel.as_posix()), key):
+            entry = manifest.get(rel.as_posix())
+            if _reusable(out, rel, entry, key):
+                done.append(CellFile(run.method, run.source, target.name, run.seed, rel, run.run_dir, entry["sha256"]))
                 reused += 1
                 log.info("%s on %s test: reused %s (same checkpoint, test split, batch size, precision)",
                          run.run_dir, target.name, rel)
@@ -133,6 +146,8 @@ def evaluate_cells(runs: Sequence[StudyRun], targets: Mapping[str, Sequence[Doma
                                      precision=precision, progress=progress)
             stats.write_per_query_csv(Path(out) / rel, res.rows(), caption_text=False)
             manifest[rel.as_posix()] = {"key": key, "sha256": file_digest(Path(out) / rel)}
+            done.append(CellFile(run.method, run.source, target.name, run.seed, rel, run.run_dir,
+                                 manifest[rel.as_posix()]["sha256"]))
             atomic_write_json(Path(out) / CELLS_MANIFEST, {"cells": manifest})  # after each cell: a kill loses none
             log.info("%s on %s test: R1 %.2f", run.run_dir, target.name, res.metrics()["R1"])
         del model
@@ -157,7 +172,7 @@ def build_matrix(files: Sequence[CellFile], out: Path, *, resamples: int = stats
         groups.setdefault((f.method, f.source, f.target), []).append(f)
     values: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
     for key, members in groups.items():
-        read = [stats.read_per_query_csv(Path(out) / f.path) for f in sorted(members, key=lambda f: f.seed)]
+        read = [read_cell_file(out, f) for f in sorted(members, key=lambda f: f.seed)]
         first = by_target.setdefault(key[2], read[0])
         try:
             stats.aligned([first, *read])
