@@ -94,7 +94,8 @@ def make_probe(out: Path):
     out.mkdir(parents=True)
     write_tables(out, results, attrs, captions="fine", seed=0)
     fig = binding_figure(results, attrs, out)
-    write_readme(out, results, attrs, command="python -m analysis binding --pairs 60", details={}, figure=fig)
+    write_readme(out, results, attrs, command="python -m analysis binding --pairs 60", figure=fig,
+                 details={"models": "m", "pairs": "60 per probe (domain <b>cuhk</b>)"})
     return results, attrs
 
 
@@ -232,6 +233,7 @@ def test_probe_results_are_the_clis_tables_and_figure_and_user_text_is_escaped(s
     assert f"{diff['diff']:+.1f} [{diff['diff_ci_low']:+.1f}, {diff['diff_ci_high']:+.1f}]" in info
     assert "<img" not in info and "&lt;img src=x onerror=alert\\(1\\)&gt;" in info  # the CSV's label, as text
     assert "python -m analysis binding --pairs 60" in info
+    assert r"**Setting:** pairs: 60 per probe \(domain &lt;b&gt;cuhk&lt;/b&gt;\)" in info  # which pairs, as text
 
 
 def test_the_reader_gives_back_what_the_probe_wrote(tmp_path):

@@ -39,6 +39,7 @@ class ProbeStudy:
     results: tuple[ProbeResult, ...]
     attributes: dict  # model -> attribute -> Accuracy
     command: str  # from the README ("" when unknown)
+    setting: tuple[str, ...] = ()  # the README's setting lines (the pairs: which domain; the per-attribute data)
 
 
 def load(ctx: DemoContext, folder: object) -> tuple[tuple, ProbeStudy]:
@@ -58,11 +59,13 @@ def load(ctx: DemoContext, folder: object) -> tuple[tuple, ProbeStudy]:
             results, attributes = parse_tables(text(PAIRS_CSV), attrs)
         except ValueError as exc:
             raise QueryError(f"{exc}; is it a folder written by `python -m analysis binding`?") from None
-        command = ""
+        command, setting = "", ()
         if (path / README).is_file():
-            m = re.search(r"^`([^`\n]+)`$", text(README), flags=re.M)  # write_readme: the command, in backticks
+            readme = text(README)
+            m = re.search(r"^`([^`\n]+)`$", readme, flags=re.M)  # write_readme: the command, in backticks
             command = m.group(1) if m else ""
-        return ProbeStudy(path, tuple(results), attributes, command)
+            setting = tuple(f"{k}: {v}" for k, v in re.findall(r"^- (pairs|per-attribute data): (.+)$", readme, re.M))
+        return ProbeStudy(path, tuple(results), attributes, command, setting)
 
     return key, cache_of(ctx, STUDIES, 8).get_or_make(key, make)
 
@@ -75,6 +78,7 @@ def notes(study: ProbeStudy, given: bool) -> str:
     where = f"folder {esc(study.folder)}" if given else f"{esc(study.folder.parent.name)}/{esc(study.folder.name)}"
     models = list(dict.fromkeys(r.model for r in study.results))
     lines = [f"**Attribute-binding probe** from {where}: {len(models)} model(s): {esc(', '.join(models))}.",
+             *(f"**Setting:** {esc(line)}" for line in study.setting),
              "**Minimal pairs** (accuracy %, 95 % interval; chance 50: the model cannot tell the pair apart):"]
     for name in dict.fromkeys(r.name for r in study.results):
         rows = [r for r in study.results if r.name == name]
