@@ -172,6 +172,25 @@ def test_transfer_matrix_is_the_clis_figure_and_a_cell_shows_its_difference_and_
     _error(client, "Cell must be one of cuhk-&gt;cuhk, cuhk-&gt;icfg", "", "icfg->cuhk", api_name="/transfer_cell")
 
 
+def test_a_study_with_example_captions_shows_them_as_text(site):
+    """example_captions.json (written by the command) gives the texts of queries no gallery holds; escaped."""
+    import shutil
+
+    from analysis.transfer.examples import EXAMPLE_CAPTIONS
+
+    _, client, _, studies, _ = site
+    folder = studies / "transfer-texts"
+    if not folder.exists():
+        shutil.copytree(studies / "transfer", folder)
+    _, examples = client.predict("transfer-texts", "cuhk->icfg", api_name="/transfer_cell")
+    assert examples and all(e["caption"] is None for e in examples)
+    texts = {e["caption_key"]: f"icfg <b>caption</b> {e['query_index']}" for e in examples}
+    (folder / EXAMPLE_CAPTIONS).write_text(json.dumps({"captions": texts}))
+    text, examples = client.predict("transfer-texts", "cuhk->icfg", api_name="/transfer_cell")
+    assert [e["caption"] for e in examples] == [texts[e["caption_key"]] for e in examples]
+    assert "&lt;b&gt;caption&lt;/b&gt;" in text and "<b>" not in text and "lacks these queries" not in text
+
+
 def test_transfer_per_query_path_outside_the_study_is_refused(site, tmp_path):
     _, client, _, studies, _ = site
     bad = studies / "transfer-bad"

@@ -137,6 +137,15 @@ def test_transfer_matrix_diagonal_per_query_files_and_gaps(world, tmp_path, monk
         assert g[k]["low"] <= g[k]["value"] + 1e-9 <= g[k]["high"] + 2e-9
     assert summary["summary"] in printed and "in-domain gap" in printed
     assert summary["diagonal_mismatches"] == []
+    # the caption texts of the app's example queries: exactly those of every cell's disagreements
+    from analysis.transfer.examples import EXAMPLE_CAPTIONS, disagreements, read_frame
+
+    texts = json.loads((out / EXAMPLE_CAPTIONS).read_text())["captions"]
+    wanted = set()
+    for t in ("cuhk", "icfg"):
+        wanted |= {e["caption_key"] for e in disagreements([read_frame(out / up.loc[t, "per_query"])],
+                                                          [read_frame(out / ft.loc[t, "per_query"])])}
+    assert set(texts) == wanted and all(stats.caption_key(v) == k for k, v in texts.items())
     png = out / "transfer_matrix.png"
     assert png.is_file() and (out / "transfer_matrix.svg").is_file()
     svg = (out / "transfer_matrix.svg").read_text()

@@ -11,6 +11,7 @@ from analysis import sweep
 from analysis.options import split_names
 from analysis.transfer.cells import (build_matrix, diagonal_mismatches, evaluate_cells, gaps, summary_line)
 from analysis.transfer.domains import cells, parse_roots, resolve
+from analysis.transfer.examples import EXAMPLE_CAPTIONS, example_captions
 from analysis.transfer.figure import transfer_figure
 from analysis.transfer.options import DEFAULT_RUNS_DIR
 from analysis.transfer.plan import METHODS, StudyRun, TransferPlan, check_run, held_out_sources, jobs, parse_given
@@ -131,7 +132,11 @@ def run(args, command: str = "") -> list:
     for b in bad:
         log.warning("in-domain cell differs from its run's results.json (another data root or precision?): %s", b)
     summary = gaps(diffs, resamples=args.resamples, seed=args.ci_seed)
+    texts = example_captions(df, out, test_splits)
     fig, line = write_study(out, df, summary, bad, command=command, cells=[f"{s.name}->{t.name}" for s, t in study])
+    atomic_write_json(out / EXAMPLE_CAPTIONS, {"note": "caption texts of the queries the app's Transfer view shows "
+                                                       "where the two methods disagree (analysis.transfer.examples)",
+                                               "captions": texts})
     sys.stdout.write(line + "\n")
     log.info("transfer matrix (%d rows) in %s", len(df), out / MATRIX_NAME)
     return [fig]

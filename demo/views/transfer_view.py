@@ -7,8 +7,9 @@ for the visitor's screen). Choosing a cell shows its paired difference UP-Person
 with its interval (the CSV's), and example queries where the two methods disagree: one ranks the
 true person first, the other does not (over the seeds: every seed of one at rank 1, none of the
 other's). The examples are computed here from the cell's per-query files (those the matrix row
-names); the files carry no caption text, so a caption is shown only if one of the app's galleries
-holds a caption with the same key, else its key.
+names); the files carry no caption text, so a caption is shown from the study's
+``example_captions.json`` (the command writes the texts of these queries), else from one of the
+app's galleries that holds a caption with the same key, else by its key.
 
 ``/transfer`` (folder) -> (figure, notes, cells); ``/transfer_cell`` (folder, cell) -> (notes, examples).
 """
@@ -24,9 +25,10 @@ from pathlib import Path
 from typing import Optional
 
 import gradio as gr
-import numpy as np
 import pandas as pd
 
+from analysis.transfer.examples import EXAMPLE_CAPTIONS, MAX_EXAMPLES
+from analysis.transfer.examples import disagreements as cell_disagreements
 from analysis.transfer.figure import transfer_matrix_figure
 from analysis.transfer.plan import FULL, LABELS, METHODS, UPPERSON
 from demo.context import DemoContext, SharedUI
@@ -46,7 +48,6 @@ COMMAND = "python -m analysis transfer"
 NUMBERS = ("seeds", "queries", "R1", "R1_ci_low", "R1_ci_high")  # on every row (R1_diff: UP-Person's only)
 NEEDED = ("method", "source", "target", "R1", "R1_ci_low", "R1_ci_high", "R1_diff", "R1_diff_ci_low",
           "R1_diff_ci_high", "per_query")
-MAX_EXAMPLES = 4  # per side: UP-Person right, full fine-tune right
 STUDIES, DRAWINGS = "transfer-studies", "transfer-drawings"
 
 
@@ -55,6 +56,7 @@ class TransferStudy:
     folder: Path
     table: pd.DataFrame
     summary: dict  # transfer_summary.json ({} when the folder has none)
+    captions: dict  # example_captions.json: caption text by key of the cells' example queries ({} when none)
 
 
 def cell_name(source: str, target: str) -> str:
@@ -65,7 +67,7 @@ def load(ctx: DemoContext, folder: object) -> tuple[tuple, TransferStudy]:
     """(cache key, study) of a transfer folder; QueryError (StudyMissing for the default) otherwise."""
     files = StudyFiles(ctx.study_roots)
     path = files.folder(KIND, folder)
-    key = files.stamp(path, (TABLE, SUMMARY))
+    key = files.stamp(path, (TABLE, SUMMARY, EXAMPLE_CAPTIONS))
 
     def make() -> TransferStudy:
         df = files.read_csv(KIND, path, TABLE, remade_by=COMMAND)
@@ -86,9 +88,22 @@ def load(ctx: DemoContext, folder: object) -> tuple[tuple, TransferStudy]:
                 log.warning("transfer folder %s: %s not read (%s)", path, SUMMARY, exc)
         summary = summary if isinstance(summary, dict) else {}
         _every_cell_has_rows(df, summary)
-        return TransferStudy(path, df, summary)
+        return TransferStudy(path, df, summary, _example_captions(files, path))
 
     return key, cache_of(ctx, STUDIES, 8).get_or_make(key, make)
+
+
+def _example_captions(files: StudyFiles, path: Path) -> dict[str, str]:
+    """The study's caption texts of its example queries (strings only; {} when the file is absent or unreadable)."""
+    if not (path / EXAMPLE_CAPTIONS).is_file():
+        return {}
+    try:
+        data = json.loads(files.read_bytes(KIND, path, EXAMPLE_CAPTIONS, 2**20).decode("utf-8"))
+    except (QueryError, ValueError) as exc:
+        log.warning("transfer folder %s: %s not read (%s)", path, EXAMPLE_CAPTIONS, exc)
+        return {}
+    texts = data.get("captions") if isinstance(data, dict) else None
+    return {k: v for k, v in texts.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(texts, dict) else {}
 
 
 def _every_cell_has_rows(df: pd.DataFrame, summary: dict) -> None:
@@ -209,27 +224,12 @@ def _per_query(ctx: DemoContext, study: TransferStudy, row: pd.Series) -> list[p
     return out
 
 
-IDENTITY = ["query_index", "pid", "image_id", "caption_key"]
-
-
 def disagreements(up: list[pd.DataFrame], full: list[pd.DataFrame], limit: int = MAX_EXAMPLES) -> list[dict]:
-    """Queries where one method ranks the true person first on every seed and the other on none, up to
-    ``limit`` of each side, in query order; QueryError when the files are over different queries."""
-    base = up[0][IDENTITY].astype(str)
-    for f in [*up[1:], *full]:
-        if len(f) != len(base) or not (f[IDENTITY].astype(str).values == base.values).all():
-            raise QueryError("the cell's per-query files are not over the same queries; run the study again.")
-    up_r1 = np.mean([f["first_rank"].to_numpy() <= 1 for f in up], axis=0)
-    full_r1 = np.mean([f["first_rank"].to_numpy() <= 1 for f in full], axis=0)
-    out: list[dict] = []
-    for right, mask in ((LABELS[UPPERSON], (up_r1 == 1) & (full_r1 == 0)), (LABELS[FULL], (up_r1 == 0) & (full_r1 == 1))):
-        for i in np.flatnonzero(mask)[:limit]:
-            row = up[0].iloc[int(i)]
-            out.append({"query_index": int(row["query_index"]), "pid": str(row["pid"]), "image_id": str(row["image_id"]),
-                        "caption_key": str(row["caption_key"]), "right": right,
-                        "upperson_ranks": [int(f["first_rank"].iloc[int(i)]) for f in up],
-                        "full_finetune_ranks": [int(f["first_rank"].iloc[int(i)]) for f in full]})
-    return out
+    """:func:`analysis.transfer.examples.disagreements` (the command's own), its error for the visitor."""
+    try:
+        return cell_disagreements(up, full, limit)
+    except ValueError as exc:
+        raise QueryError(str(exc)) from None
 
 
 def caption_texts(ctx: DemoContext, keys: set[str]) -> dict[str, str]:
@@ -276,7 +276,8 @@ def show_cell(ctx: DemoContext, folder: object, cell: object):
             lines.append(f"- {LABELS[m]}: R@1 {_interval(r['R1'], r['R1_ci_low'], r['R1_ci_high'])}"
                          + (f" · {int(seeds)} seed(s)" if math.isfinite(seeds) else ""))
     examples = disagreements(_per_query(ctx, study, up), _per_query(ctx, study, full))
-    texts = caption_texts(ctx, {e["caption_key"] for e in examples})
+    keys = {e["caption_key"] for e in examples}
+    texts = {**caption_texts(ctx, keys - set(study.captions)), **study.captions}
     for e in examples:
         e["caption"] = texts.get(e["caption_key"])
     if not examples:
@@ -290,8 +291,9 @@ def show_cell(ctx: DemoContext, folder: object, cell: object):
                          f"{esc(e['image_id'])} · {what} · UP-Person rank {'/'.join(map(str, e['upperson_ranks']))}, "
                          f"full fine-tune rank {'/'.join(map(str, e['full_finetune_ranks']))}")
         if any(not e["caption"] for e in examples):
-            lines.append("The per-query files carry no caption text; a caption shows as text when the app holds "
-                         "the target's gallery (pick it under *Model and gallery*), else by its key.")
+            lines.append(f"The per-query files carry no caption text, and this study's {EXAMPLE_CAPTIONS} (written "
+                         f"by `{COMMAND}`) lacks these queries; a caption shows as text when the app holds a gallery "
+                         "with it, else by its key.")
     return "\n\n".join(lines), examples
 
 
