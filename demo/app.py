@@ -472,16 +472,19 @@ def build_app(engine: SearchEngine, *, allow_roots: Sequence[Path] = (), default
             if query is not None and not isinstance(query, str):
                 raise QueryError(f"The query must be text; got {type(query).__name__}.")
             files.check_source(ctx.item(s, name)[1].path)  # a name outside the gallery is refused first
-            if not (query or "").strip():
-                return None, no_query_text(no_text), {}
+            if not (query or "").strip():  # the JSON says why too: an API client gets a reason, not {}
+                why = "an image search" if no_text == "image" else "no query given"
+                return None, no_query_text(no_text), {"error": f"no query text to explain ({why})"}
             qe = engine.explain_query(name, query, gallery=s.gallery, checkpoint=s.model)
         except QueryError as exc:
             return None, f"ℹ️ {esc(exc)}", {"error": str(exc)}
         except OutsideRoots:
-            return None, f"⚠️ {esc(name)}: not shown, it resolves outside the allowed folders now.", {}
+            why = f"{name}: not shown, it resolves outside the allowed folders now."
+            return None, f"⚠️ {esc(why)}", {"error": why}
         except OSError as exc:  # removed or unreadable since it was indexed
             log.warning("explain_query %s: %s", name, exc)
-            return None, f"⚠️ {esc(name)}: cannot be read now ({esc(type(exc).__name__)}); search again.", {}
+            why = f"{name}: cannot be read now ({type(exc).__name__}); search again."
+            return None, f"⚠️ {esc(why)}", {"error": why}
         numbers = explanation_json(qe, name, s.model)
         key = "query-explain:" + hashlib.sha1(json.dumps([str(qe.item.path), numbers["similarity"],
                                                           numbers["patch_map"], numbers["word_maps"]]).encode()
