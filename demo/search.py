@@ -429,11 +429,15 @@ class SearchEngine:
     def prepare(self, text: Optional[str]) -> PreparedQuery:
         """Clean, check and tokenise a query; over-long text is truncated with a notice."""
         notices: list[str] = []
-        text = "" if text is None else str(text)
-        text = "".join(ch for ch in text if ch.isprintable() or ch.isspace())
+        raw = "" if text is None else str(text)
+        text = "".join(ch for ch in raw if ch.isprintable() or ch.isspace())
+        removed = len(raw) - len(text)
         text = " ".join(text.split())
         if not text:
-            raise QueryError("Type a description of the person, e.g. \"a woman in a red coat with a black backpack\".")
+            typed = (f"The description has no printable character ({removed} control or invisible character(s) "
+                     "removed). ") if removed else ""
+            raise QueryError(f"{typed}Type a description of the person, e.g. \"a woman in a red coat with a black "
+                             "backpack\".")
         if len(text) > MAX_QUERY_CHARS:
             text = text[:MAX_QUERY_CHARS]
             notices.append(f"The description was cut to its first {MAX_QUERY_CHARS} characters.")

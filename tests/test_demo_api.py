@@ -137,6 +137,13 @@ def test_empty_query_gets_a_friendly_message(served, query):
     assert main == [] and "Type a description" in status and "error" in table
 
 
+def test_a_query_of_control_characters_only_says_so(served):
+    """Not "type a description" to someone who typed something: what was removed, and what to do."""
+    _, _, client, _, _ = served
+    main, _, status, table = _search(client, "\x00\x07\x1b\u200b")
+    assert main == [] and "no printable character" in status and "4 control" in status and "error" in table
+
+
 def test_overlong_query_is_truncated_with_a_notice(served):
     engine, _, client, model, paths = served
     long = " ".join(["a tall woman wearing a long red coat and black boots"] * 20)
