@@ -63,12 +63,13 @@ def check_data_domain(root: Path, domain) -> None:
     """Refuse a data root of another domain than the pairs' (its ``meta.json`` says which)."""
     meta = Path(root) / "meta.json"
     found = json.loads(meta.read_text()).get("domain") if meta.is_file() else None
-    if found != domain:
-        raise ValueError(f"--data-root {root}: its ToyPEDES is domain {found or 'the original'}, but the pairs are "
-                         f"drawn as {domain or 'the original'}: pass --domain {found} or that domain's data root"
-                         if found else
-                         f"--data-root {root}: its ToyPEDES is the original one, but --domain is {domain}: pass "
-                         f"that domain's data root (made with --domain {domain}) or --no-attributes")
+    if found == domain:
+        return
+    what = f"domain {found}" if found else "the original ToyPEDES"
+    fix = (f"pass --domain {found} or a data root of the original ToyPEDES" if domain is None and found else
+           f"pass the data root of domain {domain} (made with --domain {domain}) or --no-attributes")
+    raise ValueError(f"--data-root {root}: its ToyPEDES is {what}, but the pairs are drawn as "
+                     f"{'domain ' + domain if domain else 'the original ToyPEDES'}: {fix}")
 
 
 def _label(source, zero_shot: bool = False) -> str:
