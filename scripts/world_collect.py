@@ -77,6 +77,13 @@ def collect(source: str, study: Path, dest: Path) -> dict:
         if not (run / "results.json").is_file():
             log.warning("%s: not finished (no results.json); left out", run)
             continue
+        kept = dest / run.name / "results.json"
+        if kept.is_file() and kept.read_bytes() != (run / "results.json").read_bytes():
+            # the repository's record is the source of truth: a run of the same name made again (its
+            # timings differ, or more) does not overwrite it
+            log.warning("%s: the repository keeps another %s (its results.json differs: made again?); the "
+                        "repository's is kept and used, this one is not copied", run, run.name)
+            continue
         runs[run.name] = json.loads((run / "results.json").read_text())
         for name in SMALL_FILES:
             if name not in OPTIONAL_FILES or (run / name).is_file():

@@ -46,3 +46,18 @@ def test_a_missing_study_folder_is_one_error_line(world_collect, tmp_path, capsy
     assert world_collect.main(["cuhk", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "no such folder; give the study folder" in err
+
+
+def test_a_run_made_again_does_not_overwrite_the_one_the_repository_keeps(world_collect, tmp_path, caplog):
+    study, dest = tmp_path / "w", tmp_path / "assets"
+    _run(dest / "ft_a", 90.0, lr=1e-4)
+    (dest / "ft_a" / "train.log").write_text("the original run's log\n")
+    _run(study / "runs" / "cuhk" / "ft_a", 90.0, lr=1e-4)
+    again = json.loads((study / "runs" / "cuhk" / "ft_a" / "results.json").read_text())
+    again["train_time_s"] = 999.0  # made again: the same numbers, other timings
+    (study / "runs" / "cuhk" / "ft_a" / "results.json").write_text(json.dumps(again))
+    _run(study / "runs" / "cuhk" / "up_a", 80.0)
+    sel = world_collect.collect("cuhk", study, dest)
+    assert (dest / "ft_a" / "train.log").read_text() == "the original run's log\n"
+    assert "train_time_s" not in json.loads((dest / "ft_a" / "results.json").read_text())
+    assert sel["selected"]["full-finetune"]["run"] == "ft_a" and "made again" in caplog.text
