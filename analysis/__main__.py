@@ -95,6 +95,10 @@ def _ablation_args(p: argparse.ArgumentParser, *, in_report: bool = False) -> No
         g.add_argument("--dataset", help="dataset name (default: the base config's)")
         g.add_argument("--seeds", type=int, default=None, help="training seeds per trained variant (default 3): "
                        "train.seed = the config's seed, +1, ...; runs go to RUNS/<variant>/seed-<s>/")
+        g.add_argument("--test-on", metavar="NAME=ROOT",
+                       help="the table on another test split (a cross-domain ablation): each run's selected "
+                            "checkpoint evaluated on ROOT's test split (reused while the checkpoint and the split are "
+                            "unchanged); the dataset is --dataset's, else the base config's")
     g.add_argument("--runs-dir", default=None, help="folder of the variants' run folders (default runs/ablation)")
     g.add_argument("--csv", dest="ablation_csv", help="plot an existing ablation.csv instead of run folders "
                    "(its statistics are rebuilt from the per_query/ folder beside it, when there is one)")

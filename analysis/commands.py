@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -117,6 +118,13 @@ def cmd_ablation(args, command: str = ""):
         return []
     out = Path(args.out)
     details = {}
+    target = None
+    if getattr(args, "test_on", None):
+        from analysis.ablation.targets import parse_test_on  # (with the command: it imports the transfer package)
+
+        if getattr(args, "ablation_csv", None):
+            raise ValueError("--test-on evaluates run folders: leave out --csv")
+        target = parse_test_on(args.test_on)  # before anything trains
     if args.run:
         from upperson.embedded import backbone_file, embedded_available  # (heavy: only when the command runs)
 
@@ -140,15 +148,23 @@ def cmd_ablation(args, command: str = ""):
                                   dataset=args.dataset, seeds=seeds)
         variants = ablation.get_variants(split_names(args.variants))
         ablation.sweep(variants, plan, runs_dir, force=args.force, progress=not args.no_progress)
-        df = ablation.collect(runs_dir, variants, include_other=False, resamples=args.resamples, ci_seed=args.ci_seed)
+        df = _ablation_collect(args, runs_dir, variants, target, args.dataset or base_cfg.data.dataset)
         details = {"base config": args.config, "overrides": " ".join(overrides) or "(none)",
                    "epochs": args.epochs if args.epochs is not None else "preset's", "data": data_note or base_cfg.data.root,
                    "seeds": f"{seeds} per trained variant (train.seed {base_cfg.train.seed} to "
                             f"{base_cfg.train.seed + seeds - 1}); zero-shot once (deterministic)",
                    "run folders": runs_dir}
+    elif target is not None:
+        runs_dir = Path(args.runs_dir) if args.runs_dir else default_runs_dir()
+        variants = ablation.get_variants(split_names(args.variants))
+        df = _ablation_collect(args, runs_dir, variants, target, args.dataset)
+        details = {"source": f"run folders in {runs_dir}"}
     else:
         df, where = ablation_table(args)
         details = {"source": where}
+    if target is not None:
+        details["evaluated on"] = (f"{target[0]}: the test split of {target[1]} (each run's selected checkpoint; "
+                                   f"per_query_test-{target[0]}.csv in each run folder)")
     out.mkdir(parents=True, exist_ok=True)
     figs = ablation.write_study(df, out)
     if ablation.has_intervals(df):
@@ -157,6 +173,27 @@ def cmd_ablation(args, command: str = ""):
     ablation.write_readme(out, df, figs, command=command or "python -m analysis ablation", details=details)
     log.info("ablation table (%d variants) and figures in %s", len(df), out)
     return figs
+
+
+def _ablation_collect(args, runs_dir: Path, variants, target, dataset):
+    """The table of the run folders: on their own test split, or (``target``: (name, root)) on the
+    target's, each complete run evaluated there first (``analysis.ablation.targets``)."""
+    from analysis import ablation  # (heavy: only when the command runs)
+    from analysis.ablation.targets import evaluate_on_target, per_query_name
+
+    ci = dict(resamples=args.resamples, ci_seed=args.ci_seed)
+    if target is None:
+        return ablation.collect(runs_dir, variants, include_other=False, **ci)
+    name, root = target
+    runs = [r for v in variants for r in ablation.seed_runs(Path(runs_dir) / v.name)]
+    if not runs:
+        raise ValueError(f"no complete ablation run in {runs_dir} to evaluate on {name}: train them with "
+                         "`python -m analysis ablation --run` (or pass --runs-dir DIR)")
+    if dataset is None:  # the runs' own dataset (the source's format)
+        dataset = json.loads((Path(runs[0]) / "results.json").read_text())["config"]["data"]["dataset"]
+    evaluate_on_target(runs, name, root, dataset, progress=not args.no_progress)
+    return ablation.collect(runs_dir, variants, include_other=False, per_query_file=per_query_name(name),
+                            target=name, **ci)
 
 
 def cmd_curves(args, command: str = ""):

@@ -352,6 +352,32 @@ def test_ablation_real_training(toy_root, tmp_path, capsys):
         assert (table["caption"] == "").all() and table["caption_key"].str.len().eq(16).all(), path
     assert df["seeds"][0] == 1 and df["R1_diff_vs_upperson"][0] == 0 and df["R1_ci_low"][0] <= df["R1"][0]
 
+    # --test-on: the same runs on another test split; here the same data under another name, so the
+    # reference is known: the target's per-query file is the run's own, and so is the table's R1
+    target_out = tmp_path / "on-again"
+    argv = ["ablation", "--variants", "upperson", "--runs-dir", str(tmp_path / "runs"), "--out", str(target_out),
+            "--no-progress", "--test-on", f"again={toy_root}"]
+    run_cli(argv, capsys)
+    again = pd.read_csv(target_out / "ablation.csv")
+    assert again["R1"][0] == pytest.approx(df["R1"][0], abs=1e-4) and again["eval_split"][0] == "test (again)"
+    assert (run / "per_query_test-again.csv").read_bytes() == (run / ablation.PER_QUERY_NAME).read_bytes()
+    assert "again: the test split of" in (target_out / "README.md").read_text()
+    record = json.loads((run / "per_query_test-again.json").read_text())
+    assert record["key"]["dataset"] == "toypedes" and len(record["sha256"]) == 64
+    # a second time: reused (the checkpoint and the split are unchanged); a changed file: evaluated again
+    stamp = (run / "per_query_test-again.csv").stat().st_mtime_ns
+    run_cli(argv, capsys)
+    assert (run / "per_query_test-again.csv").stat().st_mtime_ns == stamp
+    (run / "per_query_test-again.csv").write_text("tampered\n")
+    run_cli(argv, capsys)
+    assert (run / "per_query_test-again.csv").read_bytes() == (run / ablation.PER_QUERY_NAME).read_bytes()
+    for bad, needle in ((["--test-on", "again"], "give NAME=ROOT"), (["--test-on", "x=/nonexistent/t"], "no such path"),
+                        (["--test-on", f"a/b={toy_root}"], "give NAME=ROOT")):
+        assert main(["ablation", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "no"), *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+        assert not (tmp_path / "no").exists()
+
 
 # ----------------------------------------------------------------------------- curves and report
 

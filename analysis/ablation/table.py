@@ -64,10 +64,20 @@ def row_from_run(run_dir: Path, variant: Optional[Variant] = None) -> dict:
 _MEAN_COLUMNS = ("R1", "R5", "R10", "mAP", "mINP", "train_time_s")
 
 
-def _combined_row(runs: Sequence[Path], variant: Optional[Variant]) -> tuple[dict, list[Path]]:
+def _combined_row(runs: Sequence[Path], variant: Optional[Variant], per_query_file: str = PER_QUERY_NAME,
+                  target: Optional[str] = None) -> tuple[dict, list[Path]]:
     """One row for the seeds of a variant: metrics and time are means over seeds; the
-    per-query files are returned when every seed has one."""
+    per-query files (``per_query_file`` in each run) are returned when every seed has one. With a
+    ``target`` the metrics are those of the per-query files (the target's test split), and a
+    variant with a seed lacking its file is left out (None)."""
     rows = [row_from_run(d, variant) for d in runs]
+    if target is not None:
+        files = [Path(d) / per_query_file for d in runs]
+        if not all(f.is_file() for f in files):
+            return None, []
+        for r, f in zip(rows, files):
+            r.update(stats.read_per_query_csv(f).metrics())
+            r["eval_split"] = f"test ({target})"
     row = dict(rows[0])
     if variant is None:
         row["variant"] = row["label"] = Path(runs[0]).name if len(runs) == 1 else Path(runs[0]).parent.name
@@ -76,14 +86,17 @@ def _combined_row(runs: Sequence[Path], variant: Optional[Variant]) -> tuple[dic
     row["seeds"] = len(rows)
     for c in ("R1", "mAP"):
         row[f"{c}_std"] = float(np.std([r[c] for r in rows], ddof=1)) if len(rows) > 1 else math.nan
-    files = [Path(d) / PER_QUERY_NAME for d in runs]
+    files = [Path(d) / per_query_file for d in runs]
     return row, (files if all(f.is_file() for f in files) else [])
 
 
 def collect(runs_dir: Path, variants: Optional[Sequence[Variant]] = None, *, include_other: bool = True,
-            resamples: int = stats.DEFAULT_RESAMPLES, ci_seed: int = stats.DEFAULT_SEED) -> pd.DataFrame:
+            resamples: int = stats.DEFAULT_RESAMPLES, ci_seed: int = stats.DEFAULT_SEED,
+            per_query_file: str = PER_QUERY_NAME, target: Optional[str] = None) -> pd.DataFrame:
     """The table from the run folders under ``runs_dir`` (every seed of each variant), with the
-    statistics of :func:`add_statistics`; missing variants are left out (logged).
+    statistics of :func:`add_statistics`; missing variants are left out (logged). ``target``: the
+    table of the runs' per-query files ``per_query_file`` on that target's test split
+    (:mod:`analysis.ablation.targets`).
 
     ``df.attrs["per_query"]`` maps each variant to its runs' per-query files (when complete).
     """
@@ -92,19 +105,19 @@ def collect(runs_dir: Path, variants: Optional[Sequence[Variant]] = None, *, inc
     rows, missing, per_query = [], [], {}
     for v in variants:
         runs = seed_runs(runs_dir / v.name)
-        if runs:
-            row, files = _combined_row(runs, v)
-            rows.append(row)
-            if files:
-                per_query[v.name] = files
-        else:
+        row, files = _combined_row(runs, v, per_query_file, target) if runs else (None, [])
+        if row is None:
             missing.append(v.name)
+            continue
+        rows.append(row)
+        if files:
+            per_query[v.name] = files
     if include_other and runs_dir.is_dir():
         known = set(VARIANT_NAMES)
         for d in sorted(p for p in runs_dir.iterdir() if p.is_dir() and p.name not in known):
             runs = seed_runs(d)
-            if runs:
-                row, files = _combined_row(runs, None)
+            row, files = _combined_row(runs, None, per_query_file, target) if runs else (None, [])
+            if row is not None:
                 rows.append(row)
                 if files:
                     per_query[row["variant"]] = files
