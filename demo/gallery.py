@@ -22,10 +22,6 @@ from upperson.data.toypedes.domains import DOMAINS
 
 log = logging.getLogger(__name__)
 
-#: THE default gallery of the demo: ``None`` is the original ToyPEDES test split (the embedded model
-#: was trained on it); a key of :data:`DOMAINS` makes that domain's test split the default (one line,
-#: when a model trained on that domain ships). docs/demo.md says so.
-DEFAULT_DOMAIN: Optional[str] = None
 #: the gallery picker's value for the start-up gallery (its other values: the keys of DOMAINS)
 DEFAULT_CHOICE = "default"
 #: size preset of the domain galleries generated on first pick (test split only; docs/demo.md has the timings)
@@ -174,14 +170,13 @@ def index_gallery(folder: PathLike, allow_roots: Sequence[PathLike] = ()) -> Gal
 
 
 def embedded_gallery() -> Gallery:
-    """The default gallery: the ToyPEDES test split the embedded model was evaluated on, or the test
-    split of :data:`DEFAULT_DOMAIN` when that is set."""
-    from upperson.embedded import embedded_data_root
+    """The default gallery: the ToyPEDES test split the embedded model was evaluated on, as its card
+    records it (preset, seed and, for a model trained on a domain, that domain: one place decides)."""
+    from upperson.embedded import embedded_data_root, embedded_domain
 
-    if DEFAULT_DOMAIN is not None:
-        return domain_gallery(DEFAULT_DOMAIN)
     g = dataset_gallery("toypedes", embedded_data_root(splits=["test"]), "test")
-    g.name = "embedded " + g.name
+    domain = embedded_domain()
+    g.name = f"embedded {domain_label(domain)} test" if domain else "embedded " + g.name
     return g
 
 

@@ -299,3 +299,20 @@ def test_a_backbone_folder_is_a_checked_pretraining_record(tmp_path):
     with pytest.raises(ValueError, match="--pretrain-run or --backbone-folder, not both"):
         ExportRequest(upperson_run=[], full_finetune_run=[], data_root=tmp_path, pretrain_run=tmp_path,
                       backbone_folder=folder)
+
+
+def test_the_cards_domain_decides_the_embedded_data_and_gallery(tmp_path, monkeypatch):
+    """A model trained on a ToyPEDES domain: its card's toypedes.domain makes embedded_data_root (and so the
+    demo's default gallery) that domain's split, in its own cache folder; the shipped card names none."""
+    import upperson.embedded as embedded
+    from demo.gallery import embedded_gallery
+
+    assert embedded.embedded_domain() is None
+    monkeypatch.setenv("UPPERSON_CACHE", str(tmp_path))
+    monkeypatch.setattr(embedded, "read_card", lambda: {"toypedes": {"preset": "tiny", "seed": 0, "domain": "icfg"}})
+    root = embedded.embedded_data_root(splits=["test"])
+    assert root == tmp_path / "toypedes" / "icfg-tiny-seed0-test"
+    assert json.loads((root / "ToyPEDES" / "meta.json").read_text())["domain"] == "icfg"
+    assert embedded.embedded_domain() == "icfg"
+    g = embedded_gallery()
+    assert g.name == "embedded ToyPEDES icfg (indoor, winter) test" and len(g.items) > 0

@@ -24,8 +24,8 @@ from upperson.config import ModelConfig, load_config
 
 __all__ = [
     "BACKBONE_NAME", "CARD_NAME", "DEFAULT_TOYPEDES", "EMBEDDED_DIR", "REPO_ROOT", "VARIANTS", "EmbeddedAssetError",
-    "backbone_file", "cache_dir", "embedded_available", "embedded_data_root", "load_embedded_model", "read_card",
-    "sha256_file", "tiny_model_config", "verified_backbone_file", "verify_assets", "zero_shot_config",
+    "backbone_file", "cache_dir", "embedded_available", "embedded_data_root", "embedded_domain", "load_embedded_model",
+    "read_card", "sha256_file", "tiny_model_config", "verified_backbone_file", "verify_assets", "zero_shot_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,9 +77,16 @@ def load_embedded_model(variant: str = "upperson", *, verify: bool = True, asset
     return model
 
 
+def embedded_domain() -> Optional[str]:
+    """The ToyPEDES domain the embedded model was trained on (the card's ``toypedes.domain``), or
+    None: the original ToyPEDES."""
+    return read_card().get("toypedes", {}).get("domain") or None
+
+
 def embedded_data_root(preset: Optional[str] = None, seed: Optional[int] = None,
                        splits: Optional[Sequence[str]] = None) -> Path:
-    """A data root holding ToyPEDES as the model card evaluated it, generated once and cached.
+    """A data root holding ToyPEDES as the model card evaluated it (its preset, seed and domain),
+    generated once and cached.
 
     ``splits=["test"]`` generates only the test identities (identical to the full
     benchmark's, in a fraction of the time): enough for the demo's gallery and the figures.
@@ -90,11 +97,13 @@ def embedded_data_root(preset: Optional[str] = None, seed: Optional[int] = None,
     spec = dict(DEFAULT_TOYPEDES, **read_card().get("toypedes", {}))
     preset = preset or spec["preset"]
     seed = int(spec["seed"] if seed is None else seed)
+    domain = spec.get("domain") or None
     suffix = "-" + "-".join(sorted(splits)) if splits else ""
-    root = cache_dir() / "toypedes" / f"{preset}-seed{seed}{suffix}"
+    root = cache_dir() / "toypedes" / f"{domain + '-' if domain else ''}{preset}-seed{seed}{suffix}"
     if not (root / "ToyPEDES" / "reid_raw.json").exists():
-        log.info("generating ToyPEDES (%s, seed %d%s) into %s, once", preset, seed,
-                 f", {', '.join(splits)} only" if splits else "", root)
+        log.info("generating ToyPEDES (%s%s, seed %d%s) into %s, once", f"domain {domain}, " if domain else "",
+                 preset, seed, f", {', '.join(splits)} only" if splits else "", root)
     # a cached copy is verified against its manifest, and regenerated if damaged
-    generate_toypedes(root, preset=preset, seed=seed, splits=list(splits) if splits else None, repair=True)
+    generate_toypedes(root, preset=preset, seed=seed, splits=list(splits) if splits else None, repair=True,
+                      domain=domain)
     return root

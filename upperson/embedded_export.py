@@ -225,10 +225,12 @@ def _export(req: ExportRequest, old: Path, out: Path) -> dict:
                      "file": "backbone.safetensors", "dtype": "float16",
                      "pretraining": "CLIP-style, symmetric InfoNCE with a learnable temperature, "
                                     "on the ToyPEDES weak-caption corpus (identities disjoint from the benchmark)"},
-        "toypedes": {"preset": toy_meta["preset"], "seed": toy_meta["seed"], "counts": toy_meta.get("counts")},
+        "toypedes": {"preset": toy_meta["preset"], "seed": toy_meta["seed"], "counts": toy_meta.get("counts"),
+                     **({"domain": toy_meta["domain"]} if toy_meta.get("domain") else {})},
         "evaluation": {"split": "test", "protocol": "text-to-image, every test caption queries every test image",
                        "precision": "fp32", "device": "cpu",
                        "toypedes": {"preset": test_meta["preset"], "seed": test_meta["seed"],
+                                    **({"domain": test_meta["domain"]} if test_meta.get("domain") else {}),
                                     "counts": test_meta.get("counts")}},
         "metrics": metrics,
         "intervals": intervals,
