@@ -113,7 +113,9 @@ def backbone_record(folder: Path) -> dict:
     if not epochs or any("time_s" not in e for e in epochs):
         raise ValueError(f"--backbone-folder {folder}: pretrain_metrics.jsonl must list every epoch with its time_s")
     return {"pretrain_s": round(sum(float(e["time_s"]) for e in epochs), 1), "seed": config["train"]["seed"],
-            "config": config, "sha256": sha}
+            "config": config, "sha256": sha,
+            "corpus": "the ToyPEDES world corpus (the pretraining identities of every domain, weak captions; "
+                      "identities disjoint from every benchmark; docs/generalization.md)"}
 
 
 def _val_r1(results: dict, run: Path) -> float:
@@ -174,9 +176,11 @@ def _export(req: ExportRequest, old: Path, out: Path) -> dict:
             raise FileNotFoundError(f"{old} holds no backbone and model card to keep: pass --pretrain-run RUN "
                                     "(the pretraining run whose backbone the runs trained on)")
         verify_assets(old)
-        t_old = json.loads((old / CARD_NAME).read_text())["training"]
+        old_card = json.loads((old / CARD_NAME).read_text())
+        t_old = old_card["training"]
         pretrain = {"pretrain_s": t_old["pretrain_s"], "seed": t_old["seeds"]["pretrain"],
-                    "config": t_old["configs"]["pretrain"]}
+                    "config": t_old["configs"]["pretrain"],
+                    "pretraining": old_card.get("backbone", {}).get("pretraining")}
         atomic_copy(old / "backbone.safetensors", out / "backbone.safetensors")
     (out / "upperson").mkdir(exist_ok=True)
     atomic_copy(up_best / "petl.safetensors", out / "upperson" / "petl.safetensors")
@@ -220,11 +224,14 @@ def _export(req: ExportRequest, old: Path, out: Path) -> dict:
     intervals = card_intervals({name: values_of(r.per_query) for name, r in results.items()})
     params = {name: count_parameters(m).to_json() for name, m in models.items()}
     card = {
-        "name": "UP-Person on upp-tiny, ToyPEDES (the embedded default)",
+        "name": f"UP-Person on upp-tiny, ToyPEDES{' ' + toy_meta['domain'] if toy_meta.get('domain') else ''} "
+                "(the embedded default)",
         "backbone": {"open_clip_config": "upp-tiny", "image_size": list(up_results["config"]["model"]["image_size"]),
                      "file": "backbone.safetensors", "dtype": "float16",
-                     "pretraining": "CLIP-style, symmetric InfoNCE with a learnable temperature, "
-                                    "on the ToyPEDES weak-caption corpus (identities disjoint from the benchmark)"},
+                     "pretraining": pretrain.get("pretraining") or (
+                         "CLIP-style, symmetric InfoNCE with a learnable temperature, on "
+                         + pretrain.get("corpus", "the ToyPEDES weak-caption corpus (identities disjoint from the "
+                                                  "benchmark)"))},
         "toypedes": {"preset": toy_meta["preset"], "seed": toy_meta["seed"], "counts": toy_meta.get("counts"),
                      **({"domain": toy_meta["domain"]} if toy_meta.get("domain") else {})},
         "evaluation": {"split": "test", "protocol": "text-to-image, every test caption queries every test image",
