@@ -134,6 +134,17 @@ RECIPE = [
     "--full-finetune-run RUNS/ft_* --data-root DATA --test-root TEST",
 ]
 
+#: the recipe of a model made in the stand-in world (docs/generalization.md; export-embedded --backbone-folder)
+WORLD_RECIPE = [
+    "bash scripts/world_pipeline.sh W      # the three domains, the world corpus, the backbone (assets/world), the gate",
+    "bash scripts/world_grid.sh cuhk W     # section 4's tuning grid on cuhk: 3 configurations per method",
+    "python scripts/world_collect.py cuhk W   # the runs' files and the selection on cuhk val",
+    "python -m upperson export-embedded --backbone-folder assets/world "
+    "--upperson-run assets/world/runs/cuhk/up_a assets/world/runs/cuhk/up_b assets/world/runs/cuhk/up_c "
+    "--full-finetune-run assets/world/runs/cuhk/ft_a assets/world/runs/cuhk/ft_b assets/world/runs/cuhk/ft_c "
+    "--data-root W/data/cuhk",
+]
+
 #: the card's bootstrap: resamples and seed (tests/test_embedded.py reproduces the intervals with them)
 CI_RESAMPLES = 2000
 CI_SEED = 0
@@ -242,6 +253,11 @@ def results_table(card: dict) -> str:
     return "\n".join(lines)
 
 
+def _domain_words(spec: dict) -> str:
+    """"domain `cuhk`, " for data of a ToyPEDES domain (docs/generalization.md), else nothing."""
+    return f"domain `{spec['domain']}`, " if spec.get("domain") else ""
+
+
 def render_card(card: dict) -> str:
     """The model card as markdown."""
     m, t = card["metrics"], card["training"]
@@ -291,8 +307,8 @@ tests run for real on a CPU. It is not a person re-identification model for real
   {card['backbone']['pretraining']}.
 - UP-Person: `upperson/petl.safetensors` + `petl.json` (run `{up_sel['run']}`), checkpoint of epoch
   {t['upperson_best_epoch']}, selected on the {t['selected_on']} split among {tuning['configurations_per_method']} configurations.
-- Training data: ToyPEDES preset `{toy['preset']}`, seed {toy['seed']} (train and val splits).
-- Test data: ToyPEDES preset `{ev['preset']}`, seed {ev['seed']}: {test.get('ids', '?')} identities,
+- Training data: ToyPEDES {_domain_words(toy)}preset `{toy['preset']}`, seed {toy['seed']} (train and val splits).
+- Test data: ToyPEDES {_domain_words(ev)}preset `{ev['preset']}`, seed {ev['seed']}: {test.get('ids', '?')} identities,
   {test.get('images', '?')} images, {test.get('captions', '?')} captions, none of them seen in training or tuning.
 
 ## Test metrics (text to image, percent)
@@ -313,7 +329,7 @@ Paired differences (the same resampled queries for both models):
 {verdict}
 
 `zero-shot` is the frozen pretrained backbone; `full-finetune` trains every backbone weight
-with SDM (preset `toypedes-full-finetune`). Its weights are not shipped (they would double the
+with SDM (its config: `training.configs.full_finetune` in `model_card.json`). Its weights are not shipped (they would double the
 download); its per-query test results are (`{FT_PER_QUERY}`), so its interval and the paired
 difference can be recomputed. `pytest tests/test_embedded.py` re-evaluates the shipped files
 and checks these numbers to within 0.5 point, and every interval from its own bootstrap of

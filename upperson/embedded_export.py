@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from upperson.assets import (CARD_NAME, EMBEDDED_DIR, FT_PER_QUERY, RECIPE, card_intervals, card_metrics,
-                             metric_intervals, render_card, sha256_file, tuning_entry, verify_assets)
+from upperson.assets import (CARD_NAME, EMBEDDED_DIR, FT_PER_QUERY, RECIPE, WORLD_RECIPE, card_intervals,
+                             card_metrics, metric_intervals, render_card, sha256_file, tuning_entry, verify_assets)
 from upperson.config import load_run_config, to_dict
 from upperson.data import build_tokenizer, load_dataset
 from upperson.embedded import load_embedded_model
@@ -266,7 +266,7 @@ def _export(req: ExportRequest, old: Path, out: Path) -> dict:
             "configs": {"pretrain": pretrain["config"], "upperson": up_results["config"],
                         "full_finetune": ft_results["config"]},
         },
-        "recipe": RECIPE,
+        "recipe": WORLD_RECIPE if req.backbone_folder else RECIPE,
         "evaluation_time_s": round(time.time() - t0, 1),
         "files": files,
     }
