@@ -104,7 +104,7 @@ def collect(source: str, study: Path, dest: Path) -> dict:
         raise ValueError(f"{grid}: no complete grid run")
     chosen = select(runs)
     selection = {"source": source, "rule": "best val R@1 of the source domain (docs/generalization.md section 4)",
-                 "val_R1": {name: val_r1(r) for name, r in runs.items()}, "selected": chosen,
+                 "val_R1": {name: val_r1(r) for name, r in sorted(runs.items())}, "selected": chosen,
                  "seeds": {m: sorted(n for n in runs if n.split("-seed")[0] == c["run"]) for m, c in chosen.items()}}
     atomic_write_json(dest / "selection.json", selection)
     return selection
