@@ -79,6 +79,17 @@ def gap_text(gaps: Optional[dict]) -> str:
             f"{fmt(r['cross_domain'])}  ·  cross - in {fmt(r['cross_minus_in'])}")
 
 
+def seeds_text(df: pd.DataFrame) -> str:
+    """How many training seeds the trained cells average ("2 seeds per trained cell"; "" for one)."""
+    if "seeds" not in df.columns:
+        return ""
+    trained = pd.to_numeric(df.loc[df["method"] != "zero-shot", "seeds"], errors="coerce").dropna().astype(int)
+    if trained.empty or trained.max() <= 1:
+        return ""
+    lo, hi = int(trained.min()), int(trained.max())
+    return f"trained cells: mean of {hi if lo == hi else f'{lo}-{hi}'} seeds (intervals over test queries)"
+
+
 def example_matrix(sources: tuple[str, ...] = ("cuhk", "icfg", "rstp"), extra: tuple[str, ...] = (),
                    seed: int = 0) -> pd.DataFrame:
     """A synthetic matrix in ``cells.build_matrix``'s columns (every method on every source and target),
@@ -91,7 +102,8 @@ def example_matrix(sources: tuple[str, ...] = ("cuhk", "icfg", "rstp"), extra: t
             for m in METHODS:
                 v = base + {UPPERSON: 3.0, FULL: 0.0, ZERO: -20.0}[m] * (m != ZERO or base > 25)
                 d = float(rng.normal(3, 4)) if m == UPPERSON else float("nan")
-                rows.append({"source": s, "target": t, "method": m, "R1": v, "R1_ci_low": v - 4.3,
+                rows.append({"source": s, "target": t, "method": m, "seeds": 1 if m == ZERO else 3,
+                             "R1": v, "R1_ci_low": v - 4.3,
                              "R1_ci_high": min(100.0, v + 4.1), "R1_diff": d, "R1_diff_ci_low": d - 5.2,
                              "R1_diff_ci_high": d + 5.0})
     return pd.DataFrame(rows)
@@ -151,7 +163,7 @@ def transfer_matrix_figure(df: pd.DataFrame, gaps: Optional[dict] = None, *, lay
     cols = [_label(t) for t in targets]
     method_rows = [f"{LABELS[m]}{chr(10) if narrow else ' '}({_label(s)})" for s, m in keys]
     titles = ("R@1 [95% CI] of each method (source)", "UP-Person - full fine-tune, R@1")
-    foot = gap_text(gaps)
+    foot = "\n".join(t for t in (gap_text(gaps), seeds_text(df)) if t)
     if narrow:  # the maps stacked, each as tall as its rows need
         row_h = 0.5
         h1, h2 = row_h * len(keys) + 0.9, row_h * len(sources) + 0.9
@@ -178,7 +190,8 @@ def transfer_matrix_figure(df: pd.DataFrame, gaps: Optional[dict] = None, *, lay
         fig.get_layout_engine().execute(fig)  # the final axes, so the cell font fits them
     else:
         fig.subplots_adjust(left=0.2, right=0.95, top=0.9,
-                            bottom=(0.12 + 0.1 / height) + (0.3 / height if foot else 0), wspace=0.42)
+                            bottom=(0.12 + 0.1 / height) + (0.3 * (foot.count("\n") + 1) / height if foot else 0),
+                            wspace=0.42)
         if foot:
             fig.text(0.5, 0.08 / height, foot, ha="center", va="bottom", fontsize=7)
     smallest = 7.5 if narrow else 4.5  # >= 9 px on a phone's screen; >= 9 px in a file
@@ -188,5 +201,6 @@ def transfer_matrix_figure(df: pd.DataFrame, gaps: Optional[dict] = None, *, lay
                "split), each column a target's test split. Left: R@1 with its 95 % percentile-bootstrap interval "
                "over the target's test queries; right: the paired difference UP-Person - full fine-tune with its "
                "interval (positive: UP-Person ahead). n/a: a cell not in the study. Foot: the in-domain and "
-               "cross-domain gaps (docs/transfer.md) with their joint bootstrap intervals.")
+               "cross-domain gaps (docs/transfer.md) with their joint bootstrap intervals, and how many training "
+               "seeds each trained cell averages.")
     return fig, caption
