@@ -316,3 +316,13 @@ def test_the_cards_domain_decides_the_embedded_data_and_gallery(tmp_path, monkey
     assert embedded.embedded_domain() == "icfg"
     g = embedded_gallery()
     assert g.name == "embedded ToyPEDES icfg (indoor, winter) test" and len(g.items) > 0
+
+
+def test_the_zero_shot_model_is_the_shipped_checkpoints_backbone_at_its_resolution():
+    """Zero-shot is the UP-Person checkpoint's model with every component off: the same backbone config and
+    image size (the card's zero-shot row was once the backbone at the toypedes preset's 96 x 32)."""
+    from upperson.embedded import load_embedded_model, zero_shot_config
+
+    up, zs = load_embedded_model("upperson"), load_embedded_model("zero-shot")
+    assert zs.config == zero_shot_config(up.config)
+    assert tuple(zs.config.image_size) == tuple(read_card()["backbone"]["image_size"])

@@ -69,11 +69,13 @@ def load_embedded_model(variant: str = "upperson", *, verify: bool = True, asset
     if verify:
         verify_assets(assets)
     weights = str(backbone_file(assets))
+    # one model config for both: the shipped checkpoint's (its backbone, image size, ...); zero-shot
+    # turns its components off
+    cfg = dataclasses.replace(checkpoint_model_config(folder / "upperson"), pretrained=weights)
     if variant == "zero-shot":
-        return build_model(zero_shot_config(tiny_model_config(weights)))
-    ckpt = folder / variant
-    model = build_model(dataclasses.replace(checkpoint_model_config(ckpt), pretrained=weights))
-    load_petl(model, ckpt)
+        return build_model(zero_shot_config(cfg))
+    model = build_model(cfg)
+    load_petl(model, folder / variant)
     return model
 
 
