@@ -64,10 +64,7 @@ def test_each_domain_is_offered_with_its_label_and_the_default_stays_the_origina
     assert choices["rstp"] == "ToyPEDES rstp (street, night)"
     assert component(app, "gallery-pick").value == gallery_mod.DEFAULT_CHOICE
     assert calls == []  # nothing is generated before a pick
-    # the default: the card's test split; the shipped card names no domain: the original ToyPEDES
-    from upperson.embedded import embedded_domain
-
-    assert embedded_domain() is None
+    # the default gallery here: the --data-root's split (the original ToyPEDES, no domain), whatever the card's
     meta = json.loads((toy_root() / "ToyPEDES" / "meta.json").read_text())
     assert "domain" not in meta and engine.gallery.name == "ToyPEDES test"
 

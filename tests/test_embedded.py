@@ -23,7 +23,7 @@ def card_test_split(tmp_path_factory):
     """The ToyPEDES test split the card was evaluated on (only those identities are drawn)."""
     spec = read_card()["evaluation"]["toypedes"]
     root = tmp_path_factory.mktemp("card-data")
-    generate_toypedes(root, preset=spec["preset"], seed=spec["seed"], splits=["test"])
+    generate_toypedes(root, preset=spec["preset"], seed=spec["seed"], splits=["test"], domain=spec.get("domain"))
     return load_dataset("toypedes", root).split("test")
 
 
@@ -303,11 +303,11 @@ def test_a_backbone_folder_is_a_checked_pretraining_record(tmp_path):
 
 def test_the_cards_domain_decides_the_embedded_data_and_gallery(tmp_path, monkeypatch):
     """A model trained on a ToyPEDES domain: its card's toypedes.domain makes embedded_data_root (and so the
-    demo's default gallery) that domain's split, in its own cache folder; the shipped card names none."""
+    demo's default gallery) that domain's split, in its own cache folder."""
     import upperson.embedded as embedded
     from demo.gallery import embedded_gallery
 
-    assert embedded.embedded_domain() is None
+    assert embedded.embedded_domain() == (read_card()["toypedes"].get("domain") or None)  # the shipped card's
     monkeypatch.setenv("UPPERSON_CACHE", str(tmp_path))
     monkeypatch.setattr(embedded, "read_card", lambda: {"toypedes": {"preset": "tiny", "seed": 0, "domain": "icfg"}})
     root = embedded.embedded_data_root(splits=["test"])
