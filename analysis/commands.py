@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from analysis.checks import check_attention_ranges
-from analysis.options import default_runs_dir, split_names
+from analysis.options import default_runs_dir, parse_test_on, split_names
 from upperson.train.run import Run
 
 log = logging.getLogger("analysis")
@@ -120,8 +120,6 @@ def cmd_ablation(args, command: str = ""):
     details = {}
     target = None
     if getattr(args, "test_on", None):
-        from analysis.ablation.targets import parse_test_on  # (with the command: it imports the transfer package)
-
         if getattr(args, "ablation_csv", None):
             raise ValueError("--test-on evaluates run folders: leave out --csv")
         target = parse_test_on(args.test_on)  # before anything trains

@@ -220,9 +220,9 @@ def domain_root(domain: str, preset: Optional[str] = None, seed: Optional[int] =
 
 def card_seed(seed: Optional[int] = None) -> int:
     """``seed``, or the model card's ToyPEDES seed (what ``embedded_data_root`` uses)."""
-    from upperson.assets import DEFAULT_TOYPEDES, read_card  # start-up time, as in upperson.embedded
+    from upperson.assets import card_toypedes  # start-up time, as in upperson.embedded
 
-    return int(dict(DEFAULT_TOYPEDES, **read_card().get("toypedes", {}))["seed"] if seed is None else seed)
+    return card_toypedes()["seed"] if seed is None else int(seed)
 
 
 def domain_gallery(domain: str, preset: Optional[str] = None) -> Gallery:

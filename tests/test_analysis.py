@@ -371,6 +371,14 @@ def test_ablation_real_training(toy_root, tmp_path, capsys):
     (run / "per_query_test-again.csv").write_text("tampered\n")
     run_cli(argv, capsys)
     assert (run / "per_query_test-again.csv").read_bytes() == (run / ablation.PER_QUERY_NAME).read_bytes()
+    # the table reads each target file checked against its record: one changed after its evaluation
+    # (a valid per-query file, another query's rank) is refused, not counted
+    rows = pd.read_csv(run / "per_query_test-again.csv", keep_default_na=False).to_dict("records")
+    rows[0]["first_rank"] = int(rows[0]["first_rank"]) + 1
+    stats.write_per_query_csv(run / "per_query_test-again.csv", rows)
+    with pytest.raises(ValueError, match="changed after it was evaluated"):
+        ablation.collect(tmp_path / "runs", ablation.get_variants(["upperson"]), include_other=False,
+                         per_query_file="per_query_test-again.csv", target="again")
     for bad, needle in ((["--test-on", "again"], "give NAME=ROOT"), (["--test-on", "x=/nonexistent/t"], "no such path"),
                         (["--test-on", f"a/b={toy_root}"], "give NAME=ROOT")):
         assert main(["ablation", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "no"), *bad]) == 2

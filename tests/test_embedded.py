@@ -309,7 +309,10 @@ def test_the_cards_domain_decides_the_embedded_data_and_gallery(tmp_path, monkey
 
     assert embedded.embedded_domain() == (read_card()["toypedes"].get("domain") or None)  # the shipped card's
     monkeypatch.setenv("UPPERSON_CACHE", str(tmp_path))
-    monkeypatch.setattr(embedded, "read_card", lambda: {"toypedes": {"preset": "tiny", "seed": 0, "domain": "icfg"}})
+    import upperson.assets as assets
+
+    monkeypatch.setattr(assets, "read_card", lambda assets=None: {"toypedes": {"preset": "tiny", "seed": 0,
+                                                                               "domain": "icfg"}})
     root = embedded.embedded_data_root(splits=["test"])
     assert root == tmp_path / "toypedes" / "icfg-tiny-seed0-test"
     assert json.loads((root / "ToyPEDES" / "meta.json").read_text())["domain"] == "icfg"

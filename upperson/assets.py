@@ -63,6 +63,14 @@ def read_card(assets: Optional[Path] = None) -> dict:
         raise EmbeddedAssetError(f"{path}: not valid JSON ({exc})") from exc
 
 
+def card_toypedes(assets: Optional[Path] = None) -> dict:
+    """The ToyPEDES the model card was evaluated on: its ``toypedes`` entry (preset, seed, domain)
+    over :data:`DEFAULT_TOYPEDES`, the seed an int."""
+    spec = dict(DEFAULT_TOYPEDES, **read_card(assets).get("toypedes", {}))
+    spec["seed"] = int(spec["seed"])
+    return spec
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     return file_digest(path, "sha256")

@@ -18,14 +18,15 @@ from typing import Optional, Sequence
 
 # re-exported: importable from upperson.embedded as before upperson.assets held them
 from upperson.assets import (BACKBONE_NAME, CARD_NAME, DEFAULT_TOYPEDES, EMBEDDED_DIR, REPO_ROOT,
-                             EmbeddedAssetError, backbone_file, embedded_available, read_card, sha256_file,
-                             verified_backbone_file, verify_assets)
+                             EmbeddedAssetError, backbone_file, card_toypedes, embedded_available, read_card,
+                             sha256_file, verified_backbone_file, verify_assets)
 from upperson.config import ModelConfig, load_config
 
 __all__ = [
-    "BACKBONE_NAME", "CARD_NAME", "DEFAULT_TOYPEDES", "EMBEDDED_DIR", "REPO_ROOT", "VARIANTS", "EmbeddedAssetError",
-    "backbone_file", "cache_dir", "embedded_available", "embedded_data_root", "embedded_domain", "load_embedded_model",
-    "read_card", "sha256_file", "tiny_model_config", "verified_backbone_file", "verify_assets", "zero_shot_config",
+    "BACKBONE_NAME", "CARD_NAME", "DEFAULT_TOYPEDES", "EMBEDDED_DIR", "REPO_ROOT", "VARIANTS",
+    "EmbeddedAssetError", "backbone_file", "cache_dir", "card_toypedes", "embedded_available",
+    "embedded_data_root", "embedded_domain", "load_embedded_model", "read_card", "sha256_file",
+    "tiny_model_config", "verified_backbone_file", "verify_assets", "zero_shot_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def load_embedded_model(variant: str = "upperson", *, verify: bool = True, asset
 def embedded_domain() -> Optional[str]:
     """The ToyPEDES domain the embedded model was trained on (the card's ``toypedes.domain``), or
     None: the original ToyPEDES."""
-    return read_card().get("toypedes", {}).get("domain") or None
+    return card_toypedes().get("domain") or None
 
 
 def embedded_data_root(preset: Optional[str] = None, seed: Optional[int] = None,
@@ -96,9 +97,9 @@ def embedded_data_root(preset: Optional[str] = None, seed: Optional[int] = None,
     # imported here, for start-up time (as in load_embedded_model)
     from upperson.data.toypedes import generate_toypedes
 
-    spec = dict(DEFAULT_TOYPEDES, **read_card().get("toypedes", {}))
+    spec = card_toypedes()
     preset = preset or spec["preset"]
-    seed = int(spec["seed"] if seed is None else seed)
+    seed = spec["seed"] if seed is None else int(seed)
     domain = spec.get("domain") or None
     suffix = "-" + "-".join(sorted(splits)) if splits else ""
     root = cache_dir() / "toypedes" / f"{domain + '-' if domain else ''}{preset}-seed{seed}{suffix}"

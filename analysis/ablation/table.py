@@ -6,11 +6,12 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
+from analysis import per_query_cache
 from analysis.ablation.runs import PER_QUERY_NAME, seed_runs
 from analysis.ablation.study import VARIANT_NAMES, VARIANTS, Variant
 from upperson import stats
@@ -27,6 +28,8 @@ STAT_COLUMNS = ["seeds", "R1_std", "R1_ci_low", "R1_ci_high", "mAP_std", "mAP_ci
                 "ci_resamples", "ci_seed"]
 COLUMNS = COLUMNS[:-1] + STAT_COLUMNS + COLUMNS[-1:]
 REFERENCE = "upperson"
+#: a per-query file: its path, or its contents already read and checked
+PerQuery = Union[Path, stats.PerQueryFile]
 
 
 def row_from_run(run_dir: Path, variant: Optional[Variant] = None) -> dict:
@@ -65,18 +68,21 @@ _MEAN_COLUMNS = ("R1", "R5", "R10", "mAP", "mINP", "train_time_s")
 
 
 def _combined_row(runs: Sequence[Path], variant: Optional[Variant], per_query_file: str = PER_QUERY_NAME,
-                  target: Optional[str] = None) -> tuple[dict, list[Path]]:
+                  target: Optional[str] = None) -> tuple[Optional[dict], list[PerQuery]]:
     """One row for the seeds of a variant: metrics and time are means over seeds; the
     per-query files (``per_query_file`` in each run) are returned when every seed has one. With a
-    ``target`` the metrics are those of the per-query files (the target's test split), and a
-    variant with a seed lacking its file is left out (None)."""
+    ``target`` the metrics are those of the per-query files (the target's test split), each
+    checked against its record and returned as read; a variant with a seed lacking its file is
+    left out (None)."""
     rows = [row_from_run(d, variant) for d in runs]
+    files = [Path(d) / per_query_file for d in runs]
+    read: list[stats.PerQueryFile] = []
     if target is not None:
-        files = [Path(d) / per_query_file for d in runs]
         if not all(f.is_file() for f in files):
             return None, []
-        for r, f in zip(rows, files):
-            r.update(stats.read_per_query_csv(f).metrics())
+        read = [per_query_cache.read_with_sidecar(f) for f in files]  # checked against its record, read once
+        for r, f in zip(rows, read):
+            r.update(f.metrics())
             r["eval_split"] = f"test ({target})"
     row = dict(rows[0])
     if variant is None:
@@ -86,7 +92,8 @@ def _combined_row(runs: Sequence[Path], variant: Optional[Variant], per_query_fi
     row["seeds"] = len(rows)
     for c in ("R1", "mAP"):
         row[f"{c}_std"] = float(np.std([r[c] for r in rows], ddof=1)) if len(rows) > 1 else math.nan
-    files = [Path(d) / per_query_file for d in runs]
+    if read:
+        return row, read
     return row, (files if all(f.is_file() for f in files) else [])
 
 
@@ -127,11 +134,11 @@ def collect(runs_dir: Path, variants: Optional[Sequence[Variant]] = None, *, inc
     return add_statistics(df, per_query, resamples=resamples, seed=ci_seed)
 
 
-def add_statistics(df: pd.DataFrame, per_query: dict[str, Sequence[Path]], *,
+def add_statistics(df: pd.DataFrame, per_query: dict[str, Sequence[PerQuery]], *,
                    resamples: int = stats.DEFAULT_RESAMPLES, seed: int = stats.DEFAULT_SEED) -> pd.DataFrame:
     """Fill the uncertainty columns from per-query files (``{variant: [one CSV per seed]}``).
 
-    Per variant: R1 and mAP intervals by bootstrap over queries of the per-query values
+    A file already read (a ``PerQueryFile``) is used as it is. Per variant: R1 and mAP intervals by bootstrap over queries of the per-query values
     averaged over seeds; against the ``upperson`` row, the paired bootstrap of the R1
     difference (the same resampled queries for both). Rows without per-query files keep
     empty intervals: nothing is made up. Every file must list the same queries.
@@ -144,7 +151,7 @@ def add_statistics(df: pd.DataFrame, per_query: dict[str, Sequence[Path]], *,
     averaged = {}
     first = None
     for name, files in per_query.items():
-        read = [stats.read_per_query_csv(f) for f in files]
+        read = [f if isinstance(f, stats.PerQueryFile) else stats.read_per_query_csv(f) for f in files]
         try:
             stats.aligned(read if first is None else [first, *read])
         except ValueError as exc:
@@ -168,7 +175,8 @@ def add_statistics(df: pd.DataFrame, per_query: dict[str, Sequence[Path]], *,
             df.at[i, "R1_diff_significant"] = d["significant"]
     for c in ("seeds", "ci_resamples", "ci_seed"):
         df[c] = pd.to_numeric(df[c], errors="coerce").round().astype("Int64")
-    df.attrs["per_query"] = {k: [Path(f) for f in v] for k, v in per_query.items()}
+    df.attrs["per_query"] = {k: [Path(f.path) if isinstance(f, stats.PerQueryFile) else Path(f) for f in v]
+                             for k, v in per_query.items()}
     return df
 
 

@@ -4,10 +4,8 @@ cell, and the in-domain against cross-domain gap (docs/transfer.md defines each)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -15,12 +13,13 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from analysis import per_query_cache
 from analysis.transfer.domains import Domain
 from analysis.transfer.plan import FULL, LABELS, METHODS, UPPERSON, StudyRun
 from upperson import stats
 from upperson.data import build_tokenizer, load_dataset
 from upperson.evaluation import evaluate_per_query
-from upperson.io import atomic_write_json, file_digest
+from upperson.io import atomic_write_json
 from upperson.model.checkpoint import load_model
 from upperson.train.run import Run
 
@@ -53,34 +52,20 @@ class CellFile:
 def read_cell_file(out: Path, f: CellFile) -> stats.PerQueryFile:
     """A cell's per-query file, read once and checked against the SHA-256 recorded when it was
     written or reused (the bytes checked are the bytes parsed)."""
-    path = Path(out) / f.path
-    data = path.read_bytes()
-    if f.sha256 is not None and hashlib.sha256(data).hexdigest() != f.sha256:
-        raise ValueError(f"{path} changed after it was evaluated (its SHA-256 is not the one {CELLS_MANIFEST} "
-                         "records); run the command again to evaluate that cell again")
-    return stats.read_per_query_csv(path, data=data)
+    return per_query_cache.read_checked(Path(out) / f.path, f.sha256, record=str(CELLS_MANIFEST),
+                                        remedy="run the command again to evaluate that cell again")
 
 
 def cell_file_path(method: str, source: str, target: str, seed: int) -> Path:
     return Path(PER_QUERY_DIR) / method / f"{source}-to-{target}" / f"seed-{seed}.csv"
 
 
-def records_digest(records: Sequence, root: Path) -> str:
-    """SHA-256 of a split's queries and gallery as evaluated: each image's path (relative to the data
-    ``root``, so that the same data elsewhere gives the same digest), identity and captions, in order."""
-    h = hashlib.sha256()
-    for rec in records:
-        path = Path(os.path.relpath(rec.path, root)).as_posix()  # records hold absolute paths
-        h.update(json.dumps([path, int(rec.pid), list(rec.captions)]).encode())
-    return h.hexdigest()
-
-
-def cell_key(checkpoint_digest: str, target: Domain, test_digest: str, eval_batch_size: int, precision: str) -> dict:
-    """What a cell's per-query file depends on: the selected checkpoint (the SHA-256 of its
-    ``petl.json``, which records its weights' SHA-256), the target's test split, the eval batch
-    size and the precision."""
-    return {"checkpoint": checkpoint_digest, "target": target.name,
-            "test": test_digest, "eval_batch_size": int(eval_batch_size), "precision": str(precision)}
+def cell_key(checkpoint: Path, target: Domain, test_digest: str, eval_batch_size: int, precision: str) -> dict:
+    """What a cell's per-query file depends on (:func:`analysis.per_query_cache.evaluation_key`):
+    the selected checkpoint, the target (its name) and its test split, the eval batch size and the
+    precision."""
+    return per_query_cache.evaluation_key(checkpoint, test_digest, eval_batch_size=eval_batch_size,
+                                          precision=precision, target=target.name)
 
 
 def read_cells_manifest(out: Path) -> dict[str, dict]:
@@ -97,12 +82,6 @@ def read_cells_manifest(out: Path) -> dict[str, dict]:
     except (ValueError, KeyError, TypeError):
         log.warning("%s is unreadable: every cell is evaluated again", path)
         return {}
-
-
-def _reusable(out: Path, rel: Path, entry: Optional[dict], key: dict) -> bool:
-    """Whether the per-query file ``rel`` was evaluated from ``key`` and is unchanged since."""
-    path = Path(out) / rel
-    return bool(entry) and entry.get("key") == key and path.is_file() and entry.get("sha256") == file_digest(path)
 
 
 def evaluate_cells(runs: Sequence[StudyRun], targets: Mapping[str, Sequence[Domain]], out: Path, *,
@@ -122,17 +101,16 @@ def evaluate_cells(runs: Sequence[StudyRun], targets: Mapping[str, Sequence[Doma
         cfg = r.results()["config"]
         batch, precision = int(cfg["data"]["eval_batch_size"]), str(cfg["train"]["precision"])
         checkpoint = r.best_checkpoint(log)
-        checkpoint_digest = file_digest(checkpoint / "petl.json")
         model = None
         for target in targets[run.source]:
             if target.name not in records:
                 records[target.name] = load_dataset(target.dataset, target.root).split("test")
             if target.name not in digests:
-                digests[target.name] = records_digest(records[target.name], Path(target.root))
+                digests[target.name] = per_query_cache.records_digest(records[target.name], Path(target.root))
             rel = cell_file_path(run.method, run.source, target.name, run.seed)
-            key = cell_key(checkpoint_digest, target, digests[target.name], batch, precision)
+            key = cell_key(checkpoint, target, digests[target.name], batch, precision)
             entry = manifest.get(rel.as_posix())
-            if _reusable(out, rel, entry, key):
+            if per_query_cache.is_current(Path(out) / rel, entry, key):
                 done.append(CellFile(run.method, run.source, target.name, run.seed, rel, run.run_dir, entry["sha256"]))
                 reused += 1
                 log.info("%s on %s test: reused %s (same checkpoint, test split, batch size, precision)",
@@ -144,8 +122,7 @@ def evaluate_cells(runs: Sequence[StudyRun], targets: Mapping[str, Sequence[Doma
                     tokenizers[model.config.name] = build_tokenizer(model.config.name)
             res = evaluate_per_query(model, records[target.name], tokenizers[model.config.name], batch_size=batch,
                                      precision=precision, progress=progress)
-            stats.write_per_query_csv(Path(out) / rel, res.rows(), caption_text=False)
-            manifest[rel.as_posix()] = {"key": key, "sha256": file_digest(Path(out) / rel)}
+            manifest[rel.as_posix()] = {"key": key, "sha256": per_query_cache.write(Path(out) / rel, res.rows())}
             done.append(CellFile(run.method, run.source, target.name, run.seed, rel, run.run_dir,
                                  manifest[rel.as_posix()]["sha256"]))
             atomic_write_json(Path(out) / CELLS_MANIFEST, {"cells": manifest})  # after each cell: a kill loses none

@@ -132,7 +132,7 @@ def run(args, command: str = "") -> list:
     for b in bad:
         log.warning("in-domain cell differs from its run's results.json (another data root or precision?): %s", b)
     summary = gaps(diffs, resamples=args.resamples, seed=args.ci_seed)
-    texts = example_captions(df, out, test_splits)
+    texts = example_captions(df, out, test_splits, files)
     fig, line = write_study(out, df, summary, bad, command=command, cells=[f"{s.name}->{t.name}" for s, t in study])
     atomic_write_json(out / EXAMPLE_CAPTIONS, {"note": "caption texts of the queries the app's Transfer view shows "
                                                        "where the two methods disagree (analysis.transfer.examples)",

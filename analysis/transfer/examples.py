@@ -10,13 +10,17 @@ same function's in the command and in the app's Transfer view (:func:`disagreeme
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from analysis import per_query_cache
 from analysis.transfer.plan import FULL, LABELS, UPPERSON
 from upperson import stats
+
+if TYPE_CHECKING:  # (cells imports the evaluation, torch included; the app's view imports this module)
+    from analysis.transfer.cells import CellFile
 
 #: the columns that identify a query in a per-query file
 IDENTITY = ["query_index", "pid", "image_id", "caption_key"]
@@ -53,16 +57,33 @@ def read_frame(path: Path) -> pd.DataFrame:
     return df[df["first_rank"].notna()].reset_index(drop=True)
 
 
-def example_captions(matrix: pd.DataFrame, out: Path, test_splits: Mapping[str, list]) -> dict[str, str]:
+def frame_of(f: stats.PerQueryFile) -> pd.DataFrame:
+    """A per-query file already read (and checked) as :func:`read_frame`'s rows: those with a rank."""
+    if f.image_id is None or f.caption_key is None:
+        raise ValueError(f"{f.path}: an older per-query file without image_id or caption_key; run the study again")
+    return pd.DataFrame({"query_index": f.query_index, "pid": f.pid, "image_id": f.image_id,
+                         "caption_key": f.caption_key, "first_rank": f.first_rank})
+
+
+def _read_checked(out: Path, f: "CellFile") -> stats.PerQueryFile:
+    return per_query_cache.read_checked(Path(out) / f.path, f.sha256, record="the cells' manifest",
+                                        remedy="run the command again to evaluate that cell again")
+
+
+def example_captions(matrix: pd.DataFrame, out: Path, test_splits: Mapping[str, list],
+                     files: Sequence["CellFile"]) -> dict[str, str]:
     """Caption text by key of every cell's example queries (both methods' rows present), from the
-    targets' test splits (``test_splits``: records by target name)."""
+    targets' test splits (``test_splits``: records by target name); each cell's per-query files
+    (``files``, as :func:`analysis.transfer.cells.evaluate_cells` returned them) read checked."""
+    by_path = {Path(f.path).as_posix(): f for f in files}
     keys: dict[str, set] = {}
     rows = {(r["method"], str(r["source"]), str(r["target"])): r for _, r in matrix.iterrows()}
     for (method, source, target), row in rows.items():
         other = rows.get((FULL, source, target))
         if method != UPPERSON or other is None:
             continue
-        frames = [[read_frame(Path(out) / n) for n in str(r["per_query"]).split(";") if n.strip()] for r in (row, other)]
+        frames = [[frame_of(_read_checked(out, by_path[Path(n).as_posix()]))
+                   for n in str(r["per_query"]).split(";") if n.strip()] for r in (row, other)]
         keys.setdefault(target, set()).update(e["caption_key"] for e in disagreements(*frames))
     texts: dict[str, str] = {}
     for target, wanted in keys.items():
