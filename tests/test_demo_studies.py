@@ -252,7 +252,7 @@ def test_probe_results_are_the_clis_tables_and_figure_and_user_text_is_escaped(s
     assert f"{diff['diff']:+.1f} [{diff['diff_ci_low']:+.1f}, {diff['diff_ci_high']:+.1f}]" in info
     assert "<img" not in info and "&lt;img src=x onerror=alert\\(1\\)&gt;" in info  # the CSV's label, as text
     assert "python -m analysis binding --pairs 60" in info
-    assert r"**Setting:** pairs: 60 per probe \(domain &lt;b&gt;cuhk&lt;/b&gt;\)" in info  # which pairs, as text
+    assert r"**Pairs:** 60 per probe \(domain &lt;b&gt;cuhk&lt;/b&gt;\)" in info  # which pairs, as text
 
 
 def test_the_reader_gives_back_what_the_probe_wrote(tmp_path):

@@ -74,11 +74,20 @@ def _acc(a: Accuracy) -> str:
     return f"{a.value:.1f} [{a.low:.1f}, {a.high:.1f}]"
 
 
+def _setting_lines(setting: tuple[str, ...]) -> list[str]:
+    """Each README setting line (``pairs: ...``, ``per-attribute data: ...``) under its own label, escaped."""
+    out = []
+    for line in setting:
+        label, _, value = line.partition(": ")
+        out.append(f"**{esc(label[:1].upper() + label[1:])}:** {esc(value)}")
+    return out
+
+
 def notes(study: ProbeStudy, given: bool) -> str:
     where = f"folder {esc(study.folder)}" if given else f"{esc(study.folder.parent.name)}/{esc(study.folder.name)}"
     models = list(dict.fromkeys(r.model for r in study.results))
     lines = [f"**Attribute-binding probe** from {where}: {len(models)} model(s): {esc(', '.join(models))}.",
-             *(f"**Setting:** {esc(line)}" for line in study.setting),
+             *_setting_lines(study.setting),
              "**Minimal pairs** (accuracy %, 95 % interval; chance 50: the model cannot tell the pair apart):"]
     for name in dict.fromkeys(r.name for r in study.results):
         rows = [r for r in study.results if r.name == name]
