@@ -3,6 +3,7 @@ trainer, exact parameter counts against docs/method.md's closed form, --dry-run,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import zlib
@@ -66,6 +67,11 @@ def stub_evaluate(cfg, run_dir, dataset, root):
              "first_rank": int(r), "ap": 1.0 / r, "inp": 1.0 / r} for q, r in enumerate(ranks)]
 
 
+def stub_key(cfg, run_dir, dataset, root):
+    """What a stub run's per-query file depends on (the real key reads the checkpoint and the split)."""
+    return {"point": Path(run_dir).parent.name, "seed": cfg.train.seed, "dataset": dataset, "root": root}
+
+
 def _args(tmp_path, *extra):
     roots = []
     for name in TARGETS:
@@ -102,7 +108,8 @@ SWEPT = "B2,full-finetune,zero-shot"
 
 def test_sweep_on_a_stub_trainer_writes_every_column(tmp_path):
     stub = StubTrainer()
-    figs = budget.budget_command(_args(tmp_path, "--points", SWEPT), train_fn=stub, evaluate_fn=stub_evaluate)
+    figs = budget.budget_command(_args(tmp_path, "--points", SWEPT), train_fn=stub, evaluate_fn=stub_evaluate,
+                                 key_fn=stub_key)
     grid = budget.load_grid()
     assert len(stub.calls) == 2 * 2 + 1  # 2 trained points x 2 seeds; zero-shot once (train.epochs=0: evaluation only)
     df = pd.read_csv(tmp_path / "out" / "budget.csv")
@@ -129,7 +136,7 @@ def test_sweep_on_a_stub_trainer_writes_every_column(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*.csv")}
     jobs = budget.plan(grid.select(SWEPT.split(",")), tmp_path / "runs", data_root=str(tmp_path), count=_no_count)
     budget.run_sweep(jobs, [budget.Target("icfg", "toypedes", str(tmp_path / "icfg"))], train_fn=stub,
-                     evaluate_fn=stub_evaluate, progress=False)
+                     evaluate_fn=stub_evaluate, key_fn=stub_key, progress=False)
     assert stub.calls == [] and {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
@@ -140,7 +147,8 @@ def _no_count(cfg):
 def test_interrupted_sweep_continues(tmp_path):
     args = _args(tmp_path, "--points", "B1,B2,B3", "--seeds", "1")
     with pytest.raises(RuntimeError, match="interrupted"):
-        budget.budget_command(args, train_fn=StubTrainer(fail_on="B2"), evaluate_fn=stub_evaluate, count=_no_count)
+        budget.budget_command(args, train_fn=StubTrainer(fail_on="B2"), evaluate_fn=stub_evaluate, key_fn=stub_key,
+                              count=_no_count)
     # the plan now: B1 done, B2 to resume, B3 new, timed by B1's 12 s for 30 epochs
     jobs = budget.plan(budget.load_grid().select(["B1", "B2", "B3"]), tmp_path / "runs", data_root=str(tmp_path),
                        seeds=1, count=_no_count)
@@ -148,7 +156,7 @@ def test_interrupted_sweep_continues(tmp_path):
     assert [j.status for j in jobs] == ["done", "resume", "new"]
     assert "0 (done)" in lines[1] and "measured 0.4 s/epoch" in lines[2] and "~0.0 h" in lines[-1]
     stub = StubTrainer()
-    budget.budget_command(args, train_fn=stub, evaluate_fn=stub_evaluate, count=_no_count)
+    budget.budget_command(args, train_fn=stub, evaluate_fn=stub_evaluate, key_fn=stub_key, count=_no_count)
     assert stub.calls == [("B2/seed-0", True), ("B3/seed-0", False)]  # B1 reused, B2 resumed
 
 
@@ -203,7 +211,7 @@ def test_per_query_files_key_each_caption_without_its_text(tmp_path, caplog):
     jobs = budget.plan(budget.load_grid().select(["B2"]), tmp_path / "runs", data_root=str(tmp_path), seeds=1,
                        count=_no_count)
     budget.run_sweep(jobs, [budget.Target("icfg", "toypedes", str(tmp_path))], train_fn=StubTrainer(),
-                     evaluate_fn=evaluate, progress=False)
+                     evaluate_fn=evaluate, key_fn=stub_key, progress=False)
     for name in ("per_query_test.csv", "per_query_target-icfg.csv"):
         path = tmp_path / "runs" / "B2" / "seed-0" / name
         df = pd.read_csv(path, keep_default_na=False)
@@ -214,10 +222,48 @@ def test_per_query_files_key_each_caption_without_its_text(tmp_path, caplog):
     stats.write_per_query_csv(old, [{**r, "caption": ""} for r in evaluate(None, None, None, None)])
     with caplog.at_level(logging.WARNING, logger="analysis.budget"):
         budget.run_sweep(jobs, [budget.Target("icfg", "toypedes", str(tmp_path))], train_fn=StubTrainer(),
-                         evaluate_fn=evaluate, progress=False)
+                         evaluate_fn=evaluate, key_fn=stub_key, progress=False)
     assert pd.read_csv(old)["caption_key"].tolist() == [stats.caption_key(t) for t in texts]
     assert [r.getMessage().split(": ", 1)[1][:40] for r in caplog.records if r.levelno == logging.WARNING] == [
-        "an older per-query file whose caption ke"]
+        "evaluated again: no record of what it wa"]
+
+
+def test_per_query_files_are_kept_only_while_their_record_matches(tmp_path):
+    """Each per-query file has its record (key and SHA-256) beside it: a sweep keeps the file while
+    both match, evaluates it again when the key changes (another checkpoint, split, batch size,
+    precision) or the file did, and the table refuses a file changed after its last evaluation."""
+    calls = []
+
+    def evaluate(cfg, run_dir, dataset, root):
+        calls.append(root)
+        return stub_evaluate(cfg, run_dir, dataset, root)
+
+    key = {"v": 1}
+    target = [budget.Target("icfg", "toypedes", str(tmp_path / "icfg"))]
+    jobs = budget.plan(budget.load_grid().select(["B2"]), tmp_path / "runs", data_root=str(tmp_path), seeds=1,
+                       count=_no_count)
+    sweep = dict(train_fn=StubTrainer(), evaluate_fn=evaluate, key_fn=lambda *a: {**stub_key(*a), **key},
+                 progress=False)
+    budget.run_sweep(jobs, target, **sweep)
+    run = tmp_path / "runs" / "B2" / "seed-0"
+    record = json.loads((run / "per_query_target-icfg.json").read_text())
+    assert record["key"]["v"] == 1 and record["sha256"] == hashlib.sha256(
+        (run / "per_query_target-icfg.csv").read_bytes()).hexdigest()
+    assert len(calls) == 2
+    budget.run_sweep(jobs, target, **sweep)
+    assert len(calls) == 2  # both records match: nothing evaluated
+    key["v"] = 2  # e.g. the checkpoint changed
+    budget.run_sweep(jobs, target, **sweep)
+    assert len(calls) == 4
+    (run / "per_query_test.json").unlink()  # no record: evaluated again
+    budget.run_sweep(jobs, target, **sweep)
+    assert len(calls) == 5 and (run / "per_query_test.json").is_file()
+    # changed after its evaluation (a valid file, one rank moved): the table refuses it
+    rows = pd.read_csv(run / "per_query_target-icfg.csv", keep_default_na=False).to_dict("records")
+    rows[0]["first_rank"] = int(rows[0]["first_rank"]) + 1
+    stats.write_per_query_csv(run / "per_query_target-icfg.csv", rows)
+    with pytest.raises(ValueError, match="changed after it was evaluated"):
+        budget.collect(jobs, target, resamples=20)
 
 
 def test_the_budget_sweep_runs_on_the_one_sweep_engine(tmp_path, monkeypatch):
@@ -228,7 +274,7 @@ def test_the_budget_sweep_runs_on_the_one_sweep_engine(tmp_path, monkeypatch):
     stub = StubTrainer()
     monkeypatch.setattr(sweep, "_default_train_fn", lambda: stub)
     args = _args(tmp_path, "--points", "B1,B2", "--seeds", "1")
-    budget.budget_command(args, evaluate_fn=stub_evaluate, count=_no_count)
+    budget.budget_command(args, evaluate_fn=stub_evaluate, key_fn=stub_key, count=_no_count)
     assert stub.calls == [("B1/seed-0", False), ("B2/seed-0", False)]
     other = tmp_path / "runs" / "B2" / "seed-0" / "results.json"
     other.write_text(json.dumps({"config": {"train": {"epochs": 1}}, "train_time_s": 1.0}))
@@ -236,7 +282,7 @@ def test_the_budget_sweep_runs_on_the_one_sweep_engine(tmp_path, monkeypatch):
     files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     stub.calls.clear()
     with pytest.raises(ValueError, match="holds a complete run of B2/seed-0 with a different config"):
-        budget.budget_command(args, evaluate_fn=stub_evaluate, count=_no_count)
+        budget.budget_command(args, evaluate_fn=stub_evaluate, key_fn=stub_key, count=_no_count)
     assert stub.calls == [] and {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
     lines = budget.describe_plan(budget.plan(budget.load_grid().select(["B1", "B2"]), tmp_path / "runs",
                                              data_root=str(tmp_path), seeds=1, count=_no_count))
@@ -271,3 +317,23 @@ def _no_overlapping_x_labels(fig) -> None:
         boxes.sort(key=lambda b: b.x0)
         for a, b in zip(boxes, boxes[1:]):
             assert a.x1 <= b.x0, (a, b)
+
+
+def test_the_real_key_follows_the_checkpoint_and_the_split(tmp_path):
+    """budget.CheckpointKey: the SHA-256 of the run's best/petl.json, the split's digest (the same
+    data elsewhere: the same digest), the eval batch size and the precision of the run's config."""
+    from analysis import per_query_cache
+    from tests.test_demo_support import toy_root
+    from upperson.data import load_dataset
+
+    root = toy_root()
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "best" / "petl.json").write_text('{"weights": "one"}')
+    cfg = load_config("toypedes-regime")
+    key = budget.CheckpointKey()(cfg, run, "toypedes", str(root))
+    split = per_query_cache.records_digest(load_dataset("toypedes", root).split("test"), root)
+    assert key == {"checkpoint": hashlib.sha256(b'{"weights": "one"}').hexdigest(), "dataset": "toypedes",
+                   "test": split, "eval_batch_size": cfg.data.eval_batch_size, "precision": cfg.train.precision}
+    (run / "best" / "petl.json").write_text('{"weights": "two"}')
+    assert budget.CheckpointKey()(cfg, run, "toypedes", str(root))["checkpoint"] != key["checkpoint"]

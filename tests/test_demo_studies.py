@@ -68,13 +68,13 @@ def make_budget(tmp: Path, out: Path) -> None:
     """A budget folder: the sweep of four points, one seed, one target, on tests/test_budget.py's stub trainer."""
     from analysis import budget
     from analysis.__main__ import build_parser
-    from tests.test_budget import StubTrainer, stub_evaluate
+    from tests.test_budget import StubTrainer, stub_evaluate, stub_key
 
     (tmp / "icfg").mkdir()
     args = build_parser().parse_args(["budget", "--data-root", str(tmp), "--runs-dir", str(tmp / "runs"), "--out",
                                       str(out), "--resamples", "50", "--no-progress", "--target", f"icfg={tmp / 'icfg'}",
                                       "--points", "B2,B5,full-finetune,zero-shot", "--seeds", "1"])
-    budget.budget_command(args, train_fn=StubTrainer(), evaluate_fn=stub_evaluate)
+    budget.budget_command(args, train_fn=StubTrainer(), evaluate_fn=stub_evaluate, key_fn=stub_key)
 
 
 def make_probe(out: Path):

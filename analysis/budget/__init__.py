@@ -12,15 +12,16 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Optional
 
 from analysis.budget.figure import budget_figure, save_budget_figure
 from analysis.budget.grid import GRID_FILE, BudgetGrid, BudgetPoint, load_grid
-from analysis.budget.sweep import (EvaluateFn, PlannedRun, Target, describe_plan, evaluate_run, parameter_counts,
-                                   per_query_name, plan, run_sweep, steps_per_epoch)
+from analysis.budget.sweep import (CheckpointKey, EvaluateFn, KeyFn, PlannedRun, Target, describe_plan, evaluate_run,
+                                   parameter_counts, per_query_name, plan, run_sweep, steps_per_epoch)
 from analysis.budget.table import IN_DOMAIN, collect, columns, copy_per_query, domains_of, pareto, write_table
 
-__all__ = ["GRID_FILE", "IN_DOMAIN", "BudgetGrid", "BudgetPoint", "EvaluateFn", "PlannedRun", "Target",
-           "budget_command", "budget_figure", "collect", "columns", "copy_per_query", "describe_plan", "domains_of",
+__all__ = ["GRID_FILE", "IN_DOMAIN", "BudgetGrid", "BudgetPoint", "CheckpointKey", "EvaluateFn", "KeyFn", "PlannedRun",
+           "Target", "budget_command", "budget_figure", "collect", "columns", "copy_per_query", "describe_plan", "domains_of",
            "evaluate_run", "load_grid", "parameter_counts", "pareto", "per_query_name", "plan", "run_sweep",
            "save_budget_figure", "write_table"]
 
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 DEFAULT_RUNS_DIR = Path("runs") / "budget"
 
 
-def budget_command(args, *, train_fn=None, evaluate_fn: EvaluateFn = evaluate_run, count=parameter_counts):
+def budget_command(args, *, train_fn=None, evaluate_fn: EvaluateFn = evaluate_run, key_fn: Optional[KeyFn] = None,
+                   count=parameter_counts):
     """The body of ``python -m analysis budget`` (the keywords: stubs for the tests)."""
     grid = load_grid(args.grid)
     if args.config:
@@ -62,7 +64,7 @@ def budget_command(args, *, train_fn=None, evaluate_fn: EvaluateFn = evaluate_ru
         if jobs[0].cfg.model.pretrained in (None, "random"):
             log.warning("the sweep's backbone is RANDOMLY initialised (model.pretrained: %s); the study's is "
                         "--set model.pretrained=RUN/backbone.safetensors", jobs[0].cfg.model.pretrained)
-        run_sweep(jobs, targets, train_fn=train_fn, evaluate_fn=evaluate_fn, force=args.force,
+        run_sweep(jobs, targets, train_fn=train_fn, evaluate_fn=evaluate_fn, key_fn=key_fn, force=args.force,
                   progress=not args.no_progress)
     df = collect(jobs, targets, resamples=args.resamples, ci_seed=args.ci_seed)
     if df.empty:

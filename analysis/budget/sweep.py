@@ -4,7 +4,10 @@ Training goes through the one sweep engine, :mod:`analysis.sweep` (a complete ru
 config is reused, an incomplete one resumed, a complete one of another config refused before
 anything trains). After training, each run's selected checkpoint is evaluated query by query
 on its own test split (``per_query_test.csv``, as the ablation) and on every target's test
-split (``per_query_target-<name>.csv``); a file already there is kept.
+split (``per_query_target-<name>.csv``), each with its record beside it (``.json``: what it was
+evaluated from, :mod:`analysis.per_query_cache`). A file is kept while its record matches the
+run's selected checkpoint, the test split, the eval batch size and the precision, and its bytes
+are unchanged; otherwise it is evaluated again, as logged.
 """
 
 from __future__ import annotations
@@ -18,19 +21,21 @@ from typing import Callable, Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from analysis import per_query_cache
 from analysis.ablation.runs import PER_QUERY_NAME, seed_runs
 from analysis.ablation.study import variant_config
 from analysis.budget.grid import BudgetGrid, BudgetPoint
 from analysis.sweep import (COMPLETE, CONFLICT, NEW, RESUME, RunJob, TrainFn, check_conflicts, ensure_run,
                             measured_rates, run_state)
-from upperson import stats
 from upperson.config import ExperimentConfig
-from upperson.data import DATASETS
+from upperson.data import DATASETS, load_dataset
 
 log = logging.getLogger(__name__)
 
 #: (cfg, run_dir, dataset, root) -> per-query rows of the run's selected checkpoint on that test split
 EvaluateFn = Callable[[ExperimentConfig, Path, str, str], list]
+#: (cfg, run_dir, dataset, root) -> what that per-query file depends on (its record's key)
+KeyFn = Callable[[ExperimentConfig, Path, str, str], dict]
 
 
 @dataclass(frozen=True)
@@ -145,47 +150,54 @@ def evaluate_run(cfg: ExperimentConfig, run_dir: Path, dataset: str, root: str) 
     return res.rows()
 
 
-def _write_per_query(path: Path, rows: list) -> None:
-    # no caption text (small files; the key still identifies each caption: it is computed from the text)
-    stats.write_per_query_csv(path, rows, caption_text=False)
+class CheckpointKey:
+    """The key of a run's per-query file on a test split (:func:`analysis.per_query_cache.evaluation_key`):
+    the run's selected checkpoint (``best/``), the split (its digest computed once per dataset and
+    root), the eval batch size, the precision and the dataset."""
 
+    def __init__(self) -> None:
+        self._digests: dict[tuple[str, str], str] = {}
 
-#: the caption key every row of a budget per-query file held before the key was computed from the
-#: caption (the text was blanked first): that of empty text
-_BLANK_KEY = stats.caption_key("")
-
-
-def _keyless(path: Path) -> bool:
-    """Whether ``path`` is such an older file: every caption key is that of empty text."""
-    keys = stats.read_per_query_csv(path).caption_key
-    return keys is not None and len(keys) > 0 and all(k == _BLANK_KEY for k in keys)
+    def __call__(self, cfg: ExperimentConfig, run_dir: Path, dataset: str, root: str) -> dict:
+        if (dataset, root) not in self._digests:
+            records = load_dataset(dataset, root).split("test")
+            self._digests[(dataset, root)] = per_query_cache.records_digest(records, Path(root))
+        return per_query_cache.evaluation_key(Path(run_dir) / "best", self._digests[(dataset, root)],
+                                              eval_batch_size=cfg.data.eval_batch_size,
+                                              precision=cfg.train.precision, dataset=dataset)
 
 
 def run_planned(job: PlannedRun, targets: Sequence[Target], *, train_fn: Optional[TrainFn] = None,
-                evaluate_fn: EvaluateFn = evaluate_run, force: bool = False, progress: bool = True) -> Path:
-    """Train (or reuse, or resume) one run (:func:`analysis.sweep.ensure_run`), then write its missing
-    per-query files (and again an older one without caption keys)."""
+                evaluate_fn: EvaluateFn = evaluate_run, key_fn: Optional[KeyFn] = None, force: bool = False,
+                progress: bool = True) -> Path:
+    """Train (or reuse, or resume) one run (:func:`analysis.sweep.ensure_run`), then write its per-query
+    files that are missing or no longer match their record (``key_fn``, default :class:`CheckpointKey`)."""
+    key_fn = key_fn or CheckpointKey()
     run_dir = ensure_run(job.job, train_fn=train_fn, force=force, progress=progress)
     domains = [("test", job.cfg.data.dataset, job.cfg.data.root)] + [(t.name, t.dataset, t.root) for t in targets]
     for name, dataset, root in domains:
         path = run_dir / per_query_name(name)
-        if path.exists() and _keyless(path):
-            log.warning("%s: an older per-query file whose caption keys are all that of empty text (it could not be "
-                        "matched with files of other runs): evaluated again", path)
-        elif path.exists():
+        key = key_fn(job.cfg, run_dir, dataset, str(root))
+        if per_query_cache.is_current(path, per_query_cache.read_sidecar(path), key):
             continue
+        if path.exists():
+            log.warning("%s: evaluated again: no record of what it was evaluated from (an older file), or its "
+                        "checkpoint, test split, batch size or precision changed, or the file did", path)
         log.info("%s seed %d: per-query results on %s", job.point.name, job.seed, name)
-        _write_per_query(path, evaluate_fn(job.cfg, run_dir, dataset, str(root)))
+        sha = per_query_cache.write(path, evaluate_fn(job.cfg, run_dir, dataset, str(root)))
+        per_query_cache.write_sidecar(path, key, sha, root=str(root))
     return run_dir
 
 
 def run_sweep(jobs: Sequence[PlannedRun], targets: Sequence[Target], *, train_fn: Optional[TrainFn] = None,
-              evaluate_fn: EvaluateFn = evaluate_run, force: bool = False, progress: bool = True) -> list[Path]:
+              evaluate_fn: EvaluateFn = evaluate_run, key_fn: Optional[KeyFn] = None, force: bool = False,
+              progress: bool = True) -> list[Path]:
     """Every planned run, in order (an interrupted sweep continues where it stopped; a conflict stops
     it before anything trains)."""
     check_conflicts([j.job for j in jobs], force)
-    return [run_planned(j, targets, train_fn=train_fn, evaluate_fn=evaluate_fn, force=force, progress=progress)
-            for j in tqdm(jobs, desc="budget", unit="run", disable=not progress)]
+    key_fn = key_fn or CheckpointKey()  # one for the sweep: each split's digest computed once
+    return [run_planned(j, targets, train_fn=train_fn, evaluate_fn=evaluate_fn, key_fn=key_fn, force=force,
+                        progress=progress) for j in tqdm(jobs, desc="budget", unit="run", disable=not progress)]
 
 
 def seconds_per_epoch(jobs: Sequence[PlannedRun]) -> dict[str, float]:

@@ -9,9 +9,10 @@ from typing import Sequence
 
 import pandas as pd
 
+from analysis import per_query_cache
 from analysis.budget.sweep import PlannedRun, Target, per_query_name
 from upperson import stats
-from upperson.io import atomic_write_text
+from upperson.io import atomic_path, atomic_write_text
 
 METRICS = ("R1", "mAP")
 IN_DOMAIN = "in"  # the column suffix of the source's own test split
@@ -53,7 +54,7 @@ def collect(jobs: Sequence[PlannedRun], targets: Sequence[Target], *, resamples:
                "total_params": done[0].total, "trainable_percent": 100.0 * done[0].trainable / max(1, done[0].total),
                "seeds": len(done)}
         for d in domains_of(targets):
-            files = [stats.read_per_query_csv(_file(j.run_dir, d)) for j in done]
+            files = [per_query_cache.read_with_sidecar(_file(j.run_dir, d)) for j in done]  # checked, read once
             stats.aligned(files)
             comb = stats.combine_seeds([f.values() for f in files], keys=list(METRICS), resamples=resamples,
                                        seed=ci_seed)
@@ -95,9 +96,7 @@ def copy_per_query(jobs: Sequence[PlannedRun], targets: Sequence[Target], out_di
             src = _file(j.run_dir, d)
             if src.exists():
                 dst = Path(out_dir) / "per_query" / j.point.name / f"seed-{j.seed}" / f"{d}.csv"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dst.with_name(dst.name + ".tmp")
-                shutil.copyfile(src, tmp)
-                tmp.replace(dst)
+                with atomic_path(dst) as tmp:
+                    shutil.copyfile(src, tmp)
                 n += 1
     return n
