@@ -434,3 +434,16 @@ def test_a_study_of_another_kind_says_which_view_shows_it(site):
            PROBE_FOLDER, api_name="/budget")
     _error(client, r"transfer: no binding.csv in this folder; it holds transfer.csv: a study of the Transfer view",
            "transfer", api_name="/probe")
+
+
+def test_the_transfer_notes_fold_the_command_and_keep_it_text():
+    """The command that made the study is folded (it runs to a dozen lines at 390 px, above the
+    matrix), and stays text: markup in it is escaped."""
+    from demo.views.transfer_view import TransferStudy, notes
+
+    df = pd.DataFrame({"source": ["cuhk"], "target": ["icfg"]})
+    study = TransferStudy(Path("assets/transfer"), df, {"command": "python -m analysis transfer <img src=x>"}, {})
+    text = notes(study, given=False)
+    folded = text[text.index("<details>"):]
+    assert folded.startswith("<details><summary><b>Made by</b>") and folded.rstrip().endswith("</details>")
+    assert "python -m analysis transfer" in folded and "<img" not in text and "&lt;img" in folded

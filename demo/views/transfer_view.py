@@ -169,7 +169,8 @@ def notes(study: TransferStudy, given: bool) -> str:
         lines.append(f"> ⚠️ in-domain cell differs from its run's results: {esc(bad)}")
     command = study.summary.get("command")
     if isinstance(command, str) and command:
-        lines.append(f"**Made by:** {esc(command)}")
+        # folded: the command runs to a dozen lines on a phone, above the matrix
+        lines.append(f"<details><summary><b>Made by</b> (the command)</summary>\n\n{esc(command)}\n\n</details>")
     return "\n\n".join(lines)
 
 
