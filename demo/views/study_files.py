@@ -50,11 +50,11 @@ class StudyKind:
 KINDS: dict[str, StudyKind] = {k.key: k for k in (
     StudyKind("transfer", "transfer.csv", "transfer",
               "python -m analysis transfer --source cuhk --source icfg --source rstp --target cuhk --target icfg "
-              "--target rstp --data-root cuhk=DATA/cuhk ... --out assets/transfer"),
+              "--target rstp --data-root cuhk=DATA/cuhk ... --out DIR"),
     StudyKind("budget", "budget.csv", "budget",
-              "python -m analysis budget --data-root DATA/cuhk --target icfg=DATA/icfg --out assets/budget"),
+              "python -m analysis budget --data-root DATA/cuhk --target icfg=DATA/icfg --out DIR"),
     StudyKind("probe", "binding.csv", "binding",
-              "python -m analysis binding --run RUN --compare FULL_FINETUNE_RUN --out assets/binding"),
+              "python -m analysis binding --run RUN --compare FULL_FINETUNE_RUN --out DIR"),
 )}
 
 
@@ -102,7 +102,8 @@ class StudyFiles:
         given = (f" none of the --studies folders ({', '.join(map(str, self.extra))}) holds one either;"
                  if self.extra else "")
         raise StudyMissing(f"The {key} study is not shipped yet (no assets/{kind.shipped}/{kind.table});{given} "
-                           f"run `{kind.command}`, then start the demo with `--studies DIR` on its --out folder.")
+                           f"run: {kind.command}, then start the demo with --studies DIR (or make DIR "
+                           f"assets/{kind.shipped}: the default, no option needed).")
 
     def folder(self, key: str, value: object) -> Path:
         """The study folder to read: the default for an empty ``value``, else ``value`` (relative to the first
