@@ -15,8 +15,8 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Sequence
 
-import gradio as gr
 import pandas as pd
 
 from analysis.budget.figure import budget_figure
@@ -24,9 +24,9 @@ from analysis.budget.table import IN_DOMAIN, METRICS
 from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import QueryError
-from demo.views.common import (cache_of, figure_with_caption, hidden_api, in_page, lenient_dropdown, opened_by,
-                               screen_layout, user_error)
+from demo.views.common import cache_of, figure_with_caption, screen_layout
 from demo.views.study_files import StudyFiles, StudyMissing, require_filled
+from demo.views.study_panel import ItemsView, build_items_view
 
 log = logging.getLogger(__name__)
 
@@ -193,56 +193,22 @@ def show_point(ctx: DemoContext, folder: object, name: object):
     return "\n\n".join(lines), p
 
 
+VIEW = ItemsView(
+    key="budget", label="Budget", figure_label="R@1 against trainable parameters", figure_id="frontier",
+    intro=("Retrieval against the number of trainable parameters (`python -m analysis budget`): prefix length, "
+           "LoRA rank, adapter width and depth, with the full fine-tune and zero-shot. Choose a point for its "
+           "configuration and numbers."),
+    item="point", item_label="Point", json_label="The points as JSON", item_json_id="point-json",
+    doc="The frontier figure, notes and every point.",
+    item_doc="One point: its configuration, exact trainable parameters and numbers with intervals.")
+
+
+def _first_point(points: Sequence[dict]) -> Optional[str]:
+    """The paper's default configuration, else the first point."""
+    return next((p["point"] for p in points if p["default"]), points[0]["point"] if points else None)
+
+
 def build_budget_tab(ctx: DemoContext, ui: SharedUI) -> None:
     """The Budget tab's components and events (inside ``with gr.Tab(...)``)."""
-    tabs = opened_by()
-    gr.Markdown("Retrieval against the number of trainable parameters (`python -m analysis budget`): prefix length, "
-                "LoRA rank, adapter width and depth, with the full fine-tune and zero-shot. Choose a point for its "
-                "configuration and numbers.")
-    with gr.Row():
-        folder = gr.Textbox(label="Budget folder (empty: the default study)", elem_id="budget-folder", scale=3)
-        run = gr.Button("Show the study", variant="primary", elem_id="budget-run", scale=1)
-    info = gr.Markdown(elem_id="budget-info", latex_delimiters=[])
-    figure = gr.Image(label="R@1 against trainable parameters", type="filepath", interactive=False, show_label=False,
-                      elem_id="budget-frontier", buttons=["download"])
-    point = lenient_dropdown([], label="Point", elem_id="budget-point")
-    point_info = gr.Markdown(elem_id="budget-point-info", latex_delimiters=[])
-    with gr.Accordion("The points as JSON", open=False):
-        points_json = gr.JSON(elem_id="budget-json")
-        point_json = gr.JSON(elem_id="budget-point-json")
-
-    def budget(folder_path):
-        """The frontier figure, notes and every point."""
-        try:
-            return show(ctx, folder_path)
-        except QueryError as exc:
-            raise user_error(exc) from None
-
-    def budget_point(folder_path, point_name):
-        """One point: its configuration, exact trainable parameters and numbers with intervals."""
-        try:
-            return show_point(ctx, folder_path, point_name)
-        except QueryError as exc:
-            raise user_error(exc) from None
-
-    in_view = in_page(budget, 3, 1)
-    point_in_view = in_page(budget_point, 2, 0)
-
-    def page(folder_path):
-        fig, text, known = in_view(folder_path)
-        names = [p["point"] for p in known or []]
-        first = next((p["point"] for p in known or [] if p["default"]), names[0] if names else None)
-        detail, numbers = point_in_view(folder_path, first) if first else ("", None)
-        return fig, text, known, gr.Dropdown(choices=names, value=first), detail, numbers
-
-    def on_open(folder_path, shown):
-        return (gr.skip(),) * 6 if shown is not None else page(folder_path)
-
-    outs = [figure, info, points_json, point, point_info, point_json]
-    run.click(page, [folder], outs, api_visibility="private")
-    folder.submit(page, [folder], outs, api_visibility="private")
-    hidden_api(budget, [folder], [figure, info, points_json], "budget")
-    point.input(point_in_view, [folder, point], [point_info, point_json], api_visibility="private")
-    hidden_api(budget_point, [folder, point], [point_info, point_json], "budget_point")
-    for tab in tabs:
-        tab.select(on_open, [folder, points_json], outs, api_visibility="private")
+    build_items_view(VIEW, lambda folder: show(ctx, folder), lambda folder, point: show_point(ctx, folder, point),
+                     _first_point)

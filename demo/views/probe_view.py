@@ -23,8 +23,9 @@ from analysis.binding.scoring import Accuracy
 from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import QueryError
-from demo.views.common import cache_of, figure_with_caption, hidden_api, in_page, opened_by, screen_layout, user_error
+from demo.views.common import cache_of, figure_with_caption, hidden_api, in_page, opened_by, screen_layout
 from demo.views.study_files import StudyFiles, StudyMissing, refuse_cut_short
+from demo.views.study_panel import api_action, folder_row
 
 log = logging.getLogger(__name__)
 
@@ -144,22 +145,15 @@ def build_probe_tab(ctx: DemoContext, ui: SharedUI) -> None:
     tabs = opened_by()
     gr.Markdown("Does the model bind attributes to the right garment or object? (`python -m analysis binding`): "
                 "minimal pairs that differ in one binding only, and per-attribute top-1 accuracy.")
-    with gr.Row():
-        folder = gr.Textbox(label="Probe folder (empty: the default study)", elem_id="probe-folder", scale=3)
-        run = gr.Button("Show the study", variant="primary", elem_id="probe-run", scale=1)
+    folder, run = folder_row("probe", "Probe")
     figure = gr.Image(label="Attribute-binding probe", type="filepath", interactive=False, show_label=False,
                       elem_id="probe-figure", buttons=["download"])
     info = gr.Markdown(elem_id="probe-info", latex_delimiters=[])
     with gr.Accordion("The results as JSON", open=False):
         results_json = gr.JSON(elem_id="probe-json")
 
-    def probe(folder_path):
-        """The binding probe's figure, its tables as notes, and its results."""
-        try:
-            return show(ctx, folder_path)
-        except QueryError as exc:
-            raise user_error(exc) from None
-
+    probe = api_action(lambda folder_path: show(ctx, folder_path), "probe",
+                       "The binding probe's figure, its tables as notes, and its results.")
     in_view = in_page(probe, 3, 1)
 
     def on_open(folder_path, shown):

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import gradio as gr
 import pandas as pd
 
 from analysis.transfer.examples import EXAMPLE_CAPTIONS, MAX_EXAMPLES
@@ -34,10 +33,10 @@ from analysis.transfer.plan import FULL, LABELS, METHODS, UPPERSON
 from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import QueryError
-from demo.views.common import (cache_of, figure_with_caption, hidden_api, in_page, lenient_dropdown, opened_by,
-                               screen_layout, user_error)
+from demo.views.common import cache_of, figure_with_caption, screen_layout
 from demo.views.study_files import (MAX_PER_QUERY_BYTES, StudyFiles, StudyMissing, refuse_cut_short,
                                     require_filled)
+from demo.views.study_panel import ItemsView, build_items_view
 from upperson import stats
 
 log = logging.getLogger(__name__)
@@ -298,55 +297,17 @@ def show_cell(ctx: DemoContext, folder: object, cell: object):
     return "\n\n".join(lines), examples
 
 
+VIEW = ItemsView(
+    key="transfer", label="Transfer", figure_label="Transfer matrix", figure_id="matrix",
+    intro=("The cross-domain transfer study (`python -m analysis transfer`): each method trained on a source "
+           "domain and tested on every target. Choose a cell for its paired difference and its queries."),
+    item="cell", item_label="Cell (source -> target)", json_label="The cells and examples as JSON",
+    item_json_id="examples-json",
+    doc="The transfer matrix (figure), notes and the cells with a paired difference.",
+    item_doc="One cell: its paired difference with its interval, and queries where the two methods disagree.")
+
+
 def build_transfer_tab(ctx: DemoContext, ui: SharedUI) -> None:
     """The Transfer tab's components and events (inside ``with gr.Tab(...)``)."""
-    tabs = opened_by()
-    gr.Markdown("The cross-domain transfer study (`python -m analysis transfer`): each method trained on a source "
-                "domain and tested on every target. Choose a cell for its paired difference and its queries.")
-    with gr.Row():
-        folder = gr.Textbox(label="Transfer folder (empty: the default study)", elem_id="transfer-folder", scale=3)
-        run = gr.Button("Show the study", variant="primary", elem_id="transfer-run", scale=1)
-    info = gr.Markdown(elem_id="transfer-info", latex_delimiters=[])
-    figure = gr.Image(label="Transfer matrix", type="filepath", interactive=False, show_label=False,
-                      elem_id="transfer-matrix", buttons=["download"])
-    cell = lenient_dropdown([], label="Cell (source -> target)", elem_id="transfer-cell")
-    cell_info = gr.Markdown(elem_id="transfer-cell-info", latex_delimiters=[])
-    with gr.Accordion("The cells and examples as JSON", open=False):
-        cells_json = gr.JSON(elem_id="transfer-json")
-        examples_json = gr.JSON(elem_id="transfer-examples-json")
-
-    def transfer(folder_path):
-        """The transfer matrix (figure), notes and the cells with a paired difference."""
-        try:
-            return show(ctx, folder_path)
-        except QueryError as exc:
-            raise user_error(exc) from None
-
-    def transfer_cell(folder_path, cell_name_):
-        """One cell: its paired difference with its interval, and queries where the two methods disagree."""
-        try:
-            return show_cell(ctx, folder_path, cell_name_)
-        except QueryError as exc:
-            raise user_error(exc) from None
-
-    in_view = in_page(transfer, 3, 1)
-    cell_in_view = in_page(transfer_cell, 2, 0)
-
-    def page(folder_path):
-        fig, text, known = in_view(folder_path)
-        names = [c["cell"] for c in known or []]
-        first = names[0] if names else None
-        detail, examples = cell_in_view(folder_path, first) if first else ("", None)
-        return fig, text, known, gr.Dropdown(choices=names, value=first), detail, examples
-
-    def on_open(folder_path, shown):
-        return (gr.skip(),) * 6 if shown is not None else page(folder_path)
-
-    outs = [figure, info, cells_json, cell, cell_info, examples_json]
-    run.click(page, [folder], outs, api_visibility="private")
-    folder.submit(page, [folder], outs, api_visibility="private")
-    hidden_api(transfer, [folder], [figure, info, cells_json], "transfer")
-    cell.input(cell_in_view, [folder, cell], [cell_info, examples_json], api_visibility="private")
-    hidden_api(transfer_cell, [folder, cell], [cell_info, examples_json], "transfer_cell")
-    for tab in tabs:
-        tab.select(on_open, [folder, cells_json], outs, api_visibility="private")
+    build_items_view(VIEW, lambda folder: show(ctx, folder), lambda folder, cell: show_cell(ctx, folder, cell),
+                     lambda cells: cells[0]["cell"] if cells else None)
