@@ -213,7 +213,7 @@ def cmd_attention(args, command: str = ""):
 def cmd_budget(args, command: str = ""):
     from analysis.budget import budget_command  # (heavy: only when the command runs)
 
-    return budget_command(args)
+    return budget_command(args, command=command or "python -m analysis budget")
 
 
 def cmd_explain(args, command: str = ""):

@@ -130,6 +130,13 @@ def test_sweep_on_a_stub_trainer_writes_every_column(tmp_path):
     assert len(list((tmp_path / "out" / "per_query").rglob("*.csv"))) == 5 * 2
     assert {f.png.name for f in figs} == {"budget.png"} and (tmp_path / "out" / "budget.svg").exists()
     assert df["pareto"].any()
+    # the README: the command, the setting, one row per point (exact counts, R@1 with its interval)
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "python -m analysis budget" in readme and "grid.yaml (SHA-256 " in readme and "icfg (toypedes at" in readme
+    for _, r in df.iterrows():
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{r['point']}` |"))
+        assert f"{int(r['trainable_params']):,}" in row and f"{r['R1_in']:.2f} [{r['R1_in_low']:.2f}, " in row
+        assert ("(paper default)" in row) == bool(r["default"])
 
     # finished runs are reused: nothing trains again, no per-query file is rewritten
     stub.calls.clear()

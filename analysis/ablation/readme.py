@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import datetime
 import math
-import subprocess
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
 from analysis import style
+from analysis.provenance import git_commit, made_on
 from analysis.ablation.figures import uncertainty_note
 from analysis.ablation.study import VARIANTS
 from analysis.ablation.table import REFERENCE, has_intervals
@@ -66,18 +65,10 @@ def _markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def write_readme(out_dir: Path, df: pd.DataFrame, figures: Sequence[style.FigureRecord], *, command: str,
                  details: dict) -> Path:
     """``README.md``: the command that made this folder, the setting and the table."""
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = made_on()
     lines = [
         "# Ablation of UP-Person's components",
         "",
@@ -87,7 +78,7 @@ def write_readme(out_dir: Path, df: pd.DataFrame, figures: Sequence[style.Figure
         command,
         "```",
         "",
-        f"on {now}, commit {_git_commit()}.",
+        f"on {now}, commit {git_commit()}.",
         "",
     ]
     for k, v in details.items():

@@ -16,9 +16,11 @@ from typing import Optional
 
 from analysis.budget.figure import budget_figure, save_budget_figure
 from analysis.budget.grid import GRID_FILE, BudgetGrid, BudgetPoint, load_grid
+from analysis.budget.readme import write_readme
 from analysis.budget.sweep import (CheckpointKey, EvaluateFn, KeyFn, PlannedRun, Target, describe_plan, evaluate_run,
                                    parameter_counts, per_query_name, plan, run_sweep, steps_per_epoch)
 from analysis.budget.table import IN_DOMAIN, collect, columns, copy_per_query, domains_of, pareto, write_table
+from upperson.io import file_digest
 
 __all__ = ["GRID_FILE", "IN_DOMAIN", "BudgetGrid", "BudgetPoint", "CheckpointKey", "EvaluateFn", "KeyFn", "PlannedRun",
            "Target", "budget_command", "budget_figure", "collect", "columns", "copy_per_query", "describe_plan", "domains_of",
@@ -31,7 +33,7 @@ DEFAULT_RUNS_DIR = Path("runs") / "budget"
 
 
 def budget_command(args, *, train_fn=None, evaluate_fn: EvaluateFn = evaluate_run, key_fn: Optional[KeyFn] = None,
-                   count=parameter_counts):
+                   count=parameter_counts, command: str = "python -m analysis budget"):
     """The body of ``python -m analysis budget`` (the keywords: stubs for the tests)."""
     grid = load_grid(args.grid)
     if args.config:
@@ -74,5 +76,16 @@ def budget_command(args, *, train_fn=None, evaluate_fn: EvaluateFn = evaluate_ru
     write_table(df, out)
     copied = copy_per_query(jobs, targets, out)
     fig = save_budget_figure(df, domains_of(targets), out)
+    grid_file = Path(args.grid) if args.grid else GRID_FILE
+    write_readme(out, df, targets, command=command, details={
+        "grid": f"{grid_file.name} (SHA-256 {file_digest(grid_file)[:16]}), base config {grid.base}, "
+                f"{len(df)} points",
+        "overrides on every point": " ".join(args.overrides) or "(none)",
+        "epochs": args.epochs if args.epochs is not None else "the preset's",
+        "source": f"{jobs[0].cfg.data.dataset} at {jobs[0].cfg.data.root} (its val selects each run's checkpoint, "
+                  "its test is the in-domain column)",
+        "targets": ", ".join(f"{t.name} ({t.dataset} at {t.root})" for t in targets) or "(none)",
+        "intervals": f"{args.resamples} resamples, seed {args.ci_seed} (upperson.stats.combine_seeds)",
+        "runs": f"{runs_dir} (rebuild this folder without training: the same command with --collect)"})
     log.info("budget table (%d points), %d per-query files and the figure in %s", len(df), copied, out)
     return [fig]
