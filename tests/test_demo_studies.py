@@ -216,6 +216,8 @@ def test_budget_frontier_and_a_point_with_its_configuration_and_numbers(site):
     figure, info, points = client.predict("", api_name="/budget")
     assert _png(figure) == _figure_png(budget_figure(df, ["in", "icfg"]))
     assert [p["point"] for p in points] == ["B2", "B5", "full-finetune", "zero-shot"] and "B2" in info
+    # the command that made it, from the study's README, folded
+    assert "<details><summary><b>Made by</b>" in info and "python -m analysis budget" in info.split("<details>")[1]
     grid = load_grid()
     for p in grid.select(["B2", "full-finetune"]).points:
         text, numbers = client.predict("", p.name, api_name="/budget_point")
@@ -447,3 +449,11 @@ def test_the_transfer_notes_fold_the_command_and_keep_it_text():
     folded = text[text.index("<details>"):]
     assert folded.startswith("<details><summary><b>Made by</b>") and folded.rstrip().endswith("</details>")
     assert "python -m analysis transfer" in folded and "<img" not in text and "&lt;img" in folded
+
+
+def test_a_readme_gives_the_command_of_its_fenced_block_only():
+    from demo.views.study_panel import readme_command
+
+    assert readme_command("# x\n\nMade by:\n\n```\npython -m analysis budget --epochs 10\n```\n\non ...") == \
+        "python -m analysis budget --epochs 10"
+    assert readme_command("# x\n\nno command here\n") == ""

@@ -245,7 +245,8 @@ def test_ablation_shipped_table_figures_and_command(site):
     assert _png(bars) == _figure_png(ablation.bars_figure(df)[0])
     assert _png(params) == _figure_png(ablation.params_figure(df)[0])
     assert _png(curves) == (_shipped() / "ablation_curves.png").read_bytes()
-    from demo.views.ablation_view import portable_command, readme_command
+    from demo.views.ablation_view import portable_command
+    from demo.views.study_panel import readme_command
 
     # the README's command, with the paths of the machine that made it as placeholders
     made_by = readme_command((_shipped() / "README.md").read_text())

@@ -37,6 +37,7 @@ from demo.search import QueryError
 from demo.thumbs import OutsideRoots, open_inside, real, within
 from demo.views.common import (cache_of, figure_file, hidden_api, in_page, lenient_dropdown, opened_by, png_file,
                                screen_layout, user_error)
+from demo.views.study_panel import readme_command
 from upperson.embedded import read_card
 
 log = logging.getLogger(__name__)
@@ -92,12 +93,6 @@ def read_inside(path: Path, roots: list[Path], limit: int) -> tuple[Optional[byt
     if len(data) > limit:
         return None, f"{path.name} is not shown: it is larger than {limit // 2**20} MB"
     return data, ""
-
-
-def readme_command(text: str) -> str:
-    """The first fenced code block of the README (``write_readme`` puts the exact command there)."""
-    m = re.search(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
-    return m.group(1).strip() if m else ""
 
 
 def _stat_key(path: Path) -> tuple:

@@ -26,12 +26,14 @@ from demo.markup import text as esc
 from demo.search import QueryError
 from demo.views.common import cache_of, figure_with_caption, screen_layout
 from demo.views.study_files import StudyFiles, StudyMissing, require_filled
-from demo.views.study_panel import ItemsView, build_items_view
+from demo.views.study_panel import ItemsView, build_items_view, made_by, readme_command
 
 log = logging.getLogger(__name__)
 
 KIND = "budget"
 TABLE = "budget.csv"
+README = "README.md"  # analysis.budget.readme writes it: the command that made the study
+MAX_README_BYTES = 2**20
 NEEDED = ("point", "kind", "default", "overrides", "trainable_params", "total_params", "seeds")
 STUDIES, DRAWINGS = "budget-studies", "budget-drawings"
 
@@ -41,6 +43,7 @@ class BudgetStudy:
     folder: Path
     table: pd.DataFrame
     domains: tuple[str, ...]  # in-domain first, then the targets
+    command: str = ""  # from the README ("" when unknown)
 
 
 def domains_in(df: pd.DataFrame) -> list[str]:
@@ -51,7 +54,7 @@ def domains_in(df: pd.DataFrame) -> list[str]:
 def load(ctx: DemoContext, folder: object) -> tuple[tuple, BudgetStudy]:
     files = StudyFiles(ctx.study_roots)
     path = files.folder(KIND, folder)
-    key = files.stamp(path, (TABLE,))
+    key = files.stamp(path, (TABLE, README))
 
     def make() -> BudgetStudy:
         df = files.read_csv(KIND, path, TABLE, remade_by="python -m analysis budget")
@@ -66,7 +69,10 @@ def load(ctx: DemoContext, folder: object) -> tuple[tuple, BudgetStudy]:
         require_filled(df, TABLE, "python -m analysis budget", numbers, [c for c in ("pareto",) if c in df.columns])
         df["default"] = df["default"].astype(str).str.strip().str.lower() == "true"
         df["point"] = df["point"].astype(str)
-        return BudgetStudy(path, df, tuple(domains))
+        command = ""
+        if (path / README).is_file():
+            command = readme_command(files.read_bytes(KIND, path, README, MAX_README_BYTES).decode("utf-8", "replace"))
+        return BudgetStudy(path, df, tuple(domains), command)
 
     return key, cache_of(ctx, STUDIES, 8).get_or_make(key, make)
 
@@ -114,6 +120,8 @@ def notes(study: BudgetStudy, given: bool) -> str:
     if front:
         lines.append(f"Pareto frontier (in-domain R@1): {esc(', '.join(front))}.")
     lines.append("Choose a point below for its configuration and numbers.")
+    if study.command:
+        lines.append(made_by(study.command))
     return "\n\n".join(lines)
 
 

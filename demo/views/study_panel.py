@@ -10,13 +10,30 @@ the API's (``/<key>``, ``/<key>_<item>``, :func:`demo.views.common.hidden_api`) 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import gradio as gr
 
+from demo.markup import text as esc
 from demo.search import QueryError
 from demo.views.common import hidden_api, in_page, lenient_dropdown, opened_by, user_error
+
+
+def readme_command(readme: str) -> str:
+    """The command a study's README says made it: its first fenced code block (the ablation's and
+    the budget's ``write_readme`` put the exact command there), else "" (unknown)."""
+    m = re.search(r"^```[^\n]*\n(.*?)^```", readme, flags=re.S | re.M)
+    return m.group(1).strip() if m else ""
+
+
+def made_by(command: str) -> str:
+    """The notes' line of the command that made a study, folded (it runs to a dozen lines on a phone),
+    escaped; "" when unknown."""
+    if not command:
+        return ""
+    return f"<details><summary><b>Made by</b> (the command)</summary>\n\n{esc(command)}\n\n</details>"
 
 
 def folder_row(key: str, label: str) -> tuple[gr.Textbox, gr.Button]:

@@ -36,7 +36,7 @@ from demo.search import QueryError
 from demo.views.common import cache_of, figure_with_caption, screen_layout
 from demo.views.study_files import (MAX_PER_QUERY_BYTES, StudyFiles, StudyMissing, refuse_cut_short,
                                     require_filled)
-from demo.views.study_panel import ItemsView, build_items_view
+from demo.views.study_panel import ItemsView, build_items_view, made_by
 from upperson import stats
 
 log = logging.getLogger(__name__)
@@ -168,8 +168,7 @@ def notes(study: TransferStudy, given: bool) -> str:
         lines.append(f"> ⚠️ in-domain cell differs from its run's results: {esc(bad)}")
     command = study.summary.get("command")
     if isinstance(command, str) and command:
-        # folded: the command runs to a dozen lines on a phone, above the matrix
-        lines.append(f"<details><summary><b>Made by</b> (the command)</summary>\n\n{esc(command)}\n\n</details>")
+        lines.append(made_by(command))
     return "\n\n".join(lines)
 
 
