@@ -92,11 +92,21 @@ def write_sidecar(path: Path, key: Mapping, sha256: str, **extra: Any) -> None:
     atomic_write_json(sidecar_path(path), {"key": dict(key), "sha256": sha256, **extra})
 
 
-def read_with_sidecar(path: Path) -> stats.PerQueryFile:
-    """A per-query file checked against the SHA-256 its record (:func:`sidecar_path`) holds, read
-    once; a ValueError when the record is missing or the file changed."""
+def checked_bytes(path: Path) -> bytes:
+    """A per-query file's bytes, checked against the SHA-256 its record (:func:`sidecar_path`) holds;
+    a ValueError when the record is missing or the file changed."""
+    path = Path(path)
     record = read_sidecar(path)
     if not record or not isinstance(record.get("sha256"), str):
         raise ValueError(f"{path}: no readable record {sidecar_path(path).name} beside it; run the command again "
                          "to evaluate it again")
-    return read_checked(path, record["sha256"], record=sidecar_path(path).name)
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise ValueError(f"{path} changed after it was evaluated (its SHA-256 is not the one "
+                         f"{sidecar_path(path).name} records); run the command again to evaluate it again")
+    return data
+
+
+def read_with_sidecar(path: Path) -> stats.PerQueryFile:
+    """A per-query file checked against its record (:func:`checked_bytes`), read once and parsed."""
+    return stats.read_per_query_csv(path, data=checked_bytes(path))

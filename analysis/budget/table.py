@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -12,7 +11,7 @@ import pandas as pd
 from analysis import per_query_cache
 from analysis.budget.sweep import PlannedRun, Target, per_query_name
 from upperson import stats
-from upperson.io import atomic_path, atomic_write_text
+from upperson.io import atomic_write_bytes, atomic_write_text
 
 METRICS = ("R1", "mAP")
 IN_DOMAIN = "in"  # the column suffix of the source's own test split
@@ -89,14 +88,14 @@ def write_table(df: pd.DataFrame, out_dir: Path) -> Path:
 
 
 def copy_per_query(jobs: Sequence[PlannedRun], targets: Sequence[Target], out_dir: Path) -> int:
-    """Every complete run's per-query files into ``out_dir/per_query/<point>/seed-<s>/<domain>.csv``."""
+    """Every complete run's per-query files into ``out_dir/per_query/<point>/seed-<s>/<domain>.csv``: the
+    bytes checked against each file's record are the bytes written."""
     n = 0
     for j in jobs:
         for d in domains_of(targets):
             src = _file(j.run_dir, d)
             if src.exists():
                 dst = Path(out_dir) / "per_query" / j.point.name / f"seed-{j.seed}" / f"{d}.csv"
-                with atomic_path(dst) as tmp:
-                    shutil.copyfile(src, tmp)
+                atomic_write_bytes(dst, per_query_cache.checked_bytes(src))
                 n += 1
     return n

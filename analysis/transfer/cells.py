@@ -140,16 +140,22 @@ def _run_test(files: Sequence[CellFile], key: str) -> float:
 
 
 def build_matrix(files: Sequence[CellFile], out: Path, *, resamples: int = stats.DEFAULT_RESAMPLES,
-                 seed: int = stats.DEFAULT_SEED) -> tuple[pd.DataFrame, dict[tuple[str, str], dict[str, np.ndarray]]]:
+                 seed: int = stats.DEFAULT_SEED, parsed: Optional[dict[str, stats.PerQueryFile]] = None,
+                 ) -> tuple[pd.DataFrame, dict[tuple[str, str], dict[str, np.ndarray]]]:
     """The matrix (one row per method and cell, :data:`COLUMNS`) and each cell's per-query
-    differences UP-Person - full fine-tune (seed-averaged), for :func:`gaps`."""
+    differences UP-Person - full fine-tune (seed-averaged), for :func:`gaps`. ``parsed``, when
+    given, is filled with every file as read and checked (by its path relative to ``out``), so
+    that later steps need not read it again."""
     by_target: dict[str, stats.PerQueryFile] = {}
     groups: dict[tuple[str, str, str], list[CellFile]] = {}
     for f in files:
         groups.setdefault((f.method, f.source, f.target), []).append(f)
     values: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
     for key, members in groups.items():
-        read = [read_cell_file(out, f) for f in sorted(members, key=lambda f: f.seed)]
+        ordered = sorted(members, key=lambda f: f.seed)
+        read = [read_cell_file(out, f) for f in ordered]
+        if parsed is not None:
+            parsed |= {Path(f.path).as_posix(): r for f, r in zip(ordered, read)}
         first = by_target.setdefault(key[2], read[0])
         try:
             stats.aligned([first, *read])

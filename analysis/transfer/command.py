@@ -127,12 +127,13 @@ def run(args, command: str = "") -> list:
             check_run(r, r.method)
     test_splits = {name: data.split("test") for name, data in datasets.items()}
     files = evaluate_cells(runs, targets_of, out, records=test_splits, progress=not args.no_progress)
-    df, diffs = build_matrix(files, out, resamples=args.resamples, seed=args.ci_seed)
+    parsed: dict = {}  # every per-query file as the matrix read and checked it
+    df, diffs = build_matrix(files, out, resamples=args.resamples, seed=args.ci_seed, parsed=parsed)
     bad = diagonal_mismatches(df)
     for b in bad:
         log.warning("in-domain cell differs from its run's results.json (another data root or precision?): %s", b)
     summary = gaps(diffs, resamples=args.resamples, seed=args.ci_seed)
-    texts = example_captions(df, out, test_splits, files)
+    texts = example_captions(df, test_splits, parsed)
     fig, line = write_study(out, df, summary, bad, command=command, cells=[f"{s.name}->{t.name}" for s, t in study])
     atomic_write_json(out / EXAMPLE_CAPTIONS, {"note": "caption texts of the queries the app's Transfer view shows "
                                                        "where the two methods disagree (analysis.transfer.examples)",

@@ -10,17 +10,13 @@ same function's in the command and in the app's Transfer view (:func:`disagreeme
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from analysis import per_query_cache
 from analysis.transfer.plan import FULL, LABELS, UPPERSON
 from upperson import stats
-
-if TYPE_CHECKING:  # (cells imports the evaluation, torch included; the app's view imports this module)
-    from analysis.transfer.cells import CellFile
 
 #: the columns that identify a query in a per-query file
 IDENTITY = ["query_index", "pid", "image_id", "caption_key"]
@@ -65,25 +61,19 @@ def frame_of(f: stats.PerQueryFile) -> pd.DataFrame:
                          "caption_key": f.caption_key, "first_rank": f.first_rank})
 
 
-def _read_checked(out: Path, f: "CellFile") -> stats.PerQueryFile:
-    return per_query_cache.read_checked(Path(out) / f.path, f.sha256, record="the cells' manifest",
-                                        remedy="run the command again to evaluate that cell again")
-
-
-def example_captions(matrix: pd.DataFrame, out: Path, test_splits: Mapping[str, list],
-                     files: Sequence["CellFile"]) -> dict[str, str]:
+def example_captions(matrix: pd.DataFrame, test_splits: Mapping[str, list],
+                     parsed: Mapping[str, stats.PerQueryFile]) -> dict[str, str]:
     """Caption text by key of every cell's example queries (both methods' rows present), from the
-    targets' test splits (``test_splits``: records by target name); each cell's per-query files
-    (``files``, as :func:`analysis.transfer.cells.evaluate_cells` returned them) read checked."""
-    by_path = {Path(f.path).as_posix(): f for f in files}
+    targets' test splits (``test_splits``: records by target name); each cell's per-query files as
+    :func:`analysis.transfer.cells.build_matrix` read and checked them (``parsed``, by path)."""
     keys: dict[str, set] = {}
     rows = {(r["method"], str(r["source"]), str(r["target"])): r for _, r in matrix.iterrows()}
     for (method, source, target), row in rows.items():
         other = rows.get((FULL, source, target))
         if method != UPPERSON or other is None:
             continue
-        frames = [[frame_of(_read_checked(out, by_path[Path(n).as_posix()]))
-                   for n in str(r["per_query"]).split(";") if n.strip()] for r in (row, other)]
+        frames = [[frame_of(parsed[Path(n).as_posix()]) for n in str(r["per_query"]).split(";") if n.strip()]
+                  for r in (row, other)]
         keys.setdefault(target, set()).update(e["caption_key"] for e in disagreements(*frames))
     texts: dict[str, str] = {}
     for target, wanted in keys.items():
