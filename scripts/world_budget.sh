@@ -4,6 +4,9 @@
 # selected (3e-3; the full fine-tune point keeps its own 1e-4), targets icfg and rstp. Resumable:
 # two halves of the grid at once (one per core, one thread each); finished runs and their
 # per-query files are reused. Then the table, the figure and the per-query files into assets/budget.
+# The runs are kept in the repository (assets/world/budget-runs, without their last/ training state or
+# the full fine-tune's 31 MB weights: .gitignore), so that a grid longer than a session's machine
+# continues on the next one: commit the complete runs (those with results.json) before the machine goes.
 #   bash scripts/world_budget.sh [W]        (W: the world folder of scripts/world_pipeline.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +17,7 @@ for d in cuhk icfg rstp; do
 done
 common=(--data-root "$W/data/cuhk" --target "icfg=$W/data/icfg" --target "rstp=$W/data/rstp"
   --set model.pretrained=assets/world/backbone.safetensors --set train.lr=0.003 --epochs 10
-  --runs-dir "$W/budget-runs" --no-progress)
+  --runs-dir "${RUNS:-assets/world/budget-runs}" --no-progress)
 OMP_NUM_THREADS=1 nice -n 19 $PY -m analysis budget "${common[@]}" --points B1,B2,B3,B4,B5,B6,zero-shot \
   --out "$W/budget-a" >> "$W/budget-a.log" 2>&1 &
 OMP_NUM_THREADS=1 nice -n 19 $PY -m analysis budget "${common[@]}" --points B7,B8,B9,B10,B11,B12,full-finetune \
