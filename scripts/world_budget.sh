@@ -12,9 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/work/world}
 PY=${PYTHON:-.venv/bin/python}
-for d in cuhk icfg rstp; do
-  [ -d "$W/data/$d/ToyPEDES" ] || { echo "error: $W/data/$d is missing: run scripts/world_pipeline.sh $W first" >&2; exit 2; }
-done
+source scripts/world_data.sh
+require_world_data "$W"
 common=(--data-root "$W/data/cuhk" --target "icfg=$W/data/icfg" --target "rstp=$W/data/rstp"
   --set model.pretrained=assets/world/backbone.safetensors --set train.lr=0.003 --epochs 10
   --runs-dir "${RUNS:-assets/world/budget-runs}" --no-progress)

@@ -293,7 +293,7 @@ def test_bad_images_are_errors_naming_entries(tmp_path):
     msg = str(info.value)
     assert msg.startswith("2 bad image(s)")
     assert f"entry 2 (id 5, file_path 'b/5_0.png'): image not found: {missing.resolve()}" in msg
-    assert f"entry 7 (id 9, file_path 'c/9_1.png'): unreadable image" in msg
+    assert "entry 7 (id 9, file_path 'c/9_1.png'): unreadable image" in msg
     assert "skip_bad_images=True" in msg
     # the hint names the flag and the config key that really exist
     assert "--skip-bad-images" in msg and "--set data.skip_bad_images=true" in msg

@@ -14,7 +14,7 @@ import torch
 
 from tests.test_demo_support import engine as make_engine
 from tests.test_demo_support import (
-    free_port, load_model, reference_ranking, session_cache, start, toy_root, use_session_cache, zero_shot_of,
+    load_model, reference_ranking, session_cache, start, toy_root, use_session_cache, zero_shot_of,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -27,7 +27,6 @@ def served():
     from gradio_client import Client
 
     from demo.gallery import dataset_gallery
-    from demo.search import SearchEngine
 
     model = load_model()
     gallery = dataset_gallery("toypedes", toy_root(), "test")
@@ -234,7 +233,6 @@ def test_gallery_folder_bad_files_and_outside_folders(tmp_path):
     from PIL import Image
 
     from demo.gallery import dataset_gallery, folder_gallery
-    from demo.search import SearchEngine
 
     allowed = tmp_path / "allowed"
     photos = allowed / "photos"
@@ -285,7 +283,6 @@ def test_switching_checkpoints_swaps_only_petl_weights(tmp_path, monkeypatch):
 
     import upperson.model as model_pkg
     from demo.gallery import dataset_gallery
-    from demo.search import SearchEngine
     from upperson.index import model_key
     from upperson.model.checkpoint import save_petl
 

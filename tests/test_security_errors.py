@@ -5,7 +5,6 @@ alias bomb, lowered size limits, sparse files, in-process calls where a subproce
 from __future__ import annotations
 
 import csv
-import json
 import os
 import threading
 from pathlib import Path
