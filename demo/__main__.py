@@ -176,10 +176,21 @@ def default_vocabulary(checkpoints: Sequence[Path]):
     return stored_vocabulary(EMBEDDED_DIR / "upperson") if embedded_available() else None
 
 
+def feature_problem(feats) -> Optional[str]:
+    """What makes ``feats`` (N x D, float32; finite: the index store checks that) not an image
+    tower's output, or None: every row is L2-normalised, as the model's features are."""
+    norms = feats.norm(dim=1)
+    off = ((norms - 1).abs() > 1e-3).nonzero().flatten()
+    if len(off):
+        return f"{len(off)} row(s) not of unit length, the first row {int(off[0])} (length {float(norms[off[0]]):.4g})"
+    return None
+
+
 def seed_cache_from_index(index: Path, model, cache: Path) -> None:
     """Put an index folder's features into the demo's feature cache, so its images are not encoded
     again; refused (ValueError) when another model made the index."""
-    import torch  # imported here, as everything heavy in this module, so that --help stays fast
+    import numpy as np  # imported here, as everything heavy in this module, so that --help stays fast
+    import torch
 
     from demo.search import FEATURE_CACHE
     from upperson.index import ImageIndex, model_key
@@ -191,8 +202,11 @@ def seed_cache_from_index(index: Path, model, cache: Path) -> None:
         raise ValueError(f"--index {index} was built by another model ({store.manifest.model.get('source')}); "
                          "start the demo with that --checkpoint, or index again with this model")
     entries = store.manifest.entries
-    added = ImageIndex(model, cache / FEATURE_CACHE, progress=False, key=key).add_known(
-        [e.sha1 for e in entries], torch.from_numpy(store.features_of(list(range(len(entries))))))
+    feats = torch.from_numpy(np.asarray(store.features_of(list(range(len(entries)))), dtype=np.float32))
+    problem = feature_problem(feats)
+    if problem:
+        raise ValueError(f"--index {index}: not a model's features ({problem}); build the index again")
+    added = ImageIndex(model, cache / FEATURE_CACHE, progress=False, key=key).add_known([e.sha1 for e in entries], feats)
     log.info("--index %s: %d image(s), %d feature(s) added to the cache", index, len(entries), added)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from upperson.data import build_tokenizer, build_transforms
+from upperson.io import file_digest
 from upperson.model import build_model
 from upperson.model.upperson import UPPerson
 from upperson.search import build as build_module
@@ -403,3 +404,25 @@ def test_the_demo_opens_an_index_without_encoding_again(tmp_path, tiny_model, ga
     with pytest.raises(GalleryError, match="allow-root"):
         index_gallery(tmp_path / "index2")
     assert len(index_gallery(tmp_path / "index2", allow_roots=[outside.parent])) == 1
+
+
+@pytest.mark.parametrize("bad, message", [("nan", "row 1 is not finite"),
+                                          ("not unit length", "not a model's features.*row 1 .length 3")])
+def test_an_index_whose_features_are_not_a_models_is_not_seeded(tmp_path, tiny_model, gallery, bad, message):
+    """A tampered index whose checksums were rewritten to match: its features are checked before the
+    demo's cache takes them (finite, L2-normalised), and nothing is added."""
+    from demo.__main__ import seed_cache_from_index
+    from demo.search import FEATURE_CACHE
+
+    out = tmp_path / "index"
+    build_index(tiny_model, gallery, out, source="test", progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    seg = out / "segments" / manifest["segments"][0]["name"]
+    feats = np.load(seg).copy()
+    feats[1] = np.nan if bad == "nan" else 3 * feats[1]
+    np.save(seg, feats)
+    manifest["segments"][0]["sha256"] = file_digest(seg)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=message):
+        seed_cache_from_index(out, tiny_model, tmp_path / "cache")
+    assert not (tmp_path / "cache" / FEATURE_CACHE).exists()
