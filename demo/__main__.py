@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
+from upperson.assets import EMBEDDED_GALLERY_INDEX
 from upperson.train.run import Run
 
 log = logging.getLogger("demo")
@@ -186,9 +187,10 @@ def feature_problem(feats) -> Optional[str]:
     return None
 
 
-def seed_cache_from_index(index: Path, model, cache: Path) -> None:
+def seed_cache_from_index(index: Path, model, cache: Path) -> int:
     """Put an index folder's features into the demo's feature cache, so its images are not encoded
-    again; refused (ValueError) when another model made the index."""
+    again (returns how many were new); refused (ValueError) when another model made the index, or
+    its features are not a model's."""
     import numpy as np  # imported here, as everything heavy in this module, so that --help stays fast
     import torch
 
@@ -208,6 +210,22 @@ def seed_cache_from_index(index: Path, model, cache: Path) -> None:
         raise ValueError(f"--index {index}: not a model's features ({problem}); build the index again")
     added = ImageIndex(model, cache / FEATURE_CACHE, progress=False, key=key).add_known([e.sha1 for e in entries], feats)
     log.info("--index %s: %d image(s), %d feature(s) added to the cache", index, len(entries), added)
+    return added
+
+
+def seed_cache_for_embedded_gallery(model, cache: Path, index: Path = EMBEDDED_GALLERY_INDEX) -> int:
+    """Put the shipped features of the default gallery (``assets/embedded/gallery-index``, made by
+    ``scripts/embedded_gallery_index.sh``) into the feature cache, so that a first start does not
+    encode its images; returns how many were added. Another model (``--checkpoint``), a missing or a
+    damaged index: nothing is added, the gallery is encoded as without it (said in the log)."""
+    if not (index / "manifest.json").is_file():
+        return 0
+    try:
+        return seed_cache_from_index(index, model, cache)
+    except ValueError as exc:  # IndexFolderError included: corrupted, truncated, tampered
+        (log.info if "another model" in str(exc) else log.warning)(
+            "the shipped features of the default gallery are not used (its images are encoded): %s", exc)
+        return 0
 
 
 def option_problem(args: argparse.Namespace) -> Optional[str]:
@@ -274,6 +292,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model, default_name, others = load_model(args.checkpoint, args.pretrained)
         if args.index:
             seed_cache_from_index(args.index, model, args.cache_dir or cache_dir())
+        elif not (args.gallery or args.data_root):
+            seed_cache_for_embedded_gallery(model, args.cache_dir or cache_dir())
         limits = index_limits(args)
         limit_decoders(limits.max_pixels)
         relist = (lambda: folder_gallery(args.gallery)) if args.gallery else None

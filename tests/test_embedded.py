@@ -2,29 +2,44 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import shutil
 
 import numpy as np
 import pytest
+import torch
+from torch.nn import functional as F
 
-from upperson.data import build_tokenizer, load_dataset
+from upperson.assets import EMBEDDED_GALLERY_INDEX
+from upperson.data import build_tokenizer, build_transforms, load_dataset
 from upperson.data.toypedes import generate_toypedes
 from upperson.cli.export_embedded import FT_PER_QUERY, PAIRS
 from upperson.embedded import (EmbeddedAssetError, EMBEDDED_DIR, embedded_available, load_embedded_model,
                                read_card, sha256_file, verify_assets)
 from upperson.evaluation import evaluate_per_query
+from upperson.index import model_key
+from upperson.model.upperson import UPPerson
+from upperson.search.build import BuildLimits, load_image
+from upperson.search.store import IndexStore
 
 pytestmark = pytest.mark.skipif(not embedded_available(), reason="assets/embedded is not in this checkout")
 
 
 @pytest.fixture(scope="module")
-def card_test_split(tmp_path_factory):
-    """The ToyPEDES test split the card was evaluated on (only those identities are drawn)."""
+def card_root(tmp_path_factory):
+    """A data root with the ToyPEDES test split the card was evaluated on (only those identities are drawn)."""
     spec = read_card()["evaluation"]["toypedes"]
     root = tmp_path_factory.mktemp("card-data")
     generate_toypedes(root, preset=spec["preset"], seed=spec["seed"], splits=["test"], domain=spec.get("domain"))
-    return load_dataset("toypedes", root).split("test")
+    return root
+
+
+@pytest.fixture(scope="module")
+def card_test_split(card_root):
+    """The ToyPEDES test split the card was evaluated on."""
+    return load_dataset("toypedes", card_root).split("test")
 
 
 @pytest.fixture(scope="module")
@@ -329,3 +344,56 @@ def test_the_zero_shot_model_is_the_shipped_checkpoints_backbone_at_its_resoluti
     up, zs = load_embedded_model("upperson"), load_embedded_model("zero-shot")
     assert zs.config == zero_shot_config(up.config)
     assert tuple(zs.config.image_size) == tuple(read_card()["backbone"]["image_size"])
+
+
+def test_the_shipped_gallery_features_are_the_embedded_models_encoding_of_the_default_gallery(card_root):
+    """assets/embedded/gallery-index: every image of the default gallery (by contents), and the
+    embedded model's features of them (a sample, encoded here as the index encodes)."""
+    store = IndexStore.open(EMBEDDED_GALLERY_INDEX)
+    model = load_embedded_model("upperson")
+    remedy = "the embedded model or the generator changed: run scripts/embedded_gallery_index.sh"
+    assert store.manifest.model["key"] == model_key(model), remedy
+    images = sorted((card_root / "ToyPEDES" / "imgs" / "test").glob("*.png"))
+    row = {e.sha1: i for i, e in enumerate(store.manifest.entries)}
+    sha1 = [hashlib.sha1(p.read_bytes()).hexdigest() for p in images]
+    assert sorted(sha1) == sorted(row) and len(images) == read_card()["metrics"]["upperson"]["gallery"], remedy
+    sample = list(range(0, len(images), 97))
+    transform = build_transforms(model.image_size, train=False)
+    with torch.no_grad():
+        batch = torch.stack([transform(load_image(images[i], BuildLimits())) for i in sample])
+        expected = F.normalize(model.encode_image(batch).float(), dim=-1).numpy()
+    np.testing.assert_allclose(store.features_of([row[sha1[i]] for i in sample]), expected, atol=1e-5)
+
+
+def test_the_demos_first_start_encodes_no_default_gallery_image(card_root, tmp_path, monkeypatch, caplog):
+    """seed_cache_for_embedded_gallery: the default gallery's features come from the shipped index;
+    another model, or a damaged copy of the index, adds nothing (said in the log), and then the
+    gallery is encoded as without it."""
+    from demo.__main__ import seed_cache_for_embedded_gallery
+    from demo.gallery import dataset_gallery
+    from demo.search import SearchEngine
+    from tests.conftest import tiny_model_config
+    from upperson.model import build_model
+
+    model = load_embedded_model("upperson")
+    gallery = dataset_gallery("toypedes", card_root, "test")
+    assert seed_cache_for_embedded_gallery(model, tmp_path / "cache") == len(gallery)
+    encoded = []
+    real = UPPerson.encode_image
+    monkeypatch.setattr(UPPerson, "encode_image", lambda m, images: encoded.append(len(images)) or real(m, images))
+    engine = SearchEngine(model, gallery, cache_dir=tmp_path / "cache")
+    assert sum(encoded) == 0 and len(engine.search("a woman in a red coat", top_k=3).rankings[0].hits) == 3
+    assert seed_cache_for_embedded_gallery(model, tmp_path / "cache") == 0  # already there
+
+    other = build_model(tiny_model_config(pretrained="random")).eval()
+    with caplog.at_level(logging.INFO, logger="demo"):
+        assert seed_cache_for_embedded_gallery(other, tmp_path / "other") == 0
+    assert "another model" in caplog.text and not (tmp_path / "other").exists()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(EMBEDDED_GALLERY_INDEX, damaged)
+    segment = next((damaged / "segments").glob("*.npy"))
+    segment.write_bytes(segment.read_bytes()[:-512])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="demo"):
+        assert seed_cache_for_embedded_gallery(model, tmp_path / "cache2", damaged) == 0
+    assert "truncated" in caplog.text
