@@ -5,8 +5,10 @@
 # two halves of the grid at once (one per core, one thread each); finished runs and their
 # per-query files are reused. Then the table, the figure and the per-query files into assets/budget.
 # The runs are kept in the repository (assets/world/budget-runs, without their last/ training state or
-# the full fine-tune's 31 MB weights: .gitignore), so that a grid longer than a session's machine
-# continues on the next one: commit the complete runs (those with results.json) before the machine goes.
+# their weights: .gitignore; a run is evaluated in-domain and on both targets as soon as it finishes,
+# and its per-query records key on best/petl.json, which keeps the weights' SHA-256), so that a grid
+# longer than a session's machine continues on the next one: commit the complete runs (those with
+# results.json and their three per-query files) before the machine goes.
 #   bash scripts/world_budget.sh [W]        (W: the world folder of scripts/world_pipeline.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
