@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Stage the stand-in world's complete study runs for a commit, so that a later machine continues the
+# study (scripts/world_budget.sh, scripts/world_ablation.sh keep their runs in the repository; .gitignore
+# leaves out what is not kept). A budget run is complete with its results.json and its three per-query
+# files' records; an ablation run with its results.json and per_query_test.csv (its --test-on files,
+# where made, come with it). Incomplete runs are left unstaged (they are resumed only on the machine
+# that holds their last/ state).
+#   bash scripts/world_keep.sh && git commit -m "..."
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kept=0
+for d in assets/world/budget-runs/*/seed-*; do
+  [ -d "$d" ] || continue
+  for f in results.json per_query_test.json per_query_target-icfg.json per_query_target-rstp.json; do
+    [ -f "$d/$f" ] || continue 2
+  done
+  git add "$d" && kept=$((kept + 1))
+done
+for d in assets/world/ablation-runs/*/seed-*; do
+  [ -d "$d" ] || continue
+  [ -f "$d/results.json" ] && [ -f "$d/per_query_test.csv" ] || continue
+  git add "$d" && kept=$((kept + 1))
+done
+echo "$kept complete run(s) staged; $(git diff --cached --name-only | wc -l) file(s) staged in all"
