@@ -69,8 +69,10 @@ def read_checked(path: Path, sha256: Optional[str], *, record: str = "its record
 
 
 def sidecar_path(path: Path) -> Path:
-    """The record kept beside per-query file ``path`` (``X.csv`` -> ``X.json``)."""
-    return Path(path).with_suffix(".json")
+    """The record kept beside per-query file ``path`` (``X.csv`` or ``X.csv.gz`` -> ``X.json``)."""
+    path = Path(path)
+    name = path.name[:-len(".gz")] if path.name.endswith(".csv.gz") else path.name
+    return path.with_name(name).with_suffix(".json")
 
 
 def read_sidecar(path: Path) -> Optional[dict]:

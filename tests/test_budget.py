@@ -3,6 +3,7 @@ trainer, exact parameter counts against docs/method.md's closed form, --dry-run,
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -122,12 +123,12 @@ def test_sweep_on_a_stub_trainer_writes_every_column(tmp_path):
         assert row["trainable_params"] == closed_form(load_config(grid.base, list(p.overrides))), p.name
         assert row["seeds"] == (1 if p.kind == "zero-shot" else 2)
     # the metrics are the seed-averaged per-query values
-    b2 = [pd.read_csv(tmp_path / "runs" / "B2" / f"seed-{s}" / "per_query_target-icfg.csv") for s in (0, 1)]
+    b2 = [pd.read_csv(tmp_path / "runs" / "B2" / f"seed-{s}" / "per_query_target-icfg.csv.gz") for s in (0, 1)]
     r1 = np.mean([100 * (f["first_rank"] <= 1).mean() for f in b2])
     assert df.loc[df["point"] == "B2", "R1_icfg"].iloc[0] == pytest.approx(r1)
     assert df.loc[df["point"] == "B2", "R1_icfg_low"].iloc[0] <= r1 <= df.loc[df["point"] == "B2", "R1_icfg_high"].iloc[0]
     assert b2[0]["caption"].isna().all()  # no caption text in the files
-    assert len(list((tmp_path / "out" / "per_query").rglob("*.csv"))) == 5 * 2
+    assert len(list((tmp_path / "out" / "per_query").rglob("*.csv.gz"))) == 5 * 2
     assert {f.png.name for f in figs} == {"budget.png"} and (tmp_path / "out" / "budget.svg").exists()
     assert df["pareto"].any()
     # the README: the command, the setting, one row per point (exact counts, R@1 with its interval)
@@ -140,7 +141,7 @@ def test_sweep_on_a_stub_trainer_writes_every_column(tmp_path):
 
     # finished runs are reused: nothing trains again, no per-query file is rewritten
     stub.calls.clear()
-    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*.csv")}
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*.csv.gz")}
     jobs = budget.plan(grid.select(SWEPT.split(",")), tmp_path / "runs", data_root=str(tmp_path), count=_no_count)
     budget.run_sweep(jobs, [budget.Target("icfg", "toypedes", str(tmp_path / "icfg"))], train_fn=stub,
                      evaluate_fn=stub_evaluate, key_fn=stub_key, progress=False)
@@ -219,13 +220,13 @@ def test_per_query_files_key_each_caption_without_its_text(tmp_path, caplog):
                        count=_no_count)
     budget.run_sweep(jobs, [budget.Target("icfg", "toypedes", str(tmp_path))], train_fn=StubTrainer(),
                      evaluate_fn=evaluate, key_fn=stub_key, progress=False)
-    for name in ("per_query_test.csv", "per_query_target-icfg.csv"):
+    for name in ("per_query_test.csv.gz", "per_query_target-icfg.csv.gz"):
         path = tmp_path / "runs" / "B2" / "seed-0" / name
         df = pd.read_csv(path, keep_default_na=False)
-        assert "coat" not in path.read_text() and (df["caption"] == "").all()
+        assert "coat" not in gzip.decompress(path.read_bytes()).decode() and (df["caption"] == "").all()
         assert df["caption_key"].tolist() == [stats.caption_key(t) for t in texts]
     # a file written before the keys were kept (every key that of empty text) is written again, said out loud
-    old = tmp_path / "runs" / "B2" / "seed-0" / "per_query_target-icfg.csv"
+    old = tmp_path / "runs" / "B2" / "seed-0" / "per_query_target-icfg.csv.gz"
     stats.write_per_query_csv(old, [{**r, "caption": ""} for r in evaluate(None, None, None, None)])
     with caplog.at_level(logging.WARNING, logger="analysis.budget"):
         budget.run_sweep(jobs, [budget.Target("icfg", "toypedes", str(tmp_path))], train_fn=StubTrainer(),
@@ -255,7 +256,7 @@ def test_per_query_files_are_kept_only_while_their_record_matches(tmp_path):
     run = tmp_path / "runs" / "B2" / "seed-0"
     record = json.loads((run / "per_query_target-icfg.json").read_text())
     assert record["key"]["v"] == 1 and record["sha256"] == hashlib.sha256(
-        (run / "per_query_target-icfg.csv").read_bytes()).hexdigest()
+        (run / "per_query_target-icfg.csv.gz").read_bytes()).hexdigest()
     assert len(calls) == 2
     budget.run_sweep(jobs, target, **sweep)
     assert len(calls) == 2  # both records match: nothing evaluated
@@ -266,9 +267,9 @@ def test_per_query_files_are_kept_only_while_their_record_matches(tmp_path):
     budget.run_sweep(jobs, target, **sweep)
     assert len(calls) == 5 and (run / "per_query_test.json").is_file()
     # changed after its evaluation (a valid file, one rank moved): the table refuses it
-    rows = pd.read_csv(run / "per_query_target-icfg.csv", keep_default_na=False).to_dict("records")
+    rows = pd.read_csv(run / "per_query_target-icfg.csv.gz", keep_default_na=False).to_dict("records")
     rows[0]["first_rank"] = int(rows[0]["first_rank"]) + 1
-    stats.write_per_query_csv(run / "per_query_target-icfg.csv", rows)
+    stats.write_per_query_csv(run / "per_query_target-icfg.csv.gz", rows)
     with pytest.raises(ValueError, match="changed after it was evaluated"):
         budget.collect(jobs, target, resamples=20)
 

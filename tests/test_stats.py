@@ -141,6 +141,32 @@ def test_per_query_csv_round_trip(tmp_path):
         stats.read_per_query_csv(tmp_path / "bad.csv")
 
 
+def test_a_gzipped_per_query_file_reads_as_its_plain_twin_and_is_written_the_same_every_time(tmp_path, monkeypatch):
+    """``.csv.gz``: written deterministically (no name or time in the header: the same rows give the
+    same bytes, so a study's copy and a run's file are one blob), read from the path or from
+    checked bytes; a decompression bomb and a damaged stream are one clear error."""
+    rows = [{"query_index": i, "pid": 7 + i % 3, "image_id": i, "caption": None, "caption_key": f"{i:016x}",
+             "images": 2, "first_rank": 1 + i % 5, "ap": 1 / (1 + i), "inp": 0.5} for i in range(300)]
+    plain, packed, again = tmp_path / "q.csv", tmp_path / "q.csv.gz", tmp_path / "again" / "q.csv.gz"
+    again.parent.mkdir()
+    stats.write_per_query_csv(plain, rows)
+    stats.write_per_query_csv(packed, rows)
+    stats.write_per_query_csv(again, rows)
+    assert packed.read_bytes()[:2] == b"\x1f\x8b" and packed.read_bytes() == again.read_bytes()
+    assert packed.stat().st_size < plain.stat().st_size / 2
+    want = stats.read_per_query_csv(plain)
+    for got in (stats.read_per_query_csv(packed), stats.read_per_query_csv(packed, data=packed.read_bytes())):
+        assert got.num_queries == want.num_queries and list(got.caption_key) == list(want.caption_key)
+        assert np.array_equal(got.ap, want.ap) and np.array_equal(got.first_rank, want.first_rank)
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(packed.read_bytes()[:40])
+    with pytest.raises(ValueError, match="bad.csv.gz: not a per-query file"):
+        stats.read_per_query_csv(bad)
+    monkeypatch.setattr(stats, "MAX_PER_QUERY_BYTES", 1000)
+    with pytest.raises(ValueError, match="more than 1000 bytes"):
+        stats.read_per_query_csv(packed)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="resamples"):
         stats.bootstrap_ci({"R1": np.ones(3)}, resamples=0)

@@ -22,8 +22,10 @@ them without evaluating or training again.
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
+import zlib
 import logging
 import math
 from dataclasses import dataclass
@@ -234,7 +236,8 @@ def caption_key(text: str) -> str:
 
 
 def write_per_query_csv(path: Union[str, Path], rows: Sequence[Mapping], *, caption_text: bool = True) -> None:
-    """Write per-query rows (:data:`PER_QUERY_COLUMNS`) atomically, full float precision.
+    """Write per-query rows (:data:`PER_QUERY_COLUMNS`) atomically, full float precision; a path
+    ending in ``.gz`` is gzipped, deterministically (no name or time in the header).
 
     A query with no match in the gallery has ``images`` 0 and empty rank, AP and INP.
     ``caption_key`` is computed from ``caption`` when a row has none; with ``caption_text``
@@ -242,18 +245,22 @@ def write_per_query_csv(path: Union[str, Path], rows: Sequence[Mapping], *, capt
     """
     from upperson.io import atomic_path
 
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=PER_QUERY_COLUMNS, extrasaction="raise")
+    w.writeheader()
+    for r in rows:
+        r = dict(r)
+        if r.get("caption_key") is None and r.get("caption") is not None:
+            r["caption_key"] = caption_key(r["caption"])
+        if not caption_text:
+            r["caption"] = None
+        w.writerow({k: ("" if r.get(k) is None else (repr(float(r[k])) if k in ("ap", "inp") else r[k]))
+                    for k in PER_QUERY_COLUMNS})
+    data = text.getvalue().encode("utf-8")
+    if Path(path).name.endswith(".gz"):
+        data = gzip.compress(data, compresslevel=9, mtime=0)  # no time in the header: the same rows, the same bytes
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=PER_QUERY_COLUMNS, extrasaction="raise")
-            w.writeheader()
-            for r in rows:
-                r = dict(r)
-                if r.get("caption_key") is None and r.get("caption") is not None:
-                    r["caption_key"] = caption_key(r["caption"])
-                if not caption_text:
-                    r["caption"] = None
-                w.writerow({k: ("" if r.get(k) is None else (repr(float(r[k])) if k in ("ap", "inp") else r[k]))
-                            for k in PER_QUERY_COLUMNS})
+        Path(tmp).write_bytes(data)
 
 
 @dataclass(frozen=True)
@@ -288,17 +295,40 @@ class PerQueryFile:
         return {k: out[k] for k in (*(f"R{k}" for k in ranks), "mAP", "mINP")}
 
 
+#: the largest per-query file read, decompressed (a CUHK-PEDES test split's is ~0.4 MB; a million
+#: queries, ~70 MB): a gzipped file that inflates past it is refused unread
+MAX_PER_QUERY_BYTES = 1 << 30
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _per_query_text(path: Path, data: Optional[bytes]) -> str:
+    """The per-query file's text (``data``: its bytes, already read), gunzipped when it is gzipped,
+    at most :data:`MAX_PER_QUERY_BYTES` of it."""
+    if data is None:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_PER_QUERY_BYTES + 1)
+    if data[:2] == GZIP_MAGIC:
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
+                data = fh.read(MAX_PER_QUERY_BYTES + 1)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(f"{path}: not a per-query file (damaged gzip: {exc})") from None
+    if len(data) > MAX_PER_QUERY_BYTES:
+        raise ValueError(f"{path}: more than {MAX_PER_QUERY_BYTES} bytes of per-query rows; not read")
+    return data.decode("utf-8")
+
+
 def read_per_query_csv(path: Union[str, Path], data: Optional[bytes] = None) -> PerQueryFile:
-    """Read a file written by :func:`write_per_query_csv`; a clear error if it is not one.
-    ``data``: the file's bytes, already read (and checked) by the caller; ``path`` then only names it.
+    """Read a file written by :func:`write_per_query_csv` (gzipped or not: its bytes tell); a clear
+    error if it is not one. ``data``: the file's bytes, already read (and checked) by the caller;
+    ``path`` then only names it.
 
     Older files have no ``caption_key`` column: the key is computed from their caption text
     (the same key a new file holds). A file with neither has ``caption_key`` None.
     """
     path = Path(path)
     try:
-        with (open(path, newline="", encoding="utf-8") if data is None
-              else io.StringIO(data.decode("utf-8"), newline="")) as fh:
+        with io.StringIO(_per_query_text(path, data), newline="") as fh:
             reader = csv.DictReader(fh)
             missing = [c for c in ("query_index", "pid", "first_rank", "ap", "inp") if c not in (reader.fieldnames or [])]
             if missing:

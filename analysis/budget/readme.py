@@ -53,7 +53,7 @@ def write_readme(out_dir: Path, df: pd.DataFrame, targets: Sequence[Target], *, 
     lines += [f"- {k}: {v}" for k, v in details.items()]
     lines += ["", "Points (`budget.csv`; intervals: 95 % percentile bootstrap over each test split's queries of "
               "the seed-averaged per-query values; the figure `budget.png`; every run's per-query files in "
-              "`per_query/POINT/seed-S/DOMAIN.csv`):", "", results_table(df, targets), ""]
+              "`per_query/POINT/seed-S/DOMAIN.csv.gz`):", "", results_table(df, targets), ""]
     path = Path(out_dir) / README_NAME
     atomic_write_text(path, "\n".join(lines))
     return path

@@ -88,14 +88,14 @@ def write_table(df: pd.DataFrame, out_dir: Path) -> Path:
 
 
 def copy_per_query(jobs: Sequence[PlannedRun], targets: Sequence[Target], out_dir: Path) -> int:
-    """Every complete run's per-query files into ``out_dir/per_query/<point>/seed-<s>/<domain>.csv``: the
+    """Every complete run's per-query files into ``out_dir/per_query/<point>/seed-<s>/<domain>.csv.gz``: the
     bytes checked against each file's record are the bytes written."""
     n = 0
     for j in jobs:
         for d in domains_of(targets):
             src = _file(j.run_dir, d)
             if src.exists():
-                dst = Path(out_dir) / "per_query" / j.point.name / f"seed-{j.seed}" / f"{d}.csv"
+                dst = Path(out_dir) / "per_query" / j.point.name / f"seed-{j.seed}" / f"{d}.csv.gz"
                 atomic_write_bytes(dst, per_query_cache.checked_bytes(src))
                 n += 1
     return n
