@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
@@ -13,6 +14,7 @@ from typing import Optional
 
 from analysis.indices import parse_indices
 from analysis.options import INDEX_OPTIONS, default_runs_dir, split_names
+from upperson import stats
 
 #: the largest input table read (an ablation.csv or a per-query file; 8,000 queries are about 1 MB)
 MAX_INPUT_BYTES = 100 * 1024 * 1024
@@ -94,12 +96,22 @@ def check_image_file(path: Path, what: str = "--image") -> None:
                          f"than an image may have ({MAX_IMAGE_PIXELS} pixels)")
 
 
+def _text_of(path: Path):
+    """A CSV input's text: a gzipped one (a shipped per-query file, ``.csv.gz``) inflated within
+    ``upperson.stats.MAX_PER_QUERY_BYTES`` (a decompression bomb is refused), else the file."""
+    with open(path, "rb") as fh:
+        gzipped = fh.read(2) == stats.GZIP_MAGIC
+    if gzipped:
+        return io.StringIO(stats.per_query_text(path).lstrip("\ufeff"), newline="")
+    return open(path, newline="", encoding="utf-8-sig")
+
+
 def read_csv_rows(path: Path, what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """(header, [(line, cells)]) of a CSV input checked with :func:`check_input_file`; a row whose
     cell count differs from the header's, or a file that is not UTF-8 CSV, is an error naming both."""
     check_input_file(path, what)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
+        with _text_of(path) as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             rows = [(reader.line_num, row) for row in reader if row]

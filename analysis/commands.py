@@ -162,7 +162,7 @@ def cmd_ablation(args, command: str = ""):
         details = {"source": where}
     if target is not None:
         details["evaluated on"] = (f"{target[0]}: the test split of {target[1]} (each run's selected checkpoint; "
-                                   f"per_query_test-{target[0]}.csv in each run folder)")
+                                   f"per_query_test-{target[0]}.csv.gz in each run folder)")
     out.mkdir(parents=True, exist_ok=True)
     figs = ablation.write_study(df, out)
     if ablation.has_intervals(df):

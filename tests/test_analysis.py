@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 from pathlib import Path
 
@@ -227,7 +228,7 @@ def test_ablation_sweep_table_and_figures(toy_root, tmp_path, capsys, monkeypatc
     assert row.loc["upperson", ["R1_diff_vs_upperson", "R1_diff_ci_low", "R1_diff_ci_high"]].tolist() == [0, 0, 0]
     assert row.loc["zero-shot", "R1_diff_ci_high"] < 0 and row.loc["zero-shot", "R1_diff_significant"]
     assert (row["ci_resamples"] == 500).all() and (row["ci_seed"] == 0).all()
-    assert sorted(p.name for p in (out / "per_query" / "upperson").iterdir()) == ["seed-0.csv", "seed-1.csv"]
+    assert sorted(p.name for p in (out / "per_query" / "upperson").iterdir()) == ["seed-0.csv.gz", "seed-1.csv.gz"]
 
     pngs = {p.stem: p for p in files if p.suffix == ".png"}
     assert set(pngs) == {"ablation_bars", "ablation_params", "ablation_curves"}
@@ -347,7 +348,7 @@ def test_ablation_real_training(toy_root, tmp_path, capsys):
     per_query = stats.read_per_query_csv(run / ablation.PER_QUERY_NAME).metrics()
     assert per_query == pytest.approx({k: logged[k] for k in per_query}, abs=1e-9)
     # per-query files carry caption keys, not caption text (as the budget and transfer files)
-    for path in (run / ablation.PER_QUERY_NAME, out / "per_query" / "upperson" / "seed-0.csv"):
+    for path in (run / ablation.PER_QUERY_NAME, out / "per_query" / "upperson" / "seed-0.csv.gz"):
         table = pd.read_csv(path, keep_default_na=False)
         assert (table["caption"] == "").all() and table["caption_key"].str.len().eq(16).all(), path
     assert df["seeds"][0] == 1 and df["R1_diff_vs_upperson"][0] == 0 and df["R1_ci_low"][0] <= df["R1"][0]
@@ -360,25 +361,25 @@ def test_ablation_real_training(toy_root, tmp_path, capsys):
     run_cli(argv, capsys)
     again = pd.read_csv(target_out / "ablation.csv")
     assert again["R1"][0] == pytest.approx(df["R1"][0], abs=1e-4) and again["eval_split"][0] == "test (again)"
-    assert (run / "per_query_test-again.csv").read_bytes() == (run / ablation.PER_QUERY_NAME).read_bytes()
+    assert gzip.decompress((run / "per_query_test-again.csv.gz").read_bytes()) == (run / ablation.PER_QUERY_NAME).read_bytes()
     assert "again: the test split of" in (target_out / "README.md").read_text()
     record = json.loads((run / "per_query_test-again.json").read_text())
     assert record["key"]["dataset"] == "toypedes" and len(record["sha256"]) == 64
     # a second time: reused (the checkpoint and the split are unchanged); a changed file: evaluated again
-    stamp = (run / "per_query_test-again.csv").stat().st_mtime_ns
+    stamp = (run / "per_query_test-again.csv.gz").stat().st_mtime_ns
     run_cli(argv, capsys)
-    assert (run / "per_query_test-again.csv").stat().st_mtime_ns == stamp
-    (run / "per_query_test-again.csv").write_text("tampered\n")
+    assert (run / "per_query_test-again.csv.gz").stat().st_mtime_ns == stamp
+    (run / "per_query_test-again.csv.gz").write_text("tampered\n")
     run_cli(argv, capsys)
-    assert (run / "per_query_test-again.csv").read_bytes() == (run / ablation.PER_QUERY_NAME).read_bytes()
+    assert gzip.decompress((run / "per_query_test-again.csv.gz").read_bytes()) == (run / ablation.PER_QUERY_NAME).read_bytes()
     # the table reads each target file checked against its record: one changed after its evaluation
     # (a valid per-query file, another query's rank) is refused, not counted
-    rows = pd.read_csv(run / "per_query_test-again.csv", keep_default_na=False).to_dict("records")
+    rows = pd.read_csv(run / "per_query_test-again.csv.gz", keep_default_na=False).to_dict("records")
     rows[0]["first_rank"] = int(rows[0]["first_rank"]) + 1
-    stats.write_per_query_csv(run / "per_query_test-again.csv", rows)
+    stats.write_per_query_csv(run / "per_query_test-again.csv.gz", rows)
     with pytest.raises(ValueError, match="changed after it was evaluated"):
         ablation.collect(tmp_path / "runs", ablation.get_variants(["upperson"]), include_other=False,
-                         per_query_file="per_query_test-again.csv", target="again")
+                         per_query_file="per_query_test-again.csv.gz", target="again")
     for bad, needle in ((["--test-on", "again"], "give NAME=ROOT"), (["--test-on", "x=/nonexistent/t"], "no such path"),
                         (["--test-on", f"a/b={toy_root}"], "give NAME=ROOT")):
         assert main(["ablation", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "no"), *bad]) == 2

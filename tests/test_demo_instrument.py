@@ -12,9 +12,11 @@ import re
 import pytest
 import torch
 
+from analysis import ablation
 from demo.markup import text
 from tests.test_demo_support import engine as make_engine
 from tests.test_demo_support import image_features, load_model, session_cache, start, toy_root, use_session_cache
+from upperson import stats
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -237,7 +239,7 @@ def test_ablation_says_its_split_and_queries_and_shows_no_temp_paths(served):
     out = client.predict("", "R1", api_name="/ablation")
     command, info = out[4], out[5]
     assert "/tmp/" not in command and "DATA_ROOT" in command and "python -m analysis ablation" in command
-    queries = len((shipped_folder() / "per_query" / "zero-shot" / "seed-0.csv").read_text().splitlines()) - 1
+    queries = stats.read_per_query_csv(ablation.per_query_in(shipped_folder() / "per_query")["zero-shot"][0]).num_queries
     card = read_card()["metrics"]["zero-shot"]
     assert "**test** split" in info and f"({queries:,} queries)" in info
     assert f"{card['queries']:,} queries" in info and f"{card['R1']:.2f}" in info

@@ -301,7 +301,7 @@ MAX_PER_QUERY_BYTES = 1 << 30
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _per_query_text(path: Path, data: Optional[bytes]) -> str:
+def per_query_text(path: Path, data: Optional[bytes] = None) -> str:
     """The per-query file's text (``data``: its bytes, already read), gunzipped when it is gzipped,
     at most :data:`MAX_PER_QUERY_BYTES` of it."""
     if data is None:
@@ -328,7 +328,7 @@ def read_per_query_csv(path: Union[str, Path], data: Optional[bytes] = None) -> 
     """
     path = Path(path)
     try:
-        with io.StringIO(_per_query_text(path, data), newline="") as fh:
+        with io.StringIO(per_query_text(path, data), newline="") as fh:
             reader = csv.DictReader(fh)
             missing = [c for c in ("query_index", "pid", "first_rank", "ap", "inp") if c not in (reader.fieldnames or [])]
             if missing:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import re
 import shutil
 from pathlib import Path
 
@@ -15,28 +17,45 @@ PER_QUERY_DIR = "per_query"
 CURVES_DIR = "curves"
 
 
+#: a shipped per-query file: ``seed-<i>.csv.gz`` (gzipped, as :func:`copy_per_query` writes), or
+#: ``seed-<i>.csv`` (a study shipped before they were)
+SEED_FILE = re.compile(r"seed-(\d+)\.csv(\.gz)?")
+
+
 def copy_per_query(df: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Copy each run's per-query file to ``out_dir/per_query/<variant>/seed-<i>.csv`` (shippable;
+    """Copy each run's per-query file to ``out_dir/per_query/<variant>/seed-<i>.csv.gz`` (shippable,
+    gzipped without a time in the header: a plain file is compressed, a gzipped one copied;
     :func:`per_query_in` reads them back)."""
     copied = []
     for name, files in df.attrs.get("per_query", {}).items():
         for i, src in enumerate(files):
-            dst = Path(out_dir) / PER_QUERY_DIR / name / f"seed-{i}.csv"
+            dst = Path(out_dir) / PER_QUERY_DIR / name / f"seed-{i}.csv.gz"
             if Path(src).resolve() == dst.resolve():
                 continue
             with atomic_path(dst) as tmp:
-                shutil.copyfile(src, tmp)
+                if Path(src).name.endswith(".gz"):
+                    shutil.copyfile(src, tmp)
+                else:
+                    Path(tmp).write_bytes(gzip.compress(Path(src).read_bytes(), compresslevel=9, mtime=0))
+            plain = dst.with_name(f"seed-{i}.csv")  # an older study's file of the same run: replaced
+            plain.unlink(missing_ok=True)
             copied.append(dst)
     return copied
 
 
 def per_query_in(folder: Path) -> dict[str, list[Path]]:
-    """``{variant: [seed files]}`` from a ``per_query/`` folder written by :func:`copy_per_query`."""
+    """``{variant: [seed files]}`` from a ``per_query/`` folder written by :func:`copy_per_query`
+    (``seed-<i>.csv.gz``, or an older study's ``seed-<i>.csv``), in seed order."""
     folder = Path(folder)
     if not folder.is_dir():
         return {}
-    return {d.name: sorted(d.glob("seed-*.csv"), key=lambda p: int(p.stem[len("seed-"):]))
-            for d in sorted(folder.iterdir()) if d.is_dir() and any(d.glob("seed-*.csv"))}
+    out = {}
+    for d in sorted(folder.iterdir()):
+        if d.is_dir():
+            seeds = sorted((int(m.group(1)), p) for p in d.iterdir() if (m := SEED_FILE.fullmatch(p.name)))
+            if seeds:
+                out[d.name] = [p for _, p in seeds]
+    return out
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:

@@ -38,6 +38,7 @@ from demo.thumbs import OutsideRoots, open_inside, real, within
 from demo.views.common import (cache_of, figure_file, hidden_api, in_page, lenient_dropdown, opened_by, png_file,
                                screen_layout, user_error)
 from demo.views.study_panel import readme_command
+from upperson import stats
 from upperson.embedded import read_card
 
 log = logging.getLogger(__name__)
@@ -221,11 +222,13 @@ def bars(ctx: DemoContext, key: tuple, study: Study, metric: str) -> str:
 
 def _queries(folder: Path) -> Optional[int]:
     """The number of test queries behind the study (rows of its first per-query file), when it has one."""
-    files = sorted((folder / "per_query").glob("*/seed-*.csv"))[:1]
+    files = [f for fs in ablation.per_query_in(folder / "per_query").values() for f in fs][:1]
     if not files or files[0].stat().st_size > 64 * 2**20:
         return None
-    with open(files[0], "rb") as f:
-        return max(0, sum(1 for _ in f) - 1)
+    try:
+        return stats.read_per_query_csv(files[0]).num_queries
+    except ValueError:  # not a per-query file: the study's table check names it
+        return None
 
 
 def split_note(study: Study) -> str:
