@@ -2,9 +2,9 @@
 # Stage the stand-in world's complete study runs for a commit, so that a later machine continues the
 # study (scripts/world_budget.sh, scripts/world_ablation.sh keep their runs in the repository; .gitignore
 # leaves out what is not kept). A budget run is complete with its results.json and its three per-query
-# files' records; an ablation run with its results.json and per_query_test.csv (its --test-on files,
-# where made, come with it). Incomplete runs are left unstaged (they are resumed only on the machine
-# that holds their last/ state).
+# files' records; an ablation run with its results.json, per_query_test.csv and both targets' records
+# (per_query_test-icfg.json, per_query_test-rstp.json). Incomplete runs are left unstaged (they are
+# resumed only on the machine that holds their last/ state and weights).
 #   bash scripts/world_keep.sh && git commit -m "..."
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,9 @@ for d in assets/world/budget-runs/*/seed-*; do
 done
 for d in assets/world/ablation-runs/*/seed-*; do
   [ -d "$d" ] || continue
-  [ -f "$d/results.json" ] && [ -f "$d/per_query_test.csv" ] || continue
+  for f in results.json per_query_test.csv per_query_test-icfg.json per_query_test-rstp.json; do
+    [ -f "$d/$f" ] || continue 2
+  done
   git add "$d" && kept=$((kept + 1))
 done
 echo "$kept complete run(s) staged; $(git diff --cached --name-only | wc -l) file(s) staged in all"
