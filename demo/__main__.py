@@ -218,13 +218,19 @@ def seed_cache_for_embedded_gallery(model, cache: Path, index: Path = EMBEDDED_G
     ``scripts/embedded_gallery_index.sh``) into the feature cache, so that a first start does not
     encode its images; returns how many were added. Another model (``--checkpoint``), a missing or a
     damaged index: nothing is added, the gallery is encoded as without it (said in the log)."""
+    from upperson.index import model_key  # (torch: as everything heavy in this module, not for --help)
+    from upperson.search.store import IndexStore
+
     if not (index / "manifest.json").is_file():
         return 0
     try:
+        if IndexStore.open(index, verify=False).manifest.model.get("key") != model_key(model):
+            log.info("the shipped features of the default gallery are the embedded model's, not this one's: "
+                     "its images are encoded")
+            return 0
         return seed_cache_from_index(index, model, cache)
     except ValueError as exc:  # IndexFolderError included: corrupted, truncated, tampered
-        (log.info if "another model" in str(exc) else log.warning)(
-            "the shipped features of the default gallery are not used (its images are encoded): %s", exc)
+        log.warning("the shipped features of the default gallery are not used (its images are encoded): %s", exc)
         return 0
 
 

@@ -388,7 +388,7 @@ def test_the_demos_first_start_encodes_no_default_gallery_image(card_root, tmp_p
     other = build_model(tiny_model_config(pretrained="random")).eval()
     with caplog.at_level(logging.INFO, logger="demo"):
         assert seed_cache_for_embedded_gallery(other, tmp_path / "other") == 0
-    assert "another model" in caplog.text and not (tmp_path / "other").exists()
+    assert "not this one's" in caplog.text and not (tmp_path / "other").exists()
     damaged = tmp_path / "damaged"
     shutil.copytree(EMBEDDED_GALLERY_INDEX, damaged)
     segment = next((damaged / "segments").glob("*.npy"))
