@@ -21,7 +21,6 @@ import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
-from upperson.assets import EMBEDDED_GALLERY_INDEX
 from upperson.train.run import Run
 
 log = logging.getLogger("demo")
@@ -213,14 +212,16 @@ def seed_cache_from_index(index: Path, model, cache: Path) -> int:
     return added
 
 
-def seed_cache_for_embedded_gallery(model, cache: Path, index: Path = EMBEDDED_GALLERY_INDEX) -> int:
+def seed_cache_for_embedded_gallery(model, cache: Path, index: Optional[Path] = None) -> int:
     """Put the shipped features of the default gallery (``assets/embedded/gallery-index``, made by
     ``scripts/embedded_gallery_index.sh``) into the feature cache, so that a first start does not
     encode its images; returns how many were added. Another model (``--checkpoint``), a missing or a
     damaged index: nothing is added, the gallery is encoded as without it (said in the log)."""
-    from upperson.index import model_key  # (torch: as everything heavy in this module, not for --help)
+    from upperson.assets import EMBEDDED_GALLERY_INDEX  # (numpy, torch: as everything heavy here, not for --help)
+    from upperson.index import model_key
     from upperson.search.store import IndexStore
 
+    index = EMBEDDED_GALLERY_INDEX if index is None else Path(index)
     if not (index / "manifest.json").is_file():
         return 0
     try:
