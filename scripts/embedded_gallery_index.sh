@@ -3,8 +3,9 @@
 # encoding of the ToyPEDES test split its card was evaluated on, as `python -m upperson index` makes
 # it. The demo's first start takes them instead of encoding the 3,005 images (demo/__main__.py,
 # seed_cache_for_embedded_gallery); an image is matched by its contents (SHA-1), never by its path,
-# so the entries' paths (the temporary folder it was built from) are not used. Run it again after
-# the embedded model or the generator changes (tests/test_embedded.py checks that it still matches).
+# so the entries' paths (the temporary folder it was built from) are not used. `python -m upperson
+# export-embedded` writes it with the model it ships; this script writes it again alone, e.g. after the
+# generator changes (tests/test_embedded.py checks that it still matches the model and the gallery).
 #   bash scripts/embedded_gallery_index.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -267,6 +267,12 @@ def test_export_ships_the_best_on_val_of_an_equal_budget_and_a_card_that_checks_
     verify_assets(out)
     md = (out / "model_card.md").read_text()
     assert "## Tuning log" in md and "upperson - full-finetune" in md
+    # the default gallery's features: the exported model's, of every test image
+    index = IndexStore.open(out / "gallery-index")
+    assert index.manifest.model["key"] == model_key(load_embedded_model("upperson", assets=out))
+    test_images = sorted((toypedes_root / "ToyPEDES" / "imgs" / "test").glob("*.png"))
+    assert sorted(e.sha1 for e in index.manifest.entries) == sorted(
+        hashlib.sha1(p.read_bytes()).hexdigest() for p in test_images) and not (out / "gallery-index" / ".lock").exists()
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/embedded.md"])

@@ -30,9 +30,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_DIR = REPO_ROOT / "assets" / "embedded"
 CARD_NAME = "model_card.json"
 BACKBONE_NAME = "backbone.safetensors"
-#: the default gallery's features, an index folder (scripts/embedded_gallery_index.sh): the demo's first
-#: start takes them instead of encoding the images (demo/__main__.py, seed_cache_for_embedded_gallery)
-EMBEDDED_GALLERY_INDEX = EMBEDDED_DIR / "gallery-index"
+#: the default gallery's features, an index folder (written by export-embedded, or again by
+#: scripts/embedded_gallery_index.sh): the demo's first start takes them instead of encoding the images
+#: (demo/__main__.py, seed_cache_for_embedded_gallery)
+GALLERY_INDEX_NAME = "gallery-index"
+EMBEDDED_GALLERY_INDEX = EMBEDDED_DIR / GALLERY_INDEX_NAME
 
 # what the embedded model is evaluated on, when the card does not say otherwise
 DEFAULT_TOYPEDES = {"preset": "default", "seed": 0}

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from upperson.assets import (CARD_NAME, EMBEDDED_DIR, FT_PER_QUERY, RECIPE, WORLD_RECIPE, card_intervals,
-                             card_metrics, metric_intervals, render_card, sha256_file, tuning_entry, verify_assets)
+from upperson.assets import (CARD_NAME, EMBEDDED_DIR, FT_PER_QUERY, GALLERY_INDEX_NAME, RECIPE, WORLD_RECIPE,
+                             card_intervals, card_metrics, metric_intervals, render_card, sha256_file, tuning_entry,
+                             verify_assets)
 from upperson.config import load_run_config, to_dict
 from upperson.data import build_tokenizer, load_dataset
 from upperson.embedded import load_embedded_model
@@ -28,6 +29,7 @@ from upperson.evaluation import evaluate_per_query
 from upperson.io import atomic_copy, atomic_write_json, atomic_write_text, replace_dir
 from upperson.model.checkpoint import load_model, read_verified_tensors
 from upperson.model.params import count_parameters
+from upperson.search.build import build_index
 from upperson.stats import values_of, write_per_query_csv
 from upperson.train.run import Run
 
@@ -220,6 +222,11 @@ def _export(req: ExportRequest, old: Path, out: Path) -> dict:
     # evaluated once: the metrics, the intervals and the full fine-tune's shipped per-query file
     results = {name: evaluate_per_query(m, test, tok, precision="fp32", progress=False) for name, m in models.items()}
     write_per_query_csv(out / FT_PER_QUERY, results["full-finetune"].rows())
+    # the default gallery's features, which the demo's first start takes instead of encoding: the test
+    # split's images (matched by their contents, so the paths the index records are not used)
+    build_index(models["upperson"], test_root / "ToyPEDES" / "imgs" / "test", out / GALLERY_INDEX_NAME,
+                source="embedded", progress=False, compact=True)
+    (out / GALLERY_INDEX_NAME / ".lock").unlink(missing_ok=True)
     metrics = {name: card_metrics(r.metrics()) for name, r in results.items()}
     intervals = card_intervals({name: values_of(r.per_query) for name, r in results.items()})
     params = {name: count_parameters(m).to_json() for name, m in models.items()}
