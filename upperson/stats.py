@@ -25,9 +25,9 @@ import csv
 import gzip
 import hashlib
 import io
-import zlib
 import logging
 import math
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
