@@ -163,6 +163,9 @@ def test_two_gloo_processes_match_one(tmp_path, toypedes_root):
     double = subprocess.run([*torchrun, "-m", "upperson", "train", *common, *sets, "--output", str(tmp_path / "two")],
                             env=env, capture_output=True, text=True, timeout=300)
     assert double.returncode == 0, double.stderr[-3000:]
+    # rank 0 says the INFO lines, once; the other ranks only what goes wrong (WARNING and above, "[rank N]")
+    assert double.stderr.count("INFO upperson.data.readers: loaded ToyPEDES") == 1, double.stderr[-3000:]
+    assert "process 0 of 2" in double.stderr and "process 1 of 2" not in double.stderr
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=2e-5, rtol=1e-4), k
