@@ -9,18 +9,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kept=0
-for d in assets/world/budget-runs/*/seed-*; do
-  [ -d "$d" ] || continue
-  for f in results.json per_query_test.json per_query_target-icfg.json per_query_target-rstp.json; do
-    [ -f "$d/$f" ] || continue 2
+keep() {  # keep FOLDER FILE...: stage each FOLDER/*/seed-* run that holds every FILE
+  local folder=$1 d f
+  shift
+  for d in "$folder"/*/seed-*; do
+    [ -d "$d" ] || continue
+    for f in "$@"; do
+      [ -f "$d/$f" ] || continue 2
+    done
+    git add "$d" && kept=$((kept + 1))
   done
-  git add "$d" && kept=$((kept + 1))
-done
-for d in assets/world/ablation-runs/*/seed-*; do
-  [ -d "$d" ] || continue
-  for f in results.json per_query_test.csv per_query_test-icfg.json per_query_test-rstp.json; do
-    [ -f "$d/$f" ] || continue 2
-  done
-  git add "$d" && kept=$((kept + 1))
-done
+}
+keep assets/world/budget-runs results.json per_query_test.json per_query_target-icfg.json per_query_target-rstp.json
+keep assets/world/ablation-runs results.json per_query_test.csv per_query_test-icfg.json per_query_test-rstp.json
 echo "$kept complete run(s) staged; $(git diff --cached --name-only | wc -l) file(s) staged in all"
