@@ -80,6 +80,10 @@ HEAD_CSS = """<style>
 @media (max-width: 480px) {#tabs .tab-container button {padding: 6px 7px !important; font-size: 13px !important}
   #tabs .tab-wrapper {padding-left: 0 !important}}
 .api-only {display: none !important}
+/* a figure's download button in a row above it (Gradio floats it over the image's top-right corner, where
+   the figure's title is): demo.views.common.figure_image */
+.figure .icon-button-wrapper.top-panel {position: static !important; display: flex !important;
+  justify-content: flex-end; margin: 0 0 2px 0 !important}
 /* the ablation table: every column on a wide screen; on a phone one card per variant (no sideways scrolling) */
 @media (max-width: 480px) {#ablation-table {display: none !important}}
 @media (min-width: 481px) {#ablation-cards {display: none !important}}

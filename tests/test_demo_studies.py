@@ -339,6 +339,9 @@ def test_the_studies_views_render_and_fit_a_phone_screen(site):
                 page.wait_for_function("(i) => i.complete && i.naturalWidth > 0", arg=img.element_handle(), timeout=WAIT)
                 assert img.evaluate("i => i.naturalWidth") <= phone_px  # drawn for the phone
                 assert img.evaluate("i => i.getBoundingClientRect().width") <= 390
+                # the download button sits above the figure, not over its title
+                button = page.locator(f"{figure} button[aria-label='Download']").first
+                assert button.bounding_box()["y"] + button.bounding_box()["height"] <= img.bounding_box()["y"] + 1, key
                 if key == "transfer":
                     page.locator("#transfer-cell-info").get_by_text("UP-Person − full fine-tune").wait_for(timeout=WAIT)
                 if key == "budget":

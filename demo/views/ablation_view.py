@@ -35,8 +35,8 @@ from demo.gallery import GalleryError
 from demo.markup import text as esc
 from demo.search import QueryError
 from demo.thumbs import OutsideRoots, open_inside, real, within
-from demo.views.common import (cache_of, figure_file, hidden_api, in_page, lenient_dropdown, opened_by, png_file,
-                               screen_layout, user_error)
+from demo.views.common import (cache_of, figure_file, figure_image, hidden_api, in_page, lenient_dropdown, opened_by,
+                               png_file, screen_layout, user_error)
 from demo.views.study_panel import readme_command
 from upperson import stats
 from upperson.embedded import read_card
@@ -359,12 +359,9 @@ def build_ablation_tab(ctx: DemoContext, ui: SharedUI) -> None:
     table = gr.Dataframe(label="ablation.csv", interactive=False, wrap=True, elem_id="ablation-table")
     cards = gr.HTML(elem_id="ablation-cards")  # the table on a phone (demo.app's CSS shows one or the other)
     with gr.Row():
-        bar_fig = gr.Image(label="Retrieval per variant", type="filepath", interactive=False,
-                           show_label=False, elem_id="ablation-bars", buttons=["download"])
-        params_fig = gr.Image(label="R@1 against trainable parameters", type="filepath", interactive=False,
-                           show_label=False, elem_id="ablation-params", buttons=["download"])
-    curves_fig = gr.Image(label="Training curves", type="filepath", interactive=False, show_label=False,
-                          elem_id="ablation-curves", buttons=["download"])
+        bar_fig = figure_image("Retrieval per variant", "ablation-bars")
+        params_fig = figure_image("R@1 against trainable parameters", "ablation-params")
+    curves_fig = figure_image("Training curves", "ablation-curves")
     command = gr.Code(label="Reproduce the study", language="shell", interactive=False, elem_id="ablation-command",
                       lines=2)
 

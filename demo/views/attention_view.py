@@ -28,8 +28,8 @@ from analysis.attention import (QUANTITIES, QUANTITY_LABELS, PrefixAttention, co
 from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import QueryError
-from demo.views.common import (cache_of, figure_file, hidden_api, in_page, lenient_dropdown, lenient_radio,
-                               opened_by, screen_layout, user_error, view_key)
+from demo.views.common import (cache_of, figure_file, figure_image, hidden_api, in_page, lenient_dropdown,
+                               lenient_radio, opened_by, screen_layout, user_error, view_key)
 
 log = logging.getLogger(__name__)
 
@@ -260,13 +260,10 @@ def build_attention_tab(ctx: DemoContext, ui: SharedUI) -> None:
             quantity = lenient_radio([(f"{q}: {QUANTITY_LABELS[q]}", q) for q in QUANTITIES], value="mass",
                             label="Quantity", elem_id="attention-quantity")
     info = gr.Markdown(elem_id="attention-info", latex_delimiters=[])
-    image_fig = gr.Image(label="Image tower: each patch's prefix attention", type="filepath", interactive=False,
-                           show_label=False, elem_id="attention-image-map", buttons=["download"])
+    image_fig = figure_image("Image tower: each patch's prefix attention", "attention-image-map")
     with gr.Row():
-        text_fig = gr.Image(label="Text tower: token × layer", type="filepath", interactive=False,
-                           show_label=False, elem_id="attention-text-map", buttons=["download"])
-        scale_fig = gr.Image(label="λ per layer", type="filepath", interactive=False,
-                           show_label=False, elem_id="attention-scales", buttons=["download"])
+        text_fig = figure_image("Text tower: token × layer", "attention-text-map")
+        scale_fig = figure_image("λ per layer", "attention-scales")
 
     def attention(image_name, upload_file, caption_text, tower_name, layer_index, head_index, quantity_name, state):
         """Prefix attention of an image (gallery name, or upload) and a caption, sliced by the controls."""

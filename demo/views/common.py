@@ -60,6 +60,17 @@ def in_page(fn: Callable[..., tuple], outputs: int, message_at: int, clear: bool
     return page
 
 
+#: the class of every figure image: demo.app's CSS puts its download button above the figure, not over its title
+FIGURE_CLASS = "figure"
+
+
+def figure_image(label: str, elem_id: str) -> gr.Image:
+    """A figure (a PNG file the view drew): not editable, no label shown (the figure has its title), a
+    download button above it."""
+    return gr.Image(label=label, type="filepath", interactive=False, show_label=False, elem_id=elem_id,
+                    buttons=["download"], elem_classes=[FIGURE_CLASS])
+
+
 def hidden_api(fn: Callable, inputs: list, outputs: list, api_name: str) -> None:
     """Register ``fn`` as ``/api_name`` for ``gradio_client`` only (on a button never shown)."""
     gr.Button(visible=False, elem_classes="api-only").click(fn, inputs, outputs, api_name=api_name,

@@ -33,8 +33,8 @@ from demo.embeddings_store import FOLDER as MAP_FOLDER
 from demo.embeddings_store import StoredMap, load_map, map_key, save_map
 from demo.markup import text as esc
 from demo.search import FEATURE_CACHE, UPPERSON, ZERO_SHOT, GalleryIndex, QueryError
-from demo.views.common import (cache_of, figure_file, hidden_api, in_page, lenient_dropdown, lenient_slider,
-                               screen_layout, user_error, view_key)
+from demo.views.common import (cache_of, figure_file, figure_image, hidden_api, in_page, lenient_dropdown,
+                               lenient_slider, screen_layout, user_error, view_key)
 from upperson.data import ImageRecord
 from upperson.index import model_key
 
@@ -247,8 +247,7 @@ def build_embeddings_tab(ctx: DemoContext, ui: SharedUI) -> None:
     info = gr.Markdown(elem_id="embeddings-info", latex_delimiters=[])
     with gr.Row():
         with gr.Column(scale=3, min_width=300):
-            plot = gr.Image(label="UMAP: zero-shot beside UP-Person", type="filepath", interactive=False,
-                           show_label=False, elem_id="embeddings-plot", buttons=["download"])
+            plot = figure_image("UMAP: zero-shot beside UP-Person", "embeddings-plot")
         with gr.Column(scale=2, min_width=240):
             identity = lenient_dropdown(choices=[], value=None, allow_custom_value=True, label="Identity",
                               elem_id="embeddings-identity")

@@ -23,7 +23,8 @@ from analysis.binding.scoring import Accuracy
 from demo.context import DemoContext, SharedUI
 from demo.markup import text as esc
 from demo.search import QueryError
-from demo.views.common import cache_of, figure_with_caption, hidden_api, in_page, opened_by, screen_layout
+from demo.views.common import (cache_of, figure_image, figure_with_caption, hidden_api, in_page, opened_by,
+                               screen_layout)
 from demo.views.study_files import StudyFiles, StudyMissing, refuse_cut_short
 from demo.views.study_panel import api_action, folder_row
 
@@ -146,8 +147,7 @@ def build_probe_tab(ctx: DemoContext, ui: SharedUI) -> None:
     gr.Markdown("Does the model bind attributes to the right garment or object? (`python -m analysis binding`): "
                 "minimal pairs that differ in one binding only, and per-attribute top-1 accuracy.")
     folder, run = folder_row("probe", "Probe")
-    figure = gr.Image(label="Attribute-binding probe", type="filepath", interactive=False, show_label=False,
-                      elem_id="probe-figure", buttons=["download"])
+    figure = figure_image("Attribute-binding probe", "probe-figure")
     info = gr.Markdown(elem_id="probe-info", latex_delimiters=[])
     with gr.Accordion("The results as JSON", open=False):
         results_json = gr.JSON(elem_id="probe-json")

@@ -18,7 +18,7 @@ import gradio as gr
 
 from demo.markup import text as esc
 from demo.search import QueryError
-from demo.views.common import hidden_api, in_page, lenient_dropdown, opened_by, user_error
+from demo.views.common import figure_image, hidden_api, in_page, lenient_dropdown, opened_by, user_error
 
 
 def readme_command(readme: str) -> str:
@@ -84,8 +84,7 @@ def build_items_view(view: ItemsView, show: Callable[[object], tuple], show_item
     gr.Markdown(view.intro)
     folder, run = folder_row(view.key, view.label)
     info = gr.Markdown(elem_id=f"{view.key}-info", latex_delimiters=[])
-    figure = gr.Image(label=view.figure_label, type="filepath", interactive=False, show_label=False,
-                      elem_id=f"{view.key}-{view.figure_id}", buttons=["download"])
+    figure = figure_image(view.figure_label, f"{view.key}-{view.figure_id}")
     item = lenient_dropdown([], label=view.item_label, elem_id=f"{view.key}-{view.item}")
     item_info = gr.Markdown(elem_id=f"{view.key}-{view.item}-info", latex_delimiters=[])
     with gr.Accordion(view.json_label, open=False):
