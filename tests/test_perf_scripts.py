@@ -1,4 +1,5 @@
-"""scripts/gpu_check.sh and scripts/ddp_check.py, checked without a GPU (never run on one here)."""
+"""The scripts, checked without a GPU and without running the long ones: gpu_check.sh and ddp_check.py (never run on
+a GPU here), every shell script parses, the world study scripts refuse a missing world in one line."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import py_compile
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.cli_battery import cli_env
 
@@ -40,3 +43,18 @@ def test_gpu_commands_import_without_the_optional_packages():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "scripts").glob("*.sh")))
+def test_every_shell_script_parses(script):
+    """The long-running scripts (the world's studies) are not run by the suite: each at least parses."""
+    proc = subprocess.run(["bash", "-n", str(REPO / "scripts" / script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_world_study_script_without_the_data_is_one_error_line(tmp_path):
+    for script in ("world_budget.sh", "world_ablation.sh"):
+        proc = subprocess.run(["bash", str(REPO / "scripts" / script), str(tmp_path / "none")],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, script
+        assert "run scripts/world_pipeline.sh" in proc.stderr
